@@ -1,0 +1,214 @@
+import Synchronization
+
+/// A provider's own quota, as the engine enforces it before calling the provider.
+public struct ProviderQuota: Sendable, Hashable, Codable {
+    /// Requests in any sliding 60 s window; `nil` for none.
+    public var requestsPerMinute: Int?
+    /// Tasks running at once, held from submit until the task ends (polling included).
+    public var concurrentTasks: Int?
+
+    public init(requestsPerMinute: Int? = nil, concurrentTasks: Int? = nil) {
+        self.requestsPerMinute = requestsPerMinute
+        self.concurrentTasks = concurrentTasks
+    }
+}
+
+/// Multi-dimensional rate limiting, checked all-or-nothing before every provider call.
+///
+/// The dimensions are a per-user sliding window, a per-project token bucket (GCRA), per-project burst
+/// protection with a cooldown, and each provider's requests-per-minute quota and cooldowns (set from the
+/// provider's own 429 / throttling answers). A request is admitted only when every dimension admits it; a
+/// denied request consumes nothing and learns how long to wait. ``acquire(user:project:provider:clock:onWait:)``
+/// waits for its turn: a request is never failed for being early.
+public final class RateLimiter: Sendable {
+    /// Which limit held a request back.
+    public enum LimitKind: String, Sendable, Hashable, CaseIterable, Codable {
+        case userWindow = "user_window"
+        case projectBucket = "project_bucket"
+        case burstCooldown = "burst_cooldown"
+        case providerQuota = "provider_quota"
+        case providerCooldown = "provider_cooldown"
+    }
+
+    public enum Decision: Sendable, Hashable {
+        case admitted
+        case denied(retryAfter: Duration, limit: LimitKind)
+    }
+
+    private struct State {
+        var users: [String: SlidingWindowLog] = [:]
+        var projects: [String: GCRA] = [:]
+        var bursts: [String: BurstGuard] = [:]
+        var providerWindows: [String: SlidingWindowLog] = [:]
+        var providerCooldowns: [String: Duration] = [:]
+        var admitted = 0
+        var denied: [LimitKind: Int] = [:]
+        var waited: [LimitKind: Duration] = [:]
+        var waiting = 0
+        var decisions = 0
+    }
+
+    public let configuration: PargenConfiguration.RateLimits
+    private let providerQuotas: Mutex<[String: ProviderQuota]>
+    private let state = Mutex(State())
+
+    public init(configuration: PargenConfiguration.RateLimits, providerQuotas: [String: ProviderQuota] = [:]) {
+        self.configuration = configuration
+        self.providerQuotas = Mutex(providerQuotas)
+    }
+
+    /// Sets or replaces a provider's quota.
+    public func setQuota(_ quota: ProviderQuota, for provider: String) {
+        providerQuotas.withLock { $0[provider] = quota }
+    }
+
+    /// Checks every dimension at `now`; on admission, records it in all of them.
+    public func tryAcquire(user: String, project: String, provider: String?, at now: Duration) -> Decision {
+        let quota = provider.flatMap { name in providerQuotas.withLock { $0[name] } }
+        return state.withLock { state in
+            state.decisions += 1
+            if state.decisions % 4096 == 0 { Self.dropIdle(&state, now: now) }
+            var worst: (Duration, LimitKind)?
+            func deny(_ wait: Duration?, _ kind: LimitKind) {
+                guard let wait, wait > .zero else { return }
+                if worst == nil || wait > worst!.0 { worst = (wait, kind) }
+            }
+            let limits = configuration
+            if let provider {
+                if let until = state.providerCooldowns[provider], until > now { deny(until - now, .providerCooldown) }
+                if let rpm = quota?.requestsPerMinute {
+                    deny(
+                        state.providerWindows[provider, default: SlidingWindowLog(limit: rpm, window: .seconds(60))]
+                            .retryAfter(at: now), .providerQuota)
+                }
+            }
+            if limits.enabled {
+                deny(
+                    state.users[user, default: SlidingWindowLog(limit: limits.perUserRequestsPerMinute, window: .seconds(60))]
+                        .retryAfter(at: now), .userWindow)
+                deny(
+                    state.projects[
+                        project,
+                        default: GCRA(capacity: limits.tokenBucketCapacity, perMinute: limits.perProjectRequestsPerMinute)
+                    ].retryAfter(at: now), .projectBucket)
+                // Checked last so a request already denied elsewhere does not use up the burst.
+                if worst == nil {
+                    deny(
+                        state.bursts[
+                            project,
+                            default: BurstGuard(
+                                maxBurst: limits.maxBurst, window: limits.burstWindow, cooldown: limits.burstCooldown)
+                        ].retryAfter(at: now), .burstCooldown)
+                } else if let guardState = state.bursts[project], guardState.isCoolingDown(at: now) {
+                    deny(guardState.cooldownUntil! - now, .burstCooldown)
+                }
+            }
+            if let (wait, kind) = worst {
+                state.denied[kind, default: 0] += 1
+                return .denied(retryAfter: wait, limit: kind)
+            }
+            // Every dimension checked above was stored by its mutating check, except the stateless GCRA read.
+            if let provider, let rpm = quota?.requestsPerMinute {
+                state.providerWindows[provider, default: SlidingWindowLog(limit: rpm, window: .seconds(60))]
+                    .record(at: now)
+            }
+            if limits.enabled {
+                state.users[user]?.record(at: now)
+                state.projects[
+                    project,
+                    default: GCRA(capacity: limits.tokenBucketCapacity, perMinute: limits.perProjectRequestsPerMinute)
+                ].record(at: now)
+                state.bursts[project]?.record(at: now)
+            }
+            state.admitted += 1
+            return .admitted
+        }
+    }
+
+    /// Waits until every dimension admits the request, then admits it.
+    ///
+    /// - Parameter onWait: Called once, with the limit, the first time the request has to wait.
+    /// - Returns: The time spent waiting.
+    /// - Throws: `CancellationError` if the task is cancelled while waiting.
+    @discardableResult
+    public func acquire(
+        user: String, project: String, provider: String?, clock: PargenClock,
+        onWait: @Sendable (LimitKind, Duration) -> Void = { _, _ in }
+    ) async throws -> Duration {
+        var waitedTotal = Duration.zero
+        var told = false
+        while true {
+            try Task.checkCancellation()
+            let now = clock.now
+            switch tryAcquire(user: user, project: project, provider: provider, at: now) {
+            case .admitted:
+                return waitedTotal
+            case .denied(let retryAfter, let kind):
+                if !told {
+                    told = true
+                    onWait(kind, retryAfter)
+                }
+                state.withLock { $0.waiting += 1 }
+                defer { state.withLock { $0.waiting -= 1 } }
+                try await clock.sleep(until: now + retryAfter)
+                let waited = clock.now - now
+                waitedTotal += waited
+                state.withLock { $0.waited[kind, default: .zero] += waited }
+            }
+        }
+    }
+
+    /// Holds back every request to `provider` until `until` (a provider's 429 with Retry-After, MiniMax 1002,
+    /// Runway THROTTLED). Later deadlines win; earlier ones are ignored.
+    public func cooldown(provider: String, until: Duration) {
+        state.withLock { state in
+            if let existing = state.providerCooldowns[provider], existing >= until { return }
+            state.providerCooldowns[provider] = until
+        }
+    }
+
+    /// When `provider` may be called again, if it is cooling down at `now`.
+    public func cooldownEnd(provider: String, at now: Duration) -> Duration? {
+        state.withLock { state in state.providerCooldowns[provider].flatMap { $0 > now ? $0 : nil } }
+    }
+
+    /// How long a request from `user` in `project` would wait at `now`, without consuming anything
+    /// (used to skip users who are held back when leasing work).
+    public func userDelay(user: String, project: String, at now: Duration) -> Duration? {
+        guard configuration.enabled else { return nil }
+        return state.withLock { state in
+            var wait = state.users[user]?.retryAfter(at: now)
+            if let burst = state.bursts[project], burst.isCoolingDown(at: now) {
+                wait = max(wait ?? .zero, burst.cooldownUntil! - now)
+            }
+            return wait
+        }
+    }
+
+    public func stats() -> RateLimiterStats {
+        state.withLock { state in
+            RateLimiterStats(
+                admitted: state.admitted, denied: state.denied, waitTime: state.waited, waiting: state.waiting,
+                burstCooldowns: state.bursts.values.reduce(0) { $0 + $1.cooldownsStarted },
+                trackedUsers: state.users.count, trackedProjects: state.projects.count)
+        }
+    }
+
+    private static func dropIdle(_ state: inout State, now: Duration) {
+        for key in Array(state.users.keys) where state.users[key]!.isIdle(at: now) { state.users[key] = nil }
+    }
+}
+
+/// What the rate limiter has done so far.
+public struct RateLimiterStats: Sendable, Hashable, Codable {
+    public var admitted: Int
+    /// Denials per limit (one request may be denied several times before it is admitted).
+    public var denied: [RateLimiter.LimitKind: Int]
+    /// Time requests spent waiting, per limit.
+    public var waitTime: [RateLimiter.LimitKind: Duration]
+    /// Requests waiting right now.
+    public var waiting: Int
+    public var burstCooldowns: Int
+    public var trackedUsers: Int
+    public var trackedProjects: Int
+}

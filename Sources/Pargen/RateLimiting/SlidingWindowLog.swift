@@ -1,0 +1,122 @@
+import DequeModule
+
+/// An exact sliding-window limit: at most `limit` admissions in any window `(t - window, t]`.
+///
+/// Keeps one timestamp per admission, which is cheap for per-minute limits of a few hundred and has none
+/// of the fixed-window double-burst or the approximate sliding-counter errors.
+public struct SlidingWindowLog: Sendable, Hashable {
+    public let limit: Int
+    public let window: Duration
+    private var admissions: Deque<Duration> = []
+
+    public init(limit: Int, window: Duration) {
+        precondition(limit > 0 && window > .zero)
+        self.limit = limit
+        self.window = window
+    }
+
+    /// Admissions still inside the window ending at `now`.
+    public mutating func count(at now: Duration) -> Int {
+        prune(now)
+        return admissions.count
+    }
+
+    /// `nil` when one more admission fits at `now`; otherwise how long until one does.
+    public mutating func retryAfter(at now: Duration, cost: Int = 1) -> Duration? {
+        prune(now)
+        guard admissions.count + cost > limit else { return nil }
+        // The oldest admission whose expiry makes room for `cost` more.
+        let index = admissions.count + cost - limit - 1
+        guard index < admissions.count else { return window }
+        return admissions[index] + window - now
+    }
+
+    public mutating func record(at now: Duration, cost: Int = 1) {
+        for _ in 0..<cost { admissions.append(now) }
+    }
+
+    /// Whether nothing is remembered (the log may be dropped).
+    public mutating func isIdle(at now: Duration) -> Bool {
+        prune(now)
+        return admissions.isEmpty
+    }
+
+    private mutating func prune(_ now: Duration) {
+        while let first = admissions.first, first + window <= now { admissions.removeFirst() }
+    }
+}
+
+/// The generic cell rate algorithm: a token bucket of `capacity` refilled at `rate`, in one number.
+///
+/// Admits at `now` when `now >= TAT - tolerance`, then moves the theoretical arrival time (TAT) on by one
+/// emission interval per unit of cost. Over any interval of length L it admits at most `capacity + rate * L`.
+public struct GCRA: Sendable, Hashable {
+    /// Time to earn one token.
+    public let emissionInterval: Duration
+    /// `(capacity - 1) * emissionInterval`: how far ahead of time the bucket lets arrivals run.
+    public let tolerance: Duration
+    public let capacity: Int
+    private var theoreticalArrival: Duration?
+
+    /// - Parameters:
+    ///   - capacity: Tokens the bucket holds.
+    ///   - perMinute: Tokens earned per minute.
+    public init(capacity: Int, perMinute: Int) {
+        precondition(capacity > 0 && perMinute > 0)
+        self.capacity = capacity
+        // Round the interval up so the refill is never faster than configured.
+        let nanos = (60_000_000_000 + Int64(perMinute) - 1) / Int64(perMinute)
+        emissionInterval = .nanoseconds(nanos)
+        tolerance = .nanoseconds(nanos * Int64(capacity - 1))
+    }
+
+    public func retryAfter(at now: Duration, cost: Int = 1) -> Duration? {
+        let tat = max(theoreticalArrival ?? now, now)
+        let newTAT = tat + emissionInterval * (cost - 1)
+        let allowedAt = newTAT - tolerance
+        return allowedAt <= now ? nil : allowedAt - now
+    }
+
+    public mutating func record(at now: Duration, cost: Int = 1) {
+        theoreticalArrival = max(theoreticalArrival ?? now, now) + emissionInterval * cost
+    }
+
+    /// Whole tokens available at `now`.
+    public func available(at now: Duration) -> Int {
+        let tat = max(theoreticalArrival ?? now, now)
+        let used = (tat - now) / emissionInterval
+        return max(0, capacity - Int(used.rounded(.up)))
+    }
+}
+
+/// Burst protection: at most `maxBurst` admissions in `window`; the one after starts a cooldown during which
+/// nothing is admitted.
+public struct BurstGuard: Sendable, Hashable {
+    public let cooldown: Duration
+    private var log: SlidingWindowLog
+    public private(set) var cooldownUntil: Duration?
+    public private(set) var cooldownsStarted = 0
+
+    public init(maxBurst: Int, window: Duration, cooldown: Duration) {
+        log = SlidingWindowLog(limit: maxBurst, window: window)
+        self.cooldown = cooldown
+    }
+
+    /// `nil` when admission is allowed; otherwise the wait. Starts a cooldown when the burst is used up.
+    public mutating func retryAfter(at now: Duration) -> Duration? {
+        if let until = cooldownUntil {
+            if now < until { return until - now }
+            cooldownUntil = nil
+        }
+        if log.retryAfter(at: now) != nil {
+            cooldownUntil = now + cooldown
+            cooldownsStarted += 1
+            return cooldown
+        }
+        return nil
+    }
+
+    public mutating func record(at now: Duration) { log.record(at: now) }
+
+    public func isCoolingDown(at now: Duration) -> Bool { cooldownUntil.map { now < $0 } ?? false }
+}

@@ -1,0 +1,2 @@
+import Pargen
+@main struct Main { static func main() {} }
