@@ -1,0 +1,297 @@
+import DequeModule
+import Synchronization
+
+/// The resources a job holds while it runs.
+public enum ResourceKind: String, Sendable, Hashable, CaseIterable, Codable {
+    case apiCalls = "api_calls"
+    case jobSlots = "job_slots"
+    case memoryMB = "memory_mb"
+    case storageMB = "storage_mb"
+}
+
+/// What one lease asks for: amounts of each resource, and optionally one concurrency slot of a provider.
+public struct ResourceRequest: Sendable, Hashable {
+    public var amounts: [ResourceKind: Int]
+    public var provider: String?
+    public var priority: GenerationPriority
+
+    public init(amounts: [ResourceKind: Int], provider: String? = nil, priority: GenerationPriority = .normal) {
+        self.amounts = amounts
+        self.provider = provider
+        self.priority = priority
+    }
+}
+
+/// Proof of a granted ``ResourceRequest``; give it back with ``ResourcePool/release(_:)``.
+public struct ResourceLease: Sendable, Hashable {
+    public let id: UInt64
+    public let request: ResourceRequest
+}
+
+/// Scoped leases on API-call slots, job slots, memory and storage, plus per-provider adaptive concurrency.
+///
+/// A lease is granted all-or-nothing; waiters are served by priority, then in arrival order, first fit.
+/// Each limit auto-scales between its floor and its maximum: up by a quarter when utilisation reaches the
+/// scale-up threshold (or a waiter is blocked by it), down by a quarter when it falls to the scale-down
+/// threshold, at most once per scale interval.
+public final class ResourcePool: Sendable {
+    struct Limit {
+        var current: Int
+        let minimum: Int
+        let maximum: Int
+        var inUse = 0
+        var peak = 0
+        var lastScaled: Duration?
+        var scaleUps = 0
+        var scaleDowns = 0
+    }
+
+    struct ProviderSlots {
+        var adaptive: AdaptiveConcurrencyLimit
+        var inUse = 0
+        var peak = 0
+    }
+
+    struct Waiter {
+        var id: UInt64
+        var request: ResourceRequest
+        var continuation: CheckedContinuation<ResourceLease, any Error>
+    }
+
+    struct State {
+        var limits: [ResourceKind: Limit]
+        var providers: [String: ProviderSlots] = [:]
+        var waiters: [Waiter] = []
+        var nextID: UInt64 = 0
+        var granted = 0
+        var waited = 0
+    }
+
+    public let configuration: PargenConfiguration.Resources
+    private let clock: PargenClock
+    private let state: Mutex<State>
+
+    public init(configuration: PargenConfiguration.Resources, clock: PargenClock = .continuous) {
+        self.configuration = configuration
+        self.clock = clock
+        let start = clock.now
+        func limit(_ maximum: Int) -> Limit {
+            let floor = max(1, Int((Double(maximum) * configuration.minimumFraction).rounded(.down)))
+            // The first scaling step comes one interval after start, once there is load to judge.
+            return Limit(
+                current: max(floor, (maximum + 1) / 2), minimum: min(floor, maximum), maximum: maximum,
+                lastScaled: start)
+        }
+        state = Mutex(
+            State(limits: [
+                .apiCalls: limit(configuration.maxAPICalls),
+                .jobSlots: limit(configuration.maxConcurrentJobs),
+                .memoryMB: limit(configuration.maxMemoryMB),
+                .storageMB: limit(configuration.maxStorageGB * 1024),
+            ]))
+    }
+
+    /// Registers a provider's concurrency ceiling (its quota of concurrent tasks).
+    public func registerProvider(_ name: String, maxConcurrent: Int) {
+        state.withLock { $0.providers[name] = ProviderSlots(adaptive: AdaptiveConcurrencyLimit(maximum: max(1, maxConcurrent))) }
+    }
+
+    /// Waits until the whole request fits, then takes it.
+    ///
+    /// - Throws: `CancellationError` if the task is cancelled while waiting; nothing is then held.
+    public func acquire(_ request: ResourceRequest) async throws -> ResourceLease {
+        let id = state.withLock { state -> UInt64 in
+            state.nextID += 1
+            return state.nextID
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<ResourceLease, any Error>) in
+                let now = clock.now
+                let outcome = state.withLock { state -> Result<ResourceLease, any Error>? in
+                    // The cancellation flag is set before `onCancel` runs, so checking it under the lock closes
+                    // the race between registering and being cancelled.
+                    if Task.isCancelled { return .failure(CancellationError()) }
+                    // Only jump the queue when nobody of equal or higher priority is waiting.
+                    let queued = state.waiters.contains { $0.request.priority >= request.priority }
+                    if !queued, Self.fits(request, in: state) {
+                        Self.take(request, in: &state)
+                        Self.autoscale(&state, now: now, configuration: configuration)
+                        return .success(ResourceLease(id: id, request: request))
+                    }
+                    let position = state.waiters.firstIndex { $0.request.priority < request.priority } ?? state.waiters.count
+                    state.waiters.insert(Waiter(id: id, request: request, continuation: continuation), at: position)
+                    state.waited += 1
+                    Self.autoscale(&state, now: now, configuration: configuration)
+                    return nil
+                }
+                if let outcome { continuation.resume(with: outcome) } else { self.grantWaiters() }
+            }
+        } onCancel: {
+            let waiter = state.withLock { state -> Waiter? in
+                guard let index = state.waiters.firstIndex(where: { $0.id == id }) else { return nil }
+                return state.waiters.remove(at: index)
+            }
+            waiter?.continuation.resume(throwing: CancellationError())
+            // A cancelled waiter may have been blocking others behind it.
+            if waiter != nil { self.grantWaiters() }
+        }
+    }
+
+    /// Returns a lease's resources and wakes the waiters that now fit.
+    public func release(_ lease: ResourceLease) {
+        let now = clock.now
+        state.withLock { state in
+            for (kind, amount) in lease.request.amounts { state.limits[kind]?.inUse -= amount }
+            if let provider = lease.request.provider { state.providers[provider]?.inUse -= 1 }
+            Self.autoscale(&state, now: now, configuration: configuration)
+        }
+        grantWaiters()
+    }
+
+    /// Runs `body` holding the resources, and always gives them back.
+    public func withLease<T: Sendable>(
+        _ request: ResourceRequest, _ body: () async throws -> T
+    ) async throws -> T {
+        let lease = try await acquire(request)
+        defer { release(lease) }
+        return try await body()
+    }
+
+    /// Feeds a provider call's outcome to that provider's adaptive limit.
+    public func recordProviderOutcome(_ provider: String, _ outcome: ProviderLoadSignal) {
+        state.withLock { state in
+            guard state.providers[provider] != nil else { return }
+            switch outcome {
+            case .success(let latency): state.providers[provider]!.adaptive.recordSuccess(latency: latency)
+            case .throttled: state.providers[provider]!.adaptive.recordThrottled()
+            case .timeout: state.providers[provider]!.adaptive.recordTimeout()
+            }
+        }
+        grantWaiters()
+    }
+
+    /// Free concurrency slots of `provider` now (its adaptive limit minus calls in flight).
+    public func providerHeadroom(_ provider: String) -> Int? {
+        state.withLock { state in
+            state.providers[provider].map { max(0, $0.adaptive.current - $0.inUse) }
+        }
+    }
+
+    public func stats() -> ResourcePoolStats {
+        state.withLock { state in
+            ResourcePoolStats(
+                resources: state.limits.mapValues {
+                    ResourceStats(
+                        limit: $0.current, minimum: $0.minimum, maximum: $0.maximum, inUse: $0.inUse, peak: $0.peak,
+                        scaleUps: $0.scaleUps, scaleDowns: $0.scaleDowns)
+                },
+                providers: state.providers.mapValues {
+                    ProviderConcurrencyStats(
+                        limit: $0.adaptive.current, maximum: $0.adaptive.maximum, inFlight: $0.inUse, peak: $0.peak,
+                        decreases: $0.adaptive.decreases)
+                },
+                waiting: state.waiters.count, leasesGranted: state.granted, leasesThatWaited: state.waited)
+        }
+    }
+
+    // MARK: - Internals (called under the lock)
+
+    private func grantWaiters() {
+        let now = clock.now
+        let ready = state.withLock { state -> [(CheckedContinuation<ResourceLease, any Error>, ResourceLease)] in
+            var ready: [(CheckedContinuation<ResourceLease, any Error>, ResourceLease)] = []
+            var index = 0
+            while index < state.waiters.count {
+                let waiter = state.waiters[index]
+                if Self.fits(waiter.request, in: state) {
+                    Self.take(waiter.request, in: &state)
+                    state.waiters.remove(at: index)
+                    ready.append((waiter.continuation, ResourceLease(id: waiter.id, request: waiter.request)))
+                } else {
+                    index += 1
+                }
+            }
+            if !ready.isEmpty { Self.autoscale(&state, now: now, configuration: configuration) }
+            return ready
+        }
+        for (continuation, lease) in ready { continuation.resume(returning: lease) }
+    }
+
+    private static func fits(_ request: ResourceRequest, in state: State) -> Bool {
+        for (kind, amount) in request.amounts {
+            guard let limit = state.limits[kind] else { continue }
+            // A request larger than the whole limit is let through alone rather than never.
+            if limit.inUse + amount > limit.current && !(limit.inUse == 0 && amount > limit.current) { return false }
+        }
+        if let provider = request.provider, let slots = state.providers[provider] {
+            if slots.inUse >= slots.adaptive.current { return false }
+        }
+        return true
+    }
+
+    private static func take(_ request: ResourceRequest, in state: inout State) {
+        for (kind, amount) in request.amounts where state.limits[kind] != nil {
+            state.limits[kind]!.inUse += amount
+            state.limits[kind]!.peak = max(state.limits[kind]!.peak, state.limits[kind]!.inUse)
+        }
+        if let provider = request.provider, state.providers[provider] != nil {
+            state.providers[provider]!.inUse += 1
+            state.providers[provider]!.peak = max(state.providers[provider]!.peak, state.providers[provider]!.inUse)
+        }
+        state.granted += 1
+    }
+
+    private static func autoscale(_ state: inout State, now: Duration, configuration: PargenConfiguration.Resources) {
+        for kind in ResourceKind.allCases {
+            guard var limit = state.limits[kind] else { continue }
+            if let last = limit.lastScaled, now - last < configuration.scaleInterval { continue }
+            let utilisation = Double(limit.inUse) / Double(max(1, limit.current))
+            let blocked = state.waiters.contains { ($0.request.amounts[kind] ?? 0) > 0 }
+            let step = max(1, limit.current / 4)
+            if (utilisation >= configuration.scaleUpThreshold || blocked) && limit.current < limit.maximum {
+                limit.current = min(limit.maximum, limit.current + step)
+                limit.lastScaled = now
+                limit.scaleUps += 1
+            } else if utilisation <= configuration.scaleDownThreshold && !blocked && limit.current > limit.minimum {
+                limit.current = max(limit.minimum, limit.current - step)
+                limit.lastScaled = now
+                limit.scaleDowns += 1
+            }
+            state.limits[kind] = limit
+        }
+    }
+}
+
+/// What a provider call said about the provider's load.
+public enum ProviderLoadSignal: Sendable, Hashable {
+    case success(latency: Duration)
+    case throttled
+    case timeout
+}
+
+public struct ResourceStats: Sendable, Hashable, Codable {
+    public var limit: Int
+    public var minimum: Int
+    public var maximum: Int
+    public var inUse: Int
+    public var peak: Int
+    public var scaleUps: Int
+    public var scaleDowns: Int
+    public var utilization: Double { Double(inUse) / Double(max(1, limit)) }
+}
+
+public struct ProviderConcurrencyStats: Sendable, Hashable, Codable {
+    public var limit: Int
+    public var maximum: Int
+    public var inFlight: Int
+    public var peak: Int
+    public var decreases: Int
+}
+
+public struct ResourcePoolStats: Sendable, Hashable, Codable {
+    public var resources: [ResourceKind: ResourceStats]
+    public var providers: [String: ProviderConcurrencyStats]
+    public var waiting: Int
+    public var leasesGranted: Int
+    public var leasesThatWaited: Int
+}
