@@ -1,0 +1,263 @@
+import DequeModule
+import Synchronization
+
+/// A budget's scope.
+public struct BudgetScope: Sendable, Hashable, Codable, CustomStringConvertible {
+    public enum Kind: String, Sendable, Hashable, Codable { case global, project, campaign }
+    public var kind: Kind
+    public var name: String
+
+    public static let global = BudgetScope(kind: .global, name: "*")
+    public static func project(_ name: String) -> BudgetScope { BudgetScope(kind: .project, name: name) }
+    public static func campaign(_ name: String) -> BudgetScope { BudgetScope(kind: .campaign, name: name) }
+
+    public var description: String { kind == .global ? "global" : "\(kind.rawValue) \(name)" }
+}
+
+/// A budget crossing its alert threshold or its limit.
+public struct BudgetAlert: Sendable, Hashable, Codable {
+    public var scope: BudgetScope
+    public var limit: Money
+    /// Charged plus reserved when the alert was raised.
+    public var committed: Money
+    public var fraction: Double
+    /// Whether this is the limit itself (1.0) rather than the alert threshold.
+    public var exhausted: Bool
+}
+
+/// Spending direction over the trend window.
+public enum CostTrend: String, Sendable, Hashable, Codable { case increasing, decreasing, stable }
+
+/// Estimates, reservations against budgets, settlement and release, with an exact ledger.
+///
+/// Every job's estimate is reserved in every scope it belongs to (global, its project, its campaign) before
+/// the provider is called. Success settles the actual charge (releasing the difference); failure releases the
+/// whole reservation. At every quiescent point `reserved == charged + released`.
+public final class CostMonitor: Sendable {
+    public enum Reservation: Sendable, Hashable {
+        case reserved
+        /// A budget would be exceeded. `canFree` says whether reservations in flight in that scope may come
+        /// back; when not, the job cannot run under this budget.
+        case held(scope: BudgetScope, limit: Money, committed: Money, canFree: Bool)
+    }
+
+    struct Open {
+        var amount: Money
+        var scopes: [BudgetScope]
+        var provider: String
+    }
+
+    struct ScopeBook {
+        var charged = Money.zero
+        var outstanding = Money.zero
+        var alerted = false
+        var exhaustedAlerted = false
+        var held = 0
+    }
+
+    struct ProviderBook {
+        var charged = Money.zero
+        var jobs = 0
+        var mediaMilliseconds: Int64 = 0
+    }
+
+    struct State {
+        var open: [JobID: Open] = [:]
+        var scopes: [BudgetScope: ScopeBook] = [:]
+        var providers: [String: ProviderBook] = [:]
+        var reserved = Money.zero
+        var charged = Money.zero
+        var released = Money.zero
+        var settlements: Deque<(time: Duration, amount: Money)> = []
+        var alerts: [BudgetAlert] = []
+    }
+
+    public let configuration: PargenConfiguration.Budgets
+    private let clock: PargenClock
+    private let state = Mutex(State())
+
+    public init(configuration: PargenConfiguration.Budgets, clock: PargenClock = .continuous) {
+        self.configuration = configuration
+        self.clock = clock
+    }
+
+    /// The limit of a scope, if it has one.
+    public func limit(of scope: BudgetScope) -> Money? {
+        switch scope.kind {
+        case .global: configuration.global
+        case .project: configuration.perProject[scope.name] ?? configuration.defaultPerProject
+        case .campaign: configuration.perCampaign[scope.name]
+        }
+    }
+
+    /// Reserves `amount` for `job` in its global, project and campaign scopes, all or nothing.
+    ///
+    /// - Returns: ``Reservation/reserved``, or ``Reservation/held(scope:limit:committed:canFree:)`` naming
+    ///   the first budget that would be exceeded. Returns the alerts this reservation raised.
+    public func reserve(
+        _ amount: Money, for job: JobID, project: String, campaign: String, provider: String
+    ) -> (Reservation, [BudgetAlert]) {
+        let scopes: [BudgetScope] = [.global, .project(project), .campaign(campaign)]
+        return state.withLock { state in
+            if let existing = state.open[job] {
+                // Idempotent: the same job reserving again replaces its own reservation.
+                Self.drop(existing, from: &state)
+                state.reserved = state.reserved - existing.amount
+            }
+            for scope in scopes {
+                guard let limit = limit(of: scope) else { continue }
+                let book = state.scopes[scope, default: ScopeBook()]
+                let committed = book.charged + book.outstanding
+                if committed + amount > limit {
+                    state.scopes[scope, default: ScopeBook()].held += 1
+                    return (.held(scope: scope, limit: limit, committed: committed, canFree: book.outstanding > .zero), [])
+                }
+            }
+            state.open[job] = Open(amount: amount, scopes: scopes, provider: provider)
+            state.reserved = state.reserved + amount
+            for scope in scopes {
+                let outstanding = state.scopes[scope]?.outstanding ?? .zero
+                state.scopes[scope, default: ScopeBook()].outstanding = outstanding + amount
+            }
+            return (.reserved, raiseAlerts(&state, scopes: scopes))
+        }
+    }
+
+    /// Settles `job`'s reservation at the `actual` charge. An overrun tops the reservation up first.
+    @discardableResult
+    public func settle(_ job: JobID, actual: Money, mediaDuration: Duration = .zero) -> [BudgetAlert] {
+        let now = clock.now
+        return state.withLock { state in
+            guard let open = state.open.removeValue(forKey: job) else { return [] }
+            Self.drop(open, from: &state)
+            if actual > open.amount { state.reserved = state.reserved + (actual - open.amount) }
+            state.charged = state.charged + actual
+            state.released = state.released + max(.zero, open.amount - actual)
+            for scope in open.scopes {
+                let charged = state.scopes[scope]?.charged ?? .zero
+                state.scopes[scope, default: ScopeBook()].charged = charged + actual
+            }
+            let providerCharged = state.providers[open.provider]?.charged ?? .zero
+            state.providers[open.provider, default: ProviderBook()].charged = providerCharged + actual
+            state.providers[open.provider]!.jobs += 1
+            state.providers[open.provider]!.mediaMilliseconds += mediaDuration.milliseconds
+            state.settlements.append((now, actual))
+            while let first = state.settlements.first, now - first.time > configuration.trendWindow {
+                state.settlements.removeFirst()
+            }
+            return raiseAlerts(&state, scopes: open.scopes)
+        }
+    }
+
+    /// Releases `job`'s whole reservation (the call failed or was never made).
+    public func release(_ job: JobID) {
+        state.withLock { state in
+            guard let open = state.open.removeValue(forKey: job) else { return }
+            Self.drop(open, from: &state)
+            state.released = state.released + open.amount
+        }
+    }
+
+    /// Whether any reservation is open in `scope`.
+    public func hasOutstanding(in scope: BudgetScope) -> Bool {
+        state.withLock { ($0.scopes[scope]?.outstanding ?? .zero) > .zero }
+    }
+
+    public func stats() -> CostStats {
+        let now = clock.now
+        return state.withLock { state in
+            var budgets: [BudgetUsage] = []
+            for (scope, book) in state.scopes.sorted(by: { $0.key.description < $1.key.description }) {
+                budgets.append(
+                    BudgetUsage(scope: scope, limit: limit(of: scope), charged: book.charged, reserved: book.outstanding, held: book.held))
+            }
+            let providers = state.providers.map {
+                ProviderSpend(provider: $0.key, charged: $0.value.charged, jobs: $0.value.jobs,
+                    averagePerJob: $0.value.jobs == 0 ? .zero : Money(nanos: $0.value.charged.nanos / Int64($0.value.jobs)),
+                    perMediaMinute: $0.value.mediaMilliseconds == 0 ? nil
+                        : Money(nanos: $0.value.charged.nanos * 60_000 / $0.value.mediaMilliseconds))
+            }.sorted { $0.provider < $1.provider }
+            return CostStats(
+                reserved: state.reserved, charged: state.charged, released: state.released,
+                outstanding: state.open.values.reduce(.zero) { $0 + $1.amount }, budgets: budgets,
+                alerts: state.alerts, trend: Self.trend(state.settlements, now: now, window: configuration.trendWindow),
+                providers: providers)
+        }
+    }
+
+    private static func drop(_ open: Open, from state: inout State) {
+        for scope in open.scopes {
+            if let outstanding = state.scopes[scope]?.outstanding { state.scopes[scope]!.outstanding = outstanding - open.amount }
+        }
+    }
+
+    private func raiseAlerts(_ state: inout State, scopes: [BudgetScope]) -> [BudgetAlert] {
+        var raised: [BudgetAlert] = []
+        for scope in scopes {
+            guard let limit = limit(of: scope), limit > .zero, var book = state.scopes[scope] else { continue }
+            let committed = book.charged + book.outstanding
+            let fraction = committed.ratio(to: limit)
+            if fraction >= configuration.alertThreshold, !book.alerted {
+                book.alerted = true
+                raised.append(BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: false))
+            }
+            if book.charged >= limit, !book.exhaustedAlerted {
+                book.exhaustedAlerted = true
+                raised.append(BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: true))
+            }
+            state.scopes[scope] = book
+        }
+        state.alerts.append(contentsOf: raised)
+        return raised
+    }
+
+    /// Compares spending in the older and newer halves of the window: ±20 % is a trend.
+    static func trend(_ settlements: Deque<(time: Duration, amount: Money)>, now: Duration, window: Duration) -> CostTrend {
+        let middle = now - window / 2
+        var older: Int64 = 0
+        var newer: Int64 = 0
+        for entry in settlements where now - entry.time <= window {
+            if entry.time < middle { older += entry.amount.nanos } else { newer += entry.amount.nanos }
+        }
+        if older == 0 && newer == 0 { return .stable }
+        if Double(newer) > Double(older) * 1.2 { return .increasing }
+        if Double(newer) < Double(older) * 0.8 { return .decreasing }
+        return .stable
+    }
+}
+
+public struct BudgetUsage: Sendable, Hashable, Codable {
+    public var scope: BudgetScope
+    public var limit: Money?
+    public var charged: Money
+    /// Reserved and not yet settled.
+    public var reserved: Money
+    /// Reservations refused so far (jobs held back).
+    public var held: Int
+    public var utilization: Double? { limit.map { (charged + reserved).ratio(to: $0) } }
+}
+
+public struct ProviderSpend: Sendable, Hashable, Codable {
+    public var provider: String
+    public var charged: Money
+    public var jobs: Int
+    public var averagePerJob: Money
+    public var perMediaMinute: Money?
+}
+
+public struct CostStats: Sendable, Hashable, Codable {
+    /// Everything ever reserved (with overrun top-ups).
+    public var reserved: Money
+    public var charged: Money
+    public var released: Money
+    /// Reserved and not yet settled or released.
+    public var outstanding: Money
+    public var budgets: [BudgetUsage]
+    public var alerts: [BudgetAlert]
+    public var trend: CostTrend
+    public var providers: [ProviderSpend]
+
+    /// `reserved == charged + released + outstanding`: holds at every moment, and with nothing outstanding,
+    /// `reserved == charged + released`.
+    public var ledgerBalances: Bool { reserved == charged + released + outstanding }
+}

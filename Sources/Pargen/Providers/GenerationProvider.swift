@@ -1,0 +1,203 @@
+public import Foundation
+public import Logging
+
+/// What a provider can produce.
+public struct ProviderCapabilities: Sendable, Hashable {
+    public var kinds: Set<GenerationKind>
+    /// Audio formats; the first is the native default.
+    public var audioFormats: [MediaFormat]
+    /// Video formats; the first is the native default.
+    public var videoFormats: [MediaFormat]
+    public var maxAudioDuration: Duration
+    public var maxVideoDuration: Duration
+    /// Largest frame the provider renders; `nil` for no video.
+    public var maxResolution: Resolution?
+    public var maxPromptLength: Int
+    /// Voices the provider knows; `nil` accepts any name.
+    public var voices: Set<String>?
+    /// Models the provider offers; the first is its default. Empty accepts any name.
+    public var models: [String]
+
+    public init(
+        kinds: Set<GenerationKind>, audioFormats: [MediaFormat] = [], videoFormats: [MediaFormat] = [],
+        maxAudioDuration: Duration = .seconds(600), maxVideoDuration: Duration = .seconds(60),
+        maxResolution: Resolution? = nil, maxPromptLength: Int = 5_000, voices: Set<String>? = nil,
+        models: [String] = []
+    ) {
+        self.kinds = kinds
+        self.audioFormats = audioFormats
+        self.videoFormats = videoFormats
+        self.maxAudioDuration = maxAudioDuration
+        self.maxVideoDuration = maxVideoDuration
+        self.maxResolution = maxResolution
+        self.maxPromptLength = maxPromptLength
+        self.voices = voices
+        self.models = models
+    }
+
+    /// Why this provider cannot serve `request`, or `nil` when it can.
+    public func refusal(for request: ValidatedRequest) -> String? {
+        guard kinds.contains(request.kind) else { return "does not generate \(request.kind)" }
+        let formats = request.kind == .audio ? audioFormats : videoFormats
+        if let format = request.format, !formats.contains(format) {
+            return "cannot produce \(format) (it produces \(formats.map(\.name).joined(separator: ", ")))"
+        }
+        let longest = request.kind == .audio ? maxAudioDuration : maxVideoDuration
+        if request.duration > longest {
+            return "cannot make \(request.kind) longer than \(longest.seconds.formatted1) s"
+        }
+        if request.kind == .video, let resolution = request.resolution {
+            guard let maxResolution else { return "does not render video" }
+            if resolution.width > maxResolution.width || resolution.height > maxResolution.height {
+                return "renders at most \(maxResolution)"
+            }
+        }
+        if request.prompt.count > maxPromptLength { return "accepts prompts of at most \(maxPromptLength) characters" }
+        if let voice = request.voice, let voices, !voices.contains(voice) { return "has no voice \(voice)" }
+        if let model = request.model, !models.isEmpty, !models.contains(model) { return "has no model \(model)" }
+        return nil
+    }
+
+    /// The format the provider will produce for `request`.
+    public func outputFormat(for request: ValidatedRequest) -> MediaFormat {
+        request.format ?? (request.kind == .audio ? audioFormats.first : videoFormats.first) ?? .wav
+    }
+}
+
+/// A provider's price list, in exact money.
+public struct ProviderPricing: Sendable, Hashable {
+    public var perRequest: Money
+    public var perCharacter: Money
+    public var perAudioSecond: Money
+    public var perVideoSecond: Money
+    /// Prices of particular models, replacing these.
+    public var models: [String: ProviderPricing]
+
+    public init(
+        perRequest: Money = .zero, perCharacter: Money = .zero, perAudioSecond: Money = .zero,
+        perVideoSecond: Money = .zero, models: [String: ProviderPricing] = [:]
+    ) {
+        self.perRequest = perRequest
+        self.perCharacter = perCharacter
+        self.perAudioSecond = perAudioSecond
+        self.perVideoSecond = perVideoSecond
+        self.models = models
+    }
+
+    /// The price of `request`: per request, plus per character of speech, plus per second of media.
+    public func estimate(_ request: ValidatedRequest) -> Money {
+        if let model = request.model, let special = models[model] { return special.estimate(request) }
+        var total = perRequest
+        let milliseconds = request.duration.milliseconds
+        switch request.kind {
+        case .audio:
+            total = total + perCharacter * Int64(request.characterCount) + perAudioSecond.times(thousandths: milliseconds)
+        case .video:
+            total = total + perVideoSecond.times(thousandths: milliseconds)
+        }
+        return total
+    }
+}
+
+/// Everything the engine needs to know about a provider before calling it.
+public struct ProviderDescriptor: Sendable, Hashable {
+    /// Unique name, used in requests, configuration, logs and results.
+    public var name: String
+    public var capabilities: ProviderCapabilities
+    public var pricing: ProviderPricing
+    public var quota: ProviderQuota
+
+    public init(name: String, capabilities: ProviderCapabilities, pricing: ProviderPricing, quota: ProviderQuota) {
+        self.name = name
+        self.capabilities = capabilities
+        self.pricing = pricing
+        self.quota = quota
+    }
+}
+
+/// What a provider returns once the media is written to ``ProviderCallContext/destination``.
+public struct ProviderOutput: Sendable, Hashable {
+    public var format: MediaFormat
+    public var duration: Duration
+    /// The provider's task or request id.
+    public var providerTaskID: String?
+    /// What the provider says it charged, when it says; otherwise the estimate is charged.
+    public var reportedCost: Money?
+
+    public init(format: MediaFormat, duration: Duration, providerTaskID: String? = nil, reportedCost: Money? = nil) {
+        self.format = format
+        self.duration = duration
+        self.providerTaskID = providerTaskID
+        self.reportedCost = reportedCost
+    }
+}
+
+/// What the engine hands a provider for one call.
+public struct ProviderCallContext: Sendable {
+    /// Write the media here (the engine checks it, hashes it and moves it into place).
+    public var destination: URL
+    public var clock: PargenClock
+    /// 1 for the first call of a job.
+    public var attempt: Int
+    /// Deterministic per job and attempt: send it where the provider supports idempotency.
+    public var idempotencyKey: String
+    public var logger: Logger
+    private let submitted: @Sendable (String) async throws -> Void
+    private let progress: @Sendable (Double) -> Void
+    private let downloading: @Sendable () -> Void
+
+    public init(
+        destination: URL, clock: PargenClock, attempt: Int, idempotencyKey: String, logger: Logger,
+        submitted: @escaping @Sendable (String) async throws -> Void = { _ in },
+        progress: @escaping @Sendable (Double) -> Void = { _ in },
+        downloading: @escaping @Sendable () -> Void = {}
+    ) {
+        self.destination = destination
+        self.clock = clock
+        self.attempt = attempt
+        self.idempotencyKey = idempotencyKey
+        self.logger = logger
+        self.submitted = submitted
+        self.progress = progress
+        self.downloading = downloading
+    }
+
+    /// Call right after the provider accepted the task, before polling: the engine persists the task id so
+    /// that a crash resumes polling instead of paying again.
+    public func reportSubmitted(taskID: String) async throws { try await submitted(taskID) }
+    /// Progress of the running task, 0...1.
+    public func reportProgress(_ fraction: Double) { progress(min(1, max(0, fraction))) }
+    /// The result is being fetched.
+    public func reportDownloading() { downloading() }
+}
+
+/// A media generation backend: a commercial API adapter, a local synthesizer, or a test double.
+///
+/// Throw ``GenerationError`` with the right code: ``GenerationError/Code/rateLimited`` (with
+/// `retryAfter` when the provider gives one), ``GenerationError/Code/transient`` or
+/// ``GenerationError/Code/terminal``. Any other error counts as transient.
+public protocol GenerationProvider: Sendable {
+    var descriptor: ProviderDescriptor { get }
+
+    /// Generates the media for `request` into `context.destination`.
+    func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput
+
+    /// Continues a task submitted earlier (after a crash) by polling it; never submits again.
+    func resume(taskID: String, request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput
+}
+
+extension GenerationProvider {
+    public func resume(taskID: String, request: ValidatedRequest, context: ProviderCallContext) async throws
+        -> ProviderOutput
+    {
+        throw GenerationError(
+            .terminal, "provider cannot resume task \(taskID)", provider: descriptor.name)
+    }
+}
+
+extension Double {
+    package var formatted1: String {
+        let scaled = (self * 10).rounded() / 10
+        return scaled == scaled.rounded() ? String(Int(scaled)) : String(scaled)
+    }
+}

@@ -1,0 +1,198 @@
+/// Where a job is in its life.
+public enum JobState: String, Sendable, Hashable, Codable, CaseIterable {
+    /// Waiting to be leased (now or at its `runAt`).
+    case available
+    /// Leased by a worker.
+    case running
+    case succeeded
+    /// Failed for good; kept with its error history and can be re-queued.
+    case deadLettered = "dead_lettered"
+    /// Crashed between submitting to a provider and recording the provider's task id: a person decides.
+    case needsReconciliation = "needs_reconciliation"
+
+    public var isFinal: Bool { self == .succeeded || self == .deadLettered || self == .needsReconciliation }
+}
+
+/// How far a job got with its current provider call (for never paying twice).
+public enum RecoveryPoint: String, Sendable, Hashable, Codable {
+    /// The call is about to go out; no task id is known yet.
+    case submitting
+    /// The provider accepted the task and its id is recorded: resume by polling.
+    case submitted
+}
+
+/// The final result stored with a succeeded job.
+public struct JobOutcome: Sendable, Hashable, Codable {
+    public var artifact: Artifact
+    public var provider: String
+    public var cost: Money
+    public var servedFromCache: Bool
+    public var deduplicated: Bool
+
+    public init(artifact: Artifact, provider: String, cost: Money, servedFromCache: Bool = false, deduplicated: Bool = false) {
+        self.artifact = artifact
+        self.provider = provider
+        self.cost = cost
+        self.servedFromCache = servedFromCache
+        self.deduplicated = deduplicated
+    }
+}
+
+/// Everything the store knows about one job.
+public struct JobRecord: Sendable, Hashable, Codable {
+    public var id: JobID
+    public var request: ValidatedRequest
+    public var state: JobState
+    /// Provider calls begun (a throttled call gives its attempt back).
+    public var attempts: Int
+    /// Rate-limit and budget waits.
+    public var snoozes: Int
+    /// Store time (the store's clock) from which the job may be leased.
+    public var runAt: Duration
+    public var enqueuedAt: Duration
+    public var finishedAt: Duration?
+    /// Insertion order, for first-in first-out within a priority and user.
+    public var sequence: Int64
+    public var leaseToken: String?
+    public var leaseOwner: String?
+    public var leaseExpiresAt: Duration?
+    public var recoveryPoint: RecoveryPoint?
+    public var provider: String?
+    public var providerTaskID: String?
+    /// Providers that failed this job, avoided on the next attempt while others can serve it.
+    public var failedProviders: [String]
+    /// Every error met, oldest first.
+    public var errors: [GenerationError]
+    public var outcome: JobOutcome?
+}
+
+/// Proof that a worker holds a job. Every state change is fenced by its token.
+public struct JobLease: Sendable, Hashable, Codable {
+    public var jobID: JobID
+    public var token: String
+    public var expiresAt: Duration
+}
+
+public struct LeasedJob: Sendable, Hashable {
+    public var record: JobRecord
+    public var lease: JobLease
+}
+
+/// The result of enqueuing one request.
+public struct EnqueueResult: Sendable, Hashable {
+    public var jobID: JobID
+    /// The request's idempotency key matched an earlier job in the same project, which is returned instead.
+    public var existing: Bool
+
+    public init(jobID: JobID, existing: Bool) {
+        self.jobID = jobID
+        self.existing = existing
+    }
+}
+
+/// Selects jobs for ``JobStore/jobs(matching:)``.
+public struct JobQuery: Sendable, Hashable {
+    public var states: Set<JobState>?
+    public var campaign: String?
+    public var project: String?
+    public var user: String?
+    public var provider: String?
+    public var limit: Int?
+
+    public init(states: Set<JobState>? = nil, campaign: String? = nil, project: String? = nil, user: String? = nil,
+        provider: String? = nil, limit: Int? = nil)
+    {
+        self.states = states
+        self.campaign = campaign
+        self.project = project
+        self.user = user
+        self.provider = provider
+        self.limit = limit
+    }
+
+    public func matches(_ job: JobRecord) -> Bool {
+        (states?.contains(job.state) ?? true) && (campaign.map { $0 == job.request.campaign } ?? true)
+            && (project.map { $0 == job.request.project } ?? true) && (user.map { $0 == job.request.user } ?? true)
+            && (provider.map { $0 == job.provider } ?? true)
+    }
+}
+
+/// Errors of a ``JobStore``. Equality compares the code.
+public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
+    public struct Code: Sendable, Hashable, CustomStringConvertible {
+        private enum Base: String, Sendable, Hashable { case notFound, leaseLost, invalidState, unavailable }
+        private let base: Base
+        private init(_ base: Base) { self.base = base }
+        public static let notFound = Code(.notFound)
+        /// The lease expired or was taken over: this worker must stop working on the job (fencing).
+        public static let leaseLost = Code(.leaseLost)
+        public static let invalidState = Code(.invalidState)
+        public static let unavailable = Code(.unavailable)
+        public var description: String { base.rawValue }
+    }
+
+    public var code: Code
+    public var message: String
+    public var underlying: (any Error)?
+
+    public init(_ code: Code, _ message: String, underlying: (any Error)? = nil) {
+        self.code = code
+        self.message = message
+        self.underlying = underlying
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
+    public func hash(into hasher: inout Hasher) { hasher.combine(code) }
+    public var description: String { "\(code): \(message)" }
+}
+
+/// Durable (or, for the memory store, process-lifetime) storage of jobs with leases and fenced transitions.
+///
+/// Every transition of a running job takes its ``JobLease``; a worker whose lease expired or was taken
+/// over gets ``StoreError/Code/leaseLost`` and must stop. Memory is the reference implementation; SQLite
+/// and PostgreSQL implement the same contract.
+public protocol JobStore: Sendable {
+    /// Adds jobs. An idempotency key already used in the same project returns the existing job.
+    func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult]
+
+    /// Leases up to `limit` jobs that are due: highest priority first, then round-robin across users, then
+    /// oldest first; jobs of `excludingUsers` are left for later.
+    func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws -> [LeasedJob]
+
+    /// When the earliest job that is not yet due becomes due, if any.
+    func nextDueTime() async throws -> Duration?
+
+    /// Extends a lease. Throws ``StoreError/Code/leaseLost`` if it is no longer held.
+    func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease
+
+    /// Records, before a provider call, that it is about to be made (and counts the attempt).
+    func beginAttempt(_ lease: JobLease, provider: String) async throws
+
+    /// Records the provider's task id right after submission, before polling.
+    func recordSubmission(_ lease: JobLease, taskID: String) async throws
+
+    /// Finishes a job successfully.
+    func complete(_ lease: JobLease, outcome: JobOutcome) async throws
+
+    /// Puts a job back to run at `runAt`, recording `error`. `spendAttempt: false` gives back the attempt of
+    /// the current call (throttling). `failedProvider` is avoided next time while others can serve.
+    func retry(_ lease: JobLease, error: GenerationError?, runAt: Duration, spendAttempt: Bool, failedProvider: String?)
+        async throws
+
+    /// Finishes a job as failed, keeping its error history.
+    func deadLetter(_ lease: JobLease, error: GenerationError) async throws
+
+    /// Gives a job back without judging it (shutdown): the attempt is restored.
+    func release(_ lease: JobLease) async throws
+
+    /// Returns expired leases' jobs to the queue; returns how many.
+    func rescueExpiredLeases() async throws -> Int
+
+    func job(_ id: JobID) async throws -> JobRecord?
+    func jobs(matching query: JobQuery) async throws -> [JobRecord]
+
+    /// Puts a dead-lettered job back in the queue with fresh attempts.
+    func requeue(_ id: JobID) async throws
+
+    func counts() async throws -> [JobState: Int]
+}
