@@ -111,6 +111,17 @@ public final class LoadBalancer: Sendable {
         }
     }
 
+    /// Whether a provider other than `excluding` can serve `request` now (for immediate failover).
+    public func hasAlternative(for request: ValidatedRequest, excluding: Set<String>, at now: Duration) -> Bool {
+        let names = request.provider.map { [$0] } ?? order
+        return state.withLock { state in
+            names.contains { name in
+                !excluding.contains(name) && descriptors[name].map { $0.capabilities.refusal(for: request) == nil } == true
+                    && state.health[name]!.breaker.wouldAllow(at: now)
+            }
+        }
+    }
+
     public func recordSuccess(_ provider: String, latency: Duration) {
         state.withLock { state in
             guard var health = state.health[provider] else { return }

@@ -47,10 +47,11 @@ public struct ProgressUpdate: Sendable, Hashable {
     }
 }
 
-/// An engine-wide event: a request's progress, or a budget alert.
-public enum PargenEvent: Sendable, Hashable {
+/// An engine-wide event: a request's progress, a budget alert, or a request's final result.
+public enum PargenEvent: Sendable {
     case progress(ProgressUpdate)
     case budgetAlert(BudgetAlert)
+    case finished(GenerationResult)
 }
 
 /// Fans events out to any number of subscribers, each with its own bounded buffer.

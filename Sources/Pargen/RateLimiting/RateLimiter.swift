@@ -185,6 +185,23 @@ public final class RateLimiter: Sendable {
         }
     }
 
+    /// Users whose own window is full at `now`, and when the first of them frees up: their jobs are left
+    /// in the queue instead of holding worker slots while they wait.
+    public func blockedUsers(at now: Duration) -> (users: Set<String>, until: Duration?) {
+        guard configuration.enabled else { return ([], nil) }
+        return state.withLock { state in
+            var users: Set<String> = []
+            var until: Duration?
+            for key in Array(state.users.keys) {
+                if let wait = state.users[key]!.retryAfter(at: now) {
+                    users.insert(key)
+                    until = min(until ?? now + wait, now + wait)
+                }
+            }
+            return (users, until)
+        }
+    }
+
     public func stats() -> RateLimiterStats {
         state.withLock { state in
             RateLimiterStats(

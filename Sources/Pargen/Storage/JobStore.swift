@@ -152,6 +152,10 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
 /// over gets ``StoreError/Code/leaseLost`` and must stop. Memory is the reference implementation; SQLite
 /// and PostgreSQL implement the same contract.
 public protocol JobStore: Sendable {
+    /// Whether jobs outlive this process (a database), so that leases need heartbeats and a rescuer.
+    /// An in-process store's leases all belong to this process.
+    var outlivesProcess: Bool { get }
+
     /// Adds jobs. An idempotency key already used in the same project returns the existing job.
     func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult]
 

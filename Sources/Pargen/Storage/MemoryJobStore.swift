@@ -56,6 +56,8 @@ public final class MemoryJobStore: JobStore {
 
     private let clock: PargenClock
     private let idPrefix: String
+
+    public var outlivesProcess: Bool { false }
     private let state = Mutex(State())
 
     /// - Parameters:
@@ -256,10 +258,11 @@ public final class MemoryJobStore: JobStore {
     // MARK: - Helpers
 
     private func withHeld<R>(_ lease: JobLease, _ body: (inout State) throws -> R) throws -> R {
-        let now = clock.now
-        return try state.withLock { state in
+        try state.withLock { state in
             guard let job = state.jobs[lease.jobID] else { throw StoreError(.notFound, "no job \(lease.jobID)") }
-            guard job.state == .running, job.leaseToken == lease.token, let expiry = job.leaseExpiresAt, expiry > now
+            // An expired lease stays valid until the rescuer takes the job (which changes the token): fencing
+            // is by token, so a slow worker is stopped exactly when someone else may start.
+            guard job.state == .running, job.leaseToken == lease.token
             else { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
             return try body(&state)
         }

@@ -23,14 +23,28 @@ package struct SHA256Hasher: Sendable {
     package init() {}
 
     package mutating func update<Bytes: Sequence>(_ bytes: Bytes) where Bytes.Element == UInt8 {
-        for byte in bytes {
-            buffer.append(byte)
-            length &+= 1
+        let array = Array(bytes)
+        array.withUnsafeBytes { update(raw: $0) }
+    }
+
+    /// Hashes a buffer, compressing whole 64-byte blocks straight from it.
+    package mutating func update(raw: UnsafeRawBufferPointer) {
+        var offset = 0
+        length &+= UInt64(raw.count)
+        if !buffer.isEmpty {
+            let take = min(64 - buffer.count, raw.count)
+            buffer.append(contentsOf: raw[0..<take])
+            offset = take
             if buffer.count == 64 {
-                compress(buffer)
+                buffer.withUnsafeBytes { compress($0) }
                 buffer.removeAll(keepingCapacity: true)
             }
         }
+        while raw.count - offset >= 64 {
+            compress(UnsafeRawBufferPointer(rebasing: raw[offset..<offset + 64]))
+            offset += 64
+        }
+        if offset < raw.count { buffer.append(contentsOf: raw[offset...]) }
     }
 
     package mutating func update(_ string: String) { update(Array(string.utf8)) }
@@ -40,7 +54,12 @@ package struct SHA256Hasher: Sendable {
         buffer.append(0x80)
         while buffer.count % 64 != 56 { buffer.append(0) }
         for shift in stride(from: 56, through: 0, by: -8) { buffer.append(UInt8(truncatingIfNeeded: bitLength >> UInt64(shift))) }
-        for start in stride(from: 0, to: buffer.count, by: 64) { compress(Array(buffer[start..<start + 64])) }
+        let padded = buffer
+        padded.withUnsafeBytes { raw in
+            for start in stride(from: 0, to: raw.count, by: 64) {
+                compress(UnsafeRawBufferPointer(rebasing: raw[start..<start + 64]))
+            }
+        }
         buffer.removeAll()
         var out: [UInt8] = []
         out.reserveCapacity(32)
@@ -69,7 +88,7 @@ package struct SHA256Hasher: Sendable {
         return hasher.finalizeHex()
     }
 
-    private mutating func compress(_ block: [UInt8]) {
+    private mutating func compress(_ block: UnsafeRawBufferPointer) {
         var w = [UInt32](repeating: 0, count: 64)
         for i in 0..<16 {
             w[i] = UInt32(block[i * 4]) << 24 | UInt32(block[i * 4 + 1]) << 16 | UInt32(block[i * 4 + 2]) << 8

@@ -1,0 +1,99 @@
+public import Foundation
+
+/// Where finished media lives: a folder, written atomically (temporary file, checks, rename).
+public struct ArtifactStore: Sendable {
+    public let root: URL
+
+    public init(root: URL) { self.root = root }
+
+    var stagingDirectory: URL { root.appendingPathComponent(".staging", isDirectory: true) }
+
+    func prepare() throws {
+        try FileManager.default.createDirectory(at: stagingDirectory, withIntermediateDirectories: true)
+        for kind in GenerationKind.allCases {
+            try FileManager.default.createDirectory(
+                at: root.appendingPathComponent(kind.rawValue, isDirectory: true), withIntermediateDirectories: true)
+        }
+    }
+
+    /// A fresh temporary path for one provider call.
+    func stagingURL(job: JobID, attempt: Int) -> URL {
+        stagingDirectory.appendingPathComponent("\(Self.safe(job.rawValue))-\(attempt).part")
+    }
+
+    /// The final path of a request's media.
+    func finalURL(job: JobID, request: ValidatedRequest, format: MediaFormat) -> URL {
+        root.appendingPathComponent(request.kind.rawValue, isDirectory: true)
+            .appendingPathComponent("\(Self.safe(request.id))-\(Self.safe(job.rawValue)).\(format.name)")
+    }
+
+    /// Checks the provider's output, hashes it and moves it into place.
+    ///
+    /// - Throws: ``GenerationError/Code/artifactInvalid`` when the file is missing, empty or not of the format.
+    func commit(
+        staging: URL, job: JobID, request: ValidatedRequest, output: ProviderOutput, provider: String
+    ) throws(GenerationError) -> Artifact {
+        let (size, hash) = try Self.checkedDigest(staging, format: output.format, provider: provider)
+        let destination = finalURL(job: job, request: request, format: output.format)
+        do {
+            if FileManager.default.fileExists(atPath: destination.path) { try FileManager.default.removeItem(at: destination) }
+            try FileManager.default.moveItem(at: staging, to: destination)
+        } catch {
+            throw GenerationError(.transient, "could not move the artifact into place: \(error.localizedDescription)")
+        }
+        return Artifact(
+            url: destination, format: output.format, contentType: output.format.contentType, byteCount: size,
+            sha256: hash, duration: output.duration, provider: provider, providerTaskID: output.providerTaskID)
+    }
+
+    /// Gives another request its own copy of an existing artifact (a hard link where possible).
+    func materialize(_ artifact: Artifact, job: JobID, request: ValidatedRequest) throws -> Artifact {
+        let destination = finalURL(job: job, request: request, format: artifact.format)
+        if destination != artifact.url {
+            if FileManager.default.fileExists(atPath: destination.path) { try FileManager.default.removeItem(at: destination) }
+            do {
+                try FileManager.default.linkItem(at: artifact.url, to: destination)
+            } catch {
+                try FileManager.default.copyItem(at: artifact.url, to: destination)
+            }
+        }
+        var copy = artifact
+        copy.url = destination
+        return copy
+    }
+
+    func discard(_ staging: URL) { try? FileManager.default.removeItem(at: staging) }
+
+    /// Size and SHA-256 of a finished file, after checking it is a non-empty file of the right format.
+    static func checkedDigest(_ url: URL, format: MediaFormat, provider: String) throws(GenerationError) -> (Int64, String) {
+        guard let handle = try? FileHandle(forReadingFrom: url) else {
+            throw GenerationError(.artifactInvalid, "the provider produced no file", provider: provider)
+        }
+        defer { try? handle.close() }
+        var hasher = SHA256Hasher()
+        var size: Int64 = 0
+        var head = Data()
+        while true {
+            guard let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty else { break }
+            if head.count < 16 { head.append(chunk.prefix(16 - head.count)) }
+            size += Int64(chunk.count)
+            chunk.withUnsafeBytes { hasher.update(raw: $0) }
+        }
+        guard size > 0 else { throw GenerationError(.artifactInvalid, "the provider produced an empty file", provider: provider) }
+        let magic: [String: [UInt8]] = [
+            "wav": Array("RIFF".utf8), "gif": Array("GIF8".utf8), "flac": Array("fLaC".utf8), "ogg": Array("OggS".utf8),
+        ]
+        if let expected = magic[format.name], !head.starts(with: expected) {
+            throw GenerationError(.artifactInvalid, "the file is not a valid \(format.name) file", provider: provider)
+        }
+        return (size, hasher.finalizeHex())
+    }
+
+    static func safe(_ text: String) -> String {
+        let allowed = text.unicodeScalars.map { scalar -> Character in
+            (scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || scalar == "-" || scalar == "_" || scalar == "."))
+                ? Character(scalar) : "_"
+        }
+        return String(String(allowed).prefix(80))
+    }
+}

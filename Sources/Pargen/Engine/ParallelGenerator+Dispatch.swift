@@ -1,0 +1,395 @@
+import Foundation
+import Logging
+import Synchronization
+
+extension ParallelGenerator {
+    /// Leases due jobs, batches them and runs the batches, until draining is complete or the task is cancelled.
+    func dispatchLoop(group: inout DiscardingTaskGroup) async {
+        let maxJobs = configuration.resources.maxConcurrentJobs + configuration.batching.maxJobsPerBatch
+        let maxBatches = max(1, configuration.batching.maxBatchesInFlight)
+        while !Task.isCancelled {
+            await maintainLeases()
+            let (lifecycle, inFlight, batches) = state.withLock { ($0.lifecycle, $0.inFlight.count, $0.batchesInFlight) }
+            if lifecycle != .running {
+                if inFlight == 0 { return }
+                await wakeup.wait(until: nextHeartbeat(), clock: clock)
+                continue
+            }
+            let free = maxJobs - inFlight
+            guard free > 0, batches < maxBatches else {
+                await wakeup.wait(until: nextHeartbeat(), clock: clock)
+                continue
+            }
+            let now = clock.now
+            let blocked = limiter.blockedUsers(at: now)
+            let leased: [LeasedJob]
+            do {
+                leased = try await store.lease(
+                    limit: free, owner: workerID, duration: configuration.leaseDuration, excludingUsers: blocked.users)
+            } catch {
+                logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
+                leased = []
+            }
+            guard !leased.isEmpty else {
+                let due = try? await store.nextDueTime()
+                let deadline = [due, blocked.until, nextHeartbeat()].compactMap { $0 }.min()
+                await wakeup.wait(until: deadline, clock: clock)
+                continue
+            }
+            state.withLock { state in for job in leased { state.inFlight[job.record.id] = job.lease } }
+            let jobs = Dictionary(leased.map { ($0.record.id, $0) }, uniquingKeysWith: { a, _ in a })
+            let formed = batcher.makeBatches(
+                leased.map { BatchCandidate(jobID: $0.record.id, request: $0.record.request, estimatedCost: cheapestEstimate($0.record.request)) })
+            state.withLock { state in
+                state.batcher.batchesFormed += formed.count
+                state.batcher.jobsBatched += formed.reduce(0) { $0 + $1.members.count }
+                state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
+                state.batcher.largestBatch = max(state.batcher.largestBatch, formed.map(\.members.count).max() ?? 0)
+            }
+            for (index, batch) in formed.enumerated() {
+                // At most `maxBatchesInFlight` batches at once; leased jobs wait here, holding their leases.
+                while state.withLock({ $0.batchesInFlight >= maxBatches }) && !Task.isCancelled {
+                    await wakeup.wait(until: nextHeartbeat(), clock: clock)
+                    await maintainLeases()
+                }
+                if Task.isCancelled {
+                    for remaining in formed[index...] { await giveBack(remaining.allJobs.compactMap { jobs[$0.jobID] }) }
+                    return
+                }
+                state.withLock { $0.batchesInFlight += 1 }
+                let members = batch.allJobs.compactMap { jobs[$0.jobID] }
+                group.addTask {
+                    await self.runBatch(members)
+                    self.state.withLock { $0.batchesInFlight -= 1 }
+                    self.wakeup.signal()
+                }
+                let pause = random.duration(upTo: configuration.batching.pacingJitter)
+                if pause > .zero, index < formed.count - 1 { try? await clock.sleep(for: pause) }
+            }
+        }
+    }
+
+    private func runBatch(_ jobs: [LeasedJob]) async {
+        await withDiscardingTaskGroup { group in
+            for job in jobs { group.addTask { await self.processJob(job) } }
+        }
+    }
+
+    private func giveBack(_ jobs: [LeasedJob]) async {
+        for job in jobs {
+            try? await store.release(job.lease)
+            state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
+        }
+    }
+
+    /// Heartbeats every lease in flight that is a third of the way to expiry, and rescues expired leases,
+    /// for stores whose jobs outlive this process.
+    private func maintainLeases() async {
+        guard store.outlivesProcess else { return }
+        let now = clock.now
+        let leaseDuration = configuration.leaseDuration
+        let due = state.withLock { state in state.inFlight.values.filter { $0.expiresAt - now <= leaseDuration * 2 / 3 } }
+        for lease in due {
+            if let renewed = try? await store.heartbeat(lease, duration: leaseDuration) {
+                state.withLock { state in
+                    if state.inFlight[lease.jobID] != nil { state.inFlight[lease.jobID] = renewed }
+                }
+            }
+        }
+        let rescueDue = state.withLock { state -> Bool in
+            guard now - state.lastRescue >= leaseDuration / 2 else { return false }
+            state.lastRescue = now
+            return true
+        }
+        if rescueDue, let rescued = try? await store.rescueExpiredLeases(), rescued > 0 {
+            logger.info("rescued expired leases", metadata: [LoggingKeys.count: "\(rescued)"])
+        }
+    }
+
+    private func nextHeartbeat() -> Duration? {
+        guard store.outlivesProcess else { return nil }
+        let leaseDuration = configuration.leaseDuration
+        return state.withLock { state in state.inFlight.values.map(\.expiresAt).min().map { $0 - leaseDuration * 2 / 3 } }
+    }
+
+    private func cheapestEstimate(_ request: ValidatedRequest) -> Money {
+        let names = request.provider.map { [$0] } ?? balancer.providerNames
+        return names.compactMap { balancer.descriptor($0) }
+            .filter { $0.capabilities.refusal(for: request) == nil }
+            .map { $0.pricing.estimate(request) }.min() ?? .zero
+    }
+
+    // MARK: - One job
+
+    private func processJob(_ job: LeasedJob) async {
+        let id = job.record.id
+        defer {
+            state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
+            wakeup.signal()
+        }
+        let slot: ResourceLease
+        do {
+            slot = try await pool.acquire(ResourceRequest(amounts: [.jobSlots: 1], priority: job.record.request.priority))
+        } catch {
+            try? await store.release(job.lease)
+            return
+        }
+        defer { pool.release(slot) }
+        do {
+            try await runJob(job)
+        } catch let error as StoreError where error.code == .leaseLost {
+            logger.debug("lease lost", metadata: [LoggingKeys.jobID: "\(id)"])
+        } catch {
+            if Task.isCancelled || error is CancellationError {
+                try? await store.release(job.lease)
+            } else {
+                logger.info("job processing failed", metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"])
+                let failure = GenerationError(.transient, "internal error: \(error)")
+                try? await store.retry(
+                    job.lease, error: failure, runAt: clock.now + retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
+                    failedProvider: nil)
+            }
+        }
+    }
+
+    private func runJob(_ job: LeasedJob) async throws {
+        let record = job.record
+        let request = record.request
+        let id = record.id
+        // A job rescued after its provider accepted the task resumes polling; it never submits again.
+        if record.recoveryPoint == .submitted, record.providerTaskID != nil {
+            let outcome = await lead(job)
+            _ = outcome
+            return
+        }
+        if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
+            let artifact = try artifacts.materialize(cached, job: id, request: request)
+            try await store.complete(
+                job.lease, outcome: JobOutcome(artifact: artifact, provider: cached.provider, cost: .zero, servedFromCache: true))
+            progress(record, .servedFromCache, provider: cached.provider)
+            await finish(id)
+            return
+        }
+        switch await flights.join(request.fingerprint) {
+        case .leader:
+            let outcome = await lead(job)
+            flights.finish(request.fingerprint, with: outcome)
+        case .follower(.success(let shared)):
+            let artifact = try artifacts.materialize(shared, job: id, request: request)
+            try await store.complete(
+                job.lease, outcome: JobOutcome(artifact: artifact, provider: shared.provider, cost: .zero, deduplicated: true))
+            state.withLock { $0.deduplicated += 1 }
+            progress(record, .succeeded, provider: shared.provider, message: "de-duplicated")
+            await finish(id)
+        case .follower(.terminal(let error)):
+            try await store.deadLetter(job.lease, error: error)
+            progress(record, .deadLettered, message: error.description)
+            await finish(id)
+        case .follower(.retryLater), .follower(nil):
+            // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
+            try await store.retry(
+                job.lease, error: nil, runAt: clock.now + retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
+                failedProvider: nil)
+            progress(record, .queued, message: "waiting for an identical request")
+        }
+    }
+
+    /// Makes the provider call for a job and records its outcome. Never throws: every failure ends in a
+    /// store transition (retry, snooze or dead letter).
+    private func lead(_ job: LeasedJob) async -> FlightOutcome {
+        let record = job.record
+        let request = record.request
+        let id = record.id
+        let lease = job.lease
+        let now = clock.now
+        let resumeTaskID = record.recoveryPoint == .submitted ? record.providerTaskID : nil
+        let name: String
+        if let resumeTaskID, let previous = record.provider, providers[previous] != nil {
+            _ = resumeTaskID
+            name = previous
+        } else {
+            switch balancer.choose(
+                for: request, excluding: Set(record.failedProviders), at: now,
+                headroom: { self.pool.providerHeadroom($0) },
+                coolingDown: { self.limiter.cooldownEnd(provider: $0, at: now) != nil })
+            {
+            case .noneCapable(let reason):
+                return await deadLetter(job, GenerationError(.noCapableProvider, reason))
+            case .wait(let until):
+                try? await store.retry(lease, error: nil, runAt: until, spendAttempt: false, failedProvider: nil)
+                progress(record, .retrying, message: "every capable provider's circuit is open")
+                return .retryLater
+            case .provider(let chosen):
+                name = chosen
+            }
+        }
+        let provider = providers[name]!
+        let descriptor = provider.descriptor
+        let estimate = descriptor.pricing.estimate(request)
+        let (reservation, alerts) = costs.reserve(
+            estimate, for: id, project: request.project, campaign: request.campaign, provider: name)
+        for alert in alerts { publish(.budgetAlert(alert)) }
+        if case .held(let scope, let limit, let committed, let canFree) = reservation {
+            balancer.recordNeutral(name, throttled: false)
+            let message = "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(estimate)"
+            guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
+            progress(record, .heldByBudget, message: message)
+            try? await store.retry(
+                lease, error: nil, runAt: now + retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false, failedProvider: nil)
+            return .retryLater
+        }
+        do {
+            try await limiter.acquire(user: request.user, project: request.project, provider: name, clock: clock) {
+                kind, wait in
+                self.progress(record, .waitingForRateLimit, provider: name, message: "\(kind.rawValue) for \(wait.seconds.formatted1) s")
+            }
+            let resources = try await pool.acquire(
+                ResourceRequest(
+                    amounts: [.apiCalls: 1, .memoryMB: Self.memoryEstimate(request), .storageMB: Self.storageEstimate(request)],
+                    provider: name, priority: request.priority))
+            defer { pool.release(resources) }
+            try await store.beginAttempt(lease, provider: name)
+            let attempt = record.attempts + 1
+            progress(record, .submitted, provider: name)
+            let staging = artifacts.stagingURL(job: id, attempt: attempt)
+            let context = ProviderCallContext(
+                destination: staging, clock: clock, attempt: attempt, idempotencyKey: "\(id):\(attempt)", logger: logger,
+                submitted: { taskID in
+                    try await self.store.recordSubmission(lease, taskID: taskID)
+                    self.progress(record, .running, provider: name)
+                },
+                progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction) },
+                downloading: { self.progress(record, .downloading, provider: name) })
+            let started = clock.now
+            let output: ProviderOutput
+            do {
+                if let resumeTaskID {
+                    output = try await provider.resume(taskID: resumeTaskID, request: request, context: context)
+                } else {
+                    output = try await provider.generate(request, context: context)
+                }
+            } catch {
+                artifacts.discard(staging)
+                throw error
+            }
+            let latency = clock.now - started
+            let artifact = try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name)
+            let cost = output.reportedCost ?? estimate
+            balancer.recordSuccess(name, latency: latency)
+            pool.recordProviderOutcome(name, .success(latency: latency))
+            state.withLock { state in
+                state.providerActivity[name, default: ProviderActivity()].succeeded += 1
+                state.latencies[name, default: []].append(latency)
+                if state.latencies[name]!.count > 20_000 { state.latencies[name]!.removeFirst(10_000) }
+            }
+            try await store.complete(lease, outcome: JobOutcome(artifact: artifact, provider: name, cost: cost))
+            for alert in costs.settle(id, actual: cost, mediaDuration: output.duration) { publish(.budgetAlert(alert)) }
+            if configuration.caching.enabled { await cache.put(request.fingerprint, artifact) }
+            progress(record, .succeeded, provider: name, fraction: 1)
+            await finish(id)
+            return .success(artifact)
+        } catch {
+            costs.release(id)
+            return await handleFailure(error, job: job, provider: name)
+        }
+    }
+
+    private func handleFailure(_ error: any Error, job: LeasedJob, provider name: String) async -> FlightOutcome {
+        let record = job.record
+        let lease = job.lease
+        let now = clock.now
+        if error is CancellationError || Task.isCancelled {
+            balancer.recordNeutral(name, throttled: false)
+            try? await store.release(lease)
+            return .retryLater
+        }
+        if let storeError = error as? StoreError {
+            balancer.recordNeutral(name, throttled: false)
+            logger.debug("store refused a transition", metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(storeError)"])
+            return .retryLater
+        }
+        var failure = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
+        if failure.provider == nil { failure.provider = name }
+        switch failure.code {
+        case .rateLimited:
+            limiter.cooldown(provider: name, until: now + (failure.retryAfter ?? .seconds(1)))
+            pool.recordProviderOutcome(name, .throttled)
+            balancer.recordNeutral(name, throttled: true)
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
+        case .transient, .artifactInvalid:
+            balancer.recordFailure(name, at: now)
+            if failure.providerCode == "timeout" { pool.recordProviderOutcome(name, .timeout) }
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
+        default:
+            balancer.recordNeutral(name, throttled: false)
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
+        }
+        let attempts = record.attempts + 1
+        switch retryPolicy.disposition(for: failure, attempts: attempts, snoozes: record.snoozes, unit: random.unit()) {
+        case .snooze(let wait):
+            try? await store.retry(lease, error: failure, runAt: now + wait, spendAttempt: false, failedProvider: nil)
+            progress(record, .waitingForRateLimit, provider: name, message: "\(name) throttled: retrying in \(wait.seconds.formatted1) s")
+            return .retryLater
+        case .retry(let delay):
+            let failover = balancer.hasAlternative(
+                for: record.request, excluding: Set(record.failedProviders + [name]), at: now)
+            try? await store.retry(
+                lease, error: failure, runAt: now + (failover ? .zero : delay), spendAttempt: true, failedProvider: name)
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
+            progress(record, .retrying, provider: name, message: failure.description)
+            return .retryLater
+        case .deadLetter:
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
+            if failure.code.isRetryable {
+                let exhausted = GenerationError(
+                    .attemptsExhausted, "gave up after \(attempts) attempts: \(failure.message)", provider: name,
+                    providerCode: failure.providerCode)
+                _ = await deadLetter(job, exhausted)
+                return .retryLater
+            }
+            return await deadLetter(job, failure)
+        }
+    }
+
+    private func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {
+        try? await store.deadLetter(job.lease, error: error)
+        progress(job.record, .deadLettered, provider: error.provider, message: error.description)
+        await finish(job.record.id)
+        return .terminal(error)
+    }
+
+    private func finish(_ id: JobID) async {
+        guard let record = try? await store.job(id), record.state.isFinal else { return }
+        finishWaiters(makeResult(record))
+    }
+
+    func progress(
+        _ record: JobRecord, _ status: ProgressStatus, provider: String? = nil, fraction: Double = 0, message: String? = nil
+    ) {
+        publish(
+            .progress(
+                ProgressUpdate(
+                    requestID: record.request.id, jobID: record.id, status: status, progress: fraction, provider: provider,
+                    message: message, time: clock.now)))
+    }
+
+    static func memoryEstimate(_ request: ValidatedRequest) -> Int {
+        request.kind == .audio ? 16 : 64
+    }
+
+    static func storageEstimate(_ request: ValidatedRequest) -> Int {
+        let seconds = Int(request.duration.seconds.rounded(.up))
+        switch request.kind {
+        case .audio: return max(1, seconds / 10)
+        case .video: return max(1, seconds * max(1, (request.resolution?.pixels ?? Resolution.p720.pixels) / 1_000_000))
+        }
+    }
+}
+
+/// Metadata keys of Pargen's log messages.
+enum LoggingKeys {
+    static let jobID = "pargen.job.id"
+    static let provider = "pargen.provider"
+    static let error = "pargen.error"
+    static let count = "pargen.count"
+}

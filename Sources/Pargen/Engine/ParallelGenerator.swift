@@ -1,0 +1,352 @@
+public import Foundation
+public import Logging
+public import ServiceLifecycle
+import Synchronization
+
+/// Runs generation campaigns across providers: validation, queueing, caching and de-duplication, batching,
+/// load balancing, budgets, rate limits, resource leases, retries and dead letters.
+///
+/// ```swift
+/// let generator = ParallelGenerator(configuration: .init(), providers: LocalProvider.demoProviders())
+/// try await generator.start()
+/// let results = try await generator.generate([.audio(prompt: "Rain on a tin roof", duration: .seconds(5))])
+/// try await generator.stop()
+/// ```
+///
+/// It is a `Service`: run it in a `ServiceGroup` with ``run()``, or use ``start()`` and ``stop()``.
+public final class ParallelGenerator: Service, Sendable {
+    public typealias Configuration = PargenConfiguration
+
+    public let configuration: Configuration
+    public let store: any JobStore
+    public let artifacts: ArtifactStore
+    public let clock: PargenClock
+    let logger: Logger
+    let providers: [String: any GenerationProvider]
+    let validator: RequestValidator
+    let limiter: RateLimiter
+    let pool: ResourcePool
+    let balancer: LoadBalancer
+    let cache: any GenerationCache
+    let costs: CostMonitor
+    let batcher: Batcher
+    let retryPolicy: RetryPolicy
+    let bus = EventBus()
+    let flights = SingleFlight<FlightOutcome>()
+    let wakeup = Wakeup()
+    let random: LockedRandom
+    let workerID: String
+    let state = Mutex(EngineState())
+
+    struct EngineState {
+        var lifecycle: Lifecycle = .idle
+        var runTask: Task<Void, any Error>?
+        var inFlight: [JobID: JobLease] = [:]
+        var batchesInFlight = 0
+        var batcher = BatcherStats()
+        var deduplicated = 0
+        var invalid: [JobID: GenerationResult] = [:]
+        var invalidCount = 0
+        var waiters: [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]] = [:]
+        var nextWaiterID: UInt64 = 0
+        var providerActivity: [String: ProviderActivity] = [:]
+        var latencies: [String: [Duration]] = [:]
+        var lastRescue: Duration = .zero
+    }
+
+    enum Lifecycle { case idle, running, draining, stopped }
+
+    /// What a leader's attempt tells the identical requests waiting on it.
+    enum FlightOutcome: Sendable {
+        case success(Artifact)
+        case terminal(GenerationError)
+        case retryLater
+    }
+
+    /// - Parameters:
+    ///   - configuration: Limits, batching, resources, budgets, retries.
+    ///   - providers: The providers to balance across (names must be unique).
+    ///   - store: Where jobs live; `nil` for a ``MemoryJobStore`` on `clock`.
+    ///   - cache: The artifact cache; `nil` for a ``MemoryLRUCache`` sized by the configuration.
+    ///   - outputDirectory: Where media files are written.
+    ///   - clock: The clock every wait and expiry uses.
+    ///   - logger: A background logger; logs nothing by default.
+    public init(
+        configuration: Configuration = .init(),
+        providers: [any GenerationProvider] = LocalProvider.demoProviders(),
+        store: (any JobStore)? = nil,
+        cache: (any GenerationCache)? = nil,
+        outputDirectory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-output"),
+        clock: PargenClock = .continuous,
+        logger: Logger = Logger(label: "pargen", factory: { _ in SwiftLogNoOpLogHandler() })
+    ) {
+        self.configuration = configuration
+        self.clock = clock
+        self.logger = logger
+        self.store = store ?? MemoryJobStore(clock: clock)
+        self.artifacts = ArtifactStore(root: outputDirectory)
+        var byName: [String: any GenerationProvider] = [:]
+        for provider in providers where byName[provider.descriptor.name] == nil { byName[provider.descriptor.name] = provider }
+        self.providers = byName
+        let descriptors = providers.map(\.descriptor).filter { byName[$0.name] != nil }
+        validator = RequestValidator(configuration: configuration.validation)
+        limiter = RateLimiter(
+            configuration: configuration.rateLimits,
+            providerQuotas: Dictionary(descriptors.map { ($0.name, $0.quota) }, uniquingKeysWith: { a, _ in a }))
+        pool = ResourcePool(configuration: configuration.resources, clock: clock)
+        for descriptor in descriptors {
+            pool.registerProvider(descriptor.name, maxConcurrent: descriptor.quota.concurrentTasks ?? 64)
+        }
+        balancer = LoadBalancer(providers: descriptors, configuration: configuration.balancing, seed: configuration.randomSeed)
+        self.cache = cache ?? MemoryLRUCache(
+            capacity: configuration.caching.memoryCapacity, timeToLive: configuration.caching.timeToLive, clock: clock)
+        costs = CostMonitor(configuration: configuration.budgets, clock: clock)
+        batcher = Batcher(configuration: configuration.batching)
+        retryPolicy = RetryPolicy(configuration: configuration.retry)
+        random = LockedRandom(seed: configuration.randomSeed)
+        workerID = "worker-\(UInt32.random(in: 0...UInt32.max))"
+    }
+
+    // MARK: - Lifecycle
+
+    /// Starts processing in the background. Pair with ``stop()``.
+    ///
+    /// - Important: Use either ``start()``/``stop()`` or ``run()`` in a `ServiceGroup`, not both.
+    public func start() async throws {
+        try artifacts.prepare()
+        let alreadyRunning = state.withLock { $0.runTask != nil }
+        guard !alreadyRunning else { return }
+        // An unstructured task bridges the seed's start()/stop() API onto run(); stop() awaits it.
+        let task = Task { try await self.run() }
+        state.withLock { $0.runTask = task }
+        while state.withLock({ $0.lifecycle == .idle }) { await Task.yield() }
+    }
+
+    /// Stops taking new work, lets jobs in flight finish, then returns.
+    ///
+    /// - Parameter immediately: Cancel jobs in flight instead of letting them finish; their leases are given
+    ///   back with the attempt restored, so nothing is lost.
+    public func stop(immediately: Bool = false) async throws {
+        let task = state.withLock { state -> Task<Void, any Error>? in
+            if state.lifecycle == .running { state.lifecycle = .draining }
+            return state.runTask
+        }
+        wakeup.signal()
+        if immediately { task?.cancel() }
+        _ = try? await task?.value
+        state.withLock { $0.runTask = nil }
+    }
+
+    /// Runs the dispatcher until graceful shutdown or cancellation.
+    public func run() async throws {
+        try artifacts.prepare()
+        state.withLock { $0.lifecycle = .running }
+        defer {
+            state.withLock { $0.lifecycle = .stopped }
+            bus.finish()
+        }
+        try await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                await dispatchLoop(group: &group)
+            }
+        } onGracefulShutdown: {
+            self.state.withLock { if $0.lifecycle == .running { $0.lifecycle = .draining } }
+            self.wakeup.signal()
+        }
+    }
+
+    // MARK: - Intake
+
+    /// Validates and queues requests. Returns one job id per request, in order.
+    ///
+    /// A request that fails validation gets a job id too; its result, a failure naming the field, is ready at
+    /// once (see ``result(for:)`` and ``results()``).
+    public func submit(_ requests: [GenerationRequest]) async throws -> [JobID] {
+        var ids = [JobID?](repeating: nil, count: requests.count)
+        var valid: [(Int, ValidatedRequest)] = []
+        var invalid: [(Int, GenerationResult)] = []
+        let base = state.withLock { state -> Int in
+            defer { state.invalidCount += requests.count }
+            return state.invalidCount
+        }
+        for (index, request) in requests.enumerated() {
+            let fallbackID = "request-\(base + index + 1)"
+            do throws(GenerationError) {
+                let checked = try validator.validate(request, fallbackID: fallbackID)
+                if let refusal = balancer.refusal(for: checked) {
+                    throw GenerationError(.noCapableProvider, refusal, field: checked.provider == nil ? nil : "provider")
+                }
+                valid.append((index, checked))
+            } catch {
+                let id = JobID("invalid-\(base + index + 1)")
+                ids[index] = id
+                let requestID = request.id.isEmpty ? fallbackID : request.id
+                invalid.append(
+                    (index,
+                     GenerationResult(
+                        requestID: requestID, jobID: id, outcome: .failure(error), provider: nil, actualCost: .zero,
+                        attempts: 0, errorHistory: [error])))
+            }
+        }
+        let outcomes = try await store.enqueue(valid.map(\.1))
+        for ((index, request), outcome) in zip(valid, outcomes) {
+            ids[index] = outcome.jobID
+            if !outcome.existing {
+                publish(.progress(ProgressUpdate(requestID: request.id, jobID: outcome.jobID, status: .queued, time: clock.now)))
+            }
+        }
+        for (_, result) in invalid {
+            state.withLock { $0.invalid[result.jobID!] = result }
+            publish(.progress(ProgressUpdate(requestID: result.requestID, jobID: result.jobID!, status: .failed, message: result.error?.description, time: clock.now)))
+            finishWaiters(result)
+        }
+        wakeup.signal()
+        return ids.map { $0! }
+    }
+
+    /// Runs `requests` to the end and returns one result per request, in input order.
+    ///
+    /// - Parameter progress: Called for every progress update of these requests.
+    /// - Throws: Only if the engine is not running or the store fails; failed requests are results.
+    public func generate(
+        _ requests: [GenerationRequest], progress: (@Sendable (ProgressUpdate) -> Void)? = nil
+    ) async throws -> [GenerationResult] {
+        let running = state.withLock { $0.lifecycle == .running }
+        guard running else { throw EngineError.notRunning }
+        let watched = Locked(Set<JobID>())
+        let buffered = Locked([ProgressUpdate]())
+        var token: UInt64?
+        if let progress {
+            // Updates may arrive before the ids are known; hold them back until then.
+            token = bus.addCallback { event in
+                guard case .progress(let update) = event else { return }
+                let known = watched.withLock { $0.isEmpty ? nil : $0.contains(update.jobID) }
+                switch known {
+                case .some(true): progress(update)
+                case .some(false): break
+                case .none: buffered.withLock { $0.append(update) }
+                }
+            }
+        }
+        defer { if let token { bus.removeCallback(token) } }
+        let ids = try await submit(requests)
+        watched.withLock { $0 = Set(ids) }
+        if let progress {
+            for update in buffered.withLock({ $0 }) where ids.contains(update.jobID) { progress(update) }
+        }
+        var results: [GenerationResult] = []
+        results.reserveCapacity(ids.count)
+        for id in ids { results.append(await result(for: id)) }
+        return results
+    }
+
+    /// Waits for a job's final result.
+    public func result(for id: JobID) async -> GenerationResult {
+        await withCheckedContinuation { (continuation: CheckedContinuation<GenerationResult, Never>) in
+            let (waiterID, ready) = state.withLock { state -> (UInt64, GenerationResult?) in
+                if let invalid = state.invalid[id] { return (0, invalid) }
+                state.nextWaiterID += 1
+                state.waiters[id, default: []].append((state.nextWaiterID, continuation))
+                return (state.nextWaiterID, nil)
+            }
+            if let ready {
+                continuation.resume(returning: ready)
+                return
+            }
+            // The job may have finished before we registered: look it up, and whoever removes the waiter resumes it.
+            Task {
+                guard let record = try? await self.store.job(id), record.state.isFinal else { return }
+                let result = self.makeResult(record)
+                let mine = self.state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
+                    guard let index = state.waiters[id]?.firstIndex(where: { $0.id == waiterID }) else { return nil }
+                    return state.waiters[id]!.remove(at: index).continuation
+                }
+                mine?.resume(returning: result)
+            }
+        }
+    }
+
+    /// Every result from now on, as jobs finish.
+    public func results() -> AsyncCompactMapSequence<AsyncStream<PargenEvent>, GenerationResult> {
+        bus.subscribe().compactMap { event in
+            if case .finished(let result) = event { return result }
+            return nil
+        }
+    }
+
+    /// Every event (progress, budget alerts, results) from now on.
+    public func events() -> AsyncStream<PargenEvent> { bus.subscribe() }
+
+    /// Calls `callback` for every event until the returned token is passed to ``removeEventCallback(_:)``.
+    @discardableResult
+    public func onEvent(_ callback: @escaping @Sendable (PargenEvent) -> Void) -> UInt64 { bus.addCallback(callback) }
+
+    public func removeEventCallback(_ token: UInt64) { bus.removeCallback(token) }
+
+    /// Names of the configured providers.
+    public var providerNames: [String] { balancer.providerNames }
+
+    /// A snapshot of every component.
+    public func systemStats() async -> SystemStats {
+        let queue = (try? await store.counts()) ?? [:]
+        let cacheStats = await cache.stats()
+        return state.withLock { state in
+            var cacheCopy = cacheStats
+            cacheCopy.deduplicated = state.deduplicated
+            var batcherStats = state.batcher
+            batcherStats.batchesInFlight = state.batchesInFlight
+            var activity = state.providerActivity
+            for (name, samples) in state.latencies { activity[name, default: ProviderActivity()].latency = LatencySummary(samples) }
+            return SystemStats(
+                rateLimiter: limiter.stats(), resourcePool: pool.stats(), batcher: batcherStats,
+                loadBalancer: balancer.stats(), cache: cacheCopy, costMonitor: costs.stats(), queue: queue,
+                providers: activity, invalid: state.invalid.count)
+        }
+    }
+
+    /// Dead-lettered jobs, with their error history.
+    public func deadLetters() async throws -> [JobRecord] {
+        try await store.jobs(matching: JobQuery(states: [.deadLettered]))
+    }
+
+    /// Puts a dead-lettered job back in the queue.
+    public func requeue(_ id: JobID) async throws {
+        try await store.requeue(id)
+        wakeup.signal()
+    }
+
+    func publish(_ event: PargenEvent) { bus.publish(event) }
+
+    func finishWaiters(_ result: GenerationResult) {
+        guard let id = result.jobID else { return }
+        let waiters = state.withLock { $0.waiters.removeValue(forKey: id) ?? [] }
+        for waiter in waiters { waiter.continuation.resume(returning: result) }
+        publish(.finished(result))
+    }
+
+    func makeResult(_ record: JobRecord) -> GenerationResult {
+        let outcome: Result<Artifact, GenerationError>
+        if let success = record.outcome {
+            outcome = .success(success.artifact)
+        } else {
+            outcome = .failure(record.errors.last ?? GenerationError(.terminal, "the job ended without a result"))
+        }
+        return GenerationResult(
+            requestID: record.request.id, jobID: record.id, outcome: outcome,
+            provider: record.outcome?.provider ?? record.provider, actualCost: record.outcome?.cost ?? .zero,
+            attempts: record.attempts, servedFromCache: record.outcome?.servedFromCache ?? false,
+            deduplicated: record.outcome?.deduplicated ?? false,
+            latency: (record.finishedAt ?? clock.now) - record.enqueuedAt, errorHistory: record.errors)
+    }
+}
+
+/// Errors of the engine itself (not of a request).
+public struct EngineError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var description: String
+    public static let notRunning = EngineError(description: "the generator is not running: call start() first, or run it in a ServiceGroup")
+}
+
+extension PargenEvent {
+    /// The current time of an event, for ordering in logs.
+    public var progressUpdate: ProgressUpdate? { if case .progress(let update) = self { update } else { nil } }
+}

@@ -1,0 +1,231 @@
+import Foundation
+import Pargen
+import PargenTesting
+import Testing
+
+@Suite(.timeLimit(.minutes(1))) struct EngineTests {
+    func makeGenerator(
+        _ providers: [any GenerationProvider], configuration: PargenConfiguration = .init(),
+        clock: ImmediateClock = ImmediateClock()
+    ) -> ParallelGenerator {
+        ParallelGenerator(
+            configuration: configuration, providers: providers, outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock))
+    }
+
+    @Test func generatesEveryRequestInInputOrderWithRealFiles() async throws {
+        let generator = makeGenerator(LocalProvider.demoProviders(reliable: true))
+        try await generator.start()
+        let requests: [GenerationRequest] = (0..<12).map { i in
+            i % 3 == 0
+                ? .video(prompt: "scene \(i)", duration: .seconds(1), resolution: .p360, user: "u\(i % 2)")
+                : .audio(prompt: "line number \(i)", duration: .seconds(1), user: "u\(i % 2)")
+        }
+        let results = try await generator.generate(requests)
+        try await generator.stop()
+        #expect(results.map(\.requestID) == (1...12).map { "request-\($0)" })
+        for (request, result) in zip(requests, results) {
+            let artifact = try #require(result.artifact, "\(result.error?.description ?? "")")
+            let data = try Data(contentsOf: artifact.url)
+            #expect(Int64(data.count) == artifact.byteCount)
+            #expect(data.starts(with: Array((request.kind == .audio ? "RIFF" : "GIF8").utf8)))
+            #expect(try sha256sum(artifact.url) == artifact.sha256, "checked by coreutils, independently")
+            #expect(result.actualCost > .zero)
+        }
+        let stats = await generator.systemStats()
+        #expect(stats.queue[.succeeded] == 12)
+        #expect(stats.costMonitor.ledgerBalances)
+        #expect(stats.costMonitor.outstanding == .zero)
+        #expect(stats.costMonitor.charged == results.reduce(Money.zero) { $0 + $1.actualCost })
+    }
+
+    @Test func identicalRequestsAreGeneratedOnceAndThenServedFromCache() async throws {
+        let provider = ScriptedProvider(name: "p")
+        let generator = makeGenerator([provider])
+        try await generator.start()
+        let same = (0..<5).map { GenerationRequest.audio(prompt: "the same line", user: "user\($0)") }
+        let first = try await generator.generate(same)
+        #expect(first.allSatisfy { $0.succeeded })
+        #expect(provider.calls.count == 1)
+        #expect(first.filter { $0.deduplicated }.count + first.filter { $0.servedFromCache }.count == 4)
+        #expect(Set(first.compactMap { $0.artifact?.url }).count == 5, "each requester gets its own file")
+        let again = try await generator.generate([.audio(prompt: "the   same line ", user: "late")])
+        #expect(again[0].servedFromCache)
+        #expect(again[0].actualCost == .zero)
+        #expect(provider.calls.count == 1)
+        let stats = await generator.systemStats()
+        #expect(stats.cache.hits >= 1)
+        try await generator.stop()
+    }
+
+    @Test func transientFailureFailsOverToAnotherProvider() async throws {
+        let flaky = ScriptedProvider(name: "flaky", pricing: ProviderPricing(perRequest: .cents(1))) { _, _ in
+            .fail(GenerationError(.transient, "503 service unavailable", providerCode: "503"))
+        }
+        let steady = ScriptedProvider(name: "steady", pricing: ProviderPricing(perRequest: .cents(50)))
+        let generator = makeGenerator([flaky, steady])
+        try await generator.start()
+        let results = try await generator.generate((0..<6).map { .audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.provider == "steady" && $0.succeeded })
+        for result in results where result.attempts == 2 {
+            #expect(result.errorHistory.map(\.providerCode) == ["503"])
+            #expect(result.errorHistory.first?.provider == "flaky")
+        }
+        #expect(flaky.calls.count >= 1)
+    }
+
+    @Test func terminalErrorsAreDeadLetteredWithTheProviderCodeAndCanBeRequeued() async throws {
+        let refusing = Locked(true)
+        let provider = ScriptedProvider(name: "p") { _, _ in
+            refusing.value ? .fail(GenerationError(.terminal, "content policy", providerCode: "content_policy_violation")) : .succeed()
+        }
+        let generator = makeGenerator([provider])
+        try await generator.start()
+        let result = try await generator.generate([.audio(prompt: "forbidden")])[0]
+        #expect(result.error?.code == .terminal)
+        #expect(result.error?.providerCode == "content_policy_violation")
+        #expect(result.attempts == 1)
+        let dead = try await generator.deadLetters()
+        #expect(dead.map(\.id) == [result.jobID!])
+        #expect(dead[0].errors.count == 1)
+        refusing.withLock { $0 = false }
+        try await generator.requeue(result.jobID!)
+        let retried = await generator.result(for: result.jobID!)
+        #expect(retried.succeeded)
+        try await generator.stop()
+    }
+
+    @Test func throttlingSnoozesWithoutSpendingAnAttempt() async throws {
+        let provider = ScriptedProvider(name: "p") { _, call in
+            call < 3 ? .fail(GenerationError(.rateLimited, "429", providerCode: "429", retryAfter: .seconds(2))) : .succeed()
+        }
+        let generator = makeGenerator([provider], configuration: .init(retry: .init(maxAttempts: 2)))
+        try await generator.start()
+        let result = try await generator.generate([.audio(prompt: "hello")])[0]
+        try await generator.stop()
+        #expect(result.succeeded, "three 429s with two attempts allowed: snoozes spend no attempt")
+        #expect(result.attempts == 1)
+        #expect(provider.calls.count == 4)
+        // The provider cooldown holds the next call back for the Retry-After.
+        let times = provider.calls.map(\.time)
+        for (earlier, later) in zip(times, times.dropFirst()) { #expect(later - earlier >= .seconds(2)) }
+    }
+
+    @Test func retriesExhaustIntoTheDeadLetterQueue() async throws {
+        let provider = ScriptedProvider(name: "p") { _, _ in .fail(GenerationError(.transient, "timeout", providerCode: "timeout")) }
+        let generator = makeGenerator([provider], configuration: .init(retry: .init(maxAttempts: 3)))
+        try await generator.start()
+        let result = try await generator.generate([.audio(prompt: "hello")])[0]
+        try await generator.stop()
+        #expect(result.error?.code == .attemptsExhausted)
+        #expect(result.attempts == 3)
+        #expect(result.errorHistory.count == 3)
+        #expect(provider.calls.count == 3)
+    }
+
+    @Test func brokenOutputIsRetriedNotAccepted() async throws {
+        let provider = ScriptedProvider(name: "p") { _, call in call == 0 ? .emptyFile : .succeed() }
+        let generator = makeGenerator([provider])
+        try await generator.start()
+        let result = try await generator.generate([.audio(prompt: "hello")])[0]
+        try await generator.stop()
+        #expect(result.succeeded)
+        #expect(result.errorHistory.map(\.code) == [.artifactInvalid])
+    }
+
+    @Test func invalidRequestsFailAloneWithTheirField() async throws {
+        let generator = makeGenerator([ScriptedProvider(name: "p", kinds: [.audio])])
+        try await generator.start()
+        let results = try await generator.generate([
+            .audio(prompt: "fine"),
+            .audio(prompt: "   "),
+            .audio(prompt: "too long", duration: .seconds(10_000)),
+            .video(prompt: "no video provider"),
+            .audio(prompt: "pinned", provider: "nope"),
+        ])
+        try await generator.stop()
+        #expect(results[0].succeeded)
+        #expect(results[1].error?.field == "prompt")
+        #expect(results[2].error?.field == "duration")
+        #expect(results[3].error?.code == .noCapableProvider)
+        #expect(results[4].error?.field == "provider")
+        #expect(await generator.systemStats().invalid == 4)
+    }
+
+    @Test func budgetHoldsBackWorkAndNeverOverspends() async throws {
+        let provider = ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .dollars(1)))
+        let generator = makeGenerator(
+            [provider], configuration: .init(budgets: .init(perProject: ["ads": .dollars(3)])))
+        try await generator.start()
+        var requests = (0..<4).map { GenerationRequest.audio(prompt: "low \($0)", priority: .low, project: "ads") }
+        requests += (0..<2).map { GenerationRequest.audio(prompt: "urgent \($0)", priority: .urgent, project: "ads") }
+        let results = try await generator.generate(requests)
+        try await generator.stop()
+        #expect(results.filter { $0.succeeded }.count == 3)
+        #expect(results.suffix(2).allSatisfy { $0.succeeded }, "urgent work is budgeted first")
+        #expect(results.filter { $0.error?.code == .budgetExceeded }.count == 3)
+        let stats = await generator.systemStats()
+        #expect(stats.costMonitor.charged == .dollars(3))
+        #expect(stats.costMonitor.ledgerBalances && stats.costMonitor.outstanding == .zero)
+        #expect(stats.costMonitor.alerts.contains { $0.scope == .project("ads") })
+    }
+
+    @Test func perUserLimitHoldsAtTheProviderAcrossTheWholePipeline() async throws {
+        let provider = ScriptedProvider(name: "p")
+        let generator = makeGenerator(
+            [provider], configuration: .init(rateLimits: .init(perUserRequestsPerMinute: 5, maxBurst: 1000)))
+        try await generator.start()
+        let requests = (0..<30).map { GenerationRequest.audio(prompt: "line \($0)", user: $0 % 3 == 0 ? "heavy" : "u\($0 % 3)") }
+        let results = try await generator.generate(requests)
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        for (_, calls) in Dictionary(grouping: provider.calls, by: \.user) {
+            let times = calls.map(\.time).sorted()
+            for (i, start) in times.enumerated() {
+                #expect(times[i...].prefix { $0 - start < .seconds(60) }.count <= 5)
+            }
+        }
+        let stats = await generator.systemStats()
+        #expect(stats.rateLimiter.admitted == 30)
+    }
+
+    @Test func providerConcurrencyQuotaIsNeverExceeded() async throws {
+        let provider = ScriptedProvider(name: "p", quota: ProviderQuota(concurrentTasks: 3)) { _, _ in .succeed(latency: .seconds(5)) }
+        let generator = makeGenerator([provider], configuration: .init(rateLimits: .unlimited))
+        try await generator.start()
+        let results = try await generator.generate((0..<20).map { .audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect(provider.peakConcurrency <= 3)
+        #expect(provider.peakConcurrency >= 2)
+    }
+
+    @Test func progressReportsEveryStepAndGenerateRequiresStart() async throws {
+        let generator = makeGenerator([ScriptedProvider(name: "p")])
+        await #expect(throws: EngineError.notRunning) { try await generator.generate([.audio(prompt: "x")]) }
+        try await generator.start()
+        let seen = Locked([ProgressStatus]())
+        _ = try await generator.generate([.audio(prompt: "x")]) { update in seen.withLock { $0.append(update.status) } }
+        try await generator.stop()
+        #expect(seen.value.first == .queued)
+        #expect(seen.value.contains(.submitted))
+        #expect(seen.value.contains(.running))
+        #expect(seen.value.last == .succeeded)
+    }
+
+    @Test func submitStreamsResults() async throws {
+        let generator = makeGenerator([ScriptedProvider(name: "p")])
+        try await generator.start()
+        let stream = generator.results()
+        let ids = try await generator.submit((0..<3).map { .audio(prompt: "line \($0)") })
+        var seen: Set<JobID> = []
+        for await result in stream {
+            seen.insert(result.jobID!)
+            if seen.count == 3 { break }
+        }
+        #expect(seen == Set(ids))
+        try await generator.stop()
+    }
+}
+
