@@ -1,0 +1,162 @@
+import Foundation
+import Logging
+import Pargen
+import Testing
+
+@Suite struct CampaignFileTests {
+    @Test func readsJSONLAndReportsEachBadLineWithItsField() {
+        let text = """
+            {"type": "audio", "prompt": "Hello there", "priority": "high", "duration": 12, "voice": "alloy", "user": "ann", "project": "ads"}
+            {"type": "video", "prompt": "Birds", "resolution": "1080p", "duration": "5s", "metadata": {"scene": 3}}
+
+            {"type": "podcast", "prompt": "x"}
+            {"type": "audio"}
+            {"type": "audio", "prompt": "x", "durration": 5}
+            not json
+            {"type": "audio", "prompt": "x", "priority": "asap"}
+            {"type": "video", "prompt": "x", "resolution": "huge"}
+            {"type": "audio", "prompt": "x", "duration": "forever"}
+            """
+        let file = CampaignFile.parse(text, format: .jsonl)
+        #expect(file.lines.map(\.line) == [1, 2])
+        #expect(file.lines[0].request.priority == .high)
+        #expect(file.lines[0].request.duration == .seconds(12))
+        #expect(file.lines[0].request.id == "line-1")
+        #expect(file.lines[1].request.resolution == .p1080)
+        #expect(file.lines[1].request.metadata["scene"] == .number(3))
+        #expect(file.errors.map(\.line) == [4, 5, 6, 7, 8, 9, 10])
+        #expect(file.errors.map(\.field) == ["type", "prompt", "durration", nil, "priority", "resolution", "duration"])
+        #expect(file.errors[0].description == "line 4: type: must be audio or video, not \"podcast\"")
+        #expect(file.recordCount == 9)
+    }
+
+    @Test func readsASpreadsheetCSVExport() {
+        let text = "\u{FEFF}Type,Prompt,Priority,Duration,Resolution,User,Scene Notes\r\n"
+            + "audio,\"Welcome, friends\",urgent,3.5,,ann,intro\r\n"
+            + "video,\"A line with \"\"quotes\"\"\nand a break\",low,4,720p,bob,\r\n"
+            + ",,,,,,\r\n"
+            + "video,Bad one,low,4,720p,bob,x,extra\r\n"
+            + "audio,,normal,1,,ann,\r\n"
+        let file = CampaignFile.parse(text, format: .csv)
+        #expect(file.lines.count == 2)
+        #expect(file.lines[0].request.prompt == "Welcome, friends")
+        #expect(file.lines[0].request.priority == .urgent)
+        #expect(file.lines[0].request.duration == .milliseconds(3500))
+        #expect(file.lines[0].request.metadata["scene_notes"] == .string("intro"))
+        #expect(file.lines[1].request.prompt == "A line with \"quotes\"\nand a break")
+        #expect(file.lines[1].line == 3)
+        #expect(file.errors.map(\.line) == [6, 7])
+        #expect(file.errors[0].message.contains("8 values"))
+        #expect(file.errors[1].field == "prompt")
+    }
+
+    @Test func semicolonSeparatedExportsWork() {
+        let file = CampaignFile.parse("type;prompt;duration\naudio;Hallo, Welt;2\n", format: .csv)
+        #expect(file.lines.map(\.request.prompt) == ["Hallo, Welt"])
+    }
+
+    @Test func durationsParse() {
+        #expect(CampaignFile.parseDuration("30") == .seconds(30))
+        #expect(CampaignFile.parseDuration("1500ms") == .milliseconds(1500))
+        #expect(CampaignFile.parseDuration("2m") == .seconds(120))
+        #expect(CampaignFile.parseDuration("-1") == nil)
+        #expect(CampaignFile.parseDuration("nan") == nil)
+    }
+}
+
+@Suite struct LocalMediaTests {
+    @Test func localProviderWritesAPlayableWAVOfTheRequestedLengthAndRate() async throws {
+        let provider = LocalProvider(configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero))
+        let url = temporaryDirectory().appendingPathComponent("a.wav")
+        var request = validated(.audio(prompt: "Relaxing ambient sound", duration: .milliseconds(1500)))
+        request.metadata["sample_rate"] = .number(16_000)
+        let context = ProviderCallContext(destination: url, clock: .continuous, attempt: 1, idempotencyKey: "k", logger: .init(label: "t"))
+        let output = try await provider.generate(request, context: context)
+        let data = try Data(contentsOf: url)
+        #expect(output.format == .wav)
+        #expect(data.prefix(4) == Data("RIFF".utf8))
+        #expect(data[8..<16] == Data("WAVEfmt ".utf8))
+        let rate = Int(data[24]) | Int(data[25]) << 8 | Int(data[26]) << 16
+        #expect(rate == 16_000)
+        let expectedSize = 44 + 24_000 * 2  // 1.5 s of 16-bit mono at 16 kHz
+        #expect(data.count == expectedSize)
+        let second = temporaryDirectory().appendingPathComponent("b.wav")
+        _ = try await provider.generate(request, context: ProviderCallContext(destination: second, clock: .continuous, attempt: 1, idempotencyKey: "k2", logger: .init(label: "t")))
+        #expect(try Data(contentsOf: second) == data, "deterministic for a prompt and seed")
+    }
+
+    @Test func localProviderWritesAnAnimatedGIFThatDecodes() async throws {
+        let provider = LocalProvider(configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero))
+        let url = temporaryDirectory().appendingPathComponent("v.gif")
+        let request = validated(.video(prompt: "Nature scene", duration: .seconds(2), resolution: Resolution(width: 64, height: 48)))
+        _ = try await provider.generate(request, context: ProviderCallContext(destination: url, clock: .continuous, attempt: 1, idempotencyKey: "k", logger: .init(label: "t")))
+        let data = try Data(contentsOf: url)
+        #expect(data.prefix(6) == Data("GIF89a".utf8))
+        #expect(data[6] == 64 && data[8] == 48)
+        #expect(data.last == 0x3B)
+        // Count image descriptors by walking the blocks: 5 frames per second.
+        #expect(try GIFWalker.frameCount(data) == 10)
+    }
+}
+
+/// Walks a GIF's block structure (as a decoder would) to count frames and prove it is well formed.
+enum GIFWalker {
+    struct Malformed: Error {}
+
+    static func frameCount(_ data: Data) throws -> Int {
+        let bytes = [UInt8](data)
+        var i = 13 + 3 * 256
+        var frames = 0
+        func skipSubBlocks() throws {
+            while true {
+                guard i < bytes.count else { throw Malformed() }
+                let size = Int(bytes[i])
+                i += 1 + size
+                if size == 0 { return }
+            }
+        }
+        while i < bytes.count {
+            switch bytes[i] {
+            case 0x21:
+                i += 2
+                try skipSubBlocks()
+            case 0x2C:
+                frames += 1
+                i += 10 + 1  // descriptor, then the LZW minimum code size
+                try skipSubBlocks()
+            case 0x3B:
+                return frames
+            default:
+                throw Malformed()
+            }
+        }
+        throw Malformed()
+    }
+}
+
+@Suite struct SHA256Tests {
+    @Test(arguments: [
+        ("", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
+        ("abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
+        ("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+    ])
+    func knownVectors(input: String, expected: String) throws {
+        #expect(SHA256Hasher.hex(of: input) == expected)
+    }
+
+    @Test func unalignedChunksMatchCoreutils() throws {
+        var rng = SplitMix64(seed: 9)
+        let bytes = (0..<200_003).map { _ in UInt8(truncatingIfNeeded: rng.next()) }
+        let url = temporaryDirectory().appendingPathComponent("blob")
+        try Data(bytes).write(to: url)
+        var hasher = SHA256Hasher()
+        var offset = 0
+        for size in [1, 63, 64, 65, 1000, 4096] + Array(repeating: 65_536, count: 4) where offset < bytes.count {
+            let end = min(bytes.count, offset + size)
+            bytes[offset..<end].withUnsafeBytes { hasher.update(raw: $0) }
+            offset = end
+        }
+        bytes[offset...].withUnsafeBytes { hasher.update(raw: $0) }
+        #expect(hasher.finalizeHex() == (try sha256sum(url)))
+    }
+}
