@@ -58,20 +58,32 @@ extension ParallelGenerator {
                 }
                 state.withLock { $0.batchesInFlight += 1 }
                 let members = batch.allJobs.compactMap { jobs[$0.jobID] }
-                group.addTask {
-                    await self.runBatch(members)
-                    self.state.withLock { $0.batchesInFlight -= 1 }
-                    self.wakeup.signal()
-                }
+                group.addTask { await self.runBatch(members) }
                 let pause = random.duration(upTo: configuration.batching.pacingJitter)
                 if pause > .zero, index < formed.count - 1 { try? await clock.sleep(for: pause) }
             }
         }
     }
 
+    /// Runs a batch's jobs concurrently. The batch counts as in flight until every member has been submitted
+    /// to its provider (or has finished without a call); generation time is governed by the resource pool and
+    /// the providers' quotas, not by the batch cap.
     private func runBatch(_ jobs: [LeasedJob]) async {
+        let unsubmitted = Locked(jobs.count)
+        let release: @Sendable () -> Void = {
+            let last = unsubmitted.withLock { count -> Bool in
+                count -= 1
+                return count == 0
+            }
+            guard last else { return }
+            self.state.withLock { $0.batchesInFlight -= 1 }
+            self.wakeup.signal()
+        }
         await withDiscardingTaskGroup { group in
-            for job in jobs { group.addTask { await self.processJob(job) } }
+            for job in jobs {
+                let submitted = OnceFlag(release)
+                group.addTask { await self.processJob(job, submitted: submitted) }
+            }
         }
     }
 
@@ -121,9 +133,10 @@ extension ParallelGenerator {
 
     // MARK: - One job
 
-    private func processJob(_ job: LeasedJob) async {
+    private func processJob(_ job: LeasedJob, submitted: OnceFlag) async {
         let id = job.record.id
         defer {
+            submitted.fire()
             state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
             wakeup.signal()
         }
@@ -136,7 +149,7 @@ extension ParallelGenerator {
         }
         defer { pool.release(slot) }
         do {
-            try await runJob(job)
+            try await runJob(job, submitted: submitted)
         } catch let error as StoreError where error.code == .leaseLost {
             logger.debug("lease lost", metadata: [LoggingKeys.jobID: "\(id)"])
         } catch {
@@ -152,14 +165,13 @@ extension ParallelGenerator {
         }
     }
 
-    private func runJob(_ job: LeasedJob) async throws {
+    private func runJob(_ job: LeasedJob, submitted: OnceFlag) async throws {
         let record = job.record
         let request = record.request
         let id = record.id
         // A job rescued after its provider accepted the task resumes polling; it never submits again.
         if record.recoveryPoint == .submitted, record.providerTaskID != nil {
-            let outcome = await lead(job)
-            _ = outcome
+            _ = await lead(job, submitted: submitted)
             return
         }
         if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
@@ -172,7 +184,7 @@ extension ParallelGenerator {
         }
         switch await flights.join(request.fingerprint) {
         case .leader:
-            let outcome = await lead(job)
+            let outcome = await lead(job, submitted: submitted)
             flights.finish(request.fingerprint, with: outcome)
         case .follower(.success(let shared)):
             let artifact = try artifacts.materialize(shared, job: id, request: request)
@@ -196,7 +208,7 @@ extension ParallelGenerator {
 
     /// Makes the provider call for a job and records its outcome. Never throws: every failure ends in a
     /// store transition (retry, snooze or dead letter).
-    private func lead(_ job: LeasedJob) async -> FlightOutcome {
+    private func lead(_ job: LeasedJob, submitted: OnceFlag) async -> FlightOutcome {
         let record = job.record
         let request = record.request
         let id = record.id
@@ -251,6 +263,7 @@ extension ParallelGenerator {
             try await store.beginAttempt(lease, provider: name)
             let attempt = record.attempts + 1
             progress(record, .submitted, provider: name)
+            submitted.fire()
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
             let context = ProviderCallContext(
                 destination: staging, clock: clock, attempt: attempt, idempotencyKey: "\(id):\(attempt)", logger: logger,
@@ -384,6 +397,13 @@ extension ParallelGenerator {
         case .video: return max(1, seconds * max(1, (request.resolution?.pixels ?? Resolution.p720.pixels) / 1_000_000))
         }
     }
+}
+
+/// Runs an action at most once, however many times it is fired.
+final class OnceFlag: Sendable {
+    private let action: Locked<(@Sendable () -> Void)?>
+    init(_ action: @escaping @Sendable () -> Void) { self.action = Locked(action) }
+    func fire() { action.withLock { $0.take() }?() }
 }
 
 /// Metadata keys of Pargen's log messages.

@@ -304,6 +304,9 @@ public final class ParallelGenerator: Service, Sendable {
         }
     }
 
+    /// Money charged so far.
+    public func currentSpend() -> Money { costs.stats().charged }
+
     /// Dead-lettered jobs, with their error history.
     public func deadLetters() async throws -> [JobRecord] {
         try await store.jobs(matching: JobQuery(states: [.deadLettered]))

@@ -1,0 +1,131 @@
+public import Foundation
+
+/// One row of a campaign manifest: the fate of one input line.
+public struct ManifestRow: Sendable, Hashable, Codable {
+    public var line: Int
+    public var requestID: String
+    public var jobID: String?
+    /// `succeeded`, `failed`, `dead_lettered` or `invalid`.
+    public var status: String
+    public var type: String?
+    public var outputPath: String?
+    public var provider: String?
+    public var cost: String
+    public var attempts: Int
+    public var cached: Bool
+    public var deduplicated: Bool
+    public var sha256: String?
+    public var errorCode: String?
+    public var errorField: String?
+    public var error: String?
+
+    enum CodingKeys: String, CodingKey {
+        case line, requestID = "request_id", jobID = "job_id", status, type, outputPath = "output_path", provider, cost,
+            attempts, cached, deduplicated, sha256, errorCode = "error_code", errorField = "error_field", error
+    }
+
+    static let csvHeader = [
+        "line", "request_id", "job_id", "status", "type", "output_path", "provider", "cost", "attempts", "cached",
+        "deduplicated", "sha256", "error_code", "error_field", "error",
+    ]
+
+    var csvFields: [String] {
+        [
+            String(line), requestID, jobID ?? "", status, type ?? "", outputPath ?? "", provider ?? "", cost,
+            String(attempts), String(cached), String(deduplicated), sha256 ?? "", errorCode ?? "", errorField ?? "",
+            error ?? "",
+        ]
+    }
+}
+
+/// What a campaign run produced.
+public struct CampaignReport: Sendable {
+    public var rows: [ManifestRow]
+    public var manifestJSONL: URL
+    public var manifestCSV: URL
+    public var errorsFile: URL
+    public var elapsed: Duration
+
+    public var succeeded: Int { rows.filter { $0.status == "succeeded" }.count }
+    public var invalid: Int { rows.filter { $0.status == "invalid" }.count }
+    public var failed: Int { rows.filter { $0.status == "failed" || $0.status == "dead_lettered" }.count }
+    public var totalCost: Money { rows.reduce(.zero) { $0 + (Money(parsing: $1.cost) ?? .zero) } }
+
+    /// 0 when every line succeeded, 1 when any was invalid, failed or dead-lettered.
+    public var exitCode: Int32 { succeeded == rows.count ? 0 : 1 }
+}
+
+/// Runs a campaign file through a generator and writes its manifests.
+public enum CampaignRunner {
+    /// Submits every good line, waits for all results, and writes `manifest.jsonl`, `manifest.csv` and
+    /// `errors.jsonl` (one object per bad line: line, field, message) into `outputDirectory`.
+    public static func run(
+        _ file: CampaignFile, generator: ParallelGenerator, outputDirectory: URL, clock: PargenClock = .continuous
+    ) async throws -> CampaignReport {
+        let started = clock.now
+        try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
+        let ids = try await generator.submit(file.lines.map(\.request))
+        var rows: [ManifestRow] = []
+        var errors = file.errors
+        for error in file.errors {
+            rows.append(
+                ManifestRow(
+                    line: error.line, requestID: "line-\(error.line)", status: "invalid", cost: Money.zero.decimalString,
+                    attempts: 0, cached: false, deduplicated: false, errorCode: GenerationError.Code.invalidRequest.description,
+                    errorField: error.field, error: error.message))
+        }
+        for (line, id) in zip(file.lines, ids) {
+            let result = await generator.result(for: id)
+            let status: String
+            if result.succeeded {
+                status = "succeeded"
+            } else if id.rawValue.hasPrefix("invalid-") {
+                status = "invalid"
+                errors.append(CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? ""))
+            } else {
+                status = "dead_lettered"
+            }
+            rows.append(
+                ManifestRow(
+                    line: line.line, requestID: result.requestID, jobID: status == "invalid" ? nil : id.rawValue,
+                    status: status, type: line.request.kind.rawValue, outputPath: result.artifact?.url.path,
+                    provider: result.provider, cost: result.actualCost.decimalString, attempts: result.attempts,
+                    cached: result.servedFromCache, deduplicated: result.deduplicated, sha256: result.artifact?.sha256,
+                    errorCode: result.error?.code.description, errorField: result.error?.field,
+                    error: result.error.map(describe)))
+        }
+        rows.sort { $0.line < $1.line }
+        errors.sort { $0.line < $1.line }
+        let report = CampaignReport(
+            rows: rows, manifestJSONL: outputDirectory.appendingPathComponent("manifest.jsonl"),
+            manifestCSV: outputDirectory.appendingPathComponent("manifest.csv"),
+            errorsFile: outputDirectory.appendingPathComponent("errors.jsonl"), elapsed: clock.now - started)
+        try writeJSONLines(rows, to: report.manifestJSONL)
+        try writeJSONLines(errors, to: report.errorsFile)
+        var csv = ManifestRow.csvHeader.joined(separator: ",") + "\r\n"
+        for row in rows { csv += row.csvFields.map(csvEscape).joined(separator: ",") + "\r\n" }
+        try Data(csv.utf8).write(to: report.manifestCSV, options: .atomic)
+        return report
+    }
+
+    static func describe(_ error: GenerationError) -> String {
+        guard let code = error.providerCode else { return error.message }
+        return "\(error.message) (provider code \(code))"
+    }
+
+    static func writeJSONLines<T: Encodable>(_ values: [T], to url: URL) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        var data = Data()
+        for value in values {
+            data.append(try encoder.encode(value))
+            data.append(0x0A)
+        }
+        try data.write(to: url, options: .atomic)
+    }
+
+    static func csvEscape(_ field: String) -> String {
+        guard field.contains(where: { $0 == "," || $0 == "\"" || $0 == "\n" || $0 == "\r" }) else { return field }
+        return "\"" + field.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}

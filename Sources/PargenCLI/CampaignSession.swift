@@ -1,0 +1,63 @@
+import Foundation
+import Logging
+import Pargen
+
+/// Runs one campaign on the local providers with a live progress display and a final summary.
+enum CampaignSession {
+    static func run(
+        file: CampaignFile, configuration: PargenConfiguration, options: CampaignOptions, out: URL, logger: Logger
+    ) async throws -> CampaignReport {
+        let clock = PargenClock.continuous
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: LocalProvider.demoProviders(reliable: options.reliable, seed: options.seed),
+            outputDirectory: out, clock: clock, logger: logger)
+        let tracker = ProgressTracker(clock: clock)
+        tracker.expect(file.lines.count)
+        let token = generator.onEvent { tracker.record($0) }
+        defer { generator.removeEventCallback(token) }
+        if !file.errors.isEmpty {
+            print("\(file.errors.count) of \(file.recordCount) lines are invalid and will not run (see errors.jsonl)")
+        }
+        try await generator.start()
+        let terminal = isatty(STDOUT_FILENO) == 1
+        let report = try await withThrowingTaskGroup(of: CampaignReport?.self) { group in
+            if !options.noProgress {
+                group.addTask {
+                    // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
+                    while !Task.isCancelled {
+                        let line = ProgressText.bar(tracker.snapshot(), spend: generator.currentSpend())
+                        if terminal { print("\r\u{1B}[2K" + line, terminator: "") } else { print(line) }
+                        fflush(nil)
+                        try? await Task.sleep(for: terminal ? .milliseconds(150) : .seconds(2))
+                    }
+                    return nil
+                }
+            }
+            group.addTask {
+                try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+            }
+            var report: CampaignReport?
+            while let next = try await group.next() {
+                if let next {
+                    report = next
+                    group.cancelAll()
+                }
+            }
+            return report!
+        }
+        let stats = await generator.systemStats()
+        try await generator.stop()
+        if !options.noProgress {
+            let line = ProgressText.bar(tracker.snapshot(), spend: stats.costMonitor.charged)
+            print(terminal ? "\r\u{1B}[2K" + line : line)
+        }
+        print("")
+        print(ProgressText.summary(stats, report: report))
+        print("")
+        print("media:     \(out.path)/audio, \(out.path)/video")
+        print("manifest:  \(report.manifestJSONL.path), \(report.manifestCSV.path)")
+        print("errors:    \(report.errorsFile.path)")
+        return report
+    }
+}

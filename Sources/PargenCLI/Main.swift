@@ -1,2 +1,0 @@
-import Pargen
-@main struct Main { static func main() {} }
