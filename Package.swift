@@ -48,7 +48,7 @@ let package = Package(
         ),
         .testTarget(
             name: "PargenTests",
-            dependencies: ["Pargen", "PargenTesting", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["Pargen", "PargenTesting", "PargenCLI", .product(name: "Logging", package: "swift-log")],
             swiftSettings: swiftSettings
         ),
     ]

@@ -62,6 +62,17 @@ public struct ArtifactStore: Sendable {
         return copy
     }
 
+    /// Hex SHA-256 of a file's bytes, read in 1 MiB chunks.
+    public static func sha256(of url: URL) throws -> String {
+        let handle = try FileHandle(forReadingFrom: url)
+        defer { try? handle.close() }
+        var hasher = SHA256Hasher()
+        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            chunk.withUnsafeBytes { hasher.update(raw: $0) }
+        }
+        return hasher.finalizeHex()
+    }
+
     func discard(_ staging: URL) { try? FileManager.default.removeItem(at: staging) }
 
     /// Size and SHA-256 of a finished file, after checking it is a non-empty file of the right format.
