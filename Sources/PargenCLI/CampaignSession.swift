@@ -16,9 +16,6 @@ enum CampaignSession {
         tracker.expect(file.lines.count)
         let token = generator.onEvent { tracker.record($0) }
         defer { generator.removeEventCallback(token) }
-        if !file.errors.isEmpty {
-            print("\(file.errors.count) of \(file.recordCount) lines are invalid and will not run (see errors.jsonl)")
-        }
         try await generator.start()
         let terminal = isatty(STDOUT_FILENO) == 1
         let report = try await withThrowingTaskGroup(of: CampaignReport?.self) { group in

@@ -82,7 +82,8 @@ struct Demo: AsyncParsableCommand {
         discussion: """
             Writes the campaign (demo-campaign.jsonl), the media, manifest.jsonl, manifest.csv and errors.jsonl \
             into --out (default ./pargen-demo). Two lines of the campaign are bad on purpose, and the `social` \
-            project has a $2 budget, to show errors and budget holds. Exits 0 when the demo ran.
+            project has a $2 budget, to show errors and budget holds; bursts are capped at 12 per project per second \
+            (2 s cooldown) so rate-limit waits show. Exits 0 when the demo ran.
             """)
 
     @OptionGroup var options: CampaignOptions

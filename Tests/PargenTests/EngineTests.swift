@@ -227,5 +227,32 @@ import Testing
         #expect(seen == Set(ids))
         try await generator.stop()
     }
-}
 
+    @Test func immediateStopGivesEveryLeaseBackAndKeepsSubmittedTaskIDs() async throws {
+        let clock = ManualClock()
+        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(100)) }
+        let store = MemoryJobStore(clock: PargenClock(clock))
+        let generator = ParallelGenerator(
+            providers: [provider], store: store, outputDirectory: temporaryDirectory(), clock: PargenClock(clock))
+        try await generator.start()
+        _ = try await generator.submit((0..<3).map { .audio(prompt: "line \($0)", voice: "same") })
+        await clock.waitForSleepers(3)
+        try await generator.stop(immediately: true)
+        let jobs = try await store.jobs(matching: JobQuery())
+        #expect(jobs.count == 3)
+        for job in jobs {
+            #expect(job.state == .available, "nothing is lost")
+            #expect(job.recoveryPoint == .submitted && job.providerTaskID != nil, "the next lease resumes, never resubmits")
+        }
+    }
+
+    @Test func stopRightAfterStartReturns() async throws {
+        let generator = makeGenerator([ScriptedProvider(name: "p")])
+        try await generator.start()
+        try await generator.stop()
+        try await generator.start()
+        let result = try await generator.generate([.audio(prompt: "after a restart")])[0]
+        #expect(result.succeeded)
+        try await generator.stop()
+    }
+}

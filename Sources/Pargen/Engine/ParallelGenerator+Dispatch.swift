@@ -216,8 +216,7 @@ extension ParallelGenerator {
         let now = clock.now
         let resumeTaskID = record.recoveryPoint == .submitted ? record.providerTaskID : nil
         let name: String
-        if let resumeTaskID, let previous = record.provider, providers[previous] != nil {
-            _ = resumeTaskID
+        if resumeTaskID != nil, let previous = record.provider, providers[previous] != nil {
             name = previous
         } else {
             switch balancer.choose(

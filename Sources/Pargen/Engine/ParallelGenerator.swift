@@ -46,7 +46,8 @@ public final class ParallelGenerator: Service, Sendable {
         var batcher = BatcherStats()
         var deduplicated = 0
         var invalid: [JobID: GenerationResult] = [:]
-        var invalidCount = 0
+        /// Requests submitted so far, for the fallback ids of requests that have none.
+        var submittedCount = 0
         var waiters: [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]] = [:]
         var nextWaiterID: UInt64 = 0
         var providerActivity: [String: ProviderActivity] = [:]
@@ -114,12 +115,16 @@ public final class ParallelGenerator: Service, Sendable {
     /// - Important: Use either ``start()``/``stop()`` or ``run()`` in a `ServiceGroup`, not both.
     public func start() async throws {
         try artifacts.prepare()
-        let alreadyRunning = state.withLock { $0.runTask != nil }
-        guard !alreadyRunning else { return }
+        let started = state.withLock { state -> Bool in
+            guard state.runTask == nil else { return false }
+            // Running from now on, so generate() may be called at once; run() keeps this state.
+            state.lifecycle = .running
+            return true
+        }
+        guard started else { return }
         // An unstructured task bridges the seed's start()/stop() API onto run(); stop() awaits it.
         let task = Task { try await self.run() }
         state.withLock { $0.runTask = task }
-        while state.withLock({ $0.lifecycle == .idle }) { await Task.yield() }
     }
 
     /// Stops taking new work, lets jobs in flight finish, then returns.
@@ -140,7 +145,10 @@ public final class ParallelGenerator: Service, Sendable {
     /// Runs the dispatcher until graceful shutdown or cancellation.
     public func run() async throws {
         try artifacts.prepare()
-        state.withLock { $0.lifecycle = .running }
+        state.withLock { state in
+            // A stop() that came before this task started leaves `draining`, and the loop ends at once.
+            if state.lifecycle == .idle || state.lifecycle == .stopped { state.lifecycle = .running }
+        }
         defer {
             state.withLock { $0.lifecycle = .stopped }
             bus.finish()
@@ -166,8 +174,8 @@ public final class ParallelGenerator: Service, Sendable {
         var valid: [(Int, ValidatedRequest)] = []
         var invalid: [(Int, GenerationResult)] = []
         let base = state.withLock { state -> Int in
-            defer { state.invalidCount += requests.count }
-            return state.invalidCount
+            defer { state.submittedCount += requests.count }
+            return state.submittedCount
         }
         for (index, request) in requests.enumerated() {
             let fallbackID = "request-\(base + index + 1)"
@@ -350,6 +358,6 @@ public struct EngineError: Error, Sendable, Hashable, CustomStringConvertible {
 }
 
 extension PargenEvent {
-    /// The current time of an event, for ordering in logs.
+    /// The progress update this event carries, if it is one.
     public var progressUpdate: ProgressUpdate? { if case .progress(let update) = self { update } else { nil } }
 }

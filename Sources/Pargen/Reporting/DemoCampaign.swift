@@ -64,9 +64,12 @@ public enum DemoCampaign {
         return lines.joined(separator: "\n") + "\n"
     }
 
-    /// The demo's configuration: the default limits, with a small budget on the `social` project so that
-    /// budget alerts and holds show.
+    /// The demo's configuration: the default limits, except a burst of 12 per project per second with a
+    /// 2 s cooldown so that rate-limit waits show in a short run, and a $2 budget on the `social` project so
+    /// that budget alerts and holds show.
     public static var configuration: PargenConfiguration {
-        PargenConfiguration(budgets: .init(perProject: ["social": .dollars(2)]))
+        PargenConfiguration(
+            rateLimits: .init(maxBurst: 12, burstCooldown: .seconds(2)),
+            budgets: .init(perProject: ["social": .dollars(2)]))
     }
 }

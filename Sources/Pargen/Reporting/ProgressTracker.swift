@@ -108,7 +108,7 @@ public enum ProgressText {
         out.append("")
         let cache = stats.cache
         out.append(
-            "cache: \(cache.hits) hits, \(cache.misses) misses (hit ratio \(Int((cache.hitRatio * 100).rounded())) %), "
+            "cache: \(cache.hits) hits in \(cache.hits + cache.misses) lookups (hit ratio \(Int((cache.hitRatio * 100).rounded())) %), "
                 + "\(cache.deduplicated) de-duplicated requests served by an identical one in flight")
         let waits = RateLimiter.LimitKind.allCases.map { kind in
             "\(kind.rawValue) \(seconds(stats.rateLimiter.waitTime[kind] ?? .zero))"
