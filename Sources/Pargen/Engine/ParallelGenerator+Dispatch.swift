@@ -31,12 +31,12 @@ extension ParallelGenerator {
                 leased = []
             }
             guard !leased.isEmpty else {
-                let due = try? await store.nextDueTime()
+                let due = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { now + $0 }
                 let deadline = [due, blocked.until, nextHeartbeat()].compactMap { $0 }.min()
                 await wakeup.wait(until: deadline, clock: clock)
                 continue
             }
-            state.withLock { state in for job in leased { state.inFlight[job.record.id] = job.lease } }
+            state.withLock { state in for job in leased { state.inFlight[job.record.id] = InFlight(lease: job.lease, renewedAt: now) } }
             let jobs = Dictionary(leased.map { ($0.record.id, $0) }, uniquingKeysWith: { a, _ in a })
             let formed = batcher.makeBatches(
                 leased.map { BatchCandidate(jobID: $0.record.id, request: $0.record.request, estimatedCost: cheapestEstimate($0.record.request)) })
@@ -100,11 +100,14 @@ extension ParallelGenerator {
         guard store.outlivesProcess else { return }
         let now = clock.now
         let leaseDuration = configuration.leaseDuration
-        let due = state.withLock { state in state.inFlight.values.filter { $0.expiresAt - now <= leaseDuration * 2 / 3 } }
+        // Renew every lease a third of its duration after it was last renewed (by this process's clock).
+        let due = state.withLock { state in
+            state.inFlight.values.filter { now - $0.renewedAt >= leaseDuration / 3 }.map(\.lease)
+        }
         for lease in due {
             if let renewed = try? await store.heartbeat(lease, duration: leaseDuration) {
                 state.withLock { state in
-                    if state.inFlight[lease.jobID] != nil { state.inFlight[lease.jobID] = renewed }
+                    if state.inFlight[lease.jobID] != nil { state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now) }
                 }
             }
         }
@@ -121,7 +124,7 @@ extension ParallelGenerator {
     private func nextHeartbeat() -> Duration? {
         guard store.outlivesProcess else { return nil }
         let leaseDuration = configuration.leaseDuration
-        return state.withLock { state in state.inFlight.values.map(\.expiresAt).min().map { $0 - leaseDuration * 2 / 3 } }
+        return state.withLock { state in state.inFlight.values.map(\.renewedAt).min().map { $0 + leaseDuration / 3 } }
     }
 
     private func cheapestEstimate(_ request: ValidatedRequest) -> Money {
@@ -159,7 +162,7 @@ extension ParallelGenerator {
                 logger.info("job processing failed", metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"])
                 let failure = GenerationError(.transient, "internal error: \(error)")
                 try? await store.retry(
-                    job.lease, error: failure, runAt: clock.now + retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
+                    job.lease, error: failure, after: retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
                     failedProvider: nil)
             }
         }
@@ -200,7 +203,7 @@ extension ParallelGenerator {
         case .follower(.retryLater), .follower(nil):
             // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
             try await store.retry(
-                job.lease, error: nil, runAt: clock.now + retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
+                job.lease, error: nil, after: retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
                 failedProvider: nil)
             progress(record, .queued, message: "waiting for an identical request")
         }
@@ -227,7 +230,7 @@ extension ParallelGenerator {
             case .noneCapable(let reason):
                 return await deadLetter(job, GenerationError(.noCapableProvider, reason))
             case .wait(let until):
-                try? await store.retry(lease, error: nil, runAt: until, spendAttempt: false, failedProvider: nil)
+                try? await store.retry(lease, error: nil, after: until - now, spendAttempt: false, failedProvider: nil)
                 progress(record, .retrying, message: "every capable provider's circuit is open")
                 return .retryLater
             case .provider(let chosen):
@@ -246,7 +249,7 @@ extension ParallelGenerator {
             guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
             progress(record, .heldByBudget, message: message)
             try? await store.retry(
-                lease, error: nil, runAt: now + retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false, failedProvider: nil)
+                lease, error: nil, after: retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false, failedProvider: nil)
             return .retryLater
         }
         do {
@@ -339,14 +342,14 @@ extension ParallelGenerator {
         let attempts = record.attempts + 1
         switch retryPolicy.disposition(for: failure, attempts: attempts, snoozes: record.snoozes, unit: random.unit()) {
         case .snooze(let wait):
-            try? await store.retry(lease, error: failure, runAt: now + wait, spendAttempt: false, failedProvider: nil)
+            try? await store.retry(lease, error: failure, after: wait, spendAttempt: false, failedProvider: nil)
             progress(record, .waitingForRateLimit, provider: name, message: "\(name) throttled: retrying in \(wait.seconds.formatted1) s")
             return .retryLater
         case .retry(let delay):
             let failover = balancer.hasAlternative(
                 for: record.request, excluding: Set(record.failedProviders + [name]), at: now)
             try? await store.retry(
-                lease, error: failure, runAt: now + (failover ? .zero : delay), spendAttempt: true, failedProvider: name)
+                lease, error: failure, after: failover ? .zero : delay, spendAttempt: true, failedProvider: name)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
             progress(record, .retrying, provider: name, message: failure.description)
             return .retryLater

@@ -41,7 +41,7 @@ public final class ParallelGenerator: Service, Sendable {
     struct EngineState {
         var lifecycle: Lifecycle = .idle
         var runTask: Task<Void, any Error>?
-        var inFlight: [JobID: JobLease] = [:]
+        var inFlight: [JobID: InFlight] = [:]
         var batchesInFlight = 0
         var batcher = BatcherStats()
         var deduplicated = 0
@@ -56,6 +56,12 @@ public final class ParallelGenerator: Service, Sendable {
     }
 
     enum Lifecycle { case idle, running, draining, stopped }
+
+    /// A job this process holds, and when (by the engine's clock) its lease was last renewed.
+    struct InFlight {
+        var lease: JobLease
+        var renewedAt: Duration
+    }
 
     /// What a leader's attempt tells the identical requests waiting on it.
     enum FlightOutcome: Sendable {

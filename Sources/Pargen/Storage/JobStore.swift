@@ -47,7 +47,7 @@ public struct JobRecord: Sendable, Hashable, Codable {
     public var attempts: Int
     /// Rate-limit and budget waits.
     public var snoozes: Int
-    /// Store time (the store's clock) from which the job may be leased.
+    /// Store time (the store's own clock) from which the job may be leased.
     public var runAt: Duration
     public var enqueuedAt: Duration
     public var finishedAt: Duration?
@@ -163,8 +163,11 @@ public protocol JobStore: Sendable {
     /// oldest first; jobs of `excludingUsers` are left for later.
     func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws -> [LeasedJob]
 
-    /// When the earliest job that is not yet due becomes due, if any.
-    func nextDueTime() async throws -> Duration?
+    /// How long until the earliest job that is not yet due becomes due, if any.
+    ///
+    /// Times cross this protocol only as durations relative to now: a durable store keeps wall-clock times,
+    /// the engine its own monotonic clock.
+    func timeUntilNextDue() async throws -> Duration?
 
     /// Extends a lease. Throws ``StoreError/Code/leaseLost`` if it is no longer held.
     func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease
@@ -178,9 +181,9 @@ public protocol JobStore: Sendable {
     /// Finishes a job successfully.
     func complete(_ lease: JobLease, outcome: JobOutcome) async throws
 
-    /// Puts a job back to run at `runAt`, recording `error`. `spendAttempt: false` gives back the attempt of
-    /// the current call (throttling). `failedProvider` is avoided next time while others can serve.
-    func retry(_ lease: JobLease, error: GenerationError?, runAt: Duration, spendAttempt: Bool, failedProvider: String?)
+    /// Puts a job back to run `after` from now, recording `error`. `spendAttempt: false` gives back the
+    /// attempt of the current call (throttling). `failedProvider` is avoided next time while others can serve.
+    func retry(_ lease: JobLease, error: GenerationError?, after: Duration, spendAttempt: Bool, failedProvider: String?)
         async throws
 
     /// Finishes a job as failed, keeping its error history.

@@ -127,8 +127,9 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
-    public func nextDueTime() async throws -> Duration? {
-        state.withLock { $0.scheduled.min?.runAt }
+    public func timeUntilNextDue() async throws -> Duration? {
+        let now = clock.now
+        return state.withLock { state in state.scheduled.min.map { max(.zero, $0.runAt - now) } }
     }
 
     public func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
@@ -165,7 +166,7 @@ public final class MemoryJobStore: JobStore {
     }
 
     public func retry(
-        _ lease: JobLease, error: GenerationError?, runAt: Duration, spendAttempt: Bool, failedProvider: String?
+        _ lease: JobLease, error: GenerationError?, after delay: Duration, spendAttempt: Bool, failedProvider: String?
     ) async throws {
         let now = clock.now
         try withHeld(lease) { state in
@@ -176,7 +177,7 @@ public final class MemoryJobStore: JobStore {
                 if job.recoveryPoint != nil { job.attempts = max(0, job.attempts - 1) }
             }
             if let failedProvider, !job.failedProviders.contains(failedProvider) { job.failedProviders.append(failedProvider) }
-            job.runAt = max(runAt, now)
+            job.runAt = now + max(.zero, delay)
             job.recoveryPoint = nil
             job.providerTaskID = nil
             state.jobs[lease.jobID] = job

@@ -1,0 +1,179 @@
+import Foundation
+import Pargen
+import PargenTesting
+import Testing
+
+/// Makes a fresh store on a manual clock. Every ``JobStore`` implementation adds itself to
+/// ``JobStoreConformanceTests/factories`` and must pass every test of the suite.
+struct StoreFactory: Sendable, CustomTestStringConvertible {
+    var name: String
+    var make: @Sendable (ManualClock) async throws -> any JobStore
+    var testDescription: String { name }
+
+    static let memory = StoreFactory(name: "memory") { clock in MemoryJobStore(clock: PargenClock(clock)) }
+}
+
+@Suite struct JobStoreConformanceTests {
+    static let factories: [StoreFactory] = [.memory]
+
+    let outcome = JobOutcome(
+        artifact: Artifact(
+            url: URL(fileURLWithPath: "/tmp/x.wav"), format: .wav, contentType: "audio/wav", byteCount: 1, sha256: "ab",
+            duration: .seconds(1), provider: "p", providerTaskID: "t"),
+        provider: "p", cost: .cents(3))
+
+    func lease(_ store: any JobStore, _ limit: Int = 1, owner: String = "w", excluding: Set<String> = []) async throws
+        -> [LeasedJob]
+    {
+        try await store.lease(limit: limit, owner: owner, duration: .seconds(60), excludingUsers: excluding)
+    }
+
+    @Test(arguments: factories)
+    func leasesByPriorityThenRoundRobinAcrossUsers(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        var requests: [ValidatedRequest] = []
+        for i in 0..<4 { requests.append(validated(.audio(prompt: "a\(i)", user: "alice"), id: "a\(i)")) }
+        for i in 0..<2 { requests.append(validated(.audio(prompt: "b\(i)", user: "bob"), id: "b\(i)")) }
+        requests.append(validated(.audio(prompt: "urgent", priority: .urgent, user: "carol"), id: "c0"))
+        _ = try await store.enqueue(requests)
+        #expect(try await lease(store, 5).map(\.record.request.id) == ["c0", "a0", "b0", "a1", "b1"])
+        #expect(try await lease(store, 5, excluding: ["alice"]).isEmpty)
+        #expect(try await lease(store, 5).map(\.record.request.id) == ["a2", "a3"])
+        #expect(try await store.counts() == [.running: 7])
+    }
+
+    @Test(arguments: factories)
+    func idempotencyKeyIsUniquePerProject(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let first = try await store.enqueue([validated(.audio(prompt: "x", project: "p", idempotencyKey: "k"))])
+        let again = try await store.enqueue([validated(.audio(prompt: "y", project: "p", idempotencyKey: "k"))])
+        let other = try await store.enqueue([validated(.audio(prompt: "y", project: "q", idempotencyKey: "k"))])
+        #expect(again[0] == EnqueueResult(jobID: first[0].jobID, existing: true))
+        #expect(other[0].existing == false)
+        #expect(try await store.counts() == [.available: 2])
+    }
+
+    @Test(arguments: factories)
+    func recordsRoundTripEveryField(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let request = validated(.video(
+            prompt: "Birds", priority: .high, duration: .milliseconds(2500), resolution: .p480, model: "m", user: "u",
+            project: "p", campaign: "c", metadata: ["scene": .number(3), "tags": .array([.string("a")])]))
+        let id = try await store.enqueue([request])[0].jobID
+        let record = try #require(try await store.job(id))
+        #expect(record.request == request)
+        #expect(record.state == .available && record.attempts == 0)
+    }
+
+    @Test(arguments: factories)
+    func completionIsFencedByTheLeaseToken(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        _ = try await store.enqueue([validated(.audio(prompt: "x"))])
+        let first = try await lease(store, owner: "w1")[0]
+        try await store.beginAttempt(first.lease, provider: "p")
+        try await store.recordSubmission(first.lease, taskID: "task-1")
+        clock.advance(by: .seconds(61))
+        #expect(try await store.rescueExpiredLeases() == 1)
+        let second = try await lease(store, owner: "w2")[0]
+        #expect(second.record.providerTaskID == "task-1", "a rescued job keeps its task id to resume polling")
+        #expect(second.record.recoveryPoint == .submitted)
+        await #expect(throws: StoreError(.leaseLost, "")) { try await store.complete(first.lease, outcome: outcome) }
+        await #expect(throws: StoreError(.leaseLost, "")) { _ = try await store.heartbeat(first.lease, duration: .seconds(60)) }
+        try await store.complete(second.lease, outcome: outcome)
+        let record = try #require(try await store.job(second.record.id))
+        #expect(record.state == .succeeded)
+        #expect(record.outcome == outcome)
+    }
+
+    @Test(arguments: factories)
+    func heartbeatsKeepALeaseFromBeingRescued(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        _ = try await store.enqueue([validated(.audio(prompt: "x"))])
+        let job = try await lease(store)[0]
+        clock.advance(by: .seconds(40))
+        _ = try await store.heartbeat(job.lease, duration: .seconds(60))
+        clock.advance(by: .seconds(40))
+        #expect(try await store.rescueExpiredLeases() == 0)
+        clock.advance(by: .seconds(21))
+        #expect(try await store.rescueExpiredLeases() == 1)
+    }
+
+    @Test(arguments: factories)
+    func crashBetweenSubmitAndPersistNeedsReconciliation(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        _ = try await store.enqueue([validated(.audio(prompt: "x"))])
+        let job = try await lease(store)[0]
+        try await store.beginAttempt(job.lease, provider: "p")
+        clock.advance(by: .seconds(61))
+        _ = try await store.rescueExpiredLeases()
+        #expect(try await store.job(job.record.id)?.state == .needsReconciliation)
+        #expect(try await lease(store).isEmpty, "never resubmitted blindly")
+    }
+
+    @Test(arguments: factories)
+    func retriesSnoozesDeadLettersAndRequeues(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        let id = try await store.enqueue([validated(.audio(prompt: "x"))])[0].jobID
+        var job = try await lease(store)[0]
+        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.retry(
+            job.lease, error: GenerationError(.rateLimited, "429"), after: .seconds(5), spendAttempt: false,
+            failedProvider: nil)
+        #expect(try await store.job(id)?.attempts == 0)
+        #expect(try await store.job(id)?.snoozes == 1)
+        #expect(try await store.timeUntilNextDue() == .seconds(5))
+        #expect(try await lease(store).isEmpty)
+        clock.advance(by: .seconds(5))
+        job = try await lease(store)[0]
+        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.retry(
+            job.lease, error: GenerationError(.transient, "503"), after: .zero, spendAttempt: true, failedProvider: "p")
+        job = try await lease(store)[0]
+        #expect(job.record.failedProviders == ["p"])
+        try await store.beginAttempt(job.lease, provider: "q")
+        try await store.deadLetter(job.lease, error: GenerationError(.terminal, "no", providerCode: "policy"))
+        let record = try #require(try await store.job(id))
+        #expect(record.state == .deadLettered)
+        #expect(record.attempts == 2)
+        #expect(record.errors.map(\.code) == [.rateLimited, .transient, .terminal])
+        #expect(record.errors.last?.providerCode == "policy")
+        #expect(try await store.jobs(matching: JobQuery(states: [.deadLettered])).map(\.id) == [id])
+        try await store.requeue(id)
+        #expect(try await store.counts() == [.available: 1])
+        await #expect(throws: StoreError(.invalidState, "")) { try await store.requeue(id) }
+    }
+
+    @Test(arguments: factories)
+    func releaseRestoresTheAttemptOnlyBeforeSubmission(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let ids = try await store.enqueue([validated(.audio(prompt: "x")), validated(.audio(prompt: "y"))]).map(\.jobID)
+        let jobs = try await lease(store, 2)
+        for job in jobs { try await store.beginAttempt(job.lease, provider: "p") }
+        try await store.recordSubmission(jobs[1].lease, taskID: "t")
+        for job in jobs { try await store.release(job.lease) }
+        #expect(try await store.job(ids[0])?.attempts == 0)
+        let submitted = try #require(try await store.job(ids[1]))
+        #expect(submitted.attempts == 1 && submitted.providerTaskID == "t" && submitted.state == .available)
+    }
+
+    @Test(arguments: factories)
+    func queriesByCampaignStateUserAndProvider(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        _ = try await store.enqueue([
+            validated(.audio(prompt: "1", user: "ann", campaign: "spring")),
+            validated(.audio(prompt: "2", user: "bob", campaign: "spring")),
+            validated(.audio(prompt: "3", user: "ann", campaign: "fall")),
+        ])
+        let job = try await lease(store)[0]
+        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.complete(job.lease, outcome: outcome)
+        #expect(try await store.jobs(matching: JobQuery(campaign: "spring")).count == 2)
+        #expect(try await store.jobs(matching: JobQuery(user: "ann")).count == 2)
+        #expect(try await store.jobs(matching: JobQuery(states: [.succeeded], provider: "p")).count == 1)
+        #expect(try await store.jobs(matching: JobQuery(limit: 1)).count == 1)
+    }
+}
