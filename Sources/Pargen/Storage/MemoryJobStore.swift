@@ -37,19 +37,22 @@ public final class MemoryJobStore: JobStore {
         var sequence: Int64 = 0
         var tokens: UInt64 = 0
 
-        mutating func setState(_ id: JobID, _ new: JobState) {
-            let old = jobs[id]!.state
-            counts[old, default: 0] -= 1
-            counts[new, default: 0] += 1
-            jobs[id]!.state = new
-        }
-
-        mutating func makeAvailable(_ id: JobID, now: Duration, front: Bool) {
-            let job = jobs[id]!
-            if job.runAt <= now {
-                ready[job.request.priority.rawValue].push(id, user: job.request.user, front: front)
-            } else {
-                scheduled.insert(Scheduled(runAt: job.runAt, sequence: job.sequence, id: id))
+        /// Applies a transition to a job and keeps the counts, the running set and the queues in step.
+        mutating func transition(_ id: JobID, now: Duration, _ change: (inout JobRecord) -> Void) {
+            let before = jobs[id]!
+            change(&jobs[id]!)
+            let after = jobs[id]!
+            if before.state != after.state {
+                counts[before.state, default: 0] -= 1
+                counts[after.state, default: 0] += 1
+            }
+            if after.state == .running { running.insert(id) } else { running.remove(id) }
+            if after.state == .available && (before.state != .available || before.runAt != after.runAt) {
+                if after.runAt <= now {
+                    ready[after.request.priority.rawValue].push(id, user: after.request.user, front: true)
+                } else {
+                    scheduled.insert(Scheduled(runAt: after.runAt, sequence: after.sequence, id: id))
+                }
             }
         }
     }
@@ -77,9 +80,7 @@ public final class MemoryJobStore: JobStore {
                 }
                 state.sequence += 1
                 let id = JobID("\(idPrefix)-\(state.sequence)")
-                state.jobs[id] = JobRecord(
-                    id: id, request: request, state: .available, attempts: 0, snoozes: 0, runAt: now, enqueuedAt: now,
-                    sequence: state.sequence, failedProviders: [], errors: [])
+                state.jobs[id] = JobRecord(id: id, request: request, sequence: state.sequence, now: now)
                 state.counts[.available, default: 0] += 1
                 if let key = request.idempotencyKey { state.idempotency["\(request.project)\u{0}\(key)"] = id }
                 state.ready[request.priority.rawValue].push(id, user: request.user, front: false)
@@ -114,11 +115,7 @@ public final class MemoryJobStore: JobStore {
                     guard state.jobs[id]?.state == .available else { continue }
                     state.tokens += 1
                     let lease = JobLease(jobID: id, token: "\(owner):\(state.tokens)", expiresAt: now + duration)
-                    state.setState(id, .running)
-                    state.jobs[id]!.leaseToken = lease.token
-                    state.jobs[id]!.leaseOwner = owner
-                    state.jobs[id]!.leaseExpiresAt = lease.expiresAt
-                    state.running.insert(id)
+                    state.transition(id, now: now) { $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt) }
                     leased.append(LeasedJob(record: state.jobs[id]!, lease: lease))
                 }
                 state.ready[priority] = queues
@@ -141,28 +138,16 @@ public final class MemoryJobStore: JobStore {
     }
 
     public func beginAttempt(_ lease: JobLease, provider: String) async throws {
-        try withHeld(lease) { state in
-            state.jobs[lease.jobID]!.attempts += 1
-            state.jobs[lease.jobID]!.provider = provider
-            state.jobs[lease.jobID]!.providerTaskID = nil
-            state.jobs[lease.jobID]!.recoveryPoint = .submitting
-        }
+        try withHeld(lease) { state in state.transition(lease.jobID, now: clock.now) { $0.beginAttempt(provider: provider) } }
     }
 
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
-        try withHeld(lease) { state in
-            state.jobs[lease.jobID]!.providerTaskID = taskID
-            state.jobs[lease.jobID]!.recoveryPoint = .submitted
-        }
+        try withHeld(lease) { state in state.transition(lease.jobID, now: clock.now) { $0.recordSubmission(taskID: taskID) } }
     }
 
     public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
         let now = clock.now
-        try withHeld(lease) { state in
-            state.jobs[lease.jobID]!.outcome = outcome
-            state.jobs[lease.jobID]!.provider = outcome.provider
-            finish(&state, lease.jobID, as: .succeeded, now: now)
-        }
+        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.complete(outcome, now: now) } }
     }
 
     public func retry(
@@ -170,58 +155,27 @@ public final class MemoryJobStore: JobStore {
     ) async throws {
         let now = clock.now
         try withHeld(lease) { state in
-            var job = state.jobs[lease.jobID]!
-            if let error { job.errors.append(error) }
-            if !spendAttempt {
-                job.snoozes += 1
-                if job.recoveryPoint != nil { job.attempts = max(0, job.attempts - 1) }
+            state.transition(lease.jobID, now: now) {
+                $0.scheduleRetry(error: error, runAt: now + max(.zero, delay), spendAttempt: spendAttempt, failedProvider: failedProvider)
             }
-            if let failedProvider, !job.failedProviders.contains(failedProvider) { job.failedProviders.append(failedProvider) }
-            job.runAt = now + max(.zero, delay)
-            job.recoveryPoint = nil
-            job.providerTaskID = nil
-            state.jobs[lease.jobID] = job
-            unlease(&state, lease.jobID)
-            state.setState(lease.jobID, .available)
-            state.makeAvailable(lease.jobID, now: now, front: true)
         }
     }
 
     public func deadLetter(_ lease: JobLease, error: GenerationError) async throws {
         let now = clock.now
-        try withHeld(lease) { state in
-            state.jobs[lease.jobID]!.errors.append(error)
-            finish(&state, lease.jobID, as: .deadLettered, now: now)
-        }
+        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.deadLetter(error, now: now) } }
     }
 
     public func release(_ lease: JobLease) async throws {
         let now = clock.now
-        try withHeld(lease) { state in
-            if state.jobs[lease.jobID]!.recoveryPoint == .submitting {
-                state.jobs[lease.jobID]!.attempts = max(0, state.jobs[lease.jobID]!.attempts - 1)
-            }
-            unlease(&state, lease.jobID)
-            state.setState(lease.jobID, .available)
-            state.makeAvailable(lease.jobID, now: now, front: true)
-        }
+        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.release(now: now) } }
     }
 
     public func rescueExpiredLeases() async throws -> Int {
         let now = clock.now
         return state.withLock { state in
             let expired = state.running.filter { state.jobs[$0]!.leaseExpiresAt.map { $0 <= now } ?? true }
-            for id in expired {
-                let job = state.jobs[id]!
-                unlease(&state, id)
-                if job.recoveryPoint == .submitting && job.providerTaskID == nil {
-                    // Submitted or not, nobody knows: never resubmit blindly.
-                    finish(&state, id, as: .needsReconciliation, now: now)
-                } else {
-                    state.setState(id, .available)
-                    state.makeAvailable(id, now: now, front: true)
-                }
-            }
+            for id in expired { state.transition(id, now: now) { $0.rescue(now: now) } }
             return expired.count
         }
     }
@@ -239,18 +193,9 @@ public final class MemoryJobStore: JobStore {
     public func requeue(_ id: JobID) async throws {
         let now = clock.now
         try state.withLock { state in
-            guard let job = state.jobs[id] else { throw StoreError(.notFound, "no job \(id)") }
-            guard job.state == .deadLettered || job.state == .needsReconciliation else {
-                throw StoreError(.invalidState, "job \(id) is \(job.state.rawValue), not dead-lettered")
-            }
-            state.jobs[id]!.attempts = 0
-            state.jobs[id]!.snoozes = 0
-            state.jobs[id]!.runAt = now
-            state.jobs[id]!.finishedAt = nil
-            state.jobs[id]!.recoveryPoint = nil
-            state.jobs[id]!.failedProviders = []
-            state.setState(id, .available)
-            state.makeAvailable(id, now: now, front: false)
+            guard var job = state.jobs[id] else { throw StoreError(.notFound, "no job \(id)") }
+            try job.requeue(now: now)
+            state.transition(id, now: now) { $0 = job }
         }
     }
 
@@ -261,26 +206,9 @@ public final class MemoryJobStore: JobStore {
     private func withHeld<R>(_ lease: JobLease, _ body: (inout State) throws -> R) throws -> R {
         try state.withLock { state in
             guard let job = state.jobs[lease.jobID] else { throw StoreError(.notFound, "no job \(lease.jobID)") }
-            // An expired lease stays valid until the rescuer takes the job (which changes the token): fencing
-            // is by token, so a slow worker is stopped exactly when someone else may start.
-            guard job.state == .running, job.leaseToken == lease.token
-            else { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
+            guard job.isHeld(by: lease) else { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
             return try body(&state)
         }
-    }
-
-    private func unlease(_ state: inout State, _ id: JobID) {
-        state.jobs[id]!.leaseToken = nil
-        state.jobs[id]!.leaseOwner = nil
-        state.jobs[id]!.leaseExpiresAt = nil
-        state.running.remove(id)
-    }
-
-    private func finish(_ state: inout State, _ id: JobID, as final: JobState, now: Duration) {
-        unlease(&state, id)
-        state.jobs[id]!.finishedAt = now
-        state.jobs[id]!.recoveryPoint = nil
-        state.setState(id, final)
     }
 }
 

@@ -1,0 +1,107 @@
+/// The state transitions of a job, as pure functions on its record: every ``JobStore`` applies exactly
+/// these, so the memory, SQLite and PostgreSQL stores cannot drift apart.
+extension JobRecord {
+    /// A new job, available at `now`.
+    public init(id: JobID, request: ValidatedRequest, sequence: Int64, now: Duration) {
+        self.init(
+            id: id, request: request, state: .available, attempts: 0, snoozes: 0, runAt: now, enqueuedAt: now,
+            finishedAt: nil, sequence: sequence, leaseToken: nil, leaseOwner: nil, leaseExpiresAt: nil,
+            recoveryPoint: nil, provider: nil, providerTaskID: nil, failedProviders: [], errors: [], outcome: nil)
+    }
+
+    /// Whether `lease` is the current holder. Fencing is by token: an expired lease stays valid until the
+    /// rescuer takes the job, which clears the token.
+    public func isHeld(by lease: JobLease) -> Bool { state == .running && leaseToken == lease.token }
+
+    public mutating func grantLease(token: String, owner: String, expiresAt: Duration) {
+        state = .running
+        leaseToken = token
+        leaseOwner = owner
+        leaseExpiresAt = expiresAt
+    }
+
+    public mutating func beginAttempt(provider: String) {
+        attempts += 1
+        self.provider = provider
+        providerTaskID = nil
+        recoveryPoint = .submitting
+    }
+
+    public mutating func recordSubmission(taskID: String) {
+        providerTaskID = taskID
+        recoveryPoint = .submitted
+    }
+
+    public mutating func complete(_ outcome: JobOutcome, now: Duration) {
+        self.outcome = outcome
+        provider = outcome.provider
+        finish(.succeeded, now: now)
+    }
+
+    public mutating func scheduleRetry(
+        error: GenerationError?, runAt: Duration, spendAttempt: Bool, failedProvider: String?
+    ) {
+        if let error { errors.append(error) }
+        if !spendAttempt {
+            snoozes += 1
+            if recoveryPoint != nil { attempts = max(0, attempts - 1) }
+        }
+        if let failedProvider, !failedProviders.contains(failedProvider) { failedProviders.append(failedProvider) }
+        self.runAt = runAt
+        recoveryPoint = nil
+        providerTaskID = nil
+        makeAvailable(at: runAt)
+    }
+
+    public mutating func deadLetter(_ error: GenerationError, now: Duration) {
+        errors.append(error)
+        finish(.deadLettered, now: now)
+    }
+
+    /// Gives the job back unjudged. A call that was about to go out gives its attempt back; a submitted task
+    /// keeps its id so the next lease resumes it.
+    public mutating func release(now: Duration) {
+        if recoveryPoint == .submitting { attempts = max(0, attempts - 1) }
+        makeAvailable(at: now)
+    }
+
+    /// Takes the job from a holder whose lease expired. A job that may have been submitted without its task
+    /// id being recorded is never resubmitted blindly: it waits for a person to reconcile it.
+    public mutating func rescue(now: Duration) {
+        if recoveryPoint == .submitting && providerTaskID == nil {
+            finish(.needsReconciliation, now: now)
+        } else {
+            makeAvailable(at: now)
+        }
+    }
+
+    /// Puts a dead-lettered or unreconciled job back in the queue with fresh attempts.
+    public mutating func requeue(now: Duration) throws(StoreError) {
+        guard state == .deadLettered || state == .needsReconciliation else {
+            throw StoreError(.invalidState, "job \(id) is \(state.rawValue), not dead-lettered")
+        }
+        attempts = 0
+        snoozes = 0
+        finishedAt = nil
+        recoveryPoint = nil
+        failedProviders = []
+        makeAvailable(at: now)
+    }
+
+    private mutating func makeAvailable(at time: Duration) {
+        state = .available
+        runAt = time
+        leaseToken = nil
+        leaseOwner = nil
+        leaseExpiresAt = nil
+    }
+
+    private mutating func finish(_ final: JobState, now: Duration) {
+        state = final
+        finishedAt = now
+        recoveryPoint = nil
+        leaseToken = nil
+        leaseOwner = nil
+        leaseExpiresAt = nil
+    }
+}
