@@ -13,6 +13,7 @@ let package = Package(
     products: [
         .library(name: "Pargen", targets: ["Pargen"]),
         .library(name: "PargenTesting", targets: ["PargenTesting"]),
+        .library(name: "PargenSQLite", targets: ["PargenSQLite"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -20,6 +21,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections.git", from: "1.1.0"),
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
+        .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
     ],
     targets: [
         .target(
@@ -30,6 +32,11 @@ let package = Package(
                 .product(name: "HeapModule", package: "swift-collections"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "PargenSQLite",
+            dependencies: ["Pargen", .product(name: "GRDB", package: "GRDB.swift")],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -48,7 +55,9 @@ let package = Package(
         ),
         .testTarget(
             name: "PargenTests",
-            dependencies: ["Pargen", "PargenTesting", "PargenCLI", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "Pargen", "PargenTesting", "PargenSQLite", "PargenCLI", .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
     ]

@@ -1,5 +1,6 @@
 import Foundation
 import Pargen
+import PargenSQLite
 import PargenTesting
 import Testing
 
@@ -254,5 +255,23 @@ import Testing
         let result = try await generator.generate([.audio(prompt: "after a restart")])[0]
         #expect(result.succeeded)
         try await generator.stop()
+    }
+
+    @Test func runsOnTheSQLiteStoreAndItsResultsOutliveTheGenerator() async throws {
+        let path = temporaryDirectory().appendingPathComponent("campaign.sqlite").path
+        let provider = ScriptedProvider(name: "p") { _, call in
+            call == 0 ? .fail(GenerationError(.transient, "503", providerCode: "503")) : .succeed(latency: .milliseconds(5))
+        }
+        let generator = ParallelGenerator(
+            providers: [provider], store: try SQLiteJobStore(path: path), outputDirectory: temporaryDirectory())
+        try await generator.start()
+        let results = try await generator.generate((0..<8).map { .audio(prompt: "durable \($0)", user: "u\($0 % 3)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect(results.map(\.attempts).reduce(0, +) == 9, "one retry after the 503")
+        let reopened = try SQLiteJobStore(path: path)
+        #expect(try await reopened.counts() == [.succeeded: 8])
+        let record = try #require(try await reopened.job(results[0].jobID!))
+        #expect(record.outcome?.artifact.sha256 == results[0].artifact?.sha256)
     }
 }

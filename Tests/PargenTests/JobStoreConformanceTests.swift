@@ -1,5 +1,6 @@
 import Foundation
 import Pargen
+import PargenSQLite
 import PargenTesting
 import Testing
 
@@ -11,10 +12,16 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
     var testDescription: String { name }
 
     static let memory = StoreFactory(name: "memory") { clock in MemoryJobStore(clock: PargenClock(clock)) }
+
+    /// A real file in WAL mode; the wall clock starts at 2026-01-01 and moves with the manual clock.
+    static let sqlite = StoreFactory(name: "sqlite") { clock in
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        return try SQLiteJobStore(path: path, now: { .seconds(1_767_225_600) + clock.now.offset })
+    }
 }
 
 @Suite struct JobStoreConformanceTests {
-    static let factories: [StoreFactory] = [.memory]
+    static let factories: [StoreFactory] = [.memory, .sqlite]
 
     let outcome = JobOutcome(
         artifact: Artifact(
@@ -175,5 +182,24 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await store.jobs(matching: JobQuery(user: "ann")).count == 2)
         #expect(try await store.jobs(matching: JobQuery(states: [.succeeded], provider: "p")).count == 1)
         #expect(try await store.jobs(matching: JobQuery(limit: 1)).count == 1)
+    }
+
+    @Test func sqliteJobsSurviveReopeningTheFile() async throws {
+        let clock = ManualClock()
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        let now: @Sendable () -> Duration = { .seconds(1_767_225_600) + clock.now.offset }
+        var store: SQLiteJobStore? = try SQLiteJobStore(path: path, now: now)
+        let id = try await store!.enqueue([validated(.audio(prompt: "keep me"))])[0].jobID
+        let job = try await store!.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: [])[0]
+        try await store!.beginAttempt(job.lease, provider: "p")
+        try await store!.recordSubmission(job.lease, taskID: "task-9")
+        store = nil
+        // The process "crashed" holding the lease; a new one opens the file and rescues the job.
+        clock.advance(by: .seconds(61))
+        let reopened = try SQLiteJobStore(path: path, now: now)
+        #expect(try await reopened.rescueExpiredLeases() == 1)
+        let resumed = try await reopened.lease(limit: 1, owner: "w2", duration: .seconds(60), excludingUsers: [])[0]
+        #expect(resumed.record.id == id)
+        #expect(resumed.record.providerTaskID == "task-9" && resumed.record.attempts == 1)
     }
 }

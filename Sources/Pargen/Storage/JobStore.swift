@@ -70,12 +70,24 @@ public struct JobRecord: Sendable, Hashable, Codable {
 public struct JobLease: Sendable, Hashable, Codable {
     public var jobID: JobID
     public var token: String
+    /// In the store's own clock; opaque to the engine.
     public var expiresAt: Duration
+
+    public init(jobID: JobID, token: String, expiresAt: Duration) {
+        self.jobID = jobID
+        self.token = token
+        self.expiresAt = expiresAt
+    }
 }
 
 public struct LeasedJob: Sendable, Hashable {
     public var record: JobRecord
     public var lease: JobLease
+
+    public init(record: JobRecord, lease: JobLease) {
+        self.record = record
+        self.lease = lease
+    }
 }
 
 /// The result of enqueuing one request.

@@ -1,0 +1,358 @@
+public import Foundation
+import GRDB
+public import Pargen
+
+/// A durable job store in one SQLite file (WAL mode), through GRDB: the default store of the command line.
+///
+/// Every row holds the whole ``JobRecord`` as JSON next to the columns that leasing and queries use. Every
+/// transition loads the record, checks the lease token (fencing), applies the same transition functions the
+/// memory store applies, and saves it, in one write transaction. Times are wall-clock nanoseconds since the
+/// Unix epoch, so leases and due times survive a restart.
+public final class SQLiteJobStore: JobStore {
+    public var outlivesProcess: Bool { true }
+
+    private let writer: any DatabaseWriter
+    private let now: @Sendable () -> Duration
+    private let idPrefix: String
+
+    /// Opens (or creates) the store at `path` in WAL mode.
+    ///
+    /// - Parameters:
+    ///   - path: The database file.
+    ///   - idPrefix: Prefix of the job ids this store makes.
+    ///   - now: The wall clock, as time since the Unix epoch (injected in tests).
+    /// - Throws: ``StoreError/Code/unavailable`` when the file cannot be opened or migrated.
+    public init(path: String, idPrefix: String = "job", now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock)
+        throws
+    {
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        do {
+            writer = try DatabasePool(path: path, configuration: configuration)
+        } catch {
+            throw StoreError(.unavailable, "cannot open the job store at \(path)", underlying: error)
+        }
+        self.now = now
+        self.idPrefix = idPrefix
+        try migrate()
+    }
+
+    /// A store in memory (tests): the same SQL, gone with the process.
+    public init(inMemoryWithIDPrefix idPrefix: String = "job", now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock)
+        throws
+    {
+        do {
+            writer = try DatabaseQueue()
+        } catch {
+            throw StoreError(.unavailable, "cannot open an in-memory job store", underlying: error)
+        }
+        self.now = now
+        self.idPrefix = idPrefix
+        try migrate()
+    }
+
+    /// Time since the Unix epoch.
+    public static let wallClock: @Sendable () -> Duration = {
+        .nanoseconds(Int64((Date().timeIntervalSince1970 * 1e9).rounded()))
+    }
+
+    private func migrate() throws {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1-jobs") { db in
+            try db.execute(
+                sql: """
+                    CREATE TABLE jobs (
+                        seq INTEGER PRIMARY KEY,
+                        id TEXT NOT NULL UNIQUE,
+                        state TEXT NOT NULL,
+                        priority INTEGER NOT NULL,
+                        user TEXT NOT NULL,
+                        project TEXT NOT NULL,
+                        campaign TEXT NOT NULL,
+                        provider TEXT,
+                        idempotency_key TEXT,
+                        run_at INTEGER NOT NULL,
+                        lease_expires_at INTEGER,
+                        record TEXT NOT NULL
+                    );
+                    CREATE UNIQUE INDEX jobs_idempotency ON jobs(project, idempotency_key) WHERE idempotency_key IS NOT NULL;
+                    CREATE INDEX jobs_ready ON jobs(state, priority, run_at, seq);
+                    CREATE INDEX jobs_campaign ON jobs(campaign, state);
+                    CREATE INDEX jobs_leases ON jobs(state, lease_expires_at);
+                    """)
+        }
+        do {
+            try migrator.migrate(writer)
+        } catch {
+            throw StoreError(.unavailable, "cannot prepare the job store's tables", underlying: error)
+        }
+    }
+
+    // MARK: - JobStore
+
+    public func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult] {
+        let now = now()
+        let prefix = idPrefix
+        return try await write { db in
+            var sequence = try Int64.fetchOne(db, sql: "SELECT COALESCE(MAX(seq), 0) FROM jobs") ?? 0
+            var results: [EnqueueResult] = []
+            results.reserveCapacity(requests.count)
+            for request in requests {
+                if let key = request.idempotencyKey,
+                    let existing = try String.fetchOne(
+                        db, sql: "SELECT id FROM jobs WHERE project = ? AND idempotency_key = ?",
+                        arguments: [request.project, key])
+                {
+                    results.append(EnqueueResult(jobID: JobID(existing), existing: true))
+                    continue
+                }
+                sequence += 1
+                let record = JobRecord(id: JobID("\(prefix)-\(sequence)"), request: request, sequence: sequence, now: now)
+                try db.execute(
+                    sql: """
+                        INSERT INTO jobs (seq, id, state, priority, user, project, campaign, provider, idempotency_key,
+                                          run_at, lease_expires_at, record)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        """,
+                    arguments: [
+                        sequence, record.id.rawValue, record.state.rawValue, request.priority.rawValue, request.user,
+                        request.project, request.campaign, nil, request.idempotencyKey, record.runAt.nanoseconds,
+                        nil, try Self.encode(record),
+                    ])
+                results.append(EnqueueResult(jobID: record.id, existing: false))
+            }
+            return results
+        }
+    }
+
+    public func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws
+        -> [LeasedJob]
+    {
+        guard limit > 0 else { return [] }
+        let now = now()
+        let excluded = String(decoding: try JSONEncoder().encode(Array(excludingUsers)), as: UTF8.self)
+        return try await write { db in
+            // Highest priority first; within a priority, round-robin across users (each user's oldest first,
+            // users ordered by their oldest waiting job).
+            let ids = try String.fetchAll(
+                db,
+                sql: """
+                    SELECT id FROM (
+                        SELECT id, priority,
+                               ROW_NUMBER() OVER (PARTITION BY priority, user ORDER BY seq) AS turn,
+                               MIN(seq) OVER (PARTITION BY priority, user) AS first_seq
+                        FROM jobs
+                        WHERE state = 'available' AND run_at <= ?
+                          AND user NOT IN (SELECT value FROM json_each(?))
+                    )
+                    ORDER BY priority DESC, turn, first_seq
+                    LIMIT ?
+                    """,
+                arguments: [now.nanoseconds, excluded, limit])
+            var leased: [LeasedJob] = []
+            for id in ids {
+                var record = try Self.load(db, JobID(id))
+                let lease = JobLease(jobID: record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: now + duration)
+                record.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
+                try Self.save(db, record)
+                leased.append(LeasedJob(record: record, lease: lease))
+            }
+            return leased
+        }
+    }
+
+    public func timeUntilNextDue() async throws -> Duration? {
+        let now = now()
+        let next = try await read { db in
+            try Int64.fetchOne(
+                db, sql: "SELECT MIN(run_at) FROM jobs WHERE state = 'available' AND run_at > ?",
+                arguments: [now.nanoseconds])
+        }
+        return next.map { max(.zero, .nanoseconds($0) - now) }
+    }
+
+    public func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
+        let expiresAt = now() + duration
+        try await withHeld(lease) { $0.leaseExpiresAt = expiresAt }
+        return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: expiresAt)
+    }
+
+    public func beginAttempt(_ lease: JobLease, provider: String) async throws {
+        try await withHeld(lease) { $0.beginAttempt(provider: provider) }
+    }
+
+    public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
+        try await withHeld(lease) { $0.recordSubmission(taskID: taskID) }
+    }
+
+    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
+        let now = now()
+        try await withHeld(lease) { $0.complete(outcome, now: now) }
+    }
+
+    public func retry(
+        _ lease: JobLease, error: GenerationError?, after delay: Duration, spendAttempt: Bool, failedProvider: String?
+    ) async throws {
+        let runAt = now() + max(.zero, delay)
+        try await withHeld(lease) {
+            $0.scheduleRetry(error: error, runAt: runAt, spendAttempt: spendAttempt, failedProvider: failedProvider)
+        }
+    }
+
+    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws {
+        let now = now()
+        try await withHeld(lease) { $0.deadLetter(error, now: now) }
+    }
+
+    public func release(_ lease: JobLease) async throws {
+        let now = now()
+        try await withHeld(lease) { $0.release(now: now) }
+    }
+
+    public func rescueExpiredLeases() async throws -> Int {
+        let now = now()
+        return try await write { db in
+            let ids = try String.fetchAll(
+                db, sql: "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?",
+                arguments: [now.nanoseconds])
+            for id in ids {
+                var record = try Self.load(db, JobID(id))
+                record.rescue(now: now)
+                try Self.save(db, record)
+            }
+            return ids.count
+        }
+    }
+
+    public func job(_ id: JobID) async throws -> JobRecord? {
+        try await read { db in
+            try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map(Self.decode)
+        }
+    }
+
+    public func jobs(matching query: JobQuery) async throws -> [JobRecord] {
+        var clauses: [String] = []
+        var arguments: StatementArguments = []
+        if let states = query.states {
+            clauses.append("state IN (\(states.map { _ in "?" }.joined(separator: ", ")))")
+            for state in states.sorted(by: { $0.rawValue < $1.rawValue }) { arguments += [state.rawValue] }
+        }
+        for (column, value) in [("campaign", query.campaign), ("project", query.project), ("user", query.user), ("provider", query.provider)] {
+            if let value {
+                clauses.append("\(column) = ?")
+                arguments += [value]
+            }
+        }
+        var sql = "SELECT record FROM jobs"
+        if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
+        sql += " ORDER BY seq"
+        if let limit = query.limit {
+            sql += " LIMIT ?"
+            arguments += [limit]
+        }
+        let finalSQL = sql
+        let finalArguments = arguments
+        return try await read { db in try String.fetchAll(db, sql: finalSQL, arguments: finalArguments).map(Self.decode) }
+    }
+
+    public func requeue(_ id: JobID) async throws {
+        let now = now()
+        try await write { db in
+            guard try String.fetchOne(db, sql: "SELECT id FROM jobs WHERE id = ?", arguments: [id.rawValue]) != nil else {
+                throw StoreError(.notFound, "no job \(id)")
+            }
+            var record = try Self.load(db, id)
+            try record.requeue(now: now)
+            try Self.save(db, record)
+        }
+    }
+
+    public func counts() async throws -> [JobState: Int] {
+        try await read { db in
+            var counts: [JobState: Int] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT state, COUNT(*) AS n FROM jobs GROUP BY state") {
+                if let state = JobState(rawValue: row["state"]) { counts[state] = row["n"] }
+            }
+            return counts
+        }
+    }
+
+    // MARK: - Helpers
+
+    private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
+        try await write { db in
+            guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [lease.jobID.rawValue])
+            else { throw StoreError(.notFound, "no job \(lease.jobID)") }
+            var record = try Self.decode(text)
+            guard record.isHeld(by: lease) else {
+                throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+            }
+            change(&record)
+            try Self.save(db, record)
+        }
+    }
+
+    private static func load(_ db: Database, _ id: JobID) throws -> JobRecord {
+        guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]) else {
+            throw StoreError(.notFound, "no job \(id)")
+        }
+        return try decode(text)
+    }
+
+    private static func save(_ db: Database, _ record: JobRecord) throws {
+        try db.execute(
+            sql: """
+                UPDATE jobs SET state = ?, provider = ?, run_at = ?, lease_expires_at = ?, record = ? WHERE id = ?
+                """,
+            arguments: [
+                record.state.rawValue, record.provider, record.runAt.nanoseconds, record.leaseExpiresAt?.nanoseconds,
+                try encode(record), record.id.rawValue,
+            ])
+    }
+
+    private static func encode(_ record: JobRecord) throws -> String {
+        String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
+    }
+
+    private static func decode(_ text: String) throws -> JobRecord {
+        do {
+            return try JSONDecoder().decode(JobRecord.self, from: Data(text.utf8))
+        } catch {
+            throw StoreError(.invalidState, "a stored job could not be read", underlying: error)
+        }
+    }
+
+    /// Runs a write transaction, mapping database errors to ``StoreError``.
+    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await writer.write(body)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(.unavailable, "the job store failed a write", underlying: error)
+        }
+    }
+
+    private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        do {
+            return try await writer.read(body)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(.unavailable, "the job store failed a read", underlying: error)
+        }
+    }
+}
+
+extension JobStore where Self == SQLiteJobStore {
+    /// A durable store in one SQLite file.
+    public static func sqlite(path: String) throws -> SQLiteJobStore { try SQLiteJobStore(path: path) }
+}
+
+extension Duration {
+    /// Whole nanoseconds, for storage.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}
