@@ -73,6 +73,10 @@ public final class SQLiteJobStore: JobStore {
                         idempotency_key TEXT,
                         run_at INTEGER NOT NULL,
                         lease_expires_at INTEGER,
+                        reserved INTEGER NOT NULL DEFAULT 0,
+                        charged INTEGER NOT NULL DEFAULT 0,
+                        released INTEGER NOT NULL DEFAULT 0,
+                        pending INTEGER NOT NULL DEFAULT 0,
                         record TEXT NOT NULL
                     );
                     CREATE UNIQUE INDEX jobs_idempotency ON jobs(project, idempotency_key) WHERE idempotency_key IS NOT NULL;
@@ -177,8 +181,8 @@ public final class SQLiteJobStore: JobStore {
         return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: expiresAt)
     }
 
-    public func beginAttempt(_ lease: JobLease, provider: String) async throws {
-        try await withHeld(lease) { $0.beginAttempt(provider: provider) }
+    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws {
+        try await withHeld(lease) { $0.beginAttempt(provider: provider, reserving: estimate) }
     }
 
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
@@ -277,6 +281,21 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
+    public func ledgerTotals() async throws -> CostLedger {
+        try await read { db in
+            var totals = CostLedger()
+            if let row = try Row.fetchOne(
+                db, sql: "SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM jobs")
+            {
+                totals.reserved = Money(nanos: row["r"] ?? 0)
+                totals.charged = Money(nanos: row["c"] ?? 0)
+                totals.released = Money(nanos: row["l"] ?? 0)
+                totals.pending = Money(nanos: row["p"] ?? 0)
+            }
+            return totals
+        }
+    }
+
     // MARK: - Helpers
 
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
@@ -302,11 +321,14 @@ public final class SQLiteJobStore: JobStore {
     private static func save(_ db: Database, _ record: JobRecord) throws {
         try db.execute(
             sql: """
-                UPDATE jobs SET state = ?, provider = ?, run_at = ?, lease_expires_at = ?, record = ? WHERE id = ?
+                UPDATE jobs SET state = ?, provider = ?, run_at = ?, lease_expires_at = ?,
+                                reserved = ?, charged = ?, released = ?, pending = ?, record = ?
+                WHERE id = ?
                 """,
             arguments: [
                 record.state.rawValue, record.provider, record.runAt.nanoseconds, record.leaseExpiresAt?.nanoseconds,
-                try encode(record), record.id.rawValue,
+                record.ledger.reserved.nanos, record.ledger.charged.nanos, record.ledger.released.nanos,
+                record.ledger.pending.nanos, try encode(record), record.id.rawValue,
             ])
     }
 

@@ -38,6 +38,9 @@ import Testing
         #expect(stats.costMonitor.ledgerBalances)
         #expect(stats.costMonitor.outstanding == .zero)
         #expect(stats.costMonitor.charged == results.reduce(Money.zero) { $0 + $1.actualCost })
+        let ledger = try await generator.store.ledgerTotals()
+        #expect(ledger.charged == stats.costMonitor.charged)
+        #expect(ledger.pending == .zero && ledger.reserved == ledger.charged + ledger.released)
     }
 
     @Test func identicalRequestsAreGeneratedOnceAndThenServedFromCache() async throws {

@@ -78,7 +78,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         let store = try await factory.make(clock)
         _ = try await store.enqueue([validated(.audio(prompt: "x"))])
         let first = try await lease(store, owner: "w1")[0]
-        try await store.beginAttempt(first.lease, provider: "p")
+        try await store.beginAttempt(first.lease, provider: "p", reserving: .cents(5))
         try await store.recordSubmission(first.lease, taskID: "task-1")
         clock.advance(by: .seconds(61))
         #expect(try await store.rescueExpiredLeases() == 1)
@@ -113,7 +113,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         let store = try await factory.make(clock)
         _ = try await store.enqueue([validated(.audio(prompt: "x"))])
         let job = try await lease(store)[0]
-        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         clock.advance(by: .seconds(61))
         _ = try await store.rescueExpiredLeases()
         #expect(try await store.job(job.record.id)?.state == .needsReconciliation)
@@ -126,7 +126,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         let store = try await factory.make(clock)
         let id = try await store.enqueue([validated(.audio(prompt: "x"))])[0].jobID
         var job = try await lease(store)[0]
-        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store.retry(
             job.lease, error: GenerationError(.rateLimited, "429"), after: .seconds(5), spendAttempt: false,
             failedProvider: nil)
@@ -136,12 +136,12 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await lease(store).isEmpty)
         clock.advance(by: .seconds(5))
         job = try await lease(store)[0]
-        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store.retry(
             job.lease, error: GenerationError(.transient, "503"), after: .zero, spendAttempt: true, failedProvider: "p")
         job = try await lease(store)[0]
         #expect(job.record.failedProviders == ["p"])
-        try await store.beginAttempt(job.lease, provider: "q")
+        try await store.beginAttempt(job.lease, provider: "q", reserving: .cents(5))
         try await store.deadLetter(job.lease, error: GenerationError(.terminal, "no", providerCode: "policy"))
         let record = try #require(try await store.job(id))
         #expect(record.state == .deadLettered)
@@ -159,7 +159,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         let store = try await factory.make(ManualClock())
         let ids = try await store.enqueue([validated(.audio(prompt: "x")), validated(.audio(prompt: "y"))]).map(\.jobID)
         let jobs = try await lease(store, 2)
-        for job in jobs { try await store.beginAttempt(job.lease, provider: "p") }
+        for job in jobs { try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5)) }
         try await store.recordSubmission(jobs[1].lease, taskID: "t")
         for job in jobs { try await store.release(job.lease) }
         #expect(try await store.job(ids[0])?.attempts == 0)
@@ -176,7 +176,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
             validated(.audio(prompt: "3", user: "ann", campaign: "fall")),
         ])
         let job = try await lease(store)[0]
-        try await store.beginAttempt(job.lease, provider: "p")
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store.complete(job.lease, outcome: outcome)
         #expect(try await store.jobs(matching: JobQuery(campaign: "spring")).count == 2)
         #expect(try await store.jobs(matching: JobQuery(user: "ann")).count == 2)
@@ -191,7 +191,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         var store: SQLiteJobStore? = try SQLiteJobStore(path: path, now: now)
         let id = try await store!.enqueue([validated(.audio(prompt: "keep me"))])[0].jobID
         let job = try await store!.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: [])[0]
-        try await store!.beginAttempt(job.lease, provider: "p")
+        try await store!.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store!.recordSubmission(job.lease, taskID: "task-9")
         store = nil
         // The process "crashed" holding the lease; a new one opens the file and rescues the job.
@@ -201,5 +201,36 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         let resumed = try await reopened.lease(limit: 1, owner: "w2", duration: .seconds(60), excludingUsers: [])[0]
         #expect(resumed.record.id == id)
         #expect(resumed.record.providerTaskID == "task-9" && resumed.record.attempts == 1)
+    }
+
+    @Test(arguments: factories)
+    func theLedgerMovesWithEveryTransitionAndBalances(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        _ = try await store.enqueue((0..<4).map { validated(.audio(prompt: "line \($0)"), id: "r\($0)") })
+        let jobs = try await lease(store, 4)
+        for job in jobs { try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(10)) }
+        // Charged under the estimate, over the estimate (topped up), a failure, and a submitted task given back.
+        var cheaper = outcome
+        cheaper.cost = .cents(7)
+        try await store.complete(jobs[0].lease, outcome: cheaper)
+        var dearer = outcome
+        dearer.cost = .cents(12)
+        try await store.complete(jobs[1].lease, outcome: dearer)
+        try await store.deadLetter(jobs[2].lease, error: GenerationError(.terminal, "no"))
+        try await store.recordSubmission(jobs[3].lease, taskID: "t")
+        try await store.release(jobs[3].lease)
+        var totals = try await store.ledgerTotals()
+        #expect(totals.charged == .cents(19))
+        #expect(totals.released == .cents(13))
+        #expect(totals.pending == .cents(10), "a submitted task may still charge")
+        #expect(totals.reserved == .cents(42))
+        #expect(totals.balances)
+        // The resumed task completes: nothing pending, reserved = charged + released.
+        let resumed = try await lease(store)[0]
+        try await store.complete(resumed.lease, outcome: outcome)
+        totals = try await store.ledgerTotals()
+        #expect(totals.pending == .zero)
+        #expect(totals.reserved == totals.charged + totals.released)
     }
 }

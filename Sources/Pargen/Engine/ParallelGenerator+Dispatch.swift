@@ -262,8 +262,9 @@ extension ParallelGenerator {
                     amounts: [.apiCalls: 1, .memoryMB: Self.memoryEstimate(request), .storageMB: Self.storageEstimate(request)],
                     provider: name, priority: request.priority))
             defer { pool.release(resources) }
-            try await store.beginAttempt(lease, provider: name)
-            let attempt = record.attempts + 1
+            // A resumed task already has its attempt and reservation; beginning again would forget its task id.
+            if resumeTaskID == nil { try await store.beginAttempt(lease, provider: name, reserving: estimate) }
+            let attempt = resumeTaskID == nil ? record.attempts + 1 : record.attempts
             progress(record, .submitted, provider: name)
             submitted.fire()
             let staging = artifacts.stagingURL(job: id, attempt: attempt)

@@ -6,7 +6,8 @@ extension JobRecord {
         self.init(
             id: id, request: request, state: .available, attempts: 0, snoozes: 0, runAt: now, enqueuedAt: now,
             finishedAt: nil, sequence: sequence, leaseToken: nil, leaseOwner: nil, leaseExpiresAt: nil,
-            recoveryPoint: nil, provider: nil, providerTaskID: nil, failedProviders: [], errors: [], outcome: nil)
+            recoveryPoint: nil, provider: nil, providerTaskID: nil, failedProviders: [], errors: [], outcome: nil,
+            ledger: CostLedger())
     }
 
     /// Whether `lease` is the current holder. Fencing is by token: an expired lease stays valid until the
@@ -20,7 +21,10 @@ extension JobRecord {
         leaseExpiresAt = expiresAt
     }
 
-    public mutating func beginAttempt(provider: String) {
+    public mutating func beginAttempt(provider: String, reserving estimate: Money = .zero) {
+        releasePending()
+        ledger.reserved = ledger.reserved + estimate
+        ledger.pending = estimate
         attempts += 1
         self.provider = provider
         providerTaskID = nil
@@ -33,6 +37,11 @@ extension JobRecord {
     }
 
     public mutating func complete(_ outcome: JobOutcome, now: Duration) {
+        // Settle: charge the actual cost, release the rest; an overrun tops the reservation up first.
+        if outcome.cost > ledger.pending { ledger.reserved = ledger.reserved + (outcome.cost - ledger.pending) }
+        ledger.charged = ledger.charged + outcome.cost
+        ledger.released = ledger.released + max(.zero, ledger.pending - outcome.cost)
+        ledger.pending = .zero
         self.outcome = outcome
         provider = outcome.provider
         finish(.succeeded, now: now)
@@ -42,6 +51,7 @@ extension JobRecord {
         error: GenerationError?, runAt: Duration, spendAttempt: Bool, failedProvider: String?
     ) {
         if let error { errors.append(error) }
+        releasePending()
         if !spendAttempt {
             snoozes += 1
             if recoveryPoint != nil { attempts = max(0, attempts - 1) }
@@ -55,13 +65,17 @@ extension JobRecord {
 
     public mutating func deadLetter(_ error: GenerationError, now: Duration) {
         errors.append(error)
+        releasePending()
         finish(.deadLettered, now: now)
     }
 
     /// Gives the job back unjudged. A call that was about to go out gives its attempt back; a submitted task
     /// keeps its id so the next lease resumes it.
     public mutating func release(now: Duration) {
-        if recoveryPoint == .submitting { attempts = max(0, attempts - 1) }
+        if recoveryPoint == .submitting {
+            attempts = max(0, attempts - 1)
+            releasePending()
+        }
         makeAvailable(at: now)
     }
 
@@ -86,6 +100,13 @@ extension JobRecord {
         recoveryPoint = nil
         failedProviders = []
         makeAvailable(at: now)
+    }
+
+    /// Releases the reservation of a call that will not charge. A submitted task keeps its reservation: it
+    /// may still charge when it is resumed.
+    private mutating func releasePending() {
+        ledger.released = ledger.released + ledger.pending
+        ledger.pending = .zero
     }
 
     private mutating func makeAvailable(at time: Duration) {

@@ -64,6 +64,33 @@ public struct JobRecord: Sendable, Hashable, Codable {
     /// Every error met, oldest first.
     public var errors: [GenerationError]
     public var outcome: JobOutcome?
+    /// The job's money, kept in the same record (and so the same transaction) as its state.
+    public var ledger: CostLedger = CostLedger()
+}
+
+/// One job's money: what was reserved before calls, charged on success and released on failure.
+///
+/// `reserved == charged + released + pending` always; with nothing pending, `reserved == charged + released`.
+public struct CostLedger: Sendable, Hashable, Codable {
+    /// Every reservation, with top-ups when a charge exceeded its reservation.
+    public var reserved: Money = .zero
+    public var charged: Money = .zero
+    public var released: Money = .zero
+    /// Reserved for the call in progress (or a submitted task that may still charge).
+    public var pending: Money = .zero
+
+    public init() {}
+
+    public var balances: Bool { reserved == charged + released + pending }
+
+    public static func + (lhs: CostLedger, rhs: CostLedger) -> CostLedger {
+        var sum = CostLedger()
+        sum.reserved = lhs.reserved + rhs.reserved
+        sum.charged = lhs.charged + rhs.charged
+        sum.released = lhs.released + rhs.released
+        sum.pending = lhs.pending + rhs.pending
+        return sum
+    }
 }
 
 /// Proof that a worker holds a job. Every state change is fenced by its token.
@@ -184,8 +211,9 @@ public protocol JobStore: Sendable {
     /// Extends a lease. Throws ``StoreError/Code/leaseLost`` if it is no longer held.
     func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease
 
-    /// Records, before a provider call, that it is about to be made (and counts the attempt).
-    func beginAttempt(_ lease: JobLease, provider: String) async throws
+    /// Records, before a provider call, that it is about to be made: counts the attempt and reserves its
+    /// estimated cost in the job's ledger.
+    func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws
 
     /// Records the provider's task id right after submission, before polling.
     func recordSubmission(_ lease: JobLease, taskID: String) async throws
@@ -214,4 +242,7 @@ public protocol JobStore: Sendable {
     func requeue(_ id: JobID) async throws
 
     func counts() async throws -> [JobState: Int]
+
+    /// The sum of every job's ledger.
+    func ledgerTotals() async throws -> CostLedger
 }

@@ -137,8 +137,10 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
-    public func beginAttempt(_ lease: JobLease, provider: String) async throws {
-        try withHeld(lease) { state in state.transition(lease.jobID, now: clock.now) { $0.beginAttempt(provider: provider) } }
+    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws {
+        try withHeld(lease) { state in
+            state.transition(lease.jobID, now: clock.now) { $0.beginAttempt(provider: provider, reserving: estimate) }
+        }
     }
 
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
@@ -200,6 +202,10 @@ public final class MemoryJobStore: JobStore {
     }
 
     public func counts() async throws -> [JobState: Int] { state.withLock { $0.counts.filter { $0.value > 0 } } }
+
+    public func ledgerTotals() async throws -> CostLedger {
+        state.withLock { state in state.jobs.values.reduce(CostLedger()) { $0 + $1.ledger } }
+    }
 
     // MARK: - Helpers
 
