@@ -48,6 +48,7 @@ let package = Package(
             name: "PargenCLI",
             dependencies: [
                 "Pargen",
+                "PargenSQLite",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

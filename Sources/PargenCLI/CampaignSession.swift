@@ -1,19 +1,39 @@
+import ArgumentParser
 import Foundation
 import Logging
 import Pargen
+import PargenSQLite
 
 /// Runs one campaign on the local providers with a live progress display and a final summary.
 enum CampaignSession {
     static func run(
-        file: CampaignFile, configuration: PargenConfiguration, options: CampaignOptions, out: URL, logger: Logger
+        file: CampaignFile?, storePath: String, configuration: PargenConfiguration, options: CampaignOptions, out: URL,
+        logger: Logger
     ) async throws -> CampaignReport {
         let clock = PargenClock.continuous
+        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        let lock: StoreLock
+        let store: SQLiteJobStore
+        do {
+            lock = try StoreLock(storePath: storePath)
+            store = try SQLiteJobStore(path: storePath)
+        } catch {
+            FileHandle.standardError.write(Data("pargen: \(error)\n".utf8))
+            throw ExitCode(2)
+        }
+        defer { withExtendedLifetime(lock) {} }
+        // We hold the store alone: any lease in it belongs to a run that crashed.
+        let orphans = try await store.rescueOrphanedLeases()
+        let existing = try await store.counts().values.reduce(0, +)
+        if existing > 0 {
+            print("continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run")
+        }
         let generator = ParallelGenerator(
             configuration: configuration,
             providers: LocalProvider.demoProviders(reliable: options.reliable, seed: options.seed),
-            outputDirectory: out, clock: clock, logger: logger)
+            store: store, outputDirectory: out, clock: clock, logger: logger)
         let tracker = ProgressTracker(clock: clock)
-        tracker.expect(file.lines.count)
+        tracker.expect(file?.lines.count ?? existing)
         let token = generator.onEvent { tracker.record($0) }
         defer { generator.removeEventCallback(token) }
         try await generator.start()
@@ -32,7 +52,10 @@ enum CampaignSession {
                 }
             }
             group.addTask {
-                try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+                if let file {
+                    return try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+                }
+                return try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
             }
             var report: CampaignReport?
             while let next = try await group.next() {

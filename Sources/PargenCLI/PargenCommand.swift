@@ -12,7 +12,7 @@ struct PargenCommand: AsyncParsableCommand {
             Start with `pargen demo`: about 100 mixed requests through the whole pipeline on the local \
             providers, with no network, credentials or servers. Then `pargen run FILE` for your own campaign.
             """,
-        subcommands: [Demo.self, Run.self])
+        subcommands: [Demo.self, Run.self, Status.self, Jobs.self, DLQ.self])
 }
 
 /// Options every campaign command shares.
@@ -99,15 +99,19 @@ struct Demo: AsyncParsableCommand {
         try Data(DemoCampaign.jsonl(count: count, seed: options.seed).utf8).write(to: campaign)
         var configuration = DemoCampaign.configuration
         try options.apply(to: &configuration)
+        // The demo starts afresh each time: a new campaign, a new store.
+        let storePath = out.appendingPathComponent("campaign.sqlite").path
+        for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: storePath + suffix) }
         print("pargen demo: \(count) requests from \(campaign.path)")
         _ = try await CampaignSession.run(
-            file: CampaignFile.load(campaign), configuration: configuration, options: options, out: out, logger: logger)
+            file: CampaignFile.load(campaign), storePath: storePath, configuration: configuration, options: options,
+            out: out, logger: logger)
     }
 }
 
 struct Run: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Run a campaign from a JSONL or CSV file.",
+        abstract: "Run a campaign from a JSONL or CSV file, durably.",
         discussion: """
             Each line (or CSV row) is one request with the fields type (audio|video), prompt, priority \
             (low|normal|high|urgent), duration (seconds), format, resolution, voice, model, provider, user, project, \
@@ -115,30 +119,45 @@ struct Run: AsyncParsableCommand {
             A bad line is reported with its line number, field and reason in errors.jsonl and the manifest, and \
             the good lines still run.
 
+            The campaign is kept in a SQLite store (--store, default campaign.sqlite in --out). Running the same \
+            command again after a crash or Ctrl-C continues it: finished lines are not redone, submitted tasks are \
+            resumed, the rest run. `pargen run --resume --out DIR` continues without the file.
+
             Exit status: 0 when every line succeeded, 1 when any line was invalid, failed or dead-lettered, 2 when \
-            the file could not be read.
+            the file or the store could not be read.
             """)
 
     @Argument(help: "The campaign file (.jsonl, or .csv as exported from a spreadsheet).")
-    var file: String
+    var file: String?
+
+    @Flag(help: "Continue the campaign in the store without reading a file.")
+    var resume = false
+
+    @OptionGroup var storeOptions: StoreOptions
 
     @OptionGroup var options: CampaignOptions
 
+    func validate() throws {
+        if file == nil && !resume { throw ValidationError("give a campaign file, or --resume to continue the one in the store") }
+    }
+
     func run() async throws {
         let logger = options.bootstrapLogging()
-        let url = URL(fileURLWithPath: file)
-        let campaign: CampaignFile
-        do {
-            campaign = try CampaignFile.load(url)
-        } catch {
-            FileHandle.standardError.write(Data("pargen: cannot read \(file): \(error.localizedDescription)\n".utf8))
-            throw ExitCode(2)
+        var campaign: CampaignFile?
+        if let file {
+            do {
+                campaign = try CampaignFile.load(URL(fileURLWithPath: file))
+            } catch {
+                FileHandle.standardError.write(Data("pargen: cannot read \(file): \(error.localizedDescription)\n".utf8))
+                throw ExitCode(2)
+            }
         }
         var configuration = PargenConfiguration()
         try options.apply(to: &configuration)
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
         let report = try await CampaignSession.run(
-            file: campaign, configuration: configuration, options: options, out: out, logger: logger)
+            file: campaign, storePath: storeOptions.path(out: out), configuration: configuration, options: options,
+            out: out, logger: logger)
         if report.exitCode != 0 { throw ExitCode(report.exitCode) }
     }
 }

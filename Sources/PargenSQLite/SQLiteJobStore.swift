@@ -228,6 +228,32 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
+    public func rescueOrphanedLeases() async throws -> Int {
+        let now = now()
+        return try await write { db in
+            let ids = try String.fetchAll(db, sql: "SELECT id FROM jobs WHERE state = 'running'")
+            for id in ids {
+                var record = try Self.load(db, JobID(id))
+                record.rescue(now: now)
+                try Self.save(db, record)
+            }
+            return ids.count
+        }
+    }
+
+    public func purge(_ ids: [JobID]) async throws -> Int {
+        try await write { db in
+            var removed = 0
+            for id in ids {
+                try db.execute(
+                    sql: "DELETE FROM jobs WHERE id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')",
+                    arguments: [id.rawValue])
+                removed += db.changesCount
+            }
+            return removed
+        }
+    }
+
     public func job(_ id: JobID) async throws -> JobRecord? {
         try await read { db in
             try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map(Self.decode)

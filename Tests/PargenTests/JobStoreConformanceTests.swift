@@ -233,4 +233,20 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(totals.pending == .zero)
         #expect(totals.reserved == totals.charged + totals.released)
     }
+
+    @Test(arguments: factories)
+    func orphanedLeasesAreRescuedAtOnceAndFinishedJobsPurged(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let ids = try await store.enqueue((0..<3).map { validated(.audio(prompt: "o\($0)"), id: "o\($0)") }).map(\.jobID)
+        let jobs = try await lease(store, 3)
+        try await store.beginAttempt(jobs[0].lease, provider: "p", reserving: .cents(1))
+        try await store.beginAttempt(jobs[1].lease, provider: "p", reserving: .cents(1))
+        try await store.recordSubmission(jobs[1].lease, taskID: "t1")
+        #expect(try await store.rescueOrphanedLeases() == 3, "not expired, but orphaned")
+        #expect(try await store.job(ids[0])?.state == .needsReconciliation)
+        #expect(try await store.job(ids[1])?.state == .available)
+        #expect(try await store.job(ids[2])?.state == .available)
+        #expect(try await store.purge(ids) == 1, "only finished jobs are purged")
+        #expect(try await store.job(ids[0]) == nil)
+    }
 }

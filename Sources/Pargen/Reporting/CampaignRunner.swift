@@ -64,7 +64,13 @@ public enum CampaignRunner {
     ) async throws -> CampaignReport {
         let started = clock.now
         try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
-        let ids = try await generator.submit(file.lines.map(\.request))
+        // Each line gets a deterministic idempotency key, so running the same campaign again against the same
+        // store continues it: finished lines are not redone.
+        let ids = try await generator.submit(file.lines.map { line in
+            var request = line.request
+            if request.idempotencyKey == nil { request.idempotencyKey = lineKey(line) }
+            return request
+        })
         var rows: [ManifestRow] = []
         var errors = file.errors
         for error in file.errors {
@@ -96,10 +102,52 @@ public enum CampaignRunner {
         }
         rows.sort { $0.line < $1.line }
         errors.sort { $0.line < $1.line }
+        return try write(rows: rows, errors: errors, to: outputDirectory, elapsed: clock.now - started)
+    }
+
+    /// `line-N-<hash of the line's fields>`: a changed line is a new job, an unchanged one the same job.
+    static func lineKey(_ line: CampaignLine) -> String {
+        let r = line.request
+        let fields: [String] = [
+            r.kind.rawValue, r.prompt, r.priority.description, r.duration.map { String($0.milliseconds) } ?? "-",
+            r.format?.name ?? "-", r.resolution?.description ?? "-", r.voice ?? "-", r.model ?? "-", r.provider ?? "-",
+            r.user, r.project, r.campaign ?? "-", r.id, JSONValue.object(r.metadata).description,
+        ]
+        let digest = SHA256Hasher.hex(of: fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|"))
+        return "line-\(line.line)-\(digest.prefix(16))"
+    }
+
+    /// Waits for every job already in the store (a campaign resumed without its file) and writes the manifests.
+    public static func resume(
+        generator: ParallelGenerator, outputDirectory: URL, clock: PargenClock = .continuous
+    ) async throws -> CampaignReport {
+        let started = clock.now
+        try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
+        var rows: [ManifestRow] = []
+        for record in try await generator.store.jobs(matching: JobQuery()) {
+            let result = await generator.result(for: record.id)
+            let line = Int(record.request.id.split(separator: "-").last ?? "") ?? 0
+            rows.append(
+                ManifestRow(
+                    line: line, requestID: result.requestID, jobID: record.id.rawValue,
+                    status: result.succeeded ? "succeeded" : "dead_lettered", type: record.request.kind.rawValue,
+                    outputPath: result.artifact?.url.path, provider: result.provider,
+                    cost: result.actualCost.decimalString, attempts: result.attempts, cached: result.servedFromCache,
+                    deduplicated: result.deduplicated, sha256: result.artifact?.sha256,
+                    errorCode: result.error?.code.description, errorField: result.error?.field,
+                    error: result.error.map(describe)))
+        }
+        rows.sort { $0.line < $1.line }
+        return try write(rows: rows, errors: [], to: outputDirectory, elapsed: clock.now - started)
+    }
+
+    static func write(rows: [ManifestRow], errors: [CampaignLineError], to outputDirectory: URL, elapsed: Duration)
+        throws -> CampaignReport
+    {
         let report = CampaignReport(
             rows: rows, manifestJSONL: outputDirectory.appendingPathComponent("manifest.jsonl"),
             manifestCSV: outputDirectory.appendingPathComponent("manifest.csv"),
-            errorsFile: outputDirectory.appendingPathComponent("errors.jsonl"), elapsed: clock.now - started)
+            errorsFile: outputDirectory.appendingPathComponent("errors.jsonl"), elapsed: elapsed)
         try writeJSONLines(rows, to: report.manifestJSONL)
         try writeJSONLines(errors, to: report.errorsFile)
         var csv = ManifestRow.csvHeader.joined(separator: ",") + "\r\n"

@@ -235,6 +235,14 @@ public protocol JobStore: Sendable {
     /// Returns expired leases' jobs to the queue; returns how many.
     func rescueExpiredLeases() async throws -> Int
 
+    /// Rescues every lease, expired or not: for a process that holds the store exclusively (so every lease
+    /// in it belongs to a run that crashed). Jobs that may have been submitted without their task id being
+    /// recorded go to ``JobState/needsReconciliation``.
+    func rescueOrphanedLeases() async throws -> Int
+
+    /// Deletes finished jobs (succeeded, dead-lettered or needing reconciliation); returns how many.
+    func purge(_ ids: [JobID]) async throws -> Int
+
     func job(_ id: JobID) async throws -> JobRecord?
     func jobs(matching query: JobQuery) async throws -> [JobRecord]
 

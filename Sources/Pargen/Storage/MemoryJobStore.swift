@@ -182,6 +182,29 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
+    public func rescueOrphanedLeases() async throws -> Int {
+        let now = clock.now
+        return state.withLock { state in
+            let orphans = state.running
+            for id in orphans { state.transition(id, now: now) { $0.rescue(now: now) } }
+            return orphans.count
+        }
+    }
+
+    public func purge(_ ids: [JobID]) async throws -> Int {
+        state.withLock { state in
+            var removed = 0
+            for id in ids {
+                guard let job = state.jobs[id], job.state.isFinal else { continue }
+                state.jobs[id] = nil
+                state.counts[job.state, default: 0] -= 1
+                if let key = job.request.idempotencyKey { state.idempotency["\(job.request.project)\u{0}\(key)"] = nil }
+                removed += 1
+            }
+            return removed
+        }
+    }
+
     public func job(_ id: JobID) async throws -> JobRecord? { state.withLock { $0.jobs[id] } }
 
     public func jobs(matching query: JobQuery) async throws -> [JobRecord] {

@@ -1,0 +1,166 @@
+import ArgumentParser
+import Foundation
+import Pargen
+import PargenSQLite
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a campaign's store is, and the exclusive lock a running campaign holds on it.
+struct StoreOptions: ParsableArguments {
+    @Option(help: "The campaign's SQLite store (default: campaign.sqlite in the output folder).")
+    var store: String?
+
+    func path(out: URL) -> String { store ?? out.appendingPathComponent("campaign.sqlite").path }
+}
+
+/// Holds `path.lock` with `flock` for the life of the process: one running campaign per store, so every
+/// lease found in the store at start belongs to a run that crashed.
+final class StoreLock {
+    private let descriptor: Int32
+
+    init(storePath: String) throws {
+        let lockPath = storePath + ".lock"
+        descriptor = open(lockPath, O_CREAT | O_RDWR, 0o644)
+        guard descriptor >= 0 else { throw ValidationError("cannot create \(lockPath)") }
+        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
+            close(descriptor)
+            throw ValidationError("another pargen is running this campaign (\(lockPath) is locked)")
+        }
+    }
+
+    deinit { close(descriptor) }
+}
+
+/// Opens a store for reading or administration (no lock: SQLite's WAL lets a running campaign go on).
+func openStore(_ path: String) throws -> SQLiteJobStore {
+    guard FileManager.default.fileExists(atPath: path) else {
+        throw ValidationError("no campaign store at \(path) (give --out or --store)")
+    }
+    return try SQLiteJobStore(path: path)
+}
+
+struct Status: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a campaign's progress, spend and dead letters.")
+
+    @Option(help: "The campaign's output folder.")
+    var out: String = "pargen-out"
+
+    @OptionGroup var storeOptions: StoreOptions
+
+    func run() async throws {
+        let store = try openStore(storeOptions.path(out: URL(fileURLWithPath: out)))
+        let counts = try await store.counts()
+        let total = counts.values.reduce(0, +)
+        print("jobs: \(total)")
+        for state in JobState.allCases where counts[state, default: 0] > 0 {
+            print("  \(state.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)) \(counts[state]!)")
+        }
+        let ledger = try await store.ledgerTotals()
+        print("spend: \(ledger.charged) charged, \(ledger.released) released, \(ledger.pending) pending, \(ledger.reserved) reserved")
+        print("ledger balances: \(ledger.balances ? "yes" : "NO")")
+        let reconcile = try await store.jobs(matching: JobQuery(states: [.needsReconciliation]))
+        if !reconcile.isEmpty {
+            print("needs reconciliation (submitted to a provider before a crash, task id unknown; check the provider, then `pargen dlq retry ID` or `pargen dlq purge ID`):")
+            for job in reconcile { print("  \(job.id)  \(job.request.id)  provider \(job.provider ?? "-")") }
+        }
+    }
+}
+
+struct Jobs: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List a campaign's jobs.")
+
+    @Option(help: "The campaign's output folder.")
+    var out: String = "pargen-out"
+    @OptionGroup var storeOptions: StoreOptions
+    @Option(help: "Only jobs in this state (available, running, succeeded, dead_lettered, needs_reconciliation).")
+    var state: String?
+    @Option(help: "Only this user's jobs.") var user: String?
+    @Option(help: "Only this project's jobs.") var project: String?
+    @Option(help: "Only this campaign's jobs.") var campaign: String?
+    @Option(help: "Only jobs that went to this provider.") var provider: String?
+    @Option(help: "At most this many jobs.") var limit: Int = 100
+
+    func run() async throws {
+        var states: Set<JobState>?
+        if let state {
+            guard let parsed = JobState(rawValue: state) else {
+                throw ValidationError("--state must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+            }
+            states = [parsed]
+        }
+        let store = try openStore(storeOptions.path(out: URL(fileURLWithPath: out)))
+        let jobs = try await store.jobs(
+            matching: JobQuery(states: states, campaign: campaign, project: project, user: user, provider: provider, limit: limit))
+        for job in jobs {
+            let cost = job.outcome?.cost.description ?? "-"
+            let error = job.errors.last.map { " \($0.code): \($0.message)" } ?? ""
+            print("\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\t\(job.attempts)\t\(job.provider ?? "-")\t\(cost)\(error)")
+        }
+    }
+}
+
+struct DLQ: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "dlq", abstract: "List, retry or purge dead-lettered jobs.",
+        subcommands: [List.self, Retry.self, Purge.self])
+
+    struct Target: ParsableArguments {
+        @Option(help: "The campaign's output folder.")
+        var out: String = "pargen-out"
+        @OptionGroup var storeOptions: StoreOptions
+
+        func store() throws -> SQLiteJobStore { try openStore(storeOptions.path(out: URL(fileURLWithPath: out))) }
+
+        func selected(_ ids: [String], all: Bool, in store: SQLiteJobStore) async throws -> [JobID] {
+            let dead = try await store.jobs(matching: JobQuery(states: [.deadLettered, .needsReconciliation])).map(\.id)
+            if all { return dead }
+            guard !ids.isEmpty else { throw ValidationError("name job ids, or give --all") }
+            return ids.map(JobID.init)
+        }
+    }
+
+    struct List: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "List dead-lettered jobs with their errors.")
+        @OptionGroup var target: Target
+
+        func run() async throws {
+            let jobs = try await target.store().jobs(matching: JobQuery(states: [.deadLettered, .needsReconciliation]))
+            for job in jobs {
+                print("\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\tattempts \(job.attempts)")
+                for error in job.errors { print("    \(error)") }
+            }
+            print("\(jobs.count) dead-lettered")
+        }
+    }
+
+    struct Retry: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Put dead-lettered jobs back in the queue; the next `pargen run` runs them.")
+        @OptionGroup var target: Target
+        @Argument(help: "Job ids.") var ids: [String] = []
+        @Flag(help: "Every dead-lettered job.") var all = false
+
+        func run() async throws {
+            let store = try target.store()
+            let ids = try await target.selected(ids, all: all, in: store)
+            for id in ids { try await store.requeue(id) }
+            print("re-queued \(ids.count) jobs")
+        }
+    }
+
+    struct Purge: AsyncParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Delete dead-lettered jobs.")
+        @OptionGroup var target: Target
+        @Argument(help: "Job ids.") var ids: [String] = []
+        @Flag(help: "Every dead-lettered job.") var all = false
+
+        func run() async throws {
+            let store = try target.store()
+            let removed = try await store.purge(try await target.selected(ids, all: all, in: store))
+            print("purged \(removed) jobs")
+        }
+    }
+}
