@@ -28,10 +28,19 @@ enum CampaignSession {
         if existing > 0 {
             print("continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run")
         }
+        // Fault injection for the crash test, read here because only the executable reads the environment.
+        let environment = ProcessInfo.processInfo.environment
+        let submitLog = environment["PARGEN_LOCAL_SUBMIT_LOG"].map { URL(fileURLWithPath: $0) }
+        var hooks = EngineHooks()
+        if let text = environment["PARGEN_TEST_CRASH_AFTER_SUBMIT"], let probability = Double(text), probability > 0 {
+            hooks.afterProviderAccepted = { _ in
+                if Double.random(in: 0..<1) < probability { kill(getpid(), SIGKILL) }
+            }
+        }
         let generator = ParallelGenerator(
             configuration: configuration,
-            providers: LocalProvider.demoProviders(reliable: options.reliable, seed: options.seed),
-            store: store, outputDirectory: out, clock: clock, logger: logger)
+            providers: LocalProvider.demoProviders(reliable: options.reliable, seed: options.seed, submitLog: submitLog),
+            store: store, outputDirectory: out, clock: clock, logger: logger, hooks: hooks)
         let tracker = ProgressTracker(clock: clock)
         tracker.expect(file?.lines.count ?? existing)
         let token = generator.onEvent { tracker.record($0) }

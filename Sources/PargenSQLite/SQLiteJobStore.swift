@@ -181,8 +181,12 @@ public final class SQLiteJobStore: JobStore {
         return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: expiresAt)
     }
 
-    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws {
-        try await withHeld(lease) { $0.beginAttempt(provider: provider, reserving: estimate) }
+    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+        async throws
+    {
+        try await withHeld(lease) {
+            $0.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+        }
     }
 
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {

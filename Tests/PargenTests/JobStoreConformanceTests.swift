@@ -249,4 +249,19 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await store.purge(ids) == 1, "only finished jobs are purged")
         #expect(try await store.job(ids[0]) == nil)
     }
+
+    @Test(arguments: factories)
+    func aCutOffCallToAnIdempotentProviderIsMadeAgainWithTheSameKey(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        let id = try await store.enqueue([validated(.audio(prompt: "x"))])[0].jobID
+        let job = try await lease(store)[0]
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(4), idempotentSubmission: true)
+        clock.advance(by: .seconds(61))
+        #expect(try await store.rescueExpiredLeases() == 1)
+        let record = try #require(try await store.job(id))
+        #expect(record.state == .available)
+        #expect(record.attempts == 0, "the next call is attempt 1 again, so its idempotency key is the same")
+        #expect(record.ledger.pending == .zero && record.ledger.released == .cents(4))
+    }
 }

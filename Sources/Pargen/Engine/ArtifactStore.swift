@@ -8,8 +8,12 @@ public struct ArtifactStore: Sendable {
 
     var stagingDirectory: URL { root.appendingPathComponent(".staging", isDirectory: true) }
 
+    /// Creates the folders and removes partial files a crashed run left in the staging folder.
     func prepare() throws {
         try FileManager.default.createDirectory(at: stagingDirectory, withIntermediateDirectories: true)
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory.path)) ?? [] {
+            try? FileManager.default.removeItem(at: stagingDirectory.appendingPathComponent(name))
+        }
         for kind in GenerationKind.allCases {
             try FileManager.default.createDirectory(
                 at: root.appendingPathComponent(kind.rawValue, isDirectory: true), withIntermediateDirectories: true)

@@ -263,7 +263,10 @@ extension ParallelGenerator {
                     provider: name, priority: request.priority))
             defer { pool.release(resources) }
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
-            if resumeTaskID == nil { try await store.beginAttempt(lease, provider: name, reserving: estimate) }
+            if resumeTaskID == nil {
+                try await store.beginAttempt(
+                    lease, provider: name, reserving: estimate, idempotentSubmission: descriptor.idempotentSubmission)
+            }
             let attempt = resumeTaskID == nil ? record.attempts + 1 : record.attempts
             progress(record, .submitted, provider: name)
             submitted.fire()
@@ -271,6 +274,7 @@ extension ParallelGenerator {
             let context = ProviderCallContext(
                 destination: staging, clock: clock, attempt: attempt, idempotencyKey: "\(id):\(attempt)", logger: logger,
                 submitted: { taskID in
+                    self.hooks.afterProviderAccepted(id)
                     try await self.store.recordSubmission(lease, taskID: taskID)
                     self.progress(record, .running, provider: name)
                 },

@@ -37,6 +37,7 @@ public final class ParallelGenerator: Service, Sendable {
     let random: LockedRandom
     let workerID: String
     let state = Mutex(EngineState())
+    let hooks: EngineHooks
 
     struct EngineState {
         var lifecycle: Lifecycle = .idle
@@ -85,9 +86,11 @@ public final class ParallelGenerator: Service, Sendable {
         cache: (any GenerationCache)? = nil,
         outputDirectory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-output"),
         clock: PargenClock = .continuous,
-        logger: Logger = Logger(label: "pargen", factory: { _ in SwiftLogNoOpLogHandler() })
+        logger: Logger = Logger(label: "pargen", factory: { _ in SwiftLogNoOpLogHandler() }),
+        hooks: EngineHooks = EngineHooks()
     ) {
         self.configuration = configuration
+        self.hooks = hooks
         self.clock = clock
         self.logger = logger
         self.store = store ?? MemoryJobStore(clock: clock)
@@ -345,6 +348,11 @@ public final class ParallelGenerator: Service, Sendable {
         let outcome: Result<Artifact, GenerationError>
         if let success = record.outcome {
             outcome = .success(success.artifact)
+        } else if record.state == .needsReconciliation {
+            outcome = .failure(GenerationError(
+                .needsReconciliation,
+                "the job may have reached \(record.provider ?? "its provider") before a crash, and its task id was not recorded: check the provider, then retry or purge it",
+                provider: record.provider))
         } else {
             outcome = .failure(record.errors.last ?? GenerationError(.terminal, "the job ended without a result"))
         }
@@ -354,6 +362,17 @@ public final class ParallelGenerator: Service, Sendable {
             attempts: record.attempts, servedFromCache: record.outcome?.servedFromCache ?? false,
             deduplicated: record.outcome?.deduplicated ?? false,
             latency: (record.finishedAt ?? clock.now) - record.enqueuedAt, errorHistory: record.errors)
+    }
+}
+
+/// Points where tests inject faults into a running engine (crash tests). Each defaults to nothing.
+public struct EngineHooks: Sendable {
+    /// Called after a provider accepted a task and before its task id is persisted: the window in which a
+    /// crash leaves a job that may have been paid for without a record of it.
+    public var afterProviderAccepted: @Sendable (JobID) -> Void
+
+    public init(afterProviderAccepted: @escaping @Sendable (JobID) -> Void = { _ in }) {
+        self.afterProviderAccepted = afterProviderAccepted
     }
 }
 

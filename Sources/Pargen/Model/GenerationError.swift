@@ -14,6 +14,7 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
             case cancelled
             case attemptsExhausted = "attempts_exhausted"
             case artifactInvalid = "artifact_invalid"
+            case needsReconciliation = "needs_reconciliation"
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -35,6 +36,8 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
         public static let attemptsExhausted = Code(.attemptsExhausted)
         /// The provider's output failed the integrity checks (empty, wrong size, unreadable).
         public static let artifactInvalid = Code(.artifactInvalid)
+        /// A crash came between submitting to the provider and recording the task id: a person decides.
+        public static let needsReconciliation = Code(.needsReconciliation)
 
         public var description: String { base.rawValue }
 

@@ -106,12 +106,20 @@ public struct ProviderDescriptor: Sendable, Hashable {
     public var capabilities: ProviderCapabilities
     public var pricing: ProviderPricing
     public var quota: ProviderQuota
+    /// The provider de-duplicates submissions by idempotency key (the same key is the same task, charged
+    /// once). A call cut off by a crash before its task id was recorded is then simply made again with the
+    /// same key; for any other provider the job waits in ``JobState/needsReconciliation``.
+    public var idempotentSubmission: Bool
 
-    public init(name: String, capabilities: ProviderCapabilities, pricing: ProviderPricing, quota: ProviderQuota) {
+    public init(
+        name: String, capabilities: ProviderCapabilities, pricing: ProviderPricing, quota: ProviderQuota,
+        idempotentSubmission: Bool = false
+    ) {
         self.name = name
         self.capabilities = capabilities
         self.pricing = pricing
         self.quota = quota
+        self.idempotentSubmission = idempotentSubmission
     }
 }
 

@@ -1,4 +1,7 @@
 import Dispatch
+#if canImport(Glibc)
+import Glibc
+#endif
 public import Foundation
 
 /// A provider that makes real media on this machine, with no network and no credentials.
@@ -31,6 +34,9 @@ public struct LocalProvider: GenerationProvider {
         public var maxAudioDuration: Duration
         public var maxVideoDuration: Duration
         public var seed: UInt64
+        /// Appends one line per accepted submission (`idempotency key<TAB>task id<TAB>request id`), as a fake
+        /// provider's billing log: crash tests read it to prove nothing was submitted twice.
+        public var submitLog: URL?
 
         public init(
             name: String,
@@ -75,7 +81,7 @@ public struct LocalProvider: GenerationProvider {
     /// and `local-studio` (audio only, mid-priced, steady).
     ///
     /// - Parameter reliable: Turn every injected failure off.
-    public static func demoProviders(reliable: Bool = false, seed: UInt64 = 1) -> [LocalProvider] {
+    public static func demoProviders(reliable: Bool = false, seed: UInt64 = 1, submitLog: URL? = nil) -> [LocalProvider] {
         let failures = reliable ? 0.0 : 1.0
         return [
             LocalProvider(configuration: Configuration(
@@ -93,7 +99,11 @@ public struct LocalProvider: GenerationProvider {
                 latencyPerMediaSecond: .milliseconds(25), transientFailureRate: 0.03 * failures,
                 pricing: ProviderPricing(perCharacter: Money(nanos: 20_000), perAudioSecond: Money(nanos: 100_000)),
                 quota: ProviderQuota(requestsPerMinute: 200, concurrentTasks: 5), seed: seed &+ 2)),
-        ]
+        ].map { provider in
+            var configuration = provider.configuration
+            configuration.submitLog = submitLog
+            return LocalProvider(configuration: configuration)
+        }
     }
 
     public init(configuration: Configuration) {
@@ -106,7 +116,9 @@ public struct LocalProvider: GenerationProvider {
                 maxAudioDuration: configuration.maxAudioDuration, maxVideoDuration: configuration.maxVideoDuration,
                 maxResolution: configuration.kinds.contains(.video) ? configuration.maxResolution : nil,
                 maxPromptLength: 10_000),
-            pricing: configuration.pricing, quota: configuration.quota)
+            pricing: configuration.pricing, quota: configuration.quota,
+            // The same idempotency key is the same task (its id and media derive from the key), charged once.
+            idempotentSubmission: true)
     }
 
     public func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
@@ -133,6 +145,11 @@ public struct LocalProvider: GenerationProvider {
         }
         let failsMidway = roll < threshold + configuration.transientFailureRate
         let taskID = "\(descriptor.name)-\(SplitMix64.stableHash(context.idempotencyKey))"
+        if let submitLog = configuration.submitLog {
+            // A key seen before is the same task: no new submission.
+            let seen = (try? String(contentsOf: submitLog, encoding: .utf8))?.contains("\(context.idempotencyKey)\t") ?? false
+            if !seen { Self.append("\(context.idempotencyKey)\t\(taskID)\t\(request.id)\n", to: submitLog) }
+        }
         try await context.reportSubmitted(taskID: taskID)
         return try await run(request, taskID: taskID, context: context, failsMidway: failsMidway, rng: &rng)
     }
@@ -172,6 +189,16 @@ public struct LocalProvider: GenerationProvider {
             }
         }
         return ProviderOutput(format: format, duration: request.duration, providerTaskID: taskID)
+    }
+
+    /// Appends a line with one `write` on an `O_APPEND` descriptor, so lines from processes killed at any
+    /// moment never interleave.
+    private static func append(_ line: String, to url: URL) {
+        let descriptor = open(url.path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        guard descriptor >= 0 else { return }
+        defer { close(descriptor) }
+        var bytes = Array(line.utf8)
+        _ = write(descriptor, &bytes, bytes.count)
     }
 
     /// Runs CPU-heavy rendering off the cooperative thread pool.

@@ -48,7 +48,7 @@ public struct CampaignReport: Sendable {
 
     public var succeeded: Int { rows.filter { $0.status == "succeeded" }.count }
     public var invalid: Int { rows.filter { $0.status == "invalid" }.count }
-    public var failed: Int { rows.filter { $0.status == "failed" || $0.status == "dead_lettered" }.count }
+    public var failed: Int { rows.filter { $0.status == "dead_lettered" || $0.status == "needs_reconciliation" }.count }
     public var totalCost: Money { rows.reduce(.zero) { $0 + (Money(parsing: $1.cost) ?? .zero) } }
 
     /// 0 when every line succeeded, 1 when any was invalid, failed or dead-lettered.
@@ -88,6 +88,8 @@ public enum CampaignRunner {
             } else if id.rawValue.hasPrefix("invalid-") {
                 status = "invalid"
                 errors.append(CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? ""))
+            } else if result.error?.code == .needsReconciliation {
+                status = "needs_reconciliation"
             } else {
                 status = "dead_lettered"
             }
@@ -130,7 +132,9 @@ public enum CampaignRunner {
             rows.append(
                 ManifestRow(
                     line: line, requestID: result.requestID, jobID: record.id.rawValue,
-                    status: result.succeeded ? "succeeded" : "dead_lettered", type: record.request.kind.rawValue,
+                    status: result.succeeded ? "succeeded"
+                        : result.error?.code == .needsReconciliation ? "needs_reconciliation" : "dead_lettered",
+                    type: record.request.kind.rawValue,
                     outputPath: result.artifact?.url.path, provider: result.provider,
                     cost: result.actualCost.decimalString, attempts: result.attempts, cached: result.servedFromCache,
                     deduplicated: result.deduplicated, sha256: result.artifact?.sha256,

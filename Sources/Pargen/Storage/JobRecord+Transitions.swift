@@ -21,8 +21,9 @@ extension JobRecord {
         leaseExpiresAt = expiresAt
     }
 
-    public mutating func beginAttempt(provider: String, reserving estimate: Money = .zero) {
+    public mutating func beginAttempt(provider: String, reserving estimate: Money = .zero, idempotentSubmission: Bool = false) {
         releasePending()
+        self.idempotentSubmission = idempotentSubmission
         ledger.reserved = ledger.reserved + estimate
         ledger.pending = estimate
         attempts += 1
@@ -80,10 +81,18 @@ extension JobRecord {
     }
 
     /// Takes the job from a holder whose lease expired. A job that may have been submitted without its task
-    /// id being recorded is never resubmitted blindly: it waits for a person to reconcile it.
+    /// id being recorded is never resubmitted blindly: at a provider that de-duplicates by idempotency key it
+    /// gives its attempt back, so the next call reuses the same key; anywhere else it waits for a person.
     public mutating func rescue(now: Duration) {
         if recoveryPoint == .submitting && providerTaskID == nil {
-            finish(.needsReconciliation, now: now)
+            if idempotentSubmission {
+                attempts = max(0, attempts - 1)
+                releasePending()
+                recoveryPoint = nil
+                makeAvailable(at: now)
+            } else {
+                finish(.needsReconciliation, now: now)
+            }
         } else {
             makeAvailable(at: now)
         }

@@ -57,6 +57,8 @@ public struct JobRecord: Sendable, Hashable, Codable {
     public var leaseOwner: String?
     public var leaseExpiresAt: Duration?
     public var recoveryPoint: RecoveryPoint?
+    /// Whether the current call's provider de-duplicates by idempotency key (safe to make again after a crash).
+    public var idempotentSubmission: Bool = false
     public var provider: String?
     public var providerTaskID: String?
     /// Providers that failed this job, avoided on the next attempt while others can serve it.
@@ -156,6 +158,13 @@ public struct JobQuery: Sendable, Hashable {
     }
 }
 
+extension JobStore {
+    /// Begins an attempt at a provider that does not de-duplicate submissions.
+    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws {
+        try await beginAttempt(lease, provider: provider, reserving: estimate, idempotentSubmission: false)
+    }
+}
+
 /// Errors of a ``JobStore``. Equality compares the code.
 public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, CustomStringConvertible {
@@ -211,9 +220,10 @@ public protocol JobStore: Sendable {
     /// Extends a lease. Throws ``StoreError/Code/leaseLost`` if it is no longer held.
     func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease
 
-    /// Records, before a provider call, that it is about to be made: counts the attempt and reserves its
-    /// estimated cost in the job's ledger.
-    func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws
+    /// Records, before a provider call, that it is about to be made: counts the attempt, reserves its estimated
+    /// cost in the job's ledger, and notes whether the provider de-duplicates by idempotency key.
+    func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+        async throws
 
     /// Records the provider's task id right after submission, before polling.
     func recordSubmission(_ lease: JobLease, taskID: String) async throws

@@ -137,9 +137,13 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
-    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws {
+    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+        async throws
+    {
         try withHeld(lease) { state in
-            state.transition(lease.jobID, now: clock.now) { $0.beginAttempt(provider: provider, reserving: estimate) }
+            state.transition(lease.jobID, now: clock.now) {
+                $0.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+            }
         }
     }
 
