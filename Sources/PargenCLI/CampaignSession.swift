@@ -1,4 +1,5 @@
 import ArgumentParser
+import Dispatch
 import Foundation
 import Logging
 import Pargen
@@ -47,7 +48,9 @@ enum CampaignSession {
         defer { generator.removeEventCallback(token) }
         try await generator.start()
         let terminal = isatty(STDOUT_FILENO) == 1
-        let report = try await withThrowingTaskGroup(of: CampaignReport?.self) { group in
+        let signals = SignalWatcher()
+        enum Step { case report(CampaignReport), interrupted, other }
+        let report = try await withThrowingTaskGroup(of: Step.self) { group in
             if !options.noProgress {
                 group.addTask {
                     // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
@@ -57,26 +60,40 @@ enum CampaignSession {
                         fflush(nil)
                         try? await Task.sleep(for: terminal ? .milliseconds(150) : .seconds(2))
                     }
-                    return nil
+                    return .other
                 }
             }
             group.addTask {
+                await signals.first()
+                return .interrupted
+            }
+            group.addTask {
                 if let file {
-                    return try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+                    return .report(try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock))
                 }
-                return try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
+                return .report(try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock))
             }
             var report: CampaignReport?
             while let next = try await group.next() {
-                if let next {
-                    report = next
+                switch next {
+                case .report(let finished):
+                    report = finished
                     group.cancelAll()
+                case .interrupted:
+                    // First Ctrl-C or SIGTERM: stop waiting; the runner writes what is done, the rest is pending.
+                    if terminal { print("") }
+                    print("pargen: stopping; press Ctrl-C again to stop at once (nothing is lost either way)")
+                    group.cancelAll()
+                case .other:
+                    break
                 }
             }
             return report!
         }
+        signals.exitOnNextSignal()
+        // Stop every job: submissions in progress are persisted first, every lease is given back.
+        try await generator.stop(immediately: report.pending > 0)
         let stats = await generator.systemStats()
-        try await generator.stop()
         if !options.noProgress {
             let line = ProgressText.bar(tracker.snapshot(), spend: stats.costMonitor.charged)
             print(terminal ? "\r\u{1B}[2K" + line : line)
@@ -87,6 +104,46 @@ enum CampaignSession {
         print("media:     \(out.path)/audio, \(out.path)/video")
         print("manifest:  \(report.manifestJSONL.path), \(report.manifestCSV.path)")
         print("errors:    \(report.errorsFile.path)")
+        if report.pending > 0 {
+            print("stopped: \(report.pending) lines not finished; run the same command again to continue")
+            throw ExitCode(130)
+        }
         return report
     }
+}
+
+/// Turns SIGINT and SIGTERM into an event the session can await, and makes a second one exit at once.
+// @unchecked: `sources` is written once in init and only kept alive afterwards; the rest is Sendable.
+final class SignalWatcher: @unchecked Sendable {
+    private let sources: [any DispatchSourceSignal]
+    private let received = AsyncStream<Int32>.makeStream()
+    private let exitNow = Locked(false)
+
+    init() {
+        var sources: [any DispatchSourceSignal] = []
+        for number in [SIGINT, SIGTERM] {
+            signal(number, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: number, queue: .global())
+            sources.append(source)
+        }
+        self.sources = sources
+        for source in sources {
+            source.setEventHandler { [received, exitNow] in
+                // Every state change is a committed transaction and the next start rescues orphaned leases,
+                // so leaving at once loses nothing.
+                if exitNow.value { _exit(130) }
+                exitNow.withLock { $0 = true }
+                received.continuation.yield(0)
+            }
+            source.resume()
+        }
+    }
+
+    /// Returns when the first signal arrives (or never).
+    func first() async {
+        for await _ in received.stream { return }
+    }
+
+    /// From now on, the next signal exits the process at once.
+    func exitOnNextSignal() { exitNow.withLock { $0 = true } }
 }

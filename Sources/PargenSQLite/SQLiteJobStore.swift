@@ -167,10 +167,9 @@ public final class SQLiteJobStore: JobStore {
 
     public func timeUntilNextDue() async throws -> Duration? {
         let now = now()
+        // Jobs already due count too (as zero): one may have come due since the caller's last lease.
         let next = try await read { db in
-            try Int64.fetchOne(
-                db, sql: "SELECT MIN(run_at) FROM jobs WHERE state = 'available' AND run_at > ?",
-                arguments: [now.nanoseconds])
+            try Int64.fetchOne(db, sql: "SELECT MIN(run_at) FROM jobs WHERE state = 'available'")
         }
         return next.map { max(.zero, .nanoseconds($0) - now) }
     }

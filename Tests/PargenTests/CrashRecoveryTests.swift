@@ -88,4 +88,42 @@ import Glibc
         print("crash test: \(runs) runs, \(kills) SIGKILLs, \(succeeded.count) succeeded, "
             + "\(jobs.filter { $0.state == .needsReconciliation }.count) need reconciliation, \(submissions.count) submissions")
     }
+
+    @Test func ctrlCStopsGracefullyAndTheNextRunContinues() async throws {
+        let folder = temporaryDirectory()
+        let campaign = folder.appendingPathComponent("campaign.jsonl")
+        let lines = (0..<120).map { "{\"type\": \"audio\", \"prompt\": \"line \($0)\", \"duration\": 6, \"user\": \"u\($0 % 6)\"}" }
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: campaign)
+        let out = folder.appendingPathComponent("out")
+        let submitLog = folder.appendingPathComponent("submits.tsv")
+        func start() throws -> Process {
+            let process = Process()
+            process.executableURL = CommandLineTests.executable
+            process.arguments = ["run", campaign.path, "--out", out.path, "--reliable", "--no-progress"]
+            var environment = ProcessInfo.processInfo.environment
+            environment["PARGEN_LOCAL_SUBMIT_LOG"] = submitLog.path
+            process.environment = environment
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            return process
+        }
+        let first = try start()
+        try await Task.sleep(for: .milliseconds(1200))
+        #expect(first.isRunning, "the campaign is still running when interrupted")
+        kill(first.processIdentifier, SIGINT)
+        first.waitUntilExit()
+        #expect(first.terminationReason == .exit && first.terminationStatus == 130)
+        let store = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
+        let counts = try await store.counts()
+        #expect(counts[.running] == nil, "every lease was given back: \(counts)")
+        #expect((counts[.succeeded] ?? 0) < 120)
+        let second = try start()
+        second.waitUntilExit()
+        #expect(second.terminationStatus == 0)
+        #expect(try await store.counts() == [.succeeded: 120])
+        let submissions = try String(contentsOf: submitLog, encoding: .utf8).split(separator: "\n")
+        #expect(Set(submissions.map { $0.split(separator: ":").first! }).count == submissions.count, "no job submitted twice")
+        #expect(try await store.ledgerTotals().pending == .zero)
+    }
 }

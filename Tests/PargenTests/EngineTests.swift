@@ -175,23 +175,31 @@ import Testing
         #expect(stats.costMonitor.alerts.contains { $0.scope == .project("ads") })
     }
 
-    @Test func perUserLimitHoldsAtTheProviderAcrossTheWholePipeline() async throws {
+    @Test func perUserLimitHoldsForEverySubmissionAcrossTheWholePipeline() async throws {
         let provider = ScriptedProvider(name: "p")
         let generator = makeGenerator(
             [provider], configuration: .init(rateLimits: .init(perUserRequestsPerMinute: 5, maxBurst: 1000)))
         try await generator.start()
-        let requests = (0..<30).map { GenerationRequest.audio(prompt: "line \($0)", user: $0 % 3 == 0 ? "heavy" : "u\($0 % 3)") }
-        let results = try await generator.generate(requests)
+        let requests = (0..<30).map {
+            GenerationRequest.audio(prompt: "line \($0)", user: $0 % 3 == 0 ? "heavy" : "u\($0 % 3)")
+        }
+        // The engine announces each submission right after the limiter admits it, in the same task.
+        let submissions = Locked([(String, Duration)]())
+        let results = try await generator.generate(requests) { update in
+            if update.status == .submitted { submissions.withLock { $0.append((update.requestID, update.time)) } }
+        }
         try await generator.stop()
         #expect(results.allSatisfy { $0.succeeded })
-        for (_, calls) in Dictionary(grouping: provider.calls, by: \.user) {
-            let times = calls.map(\.time).sorted()
+        #expect(provider.calls.count == 30)
+        let userOf = Dictionary(uniqueKeysWithValues: zip(results.map(\.requestID), requests.map(\.user)))
+        #expect(submissions.value.count == 30)
+        for (_, calls) in Dictionary(grouping: submissions.value, by: { userOf[$0.0]! }) {
+            let times = calls.map(\.1).sorted()
             for (i, start) in times.enumerated() {
                 #expect(times[i...].prefix { $0 - start < .seconds(60) }.count <= 5)
             }
         }
-        let stats = await generator.systemStats()
-        #expect(stats.rateLimiter.admitted == 30)
+        #expect(await generator.systemStats().rateLimiter.admitted == 30)
     }
 
     @Test func providerConcurrencyQuotaIsNeverExceeded() async throws {

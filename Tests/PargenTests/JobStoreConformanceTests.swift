@@ -134,7 +134,8 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await store.job(id)?.snoozes == 1)
         #expect(try await store.timeUntilNextDue() == .seconds(5))
         #expect(try await lease(store).isEmpty)
-        clock.advance(by: .seconds(5))
+        clock.advance(by: .seconds(6))
+        #expect(try await store.timeUntilNextDue() == .zero, "a job already due counts as due now")
         job = try await lease(store)[0]
         try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store.retry(

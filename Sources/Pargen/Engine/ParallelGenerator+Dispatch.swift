@@ -9,7 +9,9 @@ extension ParallelGenerator {
         let maxBatches = max(1, configuration.batching.maxBatchesInFlight)
         while !Task.isCancelled {
             await maintainLeases()
-            let (lifecycle, inFlight, batches) = state.withLock { ($0.lifecycle, $0.inFlight.count, $0.batchesInFlight) }
+            let (lifecycle, inFlight, batches) = state.withLock {
+                ($0.lifecycle, $0.inFlight.count, $0.batchesInFlight)
+            }
             if lifecycle != .running {
                 if inFlight == 0 { return }
                 await wakeup.wait(until: nextHeartbeat(), clock: clock)
@@ -25,7 +27,11 @@ extension ParallelGenerator {
             let leased: [LeasedJob]
             do {
                 leased = try await store.lease(
-                    limit: free, owner: workerID, duration: configuration.leaseDuration, excludingUsers: blocked.users)
+                    limit: free,
+                    owner: workerID,
+                    duration: configuration.leaseDuration,
+                    excludingUsers: blocked.users
+                )
             } catch {
                 logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
                 leased = []
@@ -36,15 +42,29 @@ extension ParallelGenerator {
                 await wakeup.wait(until: deadline, clock: clock)
                 continue
             }
-            state.withLock { state in for job in leased { state.inFlight[job.record.id] = InFlight(lease: job.lease, renewedAt: now) } }
+            state.withLock { state in
+                for job in leased {
+                    state.inFlight[job.record.id] = InFlight(lease: job.lease, renewedAt: now)
+                }
+            }
             let jobs = Dictionary(leased.map { ($0.record.id, $0) }, uniquingKeysWith: { a, _ in a })
             let formed = batcher.makeBatches(
-                leased.map { BatchCandidate(jobID: $0.record.id, request: $0.record.request, estimatedCost: cheapestEstimate($0.record.request)) })
+                leased.map {
+                    BatchCandidate(
+                        jobID: $0.record.id,
+                        request: $0.record.request,
+                        estimatedCost: cheapestEstimate($0.record.request)
+                    )
+                }
+            )
             state.withLock { state in
                 state.batcher.batchesFormed += formed.count
                 state.batcher.jobsBatched += formed.reduce(0) { $0 + $1.members.count }
                 state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
-                state.batcher.largestBatch = max(state.batcher.largestBatch, formed.map(\.members.count).max() ?? 0)
+                state.batcher.largestBatch = max(
+                    state.batcher.largestBatch,
+                    formed.map(\.members.count).max() ?? 0
+                )
             }
             for (index, batch) in formed.enumerated() {
                 // At most `maxBatchesInFlight` batches at once; leased jobs wait here, holding their leases.
@@ -53,7 +73,9 @@ extension ParallelGenerator {
                     await maintainLeases()
                 }
                 if Task.isCancelled {
-                    for remaining in formed[index...] { await giveBack(remaining.allJobs.compactMap { jobs[$0.jobID] }) }
+                    for remaining in formed[index...] {
+                        await giveBack(remaining.allJobs.compactMap { jobs[$0.jobID] })
+                    }
                     return
                 }
                 state.withLock { $0.batchesInFlight += 1 }
@@ -89,7 +111,7 @@ extension ParallelGenerator {
 
     private func giveBack(_ jobs: [LeasedJob]) async {
         for job in jobs {
-            try? await store.release(job.lease)
+            try? await shielded { try await self.store.release(job.lease) }
             state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
         }
     }
@@ -107,7 +129,9 @@ extension ParallelGenerator {
         for lease in due {
             if let renewed = try? await store.heartbeat(lease, duration: leaseDuration) {
                 state.withLock { state in
-                    if state.inFlight[lease.jobID] != nil { state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now) }
+                    if state.inFlight[lease.jobID] != nil {
+                        state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now)
+                    }
                 }
             }
         }
@@ -124,7 +148,9 @@ extension ParallelGenerator {
     private func nextHeartbeat() -> Duration? {
         guard store.outlivesProcess else { return nil }
         let leaseDuration = configuration.leaseDuration
-        return state.withLock { state in state.inFlight.values.map(\.renewedAt).min().map { $0 + leaseDuration / 3 } }
+        return state.withLock { state in
+            state.inFlight.values.map(\.renewedAt).min().map { $0 + leaseDuration / 3 }
+        }
     }
 
     private func cheapestEstimate(_ request: ValidatedRequest) -> Money {
@@ -145,9 +171,11 @@ extension ParallelGenerator {
         }
         let slot: ResourceLease
         do {
-            slot = try await pool.acquire(ResourceRequest(amounts: [.jobSlots: 1], priority: job.record.request.priority))
+            slot = try await pool.acquire(
+                ResourceRequest(amounts: [.jobSlots: 1], priority: job.record.request.priority)
+            )
         } catch {
-            try? await store.release(job.lease)
+            try? await shielded { try await self.store.release(job.lease) }
             return
         }
         defer { pool.release(slot) }
@@ -157,13 +185,22 @@ extension ParallelGenerator {
             logger.debug("lease lost", metadata: [LoggingKeys.jobID: "\(id)"])
         } catch {
             if Task.isCancelled || error is CancellationError {
-                try? await store.release(job.lease)
+                try? await shielded { try await self.store.release(job.lease) }
             } else {
-                logger.info("job processing failed", metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"])
+                logger.info(
+                    "job processing failed",
+                    metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"]
+                )
                 let failure = GenerationError(.transient, "internal error: \(error)")
-                try? await store.retry(
-                    job.lease, error: failure, after: retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
-                    failedProvider: nil)
+                try? await shielded {
+                    try await self.store.retry(
+                        job.lease,
+                        error: failure,
+                        after: self.retryPolicy.ceiling(afterAttempt: 1),
+                        spendAttempt: false,
+                        failedProvider: nil
+                    )
+                }
             }
         }
     }
@@ -179,8 +216,17 @@ extension ParallelGenerator {
         }
         if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
             let artifact = try artifacts.materialize(cached, job: id, request: request)
-            try await store.complete(
-                job.lease, outcome: JobOutcome(artifact: artifact, provider: cached.provider, cost: .zero, servedFromCache: true))
+            try await shielded {
+                try await self.store.complete(
+                    job.lease,
+                    outcome: JobOutcome(
+                        artifact: artifact,
+                        provider: cached.provider,
+                        cost: .zero,
+                        servedFromCache: true
+                    )
+                )
+            }
             progress(record, .servedFromCache, provider: cached.provider)
             await finish(id)
             return
@@ -191,20 +237,35 @@ extension ParallelGenerator {
             flights.finish(request.fingerprint, with: outcome)
         case .follower(.success(let shared)):
             let artifact = try artifacts.materialize(shared, job: id, request: request)
-            try await store.complete(
-                job.lease, outcome: JobOutcome(artifact: artifact, provider: shared.provider, cost: .zero, deduplicated: true))
+            try await shielded {
+                try await self.store.complete(
+                    job.lease,
+                    outcome: JobOutcome(
+                        artifact: artifact,
+                        provider: shared.provider,
+                        cost: .zero,
+                        deduplicated: true
+                    )
+                )
+            }
             state.withLock { $0.deduplicated += 1 }
             progress(record, .succeeded, provider: shared.provider, message: "de-duplicated")
             await finish(id)
         case .follower(.terminal(let error)):
-            try await store.deadLetter(job.lease, error: error)
+            try await shielded { try await self.store.deadLetter(job.lease, error: error) }
             progress(record, .deadLettered, message: error.description)
             await finish(id)
         case .follower(.retryLater), .follower(nil):
             // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
-            try await store.retry(
-                job.lease, error: nil, after: retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false,
-                failedProvider: nil)
+            try await shielded {
+                try await self.store.retry(
+                    job.lease,
+                    error: nil,
+                    after: self.retryPolicy.ceiling(afterAttempt: 1),
+                    spendAttempt: false,
+                    failedProvider: nil
+                )
+            }
             progress(record, .queued, message: "waiting for an identical request")
         }
     }
@@ -223,14 +284,25 @@ extension ParallelGenerator {
             name = previous
         } else {
             switch balancer.choose(
-                for: request, excluding: Set(record.failedProviders), at: now,
+                for: request,
+                excluding: Set(record.failedProviders),
+                at: now,
                 headroom: { self.pool.providerHeadroom($0) },
-                coolingDown: { self.limiter.cooldownEnd(provider: $0, at: now) != nil })
+                coolingDown: { self.limiter.cooldownEnd(provider: $0, at: now) != nil }
+            )
             {
             case .noneCapable(let reason):
                 return await deadLetter(job, GenerationError(.noCapableProvider, reason))
             case .wait(let until):
-                try? await store.retry(lease, error: nil, after: until - now, spendAttempt: false, failedProvider: nil)
+                try? await shielded {
+                    try await self.store.retry(
+                        lease,
+                        error: nil,
+                        after: until - now,
+                        spendAttempt: false,
+                        failedProvider: nil
+                    )
+                }
                 progress(record, .retrying, message: "every capable provider's circuit is open")
                 return .retryLater
             case .provider(let chosen):
@@ -241,59 +313,115 @@ extension ParallelGenerator {
         let descriptor = provider.descriptor
         let estimate = descriptor.pricing.estimate(request)
         let (reservation, alerts) = costs.reserve(
-            estimate, for: id, project: request.project, campaign: request.campaign, provider: name)
+            estimate,
+            for: id,
+            project: request.project,
+            campaign: request.campaign,
+            provider: name
+        )
         for alert in alerts { publish(.budgetAlert(alert)) }
         if case .held(let scope, let limit, let committed, let canFree) = reservation {
             balancer.recordNeutral(name, throttled: false)
-            let message = "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(estimate)"
+            let message =
+                "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(estimate)"
             guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
             progress(record, .heldByBudget, message: message)
-            try? await store.retry(
-                lease, error: nil, after: retryPolicy.ceiling(afterAttempt: 1), spendAttempt: false, failedProvider: nil)
+            try? await shielded {
+                try await self.store.retry(
+                    lease,
+                    error: nil,
+                    after: self.retryPolicy.ceiling(afterAttempt: 1),
+                    spendAttempt: false,
+                    failedProvider: nil
+                )
+            }
             return .retryLater
         }
         do {
-            try await limiter.acquire(user: request.user, project: request.project, provider: name, clock: clock) {
-                kind, wait in
-                self.progress(record, .waitingForRateLimit, provider: name, message: "\(kind.rawValue) for \(wait.seconds.formatted1) s")
-            }
             let resources = try await pool.acquire(
                 ResourceRequest(
-                    amounts: [.apiCalls: 1, .memoryMB: Self.memoryEstimate(request), .storageMB: Self.storageEstimate(request)],
-                    provider: name, priority: request.priority))
+                    amounts: [
+                        .apiCalls: 1, .memoryMB: Self.memoryEstimate(request),
+                        .storageMB: Self.storageEstimate(request),
+                    ],
+                    provider: name,
+                    priority: request.priority
+                )
+            )
             defer { pool.release(resources) }
+            // Admission comes last, right before the call: tokens are spent at the unit the provider
+            // meters, so calls held up by resources never arrive at the provider in a bunch.
+            try await limiter.acquire(
+                user: request.user,
+                project: request.project,
+                provider: name,
+                clock: clock
+            ) {
+                kind,
+                wait in
+                self.progress(
+                    record,
+                    .waitingForRateLimit,
+                    provider: name,
+                    message: "\(kind.rawValue) for \(wait.seconds.formatted1) s"
+                )
+            }
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
             if resumeTaskID == nil {
                 try await store.beginAttempt(
-                    lease, provider: name, reserving: estimate, idempotentSubmission: descriptor.idempotentSubmission)
+                    lease,
+                    provider: name,
+                    reserving: estimate,
+                    idempotentSubmission: descriptor.idempotentSubmission
+                )
             }
             let attempt = resumeTaskID == nil ? record.attempts + 1 : record.attempts
             progress(record, .submitted, provider: name)
             submitted.fire()
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
+            // A resumed task is already persisted; a new one becomes so when the provider accepts it.
+            let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
             let context = ProviderCallContext(
-                destination: staging, clock: clock, attempt: attempt, idempotencyKey: "\(id):\(attempt)", logger: logger,
+                destination: staging,
+                clock: clock,
+                attempt: attempt,
+                idempotencyKey: "\(id):\(attempt)",
+                logger: logger,
                 submitted: { taskID in
                     self.hooks.afterProviderAccepted(id)
                     try await self.store.recordSubmission(lease, taskID: taskID)
+                    submittedFlag.markPersisted()
                     self.progress(record, .running, provider: name)
                 },
-                progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction) },
-                downloading: { self.progress(record, .downloading, provider: name) })
+                progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction)
+                },
+                downloading: { self.progress(record, .downloading, provider: name) }
+            )
             let started = clock.now
             let output: ProviderOutput
             do {
-                if let resumeTaskID {
-                    output = try await provider.resume(taskID: resumeTaskID, request: request, context: context)
-                } else {
-                    output = try await provider.generate(request, context: context)
+                output = try await Self.shieldingSubmission(submittedFlag) {
+                    if let resumeTaskID {
+                        return try await provider.resume(
+                            taskID: resumeTaskID,
+                            request: request,
+                            context: context
+                        )
+                    }
+                    return try await provider.generate(request, context: context)
                 }
             } catch {
                 artifacts.discard(staging)
                 throw error
             }
             let latency = clock.now - started
-            let artifact = try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name)
+            let artifact = try artifacts.commit(
+                staging: staging,
+                job: id,
+                request: request,
+                output: output,
+                provider: name
+            )
             let cost = output.reportedCost ?? estimate
             balancer.recordSuccess(name, latency: latency)
             pool.recordProviderOutcome(name, .success(latency: latency))
@@ -302,8 +430,15 @@ extension ParallelGenerator {
                 state.latencies[name, default: []].append(latency)
                 if state.latencies[name]!.count > 20_000 { state.latencies[name]!.removeFirst(10_000) }
             }
-            try await store.complete(lease, outcome: JobOutcome(artifact: artifact, provider: name, cost: cost))
-            for alert in costs.settle(id, actual: cost, mediaDuration: output.duration) { publish(.budgetAlert(alert)) }
+            try await shielded {
+                try await self.store.complete(
+                    lease,
+                    outcome: JobOutcome(artifact: artifact, provider: name, cost: cost)
+                )
+            }
+            for alert in costs.settle(id, actual: cost, mediaDuration: output.duration) {
+                publish(.budgetAlert(alert))
+            }
             if configuration.caching.enabled { await cache.put(request.fingerprint, artifact) }
             progress(record, .succeeded, provider: name, fraction: 1)
             await finish(id)
@@ -314,22 +449,32 @@ extension ParallelGenerator {
         }
     }
 
-    private func handleFailure(_ error: any Error, job: LeasedJob, provider name: String) async -> FlightOutcome {
+    private func handleFailure(
+        _ error: any Error,
+        job: LeasedJob,
+        provider name: String
+    ) async
+        -> FlightOutcome
+    {
         let record = job.record
         let lease = job.lease
         let now = clock.now
         if error is CancellationError || Task.isCancelled {
             balancer.recordNeutral(name, throttled: false)
-            try? await store.release(lease)
+            try? await shielded { try await self.store.release(lease) }
             return .retryLater
         }
         if let storeError = error as? StoreError {
             balancer.recordNeutral(name, throttled: false)
-            logger.debug("store refused a transition", metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(storeError)"])
+            logger.debug(
+                "store refused a transition",
+                metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(storeError)"]
+            )
             return .retryLater
         }
-        var failure = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
-        if failure.provider == nil { failure.provider = name }
+        var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
+        if classified.provider == nil { classified.provider = name }
+        let failure = classified
         switch failure.code {
         case .rateLimited:
             limiter.cooldown(provider: name, until: now + (failure.retryAfter ?? .seconds(1)))
@@ -345,16 +490,45 @@ extension ParallelGenerator {
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
         }
         let attempts = record.attempts + 1
-        switch retryPolicy.disposition(for: failure, attempts: attempts, snoozes: record.snoozes, unit: random.unit()) {
+        switch retryPolicy.disposition(
+            for: failure,
+            attempts: attempts,
+            snoozes: record.snoozes,
+            unit: random.unit()
+        )
+        {
         case .snooze(let wait):
-            try? await store.retry(lease, error: failure, after: wait, spendAttempt: false, failedProvider: nil)
-            progress(record, .waitingForRateLimit, provider: name, message: "\(name) throttled: retrying in \(wait.seconds.formatted1) s")
+            try? await shielded {
+                try await self.store.retry(
+                    lease,
+                    error: failure,
+                    after: wait,
+                    spendAttempt: false,
+                    failedProvider: nil
+                )
+            }
+            progress(
+                record,
+                .waitingForRateLimit,
+                provider: name,
+                message: "\(name) throttled: retrying in \(wait.seconds.formatted1) s"
+            )
             return .retryLater
         case .retry(let delay):
             let failover = balancer.hasAlternative(
-                for: record.request, excluding: Set(record.failedProviders + [name]), at: now)
-            try? await store.retry(
-                lease, error: failure, after: failover ? .zero : delay, spendAttempt: true, failedProvider: name)
+                for: record.request,
+                excluding: Set(record.failedProviders + [name]),
+                at: now
+            )
+            try? await shielded {
+                try await self.store.retry(
+                    lease,
+                    error: failure,
+                    after: failover ? .zero : delay,
+                    spendAttempt: true,
+                    failedProvider: name
+                )
+            }
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
             progress(record, .retrying, provider: name, message: failure.description)
             return .retryLater
@@ -362,8 +536,11 @@ extension ParallelGenerator {
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
             if failure.code.isRetryable {
                 let exhausted = GenerationError(
-                    .attemptsExhausted, "gave up after \(attempts) attempts: \(failure.message)", provider: name,
-                    providerCode: failure.providerCode)
+                    .attemptsExhausted,
+                    "gave up after \(attempts) attempts: \(failure.message)",
+                    provider: name,
+                    providerCode: failure.providerCode
+                )
                 _ = await deadLetter(job, exhausted)
                 return .retryLater
             }
@@ -372,7 +549,7 @@ extension ParallelGenerator {
     }
 
     private func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {
-        try? await store.deadLetter(job.lease, error: error)
+        try? await shielded { try await self.store.deadLetter(job.lease, error: error) }
         progress(job.record, .deadLettered, provider: error.provider, message: error.description)
         await finish(job.record.id)
         return .terminal(error)
@@ -384,13 +561,25 @@ extension ParallelGenerator {
     }
 
     func progress(
-        _ record: JobRecord, _ status: ProgressStatus, provider: String? = nil, fraction: Double = 0, message: String? = nil
+        _ record: JobRecord,
+        _ status: ProgressStatus,
+        provider: String? = nil,
+        fraction: Double = 0,
+        message: String? = nil
     ) {
         publish(
             .progress(
                 ProgressUpdate(
-                    requestID: record.request.id, jobID: record.id, status: status, progress: fraction, provider: provider,
-                    message: message, time: clock.now)))
+                    requestID: record.request.id,
+                    jobID: record.id,
+                    status: status,
+                    progress: fraction,
+                    provider: provider,
+                    message: message,
+                    time: clock.now
+                )
+            )
+        )
     }
 
     static func memoryEstimate(_ request: ValidatedRequest) -> Int {
@@ -401,8 +590,69 @@ extension ParallelGenerator {
         let seconds = Int(request.duration.seconds.rounded(.up))
         switch request.kind {
         case .audio: return max(1, seconds / 10)
-        case .video: return max(1, seconds * max(1, (request.resolution?.pixels ?? Resolution.p720.pixels) / 1_000_000))
+        case .video:
+            return max(
+                1,
+                seconds * max(1, (request.resolution?.pixels ?? Resolution.p720.pixels) / 1_000_000)
+            )
         }
+    }
+}
+
+extension ParallelGenerator {
+    /// Runs a provider call so that cancellation cannot cut it between the provider accepting a task and the
+    /// task id being persisted: cancelled before that point, the call goes on until the id is stored (or the
+    /// call ends), and is cancelled then. A call to a provider that is not idempotent is thus never left
+    /// submitted-but-unrecorded by a graceful shutdown.
+    static func shieldingSubmission<T: Sendable>(
+        _ gate: SubmissionGate,
+        _ call: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
+        // An unstructured task shields the call from our cancellation; the handler forwards it at the safe point.
+        let inner = Task { try await call() }
+        return try await withTaskCancellationHandler {
+            try await inner.value
+        } onCancel: {
+            gate.whenPersisted { inner.cancel() }
+        }
+    }
+}
+
+extension ParallelGenerator {
+    /// Runs a store transition to the end even if the job's task is cancelled (a shutdown): a lease given
+    /// back or a result recorded must land, and some drivers refuse work in a cancelled task.
+    func shielded<T: Sendable>(
+        _ transition: @escaping @Sendable () async throws -> T
+    ) async throws
+        -> T
+    {
+        // An unstructured task is the one way to shield cleanup from cancellation (see STYLE.md, rule 5).
+        try await Task { try await transition() }.value
+    }
+}
+
+/// Tells whether a call's task id is persisted, and runs an action once it is.
+final class SubmissionGate: Sendable {
+    private let state: Locked<(persisted: Bool, waiting: (@Sendable () -> Void)?)>
+
+    init(persisted: Bool) { state = Locked((persisted, nil)) }
+
+    func markPersisted() {
+        let action = state.withLock { state -> (@Sendable () -> Void)? in
+            state.persisted = true
+            return state.waiting.take()
+        }
+        action?()
+    }
+
+    /// Runs `action` now if the id is persisted, or as soon as it is.
+    func whenPersisted(_ action: @escaping @Sendable () -> Void) {
+        let now = state.withLock { state -> Bool in
+            if state.persisted { return true }
+            state.waiting = action
+            return false
+        }
+        if now { action() }
     }
 }
 

@@ -257,14 +257,37 @@ public final class ParallelGenerator: Service, Sendable {
         return results
     }
 
-    /// Waits for a job's final result.
+    /// Waits for a job's final result. If the waiting task is cancelled, returns at once with a
+    /// ``GenerationError/Code/cancelled`` failure (the job itself goes on).
     public func result(for id: JobID) async -> GenerationResult {
+        let waiterID = state.withLock { state -> UInt64 in
+            state.nextWaiterID += 1
+            return state.nextWaiterID
+        }
+        return await withTaskCancellationHandler {
+            await waitForResult(id, waiterID: waiterID)
+        } onCancel: {
+            let mine = state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
+                guard let index = state.waiters[id]?.firstIndex(where: { $0.id == waiterID }) else { return nil }
+                return state.waiters[id]!.remove(at: index).continuation
+            }
+            mine?.resume(returning: GenerationResult(
+                requestID: "", jobID: id, outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
+                provider: nil, actualCost: .zero, attempts: 0))
+        }
+    }
+
+    private func waitForResult(_ id: JobID, waiterID: UInt64) async -> GenerationResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<GenerationResult, Never>) in
-            let (waiterID, ready) = state.withLock { state -> (UInt64, GenerationResult?) in
-                if let invalid = state.invalid[id] { return (0, invalid) }
-                state.nextWaiterID += 1
-                state.waiters[id, default: []].append((state.nextWaiterID, continuation))
-                return (state.nextWaiterID, nil)
+            let ready = state.withLock { state -> GenerationResult? in
+                if let invalid = state.invalid[id] { return invalid }
+                if Task.isCancelled {
+                    return GenerationResult(
+                        requestID: "", jobID: id, outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
+                        provider: nil, actualCost: .zero, attempts: 0)
+                }
+                state.waiters[id, default: []].append((waiterID, continuation))
+                return nil
             }
             if let ready {
                 continuation.resume(returning: ready)

@@ -51,6 +51,9 @@ public struct CampaignReport: Sendable {
     public var failed: Int { rows.filter { $0.status == "dead_lettered" || $0.status == "needs_reconciliation" }.count }
     public var totalCost: Money { rows.reduce(.zero) { $0 + (Money(parsing: $1.cost) ?? .zero) } }
 
+    /// Lines not finished when the run was stopped; the next run continues them.
+    public var pending: Int { rows.filter { $0.status == "pending" }.count }
+
     /// 0 when every line succeeded, 1 when any was invalid, failed or dead-lettered.
     public var exitCode: Int32 { succeeded == rows.count ? 0 : 1 }
 }
@@ -90,12 +93,15 @@ public enum CampaignRunner {
                 errors.append(CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? ""))
             } else if result.error?.code == .needsReconciliation {
                 status = "needs_reconciliation"
+            } else if result.error?.code == .cancelled {
+                status = "pending"
             } else {
                 status = "dead_lettered"
             }
             rows.append(
                 ManifestRow(
-                    line: line.line, requestID: result.requestID, jobID: status == "invalid" ? nil : id.rawValue,
+                    line: line.line, requestID: result.requestID.isEmpty ? line.request.id : result.requestID,
+                    jobID: status == "invalid" ? nil : id.rawValue,
                     status: status, type: line.request.kind.rawValue, outputPath: result.artifact?.url.path,
                     provider: result.provider, cost: result.actualCost.decimalString, attempts: result.attempts,
                     cached: result.servedFromCache, deduplicated: result.deduplicated, sha256: result.artifact?.sha256,

@@ -211,7 +211,8 @@ public protocol JobStore: Sendable {
     /// oldest first; jobs of `excludingUsers` are left for later.
     func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws -> [LeasedJob]
 
-    /// How long until the earliest job that is not yet due becomes due, if any.
+    /// How long until the earliest available job is due (zero if one already is), or `nil` when none is
+    /// waiting.
     ///
     /// Times cross this protocol only as durations relative to now: a durable store keeps wall-clock times,
     /// the engine its own monotonic clock.
