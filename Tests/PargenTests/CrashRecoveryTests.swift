@@ -26,6 +26,7 @@ import Glibc
         var rng = SplitMix64(seed: 42)
         var kills = 0
         var runs = 0
+        var crashesInTheWindow = 0
         while true {
             runs += 1
             // Kill at random moments until 10 SIGKILLs have landed, then let one run finish.
@@ -33,7 +34,8 @@ import Glibc
             var environment = ProcessInfo.processInfo.environment
             environment["PARGEN_LOCAL_SUBMIT_LOG"] = submitLog.path
             // Every third run may also kill itself between the provider accepting a task and its id being stored.
-            if crashing && runs % 3 == 0 { environment["PARGEN_TEST_CRASH_AFTER_SUBMIT"] = "0.05" }
+            let hooked = crashing && runs % 3 == 0
+            if hooked { environment["PARGEN_TEST_CRASH_AFTER_SUBMIT"] = "0.2" }
             let process = Process()
             process.executableURL = CommandLineTests.executable
             process.arguments = ["run", campaign.path, "--out", out.path, "--reliable", "--no-progress"]
@@ -42,11 +44,16 @@ import Glibc
             process.standardError = FileHandle.nullDevice
             try process.run()
             if crashing {
-                let deadline = ContinuousClock.now + .milliseconds(100 + Int(rng.next() % 500))
+                // A hooked run is given time to crash itself in the submit-to-persist window.
+                let deadline = ContinuousClock.now + .milliseconds(hooked ? 3000 : 100 + Int(rng.next() % 500))
                 while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                let killedItself = !process.isRunning
                 if process.isRunning { kill(process.processIdentifier, SIGKILL) }
                 process.waitUntilExit()
-                if process.terminationReason == .uncaughtSignal { kills += 1 }
+                if process.terminationReason == .uncaughtSignal {
+                    kills += 1
+                    if killedItself { crashesInTheWindow += 1 }
+                }
             } else {
                 process.waitUntilExit()
                 #expect(process.terminationReason == .exit)
@@ -56,6 +63,7 @@ import Glibc
             if runs >= 60 { break }
         }
         #expect(kills >= 10, "killed \(kills) times")
+        #expect(crashesInTheWindow >= 1, "at least one crash between a provider accepting a task and its id being stored")
 
         // 1. Every job ended: succeeded, dead-lettered or waiting for reconciliation; none lost.
         let store = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
@@ -85,7 +93,7 @@ import Glibc
             let artifact = try #require(job.outcome?.artifact)
             #expect(try sha256sum(artifact.url) == artifact.sha256)
         }
-        print("crash test: \(runs) runs, \(kills) SIGKILLs, \(succeeded.count) succeeded, "
+        print("crash test: \(runs) runs, \(kills) SIGKILLs (\(crashesInTheWindow) between submit and persist), \(succeeded.count) succeeded, "
             + "\(jobs.filter { $0.state == .needsReconciliation }.count) need reconciliation, \(submissions.count) submissions")
     }
 
