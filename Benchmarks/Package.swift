@@ -13,6 +13,7 @@ let package = Package(
             dependencies: [
                 .product(name: "Pargen", package: "pargen"),
                 .product(name: "PargenTesting", package: "pargen"),
+                .product(name: "PargenSQLite", package: "pargen"),
             ],
             path: "Sources/PargenBench"
         )

@@ -85,4 +85,34 @@ import Testing
         let files = try FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent("audio").path)
         #expect(files.count >= 10)
     }
+
+    @Test func statusJobsAndTheDeadLetterQueueWorkOnTheStore() throws {
+        let folder = temporaryDirectory()
+        let jsonl = folder.appendingPathComponent("c.jsonl")
+        try Data("""
+            {"type": "audio", "prompt": "Within budget", "duration": 1, "project": "free"}
+            {"type": "audio", "prompt": "Over budget one", "duration": 1, "project": "tight"}
+            {"type": "audio", "prompt": "Over budget two", "duration": 1, "project": "tight"}
+            """.utf8).write(to: jsonl)
+        let out = folder.appendingPathComponent("o").path
+        let run = try pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress", "--project-budget", "tight=0.000001"])
+        #expect(run.status == 1)
+        let status = try pargen(["status", "--out", out])
+        #expect(status.output.contains("jobs: 3"))
+        #expect(status.output.contains("dead_lettered          2"))
+        #expect(status.output.contains("ledger balances: yes"))
+        let jobs = try pargen(["jobs", "--out", out, "--state", "dead_lettered"])
+        #expect(jobs.output.split(separator: "\n").count == 2)
+        #expect(jobs.output.contains("budget_exceeded"))
+        let list = try pargen(["dlq", "list", "--out", out])
+        #expect(list.output.contains("2 dead-lettered"))
+        let retry = try pargen(["dlq", "retry", "--all", "--out", out])
+        #expect(retry.output.contains("re-queued 2 jobs"))
+        // The next run, with the budget raised, finishes them.
+        let again = try pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress"])
+        #expect(again.status == 0, "\(again.output)")
+        #expect(try pargen(["dlq", "list", "--out", out]).output.contains("0 dead-lettered"))
+        let bad = try pargen(["jobs", "--out", out, "--state", "sideways"])
+        #expect(bad.status != 0 && bad.output.contains("--state must be one of"))
+    }
 }

@@ -24,6 +24,14 @@ func requests(_ count: Int, prefix: String) -> [GenerationRequest] {
 }
 
 let arguments = CommandLine.arguments
+if arguments.count > 1 && arguments[1] == "store" {
+    let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+    let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-store-bench-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: scratch) }
+    try await StoreBench.run(jobs: jobs, campaign: campaign, scratch: scratch)
+    exit(0)
+}
 let jobs = arguments.count > 1 ? Int(arguments[1]) ?? 20_000 : 20_000
 let queued = arguments.count > 2 ? Int(arguments[2]) ?? 100_000 : 100_000
 let concurrency = 50

@@ -1,0 +1,81 @@
+import Foundation
+import Pargen
+import PargenSQLite
+
+/// Durable job-store figures for issue notes, each against a baseline in this process.
+enum StoreBench {
+    static func request(_ i: Int) -> ValidatedRequest {
+        try! RequestValidator().validate(
+            .audio(prompt: "line \(i) of the campaign", user: "user\(i % 50)", project: "p", idempotencyKey: "line-\(i)"),
+            fallbackID: "line-\(i)")
+    }
+
+    /// Enqueue then lease, begin, record the task id and complete every job, 100 leased at a time.
+    static func lifecycle(_ store: any JobStore, jobs: Int) async throws -> Double {
+        let outcome = JobOutcome(
+            artifact: Artifact(
+                url: URL(fileURLWithPath: "/tmp/x.wav"), format: .wav, contentType: "audio/wav", byteCount: 1,
+                sha256: "00", duration: .seconds(1), provider: "p"),
+            provider: "p", cost: .cents(1))
+        let start = ContinuousClock.now
+        for batch in stride(from: 0, to: jobs, by: 1000) {
+            _ = try await store.enqueue((batch..<min(jobs, batch + 1000)).map(request))
+        }
+        var done = 0
+        while done < jobs {
+            let leased = try await store.lease(limit: 100, owner: "bench", duration: .seconds(60), excludingUsers: [])
+            for job in leased {
+                try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
+                try await store.recordSubmission(job.lease, taskID: "t")
+                try await store.complete(job.lease, outcome: outcome)
+            }
+            done += leased.count
+        }
+        return (ContinuousClock.now - start).seconds
+    }
+
+    static func run(jobs: Int, campaign: Int, scratch: URL) async throws {
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        let memorySeconds = try await lifecycle(MemoryJobStore(), jobs: jobs)
+        let sqlite = try SQLiteJobStore(path: scratch.appendingPathComponent("bench.sqlite").path)
+        let sqliteSeconds = try await lifecycle(sqlite, jobs: jobs)
+        print("store: \(jobs) jobs enqueued, leased, begun, submitted and completed (each transition its own transaction)")
+        print(String(format: "  sqlite    %8.0f jobs/s  (%.2f s)  WAL, synchronous FULL", Double(jobs) / sqliteSeconds, sqliteSeconds))
+        print(String(format: "  memory    %8.0f jobs/s  (%.2f s)", Double(jobs) / memorySeconds, memorySeconds))
+        print(String(format: "  ratio     %8.3f  (sqlite / memory)", memorySeconds / sqliteSeconds))
+
+        // Resuming: a campaign of `campaign` jobs whose run crashed holding 75 leases.
+        let path = scratch.appendingPathComponent("campaign.sqlite").path
+        do {
+            let store = try SQLiteJobStore(path: path)
+            for batch in stride(from: 0, to: campaign, by: 1000) {
+                _ = try await store.enqueue((batch..<min(campaign, batch + 1000)).map(request))
+            }
+            _ = try await store.lease(limit: 75, owner: "old", duration: .seconds(60), excludingUsers: [])
+        }
+        // What `pargen run` does when started again: open, rescue orphans, re-enqueue every line (all known),
+        // and lease the first work.
+        let start = ContinuousClock.now
+        let store = try SQLiteJobStore(path: path)
+        let rescued = try await store.rescueOrphanedLeases()
+        var known = 0
+        for batch in stride(from: 0, to: campaign, by: 1000) {
+            known += try await store.enqueue((batch..<min(campaign, batch + 1000)).map(request)).filter(\.existing).count
+        }
+        let first = try await store.lease(limit: 75, owner: "new", duration: .seconds(60), excludingUsers: [])
+        let resumeSeconds = (ContinuousClock.now - start).seconds
+        // Baseline: starting the same campaign from nothing (enqueue every line into an empty store).
+        let freshStart = ContinuousClock.now
+        let fresh = try SQLiteJobStore(path: scratch.appendingPathComponent("fresh.sqlite").path)
+        for batch in stride(from: 0, to: campaign, by: 1000) {
+            _ = try await fresh.enqueue((batch..<min(campaign, batch + 1000)).map(request))
+        }
+        _ = try await fresh.lease(limit: 75, owner: "new", duration: .seconds(60), excludingUsers: [])
+        let freshSeconds = (ContinuousClock.now - freshStart).seconds
+        precondition(known == campaign && first.count == 75 && rescued == 75)
+        print("resume: a \(campaign)-job campaign in SQLite, \(rescued) leases orphaned by a crash")
+        print(String(format: "  resume    %8.2f s  open, rescue, re-enqueue %d known lines, lease the first 75", resumeSeconds, known))
+        print(String(format: "  baseline  %8.2f s  the same campaign started from an empty store", freshSeconds))
+        print(String(format: "  ratio     %8.2f  (resume / fresh start)", resumeSeconds / freshSeconds))
+    }
+}
