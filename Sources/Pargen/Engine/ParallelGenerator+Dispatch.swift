@@ -215,18 +215,7 @@ extension ParallelGenerator {
             return
         }
         if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
-            let artifact = try artifacts.materialize(cached, job: id, request: request)
-            try await shielded {
-                try await self.store.complete(
-                    job.lease,
-                    outcome: JobOutcome(
-                        artifact: artifact,
-                        provider: cached.provider,
-                        cost: .zero,
-                        servedFromCache: true
-                    )
-                )
-            }
+            try await completeWithShared(cached, job: job, servedFromCache: true)
             progress(record, .servedFromCache, provider: cached.provider)
             await finish(id)
             return
@@ -236,18 +225,7 @@ extension ParallelGenerator {
             let outcome = await lead(job, submitted: submitted)
             flights.finish(request.fingerprint, with: outcome)
         case .follower(.success(let shared)):
-            let artifact = try artifacts.materialize(shared, job: id, request: request)
-            try await shielded {
-                try await self.store.complete(
-                    job.lease,
-                    outcome: JobOutcome(
-                        artifact: artifact,
-                        provider: shared.provider,
-                        cost: .zero,
-                        deduplicated: true
-                    )
-                )
-            }
+            try await completeWithShared(shared, job: job, servedFromCache: false)
             state.withLock { $0.deduplicated += 1 }
             progress(record, .succeeded, provider: shared.provider, message: "de-duplicated")
             await finish(id)
@@ -268,6 +246,16 @@ extension ParallelGenerator {
             }
             progress(record, .queued, message: "waiting for an identical request")
         }
+    }
+
+    /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
+    /// own copy of the file, at no cost.
+    private func completeWithShared(_ shared: Artifact, job: LeasedJob, servedFromCache: Bool) async throws {
+        let artifact = try artifacts.materialize(shared, job: job.record.id, request: job.record.request)
+        let outcome = JobOutcome(
+            artifact: artifact, provider: shared.provider, cost: .zero, servedFromCache: servedFromCache,
+            deduplicated: !servedFromCache)
+        try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
     }
 
     /// Makes the provider call for a job and records its outcome. Never throws: every failure ends in a
