@@ -218,23 +218,18 @@ public final class SQLiteJobStore: JobStore {
 
     public func rescueExpiredLeases() async throws -> Int {
         let now = now()
-        return try await write { db in
-            let ids = try String.fetchAll(
-                db, sql: "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?",
-                arguments: [now.nanoseconds])
-            for id in ids {
-                var record = try Self.load(db, JobID(id))
-                record.rescue(now: now)
-                try Self.save(db, record)
-            }
-            return ids.count
-        }
+        return try await rescue(
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?", [now.nanoseconds], now: now)
     }
 
     public func rescueOrphanedLeases() async throws -> Int {
-        let now = now()
-        return try await write { db in
-            let ids = try String.fetchAll(db, sql: "SELECT id FROM jobs WHERE state = 'running'")
+        try await rescue("SELECT id FROM jobs WHERE state = 'running'", [], now: now())
+    }
+
+    /// Applies the rescue transition to every job the query selects, in one transaction.
+    private func rescue(_ sql: String, _ arguments: StatementArguments, now: Duration) async throws -> Int {
+        try await write { db in
+            let ids = try String.fetchAll(db, sql: sql, arguments: arguments)
             for id in ids {
                 var record = try Self.load(db, JobID(id))
                 record.rescue(now: now)
@@ -291,9 +286,6 @@ public final class SQLiteJobStore: JobStore {
     public func requeue(_ id: JobID) async throws {
         let now = now()
         try await write { db in
-            guard try String.fetchOne(db, sql: "SELECT id FROM jobs WHERE id = ?", arguments: [id.rawValue]) != nil else {
-                throw StoreError(.notFound, "no job \(id)")
-            }
             var record = try Self.load(db, id)
             try record.requeue(now: now)
             try Self.save(db, record)
@@ -329,9 +321,7 @@ public final class SQLiteJobStore: JobStore {
 
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
         try await write { db in
-            guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [lease.jobID.rawValue])
-            else { throw StoreError(.notFound, "no job \(lease.jobID)") }
-            var record = try Self.decode(text)
+            var record = try Self.load(db, lease.jobID)
             guard record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
             }

@@ -158,11 +158,6 @@ public final class CostMonitor: Sendable {
         }
     }
 
-    /// Whether any reservation is open in `scope`.
-    public func hasOutstanding(in scope: BudgetScope) -> Bool {
-        state.withLock { ($0.scopes[scope]?.outstanding ?? .zero) > .zero }
-    }
-
     public func stats() -> CostStats {
         let now = clock.now
         return state.withLock { state in

@@ -68,13 +68,21 @@ public struct ArtifactStore: Sendable {
 
     /// Hex SHA-256 of a file's bytes, read in 1 MiB chunks.
     public static func sha256(of url: URL) throws -> String {
-        let handle = try FileHandle(forReadingFrom: url)
+        try scan(FileHandle(forReadingFrom: url)).sha256
+    }
+
+    /// Size, first 16 bytes and SHA-256 of everything `handle` reads, in 1 MiB chunks.
+    private static func scan(_ handle: FileHandle) -> (size: Int64, head: Data, sha256: String) {
         defer { try? handle.close() }
         var hasher = SHA256Hasher()
-        while let chunk = try handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+        var size: Int64 = 0
+        var head = Data()
+        while let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty {
+            if head.count < 16 { head.append(chunk.prefix(16 - head.count)) }
+            size += Int64(chunk.count)
             chunk.withUnsafeBytes { hasher.update(raw: $0) }
         }
-        return hasher.finalizeHex()
+        return (size, head, hasher.finalizeHex())
     }
 
     func discard(_ staging: URL) { try? FileManager.default.removeItem(at: staging) }
@@ -84,16 +92,7 @@ public struct ArtifactStore: Sendable {
         guard let handle = try? FileHandle(forReadingFrom: url) else {
             throw GenerationError(.artifactInvalid, "the provider produced no file", provider: provider)
         }
-        defer { try? handle.close() }
-        var hasher = SHA256Hasher()
-        var size: Int64 = 0
-        var head = Data()
-        while true {
-            guard let chunk = try? handle.read(upToCount: 1 << 20), !chunk.isEmpty else { break }
-            if head.count < 16 { head.append(chunk.prefix(16 - head.count)) }
-            size += Int64(chunk.count)
-            chunk.withUnsafeBytes { hasher.update(raw: $0) }
-        }
+        let (size, head, hash) = scan(handle)
         guard size > 0 else { throw GenerationError(.artifactInvalid, "the provider produced an empty file", provider: provider) }
         let magic: [String: [UInt8]] = [
             "wav": Array("RIFF".utf8), "gif": Array("GIF8".utf8), "flac": Array("fLaC".utf8), "ogg": Array("OggS".utf8),
@@ -101,7 +100,7 @@ public struct ArtifactStore: Sendable {
         if let expected = magic[format.name], !head.starts(with: expected) {
             throw GenerationError(.artifactInvalid, "the file is not a valid \(format.name) file", provider: provider)
         }
-        return (size, hasher.finalizeHex())
+        return (size, hash)
     }
 
     static func safe(_ text: String) -> String {

@@ -654,7 +654,6 @@ final class OnceFlag: Sendable {
 /// Metadata keys of Pargen's log messages.
 enum LoggingKeys {
     static let jobID = "pargen.job.id"
-    static let provider = "pargen.provider"
     static let error = "pargen.error"
     static let count = "pargen.count"
 }

@@ -131,8 +131,8 @@ public final class ParallelGenerator: Service, Sendable {
             return true
         }
         guard started else { return }
-        // An unstructured task bridges the seed's start()/stop() API onto run(); stop() awaits it.
-        let task = Task { try await self.run() }
+        // An unstructured task bridges the seed's start()/stop() API onto the dispatcher; stop() awaits it.
+        let task = Task { try await self.runDispatcher() }
         state.withLock { $0.runTask = task }
     }
 
@@ -154,6 +154,12 @@ public final class ParallelGenerator: Service, Sendable {
     /// Runs the dispatcher until graceful shutdown or cancellation.
     public func run() async throws {
         try artifacts.prepare()
+        try await runDispatcher()
+    }
+
+    /// The body of ``run()`` once the artifact folders are prepared (``start()`` prepares them itself, so a
+    /// bad output folder throws from `start()`).
+    private func runDispatcher() async throws {
         state.withLock { state in
             // A stop() that came before this task started leaves `draining`, and the loop ends at once.
             if state.lifecycle == .idle || state.lifecycle == .stopped { state.lifecycle = .running }
@@ -271,21 +277,22 @@ public final class ParallelGenerator: Service, Sendable {
                 guard let index = state.waiters[id]?.firstIndex(where: { $0.id == waiterID }) else { return nil }
                 return state.waiters[id]!.remove(at: index).continuation
             }
-            mine?.resume(returning: GenerationResult(
-                requestID: "", jobID: id, outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
-                provider: nil, actualCost: .zero, attempts: 0))
+            mine?.resume(returning: Self.cancelledResult(id))
         }
+    }
+
+    /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
+    private static func cancelledResult(_ id: JobID) -> GenerationResult {
+        GenerationResult(
+            requestID: "", jobID: id, outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
+            provider: nil, actualCost: .zero, attempts: 0)
     }
 
     private func waitForResult(_ id: JobID, waiterID: UInt64) async -> GenerationResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<GenerationResult, Never>) in
             let ready = state.withLock { state -> GenerationResult? in
                 if let invalid = state.invalid[id] { return invalid }
-                if Task.isCancelled {
-                    return GenerationResult(
-                        requestID: "", jobID: id, outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
-                        provider: nil, actualCost: .zero, attempts: 0)
-                }
+                if Task.isCancelled { return Self.cancelledResult(id) }
                 state.waiters[id, default: []].append((waiterID, continuation))
                 return nil
             }
@@ -403,9 +410,4 @@ public struct EngineHooks: Sendable {
 public struct EngineError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String
     public static let notRunning = EngineError(description: "the generator is not running: call start() first, or run it in a ServiceGroup")
-}
-
-extension PargenEvent {
-    /// The progress update this event carries, if it is one.
-    public var progressUpdate: ProgressUpdate? { if case .progress(let update) = self { update } else { nil } }
 }

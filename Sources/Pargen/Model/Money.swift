@@ -60,9 +60,6 @@ public struct Money: Sendable, Hashable, Codable, Comparable, CustomStringConver
         whole.nanos == 0 ? 0 : Double(nanos) / Double(whole.nanos)
     }
 
-    /// The amount in dollars, for display only.
-    public var dollarsApproximation: Double { Double(nanos) / 1e9 }
-
     /// `$12.345678`: six decimals, or two for whole cents.
     public var description: String {
         let sign = nanos < 0 ? "-" : ""

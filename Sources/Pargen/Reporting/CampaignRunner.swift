@@ -49,7 +49,6 @@ public struct CampaignReport: Sendable {
     public var succeeded: Int { rows.filter { $0.status == "succeeded" }.count }
     public var invalid: Int { rows.filter { $0.status == "invalid" }.count }
     public var failed: Int { rows.filter { $0.status == "dead_lettered" || $0.status == "needs_reconciliation" }.count }
-    public var totalCost: Money { rows.reduce(.zero) { $0 + (Money(parsing: $1.cost) ?? .zero) } }
 
     /// Lines not finished when the run was stopped; the next run continues them.
     public var pending: Int { rows.filter { $0.status == "pending" }.count }
@@ -85,32 +84,40 @@ public enum CampaignRunner {
         }
         for (line, id) in zip(file.lines, ids) {
             let result = await generator.result(for: id)
-            let status: String
-            if result.succeeded {
-                status = "succeeded"
-            } else if id.rawValue.hasPrefix("invalid-") {
-                status = "invalid"
+            let invalid = id.rawValue.hasPrefix("invalid-")
+            if invalid {
                 errors.append(CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? ""))
-            } else if result.error?.code == .needsReconciliation {
-                status = "needs_reconciliation"
-            } else if result.error?.code == .cancelled {
-                status = "pending"
-            } else {
-                status = "dead_lettered"
             }
             rows.append(
-                ManifestRow(
-                    line: line.line, requestID: result.requestID.isEmpty ? line.request.id : result.requestID,
-                    jobID: status == "invalid" ? nil : id.rawValue,
-                    status: status, type: line.request.kind.rawValue, outputPath: result.artifact?.url.path,
-                    provider: result.provider, cost: result.actualCost.decimalString, attempts: result.attempts,
-                    cached: result.servedFromCache, deduplicated: result.deduplicated, sha256: result.artifact?.sha256,
-                    errorCode: result.error?.code.description, errorField: result.error?.field,
-                    error: result.error.map(describe)))
+                row(line: line.line, requestID: line.request.id, jobID: invalid ? nil : id, kind: line.request.kind,
+                    result: result, invalid: invalid))
         }
         rows.sort { $0.line < $1.line }
         errors.sort { $0.line < $1.line }
         return try write(rows: rows, errors: errors, to: outputDirectory, elapsed: clock.now - started)
+    }
+
+    /// The manifest row of one line's result.
+    static func row(
+        line: Int, requestID: String, jobID: JobID?, kind: GenerationKind, result: GenerationResult, invalid: Bool
+    ) -> ManifestRow {
+        ManifestRow(
+            line: line, requestID: result.requestID.isEmpty ? requestID : result.requestID, jobID: jobID?.rawValue,
+            status: status(of: result, invalid: invalid), type: kind.rawValue, outputPath: result.artifact?.url.path,
+            provider: result.provider, cost: result.actualCost.decimalString, attempts: result.attempts,
+            cached: result.servedFromCache, deduplicated: result.deduplicated, sha256: result.artifact?.sha256,
+            errorCode: result.error?.code.description, errorField: result.error?.field, error: result.error.map(describe))
+    }
+
+    /// `succeeded`, `invalid`, `needs_reconciliation`, `pending` (the run stopped first) or `dead_lettered`.
+    static func status(of result: GenerationResult, invalid: Bool) -> String {
+        if result.succeeded { return "succeeded" }
+        if invalid { return "invalid" }
+        switch result.error?.code {
+        case .needsReconciliation?: return "needs_reconciliation"
+        case .cancelled?: return "pending"
+        default: return "dead_lettered"
+        }
     }
 
     /// `line-N-<hash of the line's fields>`: a changed line is a new job, an unchanged one the same job.
@@ -136,16 +143,8 @@ public enum CampaignRunner {
             let result = await generator.result(for: record.id)
             let line = Int(record.request.id.split(separator: "-").last ?? "") ?? 0
             rows.append(
-                ManifestRow(
-                    line: line, requestID: result.requestID, jobID: record.id.rawValue,
-                    status: result.succeeded ? "succeeded"
-                        : result.error?.code == .needsReconciliation ? "needs_reconciliation" : "dead_lettered",
-                    type: record.request.kind.rawValue,
-                    outputPath: result.artifact?.url.path, provider: result.provider,
-                    cost: result.actualCost.decimalString, attempts: result.attempts, cached: result.servedFromCache,
-                    deduplicated: result.deduplicated, sha256: result.artifact?.sha256,
-                    errorCode: result.error?.code.description, errorField: result.error?.field,
-                    error: result.error.map(describe)))
+                row(line: line, requestID: record.request.id, jobID: record.id, kind: record.request.kind, result: result,
+                    invalid: false))
         }
         rows.sort { $0.line < $1.line }
         return try write(rows: rows, errors: [], to: outputDirectory, elapsed: clock.now - started)

@@ -1,3 +1,5 @@
+import Foundation
+
 /// How a failed call is handled.
 public enum FailureDisposition: Sendable, Hashable {
     /// Wait, then try again without spending an attempt (rate limited).
@@ -18,7 +20,7 @@ public struct RetryPolicy: Sendable, Hashable {
     /// The upper bound of the delay after failed attempt `attempt` (1-based): `base × multiplier^(attempt-1)`, capped.
     public func ceiling(afterAttempt attempt: Int) -> Duration {
         let exponent = Double(max(0, attempt - 1))
-        let seconds = configuration.baseDelay.seconds * pow(configuration.multiplier, exponent)
+        let seconds = configuration.baseDelay.seconds * Foundation.pow(configuration.multiplier, exponent)
         return min(configuration.maxDelay, Duration.fromSeconds(min(seconds, configuration.maxDelay.seconds)))
     }
 
@@ -42,15 +44,4 @@ public struct RetryPolicy: Sendable, Hashable {
             return .deadLetter
         }
     }
-}
-
-private func pow(_ base: Double, _ exponent: Double) -> Double {
-    var result = 1.0
-    var remaining = Int(exponent)
-    while remaining > 0 {
-        result *= base
-        remaining -= 1
-        if result > 1e12 { break }
-    }
-    return result
 }

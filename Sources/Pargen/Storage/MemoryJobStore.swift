@@ -179,19 +179,19 @@ public final class MemoryJobStore: JobStore {
 
     public func rescueExpiredLeases() async throws -> Int {
         let now = clock.now
-        return state.withLock { state in
-            let expired = state.running.filter { state.jobs[$0]!.leaseExpiresAt.map { $0 <= now } ?? true }
-            for id in expired { state.transition(id, now: now) { $0.rescue(now: now) } }
-            return expired.count
-        }
+        return rescue(now: now) { $0.leaseExpiresAt.map { $0 <= now } ?? true }
     }
 
     public func rescueOrphanedLeases() async throws -> Int {
-        let now = clock.now
-        return state.withLock { state in
-            let orphans = state.running
-            for id in orphans { state.transition(id, now: now) { $0.rescue(now: now) } }
-            return orphans.count
+        rescue(now: clock.now) { _ in true }
+    }
+
+    /// Applies the rescue transition to every running job that `selected` picks.
+    private func rescue(now: Duration, _ selected: (JobRecord) -> Bool) -> Int {
+        state.withLock { state in
+            let chosen = state.running.filter { selected(state.jobs[$0]!) }
+            for id in chosen { state.transition(id, now: now) { $0.rescue(now: now) } }
+            return chosen.count
         }
     }
 
