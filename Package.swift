@@ -14,6 +14,7 @@ let package = Package(
         .library(name: "Pargen", targets: ["Pargen"]),
         .library(name: "PargenTesting", targets: ["PargenTesting"]),
         .library(name: "PargenSQLite", targets: ["PargenSQLite"]),
+        .library(name: "PargenProviders", targets: ["PargenProviders"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -22,6 +23,11 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle.git", from: "2.6.0"),
         .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.5.0"),
         .package(url: "https://github.com/groue/GRDB.swift.git", from: "7.0.0"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird.git", from: "2.28.0"),
+        .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0", traits: ["JSON", "YAML"]),
+        .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
     ],
     targets: [
         .target(
@@ -40,8 +46,27 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "PargenProviders",
+            dependencies: [
+                "Pargen",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Configuration", package: "swift-configuration"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "PargenTesting",
-            dependencies: ["Pargen"],
+            dependencies: [
+                "Pargen",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
             swiftSettings: swiftSettings
         ),
         .executableTarget(
@@ -49,6 +74,8 @@ let package = Package(
             dependencies: [
                 "Pargen",
                 "PargenSQLite",
+                "PargenProviders",
+                "PargenTesting",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -57,7 +84,10 @@ let package = Package(
         .testTarget(
             name: "PargenTests",
             dependencies: [
-                "Pargen", "PargenTesting", "PargenSQLite", "PargenCLI", .product(name: "Logging", package: "swift-log"),
+                "Pargen", "PargenTesting", "PargenSQLite", "PargenProviders", "PargenCLI",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
             ],
             swiftSettings: swiftSettings
         ),

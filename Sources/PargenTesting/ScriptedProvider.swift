@@ -33,17 +33,24 @@ public final class ScriptedProvider: GenerationProvider, Sendable {
 
     /// - Parameter script: Decides each call from the request and the provider's own call count (0-based).
     public init(
-        name: String, kinds: Set<GenerationKind> = [.audio, .video],
+        name: String,
+        kinds: Set<GenerationKind> = [.audio, .video],
         pricing: ProviderPricing = ProviderPricing(perRequest: .cents(1)),
-        quota: ProviderQuota = ProviderQuota(), maxResolution: Resolution = .p1080,
+        quota: ProviderQuota = ProviderQuota(),
+        maxResolution: Resolution = .p1080,
         script: @escaping @Sendable (ValidatedRequest, Int) -> Step = { _, _ in .succeed() }
     ) {
         descriptor = ProviderDescriptor(
             name: name,
             capabilities: ProviderCapabilities(
-                kinds: kinds, audioFormats: kinds.contains(.audio) ? [.wav] : [],
-                videoFormats: kinds.contains(.video) ? [.gif] : [], maxResolution: kinds.contains(.video) ? maxResolution : nil),
-            pricing: pricing, quota: quota)
+                kinds: kinds,
+                audioFormats: kinds.contains(.audio) ? [.wav] : [],
+                videoFormats: kinds.contains(.video) ? [.gif] : [],
+                maxResolution: kinds.contains(.video) ? maxResolution : nil
+            ),
+            pricing: pricing,
+            quota: quota
+        )
         self.script = script
     }
 
@@ -55,8 +62,15 @@ public final class ScriptedProvider: GenerationProvider, Sendable {
     public func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
         let index = log.withLock { calls -> Int in
             calls.append(
-                Call(time: context.clock.now, requestID: request.id, user: request.user, project: request.project,
-                    attempt: context.attempt, idempotencyKey: context.idempotencyKey))
+                Call(
+                    time: context.clock.now,
+                    requestID: request.id,
+                    user: request.user,
+                    project: request.project,
+                    attempt: context.attempt,
+                    idempotencyKey: context.idempotencyKey
+                )
+            )
             return calls.count - 1
         }
         concurrency.withLock { value in
@@ -71,8 +85,11 @@ public final class ScriptedProvider: GenerationProvider, Sendable {
             try await context.clock.sleep(for: latency)
             try Self.writeMedia(request, to: context.destination)
             return ProviderOutput(
-                format: request.kind == .audio ? .wav : .gif, duration: request.duration, providerTaskID: taskID,
-                reportedCost: cost)
+                format: request.kind == .audio ? .wav : .gif,
+                duration: request.duration,
+                providerTaskID: taskID,
+                reportedCost: cost
+            )
         case .fail(let error, let latency, let afterSubmit):
             if afterSubmit { try await context.reportSubmitted(taskID: taskID) }
             try await context.clock.sleep(for: latency)
@@ -80,7 +97,11 @@ public final class ScriptedProvider: GenerationProvider, Sendable {
         case .emptyFile:
             try await context.reportSubmitted(taskID: taskID)
             FileManager.default.createFile(atPath: context.destination.path, contents: Data())
-            return ProviderOutput(format: request.kind == .audio ? .wav : .gif, duration: request.duration, providerTaskID: taskID)
+            return ProviderOutput(
+                format: request.kind == .audio ? .wav : .gif,
+                duration: request.duration,
+                providerTaskID: taskID
+            )
         }
     }
 

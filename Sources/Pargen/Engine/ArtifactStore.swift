@@ -97,7 +97,16 @@ public struct ArtifactStore: Sendable {
         let magic: [String: [UInt8]] = [
             "wav": Array("RIFF".utf8), "gif": Array("GIF8".utf8), "flac": Array("fLaC".utf8), "ogg": Array("OggS".utf8),
         ]
-        if let expected = magic[format.name], !head.starts(with: expected) {
+        var valid = magic[format.name].map { head.starts(with: $0) } ?? true
+        switch format.name {
+        case "mp4": valid = head.count >= 8 && head.dropFirst(4).prefix(4).elementsEqual("ftyp".utf8)
+        case "mp3":
+            // An ID3 tag, or an MPEG audio frame sync (11 set bits).
+            valid = head.starts(with: Array("ID3".utf8)) || (head.count >= 2 && head[head.startIndex] == 0xFF
+                && head[head.startIndex + 1] & 0xE0 == 0xE0)
+        default: break
+        }
+        if !valid {
             throw GenerationError(.artifactInvalid, "the file is not a valid \(format.name) file", provider: provider)
         }
         return (size, hash)

@@ -383,7 +383,12 @@ extension ParallelGenerator {
                 },
                 progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction)
                 },
-                downloading: { self.progress(record, .downloading, provider: name) }
+                downloading: { self.progress(record, .downloading, provider: name) },
+                throttled: { _ in
+                    self.pool.recordProviderOutcome(name, .throttled)
+                    self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
+                    self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
+                }
             )
             let started = clock.now
             let output: ProviderOutput

@@ -17,13 +17,23 @@ public struct ProviderCapabilities: Sendable, Hashable {
     public var voices: Set<String>?
     /// Models the provider offers; the first is its default. Empty accepts any name.
     public var models: [String]
+    /// The only video lengths the provider makes (OpenAI 4, 8 or 12 s); `nil` for any up to the maximum.
+    public var videoDurations: [Duration]?
+    /// The only frame sizes the provider renders; `nil` for any up to ``maxResolution``.
+    public var videoResolutions: [Resolution]?
+    /// Shortest audio the provider makes, for providers that take a duration (sound effects).
+    public var minAudioDuration: Duration
 
     public init(
         kinds: Set<GenerationKind>, audioFormats: [MediaFormat] = [], videoFormats: [MediaFormat] = [],
         maxAudioDuration: Duration = .seconds(600), maxVideoDuration: Duration = .seconds(60),
         maxResolution: Resolution? = nil, maxPromptLength: Int = 5_000, voices: Set<String>? = nil,
-        models: [String] = []
+        models: [String] = [], videoDurations: [Duration]? = nil, videoResolutions: [Resolution]? = nil,
+        minAudioDuration: Duration = .zero
     ) {
+        self.videoDurations = videoDurations
+        self.videoResolutions = videoResolutions
+        self.minAudioDuration = minAudioDuration
         self.kinds = kinds
         self.audioFormats = audioFormats
         self.videoFormats = videoFormats
@@ -46,10 +56,20 @@ public struct ProviderCapabilities: Sendable, Hashable {
         if request.duration > longest {
             return "cannot make \(request.kind) longer than \(longest.seconds.formatted1) s"
         }
+        if request.kind == .audio, request.duration < minAudioDuration {
+            return "cannot make audio shorter than \(minAudioDuration.seconds.formatted1) s"
+        }
+        if request.kind == .video, let allowed = videoDurations, !allowed.contains(request.duration) {
+            let list = allowed.map { "\($0.seconds.formatted1) s" }.joined(separator: ", ")
+            return "makes videos of \(list) only, not \(request.duration.seconds.formatted1) s"
+        }
         if request.kind == .video, let resolution = request.resolution {
             guard let maxResolution else { return "does not render video" }
             if resolution.width > maxResolution.width || resolution.height > maxResolution.height {
                 return "renders at most \(maxResolution)"
+            }
+            if let allowed = videoResolutions, !allowed.contains(resolution) {
+                return "renders \(allowed.map(\.description).joined(separator: ", ")) only, not \(resolution)"
             }
         }
         if request.prompt.count > maxPromptLength { return "accepts prompts of at most \(maxPromptLength) characters" }
@@ -153,13 +173,16 @@ public struct ProviderCallContext: Sendable {
     private let submitted: @Sendable (String) async throws -> Void
     private let progress: @Sendable (Double) -> Void
     private let downloading: @Sendable () -> Void
+    private let throttled: @Sendable (Duration?) -> Void
 
     public init(
         destination: URL, clock: PargenClock, attempt: Int, idempotencyKey: String, logger: Logger,
         submitted: @escaping @Sendable (String) async throws -> Void = { _ in },
         progress: @escaping @Sendable (Double) -> Void = { _ in },
-        downloading: @escaping @Sendable () -> Void = {}
+        downloading: @escaping @Sendable () -> Void = {},
+        throttled: @escaping @Sendable (Duration?) -> Void = { _ in }
     ) {
+        self.throttled = throttled
         self.destination = destination
         self.clock = clock
         self.attempt = attempt
@@ -177,6 +200,9 @@ public struct ProviderCallContext: Sendable {
     public func reportProgress(_ fraction: Double) { progress(min(1, max(0, fraction))) }
     /// The result is being fetched.
     public func reportDownloading() { downloading() }
+    /// The provider accepted the task but holds it back for load (Runway `THROTTLED`): the engine lowers its
+    /// concurrency towards this provider without failing the call.
+    public func reportThrottled(retryAfter: Duration? = nil) { throttled(retryAfter) }
 }
 
 /// A media generation backend: a commercial API adapter, a local synthesizer, or a test double.

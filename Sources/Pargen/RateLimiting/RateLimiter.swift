@@ -1,15 +1,33 @@
 import Synchronization
 
 /// A provider's own quota, as the engine enforces it before calling the provider.
+///
+/// Modelled the way providers meter: a sliding window of submissions (60 s unless the provider documents
+/// another, such as Azure batch synthesis' 100 per 10 s), and concurrent-task slots held from submit until the
+/// task ends, polling and download included.
 public struct ProviderQuota: Sendable, Hashable, Codable {
-    /// Requests in any sliding 60 s window; `nil` for none.
+    /// Submissions in any sliding ``window``; `nil` for none. (Named for the usual 60 s window.)
     public var requestsPerMinute: Int?
     /// Tasks running at once, held from submit until the task ends (polling included).
     public var concurrentTasks: Int?
+    /// The window ``requestsPerMinute`` counts in. Default 60 s.
+    public var window: Duration
+    /// Added to ``window`` on our side, so that a request admitted here a moment before it reaches the provider
+    /// still falls outside the provider's window. Default 250 ms.
+    public var margin: Duration
 
-    public init(requestsPerMinute: Int? = nil, concurrentTasks: Int? = nil) {
+    public init(
+        requestsPerMinute: Int? = nil, concurrentTasks: Int? = nil, window: Duration = .seconds(60),
+        margin: Duration = .milliseconds(250)
+    ) {
         self.requestsPerMinute = requestsPerMinute
         self.concurrentTasks = concurrentTasks
+        self.window = window
+        self.margin = margin
+    }
+
+    var slidingWindow: SlidingWindowLog? {
+        requestsPerMinute.map { SlidingWindowLog(limit: $0, window: window + margin) }
     }
 }
 
@@ -76,10 +94,8 @@ public final class RateLimiter: Sendable {
             let limits = configuration
             if let provider {
                 if let until = state.providerCooldowns[provider], until > now { deny(until - now, .providerCooldown) }
-                if let rpm = quota?.requestsPerMinute {
-                    deny(
-                        state.providerWindows[provider, default: SlidingWindowLog(limit: rpm, window: .seconds(60))]
-                            .retryAfter(at: now), .providerQuota)
+                if let fresh = quota?.slidingWindow {
+                    deny(state.providerWindows[provider, default: fresh].retryAfter(at: now), .providerQuota)
                 }
             }
             if limits.enabled {
@@ -108,9 +124,8 @@ public final class RateLimiter: Sendable {
                 return .denied(retryAfter: wait, limit: kind)
             }
             // Every dimension checked above was stored by its mutating check, except the stateless GCRA read.
-            if let provider, let rpm = quota?.requestsPerMinute {
-                state.providerWindows[provider, default: SlidingWindowLog(limit: rpm, window: .seconds(60))]
-                    .record(at: now)
+            if let provider, let fresh = quota?.slidingWindow {
+                state.providerWindows[provider, default: fresh].record(at: now)
             }
             if limits.enabled {
                 state.users[user]?.record(at: now)

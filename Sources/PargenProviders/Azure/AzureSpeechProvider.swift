@@ -1,0 +1,90 @@
+public import Foundation
+import NIOCore
+import NIOHTTP1
+public import Pargen
+
+/// Azure AI Speech, real-time text to speech: `POST /cognitiveservices/v1` with an SSML body, the format in
+/// `X-Microsoft-OutputFormat` and the key in `Ocp-Apim-Subscription-Key`; the answer is the audio itself.
+public struct AzureSpeechProvider: GenerationProvider {
+    public let descriptor: ProviderDescriptor
+    private let http: ProviderHTTP
+    private let settings: ProviderSettings
+
+    public init(settings: ProviderSettings, connection: ProviderConnection) {
+        self.settings = settings
+        self.http = ProviderHTTP(provider: settings.name, connection: connection)
+        descriptor = ProviderDescriptor(
+            name: settings.name,
+            capabilities: ProviderCapabilities(
+                kinds: [.audio],
+                audioFormats: [.wav, .mp3, .opus, .pcm],
+                maxAudioDuration: .seconds(600),
+                maxPromptLength: 10_000
+            ),
+            pricing: settings.pricing,
+            quota: settings.quota
+        )
+    }
+
+    /// The `X-Microsoft-OutputFormat` value for a format.
+    static func outputFormat(_ format: MediaFormat) -> String {
+        switch format {
+        case .mp3: "audio-24khz-160kbitrate-mono-mp3"
+        case .opus: "ogg-24khz-16bit-mono-opus"
+        case .pcm: "raw-24khz-16bit-mono-pcm"
+        default: "riff-24khz-16bit-mono-pcm"
+        }
+    }
+
+    /// The SSML document for a line of speech, with the text escaped.
+    static func ssml(text: String, voice: String) -> String {
+        let parts = voice.split(separator: "-")
+        let language = parts.count >= 2 ? "\(parts[0])-\(parts[1])" : "en-US"
+        return "<speak version='1.0' xml:lang='\(xmlEscaped(language))'><voice name='\(xmlEscaped(voice))'>"
+            + xmlEscaped(text) + "</voice></speak>"
+    }
+
+    static func xmlEscaped(_ text: String) -> String {
+        var out = ""
+        out.reserveCapacity(text.count)
+        for character in text {
+            switch character {
+            case "&": out += "&amp;"
+            case "<": out += "&lt;"
+            case ">": out += "&gt;"
+            case "'": out += "&apos;"
+            case "\"": out += "&quot;"
+            default: out.append(character)
+            }
+        }
+        return out
+    }
+
+    public func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        let format = descriptor.capabilities.outputFormat(for: request)
+        var headers = HTTPHeaders()
+        if let key = http.connection.apiKey { headers.add(name: "Ocp-Apim-Subscription-Key", value: key.secret) }
+        headers.add(name: "Content-Type", value: "application/ssml+xml")
+        headers.add(name: "X-Microsoft-OutputFormat", value: Self.outputFormat(format))
+        headers.add(name: "Idempotency-Key", value: context.idempotencyKey)
+        let voice = request.voice ?? settings.voice ?? "en-US-AvaMultilingualNeural"
+        _ = try await SyncMediaCall(http: http, classify: classify).post(
+            http.url("/cognitiveservices/v1"),
+            headers: headers,
+            body: ByteBuffer(string: Self.ssml(text: request.prompt, voice: voice)),
+            to: context.destination,
+            accepting: ["audio/", "application/octet-stream"]
+        )
+        return ProviderOutput(format: format, duration: request.duration)
+    }
+
+    /// Real-time errors usually have no body: the status says it all (429 quota, 400/401/415 terminal,
+    /// 502/503 transient). Batch synthesis answers `{"error": {"code", "message"}}`.
+    private func classify(_ answer: HTTPExchange) -> GenerationError {
+        let error = answer.json?["error"]
+        let message =
+            error?["message"]?.string
+            ?? (answer.text.isEmpty ? "HTTP \(answer.status.code)" : String(answer.text.prefix(200)))
+        return http.classify(answer, code: error?["code"]?.string, message: message)
+    }
+}

@@ -1,0 +1,345 @@
+public import AsyncHTTPClient
+import Configuration
+public import Foundation
+public import Pargen
+import SystemPackage
+import Yams
+
+/// Everything a configuration file sets: the engine's configuration and the providers.
+///
+/// The file is YAML or JSON (by extension), read with swift-configuration; any value can be overridden by
+/// an environment variable named `PARGEN_` plus the key path in upper snake case
+/// (`rateLimits.maxBurst` → `PARGEN_RATE_LIMITS_MAX_BURST`, `providers.openai.baseURL` →
+/// `PARGEN_PROVIDERS_OPENAI_BASE_URL`). Unknown keys and bad values are errors naming their path.
+///
+/// ```swift
+/// let setup = try await PargenSetup.load(file: "pargen.yaml")
+/// let http = ProviderConnection.makeHTTPClient()
+/// let generator = ParallelGenerator(
+///     configuration: setup.configuration, providers: try setup.makeProviders(httpClient: http))
+/// ```
+public struct PargenSetup: Sendable {
+    public var configuration: PargenConfiguration
+    public var providers: [ProviderSettings]
+    /// Whether the local (offline) providers run too. Default: only when no provider is configured.
+    public var includeLocalProviders: Bool
+
+    public init(
+        configuration: PargenConfiguration = .init(),
+        providers: [ProviderSettings] = [],
+        includeLocalProviders: Bool? = nil
+    ) {
+        self.configuration = configuration
+        self.providers = providers
+        self.includeLocalProviders = includeLocalProviders ?? providers.isEmpty
+    }
+
+    /// Builds the adapters, reading each API key from its environment variable.
+    ///
+    /// - Throws: ``ConfigurationFileError`` naming each provider whose key variable is unset.
+    public func makeProviders(
+        httpClient: HTTPClient,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) throws -> [any GenerationProvider] {
+        var problems: [String] = []
+        var made: [any GenerationProvider] = []
+        for settings in providers {
+            var key: APIKey?
+            if !settings.apiKeyEnvironment.isEmpty {
+                guard let value = environment[settings.apiKeyEnvironment], !value.isEmpty else {
+                    problems.append(
+                        "providers.\(settings.name).apiKeyEnv: environment variable \(settings.apiKeyEnvironment) is not set"
+                    )
+                    continue
+                }
+                key = APIKey(value)
+            }
+            made.append(Self.adapter(settings, connection: settings.connection(apiKey: key, httpClient: httpClient)))
+        }
+        if !problems.isEmpty { throw ConfigurationFileError(problems: problems) }
+        if includeLocalProviders { made += LocalProvider.demoProviders(reliable: true, seed: configuration.randomSeed) }
+        return made
+    }
+
+    /// The adapter for a provider's protocol.
+    public static func adapter(_ settings: ProviderSettings, connection: ProviderConnection) -> any GenerationProvider {
+        switch settings.wireProtocol {
+        case .openai: OpenAIProvider(settings: settings, connection: connection)
+        case .elevenlabs: ElevenLabsProvider(settings: settings, connection: connection)
+        case .minimax: MiniMaxProvider(settings: settings, connection: connection)
+        case .runway: RunwayProvider(settings: settings, connection: connection)
+        case .azure: AzureSpeechProvider(settings: settings, connection: connection)
+        }
+    }
+}
+
+extension ProviderSettings {
+    public func connection(apiKey: APIKey?, httpClient: HTTPClient) -> ProviderConnection {
+        ProviderConnection(
+            baseURL: baseURL,
+            apiKey: apiKey,
+            httpClient: httpClient,
+            requestTimeout: requestTimeout,
+            pollInterval: pollInterval,
+            taskTimeout: taskTimeout
+        )
+    }
+}
+
+/// Problems found in a configuration file, each as `path: what is wrong`.
+public struct ConfigurationFileError: Error, Sendable, CustomStringConvertible {
+    public var problems: [String]
+    public init(problems: [String]) { self.problems = problems }
+    public var description: String { "configuration: " + problems.joined(separator: "; ") }
+}
+
+// MARK: - Loading
+
+extension PargenSetup {
+    /// The keys a file may hold. `*` stands for any name (a provider, a project). Immutable, so shared safely.
+    nonisolated(unsafe) static let schema: [String: Any] = [
+        "providers": [
+            "*": [
+                "protocol": 0, "baseURL": 0, "apiKeyEnv": 0, "speechModel": 0, "videoModel": 0, "voice": 0,
+                "requestsPerMinute": 0, "quotaWindowSeconds": 0, "quotaMarginMilliseconds": 0, "concurrentTasks": 0,
+                "pollIntervalSeconds": 0, "requestTimeoutSeconds": 0, "taskTimeoutSeconds": 0, "batchBaseURL": 0,
+                "batchThreshold": 0, "enabled": 0,
+                "prices": ["perRequest": 0, "perCharacter": 0, "perAudioSecond": 0, "perVideoSecond": 0],
+            ]
+        ],
+        "localProviders": 0,
+        "rateLimits": [
+            "perUserRequestsPerMinute": 0, "perProjectRequestsPerMinute": 0, "tokenBucketCapacity": 0, "maxBurst": 0,
+            "burstWindowSeconds": 0, "burstCooldownSeconds": 0, "enabled": 0,
+        ],
+        "batching": [
+            "maxJobsPerBatch": 0, "maxTotalCostPerBatch": 0, "maxTotalDurationPerBatchSeconds": 0,
+            "maxBatchesInFlight": 0, "pacingJitterMilliseconds": 0, "similarityThreshold": 0,
+        ],
+        "resources": [
+            "maxAPICalls": 0, "maxConcurrentJobs": 0, "maxMemoryMB": 0, "maxStorageGB": 0, "scaleUpThreshold": 0,
+            "scaleDownThreshold": 0,
+        ],
+        "cache": ["enabled": 0, "memoryCapacity": 0, "timeToLiveSeconds": 0],
+        "retry": ["maxAttempts": 0, "baseDelaySeconds": 0, "maxDelaySeconds": 0, "multiplier": 0],
+        "budgets": [
+            "global": 0, "defaultPerProject": 0, "alertThreshold": 0, "projects": ["*": 0], "campaigns": ["*": 0],
+        ],
+    ]
+
+    /// Reads a YAML (`.yaml`, `.yml`) or JSON (`.json`) file, with `PARGEN_…` environment overrides.
+    public static func load(
+        file path: String,
+        environment: [String: String] = ProcessInfo.processInfo.environment
+    ) async throws -> PargenSetup {
+        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8)
+        else {
+            throw ConfigurationFileError(problems: ["\(path): cannot be read"])
+        }
+        let tree: Any?
+        do {
+            tree = try Yams.load(yaml: text)
+        } catch {
+            throw ConfigurationFileError(problems: ["\(path): not valid YAML or JSON: \(error)"])
+        }
+        var problems: [String] = []
+        Self.checkKeys(tree ?? [String: Any](), schema: Self.schema, path: "", problems: &problems)
+        let filePath = FilePath(path)
+        let file: any ConfigProvider =
+            path.lowercased().hasSuffix(".json")
+            ? try await FileProvider<JSONSnapshot>(filePath: filePath)
+            : try await FileProvider<YAMLSnapshot>(filePath: filePath)
+        let overrides = EnvironmentVariablesProvider(
+            environmentVariables: environment.filter { $0.key.hasPrefix("PARGEN_") }
+        ).prefixKeys(with: "pargen")
+        let reader = ValueReader(config: ConfigReader(providers: [overrides, file]))
+        let root = tree as? [String: Any] ?? [:]
+        let providerNames = ((root["providers"] as? [String: Any]) ?? [:]).keys.sorted()
+        let projectNames = (((root["budgets"] as? [String: Any])?["projects"] as? [String: Any]) ?? [:]).keys.sorted()
+        let campaignNames = (((root["budgets"] as? [String: Any])?["campaigns"] as? [String: Any]) ?? [:]).keys.sorted()
+        var setup = reader.read(providers: providerNames, projects: projectNames, campaigns: campaignNames)
+        if let local = reader.bool("localProviders") { setup.includeLocalProviders = local }
+        problems += reader.problems
+        guard problems.isEmpty else { throw ConfigurationFileError(problems: problems) }
+        return setup
+    }
+
+    static func checkKeys(_ node: Any, schema: Any, path: String, problems: inout [String]) {
+        guard let allowed = schema as? [String: Any] else { return }
+        guard let object = node as? [String: Any] else {
+            problems.append("\(path.isEmpty ? "(top level)" : path): expected a mapping of keys")
+            return
+        }
+        for (key, value) in object.sorted(by: { $0.key < $1.key }) {
+            let child = path.isEmpty ? key : "\(path).\(key)"
+            if let sub = allowed[key] ?? allowed["*"] {
+                checkKeys(value, schema: sub, path: child, problems: &problems)
+            } else {
+                problems.append("\(child): unknown key")
+            }
+        }
+    }
+}
+
+/// Typed reads that record a problem, with the key's path, for a value of the wrong type or range.
+final class ValueReader {
+    let config: ConfigReader
+    var problems: [String] = []
+
+    init(config: ConfigReader) { self.config = config }
+
+    private func read<T>(_ key: String, _ type: String, _ body: (ConfigKey) throws -> T) -> T? {
+        do {
+            return try body(ConfigKey(key))
+        } catch {
+            if String(describing: error).hasPrefix("Missing required config value") { return nil }
+            problems.append("\(key): expected \(type)")
+            return nil
+        }
+    }
+
+    func string(_ key: String) -> String? { read(key, "text") { try config.requiredString(forKey: $0) } }
+    func bool(_ key: String) -> Bool? { read(key, "true or false") { try config.requiredBool(forKey: $0) } }
+
+    func int(_ key: String, min minimum: Int = 1) -> Int? {
+        guard let value = read(key, "a whole number", { try config.requiredInt(forKey: $0) }) else { return nil }
+        guard value >= minimum else {
+            problems.append("\(key): must be at least \(minimum), not \(value)")
+            return nil
+        }
+        return value
+    }
+
+    func double(_ key: String, in range: ClosedRange<Double> = 0...Double.greatestFiniteMagnitude) -> Double? {
+        let value = read(key, "a number") { key -> Double in
+            if let int = try? config.requiredInt(forKey: key) { return Double(int) }
+            return try config.requiredDouble(forKey: key)
+        }
+        guard let value else { return nil }
+        guard range.contains(value) else {
+            problems.append("\(key): must be within \(range.lowerBound)...\(range.upperBound), not \(value)")
+            return nil
+        }
+        return value
+    }
+
+    func seconds(_ key: String) -> Duration? {
+        double(key, in: 0...31_536_000).map { .milliseconds(Int64(($0 * 1000).rounded())) }
+    }
+
+    func money(_ key: String) -> Money? {
+        let text: String? =
+            (try? config.requiredString(forKey: ConfigKey(key)))
+            ?? double(key).map { String(format: "%.9f", $0) }
+        guard let text else { return nil }
+        guard let money = Money(parsing: text), money >= .zero else {
+            problems.append("\(key): expected an amount such as 0.015 or 300, not \(text)")
+            return nil
+        }
+        return money
+    }
+
+    func read(providers: [String], projects: [String], campaigns: [String]) -> PargenSetup {
+        var configuration = PargenConfiguration()
+        var limits = configuration.rateLimits
+        if let v = int("rateLimits.perUserRequestsPerMinute") { limits.perUserRequestsPerMinute = v }
+        if let v = int("rateLimits.perProjectRequestsPerMinute") { limits.perProjectRequestsPerMinute = v }
+        if let v = int("rateLimits.tokenBucketCapacity") { limits.tokenBucketCapacity = v }
+        if let v = int("rateLimits.maxBurst") { limits.maxBurst = v }
+        if let v = seconds("rateLimits.burstWindowSeconds") { limits.burstWindow = v }
+        if let v = seconds("rateLimits.burstCooldownSeconds") { limits.burstCooldown = v }
+        if let v = bool("rateLimits.enabled") { limits.enabled = v }
+        configuration.rateLimits = limits
+
+        var batching = configuration.batching
+        if let v = int("batching.maxJobsPerBatch") { batching.maxJobsPerBatch = v }
+        if let v = money("batching.maxTotalCostPerBatch") { batching.maxTotalCostPerBatch = v }
+        if let v = seconds("batching.maxTotalDurationPerBatchSeconds") { batching.maxTotalDurationPerBatch = v }
+        if let v = int("batching.maxBatchesInFlight") { batching.maxBatchesInFlight = v }
+        if let v = double("batching.pacingJitterMilliseconds", in: 0...60_000) {
+            batching.pacingJitter = .milliseconds(Int64(v))
+        }
+        if let v = double("batching.similarityThreshold", in: 0...1) { batching.similarityThreshold = v }
+        configuration.batching = batching
+
+        var resources = configuration.resources
+        if let v = int("resources.maxAPICalls") { resources.maxAPICalls = v }
+        if let v = int("resources.maxConcurrentJobs") { resources.maxConcurrentJobs = v }
+        if let v = int("resources.maxMemoryMB") { resources.maxMemoryMB = v }
+        if let v = int("resources.maxStorageGB") { resources.maxStorageGB = v }
+        if let v = double("resources.scaleUpThreshold", in: 0...1) { resources.scaleUpThreshold = v }
+        if let v = double("resources.scaleDownThreshold", in: 0...1) { resources.scaleDownThreshold = v }
+        configuration.resources = resources
+
+        if let v = bool("cache.enabled") { configuration.caching.enabled = v }
+        if let v = int("cache.memoryCapacity") { configuration.caching.memoryCapacity = v }
+        if let v = seconds("cache.timeToLiveSeconds") { configuration.caching.timeToLive = v }
+
+        if let v = int("retry.maxAttempts") { configuration.retry.maxAttempts = v }
+        if let v = seconds("retry.baseDelaySeconds") { configuration.retry.baseDelay = v }
+        if let v = seconds("retry.maxDelaySeconds") { configuration.retry.maxDelay = v }
+        if let v = double("retry.multiplier", in: 1...10) { configuration.retry.multiplier = v }
+
+        if let v = money("budgets.global") { configuration.budgets.global = v }
+        if let v = money("budgets.defaultPerProject") { configuration.budgets.defaultPerProject = v }
+        if let v = double("budgets.alertThreshold", in: 0...1) { configuration.budgets.alertThreshold = v }
+        for name in projects {
+            if let v = money("budgets.projects.\(name)") { configuration.budgets.perProject[name] = v }
+        }
+        for name in campaigns {
+            if let v = money("budgets.campaigns.\(name)") { configuration.budgets.perCampaign[name] = v }
+        }
+
+        var settings: [ProviderSettings] = []
+        for name in providers {
+            let path = "providers.\(name)"
+            if bool("\(path).enabled") == false { continue }
+            let protocolName = string("\(path).protocol") ?? name
+            guard let wire = ProviderProtocol(rawValue: protocolName.lowercased()) else {
+                problems.append(
+                    "\(path).protocol: unknown protocol \(protocolName) (one of \(ProviderProtocol.allCases.map(\.rawValue).joined(separator: ", ")))"
+                )
+                continue
+            }
+            var provider = ProviderSettings.defaults(for: wire)
+            provider.name = name
+            if let v = string("\(path).baseURL") {
+                if let url = URL(string: v), ["http", "https"].contains(url.scheme ?? ""), url.host != nil {
+                    provider.baseURL = v
+                } else {
+                    problems.append("\(path).baseURL: expected an http(s) URL, not \(v)")
+                }
+            }
+            if let v = string("\(path).apiKeyEnv") { provider.apiKeyEnvironment = v }
+            if let v = string("\(path).speechModel") { provider.speechModel = v }
+            if let v = string("\(path).videoModel") { provider.videoModel = v }
+            if let v = string("\(path).voice") { provider.voice = v }
+            if let v = int("\(path).requestsPerMinute") { provider.quota.requestsPerMinute = v }
+            if let v = seconds("\(path).quotaWindowSeconds") { provider.quota.window = v }
+            if let v = double("\(path).quotaMarginMilliseconds", in: 0...60_000) {
+                provider.quota.margin = .milliseconds(Int64(v))
+            }
+            if let v = int("\(path).concurrentTasks") { provider.quota.concurrentTasks = v }
+            if let v = seconds("\(path).pollIntervalSeconds") { provider.pollInterval = v }
+            if let v = seconds("\(path).requestTimeoutSeconds") { provider.requestTimeout = v }
+            if let v = seconds("\(path).taskTimeoutSeconds") { provider.taskTimeout = v }
+            if let v = string("\(path).batchBaseURL") { provider.batchBaseURL = v }
+            if let v = int("\(path).batchThreshold") { provider.batchThreshold = v }
+            let prices = [
+                money("\(path).prices.perRequest"), money("\(path).prices.perCharacter"),
+                money("\(path).prices.perAudioSecond"), money("\(path).prices.perVideoSecond"),
+            ]
+            if prices.contains(where: { $0 != nil }) {
+                // Prices from the file replace the whole default list, per-model prices included.
+                provider.pricing = ProviderPricing(
+                    perRequest: prices[0] ?? .zero,
+                    perCharacter: prices[1] ?? .zero,
+                    perAudioSecond: prices[2] ?? .zero,
+                    perVideoSecond: prices[3] ?? .zero
+                )
+            }
+            settings.append(provider)
+        }
+        return PargenSetup(configuration: configuration, providers: settings)
+    }
+}

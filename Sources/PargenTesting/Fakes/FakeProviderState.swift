@@ -1,0 +1,366 @@
+import DequeModule
+public import Foundation
+import Synchronization
+
+/// The protocols the fakes speak (the same as `ProviderProtocol` in PargenProviders, which this target does
+/// not import).
+public enum FakeProtocol: String, Sendable, CaseIterable, Codable {
+    case openai, elevenlabs, minimax, runway, azure
+}
+
+/// How a fake provider behaves: its quotas, its timing and the faults it injects.
+public struct FakeProviderOptions: Sendable {
+    public var wireProtocol: FakeProtocol
+    /// The key clients must send; `nil` accepts any (or none).
+    public var apiKey: String?
+    /// Submissions allowed in any sliding ``window``; `nil` for none.
+    public var requestsPerWindow: Int?
+    public var window: Duration
+    /// Tasks (and synchronous calls) running at once; `nil` for none.
+    public var concurrentTasks: Int?
+    /// How long an asynchronous task runs, in seconds (uniform in the range).
+    public var taskSeconds: ClosedRange<Double>
+    /// How long a synchronous call (speech) or an API answer takes, in seconds.
+    public var latencySeconds: ClosedRange<Double>
+    /// Size of a generated video file.
+    public var videoBytes: Int
+    /// Size of generated audio.
+    public var audioBytes: Int
+    /// Share of submissions answered with the provider's 5xx (or MiniMax 1024 on HTTP 200).
+    public var errorRate: Double
+    /// Share of submissions whose connection hangs without an answer.
+    public var hangRate: Double
+    /// Share of submissions answered with a malformed body.
+    public var malformedRate: Double
+    /// Share of downloads cut short after half the bytes.
+    public var truncateRate: Double
+    /// Share of result links that are expired on first use (403), as signed links are after their lifetime.
+    public var expiredLinkRate: Double
+    /// Most download faults (expired, truncated) injected into one result; later fetches are whole.
+    public var maxFaultsPerResult: Int
+    public var seed: UInt64
+    /// The fake stops by itself after this long (a forgotten fake never outlives its test run).
+    public var lifetime: Duration
+
+    public init(
+        wireProtocol: FakeProtocol,
+        apiKey: String? = nil,
+        requestsPerWindow: Int? = nil,
+        window: Duration = .seconds(60),
+        concurrentTasks: Int? = nil,
+        taskSeconds: ClosedRange<Double> = 0.05...0.15,
+        latencySeconds: ClosedRange<Double> = 0.0...0.01,
+        videoBytes: Int = 64 * 1024,
+        audioBytes: Int = 8 * 1024,
+        errorRate: Double = 0,
+        hangRate: Double = 0,
+        malformedRate: Double = 0,
+        truncateRate: Double = 0,
+        expiredLinkRate: Double = 0,
+        maxFaultsPerResult: Int = .max,
+        seed: UInt64 = 1,
+        lifetime: Duration = .seconds(3600)
+    ) {
+        self.maxFaultsPerResult = maxFaultsPerResult
+        self.wireProtocol = wireProtocol
+        self.apiKey = apiKey
+        self.requestsPerWindow = requestsPerWindow
+        self.window = window
+        self.concurrentTasks = concurrentTasks
+        self.taskSeconds = taskSeconds
+        self.latencySeconds = latencySeconds
+        self.videoBytes = videoBytes
+        self.audioBytes = audioBytes
+        self.errorRate = errorRate
+        self.hangRate = hangRate
+        self.malformedRate = malformedRate
+        self.truncateRate = truncateRate
+        self.expiredLinkRate = expiredLinkRate
+        self.seed = seed
+        self.lifetime = lifetime
+    }
+}
+
+/// One submission the fake received, accepted or not.
+public struct FakeSubmission: Sendable, Hashable, Codable {
+    /// Seconds since the fake started.
+    public var time: Double
+    public var endpoint: String
+    /// The client's `Idempotency-Key` header (Pargen sends `JOB:ATTEMPT`), if any.
+    public var key: String?
+    /// The `X-Pargen-User` header, if any.
+    public var user: String?
+    public var prompt: String
+    public var accepted: Bool
+    /// Why it was refused: `rate`, `concurrency`, `auth`, `fault`, `invalid`, `policy`; `throttled` for a
+    /// Runway task accepted over the concurrency quota.
+    public var refusal: String?
+    public var taskID: String?
+}
+
+/// What a fake decided about one submission.
+enum FakeAdmission {
+    case accepted
+    case overRate(retryAfter: Double)
+    case overConcurrency
+}
+
+/// A task the fake is running.
+struct FakeTask: Sendable {
+    var id: String
+    var video: Bool
+    var prompt: String
+    var submittedAt: Double
+    /// When it started running; `nil` while it waits (Runway `THROTTLED`).
+    var startedAt: Double?
+    var seconds: Double
+    var fails: Bool
+    var cancelled = false
+    var linkUses = 0
+    var faults = 0
+
+    func endsAt() -> Double? { startedAt.map { $0 + seconds } }
+}
+
+/// The state of a fake provider: its submission log, quota windows and tasks. Thread-safe.
+public final class FakeProviderState: Sendable {
+    public let options: FakeProviderOptions
+    private let started = ContinuousClock.now
+
+    private struct State {
+        var log: [FakeSubmission] = []
+        var window: Deque<Double> = []
+        var tasks: [String: FakeTask] = [:]
+        var taskOrder: [String] = []
+        var syncInFlight = 0
+        var peakConcurrency = 0
+        var nextID = 1
+        var random: UInt64
+        var pollCount = 0
+        var downloads = 0
+    }
+
+    private let state: Mutex<State>
+
+    public init(options: FakeProviderOptions) {
+        self.options = options
+        state = Mutex(State(random: options.seed))
+    }
+
+    /// Seconds since the fake started.
+    public var now: Double {
+        let elapsed = ContinuousClock.now - started
+        return Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+    }
+
+    // MARK: Reading the log
+
+    public func submissions() -> [FakeSubmission] { state.withLock { $0.log } }
+
+    /// Submissions refused for quota (`rate`, `concurrency`) or accepted over it (`throttled`): each one is a
+    /// quota the client exceeded.
+    public func quotaViolations() -> Int {
+        state.withLock { $0.log.filter { ["rate", "concurrency", "throttled"].contains($0.refusal ?? "") }.count }
+    }
+
+    /// The most accepted submissions in any window of the quota's length, from the log.
+    public func busiestWindow() -> Int {
+        let times = state.withLock { $0.log.filter(\.accepted).map(\.time) }.sorted()
+        let window = options.window.secondsDouble
+        var best = 0
+        var start = 0
+        for end in times.indices {
+            while times[end] - times[start] >= window { start += 1 }
+            best = max(best, end - start + 1)
+        }
+        return best
+    }
+
+    /// The most tasks and synchronous calls that ever ran at once.
+    public var peakConcurrency: Int { state.withLock { $0.peakConcurrency } }
+    public var polls: Int { state.withLock { $0.pollCount } }
+
+    /// Accepted submissions per prompt that came more than once (nothing should).
+    public func duplicatePrompts() -> [String: Int] {
+        let counts = state.withLock { state in
+            Dictionary(state.log.filter(\.accepted).map { ($0.prompt, 1) }, uniquingKeysWith: +)
+        }
+        return counts.filter { $0.value > 1 }
+    }
+
+    // MARK: Deciding
+
+    func random() -> Double {
+        state.withLock { state in
+            state.random &+= 0x9E37_79B9_7F4A_7C15
+            var z = state.random
+            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+            z ^= z >> 31
+            return Double(z >> 11) / Double(1 << 53)
+        }
+    }
+
+    func chance(_ rate: Double) -> Bool { rate > 0 && random() < rate }
+
+    func uniform(_ range: ClosedRange<Double>) -> Double {
+        range.lowerBound + (range.upperBound - range.lowerBound) * random()
+    }
+
+    /// Running work at `now`: tasks started and not ended, plus synchronous calls.
+    private static func running(_ state: State, now: Double) -> Int {
+        state.syncInFlight
+            + state.tasks.values.filter { task in
+                guard let start = task.startedAt, !task.cancelled else { return false }
+                return start <= now && now < start + task.seconds
+            }.count
+    }
+
+    /// Starts throttled tasks whose turn has come (in submission order, as Runway does).
+    private func promote(_ state: inout State, now: Double) {
+        guard let cap = options.concurrentTasks else { return }
+        for id in state.taskOrder where state.tasks[id]?.startedAt == nil && state.tasks[id]?.cancelled == false {
+            // The earliest moment a slot is free: now, if one is.
+            if Self.running(state, now: now) < cap {
+                state.tasks[id]!.startedAt = now
+            } else {
+                break
+            }
+        }
+    }
+
+    /// Records a submission and decides on it against the quotas. Tasks hold a slot from creation until they
+    /// end; synchronous calls (`sync`) hold one until ``finishSync()``.
+    func admit(
+        endpoint: String,
+        key: String?,
+        user: String?,
+        prompt: String,
+        sync: Bool,
+        queueOverConcurrency: Bool = false
+    ) -> FakeAdmission {
+        let now = self.now
+        return state.withLock { state in
+            promote(&state, now: now)
+            var entry = FakeSubmission(
+                time: now,
+                endpoint: endpoint,
+                key: key,
+                user: user,
+                prompt: prompt,
+                accepted: false,
+                refusal: nil
+            )
+            let window = options.window.secondsDouble
+            while let first = state.window.first, now - first >= window { state.window.removeFirst() }
+            if let limit = options.requestsPerWindow, state.window.count >= limit {
+                entry.refusal = "rate"
+                state.log.append(entry)
+                return .overRate(retryAfter: max(0.001, state.window.first! + window - now))
+            }
+            if let cap = options.concurrentTasks, Self.running(state, now: now) >= cap {
+                if !queueOverConcurrency {
+                    entry.refusal = "concurrency"
+                    state.log.append(entry)
+                    return .overConcurrency
+                }
+                entry.refusal = "throttled"
+            }
+            state.window.append(now)
+            entry.accepted = true
+            state.log.append(entry)
+            if sync { state.syncInFlight += 1 }
+            state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
+            return .accepted
+        }
+    }
+
+    /// Marks the last logged submission with its refusal (a fault or a policy refusal after admission).
+    func refuseLast(prompt: String, reason: String) {
+        state.withLock { state in
+            if let index = state.log.lastIndex(where: { $0.prompt == prompt && $0.accepted }) {
+                state.log[index].accepted = false
+                state.log[index].refusal = reason
+            }
+        }
+    }
+
+    func finishSync() { state.withLock { $0.syncInFlight -= 1 } }
+
+    /// Creates a task for an accepted submission. Over the concurrency quota (Runway) it waits, `THROTTLED`.
+    func createTask(prompt: String, video: Bool, prefix: String) -> FakeTask {
+        let now = self.now
+        let seconds = uniform(options.taskSeconds)
+        return state.withLock { state in
+            let id = "\(prefix)\(state.nextID)"
+            state.nextID += 1
+            var task = FakeTask(
+                id: id,
+                video: video,
+                prompt: prompt,
+                submittedAt: now,
+                startedAt: nil,
+                seconds: seconds,
+                fails: prompt.contains("[[fail]]")
+            )
+            if options.concurrentTasks.map({ Self.running(state, now: now) < $0 }) ?? true { task.startedAt = now }
+            state.tasks[id] = task
+            state.taskOrder.append(id)
+            if let index = state.log.lastIndex(where: { $0.prompt == prompt && $0.accepted }) {
+                state.log[index].taskID = id
+            }
+            state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
+            return task
+        }
+    }
+
+    /// The task as of now (throttled tasks promoted first), or `nil` if unknown.
+    func task(_ id: String) -> FakeTask? {
+        let now = self.now
+        return state.withLock { state in
+            state.pollCount += 1
+            promote(&state, now: now)
+            return state.tasks[id]
+        }
+    }
+
+    func cancel(_ id: String) -> Bool {
+        state.withLock { state in
+            guard state.tasks[id] != nil else { return false }
+            state.tasks[id]!.cancelled = true
+            return true
+        }
+    }
+
+    /// What a use of a task's result link gets: refused as expired (only ever on the first use), cut short,
+    /// or whole; at most ``FakeProviderOptions/maxFaultsPerResult`` faults per result.
+    enum LinkUse { case expired, truncated, whole }
+
+    func useLink(_ id: String) -> LinkUse? {
+        let expire = chance(options.expiredLinkRate)
+        let truncate = chance(options.truncateRate)
+        return state.withLock { state in
+            guard var task = state.tasks[id] else { return nil }
+            task.linkUses += 1
+            state.downloads += 1
+            var use = LinkUse.whole
+            if task.faults < options.maxFaultsPerResult {
+                if expire && task.linkUses == 1 {
+                    use = .expired
+                } else if truncate {
+                    use = .truncated
+                }
+            }
+            if use != .whole { task.faults += 1 }
+            state.tasks[id] = task
+            return use
+        }
+    }
+
+    /// Decides a truncation fault for a synchronous answer (speech).
+    func truncateAnswer() -> Bool { chance(options.truncateRate) }
+}
+
+extension Duration {
+    var secondsDouble: Double { Double(components.seconds) + Double(components.attoseconds) / 1e18 }
+}

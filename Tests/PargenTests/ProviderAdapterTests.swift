@@ -1,0 +1,375 @@
+import AsyncHTTPClient
+import Foundation
+import Pargen
+import PargenProviders
+import PargenTesting
+import Testing
+
+/// A fake provider on 127.0.0.1 and the adapter pointed at it.
+struct FakeBench {
+    static let key = "sk-test-0123456789abcdef"
+    let fake: FakeProviderServer
+    let provider: any GenerationProvider
+    let settings: ProviderSettings
+
+    static func start(
+        _ wire: ProviderProtocol,
+        options: (inout FakeProviderOptions) -> Void = { _ in },
+        name: String? = nil,
+        clientKey: String = key,
+        quota: ProviderQuota? = nil,
+        http: HTTPClient
+    ) async throws -> FakeBench {
+        var fakeOptions = FakeProviderOptions(
+            wireProtocol: FakeProtocol(rawValue: wire.rawValue)!,
+            apiKey: key,
+            lifetime: .seconds(120)
+        )
+        options(&fakeOptions)
+        let fake = try await FakeProviderServer.start(fakeOptions)
+        var settings = ProviderSettings.defaults(for: wire)
+        settings.name = name ?? wire.rawValue
+        settings.baseURL = fake.baseURL
+        settings.pollInterval = .milliseconds(20)
+        settings.requestTimeout = .seconds(2)
+        settings.taskTimeout = .seconds(30)
+        settings.quota = quota ?? ProviderQuota()
+        let connection = settings.connection(apiKey: APIKey(clientKey), httpClient: http)
+        return FakeBench(
+            fake: fake,
+            provider: PargenSetup.adapter(settings, connection: connection),
+            settings: settings
+        )
+    }
+}
+
+/// Configuration for real-time tests against fakes: fast retries, no user/project limits, no cache.
+func fakeTestConfiguration() -> PargenConfiguration {
+    var configuration = PargenConfiguration()
+    configuration.rateLimits = .unlimited
+    configuration.retry.baseDelay = .milliseconds(20)
+    configuration.retry.maxDelay = .milliseconds(200)
+    configuration.retry.maxAttempts = 6
+    configuration.batching.pacingJitter = .zero
+    configuration.caching.enabled = false
+    return configuration
+}
+
+func runAgainstFakes(
+    _ providers: [any GenerationProvider],
+    _ requests: [GenerationRequest],
+    configuration: PargenConfiguration = fakeTestConfiguration()
+) async throws -> (results: [GenerationResult], stats: SystemStats) {
+    let generator = ParallelGenerator(
+        configuration: configuration,
+        providers: providers,
+        outputDirectory: temporaryDirectory(),
+        clock: .continuous
+    )
+    try await generator.start()
+    let results = try await generator.generate(requests)
+    let stats = await generator.systemStats()
+    try await generator.stop()
+    return (results, stats)
+}
+
+/// One client for the whole test process, as in production (never shut down: it lives as long as the process).
+let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
+
+@Suite(.timeLimit(.minutes(2))) struct ProviderAdapterTests {
+    let http = sharedTestHTTPClient
+
+    func close() async {}
+
+    func expectMedia(_ result: GenerationResult, magic: String, offset: Int = 0, bytes: Int) throws {
+        let artifact = try #require(result.artifact, "\(result.error?.description ?? "no artifact")")
+        let data = try Data(contentsOf: artifact.url)
+        #expect(data.count == bytes)
+        #expect(data.dropFirst(offset).starts(with: Array(magic.utf8)))
+        #expect(try sha256sum(artifact.url) == artifact.sha256)
+    }
+
+    @Test func openAISpeechAndVideoThroughTheEngine() async throws {
+        let bench = try await FakeBench.start(.openai, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [
+                .audio(prompt: "Welcome to the show", format: .mp3, voice: "nova"),
+                .audio(prompt: "A wav line", format: .wav),
+                .video(prompt: "A lighthouse at dawn", duration: .seconds(4), resolution: .p720),
+            ]
+        )
+        try expectMedia(results[0], magic: "ID3", bytes: bench.fake.state.options.audioBytes)
+        try expectMedia(results[1], magic: "RIFF", bytes: bench.fake.state.options.audioBytes)
+        try expectMedia(results[2], magic: "ftyp", offset: 4, bytes: bench.fake.state.options.videoBytes)
+        #expect(results[2].artifact?.providerTaskID?.hasPrefix("video_") == true, "the task id is kept")
+        let log = bench.fake.state.submissions()
+        #expect(log.count == 3 && log.allSatisfy { $0.accepted })
+        #expect(log.allSatisfy { $0.key?.contains(":1") == true }, "each submit carries JOB:ATTEMPT")
+        #expect(bench.fake.state.polls >= 1)
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func elevenLabsSpeechAndSoundEffects() async throws {
+        let bench = try await FakeBench.start(.elevenlabs, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [
+                .audio(prompt: "Hello from ElevenLabs", format: .mp3),
+                .audio(
+                    prompt: "Rain on a tin roof",
+                    duration: .seconds(4),
+                    format: .wav,
+                    model: "eleven_text_to_sound_v2"
+                ),
+                .audio(prompt: "Too long a sound", duration: .seconds(40), model: "eleven_text_to_sound_v2"),
+            ]
+        )
+        try expectMedia(results[0], magic: "ID3", bytes: bench.fake.state.options.audioBytes)
+        try expectMedia(results[1], magic: "RIFF", bytes: bench.fake.state.options.audioBytes)
+        #expect(results[2].error?.code == .invalidRequest, "refused before anything is spent")
+        #expect(results[2].error?.field == "duration")
+        #expect(bench.fake.state.submissions().map(\.endpoint).sorted() == ["sound-generation", "text-to-speech"])
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func miniMaxHexSpeechAndVideoThroughFilesRetrieve() async throws {
+        let bench = try await FakeBench.start(.minimax, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [
+                .audio(prompt: "Speech decoded from hex", format: .wav),
+                .video(prompt: "Mountains in fog", duration: .seconds(6), resolution: .p720),
+                .video(prompt: "Ten seconds in 1080p", duration: .seconds(10), resolution: .p1080),
+            ]
+        )
+        try expectMedia(results[0], magic: "RIFF", bytes: bench.fake.state.options.audioBytes)
+        try expectMedia(results[1], magic: "ftyp", offset: 4, bytes: bench.fake.state.options.videoBytes)
+        #expect(results[2].error?.code == .invalidRequest)
+        #expect(
+            results[0].actualCost == bench.settings.pricing.perCharacter * Int64("Speech decoded from hex".count),
+            "billed characters"
+        )
+        #expect(bench.fake.state.submissions().count == 2)
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func runwayTextAndImageToVideo() async throws {
+        let bench = try await FakeBench.start(.runway, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [
+                .video(prompt: "A fox in snow", duration: .seconds(5), resolution: .p720),
+                .video(
+                    prompt: "Animate this",
+                    duration: .seconds(5),
+                    resolution: Resolution(width: 720, height: 1280),
+                    metadata: ["image": .string("https://example.com/still.png")]
+                ),
+                .video(prompt: "Too wide", duration: .seconds(5), resolution: .p1080),
+            ]
+        )
+        try expectMedia(results[0], magic: "ftyp", offset: 4, bytes: bench.fake.state.options.videoBytes)
+        try expectMedia(results[1], magic: "ftyp", offset: 4, bytes: bench.fake.state.options.videoBytes)
+        #expect(results[2].error?.code == .noCapableProvider, "1080p is refused before anything is spent")
+        #expect(bench.fake.state.submissions().map(\.endpoint).sorted() == ["image_to_video", "text_to_video"])
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func azureRealTimeSpeechWithEscapedSSML() async throws {
+        let bench = try await FakeBench.start(.azure, http: http)
+        let line = "Tom & Jerry <live> say 'hi'"
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [.audio(prompt: line, format: .wav), .audio(prompt: "mp3 please", format: .mp3)]
+        )
+        try expectMedia(results[0], magic: "RIFF", bytes: bench.fake.state.options.audioBytes)
+        try expectMedia(results[1], magic: "ID3", bytes: bench.fake.state.options.audioBytes)
+        #expect(bench.fake.state.submissions().first?.prompt == line, "the fake read the text back out of the SSML")
+        await bench.fake.stop()
+        await close()
+    }
+
+    /// Each provider's own throttling: OpenAI and Azure 429 with Retry-After, ElevenLabs 429
+    /// too_many_concurrent_requests, MiniMax 1002 on HTTP 200, Runway THROTTLED tasks. The engine is told a
+    /// looser quota than the fake enforces, so it runs into the provider's limit and must recover.
+    @Test(arguments: [ProviderProtocol.openai, .elevenlabs, .minimax, .runway, .azure])
+    func throttlingInTheProvidersOwnFormIsRecoveredFrom(_ wire: ProviderProtocol) async throws {
+        let bench = try await FakeBench.start(
+            wire,
+            options: {
+                $0.requestsPerWindow = wire == .runway || wire == .elevenlabs ? nil : 4
+                $0.window = .seconds(1)
+                $0.concurrentTasks = wire == .runway || wire == .elevenlabs ? 2 : nil
+                $0.latencySeconds = 0.02...0.05
+                $0.taskSeconds = 0.1...0.2
+            },
+            quota: ProviderQuota(concurrentTasks: 8),
+            http: http
+        )
+        let video = wire == .runway
+        let requests: [GenerationRequest] = (0..<12).map { i in
+            video
+                ? .video(prompt: "clip \(i)", duration: .seconds(5), resolution: .p720)
+                : .audio(prompt: "line \(i) of twelve")
+        }
+        let (results, stats) = try await runAgainstFakes([bench.provider], requests)
+        #expect(results.allSatisfy { $0.succeeded }, "\(results.compactMap { $0.error?.description })")
+        #expect(bench.fake.state.quotaViolations() > 0, "the fake did throttle")
+        #expect((stats.providers[wire.rawValue]?.throttled ?? 0) > 0, "and the engine saw it as throttling")
+        #expect(bench.fake.state.duplicatePrompts().isEmpty, "nothing accepted twice")
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func serverErrorsAreRetriedUntilTheySucceed() async throws {
+        let bench = try await FakeBench.start(
+            .openai,
+            options: {
+                $0.errorRate = 0.4
+                $0.seed = 7
+            },
+            http: http
+        )
+        let requests = (0..<10).map { GenerationRequest.audio(prompt: "retry line \($0)") }
+        let (results, stats) = try await runAgainstFakes([bench.provider], requests)
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect((stats.providers["openai"]?.retries ?? 0) > 0)
+        #expect(results.contains { $0.errorHistory.contains { $0.providerCode == "server_error" } })
+        await bench.fake.stop()
+        await close()
+    }
+
+    /// Content-policy refusals and failed tasks reach the dead-letter queue with the provider's own code.
+    @Test func terminalErrorsDeadLetterWithTheProvidersCode() async throws {
+        let openai = try await FakeBench.start(.openai, http: http)
+        let minimax = try await FakeBench.start(.minimax, http: http)
+        let runway = try await FakeBench.start(.runway, http: http)
+        let eleven = try await FakeBench.start(.elevenlabs, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [openai.provider, minimax.provider, runway.provider, eleven.provider],
+            [
+                .audio(prompt: "bad words [[reject]]", provider: "openai"),
+                .video(prompt: "a scene [[fail]]", duration: .seconds(4), resolution: .p720, provider: "openai"),
+                .audio(prompt: "sensitive [[reject]]", provider: "minimax"),
+                .video(prompt: "output blocked [[fail]]", duration: .seconds(6), provider: "minimax"),
+                .video(prompt: "unsafe output [[fail]]", duration: .seconds(5), resolution: .p720, provider: "runway"),
+                .audio(prompt: "policy [[reject]]", provider: "elevenlabs"),
+            ]
+        )
+        let codes = results.map { $0.error?.providerCode }
+        #expect(
+            codes == [
+                "moderation_blocked", "moderation_blocked", "1026", "1027", "SAFETY.OUTPUT.VIDEO",
+                "content_policy_violation",
+            ]
+        )
+        #expect(results.allSatisfy { $0.error?.code == .terminal })
+        #expect(results.allSatisfy { $0.attempts == 1 }, "terminal errors are not retried")
+        for bench in [openai, minimax, runway, eleven] { await bench.fake.stop() }
+        await close()
+    }
+
+    @Test func aWrongKeyIsTerminalAndTheKeyNeverAppears() async throws {
+        let secret = "sk-wrong-DO-NOT-LEAK-42"
+        var benches: [FakeBench] = []
+        for wire in ProviderProtocol.allCases {
+            benches.append(try await FakeBench.start(wire, clientKey: secret, http: http))
+        }
+        let requests: [GenerationRequest] = ProviderProtocol.allCases.map { wire in
+            wire == .runway
+                ? .video(prompt: "clip for \(wire)", duration: .seconds(5), resolution: .p720, provider: wire.rawValue)
+                : .audio(prompt: "line for \(wire)", provider: wire.rawValue)
+        }
+        let (results, _) = try await runAgainstFakes(benches.map(\.provider), requests)
+        for (wire, result) in zip(ProviderProtocol.allCases, results) {
+            let error = try #require(result.error, "\(wire) should fail")
+            #expect(error.code == .terminal, "\(wire): \(error)")
+            #expect(["401", "invalid_api_key", "1004"].contains(error.providerCode ?? ""), "\(wire): \(error)")
+            #expect(!"\(error)".contains(secret) && !"\(result)".contains(secret))
+        }
+        #expect(!"\(benches[0].provider)".contains(secret), "the adapter prints <redacted>")
+        for bench in benches { await bench.fake.stop() }
+        await close()
+    }
+
+    /// Expired result links are replaced by fresh ones (files/retrieve, the task again); cut-short downloads
+    /// are fetched again; nothing is submitted twice for either.
+    @Test(arguments: [ProviderProtocol.openai, .minimax, .runway])
+    func expiredLinksAndTruncatedDownloadsAreFetchedAgain(_ wire: ProviderProtocol) async throws {
+        let bench = try await FakeBench.start(
+            wire,
+            options: {
+                $0.expiredLinkRate = 1
+                $0.truncateRate = 0.5
+                $0.maxFaultsPerResult = 2
+            },
+            http: http
+        )
+        let seconds = wire == .minimax ? 6 : wire == .openai ? 4 : 5
+        let requests = (0..<4).map {
+            GenerationRequest.video(prompt: "video \($0)", duration: .seconds(Int64(seconds)), resolution: .p720)
+        }
+        let (results, _) = try await runAgainstFakes([bench.provider], requests)
+        #expect(results.allSatisfy { $0.succeeded }, "\(results.compactMap { $0.error?.description })")
+        #expect(results.allSatisfy { $0.attempts == 1 })
+        #expect(
+            bench.fake.state.submissions().filter(\.accepted).count == 4,
+            "every result fetched without resubmitting"
+        )
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func aResultThatStaysUnavailableIsTerminalNotResubmitted() async throws {
+        let bench = try await FakeBench.start(.runway, options: { $0.truncateRate = 1 }, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [.video(prompt: "never whole", duration: .seconds(5), resolution: .p720)]
+        )
+        #expect(results[0].error?.providerCode == "result_unavailable")
+        #expect(bench.fake.state.submissions().count == 1)
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func aHungSubmitOfATaskIsNotBlindlyRepeated() async throws {
+        let bench = try await FakeBench.start(.runway, options: { $0.hangRate = 1 }, http: http)
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [.video(prompt: "hangs", duration: .seconds(5), resolution: .p720)]
+        )
+        #expect(results[0].error?.code == .needsReconciliation, "\(String(describing: results[0].error))")
+        #expect(bench.fake.state.submissions().count <= 1)
+        await bench.fake.stop()
+        await close()
+    }
+
+    @Test func runwayCancelsARunningTask() async throws {
+        let bench = try await FakeBench.start(.runway, options: { $0.taskSeconds = 5...5 }, http: http)
+        let runway = try #require(bench.provider as? RunwayProvider)
+        let generator = ParallelGenerator(
+            configuration: fakeTestConfiguration(),
+            providers: [runway],
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let ids = try await generator.submit([.video(prompt: "long clip", duration: .seconds(5), resolution: .p720)])
+        var taskID: String?
+        for _ in 0..<200 where taskID == nil {
+            try await Task.sleep(for: .milliseconds(20))
+            taskID = try await generator.store.job(ids[0])?.providerTaskID
+        }
+        try await runway.cancel(taskID: try #require(taskID))
+        let result = await generator.result(for: ids[0])
+        try await generator.stop()
+        #expect(result.error?.providerCode == "CANCELLED")
+        await bench.fake.stop()
+        await close()
+    }
+}
