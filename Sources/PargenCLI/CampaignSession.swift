@@ -8,7 +8,11 @@ import PargenSQLite
 /// Runs one campaign on the local providers with a live progress display and a final summary.
 enum CampaignSession {
     static func run(
-        file: CampaignFile?, storePath: String, configuration: PargenConfiguration, options: CampaignOptions, out: URL,
+        file: CampaignFile?,
+        storePath: String,
+        configuration: PargenConfiguration,
+        options: CampaignOptions,
+        out: URL,
         logger: Logger
     ) async throws -> CampaignReport {
         let clock = PargenClock.continuous
@@ -27,7 +31,9 @@ enum CampaignSession {
         let orphans = try await store.rescueOrphanedLeases()
         let existing = try await store.counts().values.reduce(0, +)
         if existing > 0 {
-            print("continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run")
+            print(
+                "continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run"
+            )
         }
         // Fault injection for the crash test, read here because only the executable reads the environment.
         let environment = ProcessInfo.processInfo.environment
@@ -40,8 +46,17 @@ enum CampaignSession {
         }
         let generator = ParallelGenerator(
             configuration: configuration,
-            providers: LocalProvider.demoProviders(reliable: options.reliable, seed: options.seed, submitLog: submitLog),
-            store: store, outputDirectory: out, clock: clock, logger: logger, hooks: hooks)
+            providers: LocalProvider.demoProviders(
+                reliable: options.reliable,
+                seed: options.seed,
+                submitLog: submitLog
+            ),
+            store: store,
+            outputDirectory: out,
+            clock: clock,
+            logger: logger,
+            hooks: hooks
+        )
         let tracker = ProgressTracker(clock: clock)
         tracker.expect(file?.lines.count ?? existing)
         let token = generator.onEvent { tracker.record($0) }
@@ -69,9 +84,13 @@ enum CampaignSession {
             }
             group.addTask {
                 if let file {
-                    return .report(try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock))
+                    return .report(
+                        try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+                    )
                 }
-                return .report(try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock))
+                return .report(
+                    try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
+                )
             }
             var report: CampaignReport?
             while let next = try await group.next() {

@@ -12,7 +12,8 @@ struct PargenCommand: AsyncParsableCommand {
             Start with `pargen demo`: about 100 mixed requests through the whole pipeline on the local \
             providers, with no network, credentials or servers. Then `pargen run FILE` for your own campaign.
             """,
-        subcommands: [Demo.self, Run.self, Status.self, Jobs.self, DLQ.self])
+        subcommands: [Demo.self, Run.self, Status.self, Jobs.self, DLQ.self]
+    )
 }
 
 /// Options every campaign command shares.
@@ -28,7 +29,8 @@ struct CampaignOptions: ParsableArguments {
 
     @Option(
         name: .customLong("project-budget"),
-        help: ArgumentHelp("A project's budget in dollars, as NAME=AMOUNT (repeatable).", valueName: "name=amount"))
+        help: ArgumentHelp("A project's budget in dollars, as NAME=AMOUNT (repeatable).", valueName: "name=amount")
+    )
     var projectBudgets: [String] = []
 
     @Option(name: .customLong("global-budget"), help: "A budget in dollars for everything.")
@@ -84,7 +86,8 @@ struct Demo: AsyncParsableCommand {
             into --out (default ./pargen-demo). Two lines of the campaign are bad on purpose, and the `social` \
             project has a $2 budget, to show errors and budget holds; bursts are capped at 12 per project per second \
             (2 s cooldown) so rate-limit waits show. Exits 0 when the demo ran.
-            """)
+            """
+    )
 
     @OptionGroup var options: CampaignOptions
 
@@ -104,8 +107,13 @@ struct Demo: AsyncParsableCommand {
         for suffix in ["", "-wal", "-shm"] { try? FileManager.default.removeItem(atPath: storePath + suffix) }
         print("pargen demo: \(count) requests from \(campaign.path)")
         _ = try await CampaignSession.run(
-            file: CampaignFile.load(campaign), storePath: storePath, configuration: configuration, options: options,
-            out: out, logger: logger)
+            file: CampaignFile.load(campaign),
+            storePath: storePath,
+            configuration: configuration,
+            options: options,
+            out: out,
+            logger: logger
+        )
     }
 }
 
@@ -125,7 +133,8 @@ struct Run: AsyncParsableCommand {
 
             Exit status: 0 when every line succeeded, 1 when any line was invalid, failed or dead-lettered, 2 when \
             the file or the store could not be read.
-            """)
+            """
+    )
 
     @Argument(help: "The campaign file (.jsonl, or .csv as exported from a spreadsheet).")
     var file: String?
@@ -138,7 +147,9 @@ struct Run: AsyncParsableCommand {
     @OptionGroup var options: CampaignOptions
 
     func validate() throws {
-        if file == nil && !resume { throw ValidationError("give a campaign file, or --resume to continue the one in the store") }
+        if file == nil && !resume {
+            throw ValidationError("give a campaign file, or --resume to continue the one in the store")
+        }
     }
 
     func run() async throws {
@@ -148,7 +159,9 @@ struct Run: AsyncParsableCommand {
             do {
                 campaign = try CampaignFile.load(URL(fileURLWithPath: file))
             } catch {
-                FileHandle.standardError.write(Data("pargen: cannot read \(file): \(error.localizedDescription)\n".utf8))
+                FileHandle.standardError.write(
+                    Data("pargen: cannot read \(file): \(error.localizedDescription)\n".utf8)
+                )
                 throw ExitCode(2)
             }
         }
@@ -156,8 +169,13 @@ struct Run: AsyncParsableCommand {
         try options.apply(to: &configuration)
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
         let report = try await CampaignSession.run(
-            file: campaign, storePath: storeOptions.path(out: out), configuration: configuration, options: options,
-            out: out, logger: logger)
+            file: campaign,
+            storePath: storeOptions.path(out: out),
+            configuration: configuration,
+            options: options,
+            out: out,
+            logger: logger
+        )
         if report.exitCode != 0 { throw ExitCode(report.exitCode) }
     }
 }

@@ -43,7 +43,8 @@ func openStore(_ path: String) throws -> SQLiteJobStore {
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show a campaign's progress, spend and dead letters.")
+        abstract: "Show a campaign's progress, spend and dead letters."
+    )
 
     @Option(help: "The campaign's output folder.")
     var out: String = "pargen-out"
@@ -59,11 +60,15 @@ struct Status: AsyncParsableCommand {
             print("  \(state.rawValue.padding(toLength: 22, withPad: " ", startingAt: 0)) \(counts[state]!)")
         }
         let ledger = try await store.ledgerTotals()
-        print("spend: \(ledger.charged) charged, \(ledger.released) released, \(ledger.pending) pending, \(ledger.reserved) reserved")
+        print(
+            "spend: \(ledger.charged) charged, \(ledger.released) released, \(ledger.pending) pending, \(ledger.reserved) reserved"
+        )
         print("ledger balances: \(ledger.balances ? "yes" : "NO")")
         let reconcile = try await store.jobs(matching: JobQuery(states: [.needsReconciliation]))
         if !reconcile.isEmpty {
-            print("needs reconciliation (submitted to a provider before a crash, task id unknown; check the provider, then `pargen dlq retry ID` or `pargen dlq purge ID`):")
+            print(
+                "needs reconciliation (submitted to a provider before a crash, task id unknown; check the provider, then `pargen dlq retry ID` or `pargen dlq purge ID`):"
+            )
             for job in reconcile { print("  \(job.id)  \(job.request.id)  provider \(job.provider ?? "-")") }
         }
     }
@@ -87,25 +92,39 @@ struct Jobs: AsyncParsableCommand {
         var states: Set<JobState>?
         if let state {
             guard let parsed = JobState(rawValue: state) else {
-                throw ValidationError("--state must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))")
+                throw ValidationError(
+                    "--state must be one of \(JobState.allCases.map(\.rawValue).joined(separator: ", "))"
+                )
             }
             states = [parsed]
         }
         let store = try openStore(storeOptions.path(out: URL(fileURLWithPath: out)))
         let jobs = try await store.jobs(
-            matching: JobQuery(states: states, campaign: campaign, project: project, user: user, provider: provider, limit: limit))
+            matching: JobQuery(
+                states: states,
+                campaign: campaign,
+                project: project,
+                user: user,
+                provider: provider,
+                limit: limit
+            )
+        )
         for job in jobs {
             let cost = job.outcome?.cost.description ?? "-"
             let error = job.errors.last.map { " \($0.code): \($0.message)" } ?? ""
-            print("\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\t\(job.attempts)\t\(job.provider ?? "-")\t\(cost)\(error)")
+            print(
+                "\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\t\(job.attempts)\t\(job.provider ?? "-")\t\(cost)\(error)"
+            )
         }
     }
 }
 
 struct DLQ: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "dlq", abstract: "List, retry or purge dead-lettered jobs.",
-        subcommands: [List.self, Retry.self, Purge.self])
+        commandName: "dlq",
+        abstract: "List, retry or purge dead-lettered jobs.",
+        subcommands: [List.self, Retry.self, Purge.self]
+    )
 
     struct Target: ParsableArguments {
         @Option(help: "The campaign's output folder.")
@@ -138,7 +157,8 @@ struct DLQ: AsyncParsableCommand {
 
     struct Retry: AsyncParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Put dead-lettered jobs back in the queue; the next `pargen run` runs them.")
+            abstract: "Put dead-lettered jobs back in the queue; the next `pargen run` runs them."
+        )
         @OptionGroup var target: Target
         @Argument(help: "Job ids.") var ids: [String] = []
         @Flag(help: "Every dead-lettered job.") var all = false

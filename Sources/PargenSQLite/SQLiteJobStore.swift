@@ -22,7 +22,11 @@ public final class SQLiteJobStore: JobStore {
     ///   - idPrefix: Prefix of the job ids this store makes.
     ///   - now: The wall clock, as time since the Unix epoch (injected in tests).
     /// - Throws: ``StoreError/Code/unavailable`` when the file cannot be opened or migrated.
-    public init(path: String, idPrefix: String = "job", now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock)
+    public init(
+        path: String,
+        idPrefix: String = "job",
+        now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock
+    )
         throws
     {
         var configuration = Configuration()
@@ -38,7 +42,10 @@ public final class SQLiteJobStore: JobStore {
     }
 
     /// A store in memory (tests): the same SQL, gone with the process.
-    public init(inMemoryWithIDPrefix idPrefix: String = "job", now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock)
+    public init(
+        inMemoryWithIDPrefix idPrefix: String = "job",
+        now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock
+    )
         throws
     {
         do {
@@ -83,7 +90,8 @@ public final class SQLiteJobStore: JobStore {
                     CREATE INDEX jobs_ready ON jobs(state, priority, run_at, seq);
                     CREATE INDEX jobs_campaign ON jobs(campaign, state);
                     CREATE INDEX jobs_leases ON jobs(state, lease_expires_at);
-                    """)
+                    """
+            )
         }
         do {
             try migrator.migrate(writer)
@@ -104,14 +112,21 @@ public final class SQLiteJobStore: JobStore {
             for request in requests {
                 if let key = request.idempotencyKey,
                     let existing = try String.fetchOne(
-                        db, sql: "SELECT id FROM jobs WHERE project = ? AND idempotency_key = ?",
-                        arguments: [request.project, key])
+                        db,
+                        sql: "SELECT id FROM jobs WHERE project = ? AND idempotency_key = ?",
+                        arguments: [request.project, key]
+                    )
                 {
                     results.append(EnqueueResult(jobID: JobID(existing), existing: true))
                     continue
                 }
                 sequence += 1
-                let record = JobRecord(id: JobID("\(prefix)-\(sequence)"), request: request, sequence: sequence, now: now)
+                let record = JobRecord(
+                    id: JobID("\(prefix)-\(sequence)"),
+                    request: request,
+                    sequence: sequence,
+                    now: now
+                )
                 try db.execute(
                     sql: """
                         INSERT INTO jobs (seq, id, state, priority, user, project, campaign, provider, idempotency_key,
@@ -122,14 +137,20 @@ public final class SQLiteJobStore: JobStore {
                         sequence, record.id.rawValue, record.state.rawValue, request.priority.rawValue, request.user,
                         request.project, request.campaign, nil, request.idempotencyKey, record.runAt.nanoseconds,
                         nil, try Self.encode(record),
-                    ])
+                    ]
+                )
                 results.append(EnqueueResult(jobID: record.id, existing: false))
             }
             return results
         }
     }
 
-    public func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws
+    public func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>
+    ) async throws
         -> [LeasedJob]
     {
         guard limit > 0 else { return [] }
@@ -152,11 +173,16 @@ public final class SQLiteJobStore: JobStore {
                     ORDER BY priority DESC, turn, first_seq
                     LIMIT ?
                     """,
-                arguments: [now.nanoseconds, excluded, limit])
+                arguments: [now.nanoseconds, excluded, limit]
+            )
             var leased: [LeasedJob] = []
             for id in ids {
                 var record = try Self.load(db, JobID(id))
-                let lease = JobLease(jobID: record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: now + duration)
+                let lease = JobLease(
+                    jobID: record.id,
+                    token: "\(owner):\(UUID().uuidString)",
+                    expiresAt: now + duration
+                )
                 record.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
                 try Self.save(db, record)
                 leased.append(LeasedJob(record: record, lease: lease))
@@ -180,7 +206,12 @@ public final class SQLiteJobStore: JobStore {
         return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: expiresAt)
     }
 
-    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+    public func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool
+    )
         async throws
     {
         try await withHeld(lease) {
@@ -198,7 +229,11 @@ public final class SQLiteJobStore: JobStore {
     }
 
     public func retry(
-        _ lease: JobLease, error: GenerationError?, after delay: Duration, spendAttempt: Bool, failedProvider: String?
+        _ lease: JobLease,
+        error: GenerationError?,
+        after delay: Duration,
+        spendAttempt: Bool,
+        failedProvider: String?
     ) async throws {
         let runAt = now() + max(.zero, delay)
         try await withHeld(lease) {
@@ -219,7 +254,10 @@ public final class SQLiteJobStore: JobStore {
     public func rescueExpiredLeases() async throws -> Int {
         let now = now()
         return try await rescue(
-            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?", [now.nanoseconds], now: now)
+            "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?",
+            [now.nanoseconds],
+            now: now
+        )
     }
 
     public func rescueOrphanedLeases() async throws -> Int {
@@ -244,8 +282,10 @@ public final class SQLiteJobStore: JobStore {
             var removed = 0
             for id in ids {
                 try db.execute(
-                    sql: "DELETE FROM jobs WHERE id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')",
-                    arguments: [id.rawValue])
+                    sql:
+                        "DELETE FROM jobs WHERE id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')",
+                    arguments: [id.rawValue]
+                )
                 removed += db.changesCount
             }
             return removed
@@ -254,7 +294,9 @@ public final class SQLiteJobStore: JobStore {
 
     public func job(_ id: JobID) async throws -> JobRecord? {
         try await read { db in
-            try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map(Self.decode)
+            try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map(
+                Self.decode
+            )
         }
     }
 
@@ -265,7 +307,10 @@ public final class SQLiteJobStore: JobStore {
             clauses.append("state IN (\(states.map { _ in "?" }.joined(separator: ", ")))")
             for state in states.sorted(by: { $0.rawValue < $1.rawValue }) { arguments += [state.rawValue] }
         }
-        for (column, value) in [("campaign", query.campaign), ("project", query.project), ("user", query.user), ("provider", query.provider)] {
+        for (column, value) in [
+            ("campaign", query.campaign), ("project", query.project), ("user", query.user),
+            ("provider", query.provider),
+        ] {
             if let value {
                 clauses.append("\(column) = ?")
                 arguments += [value]
@@ -280,7 +325,8 @@ public final class SQLiteJobStore: JobStore {
         }
         let finalSQL = sql
         let finalArguments = arguments
-        return try await read { db in try String.fetchAll(db, sql: finalSQL, arguments: finalArguments).map(Self.decode) }
+        return try await read { db in try String.fetchAll(db, sql: finalSQL, arguments: finalArguments).map(Self.decode)
+        }
     }
 
     public func requeue(_ id: JobID) async throws {
@@ -306,8 +352,9 @@ public final class SQLiteJobStore: JobStore {
         try await read { db in
             var totals = CostLedger()
             if let row = try Row.fetchOne(
-                db, sql: "SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM jobs")
-            {
+                db,
+                sql: "SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM jobs"
+            ) {
                 totals.reserved = Money(nanos: row["r"] ?? 0)
                 totals.charged = Money(nanos: row["c"] ?? 0)
                 totals.released = Money(nanos: row["l"] ?? 0)
@@ -331,7 +378,8 @@ public final class SQLiteJobStore: JobStore {
     }
 
     private static func load(_ db: Database, _ id: JobID) throws -> JobRecord {
-        guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]) else {
+        guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue])
+        else {
             throw StoreError(.notFound, "no job \(id)")
         }
         return try decode(text)
@@ -348,7 +396,8 @@ public final class SQLiteJobStore: JobStore {
                 record.state.rawValue, record.provider, record.runAt.nanoseconds, record.leaseExpiresAt?.nanoseconds,
                 record.ledger.reserved.nanos, record.ledger.charged.nanos, record.ledger.released.nanos,
                 record.ledger.pending.nanos, try encode(record), record.id.rawValue,
-            ])
+            ]
+        )
     }
 
     private static func encode(_ record: JobRecord) throws -> String {

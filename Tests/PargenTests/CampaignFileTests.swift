@@ -31,7 +31,8 @@ import Testing
     }
 
     @Test func readsASpreadsheetCSVExport() {
-        let text = "\u{FEFF}Type,Prompt,Priority,Duration,Resolution,User,Scene Notes\r\n"
+        let text =
+            "\u{FEFF}Type,Prompt,Priority,Duration,Resolution,User,Scene Notes\r\n"
             + "audio,\"Welcome, friends\",urgent,3.5,,ann,intro\r\n"
             + "video,\"A line with \"\"quotes\"\"\nand a break\",low,4,720p,bob,\r\n"
             + ",,,,,,\r\n"
@@ -66,11 +67,19 @@ import Testing
 
 @Suite struct LocalMediaTests {
     @Test func localProviderWritesAPlayableWAVOfTheRequestedLengthAndRate() async throws {
-        let provider = LocalProvider(configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero))
+        let provider = LocalProvider(
+            configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero)
+        )
         let url = temporaryDirectory().appendingPathComponent("a.wav")
         var request = validated(.audio(prompt: "Relaxing ambient sound", duration: .milliseconds(1500)))
         request.metadata["sample_rate"] = .number(16_000)
-        let context = ProviderCallContext(destination: url, clock: .continuous, attempt: 1, idempotencyKey: "k", logger: .init(label: "t"))
+        let context = ProviderCallContext(
+            destination: url,
+            clock: .continuous,
+            attempt: 1,
+            idempotencyKey: "k",
+            logger: .init(label: "t")
+        )
         let output = try await provider.generate(request, context: context)
         let data = try Data(contentsOf: url)
         #expect(output.format == .wav)
@@ -81,15 +90,37 @@ import Testing
         let expectedSize = 44 + 24_000 * 2  // 1.5 s of 16-bit mono at 16 kHz
         #expect(data.count == expectedSize)
         let second = temporaryDirectory().appendingPathComponent("b.wav")
-        _ = try await provider.generate(request, context: ProviderCallContext(destination: second, clock: .continuous, attempt: 1, idempotencyKey: "k2", logger: .init(label: "t")))
+        _ = try await provider.generate(
+            request,
+            context: ProviderCallContext(
+                destination: second,
+                clock: .continuous,
+                attempt: 1,
+                idempotencyKey: "k2",
+                logger: .init(label: "t")
+            )
+        )
         #expect(try Data(contentsOf: second) == data, "deterministic for a prompt and seed")
     }
 
     @Test func localProviderWritesAnAnimatedGIFThatDecodes() async throws {
-        let provider = LocalProvider(configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero))
+        let provider = LocalProvider(
+            configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero)
+        )
         let url = temporaryDirectory().appendingPathComponent("v.gif")
-        let request = validated(.video(prompt: "Nature scene", duration: .seconds(2), resolution: Resolution(width: 64, height: 48)))
-        _ = try await provider.generate(request, context: ProviderCallContext(destination: url, clock: .continuous, attempt: 1, idempotencyKey: "k", logger: .init(label: "t")))
+        let request = validated(
+            .video(prompt: "Nature scene", duration: .seconds(2), resolution: Resolution(width: 64, height: 48))
+        )
+        _ = try await provider.generate(
+            request,
+            context: ProviderCallContext(
+                destination: url,
+                clock: .continuous,
+                attempt: 1,
+                idempotencyKey: "k",
+                logger: .init(label: "t")
+            )
+        )
         let data = try Data(contentsOf: url)
         #expect(data.prefix(6) == Data("GIF89a".utf8))
         #expect(data[6] == 64 && data[8] == 48)
@@ -138,7 +169,10 @@ enum GIFWalker {
     @Test(arguments: [
         ("", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
         ("abc", "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"),
-        ("abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq", "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"),
+        (
+            "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq",
+            "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        ),
     ])
     func knownVectors(input: String, expected: String) throws {
         #expect(SHA256Hasher.hex(of: input) == expected)

@@ -33,11 +33,13 @@ import Testing
     @Test func runReportsBadLinesRunsTheGoodOnesAndExitsOne() throws {
         let folder = temporaryDirectory()
         let csv = folder.appendingPathComponent("campaign.csv")
-        try Data(("\u{FEFF}type,prompt,priority,duration,resolution,user,project,notes\r\n"
-            + "audio,\"Hello, world\",high,2,,ann,ads,first\r\n"
-            + "video,Birds at dawn,normal,2,360p,ben,ads,\r\n"
-            + "audio,Nobody,someday,2,,ann,ads,\r\n"
-            + "video,Too big,low,2,8k,ben,ads,\r\n").utf8).write(to: csv)
+        try Data(
+            ("\u{FEFF}type,prompt,priority,duration,resolution,user,project,notes\r\n"
+                + "audio,\"Hello, world\",high,2,,ann,ads,first\r\n"
+                + "video,Birds at dawn,normal,2,360p,ben,ads,\r\n"
+                + "audio,Nobody,someday,2,,ann,ads,\r\n"
+                + "video,Too big,low,2,8k,ben,ads,\r\n").utf8
+        ).write(to: csv)
         let out = folder.appendingPathComponent("out")
         let outcome = try pargen(["run", csv.path, "--out", out.path, "--reliable", "--no-progress"])
         #expect(outcome.status == 1, "\(outcome.output)")
@@ -61,11 +63,15 @@ import Testing
     @Test func runExitsZeroWhenEveryLineSucceeds() throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
-        try Data("""
+        try Data(
+            """
             {"type": "audio", "prompt": "One", "duration": 1}
             {"type": "audio", "prompt": "Two", "duration": 1, "metadata": {"take": 2}}
-            """.utf8).write(to: jsonl)
-        let outcome = try pargen(["run", jsonl.path, "--out", folder.appendingPathComponent("o").path, "--reliable", "--no-progress"])
+            """.utf8
+        ).write(to: jsonl)
+        let outcome = try pargen([
+            "run", jsonl.path, "--out", folder.appendingPathComponent("o").path, "--reliable", "--no-progress",
+        ])
         #expect(outcome.status == 0, "\(outcome.output)")
     }
 
@@ -89,13 +95,17 @@ import Testing
     @Test func statusJobsAndTheDeadLetterQueueWorkOnTheStore() throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
-        try Data("""
+        try Data(
+            """
             {"type": "audio", "prompt": "Within budget", "duration": 1, "project": "free"}
             {"type": "audio", "prompt": "Over budget one", "duration": 1, "project": "tight"}
             {"type": "audio", "prompt": "Over budget two", "duration": 1, "project": "tight"}
-            """.utf8).write(to: jsonl)
+            """.utf8
+        ).write(to: jsonl)
         let out = folder.appendingPathComponent("o").path
-        let run = try pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress", "--project-budget", "tight=0.000001"])
+        let run = try pargen([
+            "run", jsonl.path, "--out", out, "--reliable", "--no-progress", "--project-budget", "tight=0.000001",
+        ])
         #expect(run.status == 1)
         let status = try pargen(["status", "--out", out])
         #expect(status.output.contains("jobs: 3"))

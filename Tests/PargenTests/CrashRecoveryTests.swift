@@ -18,7 +18,8 @@ import Glibc
             lines.append(
                 i % 4 == 3
                     ? "{\"type\": \"video\", \"prompt\": \"scene \(i)\", \"duration\": 2, \"resolution\": \"360p\", \"user\": \"u\(i % 5)\"}"
-                    : "{\"type\": \"audio\", \"prompt\": \"line \(i)\", \"duration\": 6, \"user\": \"u\(i % 5)\"}")
+                    : "{\"type\": \"audio\", \"prompt\": \"line \(i)\", \"duration\": 6, \"user\": \"u\(i % 5)\"}"
+            )
         }
         try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: campaign)
         let out = folder.appendingPathComponent("out")
@@ -46,7 +47,9 @@ import Glibc
             if crashing {
                 // A hooked run is given time to crash itself in the submit-to-persist window.
                 let deadline = ContinuousClock.now + .milliseconds(hooked ? 3000 : 100 + Int(rng.next() % 500))
-                while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(5)) }
+                while process.isRunning && ContinuousClock.now < deadline {
+                    try await Task.sleep(for: .milliseconds(5))
+                }
                 let killedItself = !process.isRunning
                 if process.isRunning { kill(process.processIdentifier, SIGKILL) }
                 process.waitUntilExit()
@@ -63,13 +66,18 @@ import Glibc
             if runs >= 60 { break }
         }
         #expect(kills >= 10, "killed \(kills) times")
-        #expect(crashesInTheWindow >= 1, "at least one crash between a provider accepting a task and its id being stored")
+        #expect(
+            crashesInTheWindow >= 1,
+            "at least one crash between a provider accepting a task and its id being stored"
+        )
 
         // 1. Every job ended: succeeded, dead-lettered or waiting for reconciliation; none lost.
         let store = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
         let jobs = try await store.jobs(matching: JobQuery())
         #expect(jobs.count == 240)
-        #expect(jobs.allSatisfy { $0.state == .succeeded || $0.state == .deadLettered || $0.state == .needsReconciliation })
+        #expect(
+            jobs.allSatisfy { $0.state == .succeeded || $0.state == .deadLettered || $0.state == .needsReconciliation }
+        )
         let succeeded = jobs.filter { $0.state == .succeeded }
         #expect(succeeded.count >= 200, "\(succeeded.count) succeeded")
 
@@ -82,25 +90,32 @@ import Glibc
         // 3. The ledger balances; what is still pending belongs to jobs needing reconciliation.
         let ledger = try await store.ledgerTotals()
         #expect(ledger.balances)
-        let pendingInReconciliation = jobs.filter { $0.state == .needsReconciliation }.reduce(Money.zero) { $0 + $1.ledger.pending }
+        let pendingInReconciliation = jobs.filter { $0.state == .needsReconciliation }.reduce(Money.zero) {
+            $0 + $1.ledger.pending
+        }
         #expect(ledger.pending == pendingInReconciliation)
         #expect(ledger.reserved == ledger.charged + ledger.released + pendingInReconciliation)
 
         // 4. No partial artifacts: nothing in staging, and every finished file is whole.
-        let staging = (try? FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent(".staging").path)) ?? []
+        let staging =
+            (try? FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent(".staging").path)) ?? []
         #expect(staging.isEmpty)
         for job in succeeded {
             let artifact = try #require(job.outcome?.artifact)
             #expect(try sha256sum(artifact.url) == artifact.sha256)
         }
-        print("crash test: \(runs) runs, \(kills) SIGKILLs (\(crashesInTheWindow) between submit and persist), \(succeeded.count) succeeded, "
-            + "\(jobs.filter { $0.state == .needsReconciliation }.count) need reconciliation, \(submissions.count) submissions")
+        print(
+            "crash test: \(runs) runs, \(kills) SIGKILLs (\(crashesInTheWindow) between submit and persist), \(succeeded.count) succeeded, "
+                + "\(jobs.filter { $0.state == .needsReconciliation }.count) need reconciliation, \(submissions.count) submissions"
+        )
     }
 
     @Test func ctrlCStopsGracefullyAndTheNextRunContinues() async throws {
         let folder = temporaryDirectory()
         let campaign = folder.appendingPathComponent("campaign.jsonl")
-        let lines = (0..<120).map { "{\"type\": \"audio\", \"prompt\": \"line \($0)\", \"duration\": 6, \"user\": \"u\($0 % 6)\"}" }
+        let lines = (0..<120).map {
+            "{\"type\": \"audio\", \"prompt\": \"line \($0)\", \"duration\": 6, \"user\": \"u\($0 % 6)\"}"
+        }
         try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: campaign)
         let out = folder.appendingPathComponent("out")
         let submitLog = folder.appendingPathComponent("submits.tsv")
@@ -131,7 +146,10 @@ import Glibc
         #expect(second.terminationStatus == 0)
         #expect(try await store.counts() == [.succeeded: 120])
         let submissions = try String(contentsOf: submitLog, encoding: .utf8).split(separator: "\n")
-        #expect(Set(submissions.map { $0.split(separator: ":").first! }).count == submissions.count, "no job submitted twice")
+        #expect(
+            Set(submissions.map { $0.split(separator: ":").first! }).count == submissions.count,
+            "no job submitted twice"
+        )
         #expect(try await store.ledgerTotals().pending == .zero)
     }
 }

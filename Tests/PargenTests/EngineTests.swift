@@ -6,12 +6,16 @@ import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct EngineTests {
     func makeGenerator(
-        _ providers: [any GenerationProvider], configuration: PargenConfiguration = .init(),
+        _ providers: [any GenerationProvider],
+        configuration: PargenConfiguration = .init(),
         clock: ImmediateClock = ImmediateClock()
     ) -> ParallelGenerator {
         ParallelGenerator(
-            configuration: configuration, providers: providers, outputDirectory: temporaryDirectory(),
-            clock: PargenClock(clock))
+            configuration: configuration,
+            providers: providers,
+            outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock)
+        )
     }
 
     @Test func generatesEveryRequestInInputOrderWithRealFiles() async throws {
@@ -82,7 +86,9 @@ import Testing
     @Test func terminalErrorsAreDeadLetteredWithTheProviderCodeAndCanBeRequeued() async throws {
         let refusing = Locked(true)
         let provider = ScriptedProvider(name: "p") { _, _ in
-            refusing.value ? .fail(GenerationError(.terminal, "content policy", providerCode: "content_policy_violation")) : .succeed()
+            refusing.value
+                ? .fail(GenerationError(.terminal, "content policy", providerCode: "content_policy_violation"))
+                : .succeed()
         }
         let generator = makeGenerator([provider])
         try await generator.start()
@@ -102,7 +108,8 @@ import Testing
 
     @Test func throttlingSnoozesWithoutSpendingAnAttempt() async throws {
         let provider = ScriptedProvider(name: "p") { _, call in
-            call < 3 ? .fail(GenerationError(.rateLimited, "429", providerCode: "429", retryAfter: .seconds(2))) : .succeed()
+            call < 3
+                ? .fail(GenerationError(.rateLimited, "429", providerCode: "429", retryAfter: .seconds(2))) : .succeed()
         }
         let generator = makeGenerator([provider], configuration: .init(retry: .init(maxAttempts: 2)))
         try await generator.start()
@@ -117,7 +124,9 @@ import Testing
     }
 
     @Test func retriesExhaustIntoTheDeadLetterQueue() async throws {
-        let provider = ScriptedProvider(name: "p") { _, _ in .fail(GenerationError(.transient, "timeout", providerCode: "timeout")) }
+        let provider = ScriptedProvider(name: "p") { _, _ in
+            .fail(GenerationError(.transient, "timeout", providerCode: "timeout"))
+        }
         let generator = makeGenerator([provider], configuration: .init(retry: .init(maxAttempts: 3)))
         try await generator.start()
         let result = try await generator.generate([.audio(prompt: "hello")])[0]
@@ -160,7 +169,9 @@ import Testing
     @Test func budgetHoldsBackWorkAndNeverOverspends() async throws {
         let provider = ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .dollars(1)))
         let generator = makeGenerator(
-            [provider], configuration: .init(budgets: .init(perProject: ["ads": .dollars(3)])))
+            [provider],
+            configuration: .init(budgets: .init(perProject: ["ads": .dollars(3)]))
+        )
         try await generator.start()
         var requests = (0..<4).map { GenerationRequest.audio(prompt: "low \($0)", priority: .low, project: "ads") }
         requests += (0..<2).map { GenerationRequest.audio(prompt: "urgent \($0)", priority: .urgent, project: "ads") }
@@ -178,7 +189,9 @@ import Testing
     @Test func perUserLimitHoldsForEverySubmissionAcrossTheWholePipeline() async throws {
         let provider = ScriptedProvider(name: "p")
         let generator = makeGenerator(
-            [provider], configuration: .init(rateLimits: .init(perUserRequestsPerMinute: 5, maxBurst: 1000)))
+            [provider],
+            configuration: .init(rateLimits: .init(perUserRequestsPerMinute: 5, maxBurst: 1000))
+        )
         try await generator.start()
         let requests = (0..<30).map {
             GenerationRequest.audio(prompt: "line \($0)", user: $0 % 3 == 0 ? "heavy" : "u\($0 % 3)")
@@ -203,7 +216,9 @@ import Testing
     }
 
     @Test func providerConcurrencyQuotaIsNeverExceeded() async throws {
-        let provider = ScriptedProvider(name: "p", quota: ProviderQuota(concurrentTasks: 3)) { _, _ in .succeed(latency: .seconds(5)) }
+        let provider = ScriptedProvider(name: "p", quota: ProviderQuota(concurrentTasks: 3)) { _, _ in
+            .succeed(latency: .seconds(5))
+        }
         let generator = makeGenerator([provider], configuration: .init(rateLimits: .unlimited))
         try await generator.start()
         let results = try await generator.generate((0..<20).map { .audio(prompt: "line \($0)") })
@@ -245,7 +260,11 @@ import Testing
         let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(100)) }
         let store = MemoryJobStore(clock: PargenClock(clock))
         let generator = ParallelGenerator(
-            providers: [provider], store: store, outputDirectory: temporaryDirectory(), clock: PargenClock(clock))
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock)
+        )
         try await generator.start()
         _ = try await generator.submit((0..<3).map { .audio(prompt: "line \($0)", voice: "same") })
         await clock.waitForSleepers(3)
@@ -254,7 +273,10 @@ import Testing
         #expect(jobs.count == 3)
         for job in jobs {
             #expect(job.state == .available, "nothing is lost")
-            #expect(job.recoveryPoint == .submitted && job.providerTaskID != nil, "the next lease resumes, never resubmits")
+            #expect(
+                job.recoveryPoint == .submitted && job.providerTaskID != nil,
+                "the next lease resumes, never resubmits"
+            )
         }
     }
 
@@ -271,10 +293,14 @@ import Testing
     @Test func runsOnTheSQLiteStoreAndItsResultsOutliveTheGenerator() async throws {
         let path = temporaryDirectory().appendingPathComponent("campaign.sqlite").path
         let provider = ScriptedProvider(name: "p") { _, call in
-            call == 0 ? .fail(GenerationError(.transient, "503", providerCode: "503")) : .succeed(latency: .milliseconds(5))
+            call == 0
+                ? .fail(GenerationError(.transient, "503", providerCode: "503")) : .succeed(latency: .milliseconds(5))
         }
         let generator = ParallelGenerator(
-            providers: [provider], store: try SQLiteJobStore(path: path), outputDirectory: temporaryDirectory())
+            providers: [provider],
+            store: try SQLiteJobStore(path: path),
+            outputDirectory: temporaryDirectory()
+        )
         try await generator.start()
         let results = try await generator.generate((0..<8).map { .audio(prompt: "durable \($0)", user: "u\($0 % 3)") })
         try await generator.stop()

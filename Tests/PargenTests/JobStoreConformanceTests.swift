@@ -25,11 +25,25 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
 
     let outcome = JobOutcome(
         artifact: Artifact(
-            url: URL(fileURLWithPath: "/tmp/x.wav"), format: .wav, contentType: "audio/wav", byteCount: 1, sha256: "ab",
-            duration: .seconds(1), provider: "p", providerTaskID: "t"),
-        provider: "p", cost: .cents(3))
+            url: URL(fileURLWithPath: "/tmp/x.wav"),
+            format: .wav,
+            contentType: "audio/wav",
+            byteCount: 1,
+            sha256: "ab",
+            duration: .seconds(1),
+            provider: "p",
+            providerTaskID: "t"
+        ),
+        provider: "p",
+        cost: .cents(3)
+    )
 
-    func lease(_ store: any JobStore, _ limit: Int = 1, owner: String = "w", excluding: Set<String> = []) async throws
+    func lease(
+        _ store: any JobStore,
+        _ limit: Int = 1,
+        owner: String = "w",
+        excluding: Set<String> = []
+    ) async throws
         -> [LeasedJob]
     {
         try await store.lease(limit: limit, owner: owner, duration: .seconds(60), excludingUsers: excluding)
@@ -63,9 +77,19 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
     @Test(arguments: factories)
     func recordsRoundTripEveryField(_ factory: StoreFactory) async throws {
         let store = try await factory.make(ManualClock())
-        let request = validated(.video(
-            prompt: "Birds", priority: .high, duration: .milliseconds(2500), resolution: .p480, model: "m", user: "u",
-            project: "p", campaign: "c", metadata: ["scene": .number(3), "tags": .array([.string("a")])]))
+        let request = validated(
+            .video(
+                prompt: "Birds",
+                priority: .high,
+                duration: .milliseconds(2500),
+                resolution: .p480,
+                model: "m",
+                user: "u",
+                project: "p",
+                campaign: "c",
+                metadata: ["scene": .number(3), "tags": .array([.string("a")])]
+            )
+        )
         let id = try await store.enqueue([request])[0].jobID
         let record = try #require(try await store.job(id))
         #expect(record.request == request)
@@ -86,7 +110,9 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(second.record.providerTaskID == "task-1", "a rescued job keeps its task id to resume polling")
         #expect(second.record.recoveryPoint == .submitted)
         await #expect(throws: StoreError(.leaseLost, "")) { try await store.complete(first.lease, outcome: outcome) }
-        await #expect(throws: StoreError(.leaseLost, "")) { _ = try await store.heartbeat(first.lease, duration: .seconds(60)) }
+        await #expect(throws: StoreError(.leaseLost, "")) {
+            _ = try await store.heartbeat(first.lease, duration: .seconds(60))
+        }
         try await store.complete(second.lease, outcome: outcome)
         let record = try #require(try await store.job(second.record.id))
         #expect(record.state == .succeeded)
@@ -128,8 +154,12 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         var job = try await lease(store)[0]
         try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store.retry(
-            job.lease, error: GenerationError(.rateLimited, "429"), after: .seconds(5), spendAttempt: false,
-            failedProvider: nil)
+            job.lease,
+            error: GenerationError(.rateLimited, "429"),
+            after: .seconds(5),
+            spendAttempt: false,
+            failedProvider: nil
+        )
         #expect(try await store.job(id)?.attempts == 0)
         #expect(try await store.job(id)?.snoozes == 1)
         #expect(try await store.timeUntilNextDue() == .seconds(5))
@@ -139,7 +169,12 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         job = try await lease(store)[0]
         try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
         try await store.retry(
-            job.lease, error: GenerationError(.transient, "503"), after: .zero, spendAttempt: true, failedProvider: "p")
+            job.lease,
+            error: GenerationError(.transient, "503"),
+            after: .zero,
+            spendAttempt: true,
+            failedProvider: "p"
+        )
         job = try await lease(store)[0]
         #expect(job.record.failedProviders == ["p"])
         try await store.beginAttempt(job.lease, provider: "q", reserving: .cents(5))
@@ -238,7 +273,9 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
     @Test(arguments: factories)
     func orphanedLeasesAreRescuedAtOnceAndFinishedJobsPurged(_ factory: StoreFactory) async throws {
         let store = try await factory.make(ManualClock())
-        let ids = try await store.enqueue((0..<3).map { validated(.audio(prompt: "o\($0)"), id: "o\($0)") }).map(\.jobID)
+        let ids = try await store.enqueue((0..<3).map { validated(.audio(prompt: "o\($0)"), id: "o\($0)") }).map(
+            \.jobID
+        )
         let jobs = try await lease(store, 3)
         try await store.beginAttempt(jobs[0].lease, provider: "p", reserving: .cents(1))
         try await store.beginAttempt(jobs[1].lease, provider: "p", reserving: .cents(1))

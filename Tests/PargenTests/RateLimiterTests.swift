@@ -64,7 +64,11 @@ import Testing
     /// Replays `count` requests arriving at random times; each denied request comes back at its retry-after
     /// (as `acquire` does), so every request is eventually admitted.
     static func simulate(
-        seed: UInt64, count: Int, limits: PargenConfiguration.RateLimits, quota: ProviderQuota, maxGapMs: Int = 50,
+        seed: UInt64,
+        count: Int,
+        limits: PargenConfiguration.RateLimits,
+        quota: ProviderQuota,
+        maxGapMs: Int = 50,
         longGapPercent: Int = 20
     ) -> (admissions: [Admission], limiter: RateLimiter, cooldowns: [(project: String, from: Duration, to: Duration)]) {
         var rng = SplitMix64(seed: seed)
@@ -76,7 +80,9 @@ import Testing
         var t = Duration.zero
         for _ in 0..<count {
             // Bursty arrivals: mostly clustered, sometimes long gaps.
-            let gap = Int.random(in: 0..<100, using: &rng) >= longGapPercent ? Int.random(in: 0...maxGapMs, using: &rng) : Int.random(in: 0...20_000, using: &rng)
+            let gap =
+                Int.random(in: 0..<100, using: &rng) >= longGapPercent
+                ? Int.random(in: 0...maxGapMs, using: &rng) : Int.random(in: 0...20_000, using: &rng)
             t += .milliseconds(gap)
             let user = users.randomElement(using: &rng)!
             let project = projects.randomElement(using: &rng)!
@@ -90,12 +96,26 @@ import Testing
             precondition(guardCounter < count * 1000, "simulation does not converge")
             let index = pending.indices.min { pending[$0].time < pending[$1].time }!
             let request = pending.remove(at: index)
-            switch limiter.tryAcquire(user: request.user, project: request.project, provider: request.provider, at: request.time) {
+            switch limiter.tryAcquire(
+                user: request.user,
+                project: request.project,
+                provider: request.provider,
+                at: request.time
+            ) {
             case .admitted:
-                admissions.append(Admission(time: request.time, user: request.user, project: request.project, provider: request.provider))
+                admissions.append(
+                    Admission(
+                        time: request.time,
+                        user: request.user,
+                        project: request.project,
+                        provider: request.provider
+                    )
+                )
             case .denied(let retryAfter, let kind):
                 #expect(retryAfter > .zero)
-                if kind == .burstCooldown { cooldowns.append((request.project, request.time, request.time + retryAfter)) }
+                if kind == .burstCooldown {
+                    cooldowns.append((request.project, request.time, request.time + retryAfter))
+                }
                 pending.append((request.time + retryAfter, request.user, request.project, request.provider))
             }
         }
@@ -116,8 +136,13 @@ import Testing
     @Test(arguments: Array(UInt64(1)...UInt64(12)))
     func invariantsHoldOverRandomSchedules(seed: UInt64) {
         let limits = PargenConfiguration.RateLimits(
-            perUserRequestsPerMinute: 60, perProjectRequestsPerMinute: 300, tokenBucketCapacity: 300, maxBurst: 50,
-            burstWindow: .seconds(1), burstCooldown: .seconds(5))
+            perUserRequestsPerMinute: 60,
+            perProjectRequestsPerMinute: 300,
+            tokenBucketCapacity: 300,
+            maxBurst: 50,
+            burstWindow: .seconds(1),
+            burstCooldown: .seconds(5)
+        )
         let quota = ProviderQuota(requestsPerMinute: 200)
         let (admissions, _, _) = Self.simulate(seed: seed, count: 2_000, limits: limits, quota: quota)
         #expect(admissions.count == 2_000, "every request is admitted in the end")
@@ -147,16 +172,29 @@ import Testing
     @Test(arguments: Array(UInt64(20)...UInt64(25)))
     func nothingAdmittedDuringACooldown(seed: UInt64) {
         let limits = PargenConfiguration.RateLimits(
-            perUserRequestsPerMinute: 10_000, perProjectRequestsPerMinute: 100_000, tokenBucketCapacity: 10_000,
-            maxBurst: 20, burstWindow: .seconds(1), burstCooldown: .seconds(5))
+            perUserRequestsPerMinute: 10_000,
+            perProjectRequestsPerMinute: 100_000,
+            tokenBucketCapacity: 10_000,
+            maxBurst: 20,
+            burstWindow: .seconds(1),
+            burstCooldown: .seconds(5)
+        )
         let (admissions, limiter, cooldowns) = Self.simulate(
-            seed: seed, count: 1_000, limits: limits, quota: ProviderQuota(), maxGapMs: 15, longGapPercent: 2)
+            seed: seed,
+            count: 1_000,
+            limits: limits,
+            quota: ProviderQuota(),
+            maxGapMs: 15,
+            longGapPercent: 2
+        )
         #expect(admissions.count == 1_000)
         #expect(limiter.stats().burstCooldowns > 0)
         #expect(!cooldowns.isEmpty)
         // Every denial for a cooldown names an interval in which its project admitted nothing.
         for cooldown in cooldowns {
-            let inside = admissions.filter { $0.project == cooldown.project && $0.time > cooldown.from && $0.time < cooldown.to }
+            let inside = admissions.filter {
+                $0.project == cooldown.project && $0.time > cooldown.from && $0.time < cooldown.to
+            }
             #expect(inside.isEmpty)
         }
         for (_, group) in Dictionary(grouping: admissions, by: \.project) {
@@ -167,11 +205,13 @@ import Testing
     @Test func deniedRequestConsumesNothing() {
         let limiter = RateLimiter(
             configuration: .init(perUserRequestsPerMinute: 1, tokenBucketCapacity: 5),
-            providerQuotas: ["p": ProviderQuota(requestsPerMinute: 100)])
+            providerQuotas: ["p": ProviderQuota(requestsPerMinute: 100)]
+        )
         #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .zero) == .admitted)
         // The user window denies; the project bucket and the provider window must not be charged.
         for _ in 0..<10 {
-            guard case .denied(_, .userWindow) = limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .zero) else {
+            guard case .denied(_, .userWindow) = limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .zero)
+            else {
                 Issue.record("expected a user-window denial")
                 return
             }
@@ -179,7 +219,8 @@ import Testing
         for i in 0..<4 {
             #expect(limiter.tryAcquire(user: "v\(i)", project: "x", provider: "p", at: .zero) == .admitted)
         }
-        guard case .denied(_, .projectBucket) = limiter.tryAcquire(user: "w", project: "x", provider: "p", at: .zero) else {
+        guard case .denied(_, .projectBucket) = limiter.tryAcquire(user: "w", project: "x", provider: "p", at: .zero)
+        else {
             Issue.record("expected the bucket to be exactly used up")
             return
         }
@@ -188,7 +229,10 @@ import Testing
     @Test func providerCooldownHoldsEveryone() {
         let limiter = RateLimiter(configuration: .unlimited)
         limiter.cooldown(provider: "p", until: .seconds(10))
-        #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .seconds(3)) == .denied(retryAfter: .seconds(7), limit: .providerCooldown))
+        #expect(
+            limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .seconds(3))
+                == .denied(retryAfter: .seconds(7), limit: .providerCooldown)
+        )
         #expect(limiter.tryAcquire(user: "u", project: "x", provider: "q", at: .seconds(3)) == .admitted)
         #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .seconds(10)) == .admitted)
     }
@@ -204,7 +248,7 @@ import Testing
         await clock.waitForSleepers(1)
         #expect(clock.nextDeadline == .init(offset: .seconds(60)))
         clock.advance(to: .init(offset: .seconds(60)))
-        let waited = try await third.value
+        let waited = try await third.value.waited
         #expect(waited == .seconds(59))
         #expect(limiter.stats().waitTime[.userWindow] == .seconds(59))
     }
@@ -213,7 +257,9 @@ import Testing
         let clock = ManualClock()
         let limiter = RateLimiter(configuration: .init(perUserRequestsPerMinute: 1))
         _ = limiter.tryAcquire(user: "u", project: "p", provider: nil, at: .zero)
-        let waiter = Task { try await limiter.acquire(user: "u", project: "p", provider: nil, clock: PargenClock(clock)) }
+        let waiter = Task {
+            try await limiter.acquire(user: "u", project: "p", provider: nil, clock: PargenClock(clock))
+        }
         await clock.waitForSleepers(1)
         waiter.cancel()
         await #expect(throws: CancellationError.self) { try await waiter.value }

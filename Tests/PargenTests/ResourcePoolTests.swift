@@ -1,13 +1,19 @@
 import Pargen
 import PargenTesting
-
 import Testing
 
 @Suite(.timeLimit(.minutes(1))) struct ResourcePoolTests {
     func pool(jobs: Int = 4, clock: ManualClock = ManualClock()) -> ResourcePool {
         ResourcePool(
-            configuration: .init(maxAPICalls: 8, maxConcurrentJobs: jobs, maxMemoryMB: 100, maxStorageGB: 1, scaleInterval: .seconds(5)),
-            clock: PargenClock(clock))
+            configuration: .init(
+                maxAPICalls: 8,
+                maxConcurrentJobs: jobs,
+                maxMemoryMB: 100,
+                maxStorageGB: 1,
+                scaleInterval: .seconds(5)
+            ),
+            clock: PargenClock(clock)
+        )
     }
 
     @Test func grantsAllOrNothingAndWakesWaitersOnRelease() async throws {
@@ -29,7 +35,10 @@ import Testing
     }
 
     @Test func higherPriorityWaitersAreServedFirst() async throws {
-        let pool = ResourcePool(configuration: .init(maxConcurrentJobs: 2, scaleUpThreshold: 2, minimumFraction: 0.5), clock: PargenClock(ManualClock()))
+        let pool = ResourcePool(
+            configuration: .init(maxConcurrentJobs: 2, scaleUpThreshold: 2, minimumFraction: 0.5),
+            clock: PargenClock(ManualClock())
+        )
         let held = try await pool.acquire(ResourceRequest(amounts: [.jobSlots: 1]))
         #expect(pool.stats().resources[.jobSlots]?.limit == 1)
         let order = Locked<[String]>([])

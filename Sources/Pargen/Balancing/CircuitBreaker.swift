@@ -97,6 +97,8 @@ public struct CircuitBreaker: Sendable, Hashable {
 
     private mutating func remember(_ success: Bool) {
         outcomes.append(success)
-        if outcomes.count > configuration.healthWindow { outcomes.removeFirst(outcomes.count - configuration.healthWindow) }
+        if outcomes.count > configuration.healthWindow {
+            outcomes.removeFirst(outcomes.count - configuration.healthWindow)
+        }
     }
 }

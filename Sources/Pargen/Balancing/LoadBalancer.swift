@@ -34,8 +34,15 @@ public final class LoadBalancer: Sendable {
         descriptors = Dictionary(providers.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         order = providers.map(\.name)
         state = Mutex(
-            (Dictionary(uniqueKeysWithValues: descriptors.keys.map { ($0, Health(breaker: CircuitBreaker(configuration: configuration))) }),
-            SplitMix64(seed: seed)))
+            (
+                Dictionary(
+                    uniqueKeysWithValues: descriptors.keys.map {
+                        ($0, Health(breaker: CircuitBreaker(configuration: configuration)))
+                    }
+                ),
+                SplitMix64(seed: seed)
+            )
+        )
     }
 
     public var providerNames: [String] { order }
@@ -63,8 +70,11 @@ public final class LoadBalancer: Sendable {
     ///   - headroom: Free concurrency slots of a provider, if it is limited.
     ///   - coolingDown: Whether a provider is holding calls back after throttling.
     public func choose(
-        for request: ValidatedRequest, excluding: Set<String> = [], at now: Duration,
-        headroom: (String) -> Int? = { _ in nil }, coolingDown: (String) -> Bool = { _ in false }
+        for request: ValidatedRequest,
+        excluding: Set<String> = [],
+        at now: Duration,
+        headroom: (String) -> Int? = { _ in nil },
+        coolingDown: (String) -> Bool = { _ in false }
     ) -> Choice {
         let capable = (request.provider.map { [$0] } ?? order).filter {
             descriptors[$0].map { $0.capabilities.refusal(for: request) == nil } ?? false
@@ -116,7 +126,8 @@ public final class LoadBalancer: Sendable {
         let names = request.provider.map { [$0] } ?? order
         return state.withLock { state in
             names.contains { name in
-                !excluding.contains(name) && descriptors[name].map { $0.capabilities.refusal(for: request) == nil } == true
+                !excluding.contains(name)
+                    && descriptors[name].map { $0.capabilities.refusal(for: request) == nil } == true
                     && state.health[name]!.breaker.wouldAllow(at: now)
             }
         }
@@ -128,9 +139,10 @@ public final class LoadBalancer: Sendable {
             health.breaker.recordSuccess()
             health.successes += 1
             let sample = latency.seconds
-            health.ewmaLatency = health.ewmaLatency.map {
-                $0 * (1 - configuration.latencySmoothing) + sample * configuration.latencySmoothing
-            } ?? sample
+            health.ewmaLatency =
+                health.ewmaLatency.map {
+                    $0 * (1 - configuration.latencySmoothing) + sample * configuration.latencySmoothing
+                } ?? sample
             state.health[provider] = health
         }
     }
@@ -156,10 +168,16 @@ public final class LoadBalancer: Sendable {
             order.map { name in
                 let health = state.health[name]!
                 return ProviderHealthStats(
-                    name: name, circuit: health.breaker.state, errorRate: health.breaker.errorRate,
-                    ewmaLatency: health.ewmaLatency.map { Duration.fromSeconds($0) }, calls: health.calls,
-                    successes: health.successes, failures: health.failures, throttles: health.throttles,
-                    timesOpened: health.breaker.timesOpened)
+                    name: name,
+                    circuit: health.breaker.state,
+                    errorRate: health.breaker.errorRate,
+                    ewmaLatency: health.ewmaLatency.map { Duration.fromSeconds($0) },
+                    calls: health.calls,
+                    successes: health.successes,
+                    failures: health.failures,
+                    throttles: health.throttles,
+                    timesOpened: health.breaker.timesOpened
+                )
             }
         }
     }

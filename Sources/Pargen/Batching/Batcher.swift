@@ -79,8 +79,13 @@ public struct Batcher: Sendable {
             } else {
                 byFingerprint[candidate.request.fingerprint] = batches.count
                 batches.append(
-                    Batch(members: [candidate], duplicates: [], totalCost: candidate.estimatedCost,
-                        totalDuration: candidate.request.duration))
+                    Batch(
+                        members: [candidate],
+                        duplicates: [],
+                        totalCost: candidate.estimatedCost,
+                        totalDuration: candidate.request.duration
+                    )
+                )
             }
         }
         return batches

@@ -23,9 +23,15 @@ public struct CacheStats: Sendable, Hashable, Codable {
     public var deduplicated: Int
     public var hitRatio: Double { hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses) }
 
-    public init(hits: Int = 0, misses: Int = 0, entries: Int = 0, capacity: Int = 0, evictions: Int = 0,
-        expirations: Int = 0, deduplicated: Int = 0)
-    {
+    public init(
+        hits: Int = 0,
+        misses: Int = 0,
+        entries: Int = 0,
+        capacity: Int = 0,
+        evictions: Int = 0,
+        expirations: Int = 0,
+        deduplicated: Int = 0
+    ) {
         self.hits = hits
         self.misses = misses
         self.entries = entries
@@ -90,7 +96,12 @@ public final class MemoryLRUCache: GenerationCache {
     ///   - capacity: Entries kept; the least recently used is evicted past it.
     ///   - timeToLive: Age after which an entry is a miss; `nil` for none.
     ///   - checkFiles: Treat entries whose file is gone as misses.
-    public init(capacity: Int = 1000, timeToLive: Duration? = nil, clock: PargenClock = .continuous, checkFiles: Bool = true) {
+    public init(
+        capacity: Int = 1000,
+        timeToLive: Duration? = nil,
+        clock: PargenClock = .continuous,
+        checkFiles: Bool = true
+    ) {
         precondition(capacity > 0)
         self.capacity = capacity
         self.timeToLive = timeToLive

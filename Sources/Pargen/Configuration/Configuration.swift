@@ -180,8 +180,11 @@ public struct PargenConfiguration: Sendable {
         public var maxSnoozes: Int
 
         public init(
-            maxAttempts: Int = 5, baseDelay: Duration = .seconds(1), multiplier: Double = 2,
-            maxDelay: Duration = .seconds(60), maxSnoozes: Int = 100
+            maxAttempts: Int = 5,
+            baseDelay: Duration = .seconds(1),
+            multiplier: Double = 2,
+            maxDelay: Duration = .seconds(60),
+            maxSnoozes: Int = 100
         ) {
             self.maxAttempts = maxAttempts
             self.baseDelay = baseDelay
@@ -206,8 +209,12 @@ public struct PargenConfiguration: Sendable {
         public var trendWindow: Duration
 
         public init(
-            global: Money? = nil, perProject: [String: Money] = [:], defaultPerProject: Money? = nil,
-            perCampaign: [String: Money] = [:], alertThreshold: Double = 0.8, trendWindow: Duration = .seconds(300)
+            global: Money? = nil,
+            perProject: [String: Money] = [:],
+            defaultPerProject: Money? = nil,
+            perCampaign: [String: Money] = [:],
+            alertThreshold: Double = 0.8,
+            trendWindow: Duration = .seconds(300)
         ) {
             self.global = global
             self.perProject = perProject
@@ -234,9 +241,12 @@ public struct PargenConfiguration: Sendable {
         public var defaultResolution: Resolution
 
         public init(
-            maxPromptLength: Int = 10_000, maxAudioDuration: Duration = .seconds(600),
-            maxVideoDuration: Duration = .seconds(300), defaultAudioDuration: Duration = .seconds(10),
-            defaultVideoDuration: Duration = .seconds(5), defaultResolution: Resolution = .p720
+            maxPromptLength: Int = 10_000,
+            maxAudioDuration: Duration = .seconds(600),
+            maxVideoDuration: Duration = .seconds(300),
+            defaultAudioDuration: Duration = .seconds(10),
+            defaultVideoDuration: Duration = .seconds(5),
+            defaultResolution: Resolution = .p720
         ) {
             self.maxPromptLength = maxPromptLength
             self.maxAudioDuration = maxAudioDuration

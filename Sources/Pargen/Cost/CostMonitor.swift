@@ -95,7 +95,11 @@ public final class CostMonitor: Sendable {
     /// - Returns: ``Reservation/reserved``, or ``Reservation/held(scope:limit:committed:canFree:)`` naming
     ///   the first budget that would be exceeded. Returns the alerts this reservation raised.
     public func reserve(
-        _ amount: Money, for job: JobID, project: String, campaign: String, provider: String
+        _ amount: Money,
+        for job: JobID,
+        project: String,
+        campaign: String,
+        provider: String
     ) -> (Reservation, [BudgetAlert]) {
         let scopes: [BudgetScope] = [.global, .project(project), .campaign(campaign)]
         return state.withLock { state in
@@ -110,7 +114,9 @@ public final class CostMonitor: Sendable {
                 let committed = book.charged + book.outstanding
                 if committed + amount > limit {
                     state.scopes[scope, default: ScopeBook()].held += 1
-                    return (.held(scope: scope, limit: limit, committed: committed, canFree: book.outstanding > .zero), [])
+                    return (
+                        .held(scope: scope, limit: limit, committed: committed, canFree: book.outstanding > .zero), []
+                    )
                 }
             }
             state.open[job] = Open(amount: amount, scopes: scopes, provider: provider)
@@ -164,25 +170,45 @@ public final class CostMonitor: Sendable {
             var budgets: [BudgetUsage] = []
             for (scope, book) in state.scopes.sorted(by: { $0.key.description < $1.key.description }) {
                 budgets.append(
-                    BudgetUsage(scope: scope, limit: limit(of: scope), charged: book.charged, reserved: book.outstanding, held: book.held))
+                    BudgetUsage(
+                        scope: scope,
+                        limit: limit(of: scope),
+                        charged: book.charged,
+                        reserved: book.outstanding,
+                        held: book.held
+                    )
+                )
             }
             let providers = state.providers.map {
-                ProviderSpend(provider: $0.key, charged: $0.value.charged, jobs: $0.value.jobs,
-                    averagePerJob: $0.value.jobs == 0 ? .zero : Money(nanos: $0.value.charged.nanos / Int64($0.value.jobs)),
-                    perMediaMinute: $0.value.mediaMilliseconds == 0 ? nil
-                        : Money(nanos: $0.value.charged.nanos * 60_000 / $0.value.mediaMilliseconds))
+                ProviderSpend(
+                    provider: $0.key,
+                    charged: $0.value.charged,
+                    jobs: $0.value.jobs,
+                    averagePerJob: $0.value.jobs == 0
+                        ? .zero : Money(nanos: $0.value.charged.nanos / Int64($0.value.jobs)),
+                    perMediaMinute: $0.value.mediaMilliseconds == 0
+                        ? nil
+                        : Money(nanos: $0.value.charged.nanos * 60_000 / $0.value.mediaMilliseconds)
+                )
             }.sorted { $0.provider < $1.provider }
             return CostStats(
-                reserved: state.reserved, charged: state.charged, released: state.released,
-                outstanding: state.open.values.reduce(.zero) { $0 + $1.amount }, budgets: budgets,
-                alerts: state.alerts, trend: Self.trend(state.settlements, now: now, window: configuration.trendWindow),
-                providers: providers)
+                reserved: state.reserved,
+                charged: state.charged,
+                released: state.released,
+                outstanding: state.open.values.reduce(.zero) { $0 + $1.amount },
+                budgets: budgets,
+                alerts: state.alerts,
+                trend: Self.trend(state.settlements, now: now, window: configuration.trendWindow),
+                providers: providers
+            )
         }
     }
 
     private static func drop(_ open: Open, from state: inout State) {
         for scope in open.scopes {
-            if let outstanding = state.scopes[scope]?.outstanding { state.scopes[scope]!.outstanding = outstanding - open.amount }
+            if let outstanding = state.scopes[scope]?.outstanding {
+                state.scopes[scope]!.outstanding = outstanding - open.amount
+            }
         }
     }
 
@@ -194,11 +220,15 @@ public final class CostMonitor: Sendable {
             let fraction = committed.ratio(to: limit)
             if fraction >= configuration.alertThreshold, !book.alerted {
                 book.alerted = true
-                raised.append(BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: false))
+                raised.append(
+                    BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: false)
+                )
             }
             if book.charged >= limit, !book.exhaustedAlerted {
                 book.exhaustedAlerted = true
-                raised.append(BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: true))
+                raised.append(
+                    BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: true)
+                )
             }
             state.scopes[scope] = book
         }
@@ -207,7 +237,11 @@ public final class CostMonitor: Sendable {
     }
 
     /// Compares spending in the older and newer halves of the window: ±20 % is a trend.
-    static func trend(_ settlements: Deque<(time: Duration, amount: Money)>, now: Duration, window: Duration) -> CostTrend {
+    static func trend(
+        _ settlements: Deque<(time: Duration, amount: Money)>,
+        now: Duration,
+        window: Duration
+    ) -> CostTrend {
         let middle = now - window / 2
         var older: Int64 = 0
         var newer: Int64 = 0

@@ -16,7 +16,9 @@ public struct ArtifactStore: Sendable {
         }
         for kind in GenerationKind.allCases {
             try FileManager.default.createDirectory(
-                at: root.appendingPathComponent(kind.rawValue, isDirectory: true), withIntermediateDirectories: true)
+                at: root.appendingPathComponent(kind.rawValue, isDirectory: true),
+                withIntermediateDirectories: true
+            )
         }
     }
 
@@ -35,26 +37,41 @@ public struct ArtifactStore: Sendable {
     ///
     /// - Throws: ``GenerationError/Code/artifactInvalid`` when the file is missing, empty or not of the format.
     func commit(
-        staging: URL, job: JobID, request: ValidatedRequest, output: ProviderOutput, provider: String
+        staging: URL,
+        job: JobID,
+        request: ValidatedRequest,
+        output: ProviderOutput,
+        provider: String
     ) throws(GenerationError) -> Artifact {
         let (size, hash) = try Self.checkedDigest(staging, format: output.format, provider: provider)
         let destination = finalURL(job: job, request: request, format: output.format)
         do {
-            if FileManager.default.fileExists(atPath: destination.path) { try FileManager.default.removeItem(at: destination) }
+            if FileManager.default.fileExists(atPath: destination.path) {
+                try FileManager.default.removeItem(at: destination)
+            }
             try FileManager.default.moveItem(at: staging, to: destination)
         } catch {
             throw GenerationError(.transient, "could not move the artifact into place: \(error.localizedDescription)")
         }
         return Artifact(
-            url: destination, format: output.format, contentType: output.format.contentType, byteCount: size,
-            sha256: hash, duration: output.duration, provider: provider, providerTaskID: output.providerTaskID)
+            url: destination,
+            format: output.format,
+            contentType: output.format.contentType,
+            byteCount: size,
+            sha256: hash,
+            duration: output.duration,
+            provider: provider,
+            providerTaskID: output.providerTaskID
+        )
     }
 
     /// Gives another request its own copy of an existing artifact (a hard link where possible).
     func materialize(_ artifact: Artifact, job: JobID, request: ValidatedRequest) throws -> Artifact {
         let destination = finalURL(job: job, request: request, format: artifact.format)
         if destination != artifact.url {
-            if FileManager.default.fileExists(atPath: destination.path) { try FileManager.default.removeItem(at: destination) }
+            if FileManager.default.fileExists(atPath: destination.path) {
+                try FileManager.default.removeItem(at: destination)
+            }
             do {
                 try FileManager.default.linkItem(at: artifact.url, to: destination)
             } catch {
@@ -88,12 +105,18 @@ public struct ArtifactStore: Sendable {
     func discard(_ staging: URL) { try? FileManager.default.removeItem(at: staging) }
 
     /// Size and SHA-256 of a finished file, after checking it is a non-empty file of the right format.
-    static func checkedDigest(_ url: URL, format: MediaFormat, provider: String) throws(GenerationError) -> (Int64, String) {
+    static func checkedDigest(
+        _ url: URL,
+        format: MediaFormat,
+        provider: String
+    ) throws(GenerationError) -> (Int64, String) {
         guard let handle = try? FileHandle(forReadingFrom: url) else {
             throw GenerationError(.artifactInvalid, "the provider produced no file", provider: provider)
         }
         let (size, head, hash) = scan(handle)
-        guard size > 0 else { throw GenerationError(.artifactInvalid, "the provider produced an empty file", provider: provider) }
+        guard size > 0 else {
+            throw GenerationError(.artifactInvalid, "the provider produced an empty file", provider: provider)
+        }
         let magic: [String: [UInt8]] = [
             "wav": Array("RIFF".utf8), "gif": Array("GIF8".utf8), "flac": Array("fLaC".utf8), "ogg": Array("OggS".utf8),
         ]
@@ -102,8 +125,10 @@ public struct ArtifactStore: Sendable {
         case "mp4": valid = head.count >= 8 && head.dropFirst(4).prefix(4).elementsEqual("ftyp".utf8)
         case "mp3":
             // An ID3 tag, or an MPEG audio frame sync (11 set bits).
-            valid = head.starts(with: Array("ID3".utf8)) || (head.count >= 2 && head[head.startIndex] == 0xFF
-                && head[head.startIndex + 1] & 0xE0 == 0xE0)
+            valid =
+                head.starts(with: Array("ID3".utf8))
+                || (head.count >= 2 && head[head.startIndex] == 0xFF
+                    && head[head.startIndex + 1] & 0xE0 == 0xE0)
         default: break
         }
         if !valid {
@@ -114,7 +139,8 @@ public struct ArtifactStore: Sendable {
 
     static func safe(_ text: String) -> String {
         let allowed = text.unicodeScalars.map { scalar -> Character in
-            (scalar.isASCII && (CharacterSet.alphanumerics.contains(scalar) || scalar == "-" || scalar == "_" || scalar == "."))
+            (scalar.isASCII
+                && (CharacterSet.alphanumerics.contains(scalar) || scalar == "-" || scalar == "_" || scalar == "."))
                 ? Character(scalar) : "_"
         }
         return String(String(allowed).prefix(80))

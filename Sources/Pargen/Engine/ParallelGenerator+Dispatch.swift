@@ -253,8 +253,12 @@ extension ParallelGenerator {
     private func completeWithShared(_ shared: Artifact, job: LeasedJob, servedFromCache: Bool) async throws {
         let artifact = try artifacts.materialize(shared, job: job.record.id, request: job.record.request)
         let outcome = JobOutcome(
-            artifact: artifact, provider: shared.provider, cost: .zero, servedFromCache: servedFromCache,
-            deduplicated: !servedFromCache)
+            artifact: artifact,
+            provider: shared.provider,
+            cost: .zero,
+            servedFromCache: servedFromCache,
+            deduplicated: !servedFromCache
+        )
         try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
     }
 
@@ -325,6 +329,10 @@ extension ParallelGenerator {
             }
             return .retryLater
         }
+        // From here the job waits on its provider (slots, window), not on the dispatcher: its batch is done
+        // with it, so that jobs for other providers are not held up behind a provider's quota.
+        submitted.fire()
+        let holdsSlot = descriptor.quota.holdsSlot(request.kind)
         do {
             let resources = try await pool.acquire(
                 ResourceRequest(
@@ -332,17 +340,19 @@ extension ParallelGenerator {
                         .apiCalls: 1, .memoryMB: Self.memoryEstimate(request),
                         .storageMB: Self.storageEstimate(request),
                     ],
-                    provider: name,
+                    // A provider without a concurrency quota still has its adaptive limit (AIMD on throttling).
+                    provider: holdsSlot || descriptor.quota.concurrentTasks == nil ? name : nil,
                     priority: request.priority
                 )
             )
             defer { pool.release(resources) }
             // Admission comes last, right before the call: tokens are spent at the unit the provider
             // meters, so calls held up by resources never arrive at the provider in a bunch.
-            try await limiter.acquire(
+            let admission = try await limiter.acquire(
                 user: request.user,
                 project: request.project,
                 provider: name,
+                holdsSlot: holdsSlot,
                 clock: clock
             ) {
                 kind,
@@ -363,6 +373,12 @@ extension ParallelGenerator {
                     idempotentSubmission: descriptor.idempotentSubmission
                 )
             }
+            // The window counts the call from when it is known to have reached the provider: its answer,
+            // its task id, or at the latest the end of the call.
+            let arrived = OnceFlag {
+                self.limiter.confirmArrival(provider: name, admittedAt: admission.time, at: self.clock.now)
+            }
+            defer { arrived.fire() }
             let attempt = resumeTaskID == nil ? record.attempts + 1 : record.attempts
             progress(record, .submitted, provider: name)
             submitted.fire()
@@ -376,6 +392,7 @@ extension ParallelGenerator {
                 idempotencyKey: "\(id):\(attempt)",
                 logger: logger,
                 submitted: { taskID in
+                    arrived.fire()
                     self.hooks.afterProviderAccepted(id)
                     try await self.store.recordSubmission(lease, taskID: taskID)
                     submittedFlag.markPersisted()
@@ -388,9 +405,12 @@ extension ParallelGenerator {
                     self.pool.recordProviderOutcome(name, .throttled)
                     self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
                     self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
-                }
+                },
+                answered: { arrived.fire() }
             )
             let started = clock.now
+            // The slot is held from submit to the task's end: that time sizes the window kept for slot holders.
+            defer { if holdsSlot { limiter.recordTaskDuration(provider: name, clock.now - started) } }
             let output: ProviderOutput
             do {
                 output = try await Self.shieldingSubmission(submittedFlag) {

@@ -96,20 +96,34 @@ public final class ParallelGenerator: Service, Sendable {
         self.store = store ?? MemoryJobStore(clock: clock)
         self.artifacts = ArtifactStore(root: outputDirectory)
         var byName: [String: any GenerationProvider] = [:]
-        for provider in providers where byName[provider.descriptor.name] == nil { byName[provider.descriptor.name] = provider }
+        for provider in providers where byName[provider.descriptor.name] == nil {
+            byName[provider.descriptor.name] = provider
+        }
         self.providers = byName
         let descriptors = providers.map(\.descriptor).filter { byName[$0.name] != nil }
         validator = RequestValidator(configuration: configuration.validation)
+        let pool = ResourcePool(configuration: configuration.resources, clock: clock)
+        self.pool = pool
         limiter = RateLimiter(
             configuration: configuration.rateLimits,
-            providerQuotas: Dictionary(descriptors.map { ($0.name, $0.quota) }, uniquingKeysWith: { a, _ in a }))
-        pool = ResourcePool(configuration: configuration.resources, clock: clock)
+            providerQuotas: Dictionary(descriptors.map { ($0.name, $0.quota) }, uniquingKeysWith: { a, _ in a }),
+            slotQueue: { pool.waitingForSlot($0) }
+        )
         for descriptor in descriptors {
             pool.registerProvider(descriptor.name, maxConcurrent: descriptor.quota.concurrentTasks ?? 64)
         }
-        balancer = LoadBalancer(providers: descriptors, configuration: configuration.balancing, seed: configuration.randomSeed)
-        self.cache = cache ?? MemoryLRUCache(
-            capacity: configuration.caching.memoryCapacity, timeToLive: configuration.caching.timeToLive, clock: clock)
+        balancer = LoadBalancer(
+            providers: descriptors,
+            configuration: configuration.balancing,
+            seed: configuration.randomSeed
+        )
+        self.cache =
+            cache
+            ?? MemoryLRUCache(
+                capacity: configuration.caching.memoryCapacity,
+                timeToLive: configuration.caching.timeToLive,
+                clock: clock
+            )
         costs = CostMonitor(configuration: configuration.budgets, clock: clock)
         batcher = Batcher(configuration: configuration.batching)
         retryPolicy = RetryPolicy(configuration: configuration.retry)
@@ -197,7 +211,11 @@ public final class ParallelGenerator: Service, Sendable {
             do throws(GenerationError) {
                 let checked = try validator.validate(request, fallbackID: fallbackID)
                 if let refusal = balancer.refusal(for: checked) {
-                    throw GenerationError(.noCapableProvider, refusal, field: checked.provider == nil ? nil : "provider")
+                    throw GenerationError(
+                        .noCapableProvider,
+                        refusal,
+                        field: checked.provider == nil ? nil : "provider"
+                    )
                 }
                 valid.append((index, checked))
             } catch {
@@ -205,22 +223,45 @@ public final class ParallelGenerator: Service, Sendable {
                 ids[index] = id
                 let requestID = request.id.isEmpty ? fallbackID : request.id
                 invalid.append(
-                    (index,
-                     GenerationResult(
-                        requestID: requestID, jobID: id, outcome: .failure(error), provider: nil, actualCost: .zero,
-                        attempts: 0, errorHistory: [error])))
+                    (
+                        index,
+                        GenerationResult(
+                            requestID: requestID,
+                            jobID: id,
+                            outcome: .failure(error),
+                            provider: nil,
+                            actualCost: .zero,
+                            attempts: 0,
+                            errorHistory: [error]
+                        )
+                    )
+                )
             }
         }
         let outcomes = try await store.enqueue(valid.map(\.1))
         for ((index, request), outcome) in zip(valid, outcomes) {
             ids[index] = outcome.jobID
             if !outcome.existing {
-                publish(.progress(ProgressUpdate(requestID: request.id, jobID: outcome.jobID, status: .queued, time: clock.now)))
+                publish(
+                    .progress(
+                        ProgressUpdate(requestID: request.id, jobID: outcome.jobID, status: .queued, time: clock.now)
+                    )
+                )
             }
         }
         for (_, result) in invalid {
             state.withLock { $0.invalid[result.jobID!] = result }
-            publish(.progress(ProgressUpdate(requestID: result.requestID, jobID: result.jobID!, status: .failed, message: result.error?.description, time: clock.now)))
+            publish(
+                .progress(
+                    ProgressUpdate(
+                        requestID: result.requestID,
+                        jobID: result.jobID!,
+                        status: .failed,
+                        message: result.error?.description,
+                        time: clock.now
+                    )
+                )
+            )
             finishWaiters(result)
         }
         wakeup.signal()
@@ -232,7 +273,8 @@ public final class ParallelGenerator: Service, Sendable {
     /// - Parameter progress: Called for every progress update of these requests.
     /// - Throws: Only if the engine is not running or the store fails; failed requests are results.
     public func generate(
-        _ requests: [GenerationRequest], progress: (@Sendable (ProgressUpdate) -> Void)? = nil
+        _ requests: [GenerationRequest],
+        progress: (@Sendable (ProgressUpdate) -> Void)? = nil
     ) async throws -> [GenerationResult] {
         let running = state.withLock { $0.lifecycle == .running }
         guard running else { throw EngineError.notRunning }
@@ -284,8 +326,13 @@ public final class ParallelGenerator: Service, Sendable {
     /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
     private static func cancelledResult(_ id: JobID) -> GenerationResult {
         GenerationResult(
-            requestID: "", jobID: id, outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
-            provider: nil, actualCost: .zero, attempts: 0)
+            requestID: "",
+            jobID: id,
+            outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
+            provider: nil,
+            actualCost: .zero,
+            attempts: 0
+        )
     }
 
     private func waitForResult(_ id: JobID, waiterID: UInt64) async -> GenerationResult {
@@ -343,11 +390,20 @@ public final class ParallelGenerator: Service, Sendable {
             var batcherStats = state.batcher
             batcherStats.batchesInFlight = state.batchesInFlight
             var activity = state.providerActivity
-            for (name, samples) in state.latencies { activity[name, default: ProviderActivity()].latency = LatencySummary(samples) }
+            for (name, samples) in state.latencies {
+                activity[name, default: ProviderActivity()].latency = LatencySummary(samples)
+            }
             return SystemStats(
-                rateLimiter: limiter.stats(), resourcePool: pool.stats(), batcher: batcherStats,
-                loadBalancer: balancer.stats(), cache: cacheCopy, costMonitor: costs.stats(), queue: queue,
-                providers: activity, invalid: state.invalid.count)
+                rateLimiter: limiter.stats(),
+                resourcePool: pool.stats(),
+                batcher: batcherStats,
+                loadBalancer: balancer.stats(),
+                cache: cacheCopy,
+                costMonitor: costs.stats(),
+                queue: queue,
+                providers: activity,
+                invalid: state.invalid.count
+            )
         }
     }
 
@@ -379,19 +435,28 @@ public final class ParallelGenerator: Service, Sendable {
         if let success = record.outcome {
             outcome = .success(success.artifact)
         } else if record.state == .needsReconciliation {
-            outcome = .failure(GenerationError(
-                .needsReconciliation,
-                "the job may have reached \(record.provider ?? "its provider") before a crash, and its task id was not recorded: check the provider, then retry or purge it",
-                provider: record.provider))
+            outcome = .failure(
+                GenerationError(
+                    .needsReconciliation,
+                    "the job may have reached \(record.provider ?? "its provider") before a crash, and its task id was not recorded: check the provider, then retry or purge it",
+                    provider: record.provider
+                )
+            )
         } else {
             outcome = .failure(record.errors.last ?? GenerationError(.terminal, "the job ended without a result"))
         }
         return GenerationResult(
-            requestID: record.request.id, jobID: record.id, outcome: outcome,
-            provider: record.outcome?.provider ?? record.provider, actualCost: record.outcome?.cost ?? .zero,
-            attempts: record.attempts, servedFromCache: record.outcome?.servedFromCache ?? false,
+            requestID: record.request.id,
+            jobID: record.id,
+            outcome: outcome,
+            provider: record.outcome?.provider ?? record.provider,
+            actualCost: record.outcome?.cost ?? .zero,
+            attempts: record.attempts,
+            servedFromCache: record.outcome?.servedFromCache ?? false,
             deduplicated: record.outcome?.deduplicated ?? false,
-            latency: (record.finishedAt ?? clock.now) - record.enqueuedAt, errorHistory: record.errors)
+            latency: (record.finishedAt ?? clock.now) - record.enqueuedAt,
+            errorHistory: record.errors
+        )
     }
 }
 
@@ -409,5 +474,7 @@ public struct EngineHooks: Sendable {
 /// Errors of the engine itself (not of a request).
 public struct EngineError: Error, Sendable, Hashable, CustomStringConvertible {
     public var description: String
-    public static let notRunning = EngineError(description: "the generator is not running: call start() first, or run it in a ServiceGroup")
+    public static let notRunning = EngineError(
+        description: "the generator is not running: call start() first, or run it in a ServiceGroup"
+    )
 }

@@ -18,7 +18,9 @@ public enum ProgressStatus: String, Sendable, Hashable, Codable, CaseIterable, C
     public var description: String { rawValue }
 
     /// Whether the request has reached its end.
-    public var isFinal: Bool { self == .succeeded || self == .failed || self == .deadLettered || self == .servedFromCache }
+    public var isFinal: Bool {
+        self == .succeeded || self == .failed || self == .deadLettered || self == .servedFromCache
+    }
 }
 
 /// One step of one request, as delivered to progress callbacks and event streams.
@@ -34,8 +36,13 @@ public struct ProgressUpdate: Sendable, Hashable {
     public var time: Duration
 
     public init(
-        requestID: String, jobID: JobID, status: ProgressStatus, progress: Double = 0, provider: String? = nil,
-        message: String? = nil, time: Duration
+        requestID: String,
+        jobID: JobID,
+        status: ProgressStatus,
+        progress: Double = 0,
+        provider: String? = nil,
+        message: String? = nil,
+        time: Duration
     ) {
         self.requestID = requestID
         self.jobID = jobID
@@ -70,7 +77,10 @@ public final class EventBus: Sendable {
 
     /// A stream of every event from now on. It ends when the subscriber stops iterating or the bus finishes.
     public func subscribe() -> AsyncStream<PargenEvent> {
-        let (stream, continuation) = AsyncStream.makeStream(of: PargenEvent.self, bufferingPolicy: .bufferingNewest(bufferSize))
+        let (stream, continuation) = AsyncStream.makeStream(
+            of: PargenEvent.self,
+            bufferingPolicy: .bufferingNewest(bufferSize)
+        )
         let id = state.withLock { state -> UInt64 in
             state.nextID += 1
             state.subscribers[state.nextID] = continuation

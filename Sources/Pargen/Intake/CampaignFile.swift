@@ -96,17 +96,27 @@ public struct CampaignFile: Sendable {
         var file = CampaignFile(format: .csv, lines: [], errors: [])
         let records = CSVReader.records(text)
         guard let header = records.first else { return file }
-        let columns = header.fields.map { $0.trimmingWhitespace().lowercased().replacingOccurrences(of: " ", with: "_") }
-        if let duplicate = Dictionary(grouping: columns, by: { $0 }).first(where: { $0.value.count > 1 && !$0.key.isEmpty }) {
-            file.errors.append(CampaignLineError(line: header.line, field: duplicate.key, message: "column appears more than once"))
+        let columns = header.fields.map {
+            $0.trimmingWhitespace().lowercased().replacingOccurrences(of: " ", with: "_")
+        }
+        if let duplicate = Dictionary(grouping: columns, by: { $0 }).first(where: {
+            $0.value.count > 1 && !$0.key.isEmpty
+        }) {
+            file.errors.append(
+                CampaignLineError(line: header.line, field: duplicate.key, message: "column appears more than once")
+            )
             return file
         }
         for record in records.dropFirst() {
             if record.fields.allSatisfy({ $0.trimmingWhitespace().isEmpty }) { continue }
             if record.fields.count > columns.count {
-                file.errors.append(CampaignLineError(
-                    line: record.line, field: nil,
-                    message: "has \(record.fields.count) values but the header has \(columns.count) columns"))
+                file.errors.append(
+                    CampaignLineError(
+                        line: record.line,
+                        field: nil,
+                        message: "has \(record.fields.count) values but the header has \(columns.count) columns"
+                    )
+                )
                 continue
             }
             var object: [String: JSONValue] = [:]
@@ -131,7 +141,9 @@ public struct CampaignFile: Sendable {
     // MARK: - Fields
 
     private static func makeRequest(
-        _ object: [String: JSONValue], line: Int, extraMetadata: [String: JSONValue]
+        _ object: [String: JSONValue],
+        line: Int,
+        extraMetadata: [String: JSONValue]
     ) -> Result<GenerationRequest, CampaignLineError> {
         func fail(_ field: String, _ message: String) -> Result<GenerationRequest, CampaignLineError> {
             .failure(CampaignLineError(line: line, field: field, message: message))
@@ -185,7 +197,8 @@ public struct CampaignFile: Sendable {
             case .string(let raw):
                 let trimmed = raw.trimmingWhitespace()
                 if !trimmed.isEmpty {
-                    guard let value = try? JSONDecoder().decode([String: JSONValue].self, from: Data(trimmed.utf8)) else {
+                    guard let value = try? JSONDecoder().decode([String: JSONValue].self, from: Data(trimmed.utf8))
+                    else {
                         return fail("metadata", "must be a JSON object")
                     }
                     metadata.merge(value) { _, new in new }
@@ -213,7 +226,8 @@ public struct CampaignFile: Sendable {
             number = number.dropLast()
             scale = 60
         }
-        guard let seconds = Double(String(number).trimmingWhitespace()), seconds.isFinite, seconds >= 0, seconds < 1e7 else {
+        guard let seconds = Double(String(number).trimmingWhitespace()), seconds.isFinite, seconds >= 0, seconds < 1e7
+        else {
             return nil
         }
         return .fromSeconds(seconds * scale)

@@ -21,11 +21,15 @@ public struct RequestValidator: Sendable {
             throw fail("prompt", "contains control characters")
         }
         let maximum = request.kind == .audio ? configuration.maxAudioDuration : configuration.maxVideoDuration
-        let duration = request.duration
+        let duration =
+            request.duration
             ?? (request.kind == .audio ? configuration.defaultAudioDuration : configuration.defaultVideoDuration)
         guard duration > .zero else { throw fail("duration", "must be more than 0 seconds") }
         guard duration <= maximum else {
-            throw fail("duration", "is \(duration.seconds.formatted1) s; \(request.kind) may be at most \(maximum.seconds.formatted1) s")
+            throw fail(
+                "duration",
+                "is \(duration.seconds.formatted1) s; \(request.kind) may be at most \(maximum.seconds.formatted1) s"
+            )
         }
         var resolution = request.resolution
         switch request.kind {
@@ -57,12 +61,31 @@ public struct RequestValidator: Sendable {
         let model = clean(request.model)
         let provider = clean(request.provider)
         return ValidatedRequest(
-            id: id, kind: request.kind, prompt: prompt, priority: request.priority, duration: duration,
-            format: request.format, resolution: resolution, voice: voice, model: model, provider: provider,
-            user: user, project: project, campaign: clean(request.campaign) ?? project,
-            idempotencyKey: key.flatMap { $0.isEmpty ? nil : $0 }, metadata: request.metadata,
+            id: id,
+            kind: request.kind,
+            prompt: prompt,
+            priority: request.priority,
+            duration: duration,
+            format: request.format,
+            resolution: resolution,
+            voice: voice,
+            model: model,
+            provider: provider,
+            user: user,
+            project: project,
+            campaign: clean(request.campaign) ?? project,
+            idempotencyKey: key.flatMap { $0.isEmpty ? nil : $0 },
+            metadata: request.metadata,
             fingerprint: ValidatedRequest.makeFingerprint(
-                kind: request.kind, prompt: prompt, duration: duration, format: request.format,
-                resolution: resolution, voice: voice, model: model, provider: provider))
+                kind: request.kind,
+                prompt: prompt,
+                duration: duration,
+                format: request.format,
+                resolution: resolution,
+                voice: voice,
+                model: model,
+                provider: provider
+            )
+        )
     }
 }

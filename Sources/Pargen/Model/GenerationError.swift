@@ -58,8 +58,12 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
     public var field: String?
 
     public init(
-        _ code: Code, _ message: String, provider: String? = nil, providerCode: String? = nil,
-        retryAfter: Duration? = nil, field: String? = nil
+        _ code: Code,
+        _ message: String,
+        provider: String? = nil,
+        providerCode: String? = nil,
+        retryAfter: Duration? = nil,
+        field: String? = nil
     ) {
         self.code = code
         self.message = message
@@ -110,7 +114,9 @@ extension GenerationError.Code {
     public init(from decoder: any Decoder) throws {
         let raw = try decoder.singleValueContainer().decode(String.self)
         guard let base = Base(rawValue: raw) else {
-            throw DecodingError.dataCorrupted(.init(codingPath: decoder.codingPath, debugDescription: "unknown code \(raw)"))
+            throw DecodingError.dataCorrupted(
+                .init(codingPath: decoder.codingPath, debugDescription: "unknown code \(raw)")
+            )
         }
         self.init(base)
     }

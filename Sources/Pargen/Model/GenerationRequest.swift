@@ -76,9 +76,20 @@ public struct GenerationRequest: Sendable, Hashable, Codable {
         metadata: [String: JSONValue] = [:]
     ) -> GenerationRequest {
         GenerationRequest(
-            kind: .audio, prompt: prompt, priority: priority, duration: duration, format: format, voice: voice,
-            model: model, provider: provider, user: user, project: project, campaign: campaign,
-            idempotencyKey: idempotencyKey, metadata: metadata)
+            kind: .audio,
+            prompt: prompt,
+            priority: priority,
+            duration: duration,
+            format: format,
+            voice: voice,
+            model: model,
+            provider: provider,
+            user: user,
+            project: project,
+            campaign: campaign,
+            idempotencyKey: idempotencyKey,
+            metadata: metadata
+        )
     }
 
     /// A video request.
@@ -97,9 +108,20 @@ public struct GenerationRequest: Sendable, Hashable, Codable {
         metadata: [String: JSONValue] = [:]
     ) -> GenerationRequest {
         GenerationRequest(
-            kind: .video, prompt: prompt, priority: priority, duration: duration, format: format,
-            resolution: resolution, model: model, provider: provider, user: user, project: project,
-            campaign: campaign, idempotencyKey: idempotencyKey, metadata: metadata)
+            kind: .video,
+            prompt: prompt,
+            priority: priority,
+            duration: duration,
+            format: format,
+            resolution: resolution,
+            model: model,
+            provider: provider,
+            user: user,
+            project: project,
+            campaign: campaign,
+            idempotencyKey: idempotencyKey,
+            metadata: metadata
+        )
     }
 }
 
@@ -131,8 +153,14 @@ public struct ValidatedRequest: Sendable, Hashable, Codable {
 extension ValidatedRequest {
     /// The cache key: every field that changes the generated media, and nothing else.
     static func makeFingerprint(
-        kind: GenerationKind, prompt: String, duration: Duration, format: MediaFormat?, resolution: Resolution?,
-        voice: String?, model: String?, provider: String?
+        kind: GenerationKind,
+        prompt: String,
+        duration: Duration,
+        format: MediaFormat?,
+        resolution: Resolution?,
+        voice: String?,
+        model: String?,
+        provider: String?
     ) -> String {
         let fields = [
             "pargen-v1", kind.rawValue, prompt, String(duration.milliseconds), format?.name ?? "-",

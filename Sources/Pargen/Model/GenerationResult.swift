@@ -16,8 +16,14 @@ public struct Artifact: Sendable, Hashable, Codable {
     public var providerTaskID: String?
 
     public init(
-        url: URL, format: MediaFormat, contentType: String, byteCount: Int64, sha256: String, duration: Duration,
-        provider: String, providerTaskID: String? = nil
+        url: URL,
+        format: MediaFormat,
+        contentType: String,
+        byteCount: Int64,
+        sha256: String,
+        duration: Duration,
+        provider: String,
+        providerTaskID: String? = nil
     ) {
         self.url = url
         self.format = format
@@ -58,9 +64,16 @@ public struct GenerationResult: Sendable {
     public var errorHistory: [GenerationError]
 
     public init(
-        requestID: String, jobID: JobID?, outcome: Result<Artifact, GenerationError>, provider: String?,
-        actualCost: Money, attempts: Int, servedFromCache: Bool = false, deduplicated: Bool = false,
-        latency: Duration = .zero, errorHistory: [GenerationError] = []
+        requestID: String,
+        jobID: JobID?,
+        outcome: Result<Artifact, GenerationError>,
+        provider: String?,
+        actualCost: Money,
+        attempts: Int,
+        servedFromCache: Bool = false,
+        deduplicated: Bool = false,
+        latency: Duration = .zero,
+        errorHistory: [GenerationError] = []
     ) {
         self.requestID = requestID
         self.jobID = jobID

@@ -25,10 +25,17 @@ public struct ProviderCapabilities: Sendable, Hashable {
     public var minAudioDuration: Duration
 
     public init(
-        kinds: Set<GenerationKind>, audioFormats: [MediaFormat] = [], videoFormats: [MediaFormat] = [],
-        maxAudioDuration: Duration = .seconds(600), maxVideoDuration: Duration = .seconds(60),
-        maxResolution: Resolution? = nil, maxPromptLength: Int = 5_000, voices: Set<String>? = nil,
-        models: [String] = [], videoDurations: [Duration]? = nil, videoResolutions: [Resolution]? = nil,
+        kinds: Set<GenerationKind>,
+        audioFormats: [MediaFormat] = [],
+        videoFormats: [MediaFormat] = [],
+        maxAudioDuration: Duration = .seconds(600),
+        maxVideoDuration: Duration = .seconds(60),
+        maxResolution: Resolution? = nil,
+        maxPromptLength: Int = 5_000,
+        voices: Set<String>? = nil,
+        models: [String] = [],
+        videoDurations: [Duration]? = nil,
+        videoResolutions: [Resolution]? = nil,
         minAudioDuration: Duration = .zero
     ) {
         self.videoDurations = videoDurations
@@ -94,8 +101,11 @@ public struct ProviderPricing: Sendable, Hashable {
     public var models: [String: ProviderPricing]
 
     public init(
-        perRequest: Money = .zero, perCharacter: Money = .zero, perAudioSecond: Money = .zero,
-        perVideoSecond: Money = .zero, models: [String: ProviderPricing] = [:]
+        perRequest: Money = .zero,
+        perCharacter: Money = .zero,
+        perAudioSecond: Money = .zero,
+        perVideoSecond: Money = .zero,
+        models: [String: ProviderPricing] = [:]
     ) {
         self.perRequest = perRequest
         self.perCharacter = perCharacter
@@ -111,7 +121,8 @@ public struct ProviderPricing: Sendable, Hashable {
         let milliseconds = request.duration.milliseconds
         switch request.kind {
         case .audio:
-            total = total + perCharacter * Int64(request.characterCount) + perAudioSecond.times(thousandths: milliseconds)
+            total =
+                total + perCharacter * Int64(request.characterCount) + perAudioSecond.times(thousandths: milliseconds)
         case .video:
             total = total + perVideoSecond.times(thousandths: milliseconds)
         }
@@ -132,7 +143,10 @@ public struct ProviderDescriptor: Sendable, Hashable {
     public var idempotentSubmission: Bool
 
     public init(
-        name: String, capabilities: ProviderCapabilities, pricing: ProviderPricing, quota: ProviderQuota,
+        name: String,
+        capabilities: ProviderCapabilities,
+        pricing: ProviderPricing,
+        quota: ProviderQuota,
         idempotentSubmission: Bool = false
     ) {
         self.name = name
@@ -174,15 +188,22 @@ public struct ProviderCallContext: Sendable {
     private let progress: @Sendable (Double) -> Void
     private let downloading: @Sendable () -> Void
     private let throttled: @Sendable (Duration?) -> Void
+    private let answered: @Sendable () -> Void
 
     public init(
-        destination: URL, clock: PargenClock, attempt: Int, idempotencyKey: String, logger: Logger,
+        destination: URL,
+        clock: PargenClock,
+        attempt: Int,
+        idempotencyKey: String,
+        logger: Logger,
         submitted: @escaping @Sendable (String) async throws -> Void = { _ in },
         progress: @escaping @Sendable (Double) -> Void = { _ in },
         downloading: @escaping @Sendable () -> Void = {},
-        throttled: @escaping @Sendable (Duration?) -> Void = { _ in }
+        throttled: @escaping @Sendable (Duration?) -> Void = { _ in },
+        answered: @escaping @Sendable () -> Void = {}
     ) {
         self.throttled = throttled
+        self.answered = answered
         self.destination = destination
         self.clock = clock
         self.attempt = attempt
@@ -198,6 +219,9 @@ public struct ProviderCallContext: Sendable {
     public func reportSubmitted(taskID: String) async throws { try await submitted(taskID) }
     /// Progress of the running task, 0...1.
     public func reportProgress(_ fraction: Double) { progress(min(1, max(0, fraction))) }
+    /// The provider has answered the submission (its response head arrived), so the call has certainly
+    /// reached it: the engine counts the provider's request window from here.
+    public func reportAnswered() { answered() }
     /// The result is being fetched.
     public func reportDownloading() { downloading() }
     /// The provider accepted the task but holds it back for load (Runway `THROTTLED`): the engine lowers its
@@ -221,11 +245,18 @@ public protocol GenerationProvider: Sendable {
 }
 
 extension GenerationProvider {
-    public func resume(taskID: String, request: ValidatedRequest, context: ProviderCallContext) async throws
+    public func resume(
+        taskID: String,
+        request: ValidatedRequest,
+        context: ProviderCallContext
+    ) async throws
         -> ProviderOutput
     {
         throw GenerationError(
-            .terminal, "provider cannot resume task \(taskID)", provider: descriptor.name)
+            .terminal,
+            "provider cannot resume task \(taskID)",
+            provider: descriptor.name
+        )
     }
 }
 

@@ -1,8 +1,9 @@
 import Dispatch
+public import Foundation
+
 #if canImport(Glibc)
 import Glibc
 #endif
-public import Foundation
 
 /// A provider that makes real media on this machine, with no network and no credentials.
 ///
@@ -81,24 +82,51 @@ public struct LocalProvider: GenerationProvider {
     /// and `local-studio` (audio only, mid-priced, steady).
     ///
     /// - Parameter reliable: Turn every injected failure off.
-    public static func demoProviders(reliable: Bool = false, seed: UInt64 = 1, submitLog: URL? = nil) -> [LocalProvider] {
+    public static func demoProviders(reliable: Bool = false, seed: UInt64 = 1, submitLog: URL? = nil) -> [LocalProvider]
+    {
         let failures = reliable ? 0.0 : 1.0
         return [
-            LocalProvider(configuration: Configuration(
-                name: "local-fast", submitLatency: .milliseconds(40), latencyPerMediaSecond: .milliseconds(15),
-                throttleRate: 0.04 * failures, throttleRetryAfter: .milliseconds(800),
-                pricing: ProviderPricing(perRequest: .cents(1), perCharacter: Money(nanos: 30_000), perVideoSecond: .cents(8)),
-                quota: ProviderQuota(requestsPerMinute: 300, concurrentTasks: 6), seed: seed)),
-            LocalProvider(configuration: Configuration(
-                name: "local-cheap", submitLatency: .milliseconds(120), latencyPerMediaSecond: .milliseconds(45),
-                transientFailureRate: 0.12 * failures, terminalFailureRate: 0.01 * failures,
-                pricing: ProviderPricing(perCharacter: Money(nanos: 10_000), perVideoSecond: .cents(3)),
-                quota: ProviderQuota(requestsPerMinute: 120, concurrentTasks: 4), maxResolution: .p720, seed: seed &+ 1)),
-            LocalProvider(configuration: Configuration(
-                name: "local-studio", kinds: [.audio], submitLatency: .milliseconds(80),
-                latencyPerMediaSecond: .milliseconds(25), transientFailureRate: 0.03 * failures,
-                pricing: ProviderPricing(perCharacter: Money(nanos: 20_000), perAudioSecond: Money(nanos: 100_000)),
-                quota: ProviderQuota(requestsPerMinute: 200, concurrentTasks: 5), seed: seed &+ 2)),
+            LocalProvider(
+                configuration: Configuration(
+                    name: "local-fast",
+                    submitLatency: .milliseconds(40),
+                    latencyPerMediaSecond: .milliseconds(15),
+                    throttleRate: 0.04 * failures,
+                    throttleRetryAfter: .milliseconds(800),
+                    pricing: ProviderPricing(
+                        perRequest: .cents(1),
+                        perCharacter: Money(nanos: 30_000),
+                        perVideoSecond: .cents(8)
+                    ),
+                    quota: ProviderQuota(requestsPerMinute: 300, concurrentTasks: 6),
+                    seed: seed
+                )
+            ),
+            LocalProvider(
+                configuration: Configuration(
+                    name: "local-cheap",
+                    submitLatency: .milliseconds(120),
+                    latencyPerMediaSecond: .milliseconds(45),
+                    transientFailureRate: 0.12 * failures,
+                    terminalFailureRate: 0.01 * failures,
+                    pricing: ProviderPricing(perCharacter: Money(nanos: 10_000), perVideoSecond: .cents(3)),
+                    quota: ProviderQuota(requestsPerMinute: 120, concurrentTasks: 4),
+                    maxResolution: .p720,
+                    seed: seed &+ 1
+                )
+            ),
+            LocalProvider(
+                configuration: Configuration(
+                    name: "local-studio",
+                    kinds: [.audio],
+                    submitLatency: .milliseconds(80),
+                    latencyPerMediaSecond: .milliseconds(25),
+                    transientFailureRate: 0.03 * failures,
+                    pricing: ProviderPricing(perCharacter: Money(nanos: 20_000), perAudioSecond: Money(nanos: 100_000)),
+                    quota: ProviderQuota(requestsPerMinute: 200, concurrentTasks: 5),
+                    seed: seed &+ 2
+                )
+            ),
         ].map { provider in
             var configuration = provider.configuration
             configuration.submitLog = submitLog
@@ -111,14 +139,19 @@ public struct LocalProvider: GenerationProvider {
         descriptor = ProviderDescriptor(
             name: configuration.name,
             capabilities: ProviderCapabilities(
-                kinds: configuration.kinds, audioFormats: configuration.kinds.contains(.audio) ? [.wav] : [],
+                kinds: configuration.kinds,
+                audioFormats: configuration.kinds.contains(.audio) ? [.wav] : [],
                 videoFormats: configuration.kinds.contains(.video) ? [.gif] : [],
-                maxAudioDuration: configuration.maxAudioDuration, maxVideoDuration: configuration.maxVideoDuration,
+                maxAudioDuration: configuration.maxAudioDuration,
+                maxVideoDuration: configuration.maxVideoDuration,
                 maxResolution: configuration.kinds.contains(.video) ? configuration.maxResolution : nil,
-                maxPromptLength: 10_000),
-            pricing: configuration.pricing, quota: configuration.quota,
+                maxPromptLength: 10_000
+            ),
+            pricing: configuration.pricing,
+            quota: configuration.quota,
             // The same idempotency key is the same task (its id and media derive from the key), charged once.
-            idempotentSubmission: true)
+            idempotentSubmission: true
+        )
     }
 
     public func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
@@ -134,27 +167,39 @@ public struct LocalProvider: GenerationProvider {
         var threshold = configuration.throttleRate
         if roll < threshold {
             throw GenerationError(
-                .rateLimited, "too many requests", provider: descriptor.name, providerCode: "429",
-                retryAfter: configuration.throttleRetryAfter)
+                .rateLimited,
+                "too many requests",
+                provider: descriptor.name,
+                providerCode: "429",
+                retryAfter: configuration.throttleRetryAfter
+            )
         }
         threshold += configuration.terminalFailureRate
         if roll < threshold {
             throw GenerationError(
-                .terminal, "the prompt was refused by the content policy", provider: descriptor.name,
-                providerCode: "content_policy_violation")
+                .terminal,
+                "the prompt was refused by the content policy",
+                provider: descriptor.name,
+                providerCode: "content_policy_violation"
+            )
         }
         let failsMidway = roll < threshold + configuration.transientFailureRate
         let taskID = "\(descriptor.name)-\(SplitMix64.stableHash(context.idempotencyKey))"
         if let submitLog = configuration.submitLog {
             // A key seen before is the same task: no new submission.
-            let seen = (try? String(contentsOf: submitLog, encoding: .utf8))?.contains("\(context.idempotencyKey)\t") ?? false
+            let seen =
+                (try? String(contentsOf: submitLog, encoding: .utf8))?.contains("\(context.idempotencyKey)\t") ?? false
             if !seen { Self.append("\(context.idempotencyKey)\t\(taskID)\t\(request.id)\n", to: submitLog) }
         }
         try await context.reportSubmitted(taskID: taskID)
         return try await run(request, taskID: taskID, context: context, failsMidway: failsMidway, rng: &rng)
     }
 
-    public func resume(taskID: String, request: ValidatedRequest, context: ProviderCallContext) async throws
+    public func resume(
+        taskID: String,
+        request: ValidatedRequest,
+        context: ProviderCallContext
+    ) async throws
         -> ProviderOutput
     {
         var rng = SplitMix64(seed: SplitMix64.stableHash(String(configuration.seed), taskID))
@@ -162,7 +207,10 @@ public struct LocalProvider: GenerationProvider {
     }
 
     private func run(
-        _ request: ValidatedRequest, taskID: String, context: ProviderCallContext, failsMidway: Bool,
+        _ request: ValidatedRequest,
+        taskID: String,
+        context: ProviderCallContext,
+        failsMidway: Bool,
         rng: inout SplitMix64
     ) async throws -> ProviderOutput {
         let spread = configuration.latencyJitter
@@ -174,7 +222,11 @@ public struct LocalProvider: GenerationProvider {
             try await context.clock.sleep(for: total / steps)
             if failsMidway && step == 2 {
                 throw GenerationError(
-                    .transient, "the service is temporarily unavailable", provider: descriptor.name, providerCode: "503")
+                    .transient,
+                    "the service is temporarily unavailable",
+                    provider: descriptor.name,
+                    providerCode: "503"
+                )
             }
             context.reportProgress(Double(step) / Double(steps))
         }
@@ -259,14 +311,18 @@ enum LocalMedia {
         var palette: [(UInt8, UInt8, UInt8)] = []
         for i in 0..<192 {
             let f = Double(i) / 191
-            palette.append((
-                UInt8(top.0 + (bottom.0 - top.0) * f), UInt8(top.1 + (bottom.1 - top.1) * f),
-                UInt8(top.2 + (bottom.2 - top.2) * f)
-            ))
+            palette.append(
+                (
+                    UInt8(top.0 + (bottom.0 - top.0) * f), UInt8(top.1 + (bottom.1 - top.1) * f),
+                    UInt8(top.2 + (bottom.2 - top.2) * f)
+                )
+            )
         }
         for i in 0..<64 {
             let f = 0.5 + Double(i) / 126
-            palette.append((UInt8(min(255, ball.0 * f + 20)), UInt8(min(255, ball.1 * f + 20)), UInt8(min(255, ball.2 * f + 20))))
+            palette.append(
+                (UInt8(min(255, ball.0 * f + 20)), UInt8(min(255, ball.1 * f + 20)), UInt8(min(255, ball.2 * f + 20)))
+            )
         }
         let writer = try GIFWriter(url: url, width: width, height: height, palette: palette)
         let background: (Int, Int) -> UInt8 = { _, y in UInt8(min(191, y * 192 / max(1, height))) }
@@ -299,7 +355,9 @@ enum LocalMedia {
             let y0 = max(0, min(previous.1, current.1) - radius)
             let x1 = min(width, max(previous.0, current.0) + radius + 1)
             let y1 = min(height, max(previous.1, current.1) + radius + 1)
-            try writer.addFrame(x: x0, y: y0, w: x1 - x0, h: y1 - y0, delayCentiseconds: 100 / framesPerSecond) { px, py in
+            try writer.addFrame(x: x0, y: y0, w: x1 - x0, h: y1 - y0, delayCentiseconds: 100 / framesPerSecond) {
+                px,
+                py in
                 inBall(px, py, current) ?? background(px, py)
             }
             previous = current

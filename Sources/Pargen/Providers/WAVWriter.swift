@@ -3,7 +3,10 @@ import Foundation
 /// Writes 16-bit PCM mono WAV files, streaming samples to disk in chunks.
 struct WAVWriter {
     static func write(
-        to url: URL, sampleRate: Int, sampleCount: Int, sample: (Int) -> Double
+        to url: URL,
+        sampleRate: Int,
+        sampleCount: Int,
+        sample: (Int) -> Double
     ) throws {
         FileManager.default.createFile(atPath: url.path, contents: nil)
         let handle = try FileHandle(forWritingTo: url)
@@ -133,6 +136,8 @@ private struct BitPacker {
 extension Data {
     package mutating func appendLE(_ value: UInt16) { append(contentsOf: [UInt8(value & 0xFF), UInt8(value >> 8)]) }
     package mutating func appendLE(_ value: UInt32) {
-        append(contentsOf: [UInt8(value & 0xFF), UInt8((value >> 8) & 0xFF), UInt8((value >> 16) & 0xFF), UInt8(value >> 24)])
+        append(contentsOf: [
+            UInt8(value & 0xFF), UInt8((value >> 8) & 0xFF), UInt8((value >> 16) & 0xFF), UInt8(value >> 24),
+        ])
     }
 }

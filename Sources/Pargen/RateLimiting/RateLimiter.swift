@@ -15,16 +15,26 @@ public struct ProviderQuota: Sendable, Hashable, Codable {
     /// Added to ``window`` on our side, so that a request admitted here a moment before it reaches the provider
     /// still falls outside the provider's window. Default 250 ms.
     public var margin: Duration
+    /// The kinds of media whose calls take a concurrent-task slot. OpenAI and MiniMax count video tasks only
+    /// (speech is a plain request); ElevenLabs and Azure count every request. Default: every kind.
+    public var concurrencyKinds: Set<GenerationKind>
 
     public init(
-        requestsPerMinute: Int? = nil, concurrentTasks: Int? = nil, window: Duration = .seconds(60),
-        margin: Duration = .milliseconds(250)
+        requestsPerMinute: Int? = nil,
+        concurrentTasks: Int? = nil,
+        window: Duration = .seconds(60),
+        margin: Duration = .milliseconds(250),
+        concurrencyKinds: Set<GenerationKind> = Set(GenerationKind.allCases)
     ) {
         self.requestsPerMinute = requestsPerMinute
         self.concurrentTasks = concurrentTasks
         self.window = window
         self.margin = margin
+        self.concurrencyKinds = concurrencyKinds
     }
+
+    /// Whether a call for `kind` holds one of the ``concurrentTasks`` slots.
+    public func holdsSlot(_ kind: GenerationKind) -> Bool { concurrentTasks != nil && concurrencyKinds.contains(kind) }
 
     var slidingWindow: SlidingWindowLog? {
         requestsPerMinute.map { SlidingWindowLog(limit: $0, window: window + margin) }
@@ -59,6 +69,10 @@ public final class RateLimiter: Sendable {
         var bursts: [String: BurstGuard] = [:]
         var providerWindows: [String: SlidingWindowLog] = [:]
         var providerCooldowns: [String: Duration] = [:]
+        /// Slot holders waiting here for a provider's window, per provider.
+        var slotHoldersWaiting: [String: Int] = [:]
+        /// Smoothed time a task holds a provider's slot, in seconds.
+        var taskSeconds: [String: Double] = [:]
         var admitted = 0
         var denied: [LimitKind: Int] = [:]
         var waited: [LimitKind: Duration] = [:]
@@ -69,10 +83,47 @@ public final class RateLimiter: Sendable {
     public let configuration: PargenConfiguration.RateLimits
     private let providerQuotas: Mutex<[String: ProviderQuota]>
     private let state = Mutex(State())
+    /// How many slot-holding requests wait for a provider's concurrency slot (the resource pool knows).
+    private let slotQueue: @Sendable (String) -> Int
 
-    public init(configuration: PargenConfiguration.RateLimits, providerQuotas: [String: ProviderQuota] = [:]) {
+    /// - Parameter slotQueue: Requests waiting for a concurrency slot of a provider; with it, the window keeps
+    ///   back enough submissions for them (see ``tryAcquire(user:project:provider:holdsSlot:at:)``).
+    public init(
+        configuration: PargenConfiguration.RateLimits,
+        providerQuotas: [String: ProviderQuota] = [:],
+        slotQueue: @escaping @Sendable (String) -> Int = { _ in 0 }
+    ) {
         self.configuration = configuration
         self.providerQuotas = Mutex(providerQuotas)
+        self.slotQueue = slotQueue
+    }
+
+    /// Records how long a task held a provider's concurrency slot (submit to end), which sizes the
+    /// submissions kept back for slot holders.
+    public func recordTaskDuration(provider: String, _ duration: Duration) {
+        let seconds = max(0.001, duration.seconds)
+        state.withLock { state in
+            state.taskSeconds[provider] = state.taskSeconds[provider].map { $0 * 0.8 + seconds * 0.2 } ?? seconds
+        }
+    }
+
+    /// Submissions of a provider's window kept back for requests that hold, or wait for, one of its
+    /// concurrency slots: a slot that frees must not find the window spent on plain requests, or it idles
+    /// until the window slides. As many as can use them within one window (slots × window / task time),
+    /// at most as many as are waiting; half the window until a task time has been seen.
+    private func reservation(_ provider: String, quota: ProviderQuota, state: State) -> Int {
+        guard let limit = quota.requestsPerMinute, let slots = quota.concurrentTasks,
+            quota.concurrencyKinds.count < GenerationKind.allCases.count
+        else { return 0 }
+        let waiting = slotQueue(provider) + state.slotHoldersWaiting[provider, default: 0]
+        guard waiting > 0 else { return 0 }
+        let cap: Int
+        if let seconds = state.taskSeconds[provider] {
+            cap = slots * Int((quota.window.seconds / seconds).rounded(.up))
+        } else {
+            cap = limit / 2
+        }
+        return min(waiting, cap, limit - 1)
     }
 
     /// Sets or replaces a provider's quota.
@@ -81,7 +132,16 @@ public final class RateLimiter: Sendable {
     }
 
     /// Checks every dimension at `now`; on admission, records it in all of them.
-    public func tryAcquire(user: String, project: String, provider: String?, at now: Duration) -> Decision {
+    ///
+    /// - Parameter holdsSlot: The request holds one of the provider's concurrency slots; it may use the whole
+    ///   window, where other requests leave the ``reservation`` for slot holders.
+    public func tryAcquire(
+        user: String,
+        project: String,
+        provider: String?,
+        holdsSlot: Bool = false,
+        at now: Duration
+    ) -> Decision {
         let quota = provider.flatMap { name in providerQuotas.withLock { $0[name] } }
         return state.withLock { state in
             state.decisions += 1
@@ -94,27 +154,45 @@ public final class RateLimiter: Sendable {
             let limits = configuration
             if let provider {
                 if let until = state.providerCooldowns[provider], until > now { deny(until - now, .providerCooldown) }
-                if let fresh = quota?.slidingWindow {
-                    deny(state.providerWindows[provider, default: fresh].retryAfter(at: now), .providerQuota)
+                if let quota, let fresh = quota.slidingWindow {
+                    let kept = holdsSlot ? 0 : reservation(provider, quota: quota, state: state)
+                    let wait = state.providerWindows[provider, default: fresh].retryAfter(at: now, cost: 1 + kept)
+                    // The reservation moves as slot holders come and go: look again soon.
+                    deny(kept > 0 ? wait.map { min($0, .milliseconds(250)) } : wait, .providerQuota)
                 }
             }
             if limits.enabled {
                 deny(
-                    state.users[user, default: SlidingWindowLog(limit: limits.perUserRequestsPerMinute, window: .seconds(60))]
-                        .retryAfter(at: now), .userWindow)
+                    state.users[
+                        user,
+                        default: SlidingWindowLog(limit: limits.perUserRequestsPerMinute, window: .seconds(60))
+                    ]
+                    .retryAfter(at: now),
+                    .userWindow
+                )
                 deny(
                     state.projects[
                         project,
-                        default: GCRA(capacity: limits.tokenBucketCapacity, perMinute: limits.perProjectRequestsPerMinute)
-                    ].retryAfter(at: now), .projectBucket)
+                        default: GCRA(
+                            capacity: limits.tokenBucketCapacity,
+                            perMinute: limits.perProjectRequestsPerMinute
+                        )
+                    ].retryAfter(at: now),
+                    .projectBucket
+                )
                 // Checked last so a request already denied elsewhere does not use up the burst.
                 if worst == nil {
                     deny(
                         state.bursts[
                             project,
                             default: BurstGuard(
-                                maxBurst: limits.maxBurst, window: limits.burstWindow, cooldown: limits.burstCooldown)
-                        ].retryAfter(at: now), .burstCooldown)
+                                maxBurst: limits.maxBurst,
+                                window: limits.burstWindow,
+                                cooldown: limits.burstCooldown
+                            )
+                        ].retryAfter(at: now),
+                        .burstCooldown
+                    )
                 } else if let guardState = state.bursts[project], guardState.isCoolingDown(at: now) {
                     deny(guardState.cooldownUntil! - now, .burstCooldown)
                 }
@@ -140,24 +218,47 @@ public final class RateLimiter: Sendable {
         }
     }
 
+    /// When a request was admitted, and how long it waited for it.
+    public struct Admission: Sendable, Hashable {
+        public var time: Duration
+        public var waited: Duration
+    }
+
+    /// Moves a provider submission admitted at `admittedAt` to `time`, when the call is known to have reached
+    /// the provider (its answer arrived). The provider counts the call when it arrives, which is after we
+    /// admitted it; counting it from the answer on our side keeps the two windows apart however long the
+    /// way there took, so no delay can make us exceed the provider's window.
+    public func confirmArrival(provider: String, admittedAt: Duration, at time: Duration) {
+        state.withLock { state in
+            state.providerWindows[provider]?.move(from: admittedAt, to: time)
+        }
+    }
+
     /// Waits until every dimension admits the request, then admits it.
     ///
     /// - Parameter onWait: Called once, with the limit, the first time the request has to wait.
-    /// - Returns: The time spent waiting.
+    /// - Returns: When it was admitted and the time spent waiting.
     /// - Throws: `CancellationError` if the task is cancelled while waiting.
     @discardableResult
     public func acquire(
-        user: String, project: String, provider: String?, clock: PargenClock,
+        user: String,
+        project: String,
+        provider: String?,
+        holdsSlot: Bool = false,
+        clock: PargenClock,
         onWait: @Sendable (LimitKind, Duration) -> Void = { _, _ in }
-    ) async throws -> Duration {
+    ) async throws -> Admission {
         var waitedTotal = Duration.zero
         var told = false
+        let slotHolder = holdsSlot ? provider : nil
+        if let slotHolder { state.withLock { $0.slotHoldersWaiting[slotHolder, default: 0] += 1 } }
+        defer { if let slotHolder { state.withLock { $0.slotHoldersWaiting[slotHolder, default: 0] -= 1 } } }
         while true {
             try Task.checkCancellation()
             let now = clock.now
-            switch tryAcquire(user: user, project: project, provider: provider, at: now) {
+            switch tryAcquire(user: user, project: project, provider: provider, holdsSlot: holdsSlot, at: now) {
             case .admitted:
-                return waitedTotal
+                return Admission(time: now, waited: waitedTotal)
             case .denied(let retryAfter, let kind):
                 if !told {
                     told = true
@@ -220,9 +321,14 @@ public final class RateLimiter: Sendable {
     public func stats() -> RateLimiterStats {
         state.withLock { state in
             RateLimiterStats(
-                admitted: state.admitted, denied: state.denied, waitTime: state.waited, waiting: state.waiting,
+                admitted: state.admitted,
+                denied: state.denied,
+                waitTime: state.waited,
+                waiting: state.waiting,
                 burstCooldowns: state.bursts.values.reduce(0) { $0 + $1.cooldownsStarted },
-                trackedUsers: state.users.count, trackedProjects: state.projects.count)
+                trackedUsers: state.users.count,
+                trackedProjects: state.projects.count
+            )
         }
     }
 

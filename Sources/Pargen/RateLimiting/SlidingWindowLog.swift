@@ -41,6 +41,15 @@ public struct SlidingWindowLog: Sendable, Hashable {
         return admissions.isEmpty
     }
 
+    /// Moves an admission recorded at `from` to the later time `to` (when the call is known to have reached
+    /// the provider), keeping the log in order. Does nothing if no admission at `from` is remembered.
+    public mutating func move(from: Duration, to: Duration) {
+        guard to > from, let index = admissions.lastIndex(of: from) else { return }
+        admissions.remove(at: index)
+        let position = admissions.lastIndex { $0 <= to }.map { $0 + 1 } ?? 0
+        admissions.insert(to, at: position)
+    }
+
     private mutating func prune(_ now: Duration) {
         while let first = admissions.first, first + window <= now { admissions.removeFirst() }
     }

@@ -20,8 +20,16 @@ public struct ManifestRow: Sendable, Hashable, Codable {
     public var error: String?
 
     enum CodingKeys: String, CodingKey {
-        case line, requestID = "request_id", jobID = "job_id", status, type, outputPath = "output_path", provider, cost,
-            attempts, cached, deduplicated, sha256, errorCode = "error_code", errorField = "error_field", error
+        case line
+        case requestID = "request_id"
+        case jobID = "job_id"
+        case status, type
+        case outputPath = "output_path"
+        case provider, cost,
+            attempts, cached, deduplicated, sha256
+        case errorCode = "error_code"
+        case errorField = "error_field"
+        case error
     }
 
     static let csvHeader = [
@@ -62,35 +70,58 @@ public enum CampaignRunner {
     /// Submits every good line, waits for all results, and writes `manifest.jsonl`, `manifest.csv` and
     /// `errors.jsonl` (one object per bad line: line, field, message) into `outputDirectory`.
     public static func run(
-        _ file: CampaignFile, generator: ParallelGenerator, outputDirectory: URL, clock: PargenClock = .continuous
+        _ file: CampaignFile,
+        generator: ParallelGenerator,
+        outputDirectory: URL,
+        clock: PargenClock = .continuous
     ) async throws -> CampaignReport {
         let started = clock.now
         try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
         // Each line gets a deterministic idempotency key, so running the same campaign again against the same
         // store continues it: finished lines are not redone.
-        let ids = try await generator.submit(file.lines.map { line in
-            var request = line.request
-            if request.idempotencyKey == nil { request.idempotencyKey = lineKey(line) }
-            return request
-        })
+        let ids = try await generator.submit(
+            file.lines.map { line in
+                var request = line.request
+                if request.idempotencyKey == nil { request.idempotencyKey = lineKey(line) }
+                return request
+            }
+        )
         var rows: [ManifestRow] = []
         var errors = file.errors
         for error in file.errors {
             rows.append(
                 ManifestRow(
-                    line: error.line, requestID: "line-\(error.line)", status: "invalid", cost: Money.zero.decimalString,
-                    attempts: 0, cached: false, deduplicated: false, errorCode: GenerationError.Code.invalidRequest.description,
-                    errorField: error.field, error: error.message))
+                    line: error.line,
+                    requestID: "line-\(error.line)",
+                    status: "invalid",
+                    cost: Money.zero.decimalString,
+                    attempts: 0,
+                    cached: false,
+                    deduplicated: false,
+                    errorCode: GenerationError.Code.invalidRequest.description,
+                    errorField: error.field,
+                    error: error.message
+                )
+            )
         }
         for (line, id) in zip(file.lines, ids) {
             let result = await generator.result(for: id)
             let invalid = id.rawValue.hasPrefix("invalid-")
             if invalid {
-                errors.append(CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? ""))
+                errors.append(
+                    CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? "")
+                )
             }
             rows.append(
-                row(line: line.line, requestID: line.request.id, jobID: invalid ? nil : id, kind: line.request.kind,
-                    result: result, invalid: invalid))
+                row(
+                    line: line.line,
+                    requestID: line.request.id,
+                    jobID: invalid ? nil : id,
+                    kind: line.request.kind,
+                    result: result,
+                    invalid: invalid
+                )
+            )
         }
         rows.sort { $0.line < $1.line }
         errors.sort { $0.line < $1.line }
@@ -99,14 +130,30 @@ public enum CampaignRunner {
 
     /// The manifest row of one line's result.
     static func row(
-        line: Int, requestID: String, jobID: JobID?, kind: GenerationKind, result: GenerationResult, invalid: Bool
+        line: Int,
+        requestID: String,
+        jobID: JobID?,
+        kind: GenerationKind,
+        result: GenerationResult,
+        invalid: Bool
     ) -> ManifestRow {
         ManifestRow(
-            line: line, requestID: result.requestID.isEmpty ? requestID : result.requestID, jobID: jobID?.rawValue,
-            status: status(of: result, invalid: invalid), type: kind.rawValue, outputPath: result.artifact?.url.path,
-            provider: result.provider, cost: result.actualCost.decimalString, attempts: result.attempts,
-            cached: result.servedFromCache, deduplicated: result.deduplicated, sha256: result.artifact?.sha256,
-            errorCode: result.error?.code.description, errorField: result.error?.field, error: result.error.map(describe))
+            line: line,
+            requestID: result.requestID.isEmpty ? requestID : result.requestID,
+            jobID: jobID?.rawValue,
+            status: status(of: result, invalid: invalid),
+            type: kind.rawValue,
+            outputPath: result.artifact?.url.path,
+            provider: result.provider,
+            cost: result.actualCost.decimalString,
+            attempts: result.attempts,
+            cached: result.servedFromCache,
+            deduplicated: result.deduplicated,
+            sha256: result.artifact?.sha256,
+            errorCode: result.error?.code.description,
+            errorField: result.error?.field,
+            error: result.error.map(describe)
+        )
     }
 
     /// `succeeded`, `invalid`, `needs_reconciliation`, `pending` (the run stopped first) or `dead_lettered`.
@@ -134,7 +181,9 @@ public enum CampaignRunner {
 
     /// Waits for every job already in the store (a campaign resumed without its file) and writes the manifests.
     public static func resume(
-        generator: ParallelGenerator, outputDirectory: URL, clock: PargenClock = .continuous
+        generator: ParallelGenerator,
+        outputDirectory: URL,
+        clock: PargenClock = .continuous
     ) async throws -> CampaignReport {
         let started = clock.now
         try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
@@ -143,20 +192,35 @@ public enum CampaignRunner {
             let result = await generator.result(for: record.id)
             let line = Int(record.request.id.split(separator: "-").last ?? "") ?? 0
             rows.append(
-                row(line: line, requestID: record.request.id, jobID: record.id, kind: record.request.kind, result: result,
-                    invalid: false))
+                row(
+                    line: line,
+                    requestID: record.request.id,
+                    jobID: record.id,
+                    kind: record.request.kind,
+                    result: result,
+                    invalid: false
+                )
+            )
         }
         rows.sort { $0.line < $1.line }
         return try write(rows: rows, errors: [], to: outputDirectory, elapsed: clock.now - started)
     }
 
-    static func write(rows: [ManifestRow], errors: [CampaignLineError], to outputDirectory: URL, elapsed: Duration)
+    static func write(
+        rows: [ManifestRow],
+        errors: [CampaignLineError],
+        to outputDirectory: URL,
+        elapsed: Duration
+    )
         throws -> CampaignReport
     {
         let report = CampaignReport(
-            rows: rows, manifestJSONL: outputDirectory.appendingPathComponent("manifest.jsonl"),
+            rows: rows,
+            manifestJSONL: outputDirectory.appendingPathComponent("manifest.jsonl"),
             manifestCSV: outputDirectory.appendingPathComponent("manifest.csv"),
-            errorsFile: outputDirectory.appendingPathComponent("errors.jsonl"), elapsed: elapsed)
+            errorsFile: outputDirectory.appendingPathComponent("errors.jsonl"),
+            elapsed: elapsed
+        )
         try writeJSONLines(rows, to: report.manifestJSONL)
         try writeJSONLines(errors, to: report.errorsFile)
         var csv = ManifestRow.csvHeader.joined(separator: ",") + "\r\n"

@@ -59,8 +59,14 @@ public enum DemoCampaign {
             lines.append(line)
             emitted.append(line)
         }
-        lines.insert("{\"type\": \"hologram\", \"prompt\": \"A talking statue\", \"user\": \"ben\"}", at: min(lines.count, 17))
-        lines.insert("{\"type\": \"video\", \"prompt\": \"An epic\", \"duration\": 9999, \"user\": \"eli\"}", at: min(lines.count, 61))
+        lines.insert(
+            "{\"type\": \"hologram\", \"prompt\": \"A talking statue\", \"user\": \"ben\"}",
+            at: min(lines.count, 17)
+        )
+        lines.insert(
+            "{\"type\": \"video\", \"prompt\": \"An epic\", \"duration\": 9999, \"user\": \"eli\"}",
+            at: min(lines.count, 61)
+        )
         return lines.joined(separator: "\n") + "\n"
     }
 
@@ -70,6 +76,7 @@ public enum DemoCampaign {
     public static var configuration: PargenConfiguration {
         PargenConfiguration(
             rateLimits: .init(maxBurst: 12, burstCooldown: .seconds(2)),
-            budgets: .init(perProject: ["social": .dollars(2)]))
+            budgets: .init(perProject: ["social": .dollars(2)])
+        )
     }
 }

@@ -109,14 +109,16 @@ public enum ProgressText {
         let cache = stats.cache
         out.append(
             "cache: \(cache.hits) hits in \(cache.hits + cache.misses) lookups (hit ratio \(Int((cache.hitRatio * 100).rounded())) %), "
-                + "\(cache.deduplicated) de-duplicated requests served by an identical one in flight")
+                + "\(cache.deduplicated) de-duplicated requests served by an identical one in flight"
+        )
         let waits = RateLimiter.LimitKind.allCases.map { kind in
             "\(kind.rawValue) \(seconds(stats.rateLimiter.waitTime[kind] ?? .zero))"
         }
         out.append("rate-limit waits (summed over requests): " + waits.joined(separator: ", "))
         out.append(
             "batches: \(stats.batcher.batchesFormed) formed, average \(stats.batcher.averageBatchSize.formatted1) jobs, "
-                + "largest \(stats.batcher.largestBatch), \(stats.batcher.duplicatesCollapsed) duplicates collapsed")
+                + "largest \(stats.batcher.largestBatch), \(stats.batcher.duplicatesCollapsed) duplicates collapsed"
+        )
         let deadLetters = report.rows.filter { $0.status == "dead_lettered" }
         out.append("dead letters: \(deadLetters.count)")
         for row in deadLetters.prefix(10) {
@@ -133,11 +135,13 @@ public enum ProgressText {
         for alert in stats.costMonitor.alerts {
             out.append(
                 "budget alert: \(alert.scope) at \(Int((alert.fraction * 100).rounded())) % of \(alert.limit)"
-                    + (alert.exhausted ? " (exhausted)" : ""))
+                    + (alert.exhausted ? " (exhausted)" : "")
+            )
         }
         out.append(
             "total: \(report.succeeded) succeeded, \(report.failed) failed, \(report.invalid) invalid · spend "
-                + "\(stats.costMonitor.charged) (trend \(stats.costMonitor.trend.rawValue)) · \(seconds(report.elapsed))")
+                + "\(stats.costMonitor.charged) (trend \(stats.costMonitor.trend.rawValue)) · \(seconds(report.elapsed))"
+        )
         return out.joined(separator: "\n")
     }
 
@@ -145,11 +149,13 @@ public enum ProgressText {
         let widths = header.indices.map { column in ([header] + rows).map { $0[column].count }.max() ?? 0 }
         func line(_ cells: [String]) -> String {
             cells.enumerated().map { index, cell in
-                index == 0 ? cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
+                index == 0
+                    ? cell.padding(toLength: widths[index], withPad: " ", startingAt: 0)
                     : String(repeating: " ", count: widths[index] - cell.count) + cell
             }.joined(separator: "  ")
         }
-        return ([line(header), widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")] + rows.map(line))
+        return
+            ([line(header), widths.map { String(repeating: "-", count: $0) }.joined(separator: "  ")] + rows.map(line))
             .joined(separator: "\n")
     }
 }

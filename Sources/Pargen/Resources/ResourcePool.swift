@@ -79,8 +79,11 @@ public final class ResourcePool: Sendable {
             let floor = max(1, Int((Double(maximum) * configuration.minimumFraction).rounded(.down)))
             // The first scaling step comes one interval after start, once there is load to judge.
             return Limit(
-                current: max(floor, (maximum + 1) / 2), minimum: min(floor, maximum), maximum: maximum,
-                lastScaled: start)
+                current: max(floor, (maximum + 1) / 2),
+                minimum: min(floor, maximum),
+                maximum: maximum,
+                lastScaled: start
+            )
         }
         state = Mutex(
             State(limits: [
@@ -88,12 +91,15 @@ public final class ResourcePool: Sendable {
                 .jobSlots: limit(configuration.maxConcurrentJobs),
                 .memoryMB: limit(configuration.maxMemoryMB),
                 .storageMB: limit(configuration.maxStorageGB * 1024),
-            ]))
+            ])
+        )
     }
 
     /// Registers a provider's concurrency ceiling (its quota of concurrent tasks).
     public func registerProvider(_ name: String, maxConcurrent: Int) {
-        state.withLock { $0.providers[name] = ProviderSlots(adaptive: AdaptiveConcurrencyLimit(maximum: max(1, maxConcurrent))) }
+        state.withLock {
+            $0.providers[name] = ProviderSlots(adaptive: AdaptiveConcurrencyLimit(maximum: max(1, maxConcurrent)))
+        }
     }
 
     /// Waits until the whole request fits, then takes it.
@@ -118,7 +124,8 @@ public final class ResourcePool: Sendable {
                         Self.autoscale(&state, now: now, configuration: configuration)
                         return .success(ResourceLease(id: id, request: request))
                     }
-                    let position = state.waiters.firstIndex { $0.request.priority < request.priority } ?? state.waiters.count
+                    let position =
+                        state.waiters.firstIndex { $0.request.priority < request.priority } ?? state.waiters.count
                     state.waiters.insert(Waiter(id: id, request: request, continuation: continuation), at: position)
                     state.waited += 1
                     Self.autoscale(&state, now: now, configuration: configuration)
@@ -137,6 +144,11 @@ public final class ResourcePool: Sendable {
         }
     }
 
+    /// Requests waiting for one of `provider`'s concurrency slots.
+    public func waitingForSlot(_ provider: String) -> Int {
+        state.withLock { state in state.waiters.lazy.filter { $0.request.provider == provider }.count }
+    }
+
     /// Returns a lease's resources and wakes the waiters that now fit.
     public func release(_ lease: ResourceLease) {
         let now = clock.now
@@ -150,7 +162,8 @@ public final class ResourcePool: Sendable {
 
     /// Runs `body` holding the resources, and always gives them back.
     public func withLease<T: Sendable>(
-        _ request: ResourceRequest, _ body: () async throws -> T
+        _ request: ResourceRequest,
+        _ body: () async throws -> T
     ) async throws -> T {
         let lease = try await acquire(request)
         defer { release(lease) }
@@ -182,15 +195,28 @@ public final class ResourcePool: Sendable {
             ResourcePoolStats(
                 resources: state.limits.mapValues {
                     ResourceStats(
-                        limit: $0.current, minimum: $0.minimum, maximum: $0.maximum, inUse: $0.inUse, peak: $0.peak,
-                        scaleUps: $0.scaleUps, scaleDowns: $0.scaleDowns)
+                        limit: $0.current,
+                        minimum: $0.minimum,
+                        maximum: $0.maximum,
+                        inUse: $0.inUse,
+                        peak: $0.peak,
+                        scaleUps: $0.scaleUps,
+                        scaleDowns: $0.scaleDowns
+                    )
                 },
                 providers: state.providers.mapValues {
                     ProviderConcurrencyStats(
-                        limit: $0.adaptive.current, maximum: $0.adaptive.maximum, inFlight: $0.inUse, peak: $0.peak,
-                        decreases: $0.adaptive.decreases)
+                        limit: $0.adaptive.current,
+                        maximum: $0.adaptive.maximum,
+                        inFlight: $0.inUse,
+                        peak: $0.peak,
+                        decreases: $0.adaptive.decreases
+                    )
                 },
-                waiting: state.waiters.count, leasesGranted: state.granted, leasesThatWaited: state.waited)
+                waiting: state.waiters.count,
+                leasesGranted: state.granted,
+                leasesThatWaited: state.waited
+            )
         }
     }
 

@@ -31,7 +31,10 @@ public struct RetryPolicy: Sendable, Hashable {
 
     /// Decides what to do with `error` after `attempts` calls and `snoozes` rate-limit waits.
     public func disposition(
-        for error: GenerationError, attempts: Int, snoozes: Int, unit: Double
+        for error: GenerationError,
+        attempts: Int,
+        snoozes: Int,
+        unit: Double
     ) -> FailureDisposition {
         switch error.code {
         case .rateLimited where snoozes < configuration.maxSnoozes:
@@ -39,7 +42,8 @@ public struct RetryPolicy: Sendable, Hashable {
             let wait = error.retryAfter ?? delay(afterAttempt: snoozes + 1, unit: 0.5 + unit / 2)
             return .snooze(for: wait)
         case .rateLimited, .transient, .artifactInvalid:
-            return attempts < configuration.maxAttempts ? .retry(after: delay(afterAttempt: attempts, unit: unit)) : .deadLetter
+            return attempts < configuration.maxAttempts
+                ? .retry(after: delay(afterAttempt: attempts, unit: unit)) : .deadLetter
         default:
             return .deadLetter
         }

@@ -4,10 +4,26 @@ extension JobRecord {
     /// A new job, available at `now`.
     public init(id: JobID, request: ValidatedRequest, sequence: Int64, now: Duration) {
         self.init(
-            id: id, request: request, state: .available, attempts: 0, snoozes: 0, runAt: now, enqueuedAt: now,
-            finishedAt: nil, sequence: sequence, leaseToken: nil, leaseOwner: nil, leaseExpiresAt: nil,
-            recoveryPoint: nil, provider: nil, providerTaskID: nil, failedProviders: [], errors: [], outcome: nil,
-            ledger: CostLedger())
+            id: id,
+            request: request,
+            state: .available,
+            attempts: 0,
+            snoozes: 0,
+            runAt: now,
+            enqueuedAt: now,
+            finishedAt: nil,
+            sequence: sequence,
+            leaseToken: nil,
+            leaseOwner: nil,
+            leaseExpiresAt: nil,
+            recoveryPoint: nil,
+            provider: nil,
+            providerTaskID: nil,
+            failedProviders: [],
+            errors: [],
+            outcome: nil,
+            ledger: CostLedger()
+        )
     }
 
     /// Whether `lease` is the current holder. Fencing is by token: an expired lease stays valid until the
@@ -21,7 +37,11 @@ extension JobRecord {
         leaseExpiresAt = expiresAt
     }
 
-    public mutating func beginAttempt(provider: String, reserving estimate: Money = .zero, idempotentSubmission: Bool = false) {
+    public mutating func beginAttempt(
+        provider: String,
+        reserving estimate: Money = .zero,
+        idempotentSubmission: Bool = false
+    ) {
         releasePending()
         self.idempotentSubmission = idempotentSubmission
         ledger.reserved = ledger.reserved + estimate
@@ -49,7 +69,10 @@ extension JobRecord {
     }
 
     public mutating func scheduleRetry(
-        error: GenerationError?, runAt: Duration, spendAttempt: Bool, failedProvider: String?
+        error: GenerationError?,
+        runAt: Duration,
+        spendAttempt: Bool,
+        failedProvider: String?
     ) {
         if let error { errors.append(error) }
         releasePending()

@@ -29,7 +29,13 @@ public struct JobOutcome: Sendable, Hashable, Codable {
     public var servedFromCache: Bool
     public var deduplicated: Bool
 
-    public init(artifact: Artifact, provider: String, cost: Money, servedFromCache: Bool = false, deduplicated: Bool = false) {
+    public init(
+        artifact: Artifact,
+        provider: String,
+        cost: Money,
+        servedFromCache: Bool = false,
+        deduplicated: Bool = false
+    ) {
         self.artifact = artifact
         self.provider = provider
         self.cost = cost
@@ -140,9 +146,14 @@ public struct JobQuery: Sendable, Hashable {
     public var provider: String?
     public var limit: Int?
 
-    public init(states: Set<JobState>? = nil, campaign: String? = nil, project: String? = nil, user: String? = nil,
-        provider: String? = nil, limit: Int? = nil)
-    {
+    public init(
+        states: Set<JobState>? = nil,
+        campaign: String? = nil,
+        project: String? = nil,
+        user: String? = nil,
+        provider: String? = nil,
+        limit: Int? = nil
+    ) {
         self.states = states
         self.campaign = campaign
         self.project = project
@@ -223,7 +234,12 @@ public protocol JobStore: Sendable {
 
     /// Records, before a provider call, that it is about to be made: counts the attempt, reserves its estimated
     /// cost in the job's ledger, and notes whether the provider de-duplicates by idempotency key.
-    func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+    func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool
+    )
         async throws
 
     /// Records the provider's task id right after submission, before polling.
@@ -234,7 +250,13 @@ public protocol JobStore: Sendable {
 
     /// Puts a job back to run `after` from now, recording `error`. `spendAttempt: false` gives back the
     /// attempt of the current call (throttling). `failedProvider` is avoided next time while others can serve.
-    func retry(_ lease: JobLease, error: GenerationError?, after: Duration, spendAttempt: Bool, failedProvider: String?)
+    func retry(
+        _ lease: JobLease,
+        error: GenerationError?,
+        after: Duration,
+        spendAttempt: Bool,
+        failedProvider: String?
+    )
         async throws
 
     /// Finishes a job as failed, keeping its error history.

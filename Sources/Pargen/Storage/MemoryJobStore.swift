@@ -89,14 +89,21 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
-    public func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws
+    public func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>
+    ) async throws
         -> [LeasedJob]
     {
         let now = clock.now
         return state.withLock { state in
             while let first = state.scheduled.min, first.runAt <= now {
                 let entry = state.scheduled.removeMin()
-                guard let job = state.jobs[entry.id], job.state == .available, job.runAt == entry.runAt else { continue }
+                guard let job = state.jobs[entry.id], job.state == .available, job.runAt == entry.runAt else {
+                    continue
+                }
                 state.ready[job.request.priority.rawValue].push(entry.id, user: job.request.user, front: true)
             }
             var leased: [LeasedJob] = []
@@ -115,7 +122,9 @@ public final class MemoryJobStore: JobStore {
                     guard state.jobs[id]?.state == .available else { continue }
                     state.tokens += 1
                     let lease = JobLease(jobID: id, token: "\(owner):\(state.tokens)", expiresAt: now + duration)
-                    state.transition(id, now: now) { $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt) }
+                    state.transition(id, now: now) {
+                        $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
+                    }
                     leased.append(LeasedJob(record: state.jobs[id]!, lease: lease))
                 }
                 state.ready[priority] = queues
@@ -137,7 +146,12 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
-    public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+    public func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool
+    )
         async throws
     {
         try withHeld(lease) { state in
@@ -148,7 +162,9 @@ public final class MemoryJobStore: JobStore {
     }
 
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
-        try withHeld(lease) { state in state.transition(lease.jobID, now: clock.now) { $0.recordSubmission(taskID: taskID) } }
+        try withHeld(lease) { state in
+            state.transition(lease.jobID, now: clock.now) { $0.recordSubmission(taskID: taskID) }
+        }
     }
 
     public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
@@ -157,12 +173,21 @@ public final class MemoryJobStore: JobStore {
     }
 
     public func retry(
-        _ lease: JobLease, error: GenerationError?, after delay: Duration, spendAttempt: Bool, failedProvider: String?
+        _ lease: JobLease,
+        error: GenerationError?,
+        after delay: Duration,
+        spendAttempt: Bool,
+        failedProvider: String?
     ) async throws {
         let now = clock.now
         try withHeld(lease) { state in
             state.transition(lease.jobID, now: now) {
-                $0.scheduleRetry(error: error, runAt: now + max(.zero, delay), spendAttempt: spendAttempt, failedProvider: failedProvider)
+                $0.scheduleRetry(
+                    error: error,
+                    runAt: now + max(.zero, delay),
+                    spendAttempt: spendAttempt,
+                    failedProvider: failedProvider
+                )
             }
         }
     }
@@ -239,7 +264,9 @@ public final class MemoryJobStore: JobStore {
     private func withHeld<R>(_ lease: JobLease, _ body: (inout State) throws -> R) throws -> R {
         try state.withLock { state in
             guard let job = state.jobs[lease.jobID] else { throw StoreError(.notFound, "no job \(lease.jobID)") }
-            guard job.isHeld(by: lease) else { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
+            guard job.isHeld(by: lease) else {
+                throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+            }
             return try body(&state)
         }
     }

@@ -72,7 +72,7 @@ public struct AzureSpeechProvider: GenerationProvider {
             http.url("/cognitiveservices/v1"),
             headers: headers,
             body: ByteBuffer(string: Self.ssml(text: request.prompt, voice: voice)),
-            to: context.destination,
+            context: context,
             accepting: ["audio/", "application/octet-stream"]
         )
         return ProviderOutput(format: format, duration: request.duration)

@@ -92,7 +92,7 @@ public struct ElevenLabsProvider: GenerationProvider {
             url,
             headers: headers,
             body: ByteBuffer(json: body),
-            to: context.destination,
+            context: context,
             accepting: ["audio/", "application/octet-stream"]
         )
         return ProviderOutput(format: format, duration: request.duration)

@@ -103,7 +103,8 @@ package struct ProviderHTTP: Sendable {
         headers: HTTPHeaders = [:],
         body: ByteBuffer? = nil,
         ambiguousIsUnsafe: Bool = false,
-        maxBytes: Int = 64 << 20
+        maxBytes: Int = 64 << 20,
+        answered: (@Sendable () -> Void)? = nil
     ) async throws -> HTTPExchange {
         var request = HTTPClientRequest(url: url)
         request.method = method
@@ -115,6 +116,7 @@ package struct ProviderHTTP: Sendable {
                 request,
                 timeout: .nanoseconds(connection.requestTimeout.nanoseconds)
             )
+            answered?()
             let bytes = try await response.body.collect(upTo: maxBytes)
             return HTTPExchange(status: response.status, headers: response.headers, body: bytes)
         } catch {
@@ -172,7 +174,8 @@ package struct ProviderHTTP: Sendable {
         headers: HTTPHeaders = [:],
         body: ByteBuffer? = nil,
         to file: URL,
-        accepting: [String]
+        accepting: [String],
+        answered: (@Sendable () -> Void)? = nil
     ) async throws -> Int64 {
         var request = HTTPClientRequest(url: url)
         request.method = method
@@ -185,6 +188,7 @@ package struct ProviderHTTP: Sendable {
                 request,
                 timeout: .nanoseconds(connection.downloadTimeout.nanoseconds)
             )
+            answered?()
         } catch {
             throw DownloadFailure.transport(transportError(error, method: method, url: url, ambiguousIsUnsafe: false))
         }

@@ -96,7 +96,8 @@ public struct MiniMaxProvider: GenerationProvider {
             .POST,
             http.url("/v1/t2a_v2"),
             headers: submitHeaders(context),
-            body: ByteBuffer(json: body)
+            body: ByteBuffer(json: body),
+            answered: { context.reportAnswered() }
         )
         let json = try check(answer)
         guard let audio = json["data"]?["audio"]?.string, !audio.isEmpty else {
@@ -186,7 +187,8 @@ public struct MiniMaxProvider: GenerationProvider {
             http.url("/v1/video_generation"),
             headers: submitHeaders(context),
             body: ByteBuffer(json: body),
-            ambiguousIsUnsafe: true
+            ambiguousIsUnsafe: true,
+            answered: { context.reportAnswered() }
         )
         let json = try check(answer)
         guard let id = json["task_id"]?.string, !id.isEmpty else {

@@ -98,7 +98,7 @@ public struct OpenAIProvider: GenerationProvider {
             http.url("/v1/audio/speech"),
             headers: headers,
             body: ByteBuffer(json: body),
-            to: context.destination,
+            context: context,
             accepting: ["audio/", "application/octet-stream"]
         )
         return ProviderOutput(format: format, duration: request.duration)
@@ -130,7 +130,8 @@ public struct OpenAIProvider: GenerationProvider {
             http.url("/v1/videos"),
             headers: headers,
             body: form.buffer,
-            ambiguousIsUnsafe: true
+            ambiguousIsUnsafe: true,
+            answered: { context.reportAnswered() }
         )
         guard answer.isSuccess, let json = answer.json, let id = json["id"]?.string else {
             throw answer.isSuccess
@@ -220,9 +221,10 @@ struct SyncMediaCall: Sendable {
         _ url: String,
         headers: HTTPHeaders,
         body: ByteBuffer,
-        to file: URL,
+        context: ProviderCallContext,
         accepting: [String]
     ) async throws -> Int64 {
+        let file = context.destination
         do {
             return try await http.download(
                 url,
@@ -230,7 +232,8 @@ struct SyncMediaCall: Sendable {
                 headers: headers,
                 body: body,
                 to: file,
-                accepting: accepting
+                accepting: accepting,
+                answered: { context.reportAnswered() }
             )
         } catch let failure as DownloadFailure {
             try? FileManager.default.removeItem(at: file)

@@ -81,7 +81,8 @@ public struct RunwayProvider: GenerationProvider {
             http.url(path),
             headers: submit,
             body: ByteBuffer(json: body),
-            ambiguousIsUnsafe: true
+            ambiguousIsUnsafe: true,
+            answered: { context.reportAnswered() }
         )
         guard answer.isSuccess else { throw classify(answer) }
         guard let id = answer.json?["id"]?.string, !id.isEmpty else {

@@ -18,6 +18,9 @@ public struct FakeProviderOptions: Sendable {
     public var window: Duration
     /// Tasks (and synchronous calls) running at once; `nil` for none.
     public var concurrentTasks: Int?
+    /// Whether synchronous calls (speech) take a concurrency slot too: ElevenLabs and Azure count every
+    /// request, OpenAI and MiniMax only their video tasks.
+    public var syncCallsHoldSlots: Bool
     /// How long an asynchronous task runs, in seconds (uniform in the range).
     public var taskSeconds: ClosedRange<Double>
     /// How long a synchronous call (speech) or an API answer takes, in seconds.
@@ -67,6 +70,8 @@ public struct FakeProviderOptions: Sendable {
         self.requestsPerWindow = requestsPerWindow
         self.window = window
         self.concurrentTasks = concurrentTasks
+        self.syncCallsHoldSlots = wireProtocol == .elevenlabs || wireProtocol == .azure
+        self.syncCallsHoldSlots = wireProtocol == .elevenlabs || wireProtocol == .azure
         self.taskSeconds = taskSeconds
         self.latencySeconds = latencySeconds
         self.videoBytes = videoBytes
@@ -258,7 +263,9 @@ public final class FakeProviderState: Sendable {
                 state.log.append(entry)
                 return .overRate(retryAfter: max(0.001, state.window.first! + window - now))
             }
-            if let cap = options.concurrentTasks, Self.running(state, now: now) >= cap {
+            if let cap = options.concurrentTasks, !sync || options.syncCallsHoldSlots,
+                Self.running(state, now: now) >= cap
+            {
                 if !queueOverConcurrency {
                     entry.refusal = "concurrency"
                     state.log.append(entry)
@@ -269,7 +276,7 @@ public final class FakeProviderState: Sendable {
             state.window.append(now)
             entry.accepted = true
             state.log.append(entry)
-            if sync { state.syncInFlight += 1 }
+            if sync && options.syncCallsHoldSlots { state.syncInFlight += 1 }
             state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
             return .accepted
         }
@@ -285,7 +292,10 @@ public final class FakeProviderState: Sendable {
         }
     }
 
-    func finishSync() { state.withLock { $0.syncInFlight -= 1 } }
+    func finishSync() {
+        guard options.syncCallsHoldSlots else { return }
+        state.withLock { $0.syncInFlight -= 1 }
+    }
 
     /// Creates a task for an accepted submission. Over the concurrency quota (Runway) it waits, `THROTTLED`.
     func createTask(prompt: String, video: Bool, prefix: String) -> FakeTask {
