@@ -76,6 +76,7 @@ let package = Package(
                 "PargenSQLite",
                 "PargenProviders",
                 "PargenTesting",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

@@ -6,7 +6,10 @@ import PackageDescription
 let package = Package(
     name: "pargen-benchmarks",
     platforms: [.macOS(.v15)],
-    dependencies: [.package(name: "pargen", path: "../")],
+    dependencies: [
+        .package(name: "pargen", path: "../"),
+        .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+    ],
     targets: [
         .executableTarget(
             name: "PargenBench",
@@ -14,6 +17,8 @@ let package = Package(
                 .product(name: "Pargen", package: "pargen"),
                 .product(name: "PargenTesting", package: "pargen"),
                 .product(name: "PargenSQLite", package: "pargen"),
+                .product(name: "PargenProviders", package: "pargen"),
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             path: "Sources/PargenBench"
         )

@@ -1,19 +1,51 @@
 import ArgumentParser
+import AsyncHTTPClient
 import Dispatch
 import Foundation
 import Logging
 import Pargen
+import PargenProviders
 import PargenSQLite
 
-/// Runs one campaign on the local providers with a live progress display and a final summary.
+/// Runs one campaign on the configured providers (the local ones by default) with a live progress display and
+/// a final summary.
 enum CampaignSession {
     static func run(
         file: CampaignFile?,
         storePath: String,
-        configuration: PargenConfiguration,
+        setup: PargenSetup,
         options: CampaignOptions,
         out: URL,
         logger: Logger
+    ) async throws -> CampaignReport {
+        // One HTTP client for every provider adapter, shut down however the session ends.
+        let http = ProviderConnection.makeHTTPClient()
+        do {
+            let report = try await run(
+                file: file,
+                storePath: storePath,
+                setup: setup,
+                options: options,
+                out: out,
+                logger: logger,
+                http: http
+            )
+            try? await http.shutdown()
+            return report
+        } catch {
+            try? await http.shutdown()
+            throw error
+        }
+    }
+
+    private static func run(
+        file: CampaignFile?,
+        storePath: String,
+        setup: PargenSetup,
+        options: CampaignOptions,
+        out: URL,
+        logger: Logger,
+        http: HTTPClient
     ) async throws -> CampaignReport {
         let clock = PargenClock.continuous
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
@@ -44,13 +76,29 @@ enum CampaignSession {
                 if Double.random(in: 0..<1) < probability { kill(getpid(), SIGKILL) }
             }
         }
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: LocalProvider.demoProviders(
+        var providers: [any GenerationProvider]
+        do {
+            providers = try PargenSetup(
+                configuration: setup.configuration,
+                providers: setup.providers,
+                includeLocalProviders: false
+            )
+            .makeProviders(httpClient: http)
+        } catch let error as ConfigurationFileError {
+            for problem in error.problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
+            throw ExitCode(2)
+        }
+        if setup.includeLocalProviders {
+            providers += LocalProvider.demoProviders(
                 reliable: options.reliable,
                 seed: options.seed,
                 submitLog: submitLog
-            ),
+            )
+        }
+        let configuration = setup.configuration
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: providers,
             store: store,
             outputDirectory: out,
             clock: clock,
@@ -99,6 +147,8 @@ enum CampaignSession {
                     report = finished
                     group.cancelAll()
                 case .interrupted:
+                    // The watcher also returns when it is cancelled after the report: nothing to stop then.
+                    guard report == nil else { break }
                     // First Ctrl-C or SIGTERM: stop waiting; the runner writes what is done, the rest is pending.
                     if terminal { print("") }
                     print("pargen: stopping; press Ctrl-C again to stop at once (nothing is lost either way)")

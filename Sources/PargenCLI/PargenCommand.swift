@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Logging
 import Pargen
+import PargenProviders
 
 @main
 struct PargenCommand: AsyncParsableCommand {
@@ -10,9 +11,11 @@ struct PargenCommand: AsyncParsableCommand {
         abstract: "Parallel audio and video generation across providers, within quotas and budgets.",
         discussion: """
             Start with `pargen demo`: about 100 mixed requests through the whole pipeline on the local \
-            providers, with no network, credentials or servers. Then `pargen run FILE` for your own campaign.
+            providers, with no network, credentials or servers. Then `pargen run FILE` for your own campaign, \
+            with `--config pargen.yaml` to use OpenAI, ElevenLabs, MiniMax, Runway or Azure (`pargen providers` \
+            lists them; `pargen providers check` tries each key).
             """,
-        subcommands: [Demo.self, Run.self, Status.self, Jobs.self, DLQ.self]
+        subcommands: [Demo.self, Run.self, Status.self, Jobs.self, DLQ.self, Providers.self, FakeProvider.self]
     )
 }
 
@@ -20,6 +23,14 @@ struct PargenCommand: AsyncParsableCommand {
 struct CampaignOptions: ParsableArguments {
     @Option(help: "Folder for media files, manifests and the errors file.")
     var out: String?
+
+    @Option(
+        help: ArgumentHelp(
+            "Configuration file (YAML or JSON): providers, quotas, prices, limits, budgets. PARGEN_* variables override it.",
+            valueName: "file"
+        )
+    )
+    var config: String?
 
     @Option(help: "Seed of every random choice, for reproducible runs.")
     var seed: UInt64 = 0x5eed
@@ -66,6 +77,19 @@ struct CampaignOptions: ParsableArguments {
         }
     }
 
+    /// The configuration file's setup (engine configuration and providers), or the local providers alone.
+    /// A file with problems prints each one with its path and exits 2.
+    func loadSetup() async throws -> PargenSetup {
+        guard let config else { return PargenSetup() }
+        do {
+            return try await PargenSetup.load(file: config)
+        } catch let error as ConfigurationFileError {
+            FileHandle.standardError.write(Data("pargen: \(config) has \(error.problems.count) problem(s):\n".utf8))
+            for problem in error.problems { FileHandle.standardError.write(Data("  \(problem)\n".utf8)) }
+            throw ExitCode(2)
+        }
+    }
+
     func bootstrapLogging() -> Logger {
         let name = logLevel ?? ProcessInfo.processInfo.environment["LOG_LEVEL"] ?? "warning"
         let level = Logger.Level(rawValue: name.lowercased()) ?? .warning
@@ -98,6 +122,11 @@ struct Demo: AsyncParsableCommand {
         let logger = options.bootstrapLogging()
         let out = URL(fileURLWithPath: options.out ?? "pargen-demo")
         try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        if options.config != nil {
+            throw ValidationError(
+                "demo runs on the local providers; use `pargen run FILE --config FILE` for your providers"
+            )
+        }
         let campaign = out.appendingPathComponent("demo-campaign.jsonl")
         try Data(DemoCampaign.jsonl(count: count, seed: options.seed).utf8).write(to: campaign)
         var configuration = DemoCampaign.configuration
@@ -109,7 +138,7 @@ struct Demo: AsyncParsableCommand {
         _ = try await CampaignSession.run(
             file: CampaignFile.load(campaign),
             storePath: storePath,
-            configuration: configuration,
+            setup: PargenSetup(configuration: configuration),
             options: options,
             out: out,
             logger: logger
@@ -165,13 +194,13 @@ struct Run: AsyncParsableCommand {
                 throw ExitCode(2)
             }
         }
-        var configuration = PargenConfiguration()
-        try options.apply(to: &configuration)
+        var setup = try await options.loadSetup()
+        try options.apply(to: &setup.configuration)
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
         let report = try await CampaignSession.run(
             file: campaign,
             storePath: storeOptions.path(out: out),
-            configuration: configuration,
+            setup: setup,
             options: options,
             out: out,
             logger: logger

@@ -149,3 +149,20 @@ public struct ProviderSettings: Sendable, Hashable {
         }
     }
 }
+
+/// The outcome of one cheap authenticated call to a provider.
+public struct AccessCheck: Sendable, Hashable {
+    public var ok: Bool
+    /// What was called and what came back; never carries the key.
+    public var detail: String
+
+    public init(ok: Bool, detail: String) {
+        self.ok = ok
+        self.detail = detail
+    }
+}
+
+/// A provider that can prove its key works with a call that costs nothing.
+public protocol AccessCheckable: GenerationProvider {
+    func checkAccess() async -> AccessCheck
+}

@@ -24,6 +24,11 @@ func requests(_ count: Int, prefix: String) -> [GenerationRequest] {
 }
 
 let arguments = CommandLine.arguments
+if arguments.count > 1 && arguments[1] == "quota" {
+    let window = arguments.count > 2 ? Double(arguments[2]) ?? 60 : 60
+    try await QuotaBench.run(window: window, only: arguments.count > 3 ? arguments[3] : nil)
+    exit(0)
+}
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000

@@ -5,7 +5,7 @@ public import Pargen
 
 /// Azure AI Speech, real-time text to speech: `POST /cognitiveservices/v1` with an SSML body, the format in
 /// `X-Microsoft-OutputFormat` and the key in `Ocp-Apim-Subscription-Key`; the answer is the audio itself.
-public struct AzureSpeechProvider: GenerationProvider {
+public struct AzureSpeechProvider: AccessCheckable {
     public let descriptor: ProviderDescriptor
     private let http: ProviderHTTP
     private let settings: ProviderSettings
@@ -76,6 +76,13 @@ public struct AzureSpeechProvider: GenerationProvider {
             accepting: ["audio/", "application/octet-stream"]
         )
         return ProviderOutput(format: format, duration: request.duration)
+    }
+
+    /// Lists the voices of the region: free, and proves the key.
+    public func checkAccess() async -> AccessCheck {
+        var headers = HTTPHeaders()
+        if let key = http.connection.apiKey { headers.add(name: "Ocp-Apim-Subscription-Key", value: key.secret) }
+        return await http.checkAccess("/cognitiveservices/voices/list", headers: headers)
     }
 
     /// Real-time errors usually have no body: the status says it all (429 quota, 400/401/415 terminal,

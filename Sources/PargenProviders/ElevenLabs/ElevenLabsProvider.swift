@@ -9,7 +9,7 @@ public import Pargen
 ///
 /// Concurrency is the plan's quota (Creator 5): above it ElevenLabs queues briefly, then answers 429
 /// `concurrent_limit_exceeded`.
-public struct ElevenLabsProvider: GenerationProvider {
+public struct ElevenLabsProvider: AccessCheckable {
     public static let soundModel = "eleven_text_to_sound_v2"
     /// Characters per request, per model.
     public static let characterLimits: [String: Int] = [
@@ -96,6 +96,13 @@ public struct ElevenLabsProvider: GenerationProvider {
             accepting: ["audio/", "application/octet-stream"]
         )
         return ProviderOutput(format: format, duration: request.duration)
+    }
+
+    /// Reads the subscription: free, and proves the key.
+    public func checkAccess() async -> AccessCheck {
+        var headers = HTTPHeaders()
+        if let key = http.connection.apiKey { headers.add(name: "xi-api-key", value: key.secret) }
+        return await http.checkAccess("/v1/user", headers: headers)
     }
 
     /// `{"detail": {"code" | "status", "message"}}`, or FastAPI's `{"detail": [{"msg"}]}` on 422.

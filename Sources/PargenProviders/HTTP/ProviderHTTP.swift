@@ -393,3 +393,23 @@ package struct MultipartForm {
     package var contentType: String { "multipart/form-data; boundary=\(boundary)" }
     package var buffer: ByteBuffer { ByteBuffer(string: body + "--\(boundary)--\r\n") }
 }
+
+extension ProviderHTTP {
+    /// GETs `path` with `headers` and reports the answer (MiniMax also needs `base_resp` checked).
+    package func checkAccess(_ path: String, headers: HTTPHeaders, miniMax: Bool = false) async -> AccessCheck {
+        do {
+            let answer = try await send(.GET, url(path), headers: headers)
+            if miniMax, let code = answer.json?["base_resp"]?["status_code"]?.int, code != 0 {
+                let message = answer.json?["base_resp"]?["status_msg"]?.string ?? ""
+                return AccessCheck(ok: false, detail: "GET \(path): MiniMax \(code) \(message)")
+            }
+            guard answer.isSuccess else {
+                let snippet = String(answer.text.prefix(160)).replacingOccurrences(of: "\n", with: " ")
+                return AccessCheck(ok: false, detail: "GET \(path): HTTP \(answer.status.code) \(snippet)")
+            }
+            return AccessCheck(ok: true, detail: "GET \(path): HTTP \(answer.status.code), key accepted")
+        } catch {
+            return AccessCheck(ok: false, detail: "GET \(path): \(error)")
+        }
+    }
+}

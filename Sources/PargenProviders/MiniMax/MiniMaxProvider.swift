@@ -9,7 +9,7 @@ public import Pargen
 ///
 /// MiniMax reports most errors on HTTP 200 as `base_resp.status_code`; every answer is checked. 1002 (RPM),
 /// 1039 (TPM), 1041 (connections) and 2045 (rate growth) are throttling.
-public struct MiniMaxProvider: GenerationProvider {
+public struct MiniMaxProvider: AccessCheckable {
     public static let speechModels = [
         "speech-2.8-hd", "speech-2.8-turbo", "speech-2.6-hd", "speech-2.6-turbo", "speech-02-hd", "speech-02-turbo",
     ]
@@ -262,6 +262,11 @@ public struct MiniMaxProvider: GenerationProvider {
             return link
         }
         return ProviderOutput(format: .mp4, duration: request.duration, providerTaskID: id)
+    }
+
+    /// Lists the account's files: free, and proves the key (MiniMax answers a bad key with 1004 on HTTP 200).
+    public func checkAccess() async -> AccessCheck {
+        await http.checkAccess("/v1/files?purpose=video_generation", headers: headers, miniMax: true)
     }
 
     // MARK: Errors

@@ -7,7 +7,7 @@ public import Pargen
 /// `GET /v1/videos/{id}` at the server's `openai-poll-after-ms`, fetched from `GET /v1/videos/{id}/content`).
 ///
 /// OpenAI documents no idempotency key, so a submit cut off by a crash waits for reconciliation.
-public struct OpenAIProvider: GenerationProvider {
+public struct OpenAIProvider: AccessCheckable {
     public static let speechModels = ["gpt-4o-mini-tts", "tts-1", "tts-1-hd"]
     public static let videoModels = ["sora-2", "sora-2-pro"]
     public static let voices: Set<String> = [
@@ -209,6 +209,9 @@ public struct OpenAIProvider: GenerationProvider {
         }
         return http.classify(answer, code: code, message: message)
     }
+
+    /// Lists the models: free, and proves the key.
+    public func checkAccess() async -> AccessCheck { await http.checkAccess("/v1/models", headers: authorization) }
 }
 
 /// A synchronous call whose answer is the media itself (OpenAI speech, ElevenLabs, Azure real-time),

@@ -10,7 +10,7 @@ public import Pargen
 /// Above its concurrency quota Runway does not refuse: it stores the task as `THROTTLED` and starts it
 /// later. The adapter keeps polling and tells the engine, which lowers its concurrency towards Runway.
 /// ``cancel(taskID:)`` cancels a task with `DELETE /v1/tasks/{id}`.
-public struct RunwayProvider: GenerationProvider {
+public struct RunwayProvider: AccessCheckable {
     public static let apiVersion = "2024-11-06"
     public static let ratios = [Resolution(width: 1280, height: 720), Resolution(width: 720, height: 1280)]
 
@@ -171,6 +171,9 @@ public struct RunwayProvider: GenerationProvider {
             return .running(progress: json["progress"]?.double, after: nil)
         }
     }
+
+    /// Reads the organization (credit balance, tier): free, and proves the key.
+    public func checkAccess() async -> AccessCheck { await http.checkAccess("/v1/organization", headers: headers) }
 
     /// Cancels a running, pending or throttled task (a finished one is deleted).
     public func cancel(taskID: String) async throws {

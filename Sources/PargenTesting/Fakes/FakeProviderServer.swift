@@ -406,6 +406,23 @@ extension FakeRoutes {
             }
             return Self.json(.ok, openAIVideo(task, size: "1280x720", seconds: "4"), headers: headers)
         }
+        router.get("/v1/models") { request, _ -> Response in
+            guard bearerOK(request) else {
+                return Self.openAIError(
+                    .unauthorized,
+                    "Incorrect API key provided",
+                    type: "invalid_request_error",
+                    code: "invalid_api_key"
+                )
+            }
+            return Self.json(
+                .ok,
+                [
+                    "object": "list",
+                    "data": [["id": "tts-1", "object": "model"], ["id": "sora-2", "object": "model"]],
+                ]
+            )
+        }
         router.get("/v1/videos/{id}/content") { request, context -> Response in
             guard bearerOK(request) else {
                 return Self.openAIError(
@@ -704,6 +721,10 @@ extension FakeRoutes {
             case .failed, .cancelled:
                 return Self.miniMax(1027, "output new_sensitive", ["task_id": id, "status": "Fail"])
             }
+        }
+        router.get("/v1/files") { request, _ -> Response in
+            guard bearerOK(request) else { return Self.miniMax(1004, "login fail") }
+            return Self.miniMax(0, "success", ["files": []])
         }
         router.get("/v1/files/retrieve") { request, _ -> Response in
             guard bearerOK(request) else { return Self.miniMax(1004, "login fail") }

@@ -44,6 +44,8 @@ public struct FakeProviderOptions: Sendable {
     public var seed: UInt64
     /// The fake stops by itself after this long (a forgotten fake never outlives its test run).
     public var lifetime: Duration
+    /// Each submission is appended here as a JSON line when it is decided, if set.
+    public var logFile: URL?
 
     public init(
         wireProtocol: FakeProtocol,
@@ -62,8 +64,10 @@ public struct FakeProviderOptions: Sendable {
         expiredLinkRate: Double = 0,
         maxFaultsPerResult: Int = .max,
         seed: UInt64 = 1,
-        lifetime: Duration = .seconds(3600)
+        lifetime: Duration = .seconds(3600),
+        logFile: URL? = nil
     ) {
+        self.logFile = logFile
         self.maxFaultsPerResult = maxFaultsPerResult
         self.wireProtocol = wireProtocol
         self.apiKey = apiKey
@@ -146,10 +150,26 @@ public final class FakeProviderState: Sendable {
     }
 
     private let state: Mutex<State>
+    private let logHandle: FileHandle?
 
     public init(options: FakeProviderOptions) {
         self.options = options
         state = Mutex(State(random: options.seed))
+        if let file = options.logFile {
+            FileManager.default.createFile(atPath: file.path, contents: nil)
+            logHandle = try? FileHandle(forWritingTo: file)
+        } else {
+            logHandle = nil
+        }
+    }
+
+    /// Appends a submission to the log file (under the state lock, so lines never interleave).
+    private func writeLog(_ entry: FakeSubmission) {
+        guard let logHandle else { return }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = .sortedKeys
+        guard let data = try? encoder.encode(entry) else { return }
+        try? logHandle.write(contentsOf: data + Data("\n".utf8))
     }
 
     /// Seconds since the fake started.
@@ -179,6 +199,11 @@ public final class FakeProviderState: Sendable {
             best = max(best, end - start + 1)
         }
         return best
+    }
+
+    /// How long each task ran (or will run), in seconds, in creation order.
+    public func taskDurations() -> [Double] {
+        state.withLock { state in state.taskOrder.compactMap { state.tasks[$0]?.seconds } }
     }
 
     /// The most tasks and synchronous calls that ever ran at once.
@@ -261,6 +286,7 @@ public final class FakeProviderState: Sendable {
             if let limit = options.requestsPerWindow, state.window.count >= limit {
                 entry.refusal = "rate"
                 state.log.append(entry)
+                writeLog(entry)
                 return .overRate(retryAfter: max(0.001, state.window.first! + window - now))
             }
             if let cap = options.concurrentTasks, !sync || options.syncCallsHoldSlots,
@@ -269,6 +295,7 @@ public final class FakeProviderState: Sendable {
                 if !queueOverConcurrency {
                     entry.refusal = "concurrency"
                     state.log.append(entry)
+                    writeLog(entry)
                     return .overConcurrency
                 }
                 entry.refusal = "throttled"
@@ -276,6 +303,7 @@ public final class FakeProviderState: Sendable {
             state.window.append(now)
             entry.accepted = true
             state.log.append(entry)
+            writeLog(entry)
             if sync && options.syncCallsHoldSlots { state.syncInFlight += 1 }
             state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
             return .accepted

@@ -1,0 +1,140 @@
+import AsyncHTTPClient
+import Foundation
+import Pargen
+import PargenProviders
+import PargenTesting
+
+/// How close a campaign comes to the floor its quotas set.
+///
+/// Three fakes on 127.0.0.1 (OpenAI, MiniMax, Runway), each allowing `R` submissions per sliding window `W` and
+/// 5 concurrent video tasks, run a campaign through the whole engine on the real clock. For each provider
+/// `p` with `N_p` submissions, video task times `d_i` and `C_p` slots, no schedule can finish before
+///
+///     T_p = max( floor((N_p - 1) / R_p) * W_p,  sum(d_i) / C_p,  max(d_i) )
+///
+/// (the last submission cannot enter before its window opens; the slots cannot do the task time faster; the
+/// longest task runs whole). The campaign's bound is the largest `T_p`; the figure is makespan / bound, with
+/// the fakes' count of quota violations (429s, 1002s, THROTTLED tasks) from their own logs.
+enum QuotaBench {
+    struct Campaign {
+        var name: String
+        /// Speech and video requests per provider.
+        var speech: [String: Int]
+        var video: [String: Int]
+    }
+
+    static func run(window seconds: Double, only: String?) async throws {
+        let window = Duration.milliseconds(Int64(seconds * 1000))
+        let rate = 200
+        let slots = 5
+        let campaigns = [
+            Campaign(name: "speech", speech: ["openai": 500, "minimax": 500], video: [:]),
+            Campaign(name: "video", speech: [:], video: ["openai": 35, "minimax": 35, "runway": 30]),
+            Campaign(name: "mixed", speech: ["openai": 500, "minimax": 500], video: ["openai": 35, "minimax": 35, "runway": 30]),
+        ].filter { only == nil || $0.name == only }
+        print("window \(seconds) s, \(rate) submissions per window and \(slots) concurrent video tasks per provider")
+        print("video tasks last \(String(format: "%.1f", seconds * 0.30))-\(String(format: "%.1f", seconds * 0.36)) s; speech answers in 10-50 ms")
+        let http = ProviderConnection.makeHTTPClient()
+        for campaign in campaigns {
+            try await measure(campaign, window: window, rate: rate, slots: slots, http: http)
+        }
+        try await http.shutdown()
+    }
+
+    static func measure(_ campaign: Campaign, window: Duration, rate: Int, slots: Int, http: HTTPClient) async throws {
+        let seconds = window.components.seconds > 0 ? Double(window.components.seconds) : 0
+        let w = seconds + Double(window.components.attoseconds) / 1e18
+        var fakes: [String: FakeProviderServer] = [:]
+        var providers: [any GenerationProvider] = []
+        for wire in [ProviderProtocol.openai, .minimax, .runway] {
+            let name = wire.rawValue
+            let fake = try await FakeProviderServer.start(
+                FakeProviderOptions(
+                    wireProtocol: FakeProtocol(rawValue: name)!, apiKey: "bench-key", requestsPerWindow: rate, window: window,
+                    concurrentTasks: slots, taskSeconds: (w * 0.30)...(w * 0.36), latencySeconds: 0.01...0.05,
+                    videoBytes: 256 * 1024, audioBytes: 16 * 1024, seed: UInt64(name.count), lifetime: .seconds(3600)))
+            fakes[name] = fake
+            var settings = ProviderSettings.defaults(for: wire)
+            settings.baseURL = fake.baseURL
+            settings.pollInterval = .milliseconds(Int64(w * 1000 / 200))
+            settings.quota = ProviderQuota(
+                requestsPerMinute: rate, concurrentTasks: slots, window: window,
+                concurrencyKinds: wire == .runway ? [.audio, .video] : [.video])
+            providers.append(PargenSetup.adapter(settings, connection: settings.connection(apiKey: APIKey("bench-key"), httpClient: http)))
+        }
+        var requests: [GenerationRequest] = []
+        let users = (0..<8).map { "user\($0)" }
+        for (provider, count) in campaign.speech.sorted(by: { $0.key < $1.key }) {
+            for i in 0..<count {
+                requests.append(
+                    .audio(prompt: "\(provider) speech line \(i)", priority: GenerationPriority.allCases[i % 4], provider: provider, user: users[i % 8]))
+            }
+        }
+        for (provider, count) in campaign.video.sorted(by: { $0.key < $1.key }) {
+            let seconds: Int64 = provider == "openai" ? 4 : provider == "minimax" ? 6 : 5
+            for i in 0..<count {
+                requests.append(
+                    .video(
+                        prompt: "\(provider) clip \(i)", priority: GenerationPriority.allCases[i % 4], duration: .seconds(seconds),
+                        resolution: .p720, provider: provider, user: users[i % 8]))
+            }
+        }
+        // Interleave the lines, as a campaign file mixes them.
+        var mixed: [GenerationRequest] = []
+        var generator = SplitMix(seed: 42)
+        var pool = requests
+        while !pool.isEmpty { mixed.append(pool.remove(at: Int(generator.next() % UInt64(pool.count)))) }
+
+        var configuration = PargenConfiguration(
+            rateLimits: .unlimited, batching: .init(pacingJitter: .zero),
+            resources: .init(maxAPICalls: 4000, maxConcurrentJobs: 4000, minimumFraction: 1), caching: .init(enabled: false))
+        configuration.retry.baseDelay = .milliseconds(100)
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-quota-bench-\(getpid())-\(campaign.name)")
+        defer { try? FileManager.default.removeItem(at: output) }
+        let engine = ParallelGenerator(configuration: configuration, providers: providers, outputDirectory: output, clock: .continuous)
+        try await engine.start()
+        let started = ContinuousClock.now
+        let results = try await engine.generate(mixed)
+        let elapsed = ContinuousClock.now - started
+        try await engine.stop()
+        let makespan = Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+
+        var bound = 0.0
+        var violations = 0
+        var lines: [String] = []
+        for name in ["openai", "minimax", "runway"] {
+            guard let fake = fakes[name] else { continue }
+            let log = fake.state.submissions().filter(\.accepted)
+            let durations = fake.state.taskDurations()
+            guard !log.isEmpty else { continue }
+            let rateBound = Double((log.count - 1) / rate) * w
+            let slotBound = durations.reduce(0, +) / Double(slots)
+            let longest = durations.max() ?? 0
+            let providerBound = max(rateBound, slotBound, longest)
+            bound = max(bound, providerBound)
+            violations += fake.state.quotaViolations()
+            lines.append(
+                "  \(name): \(log.count) submissions, busiest window \(fake.state.busiestWindow())/\(rate), peak tasks \(fake.state.peakConcurrency)/\(slots), "
+                    + "bound \(String(format: "%.2f", providerBound)) s (rate \(String(format: "%.2f", rateBound)), slots \(String(format: "%.2f", slotBound))), "
+                    + "violations \(fake.state.quotaViolations())")
+            await fake.stop()
+        }
+        let failed = results.filter { !$0.succeeded }.count
+        print(
+            "\(campaign.name): \(results.count) requests, \(failed) failed, makespan \(String(format: "%.2f", makespan)) s, "
+                + "bound \(String(format: "%.2f", bound)) s, ratio \(String(format: "%.4f", makespan / bound)), violations \(violations)")
+        for line in lines { print(line) }
+    }
+}
+
+struct SplitMix {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
