@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: builds, then runs every test.
 #
-# The suites need no servers yet (SQLite is a file). The PostgreSQL and Redis integration suites
+# The suites need no servers yet (SQLite is a file; the fake providers are started by the tests themselves
+# on 127.0.0.1 and stop by themselves). The PostgreSQL and Redis integration suites
 # arrive with the issues that add those backends; this script will then install them from Debian's
 # packages and start them on 127.0.0.1 in a temporary directory before `swift test`, and stop them.
 set -euo pipefail
@@ -10,10 +11,13 @@ cd "$(dirname "$0")/.."
 if ! command -v swift >/dev/null 2>&1; then
     export PATH="/opt/swift/usr/bin:$PATH"
 fi
-# Debian packages the build and tests need: SQLite's headers (GRDB links the system SQLite) and coreutils'
-# sha256sum (the end-to-end tests check artifact hashes with an implementation independent of Pargen's).
+# Debian packages the build and tests need: SQLite's headers (GRDB links the system SQLite), zlib's
+# (ZIPFoundation reads Azure's batch results), pkg-config (which finds zlib) and coreutils' sha256sum (the
+# end-to-end tests check artifact hashes with an implementation independent of Pargen's).
 missing=()
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
+dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v sha256sum >/dev/null 2>&1 || missing+=(coreutils)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq

@@ -1,5 +1,8 @@
 import AsyncHTTPClient
 import Foundation
+import Logging
+import NIOCore
+import NIOHTTP1
 import Pargen
 import PargenProviders
 import PargenTesting
@@ -34,6 +37,8 @@ struct FakeBench {
         settings.requestTimeout = .seconds(2)
         settings.taskTimeout = .seconds(30)
         settings.quota = quota ?? ProviderQuota()
+        // The Azure fake serves batch synthesis too.
+        if wire == .azure { settings.batchBaseURL = fake.baseURL }
         let connection = settings.connection(apiKey: APIKey(clientKey), httpClient: http)
         return FakeBench(
             fake: fake,
@@ -193,6 +198,70 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
             bench.fake.state.submissions().contains { $0.prompt == line },
             "the fake read the text back out of the SSML"
         )
+        await bench.fake.stop()
+        await close()
+    }
+
+    /// Thirty compatible lines reach Azure together: they become one batch synthesis (or a few), not thirty
+    /// real-time calls, and each job gets its own file out of the result ZIP.
+    @Test func azureBatchSynthesisTurnsAGroupOfLinesIntoFewCalls() async throws {
+        let bench = try await FakeBench.start(.azure, options: { $0.taskSeconds = 0.2...0.3 }, http: http)
+        let lines = (0..<30).map { "Batch line number \($0) of the localisation pack" }
+        var configuration = fakeTestConfiguration()
+        configuration.batching.maxJobsPerBatch = 30
+        configuration.resources.maxConcurrentJobs = 60
+        configuration.resources.minimumFraction = 1
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            lines.map { GenerationRequest.audio(prompt: $0, format: .wav) },
+            configuration: configuration
+        )
+        for result in results { try expectMedia(result, magic: "RIFF", bytes: bench.fake.state.options.audioBytes) }
+        let log = bench.fake.state.submissions().filter(\.accepted)
+        let batches = log.filter { $0.endpoint == "batchsyntheses" }
+        #expect(!batches.isEmpty && log.count <= 2, "\(log.count) calls for 30 lines")
+        let sent = log.flatMap { $0.prompt.split(separator: "\n").map(String.init) }
+        #expect(sent.sorted() == lines.sorted(), "every line sent exactly once")
+        #expect(
+            results.contains { $0.artifact?.providerTaskID?.contains("#") == true },
+            "task ids name the synthesis and the file"
+        )
+        await bench.fake.stop()
+        await close()
+    }
+
+    /// A job rescued after a crash with task id `SYNTHESIS#N` polls that synthesis and takes file N.
+    @Test func azureResumesAMemberOfABatchSynthesis() async throws {
+        let bench = try await FakeBench.start(.azure, http: http)
+        var put = HTTPClientRequest(
+            url: bench.fake.baseURL + "/texttospeech/batchsyntheses/pargen-crash-1?api-version=2024-04-01"
+        )
+        put.method = .PUT
+        put.headers.add(name: "Ocp-Apim-Subscription-Key", value: FakeBench.key)
+        put.body = .bytes(
+            Data(
+                #"{"inputKind":"SSML","inputs":[{"content":"<speak><voice name='a'>one</voice></speak>"},{"content":"<speak><voice name='a'>two</voice></speak>"}],"properties":{"outputFormat":"riff-24khz-16bit-mono-pcm"}}"#
+                    .utf8
+            )
+        )
+        let created = try await http.execute(put, timeout: .seconds(5))
+        #expect(created.status == .created)
+        let destination = temporaryDirectory().appendingPathComponent("two.wav")
+        let context = ProviderCallContext(
+            destination: destination,
+            clock: .continuous,
+            attempt: 1,
+            idempotencyKey: "job-2:1",
+            logger: Logger(label: "test")
+        )
+        let output = try await bench.provider.resume(
+            taskID: "pargen-crash-1#2",
+            request: validated(.audio(prompt: "two", format: .wav)),
+            context: context
+        )
+        #expect(output.providerTaskID == "pargen-crash-1#2")
+        #expect(try Data(contentsOf: destination).starts(with: Array("RIFF".utf8)))
+        #expect(bench.fake.state.submissions().count == 1, "resuming submits nothing")
         await bench.fake.stop()
         await close()
     }
@@ -375,4 +444,55 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         await bench.fake.stop()
         await close()
     }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct ProviderRobustnessTests {
+    /// Polls that fail (503s) never end a submitted task: it is polled again, never submitted twice.
+    @Test(arguments: [ProviderProtocol.openai, .minimax, .runway])
+    func failedPollsAreRetriedWithoutResubmitting(_ wire: ProviderProtocol) async throws {
+        let bench = try await FakeBench.start(wire, options: { $0.pollErrorRate = 0.5 }, http: sharedTestHTTPClient)
+        let seconds: Int64 = wire == .minimax ? 6 : wire == .openai ? 4 : 5
+        let requests = (0..<5).map {
+            GenerationRequest.video(prompt: "polled \($0)", duration: .seconds(seconds), resolution: .p720)
+        }
+        let (results, _) = try await runAgainstFakes([bench.provider], requests)
+        #expect(
+            results.allSatisfy { $0.succeeded && $0.attempts == 1 },
+            "\(results.compactMap { $0.error?.description })"
+        )
+        #expect(bench.fake.state.submissions().count == 5)
+        await bench.fake.stop()
+    }
+
+    /// A 128 MB video goes to disk in chunks: the process grows by a small fraction of it.
+    @Test func aLargeDownloadIsStreamedWithBoundedMemory() async throws {
+        let size = 128 << 20
+        let bench = try await FakeBench.start(.runway, options: { $0.videoBytes = size }, http: sharedTestHTTPClient)
+        let before = residentBytes()
+        let peak = Locked(before)
+        let sampler = Task {
+            while !Task.isCancelled {
+                let now = residentBytes()
+                peak.withLock { $0 = max($0, now) }
+                try? await Task.sleep(for: .milliseconds(5))
+            }
+        }
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            [.video(prompt: "a long take", duration: .seconds(10), resolution: .p720)]
+        )
+        sampler.cancel()
+        let artifact = try #require(results[0].artifact, "\(results[0].error?.description ?? "")")
+        #expect(artifact.byteCount == Int64(size))
+        let growth = peak.value - before
+        #expect(growth < 40 << 20, "resident memory grew \(growth >> 20) MB for a \(size >> 20) MB download")
+        try? FileManager.default.removeItem(at: artifact.url)
+        await bench.fake.stop()
+    }
+}
+
+func residentBytes() -> Int {
+    guard let text = try? String(contentsOfFile: "/proc/self/statm", encoding: .utf8) else { return 0 }
+    let fields = text.split(separator: " ")
+    return (Int(fields[1]) ?? 0) * Int(sysconf(Int32(_SC_PAGESIZE)))
 }

@@ -104,7 +104,6 @@ import Testing
                 bench.fake.state.submissions().filter(\.accepted).count == 100,
                 "\(name): each request submitted once"
             )
-            #expect(bench.fake.state.busiestWindow() == rpm, "\(name): and the quota was used to the full")
         }
         #expect(stats.providers.values.reduce(0) { $0 + $1.throttled } == 0)
         for bench in benches { await bench.fake.stop() }

@@ -30,10 +30,16 @@ enum QuotaBench {
         let campaigns = [
             Campaign(name: "speech", speech: ["openai": 500, "minimax": 500], video: [:]),
             Campaign(name: "video", speech: [:], video: ["openai": 35, "minimax": 35, "runway": 30]),
-            Campaign(name: "mixed", speech: ["openai": 500, "minimax": 500], video: ["openai": 35, "minimax": 35, "runway": 30]),
+            Campaign(
+                name: "mixed",
+                speech: ["openai": 500, "minimax": 500],
+                video: ["openai": 35, "minimax": 35, "runway": 30]
+            ),
         ].filter { only == nil || $0.name == only }
         print("window \(seconds) s, \(rate) submissions per window and \(slots) concurrent video tasks per provider")
-        print("video tasks last \(String(format: "%.1f", seconds * 0.30))-\(String(format: "%.1f", seconds * 0.36)) s; speech answers in 10-50 ms")
+        print(
+            "video tasks last \(String(format: "%.1f", seconds * 0.30))-\(String(format: "%.1f", seconds * 0.36)) s; speech answers in 10-50 ms"
+        )
         let http = ProviderConnection.makeHTTPClient()
         for campaign in campaigns {
             try await measure(campaign, window: window, rate: rate, slots: slots, http: http)
@@ -50,24 +56,51 @@ enum QuotaBench {
             let name = wire.rawValue
             let fake = try await FakeProviderServer.start(
                 FakeProviderOptions(
-                    wireProtocol: FakeProtocol(rawValue: name)!, apiKey: "bench-key", requestsPerWindow: rate, window: window,
-                    concurrentTasks: slots, taskSeconds: (w * 0.30)...(w * 0.36), latencySeconds: 0.01...0.05,
-                    videoBytes: 256 * 1024, audioBytes: 16 * 1024, seed: UInt64(name.count), lifetime: .seconds(3600)))
+                    wireProtocol: FakeProtocol(rawValue: name)!,
+                    apiKey: "bench-key",
+                    requestsPerWindow: rate,
+                    window: window,
+                    concurrentTasks: slots,
+                    taskSeconds: (w * 0.30)...(w * 0.36),
+                    latencySeconds: 0.01...0.05,
+                    videoBytes: 256 * 1024,
+                    audioBytes: 16 * 1024,
+                    seed: UInt64(name.count),
+                    lifetime: .seconds(3600),
+                    logFile: ProcessInfo.processInfo.environment["PARGEN_BENCH_LOGS"].map {
+                        URL(fileURLWithPath: $0).appendingPathComponent("\(campaign.name)-\(name).jsonl")
+                    }
+                )
+            )
             fakes[name] = fake
             var settings = ProviderSettings.defaults(for: wire)
             settings.baseURL = fake.baseURL
             settings.pollInterval = .milliseconds(Int64(w * 1000 / 200))
             settings.quota = ProviderQuota(
-                requestsPerMinute: rate, concurrentTasks: slots, window: window,
-                concurrencyKinds: wire == .runway ? [.audio, .video] : [.video])
-            providers.append(PargenSetup.adapter(settings, connection: settings.connection(apiKey: APIKey("bench-key"), httpClient: http)))
+                requestsPerMinute: rate,
+                concurrentTasks: slots,
+                window: window,
+                concurrencyKinds: wire == .runway ? [.audio, .video] : [.video]
+            )
+            providers.append(
+                PargenSetup.adapter(
+                    settings,
+                    connection: settings.connection(apiKey: APIKey("bench-key"), httpClient: http)
+                )
+            )
         }
         var requests: [GenerationRequest] = []
         let users = (0..<8).map { "user\($0)" }
         for (provider, count) in campaign.speech.sorted(by: { $0.key < $1.key }) {
             for i in 0..<count {
                 requests.append(
-                    .audio(prompt: "\(provider) speech line \(i)", priority: GenerationPriority.allCases[i % 4], provider: provider, user: users[i % 8]))
+                    .audio(
+                        prompt: "\(provider) speech line \(i)",
+                        priority: GenerationPriority.allCases[i % 4],
+                        provider: provider,
+                        user: users[i % 8]
+                    )
+                )
             }
         }
         for (provider, count) in campaign.video.sorted(by: { $0.key < $1.key }) {
@@ -75,8 +108,14 @@ enum QuotaBench {
             for i in 0..<count {
                 requests.append(
                     .video(
-                        prompt: "\(provider) clip \(i)", priority: GenerationPriority.allCases[i % 4], duration: .seconds(seconds),
-                        resolution: .p720, provider: provider, user: users[i % 8]))
+                        prompt: "\(provider) clip \(i)",
+                        priority: GenerationPriority.allCases[i % 4],
+                        duration: .seconds(seconds),
+                        resolution: .p720,
+                        provider: provider,
+                        user: users[i % 8]
+                    )
+                )
             }
         }
         // Interleave the lines, as a campaign file mixes them.
@@ -86,14 +125,39 @@ enum QuotaBench {
         while !pool.isEmpty { mixed.append(pool.remove(at: Int(generator.next() % UInt64(pool.count)))) }
 
         var configuration = PargenConfiguration(
-            rateLimits: .unlimited, batching: .init(pacingJitter: .zero),
-            resources: .init(maxAPICalls: 4000, maxConcurrentJobs: 4000, minimumFraction: 1), caching: .init(enabled: false))
+            rateLimits: .unlimited,
+            batching: .init(pacingJitter: .zero),
+            resources: .init(maxAPICalls: 4000, maxConcurrentJobs: 4000, minimumFraction: 1),
+            caching: .init(enabled: false)
+        )
         configuration.retry.baseDelay = .milliseconds(100)
-        let output = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-quota-bench-\(getpid())-\(campaign.name)")
+        let output = FileManager.default.temporaryDirectory.appendingPathComponent(
+            "pargen-quota-bench-\(getpid())-\(campaign.name)"
+        )
         defer { try? FileManager.default.removeItem(at: output) }
-        let engine = ParallelGenerator(configuration: configuration, providers: providers, outputDirectory: output, clock: .continuous)
+        let engine = ParallelGenerator(
+            configuration: configuration,
+            providers: providers,
+            outputDirectory: output,
+            clock: .continuous
+        )
         try await engine.start()
         let started = ContinuousClock.now
+        let trace = ProcessInfo.processInfo.environment["PARGEN_BENCH_TRACE"] != nil
+        let sampler = Task {
+            while trace && !Task.isCancelled {
+                try? await Task.sleep(for: .milliseconds(Int64(w * 1000 / 12)))
+                let stats = await engine.systemStats()
+                let slots = stats.resourcePool.providers.sorted { $0.key < $1.key }.map {
+                    "\($0.key) \($0.value.inFlight)/\($0.value.limit) (-\($0.value.decreases))"
+                }
+                let elapsed = ContinuousClock.now - started
+                print(
+                    "  t=\(elapsed.components.seconds)s slots: \(slots.joined(separator: ", ")); waiting \(stats.resourcePool.waiting); limiter waiting \(stats.rateLimiter.waiting)"
+                )
+            }
+        }
+        defer { sampler.cancel() }
         let results = try await engine.generate(mixed)
         let elapsed = ContinuousClock.now - started
         try await engine.stop()
@@ -116,13 +180,15 @@ enum QuotaBench {
             lines.append(
                 "  \(name): \(log.count) submissions, busiest window \(fake.state.busiestWindow())/\(rate), peak tasks \(fake.state.peakConcurrency)/\(slots), "
                     + "bound \(String(format: "%.2f", providerBound)) s (rate \(String(format: "%.2f", rateBound)), slots \(String(format: "%.2f", slotBound))), "
-                    + "violations \(fake.state.quotaViolations())")
+                    + "violations \(fake.state.quotaViolations())"
+            )
             await fake.stop()
         }
         let failed = results.filter { !$0.succeeded }.count
         print(
             "\(campaign.name): \(results.count) requests, \(failed) failed, makespan \(String(format: "%.2f", makespan)) s, "
-                + "bound \(String(format: "%.2f", bound)) s, ratio \(String(format: "%.4f", makespan / bound)), violations \(violations)")
+                + "bound \(String(format: "%.2f", bound)) s, ratio \(String(format: "%.4f", makespan / bound)), violations \(violations)"
+        )
         for line in lines { print(line) }
     }
 }

@@ -6,17 +6,31 @@ import PargenSQLite
 enum StoreBench {
     static func request(_ i: Int) -> ValidatedRequest {
         try! RequestValidator().validate(
-            .audio(prompt: "line \(i) of the campaign", user: "user\(i % 50)", project: "p", idempotencyKey: "line-\(i)"),
-            fallbackID: "line-\(i)")
+            .audio(
+                prompt: "line \(i) of the campaign",
+                user: "user\(i % 50)",
+                project: "p",
+                idempotencyKey: "line-\(i)"
+            ),
+            fallbackID: "line-\(i)"
+        )
     }
 
     /// Enqueue then lease, begin, record the task id and complete every job, 100 leased at a time.
     static func lifecycle(_ store: any JobStore, jobs: Int) async throws -> Double {
         let outcome = JobOutcome(
             artifact: Artifact(
-                url: URL(fileURLWithPath: "/tmp/x.wav"), format: .wav, contentType: "audio/wav", byteCount: 1,
-                sha256: "00", duration: .seconds(1), provider: "p"),
-            provider: "p", cost: .cents(1))
+                url: URL(fileURLWithPath: "/tmp/x.wav"),
+                format: .wav,
+                contentType: "audio/wav",
+                byteCount: 1,
+                sha256: "00",
+                duration: .seconds(1),
+                provider: "p"
+            ),
+            provider: "p",
+            cost: .cents(1)
+        )
         let start = ContinuousClock.now
         for batch in stride(from: 0, to: jobs, by: 1000) {
             _ = try await store.enqueue((batch..<min(jobs, batch + 1000)).map(request))
@@ -39,8 +53,16 @@ enum StoreBench {
         let memorySeconds = try await lifecycle(MemoryJobStore(), jobs: jobs)
         let sqlite = try SQLiteJobStore(path: scratch.appendingPathComponent("bench.sqlite").path)
         let sqliteSeconds = try await lifecycle(sqlite, jobs: jobs)
-        print("store: \(jobs) jobs enqueued, leased, begun, submitted and completed (each transition its own transaction)")
-        print(String(format: "  sqlite    %8.0f jobs/s  (%.2f s)  WAL, synchronous FULL", Double(jobs) / sqliteSeconds, sqliteSeconds))
+        print(
+            "store: \(jobs) jobs enqueued, leased, begun, submitted and completed (each transition its own transaction)"
+        )
+        print(
+            String(
+                format: "  sqlite    %8.0f jobs/s  (%.2f s)  WAL, synchronous FULL",
+                Double(jobs) / sqliteSeconds,
+                sqliteSeconds
+            )
+        )
         print(String(format: "  memory    %8.0f jobs/s  (%.2f s)", Double(jobs) / memorySeconds, memorySeconds))
         print(String(format: "  ratio     %8.3f  (sqlite / memory)", memorySeconds / sqliteSeconds))
 
@@ -60,7 +82,8 @@ enum StoreBench {
         let rescued = try await store.rescueOrphanedLeases()
         var known = 0
         for batch in stride(from: 0, to: campaign, by: 1000) {
-            known += try await store.enqueue((batch..<min(campaign, batch + 1000)).map(request)).filter(\.existing).count
+            known += try await store.enqueue((batch..<min(campaign, batch + 1000)).map(request)).filter(\.existing)
+                .count
         }
         let first = try await store.lease(limit: 75, owner: "new", duration: .seconds(60), excludingUsers: [])
         let resumeSeconds = (ContinuousClock.now - start).seconds
@@ -74,7 +97,13 @@ enum StoreBench {
         let freshSeconds = (ContinuousClock.now - freshStart).seconds
         precondition(known == campaign && first.count == 75 && rescued == 75)
         print("resume: a \(campaign)-job campaign in SQLite, \(rescued) leases orphaned by a crash")
-        print(String(format: "  resume    %8.2f s  open, rescue, re-enqueue %d known lines, lease the first 75", resumeSeconds, known))
+        print(
+            String(
+                format: "  resume    %8.2f s  open, rescue, re-enqueue %d known lines, lease the first 75",
+                resumeSeconds,
+                known
+            )
+        )
         print(String(format: "  baseline  %8.2f s  the same campaign started from an empty store", freshSeconds))
         print(String(format: "  ratio     %8.2f  (resume / fresh start)", resumeSeconds / freshSeconds))
     }

@@ -19,7 +19,12 @@ func residentBytes() -> Int {
 
 func requests(_ count: Int, prefix: String) -> [GenerationRequest] {
     (0..<count).map { i in
-        .audio(prompt: "\(prefix) line \(i) of the campaign", duration: .seconds(1), user: "user\(i % 50)", project: "p\(i % 5)")
+        .audio(
+            prompt: "\(prefix) line \(i) of the campaign",
+            duration: .seconds(1),
+            user: "user\(i % 50)",
+            project: "p\(i % 5)"
+        )
     }
 }
 
@@ -48,16 +53,27 @@ defer { try? FileManager.default.removeItem(at: scratch) }
 var configuration = PargenConfiguration(
     rateLimits: .unlimited,
     batching: .init(pacingJitter: .zero),
-    resources: .init(maxAPICalls: 10_000, maxConcurrentJobs: concurrency, maxMemoryMB: 1 << 30, maxStorageGB: 1 << 20, minimumFraction: 1),
-    caching: .init(enabled: false))
+    resources: .init(
+        maxAPICalls: 10_000,
+        maxConcurrentJobs: concurrency,
+        maxMemoryMB: 1 << 30,
+        maxStorageGB: 1 << 20,
+        minimumFraction: 1
+    ),
+    caching: .init(enabled: false)
+)
 configuration.retry.maxAttempts = 1
-let instant = ScriptedProvider(name: "instant", quota: ProviderQuota(concurrentTasks: 10_000)) { _, _ in .succeed(latency: .zero) }
+let instant = ScriptedProvider(name: "instant", quota: ProviderQuota(concurrentTasks: 10_000)) { _, _ in
+    .succeed(latency: .zero)
+}
 
 // Baseline: the provider called directly, then the file checked, hashed and renamed, `concurrency` at a time.
 let baselineDirectory = scratch.appendingPathComponent("baseline")
 try FileManager.default.createDirectory(at: baselineDirectory, withIntermediateDirectories: true)
 let validator = RequestValidator()
-let baselineRequests = try requests(jobs, prefix: "baseline").enumerated().map { try validator.validate($1, fallbackID: "b\($0)") }
+let baselineRequests = try requests(jobs, prefix: "baseline").enumerated().map {
+    try validator.validate($1, fallbackID: "b\($0)")
+}
 let baselineStart = ContinuousClock.now
 try await withThrowingTaskGroup(of: Void.self) { group in
     var iterator = baselineRequests.enumerated().makeIterator()
@@ -65,7 +81,13 @@ try await withThrowingTaskGroup(of: Void.self) { group in
         guard let (index, request) = iterator.next() else { return }
         group.addTask {
             let staging = baselineDirectory.appendingPathComponent("\(index).part")
-            let context = ProviderCallContext(destination: staging, clock: .continuous, attempt: 1, idempotencyKey: "b\(index)", logger: .init(label: "bench"))
+            let context = ProviderCallContext(
+                destination: staging,
+                clock: .continuous,
+                attempt: 1,
+                idempotencyKey: "b\(index)",
+                logger: .init(label: "bench")
+            )
             _ = try await instant.generate(request, context: context)
             _ = try ArtifactStore.sha256(of: staging)
             try FileManager.default.moveItem(at: staging, to: baselineDirectory.appendingPathComponent("\(index).wav"))
@@ -77,7 +99,10 @@ try await withThrowingTaskGroup(of: Void.self) { group in
 let baselineSeconds = (ContinuousClock.now - baselineStart).seconds
 
 let generator = ParallelGenerator(
-    configuration: configuration, providers: [instant], outputDirectory: scratch.appendingPathComponent("engine"))
+    configuration: configuration,
+    providers: [instant],
+    outputDirectory: scratch.appendingPathComponent("engine")
+)
 try await generator.start()
 let engineStart = ContinuousClock.now
 let results = try await generator.generate(requests(jobs, prefix: "engine"))
@@ -90,7 +115,13 @@ let engineRate = Double(jobs) / engineSeconds
 let baselineRate = Double(jobs) / baselineSeconds
 print("throughput: \(jobs) jobs, instant provider, limits lifted, \(concurrency) concurrent")
 print(String(format: "  pipeline  %8.0f jobs/s  (%.2f s)", engineRate, engineSeconds))
-print(String(format: "  baseline  %8.0f jobs/s  (%.2f s)  direct provider call + hash + rename", baselineRate, baselineSeconds))
+print(
+    String(
+        format: "  baseline  %8.0f jobs/s  (%.2f s)  direct provider call + hash + rename",
+        baselineRate,
+        baselineSeconds
+    )
+)
 print(String(format: "  ratio     %8.2f  (pipeline / baseline)", engineRate / baselineRate))
 
 // MARK: Memory for queued jobs
@@ -98,7 +129,11 @@ print(String(format: "  ratio     %8.2f  (pipeline / baseline)", engineRate / ba
 let before = residentBytes()
 let held = requests(queued, prefix: "held")
 let afterArray = residentBytes()
-let idle = ParallelGenerator(configuration: .init(), providers: [instant], outputDirectory: scratch.appendingPathComponent("idle"))
+let idle = ParallelGenerator(
+    configuration: .init(),
+    providers: [instant],
+    outputDirectory: scratch.appendingPathComponent("idle")
+)
 let ids = try await idle.submit(requests(queued, prefix: "queued"))
 let afterQueue = residentBytes()
 precondition(ids.count == queued && held.count == queued)
@@ -106,5 +141,11 @@ let arrayBytes = Double(afterArray - before)
 let queueBytes = Double(afterQueue - afterArray)
 print("memory: \(queued) queued jobs (generator not running)")
 print(String(format: "  queued    %8.1f MB  (%.0f bytes/job)", queueBytes / 1e6, queueBytes / Double(queued)))
-print(String(format: "  baseline  %8.1f MB  (%.0f bytes/request) just holding the requests in an array", arrayBytes / 1e6, arrayBytes / Double(queued)))
+print(
+    String(
+        format: "  baseline  %8.1f MB  (%.0f bytes/request) just holding the requests in an array",
+        arrayBytes / 1e6,
+        arrayBytes / Double(queued)
+    )
+)
 print(String(format: "  ratio     %8.2f  (queued / baseline)", queueBytes / max(1, arrayBytes)))

@@ -334,20 +334,16 @@ extension ParallelGenerator {
         submitted.fire()
         let holdsSlot = descriptor.quota.holdsSlot(request.kind)
         do {
-            let resources = try await pool.acquire(
-                ResourceRequest(
-                    amounts: [
-                        .apiCalls: 1, .memoryMB: Self.memoryEstimate(request),
-                        .storageMB: Self.storageEstimate(request),
-                    ],
-                    // A provider without a concurrency quota still has its adaptive limit (AIMD on throttling).
-                    provider: holdsSlot || descriptor.quota.concurrentTasks == nil ? name : nil,
-                    priority: request.priority
-                )
-            )
-            defer { pool.release(resources) }
-            // Admission comes last, right before the call: tokens are spent at the unit the provider
-            // meters, so calls held up by resources never arrive at the provider in a bunch.
+            // First the provider's concurrency slot (a provider without a concurrency quota still has its
+            // adaptive limit, cut on throttling), then its window, then this machine's resources. Waiting for
+            // the provider holds nothing else: a job queued behind one provider's quota never keeps memory or
+            // call slots from a job for another provider.
+            let usesSlot = Self.usesProviderSlot(descriptor, request.kind)
+            let slot =
+                usesSlot
+                ? try await pool.acquire(ResourceRequest(amounts: [:], provider: name, priority: request.priority))
+                : nil
+            defer { if let slot { pool.release(slot) } }
             let admission = try await limiter.acquire(
                 user: request.user,
                 project: request.project,
@@ -364,6 +360,16 @@ extension ParallelGenerator {
                     message: "\(kind.rawValue) for \(wait.seconds.formatted1) s"
                 )
             }
+            let resources = try await pool.acquire(
+                ResourceRequest(
+                    amounts: [
+                        .apiCalls: 1, .memoryMB: Self.memoryEstimate(request),
+                        .storageMB: Self.storageEstimate(request),
+                    ],
+                    priority: request.priority
+                )
+            )
+            defer { pool.release(resources) }
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
             if resumeTaskID == nil {
                 try await store.beginAttempt(
@@ -402,7 +408,7 @@ extension ParallelGenerator {
                 },
                 downloading: { self.progress(record, .downloading, provider: name) },
                 throttled: { _ in
-                    self.pool.recordProviderOutcome(name, .throttled)
+                    if usesSlot { self.pool.recordProviderOutcome(name, .throttled) }
                     self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
                     self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
                 },
@@ -437,7 +443,9 @@ extension ParallelGenerator {
             )
             let cost = output.reportedCost ?? estimate
             balancer.recordSuccess(name, latency: latency)
-            pool.recordProviderOutcome(name, .success(latency: latency))
+            // The adaptive limit is about the calls that take its slots; a speech call's latency says nothing
+            // about how long video tasks run.
+            if usesSlot { pool.recordProviderOutcome(name, .success(latency: latency)) }
             state.withLock { state in
                 state.providerActivity[name, default: ProviderActivity()].succeeded += 1
                 state.latencies[name, default: []].append(latency)
@@ -485,18 +493,19 @@ extension ParallelGenerator {
             )
             return .retryLater
         }
+        let usesSlot = providers[name].map { Self.usesProviderSlot($0.descriptor, record.request.kind) } ?? false
         var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
         if classified.provider == nil { classified.provider = name }
         let failure = classified
         switch failure.code {
         case .rateLimited:
             limiter.cooldown(provider: name, until: now + (failure.retryAfter ?? .seconds(1)))
-            pool.recordProviderOutcome(name, .throttled)
+            if usesSlot { pool.recordProviderOutcome(name, .throttled) }
             balancer.recordNeutral(name, throttled: true)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
         case .transient, .artifactInvalid:
             balancer.recordFailure(name, at: now)
-            if failure.providerCode == "timeout" { pool.recordProviderOutcome(name, .timeout) }
+            if usesSlot && failure.providerCode == "timeout" { pool.recordProviderOutcome(name, .timeout) }
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
         default:
             balancer.recordNeutral(name, throttled: false)
@@ -593,6 +602,12 @@ extension ParallelGenerator {
                 )
             )
         )
+    }
+
+    /// Whether a call takes one of the provider's slots in the resource pool: its concurrency quota counts
+    /// this kind, or it has no concurrency quota and the slots are only the adaptive (AIMD) limit.
+    static func usesProviderSlot(_ descriptor: ProviderDescriptor, _ kind: GenerationKind) -> Bool {
+        descriptor.quota.holdsSlot(kind) || descriptor.quota.concurrentTasks == nil
     }
 
     static func memoryEstimate(_ request: ValidatedRequest) -> Int {

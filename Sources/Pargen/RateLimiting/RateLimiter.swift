@@ -13,7 +13,8 @@ public struct ProviderQuota: Sendable, Hashable, Codable {
     /// The window ``requestsPerMinute`` counts in. Default 60 s.
     public var window: Duration
     /// Added to ``window`` on our side, so that a request admitted here a moment before it reaches the provider
-    /// still falls outside the provider's window. Default 250 ms.
+    /// still falls outside the provider's window (the window is counted from each call's answer, so this only absorbs
+    /// rounding in how the provider keeps time). Default 100 ms.
     public var margin: Duration
     /// The kinds of media whose calls take a concurrent-task slot. OpenAI and MiniMax count video tasks only
     /// (speech is a plain request); ElevenLabs and Azure count every request. Default: every kind.
@@ -23,7 +24,7 @@ public struct ProviderQuota: Sendable, Hashable, Codable {
         requestsPerMinute: Int? = nil,
         concurrentTasks: Int? = nil,
         window: Duration = .seconds(60),
-        margin: Duration = .milliseconds(250),
+        margin: Duration = .milliseconds(100),
         concurrencyKinds: Set<GenerationKind> = Set(GenerationKind.allCases)
     ) {
         self.requestsPerMinute = requestsPerMinute

@@ -117,8 +117,11 @@ public final class ResourcePool: Sendable {
                     // The cancellation flag is set before `onCancel` runs, so checking it under the lock closes
                     // the race between registering and being cancelled.
                     if Task.isCancelled { return .failure(CancellationError()) }
-                    // Only jump the queue when nobody of equal or higher priority is waiting.
-                    let queued = state.waiters.contains { $0.request.priority >= request.priority }
+                    // Only jump the queue when nobody of equal or higher priority waits for the same things: a
+                    // waiter blocked on one provider's slots must not hold up a request for memory or call slots.
+                    let queued = state.waiters.contains {
+                        $0.request.priority >= request.priority && Self.competes($0.request, request)
+                    }
                     if !queued, Self.fits(request, in: state) {
                         Self.take(request, in: &state)
                         Self.autoscale(&state, now: now, configuration: configuration)
@@ -241,6 +244,12 @@ public final class ResourcePool: Sendable {
             return ready
         }
         for (continuation, lease) in ready { continuation.resume(returning: lease) }
+    }
+
+    /// Whether two requests want any of the same resources (a kind both need, or the same provider's slots).
+    private static func competes(_ a: ResourceRequest, _ b: ResourceRequest) -> Bool {
+        if let provider = a.provider, provider == b.provider { return true }
+        return a.amounts.contains { kind, amount in amount > 0 && (b.amounts[kind] ?? 0) > 0 }
     }
 
     private static func fits(_ request: ResourceRequest, in state: State) -> Bool {

@@ -3,16 +3,33 @@ import NIOCore
 import NIOHTTP1
 public import Pargen
 
-/// Azure AI Speech, real-time text to speech: `POST /cognitiveservices/v1` with an SSML body, the format in
-/// `X-Microsoft-OutputFormat` and the key in `Ocp-Apim-Subscription-Key`; the answer is the audio itself.
+/// Azure AI Speech: real-time text to speech (`POST /cognitiveservices/v1` with an SSML body, the format in
+/// `X-Microsoft-OutputFormat` and the key in `Ocp-Apim-Subscription-Key`; the answer is the audio itself),
+/// and batch synthesis (`PUT /texttospeech/batchsyntheses/{id}` on the `batchBaseURL` host) for groups of
+/// at least `batchThreshold` compatible lines arriving together: one call for the group instead of one each.
 public struct AzureSpeechProvider: AccessCheckable {
     public let descriptor: ProviderDescriptor
     private let http: ProviderHTTP
     private let settings: ProviderSettings
+    private let batch: AzureBatchClient?
+    private let coalescer: AzureBatchCoalescer?
 
     public init(settings: ProviderSettings, connection: ProviderConnection) {
         self.settings = settings
         self.http = ProviderHTTP(provider: settings.name, connection: connection)
+        if let batchBase = settings.batchBaseURL, settings.batchThreshold > 0 {
+            var batchConnection = connection
+            batchConnection.baseURL = batchBase.hasSuffix("/") ? String(batchBase.dropLast()) : batchBase
+            let client = AzureBatchClient(
+                http: ProviderHTTP(provider: settings.name, connection: batchConnection),
+                apiKey: connection.apiKey
+            )
+            batch = client
+            coalescer = AzureBatchCoalescer(batch: client, threshold: max(2, settings.batchThreshold))
+        } else {
+            batch = nil
+            coalescer = nil
+        }
         descriptor = ProviderDescriptor(
             name: settings.name,
             capabilities: ProviderCapabilities(
@@ -68,6 +85,11 @@ public struct AzureSpeechProvider: AccessCheckable {
         headers.add(name: "X-Microsoft-OutputFormat", value: Self.outputFormat(format))
         headers.add(name: "Idempotency-Key", value: context.idempotencyKey)
         let voice = request.voice ?? settings.voice ?? "en-US-AvaMultilingualNeural"
+        if let coalescer, format != .pcm,
+            case .done(let output) = try await coalescer.join(request, voice: voice, format: format, context: context)
+        {
+            return output
+        }
         _ = try await SyncMediaCall(http: http, classify: classify).post(
             http.url("/cognitiveservices/v1"),
             headers: headers,
@@ -83,6 +105,25 @@ public struct AzureSpeechProvider: AccessCheckable {
         var headers = HTTPHeaders()
         if let key = http.connection.apiKey { headers.add(name: "Ocp-Apim-Subscription-Key", value: key.secret) }
         return await http.checkAccess("/cognitiveservices/voices/list", headers: headers)
+    }
+
+    /// Continues a line of a batch synthesis (task id `SYNTHESIS#N`); real-time calls have no task.
+    public func resume(
+        taskID: String,
+        request: ValidatedRequest,
+        context: ProviderCallContext
+    ) async throws
+        -> ProviderOutput
+    {
+        guard let batch else {
+            throw GenerationError(.terminal, "real-time speech has no task to resume", provider: descriptor.name)
+        }
+        return try await batch.resume(
+            taskID: taskID,
+            request: request,
+            format: descriptor.capabilities.outputFormat(for: request),
+            context: context
+        )
     }
 
     /// Real-time errors usually have no body: the status says it all (429 quota, 400/401/415 terminal,

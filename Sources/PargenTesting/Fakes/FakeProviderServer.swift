@@ -4,6 +4,7 @@ import Hummingbird
 public import Logging
 import NIOCore
 import Pargen
+import ZIPFoundation
 
 /// A local HTTP server that speaks one provider's protocol, with that provider's quotas, task lifecycle,
 /// error bodies and injected faults. Binds to 127.0.0.1 only and stops by itself after
@@ -396,6 +397,7 @@ extension FakeRoutes {
                 )
             }
             try await pause(options.latencySeconds)
+            if state.chance(options.pollErrorRate) { return Self.text(.serviceUnavailable, "upstream busy") }
             guard let task = state.task(try context.parameters.require("id")) else {
                 return Self.openAIError(.notFound, "Video not found", type: "invalid_request_error", code: "not_found")
             }
@@ -701,6 +703,7 @@ extension FakeRoutes {
         router.get("/v1/query/video_generation") { request, _ -> Response in
             guard bearerOK(request) else { return Self.miniMax(1004, "login fail") }
             try await pause(options.latencySeconds)
+            if state.chance(options.pollErrorRate) { return Self.text(.serviceUnavailable, "upstream busy") }
             guard let id = request.uri.queryParameters.get("task_id"), let task = state.task(id) else {
                 return Self.miniMax(2013, "invalid params: task_id")
             }
@@ -818,6 +821,7 @@ extension FakeRoutes {
         router.get("/v1/tasks/{id}") { request, context -> Response in
             guard bearerOK(request) else { return Self.json(.unauthorized, ["error": "Invalid API key"]) }
             try await pause(options.latencySeconds)
+            if state.chance(options.pollErrorRate) { return Self.text(.serviceUnavailable, "upstream busy") }
             let full = try context.parameters.require("id")
             guard let id = Self.runwayTaskNumber(full), let task = state.task(id) else {
                 return Self.json(.notFound, ["error": "Task not found"])
@@ -899,6 +903,7 @@ extension FakeRoutes {
                     : outputFormat.hasPrefix("ogg") ? ("audio/ogg", "ogg") : ("audio/pcm", "pcm")
             return media(video: false, contentType: type, format: format)
         }
+        registerAzureBatch(router)
         router.get("/cognitiveservices/voices/list") { request, _ -> Response in
             guard keyOK(request, header: "Ocp-Apim-Subscription-Key") else { return Response(status: .unauthorized) }
             let data =
@@ -922,5 +927,167 @@ extension FakeRoutes {
         return inner.replacingOccurrences(of: "&lt;", with: "<").replacingOccurrences(of: "&gt;", with: ">")
             .replacingOccurrences(of: "&apos;", with: "'").replacingOccurrences(of: "&quot;", with: "\"")
             .replacingOccurrences(of: "&amp;", with: "&")
+    }
+}
+
+// MARK: - Azure batch synthesis
+
+extension FakeRoutes {
+    static func azureError(
+        _ status: HTTPResponse.Status,
+        _ code: String,
+        _ message: String,
+        headers: HTTPFields = [:]
+    ) -> Response {
+        json(status, ["error": ["code": code, "message": message]], headers: headers)
+    }
+
+    func registerAzureBatch(_ router: Router<BasicRequestContext>) {
+        router.put("/texttospeech/batchsyntheses/{id}") { request, context -> Response in
+            guard keyOK(request, header: "Ocp-Apim-Subscription-Key") else {
+                return Self.azureError(.unauthorized, "Unauthorized", "Access denied due to invalid subscription key.")
+            }
+            let id = try context.parameters.require("id")
+            let allowed = Set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+            guard (3...64).contains(id.count), id.allSatisfy({ allowed.contains($0) }),
+                id.first!.isLetter || id.first!.isNumber,
+                id.last!.isLetter || id.last!.isNumber
+            else {
+                return Self.azureError(.badRequest, "BadRequest", "The synthesis id \(id) is invalid.")
+            }
+            let json = try await jsonBody(request) ?? [:]
+            let inputs = (json["inputs"] as? [[String: Any]]) ?? []
+            guard !inputs.isEmpty else { return Self.azureError(.badRequest, "BadRequest", "The inputs is required.") }
+            guard inputs.count <= 10_000 else {
+                return Self.azureError(.badRequest, "BadRequest", "The number of inputs exceeds 10000.")
+            }
+            let texts = inputs.map { input -> String in
+                let content = (input["content"] as? String) ?? (input["text"] as? String) ?? ""
+                return Self.ssmlText(content) ?? content
+            }
+            let format =
+                ((json["properties"] as? [String: Any])?["outputFormat"] as? String) ?? "riff-24khz-16bit-mono-pcm"
+            if state.batch(id) != nil {
+                return Self.azureError(.conflict, "Conflict", "A batch synthesis with id \(id) already exists.")
+            }
+            switch try await fault() {
+            case .error:
+                return Self.azureError(.internalServerError, "InternalServerError", "An internal error occurred.")
+            case .malformed: return Self.text(.created, "{\"id\":")
+            case .none: break
+            }
+            let who = identity(request)
+            let prompt = texts.joined(separator: "\n")
+            switch state.admit(endpoint: "batchsyntheses", key: who.key, user: who.user, prompt: prompt, sync: false) {
+            case .overRate(let wait):
+                return Self.azureError(
+                    .tooManyRequests,
+                    "TooManyRequests",
+                    "Too many requests.",
+                    headers: Self.retryAfter(wait)
+                )
+            case .overConcurrency:
+                return Self.azureError(
+                    .tooManyRequests,
+                    "TooManyRequests",
+                    "Too many concurrent syntheses.",
+                    headers: Self.retryAfter(1)
+                )
+            case .accepted: break
+            }
+            let task = state.createTask(prompt: prompt, video: false, prefix: "batch-")
+            _ = state.registerBatch(FakeBatch(id: id, taskID: task.id, count: texts.count, format: format))
+            return Self.json(.created, azureBatch(id: id, task: task, count: texts.count, format: format))
+        }
+        router.get("/texttospeech/batchsyntheses/{id}") { request, context -> Response in
+            guard keyOK(request, header: "Ocp-Apim-Subscription-Key") else {
+                return Self.azureError(.unauthorized, "Unauthorized", "Access denied due to invalid subscription key.")
+            }
+            try await pause(options.latencySeconds)
+            if state.chance(options.pollErrorRate) { return Self.text(.serviceUnavailable, "upstream busy") }
+            // A missing id answers 204, as Azure does.
+            guard let batch = state.batch(try context.parameters.require("id")), let task = state.task(batch.taskID)
+            else {
+                return Response(status: .noContent)
+            }
+            return Self.json(.ok, azureBatch(id: batch.id, task: task, count: batch.count, format: batch.format))
+        }
+        router.delete("/texttospeech/batchsyntheses/{id}") { request, context -> Response in
+            guard keyOK(request, header: "Ocp-Apim-Subscription-Key") else {
+                return Self.azureError(.unauthorized, "Unauthorized", "Access denied due to invalid subscription key.")
+            }
+            _ = state.deleteBatch(try context.parameters.require("id"))
+            return Response(status: .noContent)
+        }
+        // The result ZIP behind its (fake) SAS link: 0001.wav, 0002.wav, ... and summary.json.
+        router.get("/batch-results/{id}") { _, context -> Response in
+            guard let batch = state.batch(try context.parameters.require("id")), let task = state.task(batch.taskID),
+                case .succeeded = phase(task)
+            else {
+                return Self.text(.notFound, "<Error><Code>BlobNotFound</Code></Error>")
+            }
+            switch state.useLink(batch.taskID) {
+            case .expired, nil:
+                return Self.text(
+                    .forbidden,
+                    "<Error><Code>AuthenticationFailed</Code><Message>Signature not valid in the specified time frame</Message></Error>"
+                )
+            case .truncated, .whole: break
+            }
+            let zip = try Self.batchZip(count: batch.count, bytes: options.audioBytes, format: batch.format)
+            return Response(
+                status: .ok,
+                headers: [.contentType: "application/zip"],
+                body: .init(byteBuffer: ByteBuffer(bytes: zip))
+            )
+        }
+    }
+
+    func azureBatch(id: String, task: FakeTask, count: Int, format: String) -> [String: Any] {
+        var object: [String: Any] = [
+            "id": id, "inputKind": "SSML", "createdDateTime": ISO8601DateFormatter().string(from: Date()),
+            "properties": ["outputFormat": format, "timeToLiveInHours": 24],
+        ]
+        switch phase(task) {
+        case .waiting: object["status"] = "NotStarted"
+        case .running: object["status"] = "Running"
+        case .succeeded:
+            object["status"] = "Succeeded"
+            object["outputs"] = ["result": "\(base)/batch-results/\(id)?sv=2024&sig=fake"]
+            object["properties"] = [
+                "outputFormat": format, "succeededAudioCount": count, "failedAudioCount": 0,
+                "billingDetails": ["neuralCharacters": task.prompt.count],
+            ]
+        case .failed, .cancelled:
+            object["status"] = "Failed"
+            object["error"] = [
+                "code": "ContentPolicyViolation", "message": "An input was rejected by content filtering.",
+            ]
+        }
+        return object
+    }
+
+    static func batchZip(count: Int, bytes: Int, format: String) throws -> Data {
+        let archive = try Archive(accessMode: .create)
+        let wav = format.hasPrefix("riff")
+        var file =
+            wav ? Data("RIFF".utf8) + Data([0, 0, 0, 0]) + Data("WAVEfmt ".utf8) : Data("ID3".utf8) + Data([4, 0])
+        file.append(Data(repeating: 0x55, count: max(0, bytes - file.count)))
+        let content = file
+        for index in 1...count {
+            try archive.addEntry(
+                with: String(format: "%04d.%@", index, wav ? "wav" : "mp3"),
+                type: .file,
+                uncompressedSize: Int64(content.count),
+                compressionMethod: .deflate
+            ) { position, size in content.subdata(in: Int(position)..<Int(position) + size) }
+        }
+        let summary = Data(#"{"jobID":"fake","status":"Succeeded"}"#.utf8)
+        try archive.addEntry(with: "summary.json", type: .file, uncompressedSize: Int64(summary.count)) {
+            position,
+            size in
+            summary.subdata(in: Int(position)..<Int(position) + size)
+        }
+        return archive.data ?? Data()
     }
 }

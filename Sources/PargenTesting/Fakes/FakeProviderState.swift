@@ -35,6 +35,8 @@ public struct FakeProviderOptions: Sendable {
     public var hangRate: Double
     /// Share of submissions answered with a malformed body.
     public var malformedRate: Double
+    /// Share of status polls answered with a 503 (the task itself is unaffected).
+    public var pollErrorRate: Double
     /// Share of downloads cut short after half the bytes.
     public var truncateRate: Double
     /// Share of result links that are expired on first use (403), as signed links are after their lifetime.
@@ -63,12 +65,14 @@ public struct FakeProviderOptions: Sendable {
         truncateRate: Double = 0,
         expiredLinkRate: Double = 0,
         maxFaultsPerResult: Int = .max,
+        pollErrorRate: Double = 0,
         seed: UInt64 = 1,
         lifetime: Duration = .seconds(3600),
         logFile: URL? = nil
     ) {
         self.logFile = logFile
         self.maxFaultsPerResult = maxFaultsPerResult
+        self.pollErrorRate = pollErrorRate
         self.wireProtocol = wireProtocol
         self.apiKey = apiKey
         self.requestsPerWindow = requestsPerWindow
@@ -114,6 +118,14 @@ enum FakeAdmission {
     case overConcurrency
 }
 
+/// An Azure batch synthesis: its task and how many files it makes.
+struct FakeBatch: Sendable {
+    var id: String
+    var taskID: String
+    var count: Int
+    var format: String
+}
+
 /// A task the fake is running.
 struct FakeTask: Sendable {
     var id: String
@@ -147,6 +159,7 @@ public final class FakeProviderState: Sendable {
         var random: UInt64
         var pollCount = 0
         var downloads = 0
+        var batches: [String: FakeBatch] = [:]
     }
 
     private let state: Mutex<State>
@@ -394,6 +407,19 @@ public final class FakeProviderState: Sendable {
             return use
         }
     }
+
+    /// Records an Azure batch synthesis under its client-chosen id; `false` if the id is taken.
+    func registerBatch(_ batch: FakeBatch) -> Bool {
+        state.withLock { state in
+            guard state.batches[batch.id] == nil else { return false }
+            state.batches[batch.id] = batch
+            return true
+        }
+    }
+
+    func batch(_ id: String) -> FakeBatch? { state.withLock { $0.batches[id] } }
+
+    func deleteBatch(_ id: String) -> Bool { state.withLock { $0.batches.removeValue(forKey: id) != nil } }
 
     /// Decides a truncation fault for a synchronous answer (speech).
     func truncateAnswer() -> Bool { chance(options.truncateRate) }

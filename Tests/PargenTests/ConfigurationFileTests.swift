@@ -1,0 +1,140 @@
+import Foundation
+import Pargen
+import PargenProviders
+import Testing
+
+@Suite struct ConfigurationFileTests {
+    func write(_ text: String, ext: String = "yaml") throws -> String {
+        let url = temporaryDirectory().appendingPathComponent("pargen.\(ext)")
+        try Data(text.utf8).write(to: url)
+        return url.path
+    }
+
+    @Test func aYAMLFileSetsProvidersAndTheEngine() async throws {
+        let path = try write(
+            """
+            providers:
+              openai:
+                baseURL: http://127.0.0.1:9001
+                apiKeyEnv: MY_OPENAI_KEY
+                requestsPerMinute: 200
+                concurrentTasks: 5
+                voice: nova
+                prices:
+                  perCharacter: "0.00002"
+                  perVideoSecond: 0.12
+              runway-eu:
+                protocol: runway
+                concurrentTasks: 3
+                quotaWindowSeconds: 30
+            rateLimits:
+              perUserRequestsPerMinute: 30
+              burstCooldownSeconds: 2.5
+            batching:
+              maxJobsPerBatch: 10
+              maxTotalCostPerBatch: "150"
+            resources:
+              maxConcurrentJobs: 400
+            budgets:
+              global: 1000
+              projects:
+                social: "2.50"
+            """
+        )
+        let setup = try await PargenSetup.load(file: path, environment: [:])
+        #expect(setup.providers.map(\.name) == ["openai", "runway-eu"])
+        let openai = setup.providers[0]
+        #expect(openai.baseURL == "http://127.0.0.1:9001")
+        #expect(openai.apiKeyEnvironment == "MY_OPENAI_KEY")
+        #expect(openai.quota.requestsPerMinute == 200 && openai.quota.concurrentTasks == 5)
+        #expect(openai.voice == "nova")
+        #expect(openai.pricing.perCharacter == Money(nanos: 20_000))
+        #expect(openai.pricing.perVideoSecond == .cents(12))
+        #expect(openai.pricing.models.isEmpty, "prices from the file replace the default list")
+        let runway = setup.providers[1]
+        #expect(runway.wireProtocol == .runway && runway.quota.window == .seconds(30))
+        #expect(
+            runway.baseURL == ProviderSettings.defaults(for: .runway).baseURL,
+            "defaults fill what the file leaves out"
+        )
+        #expect(setup.configuration.rateLimits.perUserRequestsPerMinute == 30)
+        #expect(setup.configuration.rateLimits.burstCooldown == .milliseconds(2500))
+        #expect(setup.configuration.batching.maxJobsPerBatch == 10)
+        #expect(setup.configuration.batching.maxTotalCostPerBatch == .dollars(150))
+        #expect(setup.configuration.resources.maxConcurrentJobs == 400)
+        #expect(setup.configuration.budgets.global == .dollars(1000))
+        #expect(setup.configuration.budgets.perProject["social"] == Money(parsing: "2.50"))
+        #expect(!setup.includeLocalProviders, "configured providers replace the local ones")
+    }
+
+    @Test func environmentVariablesOverrideTheFile() async throws {
+        let path = try write(
+            #"{"providers": {"minimax": {"requestsPerMinute": 60}}, "rateLimits": {"maxBurst": 10}}"#,
+            ext: "json"
+        )
+        let setup = try await PargenSetup.load(
+            file: path,
+            environment: [
+                "PARGEN_PROVIDERS_MINIMAX_REQUESTS_PER_MINUTE": "20",
+                "PARGEN_PROVIDERS_MINIMAX_BASE_URL": "http://127.0.0.1:7777",
+                "PARGEN_RATE_LIMITS_MAX_BURST": "7",
+            ]
+        )
+        #expect(setup.providers[0].quota.requestsPerMinute == 20)
+        #expect(setup.providers[0].baseURL == "http://127.0.0.1:7777")
+        #expect(setup.configuration.rateLimits.maxBurst == 7)
+    }
+
+    @Test func unknownKeysAndBadValuesAreReportedWithTheirPath() async throws {
+        let path = try write(
+            """
+            providers:
+              openai:
+                requestsPerMinut: 200
+                concurrentTasks: many
+                baseURL: ftp://example.com
+              acme:
+                baseURL: https://acme.example
+            rateLimits:
+              maxBurst: -3
+            batching:
+              similarityThreshold: 2
+            budgets:
+              global: lots
+            colour: blue
+            """
+        )
+        let error = try await #require(throws: ConfigurationFileError.self) {
+            try await PargenSetup.load(file: path, environment: [:])
+        }
+        let problems = error.problems.joined(separator: "\n")
+        #expect(problems.contains("providers.openai.requestsPerMinut: unknown key"))
+        #expect(problems.contains("colour: unknown key"))
+        #expect(problems.contains("providers.openai.concurrentTasks: expected a whole number"))
+        #expect(problems.contains("providers.openai.baseURL: expected an http(s) URL"))
+        #expect(problems.contains("providers.acme.protocol: unknown protocol acme"))
+        #expect(problems.contains("rateLimits.maxBurst: must be at least 1"))
+        #expect(problems.contains("batching.similarityThreshold: must be within 0.0...1.0"))
+        #expect(problems.contains("budgets.global: expected an amount"))
+        #expect(error.problems.count == 8, "\(problems)")
+    }
+
+    @Test func aMissingKeyVariableNamesTheProviderAndNeverTheKey() async throws {
+        let setup = PargenSetup(providers: [
+            ProviderSettings.defaults(for: .elevenlabs), ProviderSettings.defaults(for: .azure),
+        ])
+        let error = try #require(throws: ConfigurationFileError.self) {
+            try setup.makeProviders(
+                httpClient: sharedTestHTTPClient,
+                environment: ["AZURE_SPEECH_KEY": "secret-azure-key"]
+            )
+        }
+        #expect(
+            error.problems == ["providers.elevenlabs.apiKeyEnv: environment variable ELEVENLABS_API_KEY is not set"]
+        )
+        let made = try PargenSetup(providers: [ProviderSettings.defaults(for: .azure)])
+            .makeProviders(httpClient: sharedTestHTTPClient, environment: ["AZURE_SPEECH_KEY": "secret-azure-key"])
+        #expect(made.map(\.descriptor.name) == ["azure"])
+        #expect(!String(reflecting: made[0]).contains("secret-azure-key"))
+    }
+}
