@@ -14,7 +14,7 @@ public struct ElevenLabsProvider: AccessCheckable {
     /// Characters per request, per model.
     public static let characterLimits: [String: Int] = [
         "eleven_v3": 3_000, "eleven_flash_v2_5": 40_000, "eleven_turbo_v2_5": 40_000, "eleven_flash_v2": 30_000,
-        "eleven_turbo_v2": 30_000, "eleven_multilingual_v2": 10_000, soundModel: 450,
+        "eleven_turbo_v2": 30_000, "eleven_multilingual_v2": 10_000,
     ]
 
     public let descriptor: ProviderDescriptor
@@ -32,7 +32,7 @@ public struct ElevenLabsProvider: AccessCheckable {
                 maxAudioDuration: .seconds(600),
                 maxPromptLength: 40_000,
                 models: [settings.speechModel ?? "eleven_multilingual_v2"]
-                    + Self.characterLimits.keys.sorted().filter { $0 != settings.speechModel }
+                    + (Self.characterLimits.keys.sorted() + [Self.soundModel]).filter { $0 != settings.speechModel }
             ),
             pricing: settings.pricing,
             quota: settings.quota

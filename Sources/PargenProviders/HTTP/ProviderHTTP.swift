@@ -145,9 +145,13 @@ package struct ProviderHTTP: Sendable {
             default: (neverSent, code) = (false, "http_client")
             }
         } else {
-            // NIO connection errors (refused, unreachable) happen before anything is written.
+            // NIO connection errors (refused, unreachable, connect time-out) happen before anything is written; a
+            // reset or a close after connecting may come after the request went out.
             let text = String(describing: error)
-            neverSent = text.contains("onnect")  // connectionRefused, NIOConnectionError, connect failed
+            neverSent = [
+                "NIOConnectionError", "connectionRefused", "ECONNREFUSED", "Connection refused", "connectTimeout",
+            ]
+            .contains { text.contains($0) }
             code = neverSent ? "connection_refused" : "transport"
         }
         if !neverSent && ambiguousIsUnsafe {

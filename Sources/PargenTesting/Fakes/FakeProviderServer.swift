@@ -182,6 +182,46 @@ struct FakeRoutes: Sendable {
         return .none
     }
 
+    /// How a protocol says no to a submission: its server error, a malformed body, over the request window (with
+    /// the seconds until a place frees), over the concurrency cap.
+    struct Refusals: Sendable {
+        var serverError: @Sendable () -> Response
+        var malformed: @Sendable () -> Response
+        var overRate: @Sendable (Double) -> Response
+        var overConcurrency: @Sendable () -> Response
+    }
+
+    /// Injects the submission faults, then decides the submission against the quotas and logs it; `nil` when it
+    /// is accepted. With `queue`, a submission over the concurrency cap is accepted and waits (Runway).
+    func gate(
+        _ request: Request,
+        _ endpoint: String,
+        _ prompt: String,
+        sync: Bool,
+        queue: Bool = false,
+        _ refusals: Refusals
+    ) async throws -> Response? {
+        switch try await fault() {
+        case .error: return refusals.serverError()
+        case .malformed: return refusals.malformed()
+        case .none: break
+        }
+        let who = identity(request)
+        switch state.admit(
+            endpoint: endpoint,
+            key: who.key,
+            user: who.user,
+            prompt: prompt,
+            sync: sync,
+            queueOverConcurrency: queue
+        )
+        {
+        case .overRate(let wait): return refusals.overRate(wait)
+        case .overConcurrency: return queue ? nil : refusals.overConcurrency()
+        case .accepted: return nil
+        }
+    }
+
     /// Media bytes with a real header for the format, streamed in chunks (a large video is never held whole);
     /// cut short after half when a truncation fault hits.
     func media(video: Bool, contentType: String, format: String = "mp4", truncate: Bool? = nil) -> Response {
@@ -251,6 +291,36 @@ extension FakeRoutes {
         return json(status, ["error": error], headers: headers)
     }
 
+    static let openAIRefusals = Refusals(
+        serverError: {
+            openAIError(
+                .internalServerError,
+                "The server had an error while processing your request",
+                type: "server_error",
+                code: nil
+            )
+        },
+        malformed: { text(.ok, "{\"truncated") },
+        overRate: { wait in
+            openAIError(
+                .tooManyRequests,
+                "Rate limit reached for requests",
+                type: "requests",
+                code: "rate_limit_exceeded",
+                headers: retryAfter(wait)
+            )
+        },
+        overConcurrency: {
+            openAIError(
+                .tooManyRequests,
+                "Too many concurrent requests",
+                type: "requests",
+                code: "rate_limit_exceeded",
+                headers: retryAfter(1)
+            )
+        }
+    )
+
     func registerOpenAI(_ router: Router<BasicRequestContext>) {
         router.post("/v1/audio/speech") { request, _ -> Response in
             guard bearerOK(request) else {
@@ -272,36 +342,8 @@ extension FakeRoutes {
                     code: nil
                 )
             }
-            switch try await fault() {
-            case .error:
-                return Self.openAIError(
-                    .internalServerError,
-                    "The server had an error while processing your request",
-                    type: "server_error",
-                    code: nil
-                )
-            case .malformed: return Self.text(.ok, "{\"truncated")
-            case .none: break
-            }
-            let who = identity(request)
-            switch state.admit(endpoint: "audio/speech", key: who.key, user: who.user, prompt: input, sync: true) {
-            case .overRate(let wait):
-                return Self.openAIError(
-                    .tooManyRequests,
-                    "Rate limit reached for requests",
-                    type: "requests",
-                    code: "rate_limit_exceeded",
-                    headers: Self.retryAfter(wait)
-                )
-            case .overConcurrency:
-                return Self.openAIError(
-                    .tooManyRequests,
-                    "Too many concurrent requests",
-                    type: "requests",
-                    code: "rate_limit_exceeded",
-                    headers: Self.retryAfter(1)
-                )
-            case .accepted: break
+            if let refused = try await gate(request, "audio/speech", input, sync: true, Self.openAIRefusals) {
+                return refused
             }
             defer { state.finishSync() }
             if input.contains("[[reject]]") {
@@ -344,36 +386,8 @@ extension FakeRoutes {
                     code: "invalid_value"
                 )
             }
-            switch try await fault() {
-            case .error:
-                return Self.openAIError(
-                    .internalServerError,
-                    "The server had an error",
-                    type: "server_error",
-                    code: nil
-                )
-            case .malformed: return Self.text(.ok, "<html>bad gateway")
-            case .none: break
-            }
-            let who = identity(request)
-            switch state.admit(endpoint: "videos", key: who.key, user: who.user, prompt: prompt, sync: false) {
-            case .overRate(let wait):
-                return Self.openAIError(
-                    .tooManyRequests,
-                    "Rate limit reached for requests",
-                    type: "requests",
-                    code: "rate_limit_exceeded",
-                    headers: Self.retryAfter(wait)
-                )
-            case .overConcurrency:
-                return Self.openAIError(
-                    .tooManyRequests,
-                    "Too many concurrent video jobs",
-                    type: "requests",
-                    code: "rate_limit_exceeded",
-                    headers: Self.retryAfter(1)
-                )
-            case .accepted: break
+            if let refused = try await gate(request, "videos", prompt, sync: false, Self.openAIRefusals) {
+                return refused
             }
             if prompt.contains("[[reject]]") {
                 state.refuseLast(prompt: prompt, reason: "policy")
@@ -508,6 +522,28 @@ extension FakeRoutes {
         json(status, ["detail": ["status": code, "message": message]], headers: headers)
     }
 
+    var elevenLabsRefusals: Refusals {
+        let cap = options.concurrentTasks ?? 0
+        return Refusals(
+            serverError: { Self.elevenLabsError(.internalServerError, "internal_error", "An internal error occurred") },
+            malformed: { Self.text(.ok, "{\"detail\": ") },
+            overRate: { wait in
+                Self.json(
+                    .tooManyRequests,
+                    ["detail": ["code": "rate_limit_exceeded", "message": "Rate limit exceeded"]],
+                    headers: Self.retryAfter(wait)
+                )
+            },
+            overConcurrency: {
+                Self.elevenLabsError(
+                    .tooManyRequests,
+                    "too_many_concurrent_requests",
+                    "Too many concurrent requests. Your current subscription is associated with a maximum of \(cap) concurrent requests."
+                )
+            }
+        )
+    }
+
     func registerElevenLabs(_ router: Router<BasicRequestContext>) {
         @Sendable func synthesize(
             _ request: Request,
@@ -538,28 +574,7 @@ extension FakeRoutes {
                     "Text is longer than the model allows"
                 )
             }
-            switch try await fault() {
-            case .error:
-                return Self.elevenLabsError(.internalServerError, "internal_error", "An internal error occurred")
-            case .malformed: return Self.text(.ok, "{\"detail\": ")
-            case .none: break
-            }
-            let who = identity(request)
-            switch state.admit(endpoint: endpoint, key: who.key, user: who.user, prompt: text, sync: true) {
-            case .overRate(let wait):
-                return Self.json(
-                    .tooManyRequests,
-                    ["detail": ["code": "rate_limit_exceeded", "message": "Rate limit exceeded"]],
-                    headers: Self.retryAfter(wait)
-                )
-            case .overConcurrency:
-                return Self.elevenLabsError(
-                    .tooManyRequests,
-                    "too_many_concurrent_requests",
-                    "Too many concurrent requests. Your current subscription is associated with a maximum of \(options.concurrentTasks ?? 0) concurrent requests."
-                )
-            case .accepted: break
-            }
+            if let refused = try await gate(request, endpoint, text, sync: true, elevenLabsRefusals) { return refused }
             defer { state.finishSync() }
             if text.contains("[[reject]]") {
                 state.refuseLast(prompt: text, reason: "policy")
@@ -620,6 +635,14 @@ extension FakeRoutes {
         return json(.ok, object)
     }
 
+    /// MiniMax answers throttling on HTTP 200, in `base_resp`.
+    static let miniMaxRefusals = Refusals(
+        serverError: { text(.serviceUnavailable, "upstream unavailable") },
+        malformed: { text(.ok, "{\"base_resp\": {\"status_code\"") },
+        overRate: { _ in miniMax(1002, "rate limit exceeded(RPM)") },
+        overConcurrency: { miniMax(1041, "conn limit") }
+    )
+
     func registerMiniMax(_ router: Router<BasicRequestContext>) {
         @Sendable func admitted(
             _ request: Request,
@@ -633,17 +656,7 @@ extension FakeRoutes {
                     "login fail: Please carry the API secret key in the 'Authorization' field of the request header"
                 )
             }
-            switch try await fault() {
-            case .error: return Self.text(.serviceUnavailable, "upstream unavailable")
-            case .malformed: return Self.text(.ok, "{\"base_resp\": {\"status_code\"")
-            case .none: break
-            }
-            let who = identity(request)
-            switch state.admit(endpoint: endpoint, key: who.key, user: who.user, prompt: prompt, sync: sync) {
-            case .overRate: return Self.miniMax(1002, "rate limit exceeded(RPM)")
-            case .overConcurrency: return Self.miniMax(1041, "conn limit")
-            case .accepted: return nil
-            }
+            return try await gate(request, endpoint, prompt, sync: sync, Self.miniMaxRefusals)
         }
         router.post("/v1/t2a_v2") { request, _ -> Response in
             let json = try await jsonBody(request) ?? [:]
@@ -756,6 +769,20 @@ extension FakeRoutes {
 // MARK: - Runway
 
 extension FakeRoutes {
+    /// Runway does not refuse over its concurrency: the task waits as THROTTLED (see ``gate``'s `queue`).
+    static let runwayRefusals = Refusals(
+        serverError: { json(.serviceUnavailable, ["error": "Service temporarily unavailable"]) },
+        malformed: { text(.ok, "{\"id\": ") },
+        overRate: { wait in
+            json(
+                .tooManyRequests,
+                ["error": "You have exceeded the rate limit for task creation"],
+                headers: retryAfter(wait)
+            )
+        },
+        overConcurrency: { json(.tooManyRequests, ["error": "Too many tasks"]) }
+    )
+
     func registerRunway(_ router: Router<BasicRequestContext>) {
         @Sendable func create(_ request: Request, endpoint: String) async throws -> Response {
             guard bearerOK(request) else { return Self.json(.unauthorized, ["error": "Invalid API key"]) }
@@ -787,27 +814,8 @@ extension FakeRoutes {
                     ["error": "promptImage is required", "issues": [["path": ["promptImage"]]]]
                 )
             }
-            switch try await fault() {
-            case .error: return Self.json(.serviceUnavailable, ["error": "Service temporarily unavailable"])
-            case .malformed: return Self.text(.ok, "{\"id\": ")
-            case .none: break
-            }
-            let who = identity(request)
-            switch state.admit(
-                endpoint: endpoint,
-                key: who.key,
-                user: who.user,
-                prompt: prompt,
-                sync: false,
-                queueOverConcurrency: true
-            ) {
-            case .overRate(let wait):
-                return Self.json(
-                    .tooManyRequests,
-                    ["error": "You have exceeded the rate limit for task creation"],
-                    headers: Self.retryAfter(wait)
-                )
-            case .overConcurrency, .accepted: break
+            if let refused = try await gate(request, endpoint, prompt, sync: false, queue: true, Self.runwayRefusals) {
+                return refused
             }
             if prompt.contains("[[reject]]") {
                 state.refuseLast(prompt: prompt, reason: "policy")
@@ -866,6 +874,14 @@ extension FakeRoutes {
 // MARK: - Azure
 
 extension FakeRoutes {
+    /// Real-time speech refuses with bare statuses.
+    static let azureRefusals = Refusals(
+        serverError: { Response(status: .serviceUnavailable) },
+        malformed: { text(.ok, "<html>") },
+        overRate: { wait in Response(status: .tooManyRequests, headers: retryAfter(wait)) },
+        overConcurrency: { Response(status: .tooManyRequests, headers: retryAfter(1)) }
+    )
+
     func registerAzure(_ router: Router<BasicRequestContext>) {
         router.post("/cognitiveservices/v1") { request, _ -> Response in
             guard keyOK(request, header: "Ocp-Apim-Subscription-Key") else { return Response(status: .unauthorized) }
@@ -877,17 +893,8 @@ extension FakeRoutes {
             }
             let ssml = String(decoding: try await body(request), as: UTF8.self)
             guard let text = Self.ssmlText(ssml) else { return Response(status: .badRequest) }
-            switch try await fault() {
-            case .error: return Response(status: .serviceUnavailable)
-            case .malformed: return Self.text(.ok, "<html>")
-            case .none: break
-            }
-            let who = identity(request)
-            switch state.admit(endpoint: "cognitiveservices/v1", key: who.key, user: who.user, prompt: text, sync: true)
-            {
-            case .overRate(let wait): return Response(status: .tooManyRequests, headers: Self.retryAfter(wait))
-            case .overConcurrency: return Response(status: .tooManyRequests, headers: Self.retryAfter(1))
-            case .accepted: break
+            if let refused = try await gate(request, "cognitiveservices/v1", text, sync: true, Self.azureRefusals) {
+                return refused
             }
             defer { state.finishSync() }
             if text.contains("[[reject]]") {
@@ -942,6 +949,17 @@ extension FakeRoutes {
         json(status, ["error": ["code": code, "message": message]], headers: headers)
     }
 
+    static let azureBatchRefusals = Refusals(
+        serverError: { azureError(.internalServerError, "InternalServerError", "An internal error occurred.") },
+        malformed: { text(.created, "{\"id\":") },
+        overRate: { wait in
+            azureError(.tooManyRequests, "TooManyRequests", "Too many requests.", headers: retryAfter(wait))
+        },
+        overConcurrency: {
+            azureError(.tooManyRequests, "TooManyRequests", "Too many concurrent syntheses.", headers: retryAfter(1))
+        }
+    )
+
     func registerAzureBatch(_ router: Router<BasicRequestContext>) {
         router.put("/texttospeech/batchsyntheses/{id}") { request, context -> Response in
             guard keyOK(request, header: "Ocp-Apim-Subscription-Key") else {
@@ -970,30 +988,9 @@ extension FakeRoutes {
             if state.batch(id) != nil {
                 return Self.azureError(.conflict, "Conflict", "A batch synthesis with id \(id) already exists.")
             }
-            switch try await fault() {
-            case .error:
-                return Self.azureError(.internalServerError, "InternalServerError", "An internal error occurred.")
-            case .malformed: return Self.text(.created, "{\"id\":")
-            case .none: break
-            }
-            let who = identity(request)
             let prompt = texts.joined(separator: "\n")
-            switch state.admit(endpoint: "batchsyntheses", key: who.key, user: who.user, prompt: prompt, sync: false) {
-            case .overRate(let wait):
-                return Self.azureError(
-                    .tooManyRequests,
-                    "TooManyRequests",
-                    "Too many requests.",
-                    headers: Self.retryAfter(wait)
-                )
-            case .overConcurrency:
-                return Self.azureError(
-                    .tooManyRequests,
-                    "TooManyRequests",
-                    "Too many concurrent syntheses.",
-                    headers: Self.retryAfter(1)
-                )
-            case .accepted: break
+            if let refused = try await gate(request, "batchsyntheses", prompt, sync: false, Self.azureBatchRefusals) {
+                return refused
             }
             let task = state.createTask(prompt: prompt, video: false, prefix: "batch-")
             _ = state.registerBatch(FakeBatch(id: id, taskID: task.id, count: texts.count, format: format))
