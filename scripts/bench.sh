@@ -2,12 +2,13 @@
 # Pipeline throughput and queued-job memory, each against a baseline in the same process.
 # Usage: scripts/bench.sh [jobs=20000] [queued=100000]
 #        scripts/bench.sh store [jobs=20000] [campaign=100000]   durable store throughput and resume time
-#        scripts/bench.sh quota [window-seconds=60] [speech|video|mixed]   makespan against the quota bound
+#        scripts/bench.sh quota [window-seconds=60] [speech|video|mixed|all] [equal]   makespan against the quota
+#                                   bound; "equal" gives every video task the same time (the bound is then reachable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 swift build -c release --package-path Benchmarks --product PargenBench
 if [ "${1:-}" = "quota" ]; then
-    exec Benchmarks/.build/release/PargenBench quota "${2:-60}" ${3:-}
+    exec Benchmarks/.build/release/PargenBench quota "${2:-60}" "${3:-all}" ${4:-}
 fi
 if [ "${1:-}" = "store" ]; then
     exec Benchmarks/.build/release/PargenBench store "${2:-20000}" "${3:-100000}"

@@ -160,6 +160,9 @@ struct Run: AsyncParsableCommand {
             command again after a crash or Ctrl-C continues it: finished lines are not redone, submitted tasks are \
             resumed, the rest run. `pargen run --resume --out DIR` continues without the file.
 
+            Without --config the lines run on the local providers; with --config FILE, on the providers the \
+            file configures (see `pargen providers --config FILE`).
+
             Exit status: 0 when every line succeeded, 1 when any line was invalid, failed or dead-lettered, 2 when \
             the file or the store could not be read.
             """

@@ -158,7 +158,7 @@ struct FakeProvider: AsyncParsableCommand {
         discussion: """
             Serves the provider's real protocol on 127.0.0.1 (only): OpenAI (speech, Sora video), ElevenLabs \
             (speech, sound effects), MiniMax (hex speech, video with files/retrieve), Runway (tasks with \
-            THROTTLED), Azure (SSML speech). Quotas are enforced the provider's way (429 with Retry-After, \
+            THROTTLED), Azure (SSML speech and batch synthesis). Quotas are enforced the provider's way (429 with Retry-After, \
             MiniMax 1002 on HTTP 200, Runway THROTTLED tasks). It stops by itself after --lifetime seconds, or \
             on Ctrl-C, and appends each submission it receives to --log as it arrives. Point a provider's baseURL \
             at the printed address.

@@ -34,7 +34,8 @@ import Testing
         }
         jobs.append(candidate(7, .video(prompt: "a video", duration: .seconds(5))))
         let batches = batcher.makeBatches(jobs)
-        #expect(batches.map(\.members.count) == [3, 3, 1, 1])
+        #expect(batches.map(\.members.count) == [1, 3, 3, 1])
+        #expect(batches[0].members[0].request.kind == .video, "longest work first within a priority")
         #expect(batches.allSatisfy { Set($0.members.map(\.request.kind)).count == 1 })
     }
 

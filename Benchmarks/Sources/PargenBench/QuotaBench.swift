@@ -23,7 +23,7 @@ enum QuotaBench {
         var video: [String: Int]
     }
 
-    static func run(window seconds: Double, only: String?) async throws {
+    static func run(window seconds: Double, only: String?, equalTasks: Bool = false) async throws {
         let window = Duration.milliseconds(Int64(seconds * 1000))
         let rate = 200
         let slots = 5
@@ -37,17 +37,25 @@ enum QuotaBench {
             ),
         ].filter { only == nil || $0.name == only }
         print("window \(seconds) s, \(rate) submissions per window and \(slots) concurrent video tasks per provider")
+        let tasks = equalTasks ? (seconds * 0.33)...(seconds * 0.33) : (seconds * 0.30)...(seconds * 0.36)
         print(
-            "video tasks last \(String(format: "%.1f", seconds * 0.30))-\(String(format: "%.1f", seconds * 0.36)) s; speech answers in 10-50 ms"
+            "video tasks last \(String(format: "%.1f", tasks.lowerBound))-\(String(format: "%.1f", tasks.upperBound)) s; speech answers in 10-50 ms"
         )
         let http = ProviderConnection.makeHTTPClient()
         for campaign in campaigns {
-            try await measure(campaign, window: window, rate: rate, slots: slots, http: http)
+            try await measure(campaign, window: window, rate: rate, slots: slots, tasks: tasks, http: http)
         }
         try await http.shutdown()
     }
 
-    static func measure(_ campaign: Campaign, window: Duration, rate: Int, slots: Int, http: HTTPClient) async throws {
+    static func measure(
+        _ campaign: Campaign,
+        window: Duration,
+        rate: Int,
+        slots: Int,
+        tasks: ClosedRange<Double>,
+        http: HTTPClient
+    ) async throws {
         let seconds = window.components.seconds > 0 ? Double(window.components.seconds) : 0
         let w = seconds + Double(window.components.attoseconds) / 1e18
         var fakes: [String: FakeProviderServer] = [:]
@@ -61,7 +69,7 @@ enum QuotaBench {
                     requestsPerWindow: rate,
                     window: window,
                     concurrentTasks: slots,
-                    taskSeconds: (w * 0.30)...(w * 0.36),
+                    taskSeconds: tasks,
                     latencySeconds: 0.01...0.05,
                     videoBytes: 256 * 1024,
                     audioBytes: 16 * 1024,
@@ -186,10 +194,27 @@ enum QuotaBench {
             }
             reference = max(reference, rateBound, free.max() ?? 0)
             violations += fake.state.quotaViolations()
+            // How long a freed slot stayed empty: each task after the first round against the earliest end
+            // before it that no other task took.
+            let spans = fake.state.taskSpans()
+            var ends = spans.map(\.end).sorted()
+            var gaps: [Double] = []
+            for span in spans.dropFirst(slots).sorted(by: { $0.start < $1.start }) {
+                guard let index = ends.lastIndex(where: { $0 <= span.start + 0.001 }) ?? ends.indices.first else {
+                    continue
+                }
+                let earliest = ends.indices.filter { ends[$0] <= span.start + 0.001 }.first ?? index
+                gaps.append(max(0, span.start - ends[earliest]))
+                ends.remove(at: earliest)
+            }
+            let meanGap = gaps.isEmpty ? 0 : gaps.reduce(0, +) / Double(gaps.count)
             lines.append(
                 "  \(name): \(log.count) submissions, busiest window \(fake.state.busiestWindow())/\(rate), peak tasks \(fake.state.peakConcurrency)/\(slots), "
                     + "bound \(String(format: "%.2f", providerBound)) s (rate \(String(format: "%.2f", rateBound)), slots \(String(format: "%.2f", slotBound))), "
                     + "violations \(fake.state.quotaViolations())"
+                    + (gaps.isEmpty
+                        ? ""
+                        : ", a freed slot waited \(String(format: "%.2f", meanGap)) s on average for its next task")
             )
             await fake.stop()
         }

@@ -31,7 +31,8 @@ func requests(_ count: Int, prefix: String) -> [GenerationRequest] {
 let arguments = CommandLine.arguments
 if arguments.count > 1 && arguments[1] == "quota" {
     let window = arguments.count > 2 ? Double(arguments[2]) ?? 60 : 60
-    try await QuotaBench.run(window: window, only: arguments.count > 3 ? arguments[3] : nil)
+    let only = arguments.count > 3 && arguments[3] != "all" ? arguments[3] : nil
+    try await QuotaBench.run(window: window, only: only, equalTasks: arguments.count > 4 && arguments[4] == "equal")
     exit(0)
 }
 if arguments.count > 1 && arguments[1] == "store" {

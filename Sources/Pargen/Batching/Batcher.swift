@@ -88,7 +88,14 @@ public struct Batcher: Sendable {
                 )
             }
         }
-        return batches
+        // Longest work first within a priority (the classic rule for the shortest makespan): video tasks run for
+        // minutes and hold a provider's scarce slots, speech lines take seconds, so videos are sent first.
+        return batches.enumerated().sorted { lhs, rhs in
+            let (a, b) = (lhs.element.members[0].request, rhs.element.members[0].request)
+            if a.priority != b.priority { return a.priority > b.priority }
+            if a.kind != b.kind { return a.kind == .video }
+            return lhs.offset < rhs.offset
+        }.map(\.element)
     }
 }
 

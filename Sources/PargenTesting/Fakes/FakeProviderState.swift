@@ -219,6 +219,14 @@ public final class FakeProviderState: Sendable {
         state.withLock { state in state.taskOrder.compactMap { state.tasks[$0]?.seconds } }
     }
 
+    /// Each task's start and end, in seconds since the fake started, in creation order.
+    public func taskSpans() -> [(start: Double, end: Double)] {
+        state.withLock { state in
+            state.taskOrder.compactMap { id in state.tasks[id].flatMap { t in t.startedAt.map { ($0, $0 + t.seconds) } }
+            }
+        }
+    }
+
     /// The most tasks and synchronous calls that ever ran at once.
     public var peakConcurrency: Int { state.withLock { $0.peakConcurrency } }
     public var polls: Int { state.withLock { $0.pollCount } }
