@@ -21,6 +21,7 @@ struct FakeBench {
         name: String? = nil,
         clientKey: String = key,
         quota: ProviderQuota? = nil,
+        requestTimeout: Duration = .seconds(10),
         http: HTTPClient
     ) async throws -> FakeBench {
         var fakeOptions = FakeProviderOptions(
@@ -34,7 +35,7 @@ struct FakeBench {
         settings.name = name ?? wire.rawValue
         settings.baseURL = fake.baseURL
         settings.pollInterval = .milliseconds(20)
-        settings.requestTimeout = .seconds(2)
+        settings.requestTimeout = requestTimeout
         settings.taskTimeout = .seconds(30)
         settings.quota = quota ?? ProviderQuota()
         // The Azure fake serves batch synthesis too.
@@ -410,7 +411,12 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
     }
 
     @Test func aHungSubmitOfATaskIsNotBlindlyRepeated() async throws {
-        let bench = try await FakeBench.start(.runway, options: { $0.hangRate = 1 }, http: http)
+        let bench = try await FakeBench.start(
+            .runway,
+            options: { $0.hangRate = 1 },
+            requestTimeout: .seconds(1),
+            http: http
+        )
         let (results, _) = try await runAgainstFakes(
             [bench.provider],
             [.video(prompt: "hangs", duration: .seconds(5), resolution: .p720)]

@@ -24,6 +24,38 @@ import Testing
     }
 }
 
+/// A provider call held up longer than the window (a queue on the way, a slow network) must still count
+/// when it finally arrives: pending admissions do not expire; confirmed ones expire a window after arrival.
+@Suite struct PendingArrivalTests {
+    @Test func aPendingAdmissionCountsUntilConfirmedThenAWindowFromArrival() {
+        var log = SlidingWindowLog(limit: 2, window: .seconds(10))
+        log.recordPending(at: .seconds(0))
+        log.recordPending(at: .seconds(1))
+        #expect(log.retryAfter(at: .seconds(30)) != nil, "both still on their way at 30 s: no room")
+        log.confirm(admittedAt: .seconds(0), arrivedAt: .seconds(31))
+        #expect(log.retryAfter(at: .seconds(32)) != nil, "the first arrived at 31 s and counts until 41 s")
+        log.confirm(admittedAt: .seconds(1), arrivedAt: .seconds(2))
+        #expect(log.retryAfter(at: .seconds(32)) == nil, "the second arrived at 2 s and has expired")
+        log.record(at: .seconds(32))
+        #expect(log.retryAfter(at: .seconds(40)) == .seconds(1))
+        #expect(log.retryAfter(at: .seconds(41)) == nil)
+    }
+
+    @Test func theLimiterKeepsUnconfirmedProviderCallsInTheWindow() {
+        let limiter = RateLimiter(
+            configuration: .unlimited,
+            providerQuotas: ["p": ProviderQuota(requestsPerMinute: 1, margin: .zero)]
+        )
+        #expect(
+            limiter.tryAcquire(user: "u", project: "x", provider: "p", confirmsArrival: true, at: .zero) == .admitted
+        )
+        #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .seconds(120)) != .admitted)
+        limiter.confirmArrival(provider: "p", admittedAt: .zero, at: .seconds(100))
+        #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .seconds(159)) != .admitted)
+        #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", at: .seconds(160)) == .admitted)
+    }
+}
+
 @Suite struct GCRATests {
     @Test func fullBucketThenSteadyRate() {
         var bucket = GCRA(capacity: 300, perMinute: 300)

@@ -349,6 +349,7 @@ extension ParallelGenerator {
                 project: request.project,
                 provider: name,
                 holdsSlot: holdsSlot,
+                confirmsArrival: true,
                 clock: clock
             ) {
                 kind,
@@ -360,6 +361,12 @@ extension ParallelGenerator {
                     message: "\(kind.rawValue) for \(wait.seconds.formatted1) s"
                 )
             }
+            // The window counts the call from when it is known to have reached the provider: its answer, its
+            // task id, or at the latest the end of the call (however it ends, so no admission stays pending).
+            let arrived = OnceFlag {
+                self.limiter.confirmArrival(provider: name, admittedAt: admission.time, at: self.clock.now)
+            }
+            defer { arrived.fire() }
             let resources = try await pool.acquire(
                 ResourceRequest(
                     amounts: [
@@ -379,12 +386,6 @@ extension ParallelGenerator {
                     idempotentSubmission: descriptor.idempotentSubmission
                 )
             }
-            // The window counts the call from when it is known to have reached the provider: its answer,
-            // its task id, or at the latest the end of the call.
-            let arrived = OnceFlag {
-                self.limiter.confirmArrival(provider: name, admittedAt: admission.time, at: self.clock.now)
-            }
-            defer { arrived.fire() }
             let attempt = resumeTaskID == nil ? record.attempts + 1 : record.attempts
             progress(record, .submitted, provider: name)
             submitted.fire()

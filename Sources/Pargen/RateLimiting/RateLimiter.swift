@@ -134,13 +134,18 @@ public final class RateLimiter: Sendable {
 
     /// Checks every dimension at `now`; on admission, records it in all of them.
     ///
-    /// - Parameter holdsSlot: The request holds one of the provider's concurrency slots; it may use the whole
-    ///   window, where other requests leave the ``reservation`` for slot holders.
+    /// - Parameters:
+    ///   - holdsSlot: The request holds one of the provider's concurrency slots; it may use the whole window,
+    ///     where other requests leave the ``reservation`` for slot holders.
+    ///   - confirmsArrival: The caller will call ``confirmArrival(provider:admittedAt:at:)`` once the call has
+    ///     reached the provider; until then the admission counts in the provider's window whatever its age.
+    ///     Without it the admission is dated now.
     public func tryAcquire(
         user: String,
         project: String,
         provider: String?,
         holdsSlot: Bool = false,
+        confirmsArrival: Bool = false,
         at now: Duration
     ) -> Decision {
         let quota = provider.flatMap { name in providerQuotas.withLock { $0[name] } }
@@ -204,7 +209,12 @@ public final class RateLimiter: Sendable {
             }
             // Every dimension checked above was stored by its mutating check, except the stateless GCRA read.
             if let provider, let fresh = quota?.slidingWindow {
-                state.providerWindows[provider, default: fresh].record(at: now)
+                if confirmsArrival {
+                    // Counted as on its way until the caller confirms when it reached the provider.
+                    state.providerWindows[provider, default: fresh].recordPending(at: now)
+                } else {
+                    state.providerWindows[provider, default: fresh].record(at: now)
+                }
             }
             if limits.enabled {
                 state.users[user]?.record(at: now)
@@ -225,13 +235,13 @@ public final class RateLimiter: Sendable {
         public var waited: Duration
     }
 
-    /// Moves a provider submission admitted at `admittedAt` to `time`, when the call is known to have reached
-    /// the provider (its answer arrived). The provider counts the call when it arrives, which is after we
+    /// Dates a provider submission admitted at `admittedAt` (with `confirmsArrival`) by `time`, when the call
+    /// is known to have reached the provider (its answer arrived, or the call ended). The provider counts the call when it arrives, which is after we
     /// admitted it; counting it from the answer on our side keeps the two windows apart however long the
     /// way there took, so no delay can make us exceed the provider's window.
     public func confirmArrival(provider: String, admittedAt: Duration, at time: Duration) {
         state.withLock { state in
-            state.providerWindows[provider]?.move(from: admittedAt, to: time)
+            state.providerWindows[provider]?.confirm(admittedAt: admittedAt, arrivedAt: time)
         }
     }
 
@@ -246,6 +256,7 @@ public final class RateLimiter: Sendable {
         project: String,
         provider: String?,
         holdsSlot: Bool = false,
+        confirmsArrival: Bool = false,
         clock: PargenClock,
         onWait: @Sendable (LimitKind, Duration) -> Void = { _, _ in }
     ) async throws -> Admission {
@@ -257,7 +268,14 @@ public final class RateLimiter: Sendable {
         while true {
             try Task.checkCancellation()
             let now = clock.now
-            switch tryAcquire(user: user, project: project, provider: provider, holdsSlot: holdsSlot, at: now) {
+            switch tryAcquire(
+                user: user,
+                project: project,
+                provider: provider,
+                holdsSlot: holdsSlot,
+                confirmsArrival: confirmsArrival,
+                at: now
+            ) {
             case .admitted:
                 return Admission(time: now, waited: waitedTotal)
             case .denied(let retryAfter, let kind):

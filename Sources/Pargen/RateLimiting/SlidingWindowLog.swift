@@ -8,6 +8,10 @@ public struct SlidingWindowLog: Sendable, Hashable {
     public let limit: Int
     public let window: Duration
     private var admissions: Deque<Duration> = []
+    /// Admissions whose time of arrival is not known yet (a provider call on its way): they count until
+    /// ``confirm(admittedAt:arrivedAt:)`` dates them, however long that takes, so a call held up longer than the
+    /// window cannot slip out of it before it has even arrived.
+    private var pending: [Duration] = []
 
     public init(limit: Int, window: Duration) {
         precondition(limit > 0 && window > .zero)
@@ -18,16 +22,17 @@ public struct SlidingWindowLog: Sendable, Hashable {
     /// Admissions still inside the window ending at `now`.
     public mutating func count(at now: Duration) -> Int {
         prune(now)
-        return admissions.count
+        return admissions.count + pending.count
     }
 
     /// `nil` when one more admission fits at `now`; otherwise how long until one does.
     public mutating func retryAfter(at now: Duration, cost: Int = 1) -> Duration? {
         prune(now)
-        guard admissions.count + cost > limit else { return nil }
+        guard admissions.count + pending.count + cost > limit else { return nil }
         // The oldest admission whose expiry makes room for `cost` more.
-        let index = admissions.count + cost - limit - 1
-        guard index < admissions.count else { return window }
+        let index = admissions.count + pending.count + cost - limit - 1
+        // Room depends on calls still on their way: look again shortly.
+        guard index < admissions.count else { return pending.isEmpty ? window : .milliseconds(50) }
         return admissions[index] + window - now
     }
 
@@ -35,19 +40,25 @@ public struct SlidingWindowLog: Sendable, Hashable {
         for _ in 0..<cost { admissions.append(now) }
     }
 
+    /// Records an admission whose arrival time is not known yet; it counts until it is confirmed.
+    public mutating func recordPending(at now: Duration) {
+        pending.append(now)
+    }
+
     /// Whether nothing is remembered (the log may be dropped).
     public mutating func isIdle(at now: Duration) -> Bool {
         prune(now)
-        return admissions.isEmpty
+        return admissions.isEmpty && pending.isEmpty
     }
 
-    /// Moves an admission recorded at `from` to the later time `to` (when the call is known to have reached
-    /// the provider), keeping the log in order. Does nothing if no admission at `from` is remembered.
-    public mutating func move(from: Duration, to: Duration) {
-        guard to > from, let index = admissions.lastIndex(of: from) else { return }
-        admissions.remove(at: index)
-        let position = admissions.lastIndex { $0 <= to }.map { $0 + 1 } ?? 0
-        admissions.insert(to, at: position)
+    /// Dates a pending admission made at `admittedAt` by when the call is known to have arrived (its answer,
+    /// or the end of the call), keeping the log in order. Does nothing if no such admission is pending.
+    public mutating func confirm(admittedAt: Duration, arrivedAt: Duration) {
+        guard let index = pending.lastIndex(of: admittedAt) else { return }
+        pending.remove(at: index)
+        let time = max(admittedAt, arrivedAt)
+        let position = admissions.lastIndex { $0 <= time }.map { $0 + 1 } ?? 0
+        admissions.insert(time, at: position)
     }
 
     private mutating func prune(_ now: Duration) {

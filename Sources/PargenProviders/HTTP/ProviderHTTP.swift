@@ -166,7 +166,7 @@ package struct ProviderHTTP: Sendable {
         return GenerationError(.transient, "\(method) \(path) failed: \(code)", provider: provider, providerCode: code)
     }
 
-    /// Streams a result to `file`, never holding it whole in memory. Checks the status, the content type
+    /// Streams a result to `file`, never holding it whole in memory (`timeout` defaults to the download timeout). Checks the status, the content type
     /// against `accepting` (prefixes such as `video/`), the size limit and, when the server gives one, that
     /// the length received is the length announced.
     ///
@@ -179,6 +179,7 @@ package struct ProviderHTTP: Sendable {
         body: ByteBuffer? = nil,
         to file: URL,
         accepting: [String],
+        timeout: Duration? = nil,
         answered: (@Sendable () -> Void)? = nil
     ) async throws -> Int64 {
         var request = HTTPClientRequest(url: url)
@@ -190,7 +191,7 @@ package struct ProviderHTTP: Sendable {
         do {
             response = try await connection.httpClient.execute(
                 request,
-                timeout: .nanoseconds(connection.downloadTimeout.nanoseconds)
+                timeout: .nanoseconds((timeout ?? connection.downloadTimeout).nanoseconds)
             )
             answered?()
         } catch {
