@@ -344,27 +344,33 @@ extension ParallelGenerator {
                 ? try await pool.acquire(ResourceRequest(amounts: [:], provider: name, priority: request.priority))
                 : nil
             defer { if let slot { pool.release(slot) } }
-            let admission = try await limiter.acquire(
-                user: request.user,
-                project: request.project,
-                provider: name,
-                holdsSlot: holdsSlot,
-                confirmsArrival: true,
-                clock: clock
-            ) {
-                kind,
-                wait in
-                self.progress(
-                    record,
-                    .waitingForRateLimit,
+            // A resumed task submits nothing, so it takes nothing from the provider's window.
+            let admission: RateLimiter.Admission? =
+                resumeTaskID != nil
+                ? nil
+                : try await limiter.acquire(
+                    user: request.user,
+                    project: request.project,
                     provider: name,
-                    message: "\(kind.rawValue) for \(wait.seconds.formatted1) s"
-                )
-            }
+                    holdsSlot: holdsSlot,
+                    confirmsArrival: true,
+                    clock: clock
+                ) {
+                    kind,
+                    wait in
+                    self.progress(
+                        record,
+                        .waitingForRateLimit,
+                        provider: name,
+                        message: "\(kind.rawValue) for \(wait.seconds.formatted1) s"
+                    )
+                }
             // The window counts the call from when it is known to have reached the provider: its answer, its
             // task id, or at the latest the end of the call (however it ends, so no admission stays pending).
             let arrived = OnceFlag {
-                self.limiter.confirmArrival(provider: name, admittedAt: admission.time, at: self.clock.now)
+                if let admission {
+                    self.limiter.confirmArrival(provider: name, admittedAt: admission.time, at: self.clock.now)
+                }
             }
             defer { arrived.fire() }
             let resources = try await pool.acquire(
