@@ -79,16 +79,7 @@ struct CampaignOptions: ParsableArguments {
 
     /// The configuration file's setup (engine configuration and providers), or the local providers alone.
     /// A file with problems prints each one with its path and exits 2.
-    func loadSetup() async throws -> PargenSetup {
-        guard let config else { return PargenSetup() }
-        do {
-            return try await PargenSetup.load(file: config)
-        } catch let error as ConfigurationFileError {
-            FileHandle.standardError.write(Data("pargen: \(config) has \(error.problems.count) problem(s):\n".utf8))
-            for problem in error.problems { FileHandle.standardError.write(Data("  \(problem)\n".utf8)) }
-            throw ExitCode(2)
-        }
-    }
+    func loadSetup() async throws -> PargenSetup { try await loadConfiguredSetup(config) }
 
     func bootstrapLogging() -> Logger {
         let name = logLevel ?? ProcessInfo.processInfo.environment["LOG_LEVEL"] ?? "warning"

@@ -25,7 +25,7 @@ struct Providers: AsyncParsableCommand {
         var config: String?
 
         func run() async throws {
-            let setup = try await loadSetup(config)
+            let setup = try await loadConfiguredSetup(config)
             let environment = ProcessInfo.processInfo.environment
             let http = ProviderConnection.makeHTTPClient()
             for settings in setup.providers {
@@ -107,7 +107,7 @@ struct Providers: AsyncParsableCommand {
         var config: String?
 
         func run() async throws {
-            let setup = try await loadSetup(config)
+            let setup = try await loadConfiguredSetup(config)
             guard !setup.providers.isEmpty else {
                 print("no providers configured (give --config FILE); the local providers need no check")
                 return
@@ -140,7 +140,9 @@ struct Providers: AsyncParsableCommand {
     }
 }
 
-private func loadSetup(_ path: String?) async throws -> PargenSetup {
+/// The configuration file's setup, or the local providers alone without one. A file with problems prints
+/// each one with its path and exits 2.
+func loadConfiguredSetup(_ path: String?) async throws -> PargenSetup {
     guard let path else { return PargenSetup() }
     do {
         return try await PargenSetup.load(file: path)
