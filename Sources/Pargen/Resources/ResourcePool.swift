@@ -61,7 +61,12 @@ public final class ResourcePool: Sendable {
     struct State {
         var limits: [ResourceKind: Limit]
         var providers: [String: ProviderSlots] = [:]
-        var waiters: [Waiter] = []
+        var waiters: [Waiter] = [] {
+            didSet { slotWaiters = nil }
+        }
+        /// Waiters per provider slot, derived from `waiters` on demand and kept until they change (the rate
+        /// limiter asks on every decision for a provider with a slot reservation).
+        var slotWaiters: [String: Int]?
         var nextID: UInt64 = 0
         var granted = 0
         var waited = 0
@@ -149,7 +154,15 @@ public final class ResourcePool: Sendable {
 
     /// Requests waiting for one of `provider`'s concurrency slots.
     public func waitingForSlot(_ provider: String) -> Int {
-        state.withLock { state in state.waiters.lazy.filter { $0.request.provider == provider }.count }
+        state.withLock { state in
+            if state.slotWaiters == nil {
+                state.slotWaiters = Dictionary(
+                    state.waiters.compactMap { $0.request.provider.map { ($0, 1) } },
+                    uniquingKeysWith: +
+                )
+            }
+            return state.slotWaiters![provider, default: 0]
+        }
     }
 
     /// Returns a lease's resources and wakes the waiters that now fit.

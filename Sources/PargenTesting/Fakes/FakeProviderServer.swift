@@ -189,10 +189,13 @@ struct FakeRoutes: Sendable {
         var malformed: @Sendable () -> Response
         var overRate: @Sendable (Double) -> Response
         var overConcurrency: @Sendable () -> Response
+        /// A prompt containing `[[reject]]`, refused for content policy after it was admitted.
+        var policy: @Sendable () -> Response
     }
 
-    /// Injects the submission faults, then decides the submission against the quotas and logs it; `nil` when it
-    /// is accepted. With `queue`, a submission over the concurrency cap is accepted and waits (Runway).
+    /// Injects the submission faults, decides the submission against the quotas and logs it, then refuses a
+    /// `[[reject]]` prompt for content policy; `nil` when it is accepted. With `queue`, a submission over the
+    /// concurrency cap is accepted and waits (Runway).
     func gate(
         _ request: Request,
         _ endpoint: String,
@@ -218,8 +221,30 @@ struct FakeRoutes: Sendable {
         {
         case .overRate(let wait): return refusals.overRate(wait)
         case .overConcurrency: return queue ? nil : refusals.overConcurrency()
-        case .accepted: return nil
+        case .accepted: break
         }
+        guard prompt.contains("[[reject]]") else { return nil }
+        state.refuseLast(prompt: prompt, reason: "policy")
+        if sync { state.finishSync() }
+        return refusals.policy()
+    }
+
+    /// The first bytes of a file in `format`, so that clients' format checks see the real signature.
+    static func signature(_ format: String) -> [UInt8] {
+        switch format {
+        case "mp4": [0, 0, 0, 0x18] + Array("ftypisom".utf8) + [0, 0, 2, 0] + Array("isomiso2".utf8)
+        case "wav": Array("RIFF".utf8) + [0, 0, 0, 0] + Array("WAVEfmt ".utf8)
+        case "mp3": Array("ID3".utf8) + [4, 0, 0, 0, 0, 0, 0]
+        case "opus", "ogg": Array("OggS".utf8)
+        case "flac": Array("fLaC".utf8)
+        default: []
+        }
+    }
+
+    /// A whole small file in `format` of `size` bytes (hex speech, ZIP entries).
+    static func mediaFile(_ format: String, size: Int) -> [UInt8] {
+        let head = signature(format)
+        return head + [UInt8](repeating: 0x55, count: max(0, size - head.count))
     }
 
     /// Media bytes with a real header for the format, streamed in chunks (a large video is never held whole);
@@ -227,15 +252,7 @@ struct FakeRoutes: Sendable {
     func media(video: Bool, contentType: String, format: String = "mp4", truncate: Bool? = nil) -> Response {
         let total = video ? options.videoBytes : options.audioBytes
         let truncate = truncate ?? state.truncateAnswer()
-        let head: [UInt8] =
-            switch video ? "mp4" : format {
-            case "mp4": [0, 0, 0, 0x18] + Array("ftypisom".utf8) + [0, 0, 2, 0] + Array("isomiso2".utf8)
-            case "wav": Array("RIFF".utf8) + [0, 0, 0, 0] + Array("WAVEfmt ".utf8)
-            case "mp3": Array("ID3".utf8) + [4, 0, 0, 0, 0, 0, 0]
-            case "opus", "ogg": Array("OggS".utf8)
-            case "flac": Array("fLaC".utf8)
-            default: []
-            }
+        let head = Self.signature(video ? "mp4" : format)
         let size = max(total, head.count)
         let body = ResponseBody(contentLength: size) { writer in
             try await writer.write(ByteBuffer(bytes: head))
@@ -318,18 +335,25 @@ extension FakeRoutes {
                 code: "rate_limit_exceeded",
                 headers: retryAfter(1)
             )
+        },
+        policy: {
+            openAIError(
+                .badRequest,
+                "Your request was rejected by the safety system",
+                type: "invalid_request_error",
+                code: "moderation_blocked"
+            )
         }
     )
+
+    static func openAIBadKey() -> Response {
+        openAIError(.unauthorized, "Incorrect API key provided", type: "invalid_request_error", code: "invalid_api_key")
+    }
 
     func registerOpenAI(_ router: Router<BasicRequestContext>) {
         router.post("/v1/audio/speech") { request, _ -> Response in
             guard bearerOK(request) else {
-                return Self.openAIError(
-                    .unauthorized,
-                    "Incorrect API key provided",
-                    type: "invalid_request_error",
-                    code: "invalid_api_key"
-                )
+                return Self.openAIBadKey()
             }
             let json = try await jsonBody(request) ?? [:]
             let input = json["input"] as? String ?? ""
@@ -346,15 +370,6 @@ extension FakeRoutes {
                 return refused
             }
             defer { state.finishSync() }
-            if input.contains("[[reject]]") {
-                state.refuseLast(prompt: input, reason: "policy")
-                return Self.openAIError(
-                    .badRequest,
-                    "Your request was rejected by the safety system",
-                    type: "invalid_request_error",
-                    code: "moderation_blocked"
-                )
-            }
             try await pause(options.latencySeconds)
             let types = [
                 "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav",
@@ -364,12 +379,7 @@ extension FakeRoutes {
         }
         router.post("/v1/videos") { request, _ -> Response in
             guard bearerOK(request) else {
-                return Self.openAIError(
-                    .unauthorized,
-                    "Incorrect API key provided",
-                    type: "invalid_request_error",
-                    code: "invalid_api_key"
-                )
+                return Self.openAIBadKey()
             }
             let boundary = Self.header(request, "Content-Type")?.components(separatedBy: "boundary=").last ?? ""
             let fields = Self.multipartFields(try await body(request), boundary: boundary)
@@ -389,26 +399,12 @@ extension FakeRoutes {
             if let refused = try await gate(request, "videos", prompt, sync: false, Self.openAIRefusals) {
                 return refused
             }
-            if prompt.contains("[[reject]]") {
-                state.refuseLast(prompt: prompt, reason: "policy")
-                return Self.openAIError(
-                    .badRequest,
-                    "Your request was blocked by our moderation system",
-                    type: "invalid_request_error",
-                    code: "moderation_blocked"
-                )
-            }
             let task = state.createTask(prompt: prompt, video: true, prefix: "video_")
             return Self.json(.ok, openAIVideo(task, size: size, seconds: seconds))
         }
         router.get("/v1/videos/{id}") { request, context -> Response in
             guard bearerOK(request) else {
-                return Self.openAIError(
-                    .unauthorized,
-                    "Incorrect API key provided",
-                    type: "invalid_request_error",
-                    code: "invalid_api_key"
-                )
+                return Self.openAIBadKey()
             }
             try await pause(options.latencySeconds)
             if state.chance(options.pollErrorRate) { return Self.text(.serviceUnavailable, "upstream busy") }
@@ -424,12 +420,7 @@ extension FakeRoutes {
         }
         router.get("/v1/models") { request, _ -> Response in
             guard bearerOK(request) else {
-                return Self.openAIError(
-                    .unauthorized,
-                    "Incorrect API key provided",
-                    type: "invalid_request_error",
-                    code: "invalid_api_key"
-                )
+                return Self.openAIBadKey()
             }
             return Self.json(
                 .ok,
@@ -441,12 +432,7 @@ extension FakeRoutes {
         }
         router.get("/v1/videos/{id}/content") { request, context -> Response in
             guard bearerOK(request) else {
-                return Self.openAIError(
-                    .unauthorized,
-                    "Incorrect API key provided",
-                    type: "invalid_request_error",
-                    code: "invalid_api_key"
-                )
+                return Self.openAIBadKey()
             }
             let id = try context.parameters.require("id")
             guard let task = state.task(id), case .succeeded = phase(task) else {
@@ -540,6 +526,9 @@ extension FakeRoutes {
                     "too_many_concurrent_requests",
                     "Too many concurrent requests. Your current subscription is associated with a maximum of \(cap) concurrent requests."
                 )
+            },
+            policy: {
+                Self.elevenLabsError(.badRequest, "content_policy_violation", "The text violates the terms of service")
             }
         )
     }
@@ -576,14 +565,6 @@ extension FakeRoutes {
             }
             if let refused = try await gate(request, endpoint, text, sync: true, elevenLabsRefusals) { return refused }
             defer { state.finishSync() }
-            if text.contains("[[reject]]") {
-                state.refuseLast(prompt: text, reason: "policy")
-                return Self.elevenLabsError(
-                    .badRequest,
-                    "content_policy_violation",
-                    "The text violates the terms of service"
-                )
-            }
             try await pause(options.latencySeconds)
             let format = request.uri.queryParameters.get("output_format") ?? "mp3_44100_128"
             let kind = format.split(separator: "_").first.map(String.init) ?? "mp3"
@@ -640,7 +621,8 @@ extension FakeRoutes {
         serverError: { text(.serviceUnavailable, "upstream unavailable") },
         malformed: { text(.ok, "{\"base_resp\": {\"status_code\"") },
         overRate: { _ in miniMax(1002, "rate limit exceeded(RPM)") },
-        overConcurrency: { miniMax(1041, "conn limit") }
+        overConcurrency: { miniMax(1041, "conn limit") },
+        policy: { miniMax(1026, "input new_sensitive") }
     )
 
     func registerMiniMax(_ router: Router<BasicRequestContext>) {
@@ -668,16 +650,9 @@ extension FakeRoutes {
                 return refused
             }
             defer { state.finishSync() }
-            if text.contains("[[reject]]") {
-                state.refuseLast(prompt: text, reason: "policy")
-                return Self.miniMax(1026, "input new_sensitive")
-            }
             try await pause(options.latencySeconds)
             let format = (json["audio_setting"] as? [String: Any])?["format"] as? String ?? "mp3"
-            var head: [UInt8] =
-                format == "wav"
-                ? Array("RIFF".utf8) : format == "flac" ? Array("fLaC".utf8) : Array("ID3".utf8) + [4, 0]
-            head += [UInt8](repeating: 0x55, count: max(0, options.audioBytes - head.count))
+            let head = Self.mediaFile(format, size: options.audioBytes)
             let hex = head.map { String(format: "%02x", $0) }.joined()
             return Self.miniMax(
                 0,
@@ -705,10 +680,6 @@ extension FakeRoutes {
             }
             if let refused = try await admitted(request, endpoint: "video_generation", prompt: prompt, sync: false) {
                 return refused
-            }
-            if prompt.contains("[[reject]]") {
-                state.refuseLast(prompt: prompt, reason: "policy")
-                return Self.miniMax(1026, "input new_sensitive")
             }
             let task = state.createTask(prompt: prompt, video: true, prefix: "17684386271")
             return Self.miniMax(0, "success", ["task_id": task.id])
@@ -780,7 +751,8 @@ extension FakeRoutes {
                 headers: retryAfter(wait)
             )
         },
-        overConcurrency: { json(.tooManyRequests, ["error": "Too many tasks"]) }
+        overConcurrency: { json(.tooManyRequests, ["error": "Too many tasks"]) },
+        policy: { json(.badRequest, ["error": "Your prompt was flagged by our content moderation system"]) }
     )
 
     func registerRunway(_ router: Router<BasicRequestContext>) {
@@ -816,10 +788,6 @@ extension FakeRoutes {
             }
             if let refused = try await gate(request, endpoint, prompt, sync: false, queue: true, Self.runwayRefusals) {
                 return refused
-            }
-            if prompt.contains("[[reject]]") {
-                state.refuseLast(prompt: prompt, reason: "policy")
-                return Self.json(.badRequest, ["error": "Your prompt was flagged by our content moderation system"])
             }
             let task = state.createTask(prompt: prompt, video: true, prefix: "")
             return Self.json(.ok, ["id": "7f3a\(task.id)-0000-4000-8000-000000000000"].mapValues { $0 as Any })
@@ -879,7 +847,8 @@ extension FakeRoutes {
         serverError: { Response(status: .serviceUnavailable) },
         malformed: { text(.ok, "<html>") },
         overRate: { wait in Response(status: .tooManyRequests, headers: retryAfter(wait)) },
-        overConcurrency: { Response(status: .tooManyRequests, headers: retryAfter(1)) }
+        overConcurrency: { Response(status: .tooManyRequests, headers: retryAfter(1)) },
+        policy: { Response(status: .badRequest) }
     )
 
     func registerAzure(_ router: Router<BasicRequestContext>) {
@@ -897,10 +866,6 @@ extension FakeRoutes {
                 return refused
             }
             defer { state.finishSync() }
-            if text.contains("[[reject]]") {
-                state.refuseLast(prompt: text, reason: "policy")
-                return Response(status: .badRequest)
-            }
             try await pause(options.latencySeconds)
             let (type, format) =
                 outputFormat.hasPrefix("riff")
@@ -957,7 +922,8 @@ extension FakeRoutes {
         },
         overConcurrency: {
             azureError(.tooManyRequests, "TooManyRequests", "Too many concurrent syntheses.", headers: retryAfter(1))
-        }
+        },
+        policy: { azureError(.badRequest, "ContentPolicyViolation", "An input was rejected by content filtering.") }
     )
 
     func registerAzureBatch(_ router: Router<BasicRequestContext>) {
@@ -1067,10 +1033,7 @@ extension FakeRoutes {
     static func batchZip(count: Int, bytes: Int, format: String) throws -> Data {
         let archive = try Archive(accessMode: .create)
         let wav = format.hasPrefix("riff")
-        var file =
-            wav ? Data("RIFF".utf8) + Data([0, 0, 0, 0]) + Data("WAVEfmt ".utf8) : Data("ID3".utf8) + Data([4, 0])
-        file.append(Data(repeating: 0x55, count: max(0, bytes - file.count)))
-        let content = file
+        let content = Data(mediaFile(wav ? "wav" : "mp3", size: bytes))
         for index in 1...count {
             try archive.addEntry(
                 with: String(format: "%04d.%@", index, wav ? "wav" : "mp3"),
