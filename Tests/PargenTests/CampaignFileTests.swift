@@ -56,6 +56,88 @@ import Testing
         #expect(file.lines.map(\.request.prompt) == ["Hallo, Welt"])
     }
 
+    /// Regression: "\r\n" is one `Character` in Swift, so a JSONL file with CRLF line ends (as Windows tools
+    /// write them) was read as a single line, and every request in it was lost.
+    @Test func jsonlWithCRLFLineEndsReadsEveryLine() {
+        let text =
+            "{\"type\": \"audio\", \"prompt\": \"one\"}\r\n"
+            + "{\"type\": \"video\", \"prompt\": \"two\", \"duration\": 4}\r\n"
+            + "\r\n"
+            + "{\"type\": \"audio\"}\r\n"
+            + "{\"type\": \"audio\", \"prompt\": \"four\"}\r\n"
+        let file = CampaignFile.parse(text, format: .jsonl)
+        #expect(file.lines.map(\.request.prompt) == ["one", "two", "four"])
+        #expect(file.lines.map(\.line) == [1, 2, 5])
+        #expect(file.errors.map(\.line) == [4])
+        #expect(file.errors.map(\.field) == ["prompt"])
+    }
+
+    /// Regression: with CRLF line ends the whole file was taken as the header line, so a quoted comma anywhere
+    /// made "," the separator of a `;`-separated file and every row was invalid.
+    @Test func semicolonCSVWithCRLFAndAQuotedCommaKeepsTheSemicolon() {
+        let text =
+            "type;prompt;duration;user\r\n"
+            + "audio;\"Hallo, Welt\";2;ann\r\n"
+            + "video;\"Ein Vogel; im Flug\";4;bob\r\n"
+        let file = CampaignFile.parse(text, format: .csv)
+        #expect(file.errors.isEmpty, "\(file.errors)")
+        #expect(file.lines.map(\.request.prompt) == ["Hallo, Welt", "Ein Vogel; im Flug"])
+        #expect(file.lines.map(\.request.user) == ["ann", "bob"])
+        #expect(file.lines.map(\.line) == [2, 3])
+    }
+
+    @Test func tabSeparatedCSVWithCRLF() {
+        let text = "type\tprompt\tduration\r\naudio\t\"Comma, and; semicolon\"\t3\r\nvideo\tclip\t4\r\n"
+        let file = CampaignFile.parse(text, format: .csv)
+        #expect(file.errors.isEmpty, "\(file.errors)")
+        #expect(file.lines.map(\.request.prompt) == ["Comma, and; semicolon", "clip"])
+        #expect(file.lines.map(\.request.duration) == [.seconds(3), .seconds(4)])
+    }
+
+    /// A row whose quote is never closed is an error on its own line; the rows after it are still read (they
+    /// used to be swallowed into its prompt, and the run exited 0).
+    @Test func anUnterminatedQuoteIsAnErrorOnItsLineAndTheRowsAfterItSurvive() {
+        let text = "type,prompt\naudio,\"never closed\naudio,second\r\naudio,third\n"
+        let file = CampaignFile.parse(text, format: .csv)
+        #expect(file.lines.map(\.request.prompt) == ["second", "third"])
+        #expect(file.lines.map(\.line) == [3, 4])
+        #expect(file.errors.map(\.line) == [2])
+        #expect(file.errors.first?.message.contains("quote") == true, "\(file.errors)")
+    }
+
+    /// Invalid UTF-8 on one line is an error on that line, not a refusal of the whole file.
+    @Test func invalidUTF8IsAnErrorOnItsLineOnly() throws {
+        var jsonl = Data("{\"type\": \"audio\", \"prompt\": \"good\"}\n{\"type\": \"audio\", \"prompt\": \"".utf8)
+        jsonl.append(contentsOf: [0xC3, 0x28, 0xFF])
+        jsonl.append(Data("\"}\n{\"type\": \"audio\", \"prompt\": \"also good\"}\n".utf8))
+        let lines = CampaignFile.parse(jsonl, format: .jsonl)
+        #expect(lines.lines.map(\.request.prompt) == ["good", "also good"])
+        #expect(lines.errors.map(\.line) == [2])
+        #expect(lines.errors.first?.message.contains("UTF-8") == true)
+
+        var csv = Data("type,prompt\naudio,good\naudio,\"bad ".utf8)
+        csv.append(contentsOf: [0xFE])
+        csv.append(Data("\nstill in the field\"\naudio,also good\n".utf8))
+        let rows = CampaignFile.parse(csv, format: .csv)
+        #expect(rows.lines.map(\.request.prompt) == ["good", "also good"])
+        #expect(rows.errors.map(\.line) == [3])
+        #expect(rows.lines.map(\.line) == [2, 5])
+    }
+
+    /// Numbers too large for an `Int` are values like any other, never a trap.
+    @Test func hugeNumbersInFieldsAreErrorsOrTextNeverATrap() {
+        let text = """
+            {"type": "audio", "prompt": 1e300}
+            {"type": "audio", "prompt": "x", "duration": 1e300}
+            {"type": "audio", "prompt": "x", "user": 9.3e18}
+            {"type": "audio", "prompt": "x", "metadata": {"sample_rate": 1e300}}
+            """
+        let file = CampaignFile.parse(text, format: .jsonl)
+        #expect(file.recordCount == 4)
+        #expect(file.lines.map(\.line) == [1, 3, 4])
+        #expect(file.errors.map(\.field) == ["duration"])
+    }
+
     @Test func durationsParse() {
         #expect(CampaignFile.parseDuration("30") == .seconds(30))
         #expect(CampaignFile.parseDuration("1500ms") == .milliseconds(1500))

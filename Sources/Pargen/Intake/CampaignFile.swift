@@ -47,34 +47,41 @@ public struct CampaignFile: Sendable {
 
     /// Reads a campaign file; the format follows the extension (`.csv`, else JSONL).
     ///
-    /// - Throws: Only when the file cannot be read at all (missing, unreadable, not UTF-8).
+    /// - Throws: Only when the file cannot be read at all (missing, unreadable). Bytes that are not UTF-8
+    ///   make an error on their own line, not on the file.
     public static func load(_ url: URL) throws -> CampaignFile {
         let data = try Data(contentsOf: url)
-        guard let text = String(data: data, encoding: .utf8) else {
-            throw CocoaError(.fileReadInapplicableStringEncoding, userInfo: [NSFilePathErrorKey: url.path])
-        }
-        return parse(text, format: url.pathExtension.lowercased() == "csv" ? .csv : .jsonl)
+        return parse(data, format: url.pathExtension.lowercased() == "csv" ? .csv : .jsonl)
     }
 
     public static func parse(_ text: String, format: Format) -> CampaignFile {
-        var body = Substring(text)
-        if body.hasPrefix("\u{FEFF}") { body = body.dropFirst() }
+        parse(Data(text.utf8), format: format)
+    }
+
+    /// Parses the file's bytes. Lines are split on bytes (LF, CRLF or a lone CR), so that line ends never
+    /// depend on how Swift groups `"\r\n"` into one `Character`, and each line is decoded on its own.
+    public static func parse(_ data: Data, format: Format) -> CampaignFile {
+        var bytes = [UInt8](data)
+        if bytes.starts(with: [0xEF, 0xBB, 0xBF]) { bytes.removeFirst(3) }
         switch format {
-        case .jsonl: return parseJSONL(body)
-        case .csv: return parseCSV(body)
+        case .jsonl: return parseJSONL(bytes)
+        case .csv: return parseCSV(bytes)
         }
     }
 
     // MARK: - JSONL
 
-    private static func parseJSONL(_ text: Substring) -> CampaignFile {
+    private static func parseJSONL(_ bytes: [UInt8]) -> CampaignFile {
         var file = CampaignFile(format: .jsonl, lines: [], errors: [])
         let decoder = JSONDecoder()
-        for (index, rawLine) in text.split(separator: "\n", omittingEmptySubsequences: false).enumerated() {
+        for (index, raw) in ByteLines.split(bytes).enumerated() {
             let lineNumber = index + 1
-            let line = rawLine.hasSuffix("\r") ? rawLine.dropLast() : rawLine
+            guard let line = String(validating: raw, as: UTF8.self) else {
+                file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is not valid UTF-8"))
+                continue
+            }
             guard !line.allSatisfy(\.isWhitespace) else { continue }
-            guard let object = try? decoder.decode([String: JSONValue].self, from: Data(line.utf8)) else {
+            guard let object = try? decoder.decode([String: JSONValue].self, from: Data(raw)) else {
                 file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is not a JSON object"))
                 continue
             }
@@ -92,11 +99,16 @@ public struct CampaignFile: Sendable {
 
     // MARK: - CSV
 
-    private static func parseCSV(_ text: Substring) -> CampaignFile {
+    private static func parseCSV(_ bytes: [UInt8]) -> CampaignFile {
         var file = CampaignFile(format: .csv, lines: [], errors: [])
-        let records = CSVReader.records(text)
-        guard let header = records.first else { return file }
-        let columns = header.fields.map {
+        var records = CSVReader.records(bytes)
+        guard !records.isEmpty else { return file }
+        let header = records.removeFirst()
+        guard case .fields(let headerFields) = header.content else {
+            file.errors.append(CampaignLineError(line: header.line, field: nil, message: header.problem))
+            return file
+        }
+        let columns = headerFields.map {
             $0.trimmingWhitespace().lowercased().replacingOccurrences(of: " ", with: "_")
         }
         if let duplicate = Dictionary(grouping: columns, by: { $0 }).first(where: {
@@ -107,21 +119,25 @@ public struct CampaignFile: Sendable {
             )
             return file
         }
-        for record in records.dropFirst() {
-            if record.fields.allSatisfy({ $0.trimmingWhitespace().isEmpty }) { continue }
-            if record.fields.count > columns.count {
+        for record in records {
+            guard case .fields(let fields) = record.content else {
+                file.errors.append(CampaignLineError(line: record.line, field: nil, message: record.problem))
+                continue
+            }
+            if fields.allSatisfy({ $0.trimmingWhitespace().isEmpty }) { continue }
+            if fields.count > columns.count {
                 file.errors.append(
                     CampaignLineError(
                         line: record.line,
                         field: nil,
-                        message: "has \(record.fields.count) values but the header has \(columns.count) columns"
+                        message: "has \(fields.count) values but the header has \(columns.count) columns"
                     )
                 )
                 continue
             }
             var object: [String: JSONValue] = [:]
             var extra: [String: JSONValue] = [:]
-            for (column, value) in zip(columns, record.fields) {
+            for (column, value) in zip(columns, fields) {
                 let trimmed = value.trimmingWhitespace()
                 guard !trimmed.isEmpty, !column.isEmpty else { continue }
                 if knownFields.contains(column) {
@@ -152,7 +168,7 @@ public struct CampaignFile: Sendable {
             switch object[field] {
             case nil, .null: return .success(nil)
             case .string(let value): return .success(value.trimmingWhitespace().isEmpty ? nil : value)
-            case .number(let value): return .success(value == value.rounded() ? String(Int(value)) : String(value))
+            case .number(let value): return .success(JSONValue.number(value).plainText)
             default: return .failure(CampaignLineError(line: line, field: field, message: "must be a string"))
             }
         }
@@ -234,66 +250,159 @@ public struct CampaignFile: Sendable {
     }
 }
 
+/// Splits bytes into lines at LF, CRLF or a lone CR, without the line ends.
+enum ByteLines {
+    static func split(_ bytes: [UInt8]) -> [ArraySlice<UInt8>] {
+        var lines: [ArraySlice<UInt8>] = []
+        var start = 0
+        var index = 0
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == 0x0A || byte == 0x0D {
+                lines.append(bytes[start..<index])
+                if byte == 0x0D, index + 1 < bytes.count, bytes[index + 1] == 0x0A { index += 1 }
+                start = index + 1
+            }
+            index += 1
+        }
+        if start < bytes.count { lines.append(bytes[start...]) }
+        return lines
+    }
+}
+
 /// RFC 4180 CSV with the habits of spreadsheet exports: a byte-order mark, CRLF, quoted fields with
 /// doubled quotes and line breaks, and `;` or tab as the separator when the header uses them.
+///
+/// It reads bytes: every byte that matters to CSV is ASCII, and UTF-8 never uses those values inside a
+/// character, so a record's fields are decoded only once it is whole, and a record that is not UTF-8 is an
+/// error on its own line. A quote that is never closed makes its record an error, and reading starts again
+/// on the line after the one where that record began, so that no later row is swallowed.
 enum CSVReader {
     struct Record {
+        enum Content {
+            case fields([String])
+            case notUTF8
+            case unterminatedQuote
+        }
+
+        /// The line where the record starts.
         var line: Int
-        var fields: [String]
+        var content: Content
+
+        var problem: String {
+            switch content {
+            case .fields: ""
+            case .notUTF8: "is not valid UTF-8"
+            case .unterminatedQuote: "has a quote that is never closed"
+            }
+        }
     }
 
-    static func records(_ text: Substring) -> [Record] {
-        let firstLine = text.prefix { $0 != "\n" && $0 != "\r" }
-        let separator: Character =
-            firstLine.contains(",") ? "," : firstLine.contains(";") ? ";" : firstLine.contains("\t") ? "\t" : ","
-        var records: [Record] = []
-        var fields: [String] = []
-        var field = ""
+    private static let quote: UInt8 = 0x22
+    private static let newline: UInt8 = 0x0A
+    private static let carriageReturn: UInt8 = 0x0D
+
+    /// The separator the header line uses most outside quotes: `,`, `;` or tab (`,` on a tie).
+    static func separator(_ bytes: [UInt8]) -> UInt8 {
+        var counts: [UInt8: Int] = [0x2C: 0, 0x3B: 0, 0x09: 0]
         var inQuotes = false
+        for byte in bytes {
+            if byte == quote {
+                inQuotes.toggle()
+            } else if !inQuotes {
+                if byte == newline || byte == carriageReturn { break }
+                if counts[byte] != nil { counts[byte]! += 1 }
+            }
+        }
+        let best = counts.max { a, b in a.value < b.value || (a.value == b.value && a.key != 0x2C && b.key == 0x2C) }
+        return best.map { $0.value > 0 ? $0.key : 0x2C } ?? 0x2C
+    }
+
+    static func records(_ bytes: [UInt8]) -> [Record] {
+        let separator = separator(bytes)
+        var records: [Record] = []
+        var fields: [[UInt8]] = []
+        var field: [UInt8] = []
+        var inQuotes = false
+        var fieldStarted = false
         var line = 1
         var recordLine = 1
-        var index = text.startIndex
-        var fieldStarted = false
-        while index < text.endIndex {
-            let char = text[index]
+        var recordStart = 0
+        var index = 0
+
+        func endRecord() {
+            fields.append(field)
+            var decoded: [String] = []
+            decoded.reserveCapacity(fields.count)
+            for raw in fields {
+                guard let text = String(validating: raw, as: UTF8.self) else {
+                    records.append(Record(line: recordLine, content: .notUTF8))
+                    fields = []
+                    field = []
+                    fieldStarted = false
+                    return
+                }
+                decoded.append(text)
+            }
+            records.append(Record(line: recordLine, content: .fields(decoded)))
+            fields = []
+            field = []
+            fieldStarted = false
+        }
+
+        while index < bytes.count {
+            let byte = bytes[index]
             if inQuotes {
-                if char == "\"" {
-                    let next = text.index(after: index)
-                    if next < text.endIndex, text[next] == "\"" {
-                        field.append("\"")
-                        index = next
+                if byte == quote {
+                    if index + 1 < bytes.count, bytes[index + 1] == quote {
+                        field.append(quote)
+                        index += 1
                     } else {
                         inQuotes = false
                     }
                 } else {
-                    if char == "\n" || char == "\r\n" { line += 1 }
-                    field.append(char)
+                    if byte == newline || (byte == carriageReturn && bytes[safe: index + 1] != newline) { line += 1 }
+                    field.append(byte)
                 }
-            } else if char == "\"" && !fieldStarted {
+            } else if byte == quote && !fieldStarted {
                 inQuotes = true
                 fieldStarted = true
-            } else if char == separator {
+            } else if byte == separator {
                 fields.append(field)
-                field = ""
+                field = []
                 fieldStarted = false
-            } else if char == "\n" || char == "\r\n" || char == "\r" {
-                fields.append(field)
-                records.append(Record(line: recordLine, fields: fields))
-                fields = []
-                field = ""
-                fieldStarted = false
+            } else if byte == newline || byte == carriageReturn {
+                if byte == carriageReturn, bytes[safe: index + 1] == newline { index += 1 }
+                endRecord()
                 line += 1
                 recordLine = line
+                recordStart = index + 1
             } else {
-                field.append(char)
+                field.append(byte)
                 fieldStarted = true
             }
-            index = text.index(after: index)
+            index += 1
+            if index == bytes.count && inQuotes {
+                // The quote never closed: this record is the error; read again from the line after its start.
+                records.append(Record(line: recordLine, content: .unterminatedQuote))
+                inQuotes = false
+                fields = []
+                field = []
+                fieldStarted = false
+                var next = recordStart
+                while next < bytes.count, bytes[next] != newline, bytes[next] != carriageReturn { next += 1 }
+                if next < bytes.count, bytes[next] == carriageReturn, bytes[safe: next + 1] == newline { next += 1 }
+                index = next + 1
+                line = recordLine + 1
+                recordLine = line
+                recordStart = index
+            }
         }
-        if !field.isEmpty || !fields.isEmpty {
-            fields.append(field)
-            records.append(Record(line: recordLine, fields: fields))
-        }
+        if !field.isEmpty || !fields.isEmpty { endRecord() }
         return records
     }
+}
+
+extension Array {
+    fileprivate subscript(safe index: Int) -> Element? { indices.contains(index) ? self[index] : nil }
 }

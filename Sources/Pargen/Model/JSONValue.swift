@@ -44,4 +44,23 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
         guard let data = try? encoder.encode(self) else { return "null" }
         return String(decoding: data, as: UTF8.self)
     }
+
+    /// A scalar as plain text: a whole number without a decimal point (`42`, not `42.0`), any other number as
+    /// Swift prints it (`1e+300`), a string as it is. Never traps, whatever the size of the number.
+    public var plainText: String {
+        switch self {
+        case .number(let value):
+            if let whole = Int64(exactly: value) { return String(whole) }
+            return String(value)
+        case .string(let value): return value
+        default: return description
+        }
+    }
+
+    /// The value as an `Int` when it is a number that is exactly a whole `Int`; `nil` otherwise (a fraction,
+    /// or a number beyond `Int`'s range such as `1e300`).
+    public var exactInt: Int? {
+        guard case .number(let value) = self else { return nil }
+        return Int(exactly: value)
+    }
 }
