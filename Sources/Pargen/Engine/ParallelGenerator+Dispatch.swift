@@ -210,7 +210,9 @@ extension ParallelGenerator {
         let request = record.request
         let id = record.id
         // A job rescued after its provider accepted the task resumes polling; it never submits again.
-        if record.recoveryPoint == .submitted, record.providerTaskID != nil {
+        // So does a call cut off at a provider that de-duplicates by key: it is made again there, under the same
+        // key, and never served from elsewhere (the provider may have billed it).
+        if record.recoveryPoint == .submitted && record.providerTaskID != nil || record.recoveryPoint == .cutOff {
             _ = await lead(job, submitted: submitted)
             return
         }
@@ -272,8 +274,19 @@ extension ParallelGenerator {
         let now = clock.now
         let resumeTaskID = record.recoveryPoint == .submitted ? record.providerTaskID : nil
         let name: String
-        if resumeTaskID != nil, let previous = record.provider, providers[previous] != nil {
+        if resumeTaskID != nil || record.recoveryPoint == .cutOff, let previous = record.provider,
+            providers[previous] != nil
+        {
             name = previous
+        } else if record.recoveryPoint == .cutOff {
+            return await deadLetter(
+                job,
+                GenerationError(
+                    .needsReconciliation,
+                    "the call to \(record.provider ?? "its provider") was cut off before its task id was recorded, and that provider is no longer configured",
+                    provider: record.provider
+                )
+            )
         } else {
             switch balancer.choose(
                 for: request,

@@ -35,8 +35,9 @@ public struct LocalProvider: GenerationProvider {
         public var maxAudioDuration: Duration
         public var maxVideoDuration: Duration
         public var seed: UInt64
-        /// Appends one line per accepted submission (`idempotency key<TAB>task id<TAB>request id`), as a fake
-        /// provider's billing log: crash tests read it to prove nothing was submitted twice.
+        /// Appends one line per accepted submission (`idempotency key<TAB>task id<TAB>request id<TAB>billed
+        /// nano-dollars`), as a provider's billing log: crash tests read it to prove nothing was submitted twice
+        /// and that the ledger charged what the provider billed.
         public var submitLog: URL?
 
         public init(
@@ -186,10 +187,15 @@ public struct LocalProvider: GenerationProvider {
         let failsMidway = roll < threshold + configuration.transientFailureRate
         let taskID = "\(descriptor.name)-\(SplitMix64.stableHash(context.idempotencyKey))"
         if let submitLog = configuration.submitLog {
-            // A key seen before is the same task: no new submission.
+            // A key this provider saw before is the same task: no new submission. (Another provider knows nothing
+            // of it: a key sent to a second provider is a second task, billed again.)
             let seen =
-                (try? String(contentsOf: submitLog, encoding: .utf8))?.contains("\(context.idempotencyKey)\t") ?? false
-            if !seen { Self.append("\(context.idempotencyKey)\t\(taskID)\t\(request.id)\n", to: submitLog) }
+                (try? String(contentsOf: submitLog, encoding: .utf8))?
+                .contains("\(context.idempotencyKey)\t\(descriptor.name)-") ?? false
+            if !seen {
+                let billed = configuration.pricing.estimate(request).nanos
+                Self.append("\(context.idempotencyKey)\t\(taskID)\t\(request.id)\t\(billed)\n", to: submitLog)
+            }
         }
         try await context.reportSubmitted(taskID: taskID)
         return try await run(request, taskID: taskID, context: context, failsMidway: failsMidway, rng: &rng)
@@ -267,8 +273,8 @@ public struct LocalProvider: GenerationProvider {
 enum LocalMedia {
     static func renderAudio(_ request: ValidatedRequest, seed: UInt64, to url: URL) throws {
         var sampleRate = 24_000
-        if case .number(let rate) = request.metadata["sample_rate"], (8_000...48_000).contains(Int(rate)) {
-            sampleRate = Int(rate)
+        if let rate = request.metadata["sample_rate"]?.exactInt, (8_000...48_000).contains(rate) {
+            sampleRate = rate
         }
         var rng = SplitMix64(seed: seed)
         // A pentatonic melody from the prompt's words: one note per word, looping, with a soft pad under it.

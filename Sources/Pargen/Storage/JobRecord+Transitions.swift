@@ -87,8 +87,16 @@ extension JobRecord {
         makeAvailable(at: runAt)
     }
 
+    /// Ends the job with `error`. An error that says the provider may hold the task
+    /// (``GenerationError/Code/needsReconciliation``: a submission whose answer was lost) puts the job in
+    /// ``JobState/needsReconciliation`` and keeps its reservation, since the provider may bill it; any other
+    /// error dead-letters it and releases the reservation.
     public mutating func deadLetter(_ error: GenerationError, now: Duration) {
         errors.append(error)
+        if error.code == .needsReconciliation {
+            finish(.needsReconciliation, now: now)
+            return
+        }
         releasePending()
         finish(.deadLettered, now: now)
     }
@@ -111,7 +119,7 @@ extension JobRecord {
             if idempotentSubmission {
                 attempts = max(0, attempts - 1)
                 releasePending()
-                recoveryPoint = nil
+                recoveryPoint = .cutOff
                 makeAvailable(at: now)
             } else {
                 finish(.needsReconciliation, now: now)

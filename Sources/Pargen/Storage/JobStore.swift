@@ -19,6 +19,10 @@ public enum RecoveryPoint: String, Sendable, Hashable, Codable {
     case submitting
     /// The provider accepted the task and its id is recorded: resume by polling.
     case submitted
+    /// A call to a provider that de-duplicates by idempotency key was cut off before its task id was recorded:
+    /// make it again at the same provider (``JobRecord/provider``) with the same key, so that the provider
+    /// answers with the task it may already have, and bills it once. Any other provider would bill it again.
+    case cutOff = "cut_off"
 }
 
 /// The final result stored with a succeeded job.

@@ -1,0 +1,115 @@
+import Foundation
+import Pargen
+import PargenSQLite
+import PargenTesting
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Runs `pargen` as a subprocess without blocking a thread of the test's executor (the fakes it talks to run in
+/// this process): the output goes to a file, and the exit is awaited by polling.
+func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:]) async throws
+    -> CommandLineTests.Outcome
+{
+    let output = temporaryDirectory().appendingPathComponent("output.txt")
+    FileManager.default.createFile(atPath: output.path, contents: nil)
+    let handle = try FileHandle(forWritingTo: output)
+    defer { try? handle.close() }
+    let process = Process()
+    process.executableURL = CommandLineTests.executable
+    process.arguments = arguments
+    process.environment = ProcessInfo.processInfo.environment.merging(extra) { _, new in new }
+        .merging(["SWIFT_BACKTRACE": "enable=no"]) { old, _ in old }
+    process.standardOutput = handle
+    process.standardError = handle
+    try process.run()
+    let deadline = ContinuousClock.now + .seconds(120)
+    while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+    if process.isRunning {
+        Issue.record("pargen \(arguments.first ?? "") did not end within 120 s")
+        kill(process.processIdentifier, SIGKILL)
+        while process.isRunning { try await Task.sleep(for: .milliseconds(10)) }
+    }
+    return CommandLineTests.Outcome(
+        status: process.terminationStatus,
+        output: (try? String(contentsOf: output, encoding: .utf8)) ?? ""
+    )
+}
+
+/// The path a person takes when a provider that does not de-duplicate submissions accepted a task but its answer
+/// was lost: the job waits in `needs_reconciliation` (never submitted again by itself), `status` and `dlq list`
+/// name it, and `dlq retry` or `dlq purge` settle it, all through the real command line.
+@Suite(.timeLimit(.minutes(3))) struct ReconciliationTests {
+    @Test func aLostAnswerWaitsForAPersonThenDLQRetryAndPurgeSettleIt() async throws {
+        let key = "rw-test-key-0123456789"
+        let fake = try await FakeProviderServer.start(
+            FakeProviderOptions(wireProtocol: .runway, apiKey: key, taskSeconds: 0.05...0.1, lifetime: .seconds(150))
+        )
+        let folder = temporaryDirectory()
+        let config = folder.appendingPathComponent("pargen.yaml")
+        try Data(
+            """
+            providers:
+              runway:
+                baseURL: \(fake.baseURL)
+                apiKeyEnv: TEST_RUNWAY_KEY
+                requestTimeoutSeconds: 1
+                pollIntervalSeconds: 0.02
+            """.utf8
+        ).write(to: config)
+        let campaign = folder.appendingPathComponent("campaign.jsonl")
+        try Data(
+            """
+            {"type": "video", "prompt": "answered clip", "duration": 5, "resolution": "720p", "id": "a"}
+            {"type": "video", "prompt": "lost answer one [[hang]]", "duration": 5, "resolution": "720p", "id": "b"}
+            {"type": "video", "prompt": "lost answer two [[hang]]", "duration": 5, "resolution": "720p", "id": "c"}
+
+            """.utf8
+        ).write(to: campaign)
+        let out = folder.appendingPathComponent("out").path
+        let environment = ["TEST_RUNWAY_KEY": key]
+        let arguments = ["--config", config.path, "--out", out, "--no-progress"]
+
+        let first = try await pargenAsync(["run", campaign.path] + arguments, environment: environment)
+        #expect(first.status == 1, "\(first.output)")
+        let store = try SQLiteJobStore(path: out + "/campaign.sqlite")
+        var jobs = Dictionary(uniqueKeysWithValues: try await store.jobs(matching: JobQuery()).map { ($0.request.id, $0) })
+        #expect(jobs["a"]?.state == .succeeded)
+        #expect(jobs["b"]?.state == .needsReconciliation)
+        #expect(jobs["c"]?.state == .needsReconciliation)
+        // The provider holds exactly one task for each line: nothing was submitted blindly a second time.
+        let accepted = fake.state.submissions().filter(\.accepted)
+        #expect(accepted.count == 3, "\(accepted.map(\.prompt))")
+        #expect(fake.state.taskDurations().count == 3)
+
+        let b = try #require(jobs["b"]).id.description
+        let c = try #require(jobs["c"]).id.description
+        let status = try await pargenAsync(["status", "--out", out])
+        #expect(status.output.contains("needs_reconciliation   2"), "\(status.output)")
+        #expect(status.output.contains(b) && status.output.contains(c))
+        let list = try await pargenAsync(["dlq", "list", "--out", out])
+        #expect(list.output.contains("\(b)\tb\tneeds_reconciliation"), "\(list.output)")
+        let manifest = try String(contentsOfFile: out + "/manifest.jsonl", encoding: .utf8)
+        #expect(manifest.contains("\"needs_reconciliation\""), "the manifest agrees with the store")
+
+        // A person checked the provider and decided: submit b again, drop c.
+        let retry = try await pargenAsync(["dlq", "retry", b, "--out", out])
+        #expect(retry.output.contains("re-queued 1 jobs"), "\(retry.output)")
+        let purge = try await pargenAsync(["dlq", "purge", c, "--out", out])
+        #expect(purge.output.contains("purged 1 jobs"), "\(purge.output)")
+        let second = try await pargenAsync(["run", "--resume"] + arguments, environment: environment)
+        #expect(second.status == 0, "\(second.output)")
+        jobs = Dictionary(uniqueKeysWithValues: try await store.jobs(matching: JobQuery()).map { ($0.request.id, $0) })
+        #expect(jobs.keys.sorted() == ["a", "b"])
+        #expect(jobs["b"]?.state == .succeeded)
+        let after = fake.state.submissions().filter(\.accepted).map(\.prompt)
+        #expect(after.filter { $0.hasPrefix("lost answer one") }.count == 2, "b was submitted again, as asked")
+        #expect(after.filter { $0.hasPrefix("lost answer two") }.count == 1, "c was not")
+        let finalStatus = try await pargenAsync(["status", "--out", out])
+        #expect(!finalStatus.output.contains("needs reconciliation"), "\(finalStatus.output)")
+        #expect(finalStatus.output.contains("ledger balances: yes"))
+        await fake.stop()
+    }
+}
