@@ -174,9 +174,6 @@ struct FakeRoutes: Sendable {
     enum Fault { case none, error, malformed }
 
     func fault() async throws -> Fault {
-        if state.chance(options.hangRate) {
-            try await Task.sleep(for: options.lifetime)
-        }
         if state.chance(options.errorRate) { return .error }
         if state.chance(options.malformedRate) { return .malformed }
         return .none
@@ -204,6 +201,7 @@ struct FakeRoutes: Sendable {
         queue: Bool = false,
         _ refusals: Refusals
     ) async throws -> Response? {
+        try await pause(options.inboundDelaySeconds)
         switch try await fault() {
         case .error: return refusals.serverError()
         case .malformed: return refusals.malformed()
@@ -223,10 +221,29 @@ struct FakeRoutes: Sendable {
         case .overConcurrency: return queue ? nil : refusals.overConcurrency()
         case .accepted: break
         }
-        guard prompt.contains("[[reject]]") else { return nil }
+        guard prompt.contains("[[reject]]") else {
+            // Accepted: the provider has the work (and bills it). A hang from here on is "accepted, answer lost".
+            if state.chance(options.hangRate) || (prompt.contains("[[hang]]") && state.firstHang(prompt)) {
+                state.chooseHang(prompt)
+            }
+            return nil
+        }
         state.refuseLast(prompt: prompt, reason: "policy")
-        if sync { state.finishSync() }
+        if sync { state.finishSync() } else { state.releaseTaskReservation() }
         return refusals.policy()
+    }
+
+    /// Called where an accepted submission's answer is about to be sent (after its task exists): if the gate chose
+    /// to hang this one, the connection stays open with no answer until the fake stops. The provider has the task,
+    /// and the client never learns its id.
+    func hangIfChosen(_ prompt: String) async throws {
+        if state.takeHang(prompt) { try await Task.sleep(for: options.lifetime) }
+    }
+
+    /// A synchronous answer's latency, or a hang if the gate chose one.
+    func answerLatency(_ prompt: String) async throws {
+        try await hangIfChosen(prompt)
+        try await pause(options.latencySeconds)
     }
 
     /// The first bytes of a file in `format`, so that clients' format checks see the real signature.
@@ -370,7 +387,7 @@ extension FakeRoutes {
                 return refused
             }
             defer { state.finishSync() }
-            try await pause(options.latencySeconds)
+            try await answerLatency(input)
             let types = [
                 "mp3": "audio/mpeg", "opus": "audio/opus", "aac": "audio/aac", "flac": "audio/flac", "wav": "audio/wav",
                 "pcm": "audio/pcm",
@@ -400,6 +417,7 @@ extension FakeRoutes {
                 return refused
             }
             let task = state.createTask(prompt: prompt, video: true, prefix: "video_")
+            try await hangIfChosen(prompt)
             return Self.json(.ok, openAIVideo(task, size: size, seconds: seconds))
         }
         router.get("/v1/videos/{id}") { request, context -> Response in
@@ -565,7 +583,7 @@ extension FakeRoutes {
             }
             if let refused = try await gate(request, endpoint, text, sync: true, elevenLabsRefusals) { return refused }
             defer { state.finishSync() }
-            try await pause(options.latencySeconds)
+            try await answerLatency(text)
             let format = request.uri.queryParameters.get("output_format") ?? "mp3_44100_128"
             let kind = format.split(separator: "_").first.map(String.init) ?? "mp3"
             let types = [
@@ -650,7 +668,7 @@ extension FakeRoutes {
                 return refused
             }
             defer { state.finishSync() }
-            try await pause(options.latencySeconds)
+            try await answerLatency(text)
             let format = (json["audio_setting"] as? [String: Any])?["format"] as? String ?? "mp3"
             let head = Self.mediaFile(format, size: options.audioBytes)
             let hex = head.map { String(format: "%02x", $0) }.joined()
@@ -682,6 +700,7 @@ extension FakeRoutes {
                 return refused
             }
             let task = state.createTask(prompt: prompt, video: true, prefix: "17684386271")
+            try await hangIfChosen(prompt)
             return Self.miniMax(0, "success", ["task_id": task.id])
         }
         router.get("/v1/query/video_generation") { request, _ -> Response in
@@ -790,6 +809,7 @@ extension FakeRoutes {
                 return refused
             }
             let task = state.createTask(prompt: prompt, video: true, prefix: "")
+            try await hangIfChosen(prompt)
             return Self.json(.ok, ["id": "7f3a\(task.id)-0000-4000-8000-000000000000"].mapValues { $0 as Any })
         }
         router.post("/v1/text_to_video") { request, _ in try await create(request, endpoint: "text_to_video") }
@@ -866,7 +886,7 @@ extension FakeRoutes {
                 return refused
             }
             defer { state.finishSync() }
-            try await pause(options.latencySeconds)
+            try await answerLatency(text)
             let (type, format) =
                 outputFormat.hasPrefix("riff")
                 ? ("audio/x-wav", "wav")
@@ -959,6 +979,7 @@ extension FakeRoutes {
                 return refused
             }
             let task = state.createTask(prompt: prompt, video: false, prefix: "batch-")
+            try await hangIfChosen(prompt)
             _ = state.registerBatch(FakeBatch(id: id, taskID: task.id, count: texts.count, format: format))
             return Self.json(.created, azureBatch(id: id, task: task, count: texts.count, format: format))
         }

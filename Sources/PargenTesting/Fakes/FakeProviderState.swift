@@ -25,13 +25,18 @@ public struct FakeProviderOptions: Sendable {
     public var taskSeconds: ClosedRange<Double>
     /// How long a synchronous call (speech) or an API answer takes, in seconds.
     public var latencySeconds: ClosedRange<Double>
+    /// How long a submission takes on its way in before the quota counts it, in seconds (a slow network or a
+    /// provider's load balancer): the client cannot know when its call is counted.
+    public var inboundDelaySeconds: ClosedRange<Double> = 0...0
     /// Size of a generated video file.
     public var videoBytes: Int
     /// Size of generated audio.
     public var audioBytes: Int
     /// Share of submissions answered with the provider's 5xx (or MiniMax 1024 on HTTP 200).
     public var errorRate: Double
-    /// Share of submissions whose connection hangs without an answer.
+    /// Share of submissions accepted (the task is created and billed) whose answer never comes: the connection
+    /// hangs after admission, as when an answer is lost on its way back. A prompt containing `[[hang]]` hangs
+    /// on its first submission only.
     public var hangRate: Double
     /// Share of submissions answered with a malformed body.
     public var malformedRate: Double
@@ -160,6 +165,12 @@ public final class FakeProviderState: Sendable {
         var pollCount = 0
         var downloads = 0
         var batches: [String: FakeBatch] = [:]
+        /// Accepted task submissions whose task is not created yet: they hold a slot already, so two concurrent
+        /// submissions cannot both see the last slot free.
+        var reservedTasks = 0
+        /// Prompts whose next answer hangs (chosen at admission), and prompts that have hung once.
+        var hangs: [String: Int] = [:]
+        var hungOnce: Set<String> = []
     }
 
     private let state: Mutex<State>
@@ -219,6 +230,12 @@ public final class FakeProviderState: Sendable {
         state.withLock { state in state.taskOrder.compactMap { state.tasks[$0]?.seconds } }
     }
 
+    /// Every task's id, in creation order.
+    public func taskIDs() -> [String] { state.withLock { $0.taskOrder } }
+
+    /// How long each task runs, by its id.
+    public func taskSecondsByID() -> [String: Double] { state.withLock { $0.tasks.mapValues(\.seconds) } }
+
     /// Each task's start and end, in seconds since the fake started, in creation order.
     public func taskSpans() -> [(start: Double, end: Double)] {
         state.withLock { state in
@@ -260,7 +277,7 @@ public final class FakeProviderState: Sendable {
 
     /// Running work at `now`: tasks started and not ended, plus synchronous calls.
     private static func running(_ state: State, now: Double) -> Int {
-        state.syncInFlight
+        state.syncInFlight + state.reservedTasks
             + state.tasks.values.filter { task in
                 guard let start = task.startedAt, !task.cancelled else { return false }
                 return start <= now && now < start + task.seconds
@@ -326,6 +343,7 @@ public final class FakeProviderState: Sendable {
             state.log.append(entry)
             writeLog(entry)
             if sync && options.syncCallsHoldSlots { state.syncInFlight += 1 }
+            if !sync && options.concurrentTasks != nil && entry.refusal == nil { state.reservedTasks += 1 }
             state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
             return .accepted
         }
@@ -341,6 +359,26 @@ public final class FakeProviderState: Sendable {
         }
     }
 
+    /// Gives back the slot an accepted task submission reserved, when no task follows (a policy refusal).
+    func releaseTaskReservation() {
+        guard options.concurrentTasks != nil else { return }
+        state.withLock { $0.reservedTasks = max(0, $0.reservedTasks - 1) }
+    }
+
+    /// Whether `prompt` has not hung before (and marks it as having hung).
+    func firstHang(_ prompt: String) -> Bool { state.withLock { $0.hungOnce.insert(prompt).inserted } }
+
+    func chooseHang(_ prompt: String) { state.withLock { $0.hangs[prompt, default: 0] += 1 } }
+
+    /// Whether the answer for `prompt` was chosen to hang (once per choice).
+    func takeHang(_ prompt: String) -> Bool {
+        state.withLock { state in
+            guard let count = state.hangs[prompt], count > 0 else { return false }
+            state.hangs[prompt] = count == 1 ? nil : count - 1
+            return true
+        }
+    }
+
     func finishSync() {
         guard options.syncCallsHoldSlots else { return }
         state.withLock { $0.syncInFlight -= 1 }
@@ -351,6 +389,8 @@ public final class FakeProviderState: Sendable {
         let now = self.now
         let seconds = uniform(options.taskSeconds)
         return state.withLock { state in
+            let wasReserved = state.reservedTasks > 0 && options.concurrentTasks != nil
+            if wasReserved { state.reservedTasks -= 1 }
             let id = "\(prefix)\(state.nextID)"
             state.nextID += 1
             var task = FakeTask(
@@ -362,11 +402,17 @@ public final class FakeProviderState: Sendable {
                 seconds: seconds,
                 fails: prompt.contains("[[fail]]")
             )
-            if options.concurrentTasks.map({ Self.running(state, now: now) < $0 }) ?? true { task.startedAt = now }
+            let slotFree = options.concurrentTasks.map { Self.running(state, now: now) < $0 } ?? true
+            if slotFree { task.startedAt = now }
             state.tasks[id] = task
             state.taskOrder.append(id)
             if let index = state.log.lastIndex(where: { $0.prompt == prompt && $0.accepted }) {
                 state.log[index].taskID = id
+                // A task that admission let through (its slot reserved) but that finds no slot free: the
+                // submissions raced past the quota. Never queue it quietly: it is a violation in the log.
+                if !slotFree && wasReserved && state.log[index].refusal == nil {
+                    state.log[index].refusal = "concurrency"
+                }
             }
             state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
             return task
