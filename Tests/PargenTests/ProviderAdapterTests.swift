@@ -111,7 +111,10 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         #expect(results[2].artifact?.providerTaskID?.hasPrefix("video_") == true, "the task id is kept")
         let log = bench.fake.state.submissions()
         #expect(log.count == 3 && log.allSatisfy { $0.accepted })
-        #expect(log.allSatisfy { $0.key?.contains(":1") == true }, "each submit carries JOB:ATTEMPT")
+        #expect(
+            log.allSatisfy { $0.key.map { $0.split(separator: ":").map(String.init) }?.last == "1" },
+            "each submit carries JOB:ATTEMPT, attempt 1: \(log.compactMap(\.key))"
+        )
         #expect(bench.fake.state.polls >= 1)
         await bench.fake.stop()
         await close()
@@ -146,7 +149,7 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         let (results, _) = try await runAgainstFakes(
             [bench.provider],
             [
-                .audio(prompt: "Speech decoded from hex", format: .wav),
+                .audio(prompt: "Speech décodée from hex, «bien sûr»", format: .wav),
                 .video(prompt: "Mountains in fog", duration: .seconds(6), resolution: .p720),
                 .video(prompt: "Ten seconds in 1080p", duration: .seconds(10), resolution: .p1080),
             ]
@@ -154,10 +157,11 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         try expectMedia(results[0], magic: "RIFF", bytes: bench.fake.state.options.audioBytes)
         try expectMedia(results[1], magic: "ftyp", offset: 4, bytes: bench.fake.state.options.videoBytes)
         #expect(results[2].error?.code == .invalidRequest)
-        #expect(
-            results[0].actualCost == bench.settings.pricing.perCharacter * Int64("Speech decoded from hex".count),
-            "billed characters"
-        )
+        // The fake bills its own count (UTF-8 bytes: 41), not the 35 characters an estimate counts: the charge is
+        // what the answer's usage_characters says.
+        let prompt = "Speech décodée from hex, «bien sûr»"
+        #expect(prompt.utf8.count != prompt.count)
+        #expect(results[0].actualCost == bench.settings.pricing.perCharacter * Int64(prompt.utf8.count), "billed characters")
         #expect(bench.fake.state.submissions().count == 2)
         await bench.fake.stop()
         await close()
@@ -218,6 +222,11 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
             configuration: configuration
         )
         for result in results { try expectMedia(result, magic: "RIFF", bytes: bench.fake.state.options.audioBytes) }
+        // File N of the archive holds input N's text: each job got its own line's audio, not a neighbour's.
+        for (line, result) in zip(lines, results) {
+            let data = try Data(contentsOf: try #require(result.artifact).url)
+            #expect(data.dropFirst(16).starts(with: Array(line.utf8)), "\(result.requestID) got its own audio")  // after "RIFF" size "WAVEfmt "
+        }
         let log = bench.fake.state.submissions().filter(\.accepted)
         let batches = log.filter { $0.endpoint == "batchsyntheses" }
         #expect(!batches.isEmpty && log.count <= 2, "\(log.count) calls for 30 lines")

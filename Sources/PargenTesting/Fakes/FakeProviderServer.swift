@@ -680,7 +680,10 @@ extension FakeRoutes {
                     "extra_info": [
                         "audio_length": 1000 * max(1, text.count / 15), "audio_sample_rate": 32000,
                         "audio_size": head.count,
-                        "bitrate": 128000, "usage_characters": text.count, "audio_format": format, "audio_channel": 1,
+                        // The fake bills by its own count (UTF-8 bytes), which differs from a client's estimate for
+                        // any text that is not ASCII, so a client that charges its estimate is caught.
+                        "bitrate": 128000, "usage_characters": text.utf8.count, "audio_format": format,
+                        "audio_channel": 1,
                     ],
                 ]
             )
@@ -980,7 +983,7 @@ extension FakeRoutes {
             }
             let task = state.createTask(prompt: prompt, video: false, prefix: "batch-")
             try await hangIfChosen(prompt)
-            _ = state.registerBatch(FakeBatch(id: id, taskID: task.id, count: texts.count, format: format))
+            _ = state.registerBatch(FakeBatch(id: id, taskID: task.id, texts: texts, format: format))
             return Self.json(.created, azureBatch(id: id, task: task, count: texts.count, format: format))
         }
         router.get("/texttospeech/batchsyntheses/{id}") { request, context -> Response in
@@ -1018,7 +1021,7 @@ extension FakeRoutes {
                 )
             case .truncated, .whole: break
             }
-            let zip = try Self.batchZip(count: batch.count, bytes: options.audioBytes, format: batch.format)
+            let zip = try Self.batchZip(texts: batch.texts, bytes: options.audioBytes, format: batch.format)
             return Response(
                 status: .ok,
                 headers: [.contentType: "application/zip"],
@@ -1051,11 +1054,15 @@ extension FakeRoutes {
         return object
     }
 
-    static func batchZip(count: Int, bytes: Int, format: String) throws -> Data {
+    /// The results archive: file N holds the format's header, then input N's text, then padding to `bytes`, so
+    /// that a client that splits the archive wrongly hands a job another input's audio, and a test can tell.
+    static func batchZip(texts: [String], bytes: Int, format: String) throws -> Data {
         let archive = try Archive(accessMode: .create)
         let wav = format.hasPrefix("riff")
-        let content = Data(mediaFile(wav ? "wav" : "mp3", size: bytes))
-        for index in 1...count {
+        for (offset, text) in texts.enumerated() {
+            let index = offset + 1
+            let head = signature(wav ? "wav" : "mp3") + Array(text.utf8)
+            let content = Data(head + [UInt8](repeating: 0x55, count: max(0, bytes - head.count)))
             try archive.addEntry(
                 with: String(format: "%04d.%@", index, wav ? "wav" : "mp3"),
                 type: .file,

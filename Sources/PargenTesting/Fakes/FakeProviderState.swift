@@ -127,8 +127,10 @@ enum FakeAdmission {
 struct FakeBatch: Sendable {
     var id: String
     var taskID: String
-    var count: Int
+    /// The inputs' texts, in order: file N of the results is input N.
+    var texts: [String]
     var format: String
+    var count: Int { texts.count }
 }
 
 /// A task the fake is running.
