@@ -15,16 +15,30 @@ public final class SQLiteJobStore: JobStore {
     private let now: @Sendable () -> Duration
     private let idPrefix: String
 
+    /// How far a committed transaction survives.
+    public enum Durability: String, Sendable {
+        /// `PRAGMA synchronous = FULL`: every commit is on disk before it returns (the WAL is fsynced on each
+        /// commit), so a committed transition survives a power loss or a kernel crash. The default.
+        case full
+        /// `PRAGMA synchronous = NORMAL` (what WAL mode otherwise runs with): a commit survives the process
+        /// crashing, but the last commits may be lost if the machine loses power before a checkpoint.
+        case normal
+
+        var pragma: String { self == .full ? "FULL" : "NORMAL" }
+    }
+
     /// Opens (or creates) the store at `path` in WAL mode.
     ///
     /// - Parameters:
     ///   - path: The database file.
     ///   - idPrefix: Prefix of the job ids this store makes.
     ///   - now: The wall clock, as time since the Unix epoch (injected in tests).
+    ///   - durability: ``Durability/full`` unless a lost commit after a power cut is acceptable.
     /// - Throws: ``StoreError/Code/unavailable`` when the file cannot be opened or migrated.
     public init(
         path: String,
         idPrefix: String = "job",
+        durability: Durability = .full,
         now: @escaping @Sendable () -> Duration = SQLiteJobStore.wallClock
     )
         throws
@@ -32,13 +46,21 @@ public final class SQLiteJobStore: JobStore {
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
         do {
-            writer = try DatabasePool(path: path, configuration: configuration)
+            let pool = try DatabasePool(path: path, configuration: configuration)
+            // GRDB sets NORMAL when it turns WAL on; the writer connection is the one whose commits must last.
+            try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = \(durability.pragma)") }
+            writer = pool
         } catch {
             throw StoreError(.unavailable, "cannot open the job store at \(path)", underlying: error)
         }
         self.now = now
         self.idPrefix = idPrefix
         try migrate()
+    }
+
+    /// The writer connection's `PRAGMA synchronous`: 2 for FULL, 1 for NORMAL.
+    public func synchronousSetting() async throws -> Int {
+        try await writer.write { try Int.fetchOne($0, sql: "PRAGMA synchronous") ?? -1 }
     }
 
     /// A store in memory (tests): the same SQL, gone with the process.

@@ -220,6 +220,15 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await store.jobs(matching: JobQuery(limit: 1)).count == 1)
     }
 
+    /// The README promises that a committed transition survives a power cut: that needs `synchronous = FULL`
+    /// on the connection that commits (WAL mode otherwise runs with NORMAL).
+    @Test func sqliteCommitsWithSynchronousFULLByDefault() async throws {
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        #expect(try await SQLiteJobStore(path: path).synchronousSetting() == 2)
+        let relaxed = temporaryDirectory().appendingPathComponent("normal.sqlite").path
+        #expect(try await SQLiteJobStore(path: relaxed, durability: .normal).synchronousSetting() == 1)
+    }
+
     @Test func sqliteJobsSurviveReopeningTheFile() async throws {
         let clock = ManualClock()
         let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path

@@ -1,5 +1,9 @@
 public import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Where finished media lives: a folder, written atomically (temporary file, checks, rename).
 public struct ArtifactStore: Sendable {
     public let root: URL
@@ -46,10 +50,14 @@ public struct ArtifactStore: Sendable {
         let (size, hash) = try Self.checkedDigest(staging, format: output.format, provider: provider)
         let destination = finalURL(job: job, request: request, format: output.format)
         do {
+            // The bytes reach the disk before the name does, and the name before the job is recorded as done:
+            // after a power cut, a job the store calls succeeded has its whole file.
+            try Self.flush(staging)
             if FileManager.default.fileExists(atPath: destination.path) {
                 try FileManager.default.removeItem(at: destination)
             }
             try FileManager.default.moveItem(at: staging, to: destination)
+            try Self.flush(destination.deletingLastPathComponent(), directory: true)
         } catch {
             throw GenerationError(.transient, "could not move the artifact into place: \(error.localizedDescription)")
         }
@@ -81,6 +89,14 @@ public struct ArtifactStore: Sendable {
         var copy = artifact
         copy.url = destination
         return copy
+    }
+
+    /// `fsync` of a file, or of a folder (which makes a rename in it durable).
+    static func flush(_ url: URL, directory: Bool = false) throws {
+        let descriptor = open(url.path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY)
+        guard descriptor >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+        defer { close(descriptor) }
+        guard fsync(descriptor) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
     }
 
     /// Hex SHA-256 of a file's bytes, read in 1 MiB chunks.
