@@ -482,32 +482,6 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         #expect(bench.fake.state.submissions().count == 5)
         await bench.fake.stop()
     }
-
-    /// A 128 MB video goes to disk in chunks: the process grows by a small fraction of it.
-    @Test func aLargeDownloadIsStreamedWithBoundedMemory() async throws {
-        let size = 128 << 20
-        let bench = try await FakeBench.start(.runway, options: { $0.videoBytes = size }, http: sharedTestHTTPClient)
-        let before = residentBytes()
-        let peak = Locked(before)
-        let sampler = Task {
-            while !Task.isCancelled {
-                let now = residentBytes()
-                peak.withLock { $0 = max($0, now) }
-                try? await Task.sleep(for: .milliseconds(5))
-            }
-        }
-        let (results, _) = try await runAgainstFakes(
-            [bench.provider],
-            [.video(prompt: "a long take", duration: .seconds(10), resolution: .p720)]
-        )
-        sampler.cancel()
-        let artifact = try #require(results[0].artifact, "\(results[0].error?.description ?? "")")
-        #expect(artifact.byteCount == Int64(size))
-        let growth = peak.value - before
-        #expect(growth < 40 << 20, "resident memory grew \(growth >> 20) MB for a \(size >> 20) MB download")
-        try? FileManager.default.removeItem(at: artifact.url)
-        await bench.fake.stop()
-    }
 }
 
 func residentBytes() -> Int {

@@ -255,4 +255,7 @@ public final class SingleFlight<Value: Sendable>: Sendable {
     }
 
     public var inFlightCount: Int { state.withLock { $0.inFlight.count } }
+
+    /// How many followers wait for `key`'s leader.
+    public func followerCount(_ key: String) -> Int { state.withLock { $0.inFlight[key]?.count ?? 0 } }
 }
