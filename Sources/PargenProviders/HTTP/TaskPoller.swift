@@ -8,11 +8,16 @@ package enum PollStep<Result: Sendable>: Sendable {
     /// Accepted but held back for load (Runway `THROTTLED`).
     case throttled
     case done(Result)
+    /// The task itself ended without a result. The error's code says whether a new task may succeed
+    /// (``GenerationError/Code/transient``: the engine submits again under a new attempt key) or not
+    /// (``GenerationError/Code/terminal``). Unlike a failed look, this ends the polling at once.
+    case failed(GenerationError)
 }
 
 /// Polls a submitted task to its end. A failed look (5xx, 429, time-out, malformed body) never ends the
 /// task, since ending it would mean submitting and paying again: it waits and looks again, until the task
-/// timeout, when the job is dead-lettered with its task id for a person to reconcile.
+/// timeout, when the job is dead-lettered with its task id for a person to reconcile. A task that the
+/// provider reports as failed (``PollStep/failed(_:)``) ends the polling at once, with the provider's reason.
 package struct TaskPoller: Sendable {
     package let http: ProviderHTTP
     package let context: ProviderCallContext
@@ -34,10 +39,13 @@ package struct TaskPoller: Sendable {
         while true {
             try Task.checkCancellation()
             var wait = interval
+            var taskFailure: GenerationError?
             do {
                 switch try await look() {
                 case .done(let result):
                     return result
+                case .failed(let error):
+                    taskFailure = error
                 case .running(let progress, let after):
                     failures = 0
                     if let progress { context.reportProgress(progress) }
@@ -64,6 +72,7 @@ package struct TaskPoller: Sendable {
                     ]
                 )
             }
+            if let taskFailure { throw taskFailure }
             if clock.now + wait > deadline {
                 throw GenerationError(
                     .terminal,

@@ -151,12 +151,12 @@ public struct RunwayProvider: AccessCheckable {
             let reason = json["failure"]?.string ?? "generation failed"
             // Safety refusals are final; internal failures may pass on a new task.
             let retryable = code.hasPrefix("INTERNAL") || code == "INPUT_PREPROCESSING.INTERNAL"
-            throw GenerationError(
+            return .failed(GenerationError(
                 retryable ? .transient : .terminal,
                 "task \(id) failed: \(reason)",
                 provider: descriptor.name,
                 providerCode: code
-            )
+            ))
         case "CANCELLED":
             throw GenerationError(
                 .terminal,
