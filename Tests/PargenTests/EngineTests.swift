@@ -189,6 +189,42 @@ import Testing
     /// On a clock the test moves by hand, the provider's own call log shows each user at most 5 calls until a
     /// minute has passed, and the rest right after. (Pargen's own event times on a clock that jumps could agree
     /// with a broken limiter.)
+    /// Charges above the estimate, with four calls in flight at once, against each kind of budget. A budget
+    /// is checked at reservation against what is charged plus what is reserved, so the only overspend possible
+    /// is the overrun of calls already in flight when the budget filled: at most 4 × $0.50 here. The ledger
+    /// balances and every job ends succeeded or budget_exceeded.
+    @Test(arguments: ["global", "campaign", "defaultPerProject"])
+    func budgetsHoldUnderConcurrencyWhenChargesExceedTheEstimate(_ scope: String) async throws {
+        let provider = ScriptedProvider(
+            name: "p",
+            pricing: ProviderPricing(perRequest: .dollars(1)),
+            quota: ProviderQuota(concurrentTasks: 4)
+        ) { _, _ in .succeed(latency: .seconds(1), cost: Money(parsing: "1.50")!) }
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        switch scope {
+        case "global": configuration.budgets.global = .dollars(10)
+        case "campaign": configuration.budgets.perCampaign["spring"] = .dollars(10)
+        default: configuration.budgets.defaultPerProject = .dollars(10)
+        }
+        let generator = makeGenerator([provider], configuration: configuration)
+        try await generator.start()
+        let results = try await generator.generate(
+            (0..<20).map { GenerationRequest.audio(prompt: "line \($0)", project: "ads", campaign: "spring") }
+        )
+        try await generator.stop()
+        let succeeded = results.filter(\.succeeded).count
+        let charged = results.reduce(Money.zero) { $0 + $1.actualCost }
+        #expect(charged == Money(parsing: "1.50")! * Int64(succeeded))
+        #expect(charged <= .dollars(12), "\(scope): charged \(charged) against a $10 budget")
+        #expect(succeeded >= 6, "\(scope): the budget was used (\(succeeded) succeeded)")
+        #expect(results.allSatisfy { $0.succeeded || $0.error?.code == .budgetExceeded })
+        #expect(provider.calls.count == succeeded, "no call was made that the budget refused")
+        let stats = await generator.systemStats()
+        #expect(stats.costMonitor.ledgerBalances && stats.costMonitor.outstanding == .zero)
+        let ledger = try await generator.store.ledgerTotals()
+        #expect(ledger.balances && ledger.charged == charged && ledger.pending == .zero)
+    }
+
     @Test func perUserLimitHoldsForEverySubmissionAcrossTheWholePipeline() async throws {
         let clock = ManualClock()
         let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .zero) }

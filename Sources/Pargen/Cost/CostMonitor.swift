@@ -43,8 +43,16 @@ public final class CostMonitor: Sendable {
 
     struct Open {
         var amount: Money
+        /// The provider's price-list estimate that `amount` was scaled from.
+        var estimate: Money
         var scopes: [BudgetScope]
         var provider: String
+    }
+
+    /// The largest charge-to-estimate ratio a provider has billed, as the pair of amounts.
+    struct Overrun {
+        var actual: Int64
+        var estimate: Int64
     }
 
     struct ScopeBook {
@@ -70,6 +78,7 @@ public final class CostMonitor: Sendable {
         var released = Money.zero
         var settlements: Deque<(time: Duration, amount: Money)> = []
         var alerts: [BudgetAlert] = []
+        var overruns: [String: Overrun] = [:]
     }
 
     public let configuration: PargenConfiguration.Budgets
@@ -90,7 +99,26 @@ public final class CostMonitor: Sendable {
         }
     }
 
-    /// Reserves `amount` for `job` in its global, project and campaign scopes, all or nothing.
+    /// What a call estimated at `estimate` is expected to cost at `provider`: the estimate, scaled up by the
+    /// largest charge-to-estimate ratio the provider has billed so far (never down). Once a provider is seen to
+    /// bill more than its price list says, every later reservation for it is of the higher amount, so a budget
+    /// can only be overrun by the calls that were already under way when the first overrun was settled.
+    public func expectedCost(_ estimate: Money, provider: String) -> Money {
+        state.withLock { Self.scaled(estimate, by: $0.overruns[provider]) }
+    }
+
+    private static func scaled(_ estimate: Money, by overrun: Overrun?) -> Money {
+        guard let overrun, overrun.estimate > 0, overrun.actual > overrun.estimate else { return estimate }
+        let product = estimate.nanos.multipliedFullWidth(by: overrun.actual)
+        guard product.high < overrun.estimate / 2 else { return Money(nanos: .max) }
+        let (quotient, remainder) = overrun.estimate.dividingFullWidth(product)
+        return Money(nanos: remainder > 0 && quotient < .max ? quotient + 1 : quotient)
+    }
+
+    /// Reserves the expected cost (``expectedCost(_:provider:)``) of a call estimated at `amount` for `job` in
+    /// its global, project and campaign scopes, all or nothing. Reserving again replaces the job's own
+    /// reservation: the engine reserves once when it picks the provider, and again right before the call, when
+    /// the provider's overruns seen meanwhile are known.
     ///
     /// - Returns: ``Reservation/reserved``, or ``Reservation/held(scope:limit:committed:canFree:)`` naming
     ///   the first budget that would be exceeded. Returns the alerts this reservation raised.
@@ -103,7 +131,9 @@ public final class CostMonitor: Sendable {
     ) -> (Reservation, [BudgetAlert]) {
         let scopes: [BudgetScope] = [.global, .project(project), .campaign(campaign)]
         return state.withLock { state in
-            if let existing = state.open[job] {
+            let estimate = amount
+            let amount = Self.scaled(estimate, by: state.overruns[provider])
+            if let existing = state.open.removeValue(forKey: job) {
                 // Idempotent: the same job reserving again replaces its own reservation.
                 Self.drop(existing, from: &state)
                 state.reserved = state.reserved - existing.amount
@@ -119,7 +149,7 @@ public final class CostMonitor: Sendable {
                     )
                 }
             }
-            state.open[job] = Open(amount: amount, scopes: scopes, provider: provider)
+            state.open[job] = Open(amount: amount, estimate: estimate, scopes: scopes, provider: provider)
             state.reserved = state.reserved + amount
             for scope in scopes {
                 let outstanding = state.scopes[scope]?.outstanding ?? .zero
@@ -137,6 +167,16 @@ public final class CostMonitor: Sendable {
             guard let open = state.open.removeValue(forKey: job) else { return [] }
             Self.drop(open, from: &state)
             if actual > open.amount { state.reserved = state.reserved + (actual - open.amount) }
+            if actual > open.estimate, open.estimate > .zero {
+                let worst = state.overruns[open.provider]
+                // actual / estimate > worst.actual / worst.estimate, compared without division or overflow.
+                let larger =
+                    worst.map {
+                        actual.nanos.multipliedFullWidth(by: $0.estimate)
+                            > open.estimate.nanos.multipliedFullWidth(by: $0.actual)
+                    } ?? true
+                if larger { state.overruns[open.provider] = Overrun(actual: actual.nanos, estimate: open.estimate.nanos) }
+            }
             state.charged = state.charged + actual
             state.released = state.released + max(.zero, open.amount - actual)
             for scope in open.scopes {

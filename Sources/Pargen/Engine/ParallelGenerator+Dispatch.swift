@@ -398,10 +398,38 @@ extension ParallelGenerator {
             defer { pool.release(resources) }
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
             if resumeTaskID == nil {
+                // Reserve again right before the call: while this job waited for its slot and window, others may
+                // have settled above their estimates, and the budget must see what this call is now expected to
+                // cost. Only the calls already under way can then overrun a budget.
+                let (recheck, alerts) = costs.reserve(
+                    estimate,
+                    for: id,
+                    project: request.project,
+                    campaign: request.campaign,
+                    provider: name
+                )
+                for alert in alerts { publish(.budgetAlert(alert)) }
+                if case .held(let scope, let limit, let committed, let canFree) = recheck {
+                    let expected = costs.expectedCost(estimate, provider: name)
+                    let message =
+                        "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(expected) (\(name) bills above its estimate)"
+                    guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
+                    progress(record, .heldByBudget, message: message)
+                    try? await shielded {
+                        try await self.store.retry(
+                            lease,
+                            error: nil,
+                            after: self.retryPolicy.ceiling(afterAttempt: 1),
+                            spendAttempt: false,
+                            failedProvider: nil
+                        )
+                    }
+                    return .retryLater
+                }
                 try await store.beginAttempt(
                     lease,
                     provider: name,
-                    reserving: estimate,
+                    reserving: costs.expectedCost(estimate, provider: name),
                     idempotentSubmission: descriptor.idempotentSubmission
                 )
             }
