@@ -297,3 +297,56 @@ import Testing
         await #expect(throws: CancellationError.self) { try await waiter.value }
     }
 }
+
+/// The room a provider's window keeps back for jobs that hold (or wait for) one of its concurrency slots:
+/// plain requests leave it; slot holders may use the whole window; it is never more than the slot holders
+/// waiting, and never the whole window.
+@Suite struct SlotHolderReservationTests {
+    static let quota = ProviderQuota(
+        requestsPerMinute: 10,
+        concurrentTasks: 2,
+        window: .seconds(60),
+        margin: .zero,
+        concurrencyKinds: [.video]
+    )
+
+    /// Admits plain requests at `time` until one is refused; returns how many got in.
+    func plainAdmitted(_ limiter: RateLimiter, at time: Duration) -> Int {
+        var admitted = 0
+        while admitted < 100, limiter.tryAcquire(user: "u", project: "x", provider: "p", at: time) == .admitted {
+            admitted += 1
+        }
+        return admitted
+    }
+
+    @Test func nothingIsKeptBackWhenNoSlotHolderWaits() {
+        let limiter = RateLimiter(configuration: .unlimited, providerQuotas: ["p": Self.quota]) { _ in 0 }
+        #expect(plainAdmitted(limiter, at: .zero) == 10)
+    }
+
+    @Test func roomKeptBackNeverExceedsTheSlotHoldersWaiting() {
+        for waiting in [1, 3] {
+            let limiter = RateLimiter(configuration: .unlimited, providerQuotas: ["p": Self.quota]) { _ in waiting }
+            // Before any task time is known the cap is half the window (5): the waiting count decides.
+            #expect(plainAdmitted(limiter, at: .zero) == 10 - waiting, "\(waiting) waiting")
+            // What was kept is there for a slot holder.
+            for _ in 0..<waiting {
+                #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", holdsSlot: true, at: .zero) == .admitted)
+            }
+            #expect(limiter.tryAcquire(user: "u", project: "x", provider: "p", holdsSlot: true, at: .zero) != .admitted)
+        }
+    }
+
+    @Test func roomKeptBackIsWhatTheSlotsCanStartWithinTheWindow() {
+        // 30 s tasks on 2 slots: at most 2 × ceil(60 / 30) = 4 slot-holder starts in a window, however many wait.
+        let limiter = RateLimiter(configuration: .unlimited, providerQuotas: ["p": Self.quota]) { _ in 50 }
+        limiter.recordTaskDuration(provider: "p", .seconds(30))
+        #expect(plainAdmitted(limiter, at: .zero) == 6)
+        // With no task time yet, half the window; never the whole window (one plain request always fits).
+        let fresh = RateLimiter(configuration: .unlimited, providerQuotas: ["p": Self.quota]) { _ in 50 }
+        #expect(plainAdmitted(fresh, at: .zero) == 5)
+        let long = RateLimiter(configuration: .unlimited, providerQuotas: ["p": Self.quota]) { _ in 50 }
+        long.recordTaskDuration(provider: "p", .milliseconds(1))
+        #expect(plainAdmitted(long, at: .zero) == 1, "a cap above the window still leaves one plain request")
+    }
+}
