@@ -225,6 +225,40 @@ import Testing
         #expect(ledger.balances && ledger.charged == charged && ledger.pending == .zero)
     }
 
+    /// A provider call that runs five times longer than a lease, on a store whose leases can be rescued (SQLite,
+    /// on the test's clock): the engine renews the lease while the call runs, so the rescuer never hands the job
+    /// to a second run, and the provider sees one call.
+    @Test func aCallThatOutlivesItsLeaseIsNeverRunTwice() async throws {
+        let clock = ManualClock()
+        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(15)) }
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        configuration.leaseDuration = .seconds(3)
+        configuration.batching.pacingJitter = .zero
+        let store = try SQLiteJobStore(
+            path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path,
+            now: { .seconds(1_767_225_600) + clock.now.offset }
+        )
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock)
+        )
+        try await generator.start()
+        let run = Task { try await generator.generate([.audio(prompt: "a long call")]) }
+        // Move time on in half seconds, letting the engine act between steps, for 20 s of clock time.
+        for _ in 0..<40 {
+            try await Task.sleep(for: .milliseconds(10))
+            clock.advance(by: .milliseconds(500))
+        }
+        let results = try await run.value
+        try await generator.stop()
+        #expect(results[0].succeeded, "\(String(describing: results[0].error))")
+        #expect(results[0].attempts == 1)
+        #expect(provider.calls.count == 1, "the provider saw \(provider.calls.count) calls for one job")
+    }
+
     @Test func perUserLimitHoldsForEverySubmissionAcrossTheWholePipeline() async throws {
         let clock = ManualClock()
         let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .zero) }

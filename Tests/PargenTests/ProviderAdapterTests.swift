@@ -240,6 +240,46 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         await close()
     }
 
+    /// A crash right after the task id was stored: a new process resumes the task by its id, polls it and
+    /// fetches the result, and the provider sees exactly one submission.
+    @Test(arguments: [ProviderProtocol.openai, .minimax, .runway])
+    func aVideoTaskIsResumedByItsIDAfterACrash(_ wire: ProviderProtocol) async throws {
+        let bench = try await FakeBench.start(wire, options: { $0.taskSeconds = 0.2...0.3 }, http: http)
+        let seconds: Int64 = wire == .minimax ? 6 : wire == .openai ? 4 : 5
+        let request = validated(.video(prompt: "resumed after a crash", duration: .seconds(seconds), resolution: .p720))
+        let stored = Locked<String?>(nil)
+        struct Crash: Error {}
+        let crashing = ProviderCallContext(
+            destination: temporaryDirectory().appendingPathComponent("lost.mp4"),
+            clock: .continuous,
+            attempt: 1,
+            idempotencyKey: "job-1:1",
+            logger: Logger(label: "test"),
+            submitted: { id in
+                stored.withLock { $0 = id }
+                throw Crash()  // the process dies once the id is stored
+            }
+        )
+        await #expect(throws: Crash.self) { _ = try await bench.provider.generate(request, context: crashing) }
+        let taskID = try #require(stored.value)
+        let destination = temporaryDirectory().appendingPathComponent("resumed.mp4")
+        let resumed = ProviderCallContext(
+            destination: destination,
+            clock: .continuous,
+            attempt: 1,
+            idempotencyKey: "job-1:1",
+            logger: Logger(label: "test")
+        )
+        let output = try await bench.provider.resume(taskID: taskID, request: request, context: resumed)
+        #expect(output.format == .mp4)
+        let data = try Data(contentsOf: destination)
+        #expect(data.count == bench.fake.state.options.videoBytes)
+        #expect(data.dropFirst(4).starts(with: Array("ftyp".utf8)))
+        #expect(bench.fake.state.submissions().count == 1, "resuming submits nothing")
+        #expect(bench.fake.state.taskIDs().count == 1)
+        await bench.fake.stop()
+    }
+
     /// A job rescued after a crash with task id `SYNTHESIS#N` polls that synthesis and takes file N.
     @Test func azureResumesAMemberOfABatchSynthesis() async throws {
         let bench = try await FakeBench.start(.azure, http: http)
