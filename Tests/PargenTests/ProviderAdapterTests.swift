@@ -280,6 +280,62 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         await bench.fake.stop()
     }
 
+    /// One input of a batch synthesis fails at Azure (no file in the results, failedAudioCount 1): that line is
+    /// dead-lettered; the others keep their own files (one failure used to fail every member).
+    @Test func aFailedInputOfABatchSynthesisFailsAlone() async throws {
+        let bench = try await FakeBench.start(.azure, options: { $0.taskSeconds = 0.1...0.2 }, http: http)
+        var lines = (0..<10).map { "Partial batch line \($0)" }
+        lines[4] = "Partial batch line 4 [[fail]]"
+        var configuration = fakeTestConfiguration()
+        configuration.batching.maxJobsPerBatch = 10
+        configuration.resources.minimumFraction = 1
+        configuration.retry.maxAttempts = 1
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            lines.map { GenerationRequest.audio(prompt: $0, format: .wav) },
+            configuration: configuration
+        )
+        #expect(results[4].error?.providerCode == "result_unavailable", "\(String(describing: results[4].error))")
+        for (index, (line, result)) in zip(lines, results).enumerated() where index != 4 {
+            let data = try Data(contentsOf: try #require(result.artifact, "\(result.error?.description ?? "")").url)
+            #expect(data.dropFirst(16).starts(with: Array(line.utf8)))
+        }
+        #expect(bench.fake.state.submissions().filter(\.accepted).count == 1, "one synthesis for the ten lines")
+        await bench.fake.stop()
+        await close()
+    }
+
+    /// The answer to the batch create is lost (the fake made the synthesis, then hung): the adapter creates it
+    /// again under the same id, Azure answers 409 Conflict, and that is the same synthesis. Every line succeeds
+    /// on its first attempt, with one synthesis made and billed.
+    @Test func aRepeatedBatchCreateAnswers409AndIsTheSameSynthesis() async throws {
+        let bench = try await FakeBench.start(
+            .azure,
+            options: { $0.taskSeconds = 0.1...0.2 },
+            requestTimeout: .seconds(1),
+            http: http
+        )
+        var lines = (0..<10).map { "Conflict batch line \($0)" }
+        lines[0] += " [[hang]]"
+        var configuration = fakeTestConfiguration()
+        configuration.batching.maxJobsPerBatch = 10
+        configuration.resources.minimumFraction = 1
+        let (results, _) = try await runAgainstFakes(
+            [bench.provider],
+            lines.map { GenerationRequest.audio(prompt: $0, format: .wav) },
+            configuration: configuration
+        )
+        #expect(results.allSatisfy { $0.succeeded && $0.attempts == 1 }, "\(results.compactMap { $0.error?.description })")
+        #expect(bench.fake.state.submissions().filter(\.accepted).count == 1, "one synthesis")
+        #expect(bench.fake.state.taskIDs().count == 1)
+        for (line, result) in zip(lines, results) {
+            let data = try Data(contentsOf: try #require(result.artifact).url)
+            #expect(data.dropFirst(16).starts(with: Array(line.utf8)))
+        }
+        await bench.fake.stop()
+        await close()
+    }
+
     /// A job rescued after a crash with task id `SYNTHESIS#N` polls that synthesis and takes file N.
     @Test func azureResumesAMemberOfABatchSynthesis() async throws {
         let bench = try await FakeBench.start(.azure, http: http)

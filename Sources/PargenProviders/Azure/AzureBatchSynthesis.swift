@@ -78,7 +78,13 @@ actor AzureBatchCoalescer {
                     voice: voice,
                     format: format
                 )
-                for (member, output) in zip(members, outputs) { member.continuation.resume(returning: .done(output)) }
+                // Each member ends on its own: one input that failed does not take the others' files with it.
+                for (member, output) in zip(members, outputs) {
+                    switch output {
+                    case .success(let output): member.continuation.resume(returning: .done(output))
+                    case .failure(let error): member.continuation.resume(throwing: error)
+                    }
+                }
             } catch {
                 for member in members { member.continuation.resume(throwing: error) }
             }
@@ -113,7 +119,7 @@ struct AzureBatchClient: Sendable {
         voice: String,
         format: MediaFormat
     )
-        async throws -> [ProviderOutput]
+        async throws -> [Result<ProviderOutput, GenerationError>]
     {
         guard let first = members.first else { return [] }
         let id = Self.synthesisID(keys: members.map { $0.1.idempotencyKey })
@@ -130,24 +136,54 @@ struct AzureBatchClient: Sendable {
         ]
         var submit = headers
         submit.add(name: "Idempotency-Key", value: id)
-        let answer = try await http.send(
-            .PUT,
-            url(id),
-            headers: submit,
-            body: ByteBuffer(json: body),
-            answered: { for member in members { member.1.reportAnswered() } }
-        )
-        // The id is ours: "already exists" means an earlier attempt created it, which is the same synthesis.
+        // The id is ours, so creating it is idempotent: "already exists" (409) means an earlier PUT created it,
+        // which is the same synthesis, billed once. A PUT whose answer was lost on the way back is therefore sent
+        // again under the same id (at most three times) instead of failing the members, whose retry would make a
+        // new synthesis under new keys and pay for it again.
+        let creates = 3
+        var attempt = 1
+        var answer: HTTPExchange
+        while true {
+            do {
+                answer = try await http.send(
+                    .PUT,
+                    url(id),
+                    headers: submit,
+                    body: ByteBuffer(json: body),
+                    answered: { for member in members { member.1.reportAnswered() } }
+                )
+                break
+            } catch let error as GenerationError where error.code == .transient && attempt < creates {
+                try await first.1.clock.sleep(for: .milliseconds(200 * Int64(attempt)))
+                attempt += 1
+            }
+        }
         guard answer.isSuccess || answer.status == .conflict else { throw classify(answer) }
         for (index, member) in members.enumerated() { try await member.1.reportSubmitted(taskID: "\(id)#\(index + 1)") }
         let result = try await finish(id, context: first.1)
         defer { try? FileManager.default.removeItem(at: result) }
-        var outputs: [ProviderOutput] = []
+        var outputs: [Result<ProviderOutput, GenerationError>] = []
         for (index, member) in members.enumerated() {
-            try Self.extract(index: index + 1, from: result, to: member.1.destination, provider: http.provider)
-            outputs.append(
-                ProviderOutput(format: format, duration: member.0.duration, providerTaskID: "\(id)#\(index + 1)")
-            )
+            do {
+                try Self.extract(index: index + 1, from: result, to: member.1.destination, provider: http.provider)
+                outputs.append(
+                    .success(
+                        ProviderOutput(format: format, duration: member.0.duration, providerTaskID: "\(id)#\(index + 1)")
+                    )
+                )
+            } catch {
+                outputs.append(
+                    .failure(
+                        (error as? GenerationError)
+                            ?? GenerationError(
+                                .transient,
+                                "could not extract input \(index + 1): \(error)",
+                                provider: http.provider,
+                                providerCode: "malformed"
+                            )
+                    )
+                )
+            }
         }
         // The results are ours now; the synthesis need not wait out its time to live.
         _ = try? await http.send(.DELETE, url(id), headers: headers)
@@ -248,7 +284,7 @@ struct AzureBatchClient: Sendable {
         guard let entry = archive.first(where: { $0.path.hasPrefix(stem) && !$0.path.hasSuffix(".json") }) else {
             throw GenerationError(
                 .terminal,
-                "the result has no file \(stem)*",
+                "input \(index) of the synthesis failed: the result has no file \(stem)*",
                 provider: provider,
                 providerCode: "result_unavailable"
             )

@@ -982,8 +982,8 @@ extension FakeRoutes {
                 return refused
             }
             let task = state.createTask(prompt: prompt, video: false, prefix: "batch-")
-            try await hangIfChosen(prompt)
             _ = state.registerBatch(FakeBatch(id: id, taskID: task.id, texts: texts, format: format))
+            try await hangIfChosen(prompt)
             return Self.json(.created, azureBatch(id: id, task: task, count: texts.count, format: format))
         }
         router.get("/texttospeech/batchsyntheses/{id}") { request, context -> Response in
@@ -1041,8 +1041,9 @@ extension FakeRoutes {
         case .succeeded:
             object["status"] = "Succeeded"
             object["outputs"] = ["result": "\(base)/batch-results/\(id)?sv=2024&sig=fake"]
+            let failed = state.batch(id)?.texts.filter { $0.contains("[[fail]]") }.count ?? 0
             object["properties"] = [
-                "outputFormat": format, "succeededAudioCount": count, "failedAudioCount": 0,
+                "outputFormat": format, "succeededAudioCount": count - failed, "failedAudioCount": failed,
                 "billingDetails": ["neuralCharacters": task.prompt.count],
             ]
         case .failed, .cancelled:
@@ -1059,7 +1060,8 @@ extension FakeRoutes {
     static func batchZip(texts: [String], bytes: Int, format: String) throws -> Data {
         let archive = try Archive(accessMode: .create)
         let wav = format.hasPrefix("riff")
-        for (offset, text) in texts.enumerated() {
+        // An input containing [[fail]] failed on its own (as one input of a batch can): it has no file.
+        for (offset, text) in texts.enumerated() where !text.contains("[[fail]]") {
             let index = offset + 1
             let head = signature(wav ? "wav" : "mp3") + Array(text.utf8)
             let content = Data(head + [UInt8](repeating: 0x55, count: max(0, bytes - head.count)))

@@ -402,7 +402,8 @@ public final class FakeProviderState: Sendable {
                 submittedAt: now,
                 startedAt: nil,
                 seconds: seconds,
-                fails: prompt.contains("[[fail]]")
+                // A batch (several inputs, one per line) fails only input by input; a single task fails whole.
+                fails: prompt.contains("[[fail]]") && !prompt.contains("\n")
             )
             let slotFree = options.concurrentTasks.map { Self.running(state, now: now) < $0 } ?? true
             if slotFree { task.startedAt = now }
