@@ -113,3 +113,88 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
         await fake.stop()
     }
 }
+
+/// The command line's store lock, `--resume` and `providers check`, as a user meets them.
+@Suite(.timeLimit(.minutes(3))) struct CommandLineStoreTests {
+    /// While one `pargen run` holds a campaign's store, a second is refused with exit 2 and a message naming the
+    /// lock; after the first is interrupted, `run --resume` (no file) finishes the campaign, each line submitted
+    /// once.
+    @Test func aSecondRunIsRefusedAndResumeFinishesTheCampaign() async throws {
+        let folder = temporaryDirectory()
+        let campaign = folder.appendingPathComponent("campaign.jsonl")
+        let lines = (0..<80).map { "{\"type\": \"audio\", \"prompt\": \"locked line \($0)\", \"duration\": 8}" }
+        try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: campaign)
+        let out = folder.appendingPathComponent("out").path
+        let submitLog = folder.appendingPathComponent("submits.tsv")
+        var environment = ProcessInfo.processInfo.environment
+        environment["PARGEN_LOCAL_SUBMIT_LOG"] = submitLog.path
+        environment["SWIFT_BACKTRACE"] = "enable=no"
+        let first = Process()
+        first.executableURL = CommandLineTests.executable
+        // The default per-user window (60 a minute) would hold the 80 lines of this one user for a minute.
+        let options = ["--out", out, "--reliable", "--no-progress", "--per-user-rpm", "1000"]
+        first.arguments = ["run", campaign.path] + options
+        first.environment = environment
+        first.standardOutput = FileHandle.nullDevice
+        first.standardError = FileHandle.nullDevice
+        try first.run()
+        let deadline = ContinuousClock.now + .seconds(60)
+        while CrashRecoveryTests.lines(of: submitLog).isEmpty && first.isRunning && ContinuousClock.now < deadline {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        #expect(first.isRunning, "the first run is still going")
+        let second = try await pargenAsync(
+            ["run", campaign.path] + options,
+            environment: ["PARGEN_LOCAL_SUBMIT_LOG": submitLog.path]
+        )
+        #expect(second.status == 2, "\(second.output)")
+        #expect(second.output.contains("another pargen is running this campaign"), "\(second.output)")
+        kill(first.processIdentifier, SIGINT)
+        try await CrashRecoveryTests.waitForExit(first)
+        #expect(first.terminationStatus == 130)
+        let resumed = try await pargenAsync(
+            ["run", "--resume"] + options,
+            environment: ["PARGEN_LOCAL_SUBMIT_LOG": submitLog.path]
+        )
+        #expect(resumed.status == 0, "\(resumed.output)")
+        #expect(resumed.output.contains("continuing the campaign"), "\(resumed.output)")
+        #expect(resumed.output.contains("80 succeeded"), "\(resumed.output)")
+        let jobs = Set(CrashRecoveryTests.lines(of: submitLog).map { $0.split(separator: ":")[0] })
+        #expect(jobs.count == 80 && CrashRecoveryTests.lines(of: submitLog).count == 80, "each line submitted once")
+    }
+
+    /// `providers check` makes one authenticated call per provider: exit 0 when every key works; exit 1 naming
+    /// the provider and the provider's answer when one does not, and the key never appears.
+    @Test func providersCheckTriesEachKeyAndNeverPrintsIt() async throws {
+        let key = "sk-check-key-0123456789abcdef"
+        let openai = try await FakeProviderServer.start(FakeProviderOptions(wireProtocol: .openai, apiKey: key))
+        let runway = try await FakeProviderServer.start(FakeProviderOptions(wireProtocol: .runway, apiKey: key))
+        let config = temporaryDirectory().appendingPathComponent("pargen.yaml")
+        try Data(
+            """
+            providers:
+              openai:
+                baseURL: \(openai.baseURL)
+                apiKeyEnv: CHECK_OPENAI_KEY
+              runway:
+                baseURL: \(runway.baseURL)
+                apiKeyEnv: CHECK_RUNWAY_KEY
+            """.utf8
+        ).write(to: config)
+        let good = try await pargenAsync(
+            ["providers", "check", "--config", config.path],
+            environment: ["CHECK_OPENAI_KEY": key, "CHECK_RUNWAY_KEY": key]
+        )
+        #expect(good.status == 0, "\(good.output)")
+        let wrong = "rw-wrong-key-9876543210"
+        let bad = try await pargenAsync(
+            ["providers", "check", "--config", config.path],
+            environment: ["CHECK_OPENAI_KEY": key, "CHECK_RUNWAY_KEY": wrong]
+        )
+        #expect(bad.status == 1, "\(bad.output)")
+        #expect(bad.output.contains("runway") && bad.output.contains("401"), "\(bad.output)")
+        #expect(!bad.output.contains(wrong) && !bad.output.contains(key), "no key in the output")
+        await openai.stop()
+        await runway.stop()
+    }
+}
