@@ -203,6 +203,9 @@ struct FakeProvider: AsyncParsableCommand {
     @Option(help: "Share of result links expired on first use (0-1).")
     var expiredRate: Double = 0
 
+    @Option(help: "Share of video tasks that end in the provider's internal failure, in its own codes (0-1).")
+    var taskFailureRate: Double = 0
+
     @Option(help: "Seconds until the fake stops by itself.")
     var lifetime: Double = 600
 
@@ -221,11 +224,11 @@ struct FakeProvider: AsyncParsableCommand {
         }
         for (name, rate) in [
             ("--error-rate", errorRate), ("--hang-rate", hangRate), ("--malformed-rate", malformedRate),
-            ("--truncate-rate", truncateRate), ("--expired-rate", expiredRate),
+            ("--truncate-rate", truncateRate), ("--expired-rate", expiredRate), ("--task-failure-rate", taskFailureRate),
         ] where !(0...1).contains(rate) {
             throw ValidationError("\(name) must be between 0 and 1")
         }
-        let options = FakeProviderOptions(
+        var options = FakeProviderOptions(
             wireProtocol: wire,
             apiKey: apiKey,
             requestsPerWindow: rpm,
@@ -240,6 +243,7 @@ struct FakeProvider: AsyncParsableCommand {
             lifetime: .milliseconds(Int64(lifetime * 1000)),
             logFile: log.map { URL(fileURLWithPath: $0) }
         )
+        options.taskFailureRate = taskFailureRate
         let fake = try await FakeProviderServer.start(options, port: port)
         print("fake \(wire.rawValue) listening on \(fake.baseURL) for \(lifetime.formatted1) s (Ctrl-C stops it)")
         fflush(nil)

@@ -148,8 +148,13 @@ struct DLQ: AsyncParsableCommand {
         func run() async throws {
             let jobs = try await target.store().jobs(matching: JobQuery(states: [.deadLettered, .needsReconciliation]))
             for job in jobs {
-                print("\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\tattempts \(job.attempts)")
-                for error in job.errors { print("    \(error)") }
+                let tasks = Set(job.errors.compactMap(\.taskID)).count
+                print("\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\tattempts \(job.attempts)\ttasks \(tasks)")
+                for error in job.errors {
+                    let attempt = error.attemptKey.map { "[\($0)] " } ?? ""
+                    let cost = error.charged.map { " (charged \($0))" } ?? ""
+                    print("    \(attempt)\(error)\(cost)")
+                }
             }
             print("\(jobs.count) dead-lettered")
         }

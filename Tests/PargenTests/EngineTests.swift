@@ -274,26 +274,21 @@ import Testing
         // 10 requests from each of three users.
         let requests = (0..<30).map { GenerationRequest.audio(prompt: "line \($0)", user: "u\($0 % 3)") }
         let run = Task { try await generator.generate(requests) }
-        /// Waits (in real time) until the provider's call count has not moved for 200 ms.
-        func settled() async throws -> Int {
-            var last = -1
-            var stableSince = ContinuousClock.now
-            while true {
-                let count = provider.calls.count
-                if count != last {
-                    last = count
-                    stableSince = .now
-                } else if ContinuousClock.now - stableSince > .milliseconds(200) {
-                    return count
-                }
+        /// Waits (in real time, at most 20 s) until the provider has `count` calls, then 300 ms more, and returns
+        /// the count then: more calls than expected show up too.
+        func calls(reaching count: Int) async throws -> Int {
+            let deadline = ContinuousClock.now + .seconds(20)
+            while provider.calls.count < count && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
             }
+            try await Task.sleep(for: .milliseconds(300))
+            return provider.calls.count
         }
         func perUser() -> [String: Int] { Dictionary(provider.calls.map { ($0.user, 1) }, uniquingKeysWith: +) }
-        #expect(try await settled() == 15, "5 per user in the first minute")
+        #expect(try await calls(reaching: 15) == 15, "5 per user in the first minute")
         #expect(perUser() == ["u0": 5, "u1": 5, "u2": 5])
         clock.advance(by: .seconds(59))
-        #expect(try await settled() == 15, "nobody gets a 6th call within the minute")
+        #expect(try await calls(reaching: 15) == 15, "nobody gets a 6th call within the minute")
         clock.advance(by: .seconds(1) + .milliseconds(1))
         // Any sleeper the engine set for the window's end has come due; move on until all calls are made.
         for _ in 0..<200 where provider.calls.count < 30 {

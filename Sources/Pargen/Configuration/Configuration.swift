@@ -178,14 +178,19 @@ public struct PargenConfiguration: Sendable {
         public var maxDelay: Duration
         /// Rate-limit snoozes per job before it counts as a failure. Default 100.
         public var maxSnoozes: Int
+        /// New tasks a job may be given after tasks that failed for a reason the provider did not name
+        /// (``GenerationError/Code/taskFailed``), within ``maxAttempts``. Default 2, so at most 3 such tasks.
+        public var failedTasks: Int
 
         public init(
             maxAttempts: Int = 5,
             baseDelay: Duration = .seconds(1),
             multiplier: Double = 2,
             maxDelay: Duration = .seconds(60),
-            maxSnoozes: Int = 100
+            maxSnoozes: Int = 100,
+            failedTasks: Int = 2
         ) {
+            self.failedTasks = failedTasks
             self.maxAttempts = maxAttempts
             self.baseDelay = baseDelay
             self.multiplier = multiplier

@@ -346,6 +346,10 @@ extension ParallelGenerator {
         // with it, so that jobs for other providers are not held up behind a provider's quota.
         submitted.fire()
         let holdsSlot = descriptor.quota.holdsSlot(request.kind)
+        // The attempt this call is (its key is JOB:ATTEMPT) and the task id the provider gave it, for the record
+        // of a failure.
+        let attemptNumber = resumeTaskID == nil ? record.attempts + 1 : record.attempts
+        let taskSeen = Locked<String?>(resumeTaskID)
         do {
             // First the provider's concurrency slot (a provider without a concurrency quota still has its
             // adaptive limit, cut on throttling), then its window, then this machine's resources. Waiting for
@@ -433,7 +437,7 @@ extension ParallelGenerator {
                     idempotentSubmission: descriptor.idempotentSubmission
                 )
             }
-            let attempt = resumeTaskID == nil ? record.attempts + 1 : record.attempts
+            let attempt = attemptNumber
             progress(record, .submitted, provider: name)
             submitted.fire()
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
@@ -446,6 +450,7 @@ extension ParallelGenerator {
                 idempotencyKey: "\(id):\(attempt)",
                 logger: logger,
                 submitted: { taskID in
+                    taskSeen.withLock { $0 = taskID }
                     arrived.fire()
                     self.hooks.afterProviderAccepted(id)
                     try await self.store.recordSubmission(lease, taskID: taskID)
@@ -514,14 +519,22 @@ extension ParallelGenerator {
             return .success(artifact)
         } catch {
             costs.release(id)
-            return await handleFailure(error, job: job, provider: name)
+            return await handleFailure(
+                error,
+                job: job,
+                provider: name,
+                attemptKey: "\(id):\(attemptNumber)",
+                taskID: taskSeen.value
+            )
         }
     }
 
     private func handleFailure(
         _ error: any Error,
         job: LeasedJob,
-        provider name: String
+        provider name: String,
+        attemptKey: String? = nil,
+        taskID: String? = nil
     ) async
         -> FlightOutcome
     {
@@ -544,6 +557,9 @@ extension ParallelGenerator {
         let usesSlot = providers[name].map { Self.usesProviderSlot($0.descriptor, record.request.kind) } ?? false
         var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
         if classified.provider == nil { classified.provider = name }
+        // Each failed attempt is its own record: its key, and the task it used, if the provider accepted one.
+        classified.attemptKey = classified.attemptKey ?? attemptKey
+        classified.taskID = classified.taskID ?? taskID
         let failure = classified
         switch failure.code {
         case .rateLimited:
@@ -551,7 +567,7 @@ extension ParallelGenerator {
             if usesSlot { pool.recordProviderOutcome(name, .throttled) }
             balancer.recordNeutral(name, throttled: true)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
-        case .transient, .artifactInvalid:
+        case .transient, .artifactInvalid, .taskFailed:
             balancer.recordFailure(name, at: now)
             if usesSlot && failure.providerCode == "timeout" { pool.recordProviderOutcome(name, .timeout) }
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
@@ -560,10 +576,13 @@ extension ParallelGenerator {
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
         }
         let attempts = record.attempts + 1
+        let failedTasks =
+            record.errors.filter { $0.code == .taskFailed }.count + (failure.code == .taskFailed ? 1 : 0)
         switch retryPolicy.disposition(
             for: failure,
             attempts: attempts,
             snoozes: record.snoozes,
+            failedTasks: failedTasks,
             unit: random.unit()
         )
         {
@@ -605,12 +624,20 @@ extension ParallelGenerator {
         case .deadLetter:
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
             if failure.code.isRetryable {
-                let exhausted = GenerationError(
+                let reason =
+                    failure.code == .taskFailed && attempts < configuration.retry.maxAttempts
+                    ? "gave up after \(failedTasks) tasks that failed for a reason \(name) did not name (retry.failedTasks is \(configuration.retry.failedTasks))"
+                    : "gave up after \(attempts) attempts"
+                // The last attempt's own record (its key, task and cost) stays in the history, under this code.
+                var exhausted = GenerationError(
                     .attemptsExhausted,
-                    "gave up after \(attempts) attempts: \(failure.message)",
+                    "\(reason): \(failure.message)",
                     provider: name,
                     providerCode: failure.providerCode
                 )
+                exhausted.attemptKey = failure.attemptKey
+                exhausted.taskID = failure.taskID
+                exhausted.charged = failure.charged
                 _ = await deadLetter(job, exhausted)
                 return .retryLater
             }

@@ -15,6 +15,7 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
             case attemptsExhausted = "attempts_exhausted"
             case artifactInvalid = "artifact_invalid"
             case needsReconciliation = "needs_reconciliation"
+            case taskFailed = "task_failed"
         }
         private let base: Base
         private init(_ base: Base) { self.base = base }
@@ -38,11 +39,17 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
         public static let artifactInvalid = Code(.artifactInvalid)
         /// A crash came between submitting to the provider and recording the task id: a person decides.
         public static let needsReconciliation = Code(.needsReconciliation)
+        /// The provider's task ended in failure for a reason the adapter does not know (neither a refusal nor an
+        /// internal failure it documents): a new task may succeed, within the smaller budget
+        /// ``PargenConfiguration/Retry/failedTasks``.
+        public static let taskFailed = Code(.taskFailed)
 
         public var description: String { base.rawValue }
 
         /// Whether another attempt may succeed.
-        public var isRetryable: Bool { self == .transient || self == .rateLimited || self == .artifactInvalid }
+        public var isRetryable: Bool {
+            self == .transient || self == .rateLimited || self == .artifactInvalid || self == .taskFailed
+        }
     }
 
     public var code: Code
@@ -56,6 +63,14 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
     public var retryAfter: Duration?
     /// For validation errors: the field that is wrong.
     public var field: String?
+    /// The attempt this failure ended (`JOB:ATTEMPT`, the idempotency key it was sent with), set by the engine.
+    public var attemptKey: String?
+    /// The provider's task id, when the failure came after the provider accepted a task: each task a job used
+    /// appears once in its history with its id.
+    public var taskID: String?
+    /// What this attempt cost: zero for a failed task at a provider that does not bill failures, `nil` when no
+    /// call was charged or it is not known. Set by the engine.
+    public var charged: Money?
 
     public init(
         _ code: Code,
@@ -82,12 +97,15 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
         if let provider {
             text += " (provider \(provider)"
             if let providerCode { text += ", code \(providerCode)" }
+            if let taskID { text += ", task \(taskID)" }
             text += ")"
         }
         return text
     }
 
-    enum CodingKeys: String, CodingKey { case code, message, provider, providerCode, retryAfterMs, field }
+    enum CodingKeys: String, CodingKey {
+        case code, message, provider, providerCode, retryAfterMs, field, attemptKey, taskID, charged
+    }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -97,6 +115,9 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
         providerCode = try c.decodeIfPresent(String.self, forKey: .providerCode)
         retryAfter = try c.decodeIfPresent(Int64.self, forKey: .retryAfterMs).map { .milliseconds($0) }
         field = try c.decodeIfPresent(String.self, forKey: .field)
+        attemptKey = try c.decodeIfPresent(String.self, forKey: .attemptKey)
+        taskID = try c.decodeIfPresent(String.self, forKey: .taskID)
+        charged = try c.decodeIfPresent(Int64.self, forKey: .charged).map(Money.init(nanos:))
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -107,6 +128,9 @@ public struct GenerationError: Error, Sendable, Hashable, Codable, CustomStringC
         try c.encodeIfPresent(providerCode, forKey: .providerCode)
         try c.encodeIfPresent(retryAfter?.milliseconds, forKey: .retryAfterMs)
         try c.encodeIfPresent(field, forKey: .field)
+        try c.encodeIfPresent(attemptKey, forKey: .attemptKey)
+        try c.encodeIfPresent(taskID, forKey: .taskID)
+        try c.encodeIfPresent(charged?.nanos, forKey: .charged)
     }
 }
 

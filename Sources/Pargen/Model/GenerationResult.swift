@@ -90,4 +90,15 @@ public struct GenerationResult: Sendable {
     public var artifact: Artifact? { if case .success(let a) = outcome { a } else { nil } }
     public var error: GenerationError? { if case .failure(let e) = outcome { e } else { nil } }
     public var succeeded: Bool { artifact != nil }
+
+    /// How many provider tasks the request used: each task id in its error history and its result's, once.
+    /// A synchronous call (speech) has no task id and counts none.
+    public var tasks: Int {
+        var ids = Set(errorHistory.compactMap(\.taskID))
+        if let id = artifact?.providerTaskID { ids.insert(id) }
+        return ids.count
+    }
+
+    /// The last failure on the way, even when a later attempt succeeded.
+    public var lastFailure: GenerationError? { errorHistory.last { $0.code != .rateLimited } }
 }

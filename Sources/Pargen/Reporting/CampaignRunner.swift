@@ -18,6 +18,10 @@ public struct ManifestRow: Sendable, Hashable, Codable {
     public var errorCode: String?
     public var errorField: String?
     public var error: String?
+    /// Provider tasks the line used (a task that failed and the one that succeeded are two).
+    public var tasks: Int = 0
+    /// Why the last failed attempt failed, even when a later one succeeded.
+    public var lastFailure: String?
 
     enum CodingKeys: String, CodingKey {
         case line
@@ -29,19 +33,20 @@ public struct ManifestRow: Sendable, Hashable, Codable {
             attempts, cached, deduplicated, sha256
         case errorCode = "error_code"
         case errorField = "error_field"
-        case error
+        case error, tasks
+        case lastFailure = "last_failure"
     }
 
     static let csvHeader = [
         "line", "request_id", "job_id", "status", "type", "output_path", "provider", "cost", "attempts", "cached",
-        "deduplicated", "sha256", "error_code", "error_field", "error",
+        "deduplicated", "sha256", "error_code", "error_field", "error", "tasks", "last_failure",
     ]
 
     var csvFields: [String] {
         [
             String(line), requestID, jobID ?? "", status, type ?? "", outputPath ?? "", provider ?? "", cost,
             String(attempts), String(cached), String(deduplicated), sha256 ?? "", errorCode ?? "", errorField ?? "",
-            error ?? "",
+            error ?? "", String(tasks), lastFailure ?? "",
         ]
     }
 }
@@ -152,7 +157,9 @@ public enum CampaignRunner {
             sha256: result.artifact?.sha256,
             errorCode: result.error?.code.description,
             errorField: result.error?.field,
-            error: result.error.map(describe)
+            error: result.error.map(describe),
+            tasks: result.tasks,
+            lastFailure: result.lastFailure?.description
         )
     }
 

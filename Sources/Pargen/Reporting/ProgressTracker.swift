@@ -119,10 +119,23 @@ public enum ProgressText {
             "batches: \(stats.batcher.batchesFormed) formed, average \(stats.batcher.averageBatchSize.formatted1) jobs, "
                 + "largest \(stats.batcher.largestBatch), \(stats.batcher.duplicatesCollapsed) duplicates collapsed"
         )
+        let retried = report.rows.filter { $0.tasks > 1 }
+        if !retried.isEmpty {
+            out.append(
+                "tried again on a new task: \(retried.count) lines (\(retried.reduce(0) { $0 + $1.tasks - 1 }) tasks failed), "
+                    + "\(retried.filter { $0.status == "succeeded" }.count) of them succeeded"
+            )
+            for row in retried.prefix(5) {
+                out.append("  line \(row.line) (\(row.requestID)): \(row.tasks) tasks, last failure: \(row.lastFailure ?? "-")")
+            }
+        }
         let deadLetters = report.rows.filter { $0.status == "dead_lettered" }
         out.append("dead letters: \(deadLetters.count)")
         for row in deadLetters.prefix(10) {
-            out.append("  line \(row.line) (\(row.requestID)): \(row.errorCode ?? "") \(row.error ?? "")")
+            out.append(
+                "  line \(row.line) (\(row.requestID)): \(row.errorCode ?? "") \(row.error ?? "")"
+                    + (row.tasks > 0 ? " [\(row.tasks) tasks]" : "")
+            )
         }
         if deadLetters.count > 10 { out.append("  ... and \(deadLetters.count - 10) more in the manifest") }
         let invalid = report.rows.filter { $0.status == "invalid" }

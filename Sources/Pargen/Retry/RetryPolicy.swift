@@ -30,13 +30,21 @@ public struct RetryPolicy: Sendable, Hashable {
     }
 
     /// Decides what to do with `error` after `attempts` calls and `snoozes` rate-limit waits.
+    ///
+    /// - Parameter failedTasks: How many of the job's tasks, this one included, failed for a reason the provider
+    ///   did not name (``GenerationError/Code/taskFailed``); past ``PargenConfiguration/Retry/failedTasks``
+    ///   new tasks, the job is dead-lettered.
     public func disposition(
         for error: GenerationError,
         attempts: Int,
         snoozes: Int,
+        failedTasks: Int = 0,
         unit: Double
     ) -> FailureDisposition {
         switch error.code {
+        case .taskFailed:
+            return attempts < configuration.maxAttempts && failedTasks <= configuration.failedTasks
+                ? .retry(after: delay(afterAttempt: attempts, unit: unit)) : .deadLetter
         case .rateLimited where snoozes < configuration.maxSnoozes:
             // Honour the provider's Retry-After; without one, back off as for a transient error.
             let wait = error.retryAfter ?? delay(afterAttempt: snoozes + 1, unit: 0.5 + unit / 2)

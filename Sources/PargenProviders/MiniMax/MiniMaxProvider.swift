@@ -218,6 +218,22 @@ public struct MiniMaxProvider: AccessCheckable {
                 http.url("/v1/query/video_generation?task_id=\(encoded)"),
                 headers: headers
             )
+            // A failed task is the task's end, whatever base_resp says: its code is the reason, not a failed look.
+            if answer.isSuccess, let failed = answer.json, let status = failed["status"]?.string?.lowercased(),
+                status == "fail" || status == "failed"
+            {
+                let code = failed["base_resp"]?["status_code"]?.int
+                let reason = failed["base_resp"]?["status_msg"]?.string ?? "no reason given"
+                return .failed(
+                    TaskFailures.error(
+                        TaskFailures.miniMax(statusCode: code),
+                        task: id,
+                        reason: code.map { "MiniMax \($0): \(reason)" } ?? reason,
+                        provider: descriptor.name,
+                        providerCode: code.map(String.init) ?? "Fail"
+                    )
+                )
+            }
             let json = try check(answer)
             switch json["status"]?.string?.lowercased() {
             case "success":
@@ -230,13 +246,6 @@ public struct MiniMaxProvider: AccessCheckable {
                     )
                 }
                 return .done(file)
-            case "fail", "failed":
-                throw GenerationError(
-                    .terminal,
-                    "video task \(id) failed: \(json["base_resp"]?["status_msg"]?.string ?? "no reason given")",
-                    provider: descriptor.name,
-                    providerCode: "Fail"
-                )
             default:
                 // Preparing, Queueing, Processing, Unknown, or anything new: still running.
                 return .running(progress: nil, after: nil)

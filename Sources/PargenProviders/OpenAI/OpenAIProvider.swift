@@ -172,13 +172,16 @@ public struct OpenAIProvider: AccessCheckable {
             switch status {
             case "completed": return .done(())
             case "failed":
-                let code = json["error"]?["code"]?.string ?? "failed"
+                let code = json["error"]?["code"]?.string
                 let message = json["error"]?["message"]?.string ?? "video generation failed"
-                throw GenerationError(
-                    .terminal,
-                    "video \(id) failed: \(message)",
-                    provider: descriptor.name,
-                    providerCode: code
+                return .failed(
+                    TaskFailures.error(
+                        TaskFailures.openAI(code: code, message: message),
+                        task: id,
+                        reason: message,
+                        provider: descriptor.name,
+                        providerCode: code ?? "failed"
+                    )
                 )
             default:
                 // queued, in_progress, or a state this adapter does not know: still running.

@@ -147,16 +147,18 @@ public struct RunwayProvider: AccessCheckable {
             }
             return .done(outputs)
         case "FAILED":
-            let code = json["failureCode"]?.string ?? "FAILED"
+            let code = json["failureCode"]?.string
             let reason = json["failure"]?.string ?? "generation failed"
-            // Safety refusals are final; internal failures may pass on a new task.
-            let retryable = code.hasPrefix("INTERNAL") || code == "INPUT_PREPROCESSING.INTERNAL"
-            return .failed(GenerationError(
-                retryable ? .transient : .terminal,
-                "task \(id) failed: \(reason)",
-                provider: descriptor.name,
-                providerCode: code
-            ))
+            // Safety refusals are final; internal failures may pass on a new task (see TaskFailures).
+            return .failed(
+                TaskFailures.error(
+                    TaskFailures.runway(failureCode: code),
+                    task: id,
+                    reason: reason,
+                    provider: descriptor.name,
+                    providerCode: code ?? "FAILED"
+                )
+            )
         case "CANCELLED":
             throw GenerationError(
                 .terminal,

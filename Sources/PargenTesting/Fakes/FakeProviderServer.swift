@@ -296,14 +296,15 @@ struct FakeRoutes: Sendable {
     enum Phase {
         case waiting
         case running(Double)
-        case succeeded, failed, cancelled
+        case succeeded, cancelled
+        case failed(FakeFailure)
     }
 
     func phase(_ task: FakeTask) -> Phase {
         if task.cancelled { return .cancelled }
         guard let start = task.startedAt else { return .waiting }
         let now = state.now
-        if now >= start + task.seconds { return task.fails ? .failed : .succeeded }
+        if now >= start + task.seconds { return task.failure.map { .failed($0) } ?? .succeeded }
         return .running(min(0.99, max(0, (now - start) / task.seconds)))
     }
 }
@@ -488,11 +489,23 @@ extension FakeRoutes {
         case .succeeded:
             object["status"] = "completed"
             object["progress"] = 100
-        case .failed, .cancelled:
+        case .failed(let failure):
             object["status"] = "failed"
-            object["error"] = [
-                "code": "moderation_blocked", "message": "The generated video was blocked by moderation",
-            ]
+            switch failure {
+            case .moderation:
+                object["error"] = [
+                    "code": "moderation_blocked", "message": "The generated video was blocked by moderation",
+                ]
+            case .generic:
+                object["error"] = [
+                    "code": "video_generation_failed", "message": "Video generation failed due to an internal error.",
+                ]
+            case .unknown:
+                object["error"] = ["code": "unexpected_outcome_7", "message": "Something unexpected happened."]
+            }
+        case .cancelled:
+            object["status"] = "failed"
+            object["error"] = ["code": "cancelled", "message": "The video was cancelled"]
         }
         return object
     }
@@ -727,8 +740,12 @@ extension FakeRoutes {
                     "success",
                     ["task_id": id, "status": "Success", "file_id": "f\(id)", "video_width": 1366, "video_height": 768]
                 )
-            case .failed, .cancelled:
+            case .failed(.moderation), .cancelled:
                 return Self.miniMax(1027, "output new_sensitive", ["task_id": id, "status": "Fail"])
+            case .failed(.generic):
+                return Self.miniMax(1024, "internal error", ["task_id": id, "status": "Fail"])
+            case .failed(.unknown):
+                return Self.miniMax(0, "success", ["task_id": id, "status": "Fail"])
             }
         }
         router.get("/v1/files") { request, _ -> Response in
@@ -834,10 +851,17 @@ extension FakeRoutes {
             case .succeeded:
                 object["status"] = "SUCCEEDED"
                 object["output"] = ["\(base)/download/\(id)?_jwt=fake"]
-            case .failed:
+            case .failed(.moderation):
                 object["status"] = "FAILED"
                 object["failure"] = "The output was flagged by content moderation"
                 object["failureCode"] = "SAFETY.OUTPUT.VIDEO"
+            case .failed(.generic):
+                object["status"] = "FAILED"
+                object["failure"] = "An unexpected error occurred."
+                object["failureCode"] = "INTERNAL.BAD_OUTPUT.CODE01"
+            case .failed(.unknown):
+                object["status"] = "FAILED"
+                object["failure"] = "The task could not be completed."
             case .cancelled: object["status"] = "CANCELLED"
             }
             return Self.json(.ok, object)

@@ -42,6 +42,8 @@ public struct FakeProviderOptions: Sendable {
     public var malformedRate: Double
     /// Share of status polls answered with a 503 (the task itself is unaffected).
     public var pollErrorRate: Double
+    /// Share of asynchronous tasks that end in the provider's internal failure (a new task may succeed).
+    public var taskFailureRate: Double = 0
     /// Share of downloads cut short after half the bytes.
     public var truncateRate: Double
     /// Share of result links that are expired on first use (403), as signed links are after their lifetime.
@@ -133,6 +135,17 @@ struct FakeBatch: Sendable {
     var count: Int { texts.count }
 }
 
+/// Why a fake's task fails, each rendered in its protocol's own codes and words.
+enum FakeFailure: Sendable {
+    /// A content refusal (OpenAI moderation_blocked, MiniMax 1027, Runway SAFETY.OUTPUT.VIDEO): terminal.
+    case moderation
+    /// The provider's own internal failure (OpenAI video_generation_failed, MiniMax 1024, Runway
+    /// INTERNAL.BAD_OUTPUT.CODE01): a new task may succeed.
+    case generic
+    /// A failure the provider names with a code no client knows.
+    case unknown
+}
+
 /// A task the fake is running.
 struct FakeTask: Sendable {
     var id: String
@@ -142,7 +155,9 @@ struct FakeTask: Sendable {
     /// When it started running; `nil` while it waits (Runway `THROTTLED`).
     var startedAt: Double?
     var seconds: Double
-    var fails: Bool
+    /// How the task ends in failure, if it does.
+    var failure: FakeFailure?
+    var fails: Bool { failure != nil }
     var cancelled = false
     var linkUses = 0
     var faults = 0
@@ -173,6 +188,7 @@ public final class FakeProviderState: Sendable {
         /// Prompts whose next answer hangs (chosen at admission), and prompts that have hung once.
         var hangs: [String: Int] = [:]
         var hungOnce: Set<String> = []
+        var failedOnce: Set<String> = []
     }
 
     private let state: Mutex<State>
@@ -367,6 +383,9 @@ public final class FakeProviderState: Sendable {
         state.withLock { $0.reservedTasks = max(0, $0.reservedTasks - 1) }
     }
 
+    /// Whether `prompt` has not failed before (and marks it as having failed).
+    func firstFailure(_ prompt: String) -> Bool { state.withLock { $0.failedOnce.insert(prompt).inserted } }
+
     /// Whether `prompt` has not hung before (and marks it as having hung).
     func firstHang(_ prompt: String) -> Bool { state.withLock { $0.hungOnce.insert(prompt).inserted } }
 
@@ -390,6 +409,22 @@ public final class FakeProviderState: Sendable {
     func createTask(prompt: String, video: Bool, prefix: String) -> FakeTask {
         let now = self.now
         let seconds = uniform(options.taskSeconds)
+        let randomFailure = chance(options.taskFailureRate)
+        // Prompt markers: [[fail]] a content refusal, [[fail-unknown]] an unknown failure (every task),
+        // [[fail-once]] an internal failure of the prompt's first task only. A batch (several inputs, one per line)
+        // fails only input by input.
+        var failure: FakeFailure?
+        if !prompt.contains("\n") {
+            if prompt.contains("[[fail]]") {
+                failure = .moderation
+            } else if prompt.contains("[[fail-unknown]]") {
+                failure = .unknown
+            } else if prompt.contains("[[fail-once]]") && firstFailure(prompt) {
+                failure = .generic
+            } else if randomFailure {
+                failure = .generic
+            }
+        }
         return state.withLock { state in
             let wasReserved = state.reservedTasks > 0 && options.concurrentTasks != nil
             if wasReserved { state.reservedTasks -= 1 }
@@ -402,8 +437,7 @@ public final class FakeProviderState: Sendable {
                 submittedAt: now,
                 startedAt: nil,
                 seconds: seconds,
-                // A batch (several inputs, one per line) fails only input by input; a single task fails whole.
-                fails: prompt.contains("[[fail]]") && !prompt.contains("\n")
+                failure: failure
             )
             let slotFree = options.concurrentTasks.map { Self.running(state, now: now) < $0 } ?? true
             if slotFree { task.startedAt = now }
