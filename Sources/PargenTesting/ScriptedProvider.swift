@@ -96,7 +96,7 @@ public final class ScriptedProvider: GenerationProvider, Sendable {
             throw error
         case .emptyFile:
             try await context.reportSubmitted(taskID: taskID)
-            FileManager.default.createFile(atPath: context.destination.path, contents: Data())
+            _ = FileManager.default.createFile(atPath: context.destination.path, contents: Data())
             return ProviderOutput(
                 format: request.kind == .audio ? .wav : .gif,
                 duration: request.duration,

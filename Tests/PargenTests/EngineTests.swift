@@ -246,11 +246,22 @@ import Testing
             clock: PargenClock(clock)
         )
         try await generator.start()
-        let run = Task { try await generator.generate([.audio(prompt: "a long call")]) }
-        // Move time on in half seconds, letting the engine act between steps, for 20 s of clock time.
-        for _ in 0..<40 {
+        let done = Locked(false)
+        let run = Task {
+            defer { done.withLock { $0 = true } }
+            return try await generator.generate([.audio(prompt: "a long call")])
+        }
+        // Move time on in half seconds, letting the engine act between steps, until the job is done (at most
+        // 200 s of clock time; a loaded machine may take a while to reach the call).
+        for _ in 0..<400 where !done.value {
             try await Task.sleep(for: .milliseconds(10))
             clock.advance(by: .milliseconds(500))
+        }
+        #expect(done.value, "the job finished within 200 s of clock time")
+        guard done.value else {
+            run.cancel()
+            try await generator.stop(immediately: true)
+            return
         }
         let results = try await run.value
         try await generator.stop()

@@ -14,7 +14,7 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
     -> CommandLineTests.Outcome
 {
     let output = temporaryDirectory().appendingPathComponent("output.txt")
-    FileManager.default.createFile(atPath: output.path, contents: nil)
+    _ = FileManager.default.createFile(atPath: output.path, contents: nil)
     let handle = try FileHandle(forWritingTo: output)
     defer { try? handle.close() }
     let process = Process()

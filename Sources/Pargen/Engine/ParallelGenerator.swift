@@ -182,7 +182,7 @@ public final class ParallelGenerator: Service, Sendable {
             state.withLock { $0.lifecycle = .stopped }
             bus.finish()
         }
-        try await withGracefulShutdownHandler {
+        await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 await dispatchLoop(group: &group)
             }

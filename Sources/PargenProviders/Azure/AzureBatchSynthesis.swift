@@ -58,7 +58,7 @@ actor AzureBatchCoalescer {
                 let gather = self.gather
                 Task {
                     try? await clock.sleep(for: gather)
-                    await self.flush(key, voice: voice, format: format)
+                    self.flush(key, voice: voice, format: format)
                 }
             }
         }

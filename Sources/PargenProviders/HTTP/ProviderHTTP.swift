@@ -1,10 +1,10 @@
 public import AsyncHTTPClient
-public import Foundation
+package import Foundation
 import Logging
 package import NIOCore
 import NIOFoundationCompat
-public import NIOHTTP1
-public import Pargen
+package import NIOHTTP1
+package import Pargen
 
 /// An API key. It prints as `<redacted>` everywhere (logs, errors, `dump`), so it cannot leak by accident.
 public struct APIKey: Sendable, Hashable, CustomStringConvertible, CustomDebugStringConvertible {
@@ -211,7 +211,7 @@ package struct ProviderHTTP: Sendable {
         if let announced, announced > connection.maxDownloadBytes {
             throw DownloadFailure.tooLarge(announced)
         }
-        FileManager.default.createFile(atPath: file.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: file.path, contents: nil)
         let handle = try FileHandle(forWritingTo: file)
         defer { try? handle.close() }
         var written: Int64 = 0

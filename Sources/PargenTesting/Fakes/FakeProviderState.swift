@@ -198,7 +198,7 @@ public final class FakeProviderState: Sendable {
         self.options = options
         state = Mutex(State(random: options.seed))
         if let file = options.logFile {
-            FileManager.default.createFile(atPath: file.path, contents: nil)
+            _ = FileManager.default.createFile(atPath: file.path, contents: nil)
             logHandle = try? FileHandle(forWritingTo: file)
         } else {
             logHandle = nil
