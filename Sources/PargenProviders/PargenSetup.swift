@@ -201,13 +201,42 @@ final class ValueReader {
     func string(_ key: String) -> String? { read(key, "text") { try config.requiredString(forKey: $0) } }
     func bool(_ key: String) -> Bool? { read(key, "true or false") { try config.requiredBool(forKey: $0) } }
 
-    func int(_ key: String, min minimum: Int = 1) -> Int? {
+    /// A whole number from `minimum` to `maximum`. The ceiling (ten million by default) is far above any real
+    /// quota or limit, and keeps every later sum and product of these values far from `Int`'s range.
+    func int(_ key: String, min minimum: Int = 1, max maximum: Int = 10_000_000) -> Int? {
         guard let value = read(key, "a whole number", { try config.requiredInt(forKey: $0) }) else { return nil }
         guard value >= minimum else {
             problems.append("\(key): must be at least \(minimum), not \(value)")
             return nil
         }
+        guard value <= maximum else {
+            problems.append("\(key): must be at most \(maximum), not \(value)")
+            return nil
+        }
         return value
+    }
+
+    /// An endpoint: an http or https URL with a host, and no credentials, query or fragment in it. A URL with
+    /// `user:password@` is refused with the credentials left out of the message (keys come from the environment).
+    func endpoint(_ key: String) -> String? {
+        guard let text = string(key) else { return nil }
+        let components = URLComponents(string: text)
+        if let components, components.user != nil || components.password != nil {
+            var shown = components
+            shown.user = nil
+            shown.password = nil
+            problems.append(
+                "\(key): must not carry credentials (give the key through apiKeyEnv), not \(shown.string ?? "a URL with user:password@")"
+            )
+            return nil
+        }
+        guard let components, ["http", "https"].contains(components.scheme?.lowercased() ?? ""),
+            let host = components.host, !host.isEmpty, components.query == nil, components.fragment == nil
+        else {
+            problems.append("\(key): expected an http(s) URL with a host and no query, not \(text)")
+            return nil
+        }
+        return text.hasSuffix("/") ? String(text.dropLast()) : text
     }
 
     func double(_ key: String, in range: ClosedRange<Double> = 0...Double.greatestFiniteMagnitude) -> Double? {
@@ -304,13 +333,7 @@ final class ValueReader {
             }
             var provider = ProviderSettings.defaults(for: wire)
             provider.name = name
-            if let v = string("\(path).baseURL") {
-                if let url = URL(string: v), ["http", "https"].contains(url.scheme ?? ""), url.host != nil {
-                    provider.baseURL = v
-                } else {
-                    problems.append("\(path).baseURL: expected an http(s) URL, not \(v)")
-                }
-            }
+            if let v = endpoint("\(path).baseURL") { provider.baseURL = v }
             if let v = string("\(path).apiKeyEnv") { provider.apiKeyEnvironment = v }
             if let v = string("\(path).speechModel") { provider.speechModel = v }
             if let v = string("\(path).videoModel") { provider.videoModel = v }
@@ -324,7 +347,7 @@ final class ValueReader {
             if let v = seconds("\(path).pollIntervalSeconds") { provider.pollInterval = v }
             if let v = seconds("\(path).requestTimeoutSeconds") { provider.requestTimeout = v }
             if let v = seconds("\(path).taskTimeoutSeconds") { provider.taskTimeout = v }
-            if let v = string("\(path).batchBaseURL") { provider.batchBaseURL = v }
+            if let v = endpoint("\(path).batchBaseURL") { provider.batchBaseURL = v }
             if let v = int("\(path).batchThreshold") { provider.batchThreshold = v }
             let prices = [
                 money("\(path).prices.perRequest"), money("\(path).prices.perCharacter"),

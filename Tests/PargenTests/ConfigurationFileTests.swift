@@ -119,6 +119,40 @@ import Testing
         #expect(error.problems.count == 8, "\(problems)")
     }
 
+    /// Numbers beyond any real quota are refused with their path (a capacity of 1e11 or Int.max used to pass and
+    /// trap the engine on overflow), and every URL is checked the same way: http(s), a host, no credentials (the
+    /// password is never echoed), no query. Azure's batch URL used to take anything, file:///etc/passwd included.
+    @Test func hugeNumbersAndURLsWithCredentialsOrOtherSchemesAreRefused() async throws {
+        let path = try write(
+            """
+            providers:
+              openai:
+                baseURL: https://alice:s3cr3t-pw@api.example.com
+                concurrentTasks: 9223372036854775807
+              azure:
+                batchBaseURL: file:///etc/passwd
+              runway:
+                baseURL: https://api.example.com/v1?token=abc
+            rateLimits:
+              tokenBucketCapacity: 100000000000
+            resources:
+              maxConcurrentJobs: 9223372036854775807
+            """
+        )
+        let error = try await #require(throws: ConfigurationFileError.self) {
+            try await PargenSetup.load(file: path, environment: [:])
+        }
+        let problems = error.problems.joined(separator: "\n")
+        #expect(problems.contains("providers.openai.baseURL: must not carry credentials"), "\(problems)")
+        #expect(!problems.contains("s3cr3t-pw") && !problems.contains("alice"), "\(problems)")
+        #expect(problems.contains("providers.openai.concurrentTasks: must be at most 10000000"), "\(problems)")
+        #expect(problems.contains("providers.azure.batchBaseURL: expected an http(s) URL"), "\(problems)")
+        #expect(problems.contains("providers.runway.baseURL: expected an http(s) URL"), "\(problems)")
+        #expect(problems.contains("rateLimits.tokenBucketCapacity: must be at most 10000000"), "\(problems)")
+        #expect(problems.contains("resources.maxConcurrentJobs: must be at most 10000000"), "\(problems)")
+        #expect(error.problems.count == 6, "\(problems)")
+    }
+
     @Test func aMissingKeyVariableNamesTheProviderAndNeverTheKey() async throws {
         let setup = PargenSetup(providers: [
             ProviderSettings.defaults(for: .elevenlabs), ProviderSettings.defaults(for: .azure),

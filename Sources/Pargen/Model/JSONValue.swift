@@ -1,4 +1,4 @@
-public import Foundation
+import Foundation
 
 /// A JSON value, for free-form request metadata.
 public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {

@@ -8,7 +8,7 @@ struct WAVWriter {
         sampleCount: Int,
         sample: (Int) -> Double
     ) throws {
-        FileManager.default.createFile(atPath: url.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: url.path, contents: nil)
         let handle = try FileHandle(forWritingTo: url)
         defer { try? handle.close() }
         let dataBytes = UInt32(sampleCount * 2)
@@ -50,7 +50,7 @@ final class GIFWriter {
 
     init(url: URL, width: Int, height: Int, palette: [(UInt8, UInt8, UInt8)]) throws {
         precondition(palette.count == 256)
-        FileManager.default.createFile(atPath: url.path, contents: nil)
+        _ = FileManager.default.createFile(atPath: url.path, contents: nil)
         handle = try FileHandle(forWritingTo: url)
         self.width = width
         self.height = height
