@@ -204,46 +204,8 @@ import Testing
             )
         )
         let data = try Data(contentsOf: url)
-        #expect(data.prefix(6) == Data("GIF89a".utf8))
-        #expect(data[6] == 64 && data[8] == 48)
-        #expect(data.last == 0x3B)
-        // Count image descriptors by walking the blocks: 5 frames per second.
-        #expect(try GIFWalker.frameCount(data) == 10)
-    }
-}
-
-/// Walks a GIF's block structure (as a decoder would) to count frames and prove it is well formed.
-enum GIFWalker {
-    struct Malformed: Error {}
-
-    static func frameCount(_ data: Data) throws -> Int {
-        let bytes = [UInt8](data)
-        var i = 13 + 3 * 256
-        var frames = 0
-        func skipSubBlocks() throws {
-            while true {
-                guard i < bytes.count else { throw Malformed() }
-                let size = Int(bytes[i])
-                i += 1 + size
-                if size == 0 { return }
-            }
-        }
-        while i < bytes.count {
-            switch bytes[i] {
-            case 0x21:
-                i += 2
-                try skipSubBlocks()
-            case 0x2C:
-                frames += 1
-                i += 10 + 1  // descriptor, then the LZW minimum code size
-                try skipSubBlocks()
-            case 0x3B:
-                return frames
-            default:
-                throw Malformed()
-            }
-        }
-        throw Malformed()
+        // Walk the blocks as a decoder would: 64 × 48, 5 frames per second, the trailer last.
+        #expect(try MediaCheck.gif(data) == MediaCheck.GIF(width: 64, height: 48, frames: 10))
     }
 }
 

@@ -317,30 +317,9 @@ extension ParallelGenerator {
         let provider = providers[name]!
         let descriptor = provider.descriptor
         let estimate = descriptor.pricing.estimate(request)
-        let (reservation, alerts) = costs.reserve(
-            estimate,
-            for: id,
-            project: request.project,
-            campaign: request.campaign,
-            provider: name
-        )
-        for alert in alerts { publish(.budgetAlert(alert)) }
-        if case .held(let scope, let limit, let committed, let canFree) = reservation {
+        if let held = await reserveBudget(job, estimate: estimate, provider: name) {
             balancer.recordNeutral(name, throttled: false)
-            let message =
-                "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(estimate)"
-            guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
-            progress(record, .heldByBudget, message: message)
-            try? await shielded {
-                try await self.store.retry(
-                    lease,
-                    error: nil,
-                    after: self.retryPolicy.ceiling(afterAttempt: 1),
-                    spendAttempt: false,
-                    failedProvider: nil
-                )
-            }
-            return .retryLater
+            return held
         }
         // From here the job waits on its provider (slots, window), not on the dispatcher: its batch is done
         // with it, so that jobs for other providers are not held up behind a provider's quota.
@@ -405,31 +384,7 @@ extension ParallelGenerator {
                 // Reserve again right before the call: while this job waited for its slot and window, others may
                 // have settled above their estimates, and the budget must see what this call is now expected to
                 // cost. Only the calls already under way can then overrun a budget.
-                let (recheck, alerts) = costs.reserve(
-                    estimate,
-                    for: id,
-                    project: request.project,
-                    campaign: request.campaign,
-                    provider: name
-                )
-                for alert in alerts { publish(.budgetAlert(alert)) }
-                if case .held(let scope, let limit, let committed, let canFree) = recheck {
-                    let expected = costs.expectedCost(estimate, provider: name)
-                    let message =
-                        "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(expected) (\(name) bills above its estimate)"
-                    guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
-                    progress(record, .heldByBudget, message: message)
-                    try? await shielded {
-                        try await self.store.retry(
-                            lease,
-                            error: nil,
-                            after: self.retryPolicy.ceiling(afterAttempt: 1),
-                            spendAttempt: false,
-                            failedProvider: nil
-                        )
-                    }
-                    return .retryLater
-                }
+                if let held = await reserveBudget(job, estimate: estimate, provider: name) { return held }
                 try await store.beginAttempt(
                     lease,
                     provider: name,
@@ -643,6 +598,38 @@ extension ParallelGenerator {
             }
             return await deadLetter(job, failure)
         }
+    }
+
+    /// Reserves what a call to `provider` is expected to cost (its estimate, scaled by the provider's overruns so
+    /// far) in the job's budgets. Returns `nil` when it fits; otherwise holds the job back for a while (when
+    /// reservations in flight may free the budget) or dead-letters it as `budget_exceeded`, and returns that.
+    private func reserveBudget(_ job: LeasedJob, estimate: Money, provider: String) async -> FlightOutcome? {
+        let request = job.record.request
+        let (reservation, alerts) = costs.reserve(
+            estimate,
+            for: job.record.id,
+            project: request.project,
+            campaign: request.campaign,
+            provider: provider
+        )
+        for alert in alerts { publish(.budgetAlert(alert)) }
+        guard case .held(let scope, let limit, let committed, let canFree) = reservation else { return nil }
+        let expected = costs.expectedCost(estimate, provider: provider)
+        let message =
+            "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(expected)"
+            + (expected > estimate ? " (\(provider) bills above its estimate of \(estimate))" : "")
+        guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
+        progress(job.record, .heldByBudget, message: message)
+        try? await shielded {
+            try await self.store.retry(
+                job.lease,
+                error: nil,
+                after: self.retryPolicy.ceiling(afterAttempt: 1),
+                spendAttempt: false,
+                failedProvider: nil
+            )
+        }
+        return .retryLater
     }
 
     private func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {

@@ -38,36 +38,18 @@ public final class FakeProviderServer: Sendable {
     {
         let state = FakeProviderState(options: options)
         let bound = Locked<Int?>(nil)
-        let (ready, readyContinuation) = AsyncStream<Int>.makeStream()
         let router = Router()
         FakeRoutes(state: state, port: { bound.withLock { $0 } ?? 0 }).register(on: router)
         var quiet = Logger(label: "pargen.fake.\(options.wireProtocol.rawValue)")
         quiet.logLevel = .critical
-        let app = Application(
-            router: router,
-            configuration: .init(address: .hostname("127.0.0.1", port: port), serverName: "pargen-fake"),
-            onServerRunning: { channel in
-                let port = channel.localAddress?.port ?? 0
-                bound.withLock { $0 = port }
-                readyContinuation.yield(port)
-                readyContinuation.finish()
-            },
-            logger: logger ?? quiet
+        let (actual, task) = try await LoopbackServer.start(
+            router.buildResponder(),
+            port: port,
+            serverName: "pargen-fake",
+            lifetime: options.lifetime,
+            logger: logger ?? quiet,
+            onBound: { port in bound.withLock { $0 = port } }
         )
-        let lifetime = options.lifetime
-        let task = Task {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await app.run() }
-                group.addTask { try await Task.sleep(for: lifetime) }
-                _ = try await group.next()
-                group.cancelAll()
-            }
-        }
-        var iterator = ready.makeAsyncIterator()
-        guard let actual = await iterator.next() else {
-            task.cancel()
-            throw CancellationError()
-        }
         return FakeProviderServer(state: state, port: actual, task: task)
     }
 

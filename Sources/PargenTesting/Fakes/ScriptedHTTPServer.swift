@@ -59,7 +59,6 @@ public final class ScriptedHTTPServer: Sendable {
         -> ScriptedHTTPServer
     {
         let log = Locked<[Received]>([])
-        let (ready, readyContinuation) = AsyncStream<Int>.makeStream()
         let responder = CallbackResponder<BasicRequestContext> { request, _ in
             var body = Data()
             for try await buffer in request.body { body.append(contentsOf: buffer.readableBytesView) }
@@ -87,28 +86,13 @@ public final class ScriptedHTTPServer: Sendable {
         }
         var quiet = Logger(label: "pargen.scripted-http")
         quiet.logLevel = .critical
-        let app = Application(
-            responder: responder,
-            configuration: .init(address: .hostname("127.0.0.1", port: 0), serverName: "pargen-scripted"),
-            onServerRunning: { channel in
-                readyContinuation.yield(channel.localAddress?.port ?? 0)
-                readyContinuation.finish()
-            },
+        let (port, task) = try await LoopbackServer.start(
+            responder,
+            port: 0,
+            serverName: "pargen-scripted",
+            lifetime: lifetime,
             logger: quiet
         )
-        let task = Task {
-            try await withThrowingTaskGroup(of: Void.self) { group in
-                group.addTask { try await app.run() }
-                group.addTask { try await Task.sleep(for: lifetime) }
-                _ = try await group.next()
-                group.cancelAll()
-            }
-        }
-        var iterator = ready.makeAsyncIterator()
-        guard let port = await iterator.next() else {
-            task.cancel()
-            throw CancellationError()
-        }
         return ScriptedHTTPServer(port: port, log: log, task: task)
     }
 
