@@ -6,6 +6,9 @@
 #                                   bound; "equal" gives every video task the same time (the bound is then reachable)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# SwiftPM keeps the benchmark package's build plan when a file is added to the path dependency (this package), and
+# then fails to find the new file's symbols: drop the plan so it is made again (nothing already built is lost).
+rm -f Benchmarks/.build/release.yaml
 swift build -c release --package-path Benchmarks --product PargenBench
 if [ "${1:-}" = "quota" ]; then
     exec Benchmarks/.build/release/PargenBench quota "${2:-60}" "${3:-all}" ${4:-}
