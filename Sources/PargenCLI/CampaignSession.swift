@@ -48,15 +48,20 @@ enum CampaignSession {
         http: HTTPClient
     ) async throws -> CampaignReport {
         let clock = PargenClock.continuous
-        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        do {
+            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        } catch {
+            fail("cannot create the output folder \(out.path): \(reason(error))")
+        }
         let lock: StoreLock
         let store: SQLiteJobStore
         do {
             lock = try StoreLock(storePath: storePath)
             store = try SQLiteJobStore(path: storePath)
+        } catch let error as ValidationError {
+            fail(error.message)
         } catch {
-            FileHandle.standardError.write(Data("pargen: \(error)\n".utf8))
-            throw ExitCode(2)
+            fail("cannot open the campaign store \(storePath): \(reason(error))")
         }
         defer { withExtendedLifetime(lock) {} }
         // We hold the store alone: any lease in it belongs to a run that crashed.

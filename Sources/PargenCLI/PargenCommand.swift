@@ -112,7 +112,11 @@ struct Demo: AsyncParsableCommand {
     func run() async throws {
         let logger = options.bootstrapLogging()
         let out = URL(fileURLWithPath: options.out ?? "pargen-demo")
-        try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        do {
+            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        } catch {
+            fail("cannot create the output folder \(out.path): \(reason(error))")
+        }
         if options.config != nil {
             throw ValidationError(
                 "demo runs on the local providers; use `pargen run FILE --config FILE` for your providers"

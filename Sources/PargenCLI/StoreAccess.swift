@@ -33,12 +33,39 @@ final class StoreLock {
     deinit { close(descriptor) }
 }
 
-/// Opens a store for reading or administration (no lock: SQLite's WAL lets a running campaign go on).
+/// Opens a store for reading or administration (no lock: SQLite's WAL lets a running campaign go on). A store
+/// that cannot be opened ends the command with exit 2 and one line naming it.
 func openStore(_ path: String) throws -> SQLiteJobStore {
     guard FileManager.default.fileExists(atPath: path) else {
         throw ValidationError("no campaign store at \(path) (give --out or --store)")
     }
-    return try SQLiteJobStore(path: path)
+    do {
+        let store = try SQLiteJobStore(path: path)
+        return store
+    } catch {
+        fail("cannot open the campaign store \(path): \(reason(error))")
+    }
+}
+
+/// Ends the command: one line on standard error, exit status 2 (what could not be read or written).
+func fail(_ message: String) -> Never {
+    FileHandle.standardError.write(Data("pargen: \(message)\n".utf8))
+    Foundation.exit(2)
+}
+
+/// A short reason for a file-system or store error: the operating system's words where there are some, never a
+/// dump of the error object.
+func reason(_ error: any Error) -> String {
+    if let store = error as? StoreError { return store.underlying.map(reason) ?? store.message }
+    let ns = error as NSError
+    if let underlying = (ns.userInfo[NSUnderlyingErrorKey] as? any Error).map({ $0 as NSError }),
+        underlying.domain == NSPOSIXErrorDomain
+    {
+        return String(cString: strerror(Int32(underlying.code)))
+    }
+    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
+    let text = "\(error)"
+    return text.count > 200 ? String(text.prefix(200)) + "..." : text
 }
 
 struct Status: AsyncParsableCommand {

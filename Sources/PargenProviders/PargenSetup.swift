@@ -132,9 +132,24 @@ extension PargenSetup {
         file path: String,
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) async throws -> PargenSetup {
-        guard let data = FileManager.default.contents(atPath: path), let text = String(data: data, encoding: .utf8)
-        else {
+        guard let data = FileManager.default.contents(atPath: path) else {
             throw ConfigurationFileError(problems: ["\(path): cannot be read"])
+        }
+        guard data.count <= Self.maxFileBytes else {
+            throw ConfigurationFileError(
+                problems: ["\(path): is \(data.count) bytes; a configuration file may have at most \(Self.maxFileBytes)"]
+            )
+        }
+        guard let text = String(data: data, encoding: .utf8) else {
+            throw ConfigurationFileError(problems: ["\(path): is not UTF-8 text"])
+        }
+        guard !text.allSatisfy(\.isWhitespace) else {
+            throw ConfigurationFileError(problems: ["\(path): is empty"])
+        }
+        // Structure first, in one pass over the parser's events and before anything is built from them: no
+        // anchors or aliases (a few hundred bytes of aliases expand to gigabytes), at most 32 levels deep.
+        if let problem = Self.structureProblem(text) {
+            throw ConfigurationFileError(problems: ["\(path): \(problem)"])
         }
         let tree: Any?
         do {
@@ -144,6 +159,14 @@ extension PargenSetup {
         }
         var problems: [String] = []
         Self.checkKeys(tree ?? [String: Any](), schema: Self.schema, path: "", problems: &problems)
+        // Unknown keys are reported at once, and at most 50 of them: reading a file full of them any further (as
+        // providers, say) would only take time.
+        if problems.count > Self.maxProblems {
+            let more = problems.count - Self.maxProblems
+            throw ConfigurationFileError(
+                problems: Array(problems.prefix(Self.maxProblems)) + ["... and \(more) more unknown keys"]
+            )
+        }
         let filePath = FilePath(path)
         let file: any ConfigProvider =
             path.lowercased().hasSuffix(".json")
@@ -162,6 +185,57 @@ extension PargenSetup {
         problems += reader.problems
         guard problems.isEmpty else { throw ConfigurationFileError(problems: problems) }
         return setup
+    }
+
+    static let maxFileBytes = 1 << 20
+    static let maxDepth = 32
+    static let maxProblems = 50
+
+    /// Why the text's structure is refused, from one linear scan before any parser builds anything: an anchor
+    /// (`&name`) or alias (`*name`) outside quotes and comments (a few hundred bytes of aliases expand to
+    /// gigabytes), or flow collections (`[`, `{`) nested deeper than ``maxDepth`` (a parser that recurses would
+    /// overflow its stack). `nil` when the structure is fine.
+    static func structureProblem(_ text: String) -> String? {
+        var depth = 0
+        var quote: UInt8?  // the open quote character, if inside a quoted scalar
+        var comment = false
+        var previous: UInt8 = 0x0A  // the last byte that is not a space or tab
+        for byte in text.utf8 {
+            if comment {
+                if byte == 0x0A {
+                    comment = false
+                    previous = 0x0A
+                }
+                continue
+            }
+            if let open = quote {
+                if byte == open { quote = nil }
+                continue
+            }
+            switch byte {
+            case 0x22, 0x27:  // " '
+                quote = byte
+            case 0x23 where previous == 0x0A || previous == 0x20 || previous == 0x09:  // # starts a comment
+                comment = true
+                continue
+            case 0x26, 0x2A:  // & *
+                // An indicator where a node starts: at a line's start, after "- ", ": ", "[", "{" or ",".
+                if [0x0A, 0x2D, 0x3A, 0x5B, 0x7B, 0x2C, 0x3F].contains(previous) {
+                    return byte == 0x26
+                        ? "uses a YAML anchor (&name); anchors and aliases are not accepted"
+                        : "uses a YAML alias (*name); anchors and aliases are not accepted"
+                }
+            case 0x5B, 0x7B:
+                depth += 1
+                if depth > maxDepth { return "nests deeper than \(maxDepth) levels" }
+            case 0x5D, 0x7D:
+                depth -= 1
+            default:
+                break
+            }
+            if byte != 0x20 && byte != 0x09 { previous = byte }
+        }
+        return nil
     }
 
     static func checkKeys(_ node: Any, schema: Any, path: String, problems: inout [String]) {

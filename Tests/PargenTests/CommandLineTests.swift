@@ -125,4 +125,55 @@ import Testing
         let bad = try pargen(["jobs", "--out", out, "--state", "sideways"])
         #expect(bad.status != 0 && bad.output.contains("--state must be one of"))
     }
+
+    /// What cannot be read or written ends the command with exit 2 and one line naming the path, never an
+    /// NSError dump (issue 9, item 8); a configuration file that is empty, an alias bomb or a flood of unknown
+    /// keys is refused at once (item 5).
+    @Test func unreadableAndUnwritablePathsExitTwoWithOneLineNamingThem() throws {
+        let folder = temporaryDirectory()
+        let campaign = folder.appendingPathComponent("c.jsonl")
+        try Data("{\"type\": \"audio\", \"prompt\": \"one\"}\n".utf8).write(to: campaign)
+        // The output folder's parent is a regular file (root ignores permission bits, so a read-only folder
+        // would not stop it).
+        let blocker = folder.appendingPathComponent("not-a-folder")
+        try Data("x".utf8).write(to: blocker)
+        let out = blocker.appendingPathComponent("out").path
+        let unwritable = try pargen(["run", campaign.path, "--out", out, "--reliable", "--no-progress"])
+        #expect(unwritable.status == 2, "\(unwritable.output)")
+        #expect(unwritable.output.contains("cannot create the output folder \(out)"), "\(unwritable.output)")
+        #expect(!unwritable.output.contains("Error Domain"), "\(unwritable.output)")
+
+        let storeFolder = folder.appendingPathComponent("garbage")
+        try FileManager.default.createDirectory(at: storeFolder, withIntermediateDirectories: true)
+        try Data(repeating: 0x42, count: 4096).write(to: storeFolder.appendingPathComponent("campaign.sqlite"))
+        let status = try pargen(["status", "--out", storeFolder.path])
+        #expect(status.status == 2, "\(status.output)")
+        #expect(status.output.contains("cannot open the campaign store"), "\(status.output)")
+        #expect(status.output.split(separator: "\n").count == 1, "\(status.output)")
+
+        let empty = folder.appendingPathComponent("empty.yaml")
+        try Data("  \n".utf8).write(to: empty)
+        let emptyRun = try pargen(["providers", "--config", empty.path])
+        #expect(emptyRun.status == 2 && emptyRun.output.contains("is empty"), "\(emptyRun.output)")
+
+        // A "billion laughs": nine levels of aliases, each nine times the last.
+        var bomb = "a: &a [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n"
+        var previous = "a"
+        for name in ["b", "c", "d", "e", "f", "g", "h", "i"] {
+            bomb += "\(name): &\(name) [" + Array(repeating: "*\(previous)", count: 9).joined(separator: ",") + "]\n"
+            previous = name
+        }
+        let bombFile = folder.appendingPathComponent("bomb.yaml")
+        try Data(bomb.utf8).write(to: bombFile)
+        let started = ContinuousClock.now
+        let bombRun = try pargen(["providers", "--config", bombFile.path])
+        #expect(bombRun.status == 2 && bombRun.output.contains("anchors and aliases are not accepted"), "\(bombRun.output)")
+
+        let flood = folder.appendingPathComponent("flood.yaml")
+        try Data((0..<100_000).map { "k\($0): 1" }.joined(separator: "\n").utf8).write(to: flood)  // under 1 MiB
+        let floodRun = try pargen(["providers", "--config", flood.path])
+        #expect(floodRun.status == 2, "\(floodRun.output.prefix(300))")
+        #expect(floodRun.output.contains("... and 99950 more unknown keys"), "\(floodRun.output.suffix(300))")
+        #expect(ContinuousClock.now - started < .seconds(30), "refused quickly")
+    }
 }
