@@ -130,7 +130,7 @@ enum CampaignSession {
         let terminal = isatty(STDOUT_FILENO) == 1
         let signals = SignalWatcher()
         enum Step { case report(CampaignReport), interrupted, other }
-        let report = try await withThrowingTaskGroup(of: Step.self) { group in
+        let finished = try await withThrowingTaskGroup(of: Step.self) { group in
             if !options.noProgress {
                 group.addTask {
                     // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
@@ -178,7 +178,9 @@ enum CampaignSession {
         }
         signals.exitOnNextSignal()
         // Stop every job: submissions in progress are persisted first, every lease is given back.
-        try await generator.stop(immediately: report.pending > 0)
+        try await generator.stop(immediately: finished.pending > 0)
+        // Calls that completed while the engine stopped are in the store now: the manifest takes them from there.
+        let report = try await CampaignRunner.settle(finished, generator: generator)
         let stats = await generator.systemStats()
         if !options.noProgress {
             let line = ProgressText.bar(tracker.snapshot(), spend: stats.costMonitor.charged)

@@ -192,12 +192,13 @@ import Glibc
             return process
         }
         let first = try start()
-        // Interrupt as soon as the provider has seen a submission, so the signal lands mid-campaign on any machine.
+        // Interrupt once the provider has seen 40 submissions, so the signal lands mid-campaign on any machine,
+        // with some lines finished and some not.
         let deadline = ContinuousClock.now + .seconds(60)
-        while Self.lines(of: submitLog).isEmpty && first.isRunning && ContinuousClock.now < deadline {
+        while Self.lines(of: submitLog).count < 40 && first.isRunning && ContinuousClock.now < deadline {
             try await Task.sleep(for: .milliseconds(2))
         }
-        #expect(!Self.lines(of: submitLog).isEmpty, "a submission appeared")
+        #expect(Self.lines(of: submitLog).count >= 40, "submissions appeared")
         #expect(first.isRunning, "the campaign is still running when interrupted")
         kill(first.processIdentifier, SIGINT)
         try await Self.waitForExit(first)
@@ -206,6 +207,21 @@ import Glibc
         let counts = try await store.counts()
         #expect(counts[.running] == nil, "every lease was given back: \(counts)")
         #expect((counts[.succeeded] ?? 0) < 120)
+        #expect((counts[.succeeded] ?? 0) > 0, "some lines finished before the signal: \(counts)")
+        // The manifest written on the way out says what the store says, line by line (it used to call every
+        // unfinished wait "pending", jobs the store had finished included).
+        let manifest = try String(contentsOf: out.appendingPathComponent("manifest.jsonl"), encoding: .utf8)
+            .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        let states = Dictionary(
+            uniqueKeysWithValues: try await store.jobs(matching: JobQuery()).map { ($0.id.description, $0.state) }
+        )
+        #expect(manifest.count == 120)
+        for row in manifest {
+            let id = row["job_id"] as? String ?? ""
+            let status = row["status"] as? String ?? ""
+            let expected = states[id].map { $0 == .succeeded ? "succeeded" : $0.isFinal ? $0.rawValue : "pending" }
+            #expect(status == expected, "\(id): manifest \(status), store \(String(describing: states[id]))")
+        }
         let second = try start()
         try await Self.waitForExit(second, within: .seconds(120))
         #expect(second.terminationStatus == 0)

@@ -312,7 +312,7 @@ public final class ParallelGenerator: Service, Sendable {
             state.nextWaiterID += 1
             return state.nextWaiterID
         }
-        return await withTaskCancellationHandler {
+        let result = await withTaskCancellationHandler {
             await waitForResult(id, waiterID: waiterID)
         } onCancel: {
             let mine = state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
@@ -321,6 +321,12 @@ public final class ParallelGenerator: Service, Sendable {
             }
             mine?.resume(returning: Self.cancelledResult(id))
         }
+        // A waiter that stopped waiting still reports what the store knows: a job that finished is finished,
+        // whoever was waiting for it (the manifest written on Ctrl-C must say what the store says).
+        guard result.error?.code == .cancelled,
+            let record = try? await shielded({ try await self.store.job(id) }), record.state.isFinal
+        else { return result }
+        return makeResult(record)
     }
 
     /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
@@ -430,7 +436,8 @@ public final class ParallelGenerator: Service, Sendable {
         publish(.finished(result))
     }
 
-    func makeResult(_ record: JobRecord) -> GenerationResult {
+    /// The result a finished job's record stands for (what ``result(for:)`` returns once the job is final).
+    public func makeResult(_ record: JobRecord) -> GenerationResult {
         let outcome: Result<Artifact, GenerationError>
         if let success = record.outcome {
             outcome = .success(success.artifact)

@@ -213,6 +213,40 @@ public enum CampaignRunner {
         return try write(rows: rows, errors: [], to: outputDirectory, elapsed: clock.now - started)
     }
 
+    /// Rewrites the manifests of a stopped run from the store: a line the run left `pending` whose job has
+    /// since finished (a call that completed while the engine stopped) takes the store's final state, so that
+    /// the manifest, `status`, `jobs` and the store say the same thing once the run has ended.
+    public static func settle(_ report: CampaignReport, generator: ParallelGenerator) async throws -> CampaignReport {
+        guard report.pending > 0 else { return report }
+        var rows = report.rows
+        for index in rows.indices where rows[index].status == "pending" {
+            guard let id = rows[index].jobID, let record = try await generator.store.job(JobID(id)),
+                record.state.isFinal
+            else { continue }
+            rows[index] = row(
+                line: rows[index].line,
+                requestID: rows[index].requestID,
+                jobID: record.id,
+                kind: record.request.kind,
+                result: generator.makeResult(record),
+                invalid: false
+            )
+        }
+        let errors = try readErrors(report.errorsFile)
+        return try write(
+            rows: rows,
+            errors: errors,
+            to: report.manifestJSONL.deletingLastPathComponent(),
+            elapsed: report.elapsed
+        )
+    }
+
+    static func readErrors(_ url: URL) throws -> [CampaignLineError] {
+        guard let text = try? String(contentsOf: url, encoding: .utf8) else { return [] }
+        let decoder = JSONDecoder()
+        return try text.split(separator: "\n").map { try decoder.decode(CampaignLineError.self, from: Data($0.utf8)) }
+    }
+
     static func write(
         rows: [ManifestRow],
         errors: [CampaignLineError],
