@@ -426,8 +426,12 @@ public final class FakeProviderState: Sendable {
             }
         }
         return state.withLock { state in
-            let wasReserved = state.reservedTasks > 0 && options.concurrentTasks != nil
-            if wasReserved { state.reservedTasks -= 1 }
+            // This submission's own log entry: it says whether admission reserved a slot for it (no refusal), or
+            // let it in over the cap to wait (Runway's "throttled").
+            let entry = state.log.lastIndex(where: { $0.prompt == prompt && $0.accepted && $0.taskID == nil })
+            let refusal = entry.flatMap { state.log[$0].refusal }
+            let wasReserved = options.concurrentTasks != nil && entry != nil && refusal == nil
+            if wasReserved { state.reservedTasks = max(0, state.reservedTasks - 1) }
             let id = "\(prefix)\(state.nextID)"
             state.nextID += 1
             var task = FakeTask(
@@ -440,16 +444,16 @@ public final class FakeProviderState: Sendable {
                 failure: failure
             )
             let slotFree = options.concurrentTasks.map { Self.running(state, now: now) < $0 } ?? true
-            if slotFree { task.startedAt = now }
+            // A task admitted over the cap waits its turn (THROTTLED), as its log entry says, even if a slot has
+            // freed since.
+            if slotFree && refusal != "throttled" { task.startedAt = now }
             state.tasks[id] = task
             state.taskOrder.append(id)
-            if let index = state.log.lastIndex(where: { $0.prompt == prompt && $0.accepted }) {
+            if let index = entry {
                 state.log[index].taskID = id
                 // A task that admission let through (its slot reserved) but that finds no slot free: the
                 // submissions raced past the quota. Never queue it quietly: it is a violation in the log.
-                if !slotFree && wasReserved && state.log[index].refusal == nil {
-                    state.log[index].refusal = "concurrency"
-                }
+                if !slotFree && wasReserved { state.log[index].refusal = "concurrency" }
             }
             state.peakConcurrency = max(state.peakConcurrency, Self.running(state, now: now))
             return task
