@@ -32,8 +32,12 @@ let arguments = CommandLine.arguments
 if arguments.count > 1 && arguments[1] == "quota" {
     let window = arguments.count > 2 ? Double(arguments[2]) ?? 60 : 60
     let only = arguments.count > 3 && arguments[3] != "all" ? arguments[3] : nil
-    try await QuotaBench.run(window: window, only: only, equalTasks: arguments.count > 4 && arguments[4] == "equal")
-    exit(0)
+    let clean = try await QuotaBench.run(
+        window: window,
+        only: only,
+        equalTasks: arguments.count > 4 && arguments[4] == "equal"
+    )
+    exit(clean ? 0 : 1)
 }
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
