@@ -312,7 +312,7 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         let bench = try await FakeBench.start(
             .azure,
             options: { $0.taskSeconds = 0.1...0.2 },
-            requestTimeout: .seconds(1),
+            requestTimeout: .seconds(2),
             http: http
         )
         var lines = (0..<10).map { "Conflict batch line \($0)" }

@@ -48,17 +48,24 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
             FakeProviderOptions(wireProtocol: .runway, apiKey: key, taskSeconds: 0.05...0.1, lifetime: .seconds(150))
         )
         let folder = temporaryDirectory()
-        let config = folder.appendingPathComponent("pargen.yaml")
-        try Data(
-            """
-            providers:
-              runway:
-                baseURL: \(fake.baseURL)
-                apiKeyEnv: TEST_RUNWAY_KEY
-                requestTimeoutSeconds: 1
-                pollIntervalSeconds: 0.02
-            """.utf8
-        ).write(to: config)
+        // The first run waits 3 s for an answer (the lost ones cost that); the run after the person's decision
+        // waits up to 20 s, so that a loaded machine cannot turn a slow answer into a second lost one.
+        func config(_ name: String, timeout: Int) throws -> URL {
+            let url = folder.appendingPathComponent(name)
+            try Data(
+                """
+                providers:
+                  runway:
+                    baseURL: \(fake.baseURL)
+                    apiKeyEnv: TEST_RUNWAY_KEY
+                    requestTimeoutSeconds: \(timeout)
+                    pollIntervalSeconds: 0.02
+                """.utf8
+            ).write(to: url)
+            return url
+        }
+        let firstConfig = try config("first.yaml", timeout: 3)
+        let laterConfig = try config("later.yaml", timeout: 20)
         let campaign = folder.appendingPathComponent("campaign.jsonl")
         try Data(
             """
@@ -70,9 +77,12 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
         ).write(to: campaign)
         let out = folder.appendingPathComponent("out").path
         let environment = ["TEST_RUNWAY_KEY": key]
-        let arguments = ["--config", config.path, "--out", out, "--no-progress"]
+        let arguments = ["--out", out, "--no-progress"]
 
-        let first = try await pargenAsync(["run", campaign.path] + arguments, environment: environment)
+        let first = try await pargenAsync(
+            ["run", campaign.path, "--config", firstConfig.path] + arguments,
+            environment: environment
+        )
         #expect(first.status == 1, "\(first.output)")
         let store = try SQLiteJobStore(path: out + "/campaign.sqlite")
         var jobs = Dictionary(uniqueKeysWithValues: try await store.jobs(matching: JobQuery()).map { ($0.request.id, $0) })
@@ -99,7 +109,10 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
         #expect(retry.output.contains("re-queued 1 jobs"), "\(retry.output)")
         let purge = try await pargenAsync(["dlq", "purge", c, "--out", out])
         #expect(purge.output.contains("purged 1 jobs"), "\(purge.output)")
-        let second = try await pargenAsync(["run", "--resume"] + arguments, environment: environment)
+        let second = try await pargenAsync(
+            ["run", "--resume", "--config", laterConfig.path] + arguments,
+            environment: environment
+        )
         #expect(second.status == 0, "\(second.output)")
         jobs = Dictionary(uniqueKeysWithValues: try await store.jobs(matching: JobQuery()).map { ($0.request.id, $0) })
         #expect(jobs.keys.sorted() == ["a", "b"])
