@@ -384,7 +384,9 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
                 $0.window = .seconds(1)
                 $0.concurrentTasks = wire == .runway || wire == .elevenlabs ? 2 : nil
                 $0.latencySeconds = 0.02...0.05
-                $0.taskSeconds = 0.1...0.2
+                // Runway's tasks run long enough that a task waiting THROTTLED is seen so by a poll, however late
+                // a loaded machine makes the poll.
+                $0.taskSeconds = wire == .runway ? 0.8...1.0 : 0.1...0.2
             },
             quota: ProviderQuota(concurrentTasks: 8),
             http: http
