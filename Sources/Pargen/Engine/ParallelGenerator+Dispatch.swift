@@ -191,16 +191,7 @@ extension ParallelGenerator {
                     "job processing failed",
                     metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"]
                 )
-                let failure = GenerationError(.transient, "internal error: \(error)")
-                try? await shielded {
-                    try await self.store.retry(
-                        job.lease,
-                        error: failure,
-                        after: self.retryPolicy.ceiling(afterAttempt: 1),
-                        spendAttempt: false,
-                        failedProvider: nil
-                    )
-                }
+                try? await putBack(job, error: GenerationError(.transient, "internal error: \(error)"))
             }
         }
     }
@@ -237,15 +228,7 @@ extension ParallelGenerator {
             await finish(id)
         case .follower(.retryLater), .follower(nil):
             // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
-            try await shielded {
-                try await self.store.retry(
-                    job.lease,
-                    error: nil,
-                    after: self.retryPolicy.ceiling(afterAttempt: 1),
-                    spendAttempt: false,
-                    failedProvider: nil
-                )
-            }
+            try await putBack(job)
             progress(record, .queued, message: "waiting for an identical request")
         }
     }
@@ -299,15 +282,7 @@ extension ParallelGenerator {
             case .noneCapable(let reason):
                 return await deadLetter(job, GenerationError(.noCapableProvider, reason))
             case .wait(let until):
-                try? await shielded {
-                    try await self.store.retry(
-                        lease,
-                        error: nil,
-                        after: until - now,
-                        spendAttempt: false,
-                        failedProvider: nil
-                    )
-                }
+                try? await putBack(job, after: until - now)
                 progress(record, .retrying, message: "every capable provider's circuit is open")
                 return .retryLater
             case .provider(let chosen):
@@ -620,16 +595,22 @@ extension ParallelGenerator {
             + (expected > estimate ? " (\(provider) bills above its estimate of \(estimate))" : "")
         guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
         progress(job.record, .heldByBudget, message: message)
-        try? await shielded {
+        try? await putBack(job)
+        return .retryLater
+    }
+
+    /// Puts a job back in the queue without spending an attempt, to be looked at again after `delay` (by default
+    /// the retry policy's first step), shielded from cancellation like every transition.
+    private func putBack(_ job: LeasedJob, error: GenerationError? = nil, after delay: Duration? = nil) async throws {
+        try await shielded {
             try await self.store.retry(
                 job.lease,
-                error: nil,
-                after: self.retryPolicy.ceiling(afterAttempt: 1),
+                error: error,
+                after: delay ?? self.retryPolicy.ceiling(afterAttempt: 1),
                 spendAttempt: false,
                 failedProvider: nil
             )
         }
-        return .retryLater
     }
 
     private func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {

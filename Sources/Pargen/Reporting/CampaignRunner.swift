@@ -58,6 +58,8 @@ public struct CampaignReport: Sendable {
     public var manifestCSV: URL
     public var errorsFile: URL
     public var elapsed: Duration
+    /// The campaign file's bad lines, as written to ``errorsFile``.
+    public var lineErrors: [CampaignLineError] = []
 
     public var succeeded: Int { rows.filter { $0.status == "succeeded" }.count }
     public var invalid: Int { rows.filter { $0.status == "invalid" }.count }
@@ -232,19 +234,12 @@ public enum CampaignRunner {
                 invalid: false
             )
         }
-        let errors = try readErrors(report.errorsFile)
         return try write(
             rows: rows,
-            errors: errors,
+            errors: report.lineErrors,
             to: report.manifestJSONL.deletingLastPathComponent(),
             elapsed: report.elapsed
         )
-    }
-
-    static func readErrors(_ url: URL) throws -> [CampaignLineError] {
-        guard let text = try? String(contentsOf: url, encoding: .utf8) else { return [] }
-        let decoder = JSONDecoder()
-        return try text.split(separator: "\n").map { try decoder.decode(CampaignLineError.self, from: Data($0.utf8)) }
     }
 
     static func write(
@@ -260,7 +255,8 @@ public enum CampaignRunner {
             manifestJSONL: outputDirectory.appendingPathComponent("manifest.jsonl"),
             manifestCSV: outputDirectory.appendingPathComponent("manifest.csv"),
             errorsFile: outputDirectory.appendingPathComponent("errors.jsonl"),
-            elapsed: elapsed
+            elapsed: elapsed,
+            lineErrors: errors
         )
         try writeJSONLines(rows, to: report.manifestJSONL)
         try writeJSONLines(errors, to: report.errorsFile)
