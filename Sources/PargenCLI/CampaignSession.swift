@@ -15,6 +15,7 @@ enum CampaignSession {
         storePath: String,
         setup: PargenSetup,
         options: CampaignOptions,
+        injectFaults: Bool,
         out: URL,
         logger: Logger
     ) async throws -> CampaignReport {
@@ -26,6 +27,7 @@ enum CampaignSession {
                 storePath: storePath,
                 setup: setup,
                 options: options,
+                injectFaults: injectFaults,
                 out: out,
                 logger: logger,
                 http: http
@@ -43,6 +45,7 @@ enum CampaignSession {
         storePath: String,
         setup: PargenSetup,
         options: CampaignOptions,
+        injectFaults: Bool,
         out: URL,
         logger: Logger,
         http: HTTPClient
@@ -107,7 +110,7 @@ enum CampaignSession {
         }
         if setup.includeLocalProviders {
             providers += LocalProvider.demoProviders(
-                reliable: options.reliable,
+                reliable: !injectFaults,
                 seed: options.seed,
                 submitLog: submitLog
             )

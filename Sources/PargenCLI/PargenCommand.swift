@@ -35,8 +35,14 @@ struct CampaignOptions: ParsableArguments {
     @Option(help: "Seed of every random choice, for reproducible runs.")
     var seed: UInt64 = 0x5eed
 
-    @Flag(help: "Turn off the local providers' injected failures and throttling.")
+    @Flag(help: "demo: turn off the local providers' injected failures and throttling (run has none unless --inject-faults).")
     var reliable = false
+
+    @Flag(help: "run: make the local providers throttle and fail now and then, as `pargen demo` does.")
+    var injectFaults = false
+
+    /// Whether the local providers inject faults: always in the demo (unless --reliable), in `run` only when asked.
+    func faultsInjected(demo: Bool) -> Bool { demo ? !reliable : injectFaults }
 
     @Option(
         name: .customLong("project-budget"),
@@ -135,6 +141,7 @@ struct Demo: AsyncParsableCommand {
             storePath: storePath,
             setup: PargenSetup(configuration: configuration),
             options: options,
+            injectFaults: options.faultsInjected(demo: true),
             out: out,
             logger: logger
         )
@@ -155,8 +162,9 @@ struct Run: AsyncParsableCommand {
             command again after a crash or Ctrl-C continues it: finished lines are not redone, submitted tasks are \
             resumed, the rest run. `pargen run --resume --out DIR` continues without the file.
 
-            Without --config the lines run on the local providers; with --config FILE, on the providers the \
-            file configures (see `pargen providers --config FILE`).
+            Without --config the lines run on the local providers, which do not fail (--inject-faults makes them \
+            throttle and fail now and then, as in the demo); with --config FILE, on the providers the file \
+            configures (see `pargen providers --config FILE`).
 
             Exit status: 0 when every line succeeded, 1 when any line was invalid, failed or dead-lettered, 2 when \
             the file or the store could not be read.
@@ -200,6 +208,7 @@ struct Run: AsyncParsableCommand {
             storePath: storeOptions.path(out: out),
             setup: setup,
             options: options,
+            injectFaults: options.faultsInjected(demo: false),
             out: out,
             logger: logger
         )

@@ -75,6 +75,40 @@ import Testing
         #expect(outcome.status == 0, "\(outcome.output)")
     }
 
+    /// `run` on the local providers is a plain run: nothing is refused or failed by chance, so a good campaign
+    /// exits 0 every time; `--inject-faults` brings the demo's throttling and failures back.
+    @Test func runOnTheLocalProvidersIsReliableUnlessFaultsAreAskedFor() throws {
+        let folder = temporaryDirectory()
+        let jsonl = folder.appendingPathComponent("c.jsonl")
+        let lines = (0..<150).map { "{\"type\":\"audio\",\"prompt\":\"line number \($0)\",\"duration\":1}" }
+        try Data(lines.joined(separator: "\n").utf8).write(to: jsonl)
+        let plain = try pargen([
+            "run", jsonl.path, "--out", folder.appendingPathComponent("plain").path, "--no-progress",
+            "--per-user-rpm", "100000",
+        ])
+        #expect(plain.status == 0, "\(plain.output)")
+        #expect(plain.output.contains("total: 150 succeeded, 0 failed"), "\(plain.output)")
+        // Not one call throttled or failed: every line took one attempt.
+        let plainRows = try String(contentsOf: folder.appendingPathComponent("plain/manifest.jsonl"), encoding: .utf8)
+            .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(plainRows.count == 150 && plainRows.allSatisfy { $0["attempts"] as? Int == 1 })
+        let faulty = try pargen([
+            "run", jsonl.path, "--out", folder.appendingPathComponent("faulty").path, "--no-progress",
+            "--per-user-rpm", "100000", "--inject-faults",
+        ])
+        let manifest = try String(
+            contentsOf: folder.appendingPathComponent("faulty/manifest.jsonl"),
+            encoding: .utf8
+        )
+        .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+        #expect(manifest.count == 150)
+        // Throttled or failed calls show as attempts beyond the first, or as lines that did not succeed.
+        #expect(
+            manifest.contains { ($0["attempts"] as? Int ?? 0) > 1 || $0["status"] as? String != "succeeded" },
+            "\(faulty.output)"
+        )
+    }
+
     @Test func runExitsTwoWhenTheFileCannotBeRead() throws {
         let outcome = try pargen(["run", "/nonexistent/campaign.csv", "--no-progress"])
         #expect(outcome.status == 2)

@@ -27,7 +27,8 @@ public struct LocalProvider: GenerationProvider {
         /// Fraction of calls that are throttled (HTTP 429-like), with ``throttleRetryAfter``.
         public var throttleRate: Double
         public var throttleRetryAfter: Duration
-        /// Fraction of calls refused for good (content policy).
+        /// Fraction of prompts refused for good (content policy). A policy judges the content, so the choice
+        /// is by the prompt (a stable hash of it), not by chance: the same prompt is refused every time.
         public var terminalFailureRate: Double
         public var pricing: ProviderPricing
         public var quota: ProviderQuota
@@ -165,7 +166,7 @@ public struct LocalProvider: GenerationProvider {
         }
         try await context.clock.sleep(for: jittered(configuration.submitLatency))
         let roll = Double(rng.next() >> 11) / Double(1 << 53)
-        var threshold = configuration.throttleRate
+        let threshold = configuration.throttleRate
         if roll < threshold {
             throw GenerationError(
                 .rateLimited,
@@ -175,8 +176,8 @@ public struct LocalProvider: GenerationProvider {
                 retryAfter: configuration.throttleRetryAfter
             )
         }
-        threshold += configuration.terminalFailureRate
-        if roll < threshold {
+        let contentRoll = Double(SplitMix64.stableHash(descriptor.name, request.prompt) % 1_000_000) / 1_000_000
+        if contentRoll < configuration.terminalFailureRate {
             throw GenerationError(
                 .terminal,
                 "the prompt was refused by the content policy",
