@@ -57,6 +57,8 @@ public final class RateLimiter: Sendable {
         case burstCooldown = "burst_cooldown"
         case providerQuota = "provider_quota"
         case providerCooldown = "provider_cooldown"
+        /// Every one of the provider's task slots was taken (its quota's, or its adaptive limit's).
+        case providerSlots = "provider_slots"
     }
 
     public enum Decision: Sendable, Hashable {
@@ -65,9 +67,7 @@ public final class RateLimiter: Sendable {
     }
 
     private struct State {
-        var users: [String: SlidingWindowLog] = [:]
-        var projects: [String: GCRA] = [:]
-        var bursts: [String: BurstGuard] = [:]
+        var clients: ClientLimits
         var providerWindows: [String: SlidingWindowLog] = [:]
         var providerCooldowns: [String: Duration] = [:]
         /// Slot holders waiting here for a provider's window, per provider.
@@ -78,12 +78,11 @@ public final class RateLimiter: Sendable {
         var denied: [LimitKind: Int] = [:]
         var waited: [LimitKind: Duration] = [:]
         var waiting = 0
-        var decisions = 0
     }
 
     public let configuration: PargenConfiguration.RateLimits
     private let providerQuotas: Mutex<[String: ProviderQuota]>
-    private let state = Mutex(State())
+    private let state: Mutex<State>
     /// How many slot-holding requests wait for a provider's concurrency slot (the resource pool knows).
     private let slotQueue: @Sendable (String) -> Int
 
@@ -97,6 +96,7 @@ public final class RateLimiter: Sendable {
         self.configuration = configuration
         self.providerQuotas = Mutex(providerQuotas)
         self.slotQueue = slotQueue
+        state = Mutex(State(clients: ClientLimits(configuration: configuration)))
     }
 
     /// Records how long a task held a provider's concurrency slot (submit to end), which sizes the
@@ -150,14 +150,11 @@ public final class RateLimiter: Sendable {
     ) -> Decision {
         let quota = provider.flatMap { name in providerQuotas.withLock { $0[name] } }
         return state.withLock { state in
-            state.decisions += 1
-            if state.decisions % 4096 == 0 { Self.dropIdle(&state, now: now) }
             var worst: (Duration, LimitKind)?
             func deny(_ wait: Duration?, _ kind: LimitKind) {
                 guard let wait, wait > .zero else { return }
                 if worst == nil || wait > worst!.0 { worst = (wait, kind) }
             }
-            let limits = configuration
             if let provider {
                 if let until = state.providerCooldowns[provider], until > now { deny(until - now, .providerCooldown) }
                 if let quota, let fresh = quota.slidingWindow {
@@ -167,41 +164,8 @@ public final class RateLimiter: Sendable {
                     deny(kept > 0 ? wait.map { min($0, .milliseconds(250)) } : wait, .providerQuota)
                 }
             }
-            if limits.enabled {
-                deny(
-                    state.users[
-                        user,
-                        default: SlidingWindowLog(limit: limits.perUserRequestsPerMinute, window: .seconds(60))
-                    ]
-                    .retryAfter(at: now),
-                    .userWindow
-                )
-                deny(
-                    state.projects[
-                        project,
-                        default: GCRA(
-                            capacity: limits.tokenBucketCapacity,
-                            perMinute: limits.perProjectRequestsPerMinute
-                        )
-                    ].retryAfter(at: now),
-                    .projectBucket
-                )
-                // Checked last so a request already denied elsewhere does not use up the burst.
-                if worst == nil {
-                    deny(
-                        state.bursts[
-                            project,
-                            default: BurstGuard(
-                                maxBurst: limits.maxBurst,
-                                window: limits.burstWindow,
-                                cooldown: limits.burstCooldown
-                            )
-                        ].retryAfter(at: now),
-                        .burstCooldown
-                    )
-                } else if let guardState = state.bursts[project], guardState.isCoolingDown(at: now) {
-                    deny(guardState.cooldownUntil! - now, .burstCooldown)
-                }
+            if let (wait, kind) = state.clients.check(user: user, project: project, heldElsewhere: worst != nil, at: now) {
+                deny(wait, kind)
             }
             if let (wait, kind) = worst {
                 state.denied[kind, default: 0] += 1
@@ -216,14 +180,7 @@ public final class RateLimiter: Sendable {
                     state.providerWindows[provider, default: fresh].record(at: now)
                 }
             }
-            if limits.enabled {
-                state.users[user]?.record(at: now)
-                state.projects[
-                    project,
-                    default: GCRA(capacity: limits.tokenBucketCapacity, perMinute: limits.perProjectRequestsPerMinute)
-                ].record(at: now)
-                state.bursts[project]?.record(at: now)
-            }
+            state.clients.record(user: user, project: project, at: now)
             state.admitted += 1
             return .admitted
         }
@@ -310,31 +267,13 @@ public final class RateLimiter: Sendable {
     /// How long a request from `user` in `project` would wait at `now`, without consuming anything
     /// (used to skip users who are held back when leasing work).
     public func userDelay(user: String, project: String, at now: Duration) -> Duration? {
-        guard configuration.enabled else { return nil }
-        return state.withLock { state in
-            var wait = state.users[user]?.retryAfter(at: now)
-            if let burst = state.bursts[project], burst.isCoolingDown(at: now) {
-                wait = max(wait ?? .zero, burst.cooldownUntil! - now)
-            }
-            return wait
-        }
+        state.withLock { $0.clients.userDelay(user: user, project: project, at: now) }
     }
 
     /// Users whose own window is full at `now`, and when the first of them frees up: their jobs are left
     /// in the queue instead of holding worker slots while they wait.
     public func blockedUsers(at now: Duration) -> (users: Set<String>, until: Duration?) {
-        guard configuration.enabled else { return ([], nil) }
-        return state.withLock { state in
-            var users: Set<String> = []
-            var until: Duration?
-            for key in Array(state.users.keys) {
-                if let wait = state.users[key]!.retryAfter(at: now) {
-                    users.insert(key)
-                    until = min(until ?? now + wait, now + wait)
-                }
-            }
-            return (users, until)
-        }
+        state.withLock { $0.clients.blockedUsers(at: now) }
     }
 
     public func stats() -> RateLimiterStats {
@@ -344,15 +283,11 @@ public final class RateLimiter: Sendable {
                 denied: state.denied,
                 waitTime: state.waited,
                 waiting: state.waiting,
-                burstCooldowns: state.bursts.values.reduce(0) { $0 + $1.cooldownsStarted },
-                trackedUsers: state.users.count,
-                trackedProjects: state.projects.count
+                burstCooldowns: state.clients.burstCooldowns,
+                trackedUsers: state.clients.trackedUsers,
+                trackedProjects: state.clients.trackedProjects
             )
         }
-    }
-
-    private static func dropIdle(_ state: inout State, now: Duration) {
-        for key in Array(state.users.keys) where state.users[key]!.isIdle(at: now) { state.users[key] = nil }
     }
 }
 

@@ -26,13 +26,19 @@ public struct SlidingWindowLog: Sendable, Hashable {
     }
 
     /// `nil` when one more admission fits at `now`; otherwise how long until one does.
-    public mutating func retryAfter(at now: Duration, cost: Int = 1) -> Duration? {
+    ///
+    /// - Parameter whilePending: The answer when room depends on admissions still on their way (their
+    ///   arrival dates them): by default a short poll; a caller told of arrivals can pass the window, the
+    ///   earliest such room could come.
+    public mutating func retryAfter(at now: Duration, cost: Int = 1, whilePending: Duration = .milliseconds(50))
+        -> Duration?
+    {
         prune(now)
         guard admissions.count + pending.count + cost > limit else { return nil }
         // The oldest admission whose expiry makes room for `cost` more.
         let index = admissions.count + pending.count + cost - limit - 1
         // Room depends on calls still on their way: look again shortly.
-        guard index < admissions.count else { return pending.isEmpty ? window : .milliseconds(50) }
+        guard index < admissions.count else { return pending.isEmpty ? window : whilePending }
         return admissions[index] + window - now
     }
 
@@ -59,6 +65,12 @@ public struct SlidingWindowLog: Sendable, Hashable {
         let time = max(admittedAt, arrivedAt)
         let position = admissions.lastIndex { $0 <= time }.map { $0 + 1 } ?? 0
         admissions.insert(time, at: position)
+    }
+
+    /// Forgets a pending admission made at `admittedAt` whose call was never made.
+    public mutating func cancelPending(admittedAt: Duration) {
+        guard let index = pending.lastIndex(of: admittedAt) else { return }
+        pending.remove(at: index)
     }
 
     private mutating func prune(_ now: Duration) {

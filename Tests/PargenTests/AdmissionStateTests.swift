@@ -1,0 +1,178 @@
+import Pargen
+import Testing
+
+/// The admission state machine's decisions, made synchronously with explicit time.
+@Suite struct AdmissionStateTests {
+    /// An OpenAI-like provider: a window of `rate` submissions, `slots` video slots, speech takes none.
+    static func mixed(_ name: String, rate: Int, slots: Int, window: Duration = .seconds(60)) -> ProviderAdmission {
+        ProviderAdmission(
+            name: name,
+            quota: ProviderQuota(
+                requestsPerMinute: rate,
+                concurrentTasks: slots,
+                window: window,
+                margin: .zero,
+                concurrencyKinds: [.video]
+            )
+        )
+    }
+
+    static func state(_ providers: [ProviderAdmission]) -> AdmissionState {
+        AdmissionState(providers: providers, clients: ClientLimits(configuration: .unlimited))
+    }
+
+    static func request(_ n: Int, _ kind: GenerationKind, _ providers: [String], priority: GenerationPriority = .normal, user: String = "u")
+        -> AdmissionRequest
+    {
+        AdmissionRequest(
+            job: JobID("job-\(n)"),
+            sequence: Int64(n),
+            priority: priority,
+            user: user,
+            project: "p",
+            kind: kind,
+            providers: providers
+        )
+    }
+
+    @Test func aVideoLateInTheBacklogStartsInTheFirstRound() {
+        var state = Self.state([Self.mixed("a", rate: 10, slots: 2)])
+        for n in 0..<30 { state.enqueue(Self.request(n, .audio, ["a"]), at: .zero) }
+        state.enqueue(Self.request(30, .video, ["a"]), at: .zero)
+        state.enqueue(Self.request(31, .video, ["a"]), at: .zero)
+        let round = state.schedule(at: .zero, jobSlots: 100)
+        // Both videos take the two slots; the other 8 submissions of the window go to speech.
+        #expect(round.grants.filter { $0.kind == .video }.count == 2)
+        #expect(round.grants.count == 10)
+        #expect(round.wakeAt == .seconds(60))
+    }
+
+    @Test func plainWorkIsSpreadSoThatEveryWindowFills() {
+        var state = Self.state([Self.mixed("a", rate: 10, slots: 2), Self.mixed("b", rate: 10, slots: 2)])
+        for n in 0..<25 { state.enqueue(Self.request(n, .audio, ["a", "b"]), at: .zero) }
+        let round = state.schedule(at: .zero, jobSlots: 100)
+        #expect(round.grants.filter { $0.provider == "a" }.count == 10)
+        #expect(round.grants.filter { $0.provider == "b" }.count == 10)
+        #expect(state.waitingCount == 5)
+    }
+
+    @Test func roomIsKeptBackForSlotHoldersThatCanStartWithinTheWindow() {
+        // Two slots, both busy; tasks unseen, so a task is taken as half the window: each slot frees at 30 s and
+        // starts one more task within the window. Ten videos wait, so 2 submissions are kept back.
+        var state = Self.state([Self.mixed("a", rate: 10, slots: 2)])
+        for n in 0..<2 { state.enqueue(Self.request(n, .video, ["a"]), at: .zero) }
+        #expect(state.schedule(at: .zero, jobSlots: 100).grants.count == 2)
+        for n in 2..<12 { state.enqueue(Self.request(n, .video, ["a"]), at: .zero) }
+        for n in 12..<40 { state.enqueue(Self.request(n, .audio, ["a"]), at: .zero) }
+        let round = state.schedule(at: .zero, jobSlots: 100)
+        #expect(round.grants.allSatisfy { $0.kind == .audio })
+        #expect(round.grants.count == 10 - 2 - 2)
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .zero) == 2)
+    }
+
+    @Test func strictPriorityAndUsersTakeTurnsWithinAPriority() {
+        var state = Self.state([Self.mixed("a", rate: 4, slots: 1)])
+        for n in 0..<4 { state.enqueue(Self.request(n, .audio, ["a"], user: "ann"), at: .zero) }
+        state.enqueue(Self.request(10, .audio, ["a"], user: "ben"), at: .zero)
+        state.enqueue(Self.request(11, .audio, ["a"], priority: .urgent, user: "cat"), at: .zero)
+        let jobs = state.schedule(at: .zero, jobSlots: 100).grants.map(\.job.rawValue)
+        #expect(jobs == ["job-11", "job-0", "job-10", "job-1"])
+    }
+
+    @Test func aResumedTaskTakesASlotButNoWindowRoom() {
+        var state = Self.state([Self.mixed("a", rate: 1, slots: 2)])
+        state.enqueue(Self.request(0, .audio, ["a"]), at: .zero)
+        #expect(state.schedule(at: .zero, jobSlots: 10).grants.count == 1)
+        var resumed = Self.request(1, .video, ["a"])
+        resumed.submits = false
+        state.enqueue(resumed, at: .zero)
+        let round = state.schedule(at: .zero, jobSlots: 10)
+        #expect(round.grants.map(\.job) == [JobID("job-1")])
+    }
+
+    @Test func aCallNeverMadeGivesItsWindowRoomBackAndAThrottleCoolsTheProviderDown() {
+        var state = Self.state([Self.mixed("a", rate: 1, slots: 2)])
+        state.enqueue(Self.request(0, .audio, ["a"]), at: .zero)
+        let first = state.schedule(at: .zero, jobSlots: 10).grants[0]
+        state.finish(first, outcome: .notCalled, at: .seconds(1))
+        state.enqueue(Self.request(1, .audio, ["a"]), at: .seconds(1))
+        let second = state.schedule(at: .seconds(1), jobSlots: 10).grants
+        #expect(second.count == 1)
+        state.finish(second[0], outcome: .throttled(retryAfter: .seconds(5)), at: .seconds(2))
+        #expect(state.cooldownEnd("a", at: .seconds(2)) == .seconds(7))
+    }
+
+    @Test func noMoreJobsStartThanThereAreJobSlots() {
+        var state = Self.state([Self.mixed("a", rate: 100, slots: 5)])
+        for n in 0..<20 { state.enqueue(Self.request(n, .audio, ["a"]), at: .zero) }
+        #expect(state.schedule(at: .zero, jobSlots: 3).grants.count == 3)
+    }
+
+    /// Random backlogs, providers and times; after every round the rule's invariants hold:
+    /// - room kept back never exceeds the slot-holding jobs waiting that could use it;
+    /// - with a slot free, window room left and a slot-holding job waiting for that provider, the slot is not idle;
+    /// - with window room left beyond what is kept back and plain work waiting for that provider, the window is
+    ///   not idle;
+    /// - a job waiting holds no slot: slots in use equal the slot-using tickets out.
+    @Test(arguments: Array(UInt64(1)...UInt64(40)))
+    func theRuleHoldsOnRandomBacklogs(seed: UInt64) {
+        var rng = SplitMix64(seed: seed)
+        func roll(_ n: Int) -> Int { Int(rng.next() % UInt64(n)) }
+        let names = ["a", "b", "c"].prefix(1 + roll(3))
+        var state = Self.state(
+            names.map { Self.mixed($0, rate: 2 + roll(30), slots: 1 + roll(6), window: .seconds(Int64(5 + roll(60)))) }
+        )
+        var tickets: [AdmissionTicket] = []
+        var now = Duration.zero
+        var next = 0
+        for _ in 0..<60 {
+            for _ in 0..<roll(12) {
+                let kind: GenerationKind = roll(3) == 0 ? .video : .audio
+                let some = names.filter { _ in roll(2) == 0 }
+                let providers = some.isEmpty ? [names.first!] : Array(some)
+                state.enqueue(
+                    Self.request(next, kind, providers, priority: GenerationPriority.allCases[roll(4)], user: "u\(roll(3))"),
+                    at: now
+                )
+                next += 1
+            }
+            let round = state.schedule(at: now, jobSlots: 1_000)
+            tickets += round.grants
+            for name in names {
+                var provider = state.providers[name]!
+                let waitingVideos = state.waiting(for: name, kind: .video)
+                let waitingSpeech = state.waiting(for: name, kind: .audio)
+                let keep = provider.keepBack(waiting: waitingVideos, at: now)
+                #expect(keep <= waitingVideos)
+                let room = provider.windowRoom(at: now)
+                let coolingDown = state.cooldownEnd(name, at: now) != nil
+                if !coolingDown && waitingVideos > 0 && provider.freeSlots > 0 {
+                    #expect(room == 0, "seed \(seed): \(name) has a free slot and window room while a video waits")
+                }
+                if !coolingDown && waitingSpeech > 0 {
+                    #expect(room <= keep, "seed \(seed): \(name) has room \(room) beyond \(keep) kept while speech waits")
+                }
+                let using = tickets.filter { $0.provider == name && $0.usesSlot }.count
+                #expect(provider.slotsInUse == using)
+            }
+            // Time passes; some calls end, some throttled.
+            now += .milliseconds(Int64(100 + roll(20_000)))
+            tickets.shuffle(using: &rng)
+            let ending = roll(tickets.count + 1)
+            for ticket in tickets.prefix(ending) {
+                let outcome: ProviderAdmission.Outcome =
+                    roll(20) == 0 ? .throttled(retryAfter: .seconds(2)) : .succeeded(latency: .seconds(1))
+                state.arrived(ticket, at: now)
+                state.finish(ticket, outcome: outcome, at: now)
+            }
+            tickets.removeFirst(ending)
+        }
+    }
+}
+
+extension AdmissionState {
+    /// Waiting jobs that could go to `provider`, of `kind`.
+    func waiting(for provider: String, kind: GenerationKind) -> Int {
+        waitingRequests.filter { $0.kind == kind && $0.providers.contains(provider) }.count
+    }
+}
