@@ -115,6 +115,16 @@ public final class SQLiteJobStore: JobStore {
                     """
             )
         }
+        migrator.registerMigration("v2-kind") { db in
+            // The scheduler leases each kind from its own queue.
+            try db.execute(
+                sql: """
+                    ALTER TABLE jobs ADD COLUMN kind TEXT NOT NULL DEFAULT 'audio';
+                    UPDATE jobs SET kind = COALESCE(json_extract(record, '$.request.kind'), 'audio');
+                    CREATE INDEX jobs_ready_kind ON jobs(state, kind, priority, run_at, seq);
+                    """
+            )
+        }
         do {
             try migrator.migrate(writer)
         } catch {
@@ -152,13 +162,13 @@ public final class SQLiteJobStore: JobStore {
                 try db.execute(
                     sql: """
                         INSERT INTO jobs (seq, id, state, priority, user, project, campaign, provider, idempotency_key,
-                                          run_at, lease_expires_at, record)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                                          run_at, lease_expires_at, record, kind)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """,
                     arguments: [
                         sequence, record.id.rawValue, record.state.rawValue, request.priority.rawValue, request.user,
                         request.project, request.campaign, nil, request.idempotencyKey, record.runAt.nanoseconds,
-                        nil, try Self.encode(record),
+                        nil, try Self.encode(record), request.kind.rawValue,
                     ]
                 )
                 results.append(EnqueueResult(jobID: record.id, existing: false))
@@ -175,9 +185,26 @@ public final class SQLiteJobStore: JobStore {
     ) async throws
         -> [LeasedJob]
     {
-        guard limit > 0 else { return [] }
+        try await lease(
+            limit: limit,
+            owner: owner,
+            duration: duration,
+            excludingUsers: excludingUsers,
+            kinds: Set(GenerationKind.allCases)
+        )
+    }
+
+    public func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [LeasedJob] {
+        guard limit > 0, !kinds.isEmpty else { return [] }
         let now = now()
         let excluded = String(decoding: try JSONEncoder().encode(Array(excludingUsers)), as: UTF8.self)
+        let wanted = String(decoding: try JSONEncoder().encode(kinds.map(\.rawValue).sorted()), as: UTF8.self)
         return try await write { db in
             // Highest priority first; within a priority, round-robin across users (each user's oldest first,
             // users ordered by their oldest waiting job).
@@ -190,12 +217,13 @@ public final class SQLiteJobStore: JobStore {
                                MIN(seq) OVER (PARTITION BY priority, user) AS first_seq
                         FROM jobs
                         WHERE state = 'available' AND run_at <= ?
+                          AND kind IN (SELECT value FROM json_each(?))
                           AND user NOT IN (SELECT value FROM json_each(?))
                     )
                     ORDER BY priority DESC, turn, first_seq
                     LIMIT ?
                     """,
-                arguments: [now.nanoseconds, excluded, limit]
+                arguments: [now.nanoseconds, wanted, excluded, limit]
             )
             var leased: [LeasedJob] = []
             for id in ids {

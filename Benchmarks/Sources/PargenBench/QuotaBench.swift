@@ -21,10 +21,14 @@ import PargenTesting
 /// violation or failed request makes the benchmark exit 1.
 enum QuotaBench {
     struct Campaign {
+        enum Order { case interleaved, videosFirst, videosLast }
         var name: String
         /// Speech and video requests per provider.
         var speech: [String: Int]
         var video: [String: Int]
+        var order: Order = .interleaved
+        /// Video task times as fractions of the window; `nil` for the benchmark's default.
+        var tasks: ClosedRange<Double>? = nil
     }
 
     /// Returns whether every campaign finished with no failure and no quota violation.
@@ -40,6 +44,35 @@ enum QuotaBench {
                 speech: ["openai": 500, "minimax": 500],
                 video: ["openai": 35, "minimax": 35, "runway": 30]
             ),
+            // Shapes the three above do not cover: videos after or before the speech in the file, short and long
+            // tasks, one provider, and a campaign so small that no window is ever the constraint.
+            Campaign(
+                name: "videos-last",
+                speech: ["openai": 300, "minimax": 300],
+                video: ["openai": 20, "minimax": 20],
+                order: .videosLast
+            ),
+            Campaign(
+                name: "videos-first",
+                speech: ["openai": 300, "minimax": 300],
+                video: ["openai": 20, "minimax": 20],
+                order: .videosFirst
+            ),
+            Campaign(
+                name: "short-tasks-videos-last",
+                speech: ["openai": 300, "minimax": 300],
+                video: ["openai": 40, "minimax": 40],
+                order: .videosLast,
+                tasks: 0.033...0.133
+            ),
+            Campaign(
+                name: "long-tasks-one-provider",
+                speech: ["openai": 300],
+                video: ["openai": 12],
+                order: .videosLast,
+                tasks: 0.33...1.0
+            ),
+            Campaign(name: "small", speech: ["openai": 20, "minimax": 20], video: ["openai": 3, "minimax": 3]),
         ].filter { only == nil || $0.name == only }
         print("window \(seconds) s, \(rate) submissions per window and \(slots) concurrent video tasks per provider")
         let tasks = equalTasks ? (seconds * 0.33)...(seconds * 0.33) : (seconds * 0.30)...(seconds * 0.36)
@@ -49,7 +82,8 @@ enum QuotaBench {
         let http = ProviderConnection.makeHTTPClient()
         var clean = true
         for campaign in campaigns {
-            clean = try await measure(campaign, window: window, rate: rate, slots: slots, tasks: tasks, http: http)
+            let own = campaign.tasks.map { (seconds * $0.lowerBound)...(seconds * $0.upperBound) } ?? tasks
+            clean = try await measure(campaign, window: window, rate: rate, slots: slots, tasks: own, http: http)
                 && clean
         }
         try await http.shutdown()
@@ -134,11 +168,16 @@ enum QuotaBench {
                 )
             }
         }
-        // Interleave the lines, as a campaign file mixes them.
+        // Interleave the lines, as a campaign file mixes them, or put the videos after or before the speech.
         var mixed: [GenerationRequest] = []
         var generator = SplitMix(seed: 42)
         var pool = requests
         while !pool.isEmpty { mixed.append(pool.remove(at: Int(generator.next() % UInt64(pool.count)))) }
+        switch campaign.order {
+        case .interleaved: break
+        case .videosLast: mixed = mixed.filter { $0.kind == .audio } + mixed.filter { $0.kind == .video }
+        case .videosFirst: mixed = mixed.filter { $0.kind == .video } + mixed.filter { $0.kind == .audio }
+        }
 
         var configuration = PargenConfiguration(
             rateLimits: .unlimited,
@@ -237,7 +276,7 @@ enum QuotaBench {
         }
         let failed = results.filter { !$0.succeeded }.count
         print(
-            "\(campaign.name): \(results.count) requests, \(failed) failed, makespan \(String(format: "%.2f", makespan)) s, "
+            "\(campaign.name) (tasks \(String(format: "%.1f", tasks.lowerBound))-\(String(format: "%.1f", tasks.upperBound)) s): \(results.count) requests, \(failed) failed, makespan \(String(format: "%.2f", makespan)) s, "
                 + "bound \(String(format: "%.2f", bound)) s, ratio \(String(format: "%.4f", makespan / bound)), violations \(violations)"
         )
         print(

@@ -121,6 +121,31 @@ public final class LoadBalancer: Sendable {
         }
     }
 
+    /// What each provider's circuit allows at `now`, for the scheduler (which decides without calling back here).
+    public func gates(at now: Duration) -> [String: BreakerGate] {
+        state.withLock { state in
+            var gates: [String: BreakerGate] = [:]
+            for (name, health) in state.health {
+                let breaker = health.breaker
+                if !breaker.wouldAllow(at: now) {
+                    gates[name] = .open(until: breaker.reopensAt ?? now + configuration.openDuration)
+                } else if breaker.state != .closed {
+                    gates[name] = .canary
+                }
+            }
+            return gates
+        }
+    }
+
+    /// Records a call the scheduler sent to `provider` (in half-open, it is the canary).
+    public func recordCall(_ provider: String, at now: Duration) {
+        state.withLock { state in
+            guard state.health[provider] != nil else { return }
+            _ = state.health[provider]!.breaker.allowCall(at: now)
+            state.health[provider]!.calls += 1
+        }
+    }
+
     /// Whether a provider other than `excluding` can serve `request` now (for immediate failover).
     public func hasAlternative(for request: ValidatedRequest, excluding: Set<String>, at now: Duration) -> Bool {
         let names = request.provider.map { [$0] } ?? order

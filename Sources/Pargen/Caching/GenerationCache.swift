@@ -256,6 +256,9 @@ public final class SingleFlight<Value: Sendable>: Sendable {
 
     public var inFlightCount: Int { state.withLock { $0.inFlight.count } }
 
+    /// Whether a leader is at work on `key` now.
+    public func isLeading(_ key: String) -> Bool { state.withLock { $0.inFlight[key] != nil } }
+
     /// How many followers wait for `key`'s leader.
     public func followerCount(_ key: String) -> Int { state.withLock { $0.inFlight[key]?.count ?? 0 } }
 }

@@ -3,110 +3,184 @@ import Logging
 import Synchronization
 
 extension ParallelGenerator {
-    /// Leases due jobs, batches them and runs the batches, until draining is complete or the task is cancelled.
+    /// The scheduler stage: takes jobs from the store into the admission backlog (each kind from its own queue,
+    /// so that work late in a campaign is seen as early as work near its top), asks the admission state machine
+    /// what to start now and where, and starts it; until draining is complete or the task is cancelled.
+    ///
+    /// A job waiting for admission holds its lease and nothing else: no job slot, no provider slot, no memory.
     func dispatchLoop(group: inout DiscardingTaskGroup) async {
-        let maxJobs = configuration.resources.maxConcurrentJobs + configuration.batching.maxJobsPerBatch
-        let maxBatches = max(1, configuration.batching.maxBatchesInFlight)
+        let lookahead = backlogLookahead
         while !Task.isCancelled {
             await maintainLeases()
-            let (lifecycle, inFlight, batches) = state.withLock {
-                ($0.lifecycle, $0.inFlight.count, $0.batchesInFlight)
-            }
+            let (lifecycle, inFlight) = state.withLock { ($0.lifecycle, $0.inFlight.count) }
             if lifecycle != .running {
-                if inFlight == 0 { return }
+                await giveBackWaiting()
+                if inFlight == 0 || state.withLock({ $0.inFlight.isEmpty }) { return }
                 await wakeup.wait(until: nextHeartbeat(), clock: clock)
                 continue
             }
-            let free = maxJobs - inFlight
-            guard free > 0, batches < maxBatches else {
-                await wakeup.wait(until: nextHeartbeat(), clock: clock)
-                continue
-            }
-            let now = clock.now
-            let blocked = limiter.blockedUsers(at: now)
-            let leased: [LeasedJob]
-            do {
-                leased = try await store.lease(
-                    limit: free,
-                    owner: workerID,
-                    duration: configuration.leaseDuration,
-                    excludingUsers: blocked.users
-                )
-            } catch {
-                logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
-                leased = []
-            }
-            guard !leased.isEmpty else {
-                let due = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { now + $0 }
-                let deadline = [due, blocked.until, nextHeartbeat()].compactMap { $0 }.min()
-                await wakeup.wait(until: deadline, clock: clock)
-                continue
-            }
-            state.withLock { state in
-                for job in leased {
-                    state.inFlight[job.record.id] = InFlight(lease: job.lease, renewedAt: now)
-                }
-            }
-            let jobs = Dictionary(leased.map { ($0.record.id, $0) }, uniquingKeysWith: { a, _ in a })
-            let formed = batcher.makeBatches(
-                leased.map {
-                    BatchCandidate(
-                        jobID: $0.record.id,
-                        request: $0.record.request,
-                        estimatedCost: cheapestEstimate($0.record.request)
+            let blocked = admission.blockedUsers()
+            var storeDeadline: Duration?
+            for kind in GenerationKind.allCases {
+                let want = lookahead - admission.waitingCount(of: kind)
+                guard want > 0 else { continue }
+                let leased: [LeasedJob]
+                do {
+                    leased = try await store.lease(
+                        limit: want,
+                        owner: workerID,
+                        duration: configuration.leaseDuration,
+                        excludingUsers: blocked.users,
+                        kinds: [kind]
                     )
+                } catch {
+                    logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
+                    leased = []
                 }
-            )
-            state.withLock { state in
-                state.batcher.batchesFormed += formed.count
-                state.batcher.jobsBatched += formed.reduce(0) { $0 + $1.members.count }
-                state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
-                state.batcher.largestBatch = max(
-                    state.batcher.largestBatch,
-                    formed.map(\.members.count).max() ?? 0
-                )
+                for job in leased { await take(job, group: &group) }
+                if leased.count < want, storeDeadline == nil {
+                    storeDeadline = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { clock.now + $0 }
+                }
             }
-            for (index, batch) in formed.enumerated() {
-                // At most `maxBatchesInFlight` batches at once; leased jobs wait here, holding their leases.
-                while state.withLock({ $0.batchesInFlight >= maxBatches }) && !Task.isCancelled {
-                    await wakeup.wait(until: nextHeartbeat(), clock: clock)
-                    await maintainLeases()
+            let round = admission.schedule(
+                jobSlots: pool.available(.jobSlots),
+                breakers: balancer.gates(at: clock.now)
+            )
+            start(round.grants, group: &group)
+            // Look again when the admission state says room comes, a job comes due, a blocked user has room, or a
+            // lease needs renewing; or sooner, when a call ends or a job comes back (the wake-up is signalled).
+            let deadline = [round.wakeAt, storeDeadline, blocked.until, nextHeartbeat()].compactMap { $0 }.min()
+            await wakeup.wait(until: deadline, clock: clock)
+        }
+        await giveBackWaiting()
+    }
+
+    /// How many jobs of each kind the scheduler keeps in view: enough to fill every provider's window and slots
+    /// once, and at least two rounds of job slots.
+    var backlogLookahead: Int {
+        let quotas = providers.values.map(\.descriptor.quota)
+        let room = quotas.reduce(0) { $0 + ($1.requestsPerMinute ?? 0) + ($1.concurrentTasks ?? 0) }
+        return min(5_000, max(2 * configuration.resources.maxConcurrentJobs, room))
+    }
+
+    /// Takes a leased job into the backlog: a cache hit is served at once; a job no provider can take is
+    /// dead-lettered; the rest wait for admission.
+    private func take(_ job: LeasedJob, group: inout DiscardingTaskGroup) async {
+        let record = job.record
+        let request = record.request
+        let now = clock.now
+        state.withLock { $0.inFlight[record.id] = InFlight(lease: job.lease, renewedAt: now) }
+        let resumes = record.recoveryPoint == .submitted && record.providerTaskID != nil
+        let cutOff = record.recoveryPoint == .cutOff
+        var names: [String]
+        if resumes || cutOff {
+            // A submitted task resumes polling, and a cut-off call is made again under its key, at the provider
+            // that has it: any other would bill it again.
+            guard let previous = record.provider, providers[previous] != nil else {
+                group.addTask {
+                    _ = await self.deadLetter(
+                        job,
+                        GenerationError(
+                            .needsReconciliation,
+                            resumes
+                                ? "task \(record.providerTaskID ?? "") is at \(record.provider ?? "its provider"), which is no longer configured"
+                                : "the call to \(record.provider ?? "its provider") was cut off before its task id was recorded, and that provider is no longer configured",
+                            provider: record.provider
+                        )
+                    )
+                    self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
                 }
-                if Task.isCancelled {
-                    for remaining in formed[index...] {
-                        await giveBack(remaining.allJobs.compactMap { jobs[$0.jobID] })
-                    }
-                    return
+                return
+            }
+            names = [previous]
+        } else {
+            if configuration.caching.enabled, !request.fingerprint.isEmpty, await cache.get(request.fingerprint) != nil {
+                // Served without a provider: no admission needed.
+                group.addTask { await self.processJob(job, ticket: nil) }
+                return
+            }
+            let capable = (request.provider.map { [$0] } ?? balancer.providerNames).filter {
+                providers[$0]?.descriptor.capabilities.refusal(for: request) == nil
+            }
+            guard !capable.isEmpty else {
+                let reason = balancer.refusal(for: request) ?? "no capable provider"
+                group.addTask {
+                    _ = await self.deadLetter(job, GenerationError(.noCapableProvider, reason))
+                    self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
                 }
-                state.withLock { $0.batchesInFlight += 1 }
-                let members = batch.allJobs.compactMap { jobs[$0.jobID] }
-                group.addTask { await self.runBatch(members) }
-                let pause = random.duration(upTo: configuration.batching.pacingJitter)
-                if pause > .zero, index < formed.count - 1 { try? await clock.sleep(for: pause) }
+                return
+            }
+            // Providers that failed this job are avoided while another can serve it; the cheapest comes first.
+            let preferred = capable.filter { !record.failedProviders.contains($0) }
+            names = (preferred.isEmpty ? capable : preferred).enumerated().sorted { a, b in
+                let (pa, pb) = (estimate(request, a.element), estimate(request, b.element))
+                return pa == pb ? a.offset < b.offset : pa < pb
+            }.map(\.element)
+        }
+        state.withLock { $0.waiting[record.id] = job }
+        admission.enqueue(
+            AdmissionRequest(
+                job: record.id,
+                sequence: record.sequence,
+                priority: request.priority,
+                user: request.user,
+                project: request.project,
+                kind: request.kind,
+                providers: names,
+                submits: !resumes
+            )
+        )
+    }
+
+    private func estimate(_ request: ValidatedRequest, _ provider: String) -> Money {
+        providers[provider]?.descriptor.pricing.estimate(request) ?? .zero
+    }
+
+    /// Starts the jobs a scheduling round admitted.
+    private func start(_ grants: [AdmissionTicket], group: inout DiscardingTaskGroup) {
+        guard !grants.isEmpty else { return }
+        let now = clock.now
+        let jobs = state.withLock { state in
+            grants.map { ticket -> LeasedJob? in
+                guard let job = state.waiting.removeValue(forKey: ticket.job) else { return nil }
+                state.running += 1
+                return job
+            }
+        }
+        let formed = batcher.makeBatches(
+            zip(grants, jobs).compactMap { ticket, job in
+                job.map { BatchCandidate(jobID: $0.record.id, request: $0.record.request, estimatedCost: estimate($0.record.request, ticket.provider)) }
+            }
+        )
+        state.withLock { state in
+            state.batcher.batchesFormed += formed.count
+            state.batcher.jobsBatched += formed.reduce(0) { $0 + $1.members.count }
+            state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
+            state.batcher.largestBatch = max(state.batcher.largestBatch, formed.map(\.members.count).max() ?? 0)
+        }
+        for (ticket, job) in zip(grants, jobs) {
+            let held = HeldTicket(ticket, controller: admission)
+            guard let job else {
+                // The job left while it waited (its lease was lost): the admission goes back unused.
+                held.finish(.notCalled)
+                continue
+            }
+            balancer.recordCall(ticket.provider, at: now)
+            group.addTask {
+                await self.processJob(job, ticket: held)
+                self.state.withLock { $0.running -= 1 }
             }
         }
     }
 
-    /// Runs a batch's jobs concurrently. The batch counts as in flight until every member has been submitted
-    /// to its provider (or has finished without a call); generation time is governed by the resource pool and
-    /// the providers' quotas, not by the batch cap.
-    private func runBatch(_ jobs: [LeasedJob]) async {
-        let unsubmitted = Locked(jobs.count)
-        let release: @Sendable () -> Void = {
-            let last = unsubmitted.withLock { count -> Bool in
-                count -= 1
-                return count == 0
-            }
-            guard last else { return }
-            self.state.withLock { $0.batchesInFlight -= 1 }
-            self.wakeup.signal()
+    /// Gives back the leases of the jobs still waiting for admission (a stop).
+    private func giveBackWaiting() async {
+        let waiting = state.withLock { state -> [LeasedJob] in
+            defer { state.waiting.removeAll() }
+            return Array(state.waiting.values)
         }
-        await withDiscardingTaskGroup { group in
-            for job in jobs {
-                let submitted = OnceFlag(release)
-                group.addTask { await self.processJob(job, submitted: submitted) }
-            }
-        }
+        for job in waiting { admission.remove(job.record.id) }
+        await giveBack(waiting)
     }
 
     private func giveBack(_ jobs: [LeasedJob]) async {
@@ -153,19 +227,13 @@ extension ParallelGenerator {
         }
     }
 
-    private func cheapestEstimate(_ request: ValidatedRequest) -> Money {
-        let names = request.provider.map { [$0] } ?? balancer.providerNames
-        return names.compactMap { balancer.descriptor($0) }
-            .filter { $0.capabilities.refusal(for: request) == nil }
-            .map { $0.pricing.estimate(request) }.min() ?? .zero
-    }
-
     // MARK: - One job
 
-    private func processJob(_ job: LeasedJob, submitted: OnceFlag) async {
+    /// The execution stage for one job: a job slot, then the job, then its ticket back (however it ended).
+    private func processJob(_ job: LeasedJob, ticket: HeldTicket?) async {
         let id = job.record.id
         defer {
-            submitted.fire()
+            ticket?.finish(.notCalled)
             state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
             wakeup.signal()
         }
@@ -180,7 +248,7 @@ extension ParallelGenerator {
         }
         defer { pool.release(slot) }
         do {
-            try await runJob(job, submitted: submitted)
+            try await runJob(job, ticket: ticket)
         } catch let error as StoreError where error.code == .leaseLost {
             logger.debug("lease lost", metadata: [LoggingKeys.jobID: "\(id)"])
         } catch {
@@ -196,7 +264,7 @@ extension ParallelGenerator {
         }
     }
 
-    private func runJob(_ job: LeasedJob, submitted: OnceFlag) async throws {
+    private func runJob(_ job: LeasedJob, ticket: HeldTicket?) async throws {
         let record = job.record
         let request = record.request
         let id = record.id
@@ -204,18 +272,29 @@ extension ParallelGenerator {
         // So does a call cut off at a provider that de-duplicates by key: it is made again there, under the same
         // key, and never served from elsewhere (the provider may have billed it).
         if record.recoveryPoint == .submitted && record.providerTaskID != nil || record.recoveryPoint == .cutOff {
-            _ = await lead(job, submitted: submitted)
+            guard let ticket else { return try await putBack(job) }
+            _ = await lead(job, ticket: ticket)
             return
         }
         if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
+            ticket?.finish(.notCalled)
             try await completeWithShared(cached, job: job, servedFromCache: true)
             progress(record, .servedFromCache, provider: cached.provider)
             await finish(id)
             return
         }
+        // An identical request is at work: this one will not call a provider, so its admission goes back now.
+        if flights.isLeading(request.fingerprint) { ticket?.finish(.notCalled) }
         switch await flights.join(request.fingerprint) {
         case .leader:
-            let outcome = await lead(job, submitted: submitted)
+            let outcome: FlightOutcome
+            if let ticket, !ticket.isFinished {
+                outcome = await lead(job, ticket: ticket)
+            } else {
+                // It gave its admission back to follow a leader that has finished since: it queues again.
+                try? await putBack(job, after: .zero)
+                outcome = .retryLater
+            }
             flights.finish(request.fingerprint, with: outcome)
         case .follower(.success(let shared)):
             try await completeWithShared(shared, job: job, servedFromCache: false)
@@ -247,103 +326,24 @@ extension ParallelGenerator {
         try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
     }
 
-    /// Makes the provider call for a job and records its outcome. Never throws: every failure ends in a
-    /// store transition (retry, snooze or dead letter).
-    private func lead(_ job: LeasedJob, submitted: OnceFlag) async -> FlightOutcome {
+    /// Makes the provider call the job was admitted for and records its outcome. Never throws: every failure
+    /// ends in a store transition (retry, snooze or dead letter), and the ticket's outcome goes back to admission.
+    private func lead(_ job: LeasedJob, ticket: HeldTicket) async -> FlightOutcome {
         let record = job.record
         let request = record.request
         let id = record.id
         let lease = job.lease
-        let now = clock.now
         let resumeTaskID = record.recoveryPoint == .submitted ? record.providerTaskID : nil
-        let name: String
-        if resumeTaskID != nil || record.recoveryPoint == .cutOff, let previous = record.provider,
-            providers[previous] != nil
-        {
-            name = previous
-        } else if record.recoveryPoint == .cutOff {
-            return await deadLetter(
-                job,
-                GenerationError(
-                    .needsReconciliation,
-                    "the call to \(record.provider ?? "its provider") was cut off before its task id was recorded, and that provider is no longer configured",
-                    provider: record.provider
-                )
-            )
-        } else {
-            switch balancer.choose(
-                for: request,
-                excluding: Set(record.failedProviders),
-                at: now,
-                headroom: { self.pool.providerHeadroom($0) },
-                coolingDown: { self.limiter.cooldownEnd(provider: $0, at: now) != nil }
-            )
-            {
-            case .noneCapable(let reason):
-                return await deadLetter(job, GenerationError(.noCapableProvider, reason))
-            case .wait(let until):
-                try? await putBack(job, after: until - now)
-                progress(record, .retrying, message: "every capable provider's circuit is open")
-                return .retryLater
-            case .provider(let chosen):
-                name = chosen
-            }
-        }
+        let name = ticket.provider
         let provider = providers[name]!
         let descriptor = provider.descriptor
         let estimate = descriptor.pricing.estimate(request)
-        if let held = await reserveBudget(job, estimate: estimate, provider: name) {
-            balancer.recordNeutral(name, throttled: false)
-            return held
-        }
-        // From here the job waits on its provider (slots, window), not on the dispatcher: its batch is done
-        // with it, so that jobs for other providers are not held up behind a provider's quota.
-        submitted.fire()
-        let holdsSlot = descriptor.quota.holdsSlot(request.kind)
         // The attempt this call is (its key is JOB:ATTEMPT) and the task id the provider gave it, for the record
         // of a failure.
         let attemptNumber = resumeTaskID == nil ? record.attempts + 1 : record.attempts
         let taskSeen = Locked<String?>(resumeTaskID)
         do {
-            // First the provider's concurrency slot (a provider without a concurrency quota still has its
-            // adaptive limit, cut on throttling), then its window, then this machine's resources. Waiting for
-            // the provider holds nothing else: a job queued behind one provider's quota never keeps memory or
-            // call slots from a job for another provider.
-            let usesSlot = Self.usesProviderSlot(descriptor, request.kind)
-            let slot =
-                usesSlot
-                ? try await pool.acquire(ResourceRequest(amounts: [:], provider: name, priority: request.priority))
-                : nil
-            defer { if let slot { pool.release(slot) } }
-            // A resumed task submits nothing, so it takes nothing from the provider's window.
-            let admission: RateLimiter.Admission? =
-                resumeTaskID != nil
-                ? nil
-                : try await limiter.acquire(
-                    user: request.user,
-                    project: request.project,
-                    provider: name,
-                    holdsSlot: holdsSlot,
-                    confirmsArrival: true,
-                    clock: clock
-                ) {
-                    kind,
-                    wait in
-                    self.progress(
-                        record,
-                        .waitingForRateLimit,
-                        provider: name,
-                        message: "\(kind.rawValue) for \(wait.seconds.formatted1) s"
-                    )
-                }
-            // The window counts the call from when it is known to have reached the provider: its answer, its
-            // task id, or at the latest the end of the call (however it ends, so no admission stays pending).
-            let arrived = OnceFlag {
-                if let admission {
-                    self.limiter.confirmArrival(provider: name, admittedAt: admission.time, at: self.clock.now)
-                }
-            }
-            defer { arrived.fire() }
+            // Then this machine's resources: a job admitted to a provider never waits on another provider's quota.
             let resources = try await pool.acquire(
                 ResourceRequest(
                     amounts: [
@@ -356,10 +356,13 @@ extension ParallelGenerator {
             defer { pool.release(resources) }
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
             if resumeTaskID == nil {
-                // Reserve again right before the call: while this job waited for its slot and window, others may
-                // have settled above their estimates, and the budget must see what this call is now expected to
-                // cost. Only the calls already under way can then overrun a budget.
-                if let held = await reserveBudget(job, estimate: estimate, provider: name) { return held }
+                // Reserve right before the call: budgets see what this call is now expected to cost, so only the
+                // calls already under way can overrun a budget.
+                if let held = await reserveBudget(job, estimate: estimate, provider: name) {
+                    ticket.finish(.notCalled)
+                    balancer.recordNeutral(name, throttled: false)
+                    return held
+                }
                 try await store.beginAttempt(
                     lease,
                     provider: name,
@@ -369,7 +372,6 @@ extension ParallelGenerator {
             }
             let attempt = attemptNumber
             progress(record, .submitted, provider: name)
-            submitted.fire()
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
             // A resumed task is already persisted; a new one becomes so when the provider accepts it.
             let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
@@ -381,7 +383,7 @@ extension ParallelGenerator {
                 logger: logger,
                 submitted: { taskID in
                     taskSeen.withLock { $0 = taskID }
-                    arrived.fire()
+                    ticket.arrived()
                     self.hooks.afterProviderAccepted(id)
                     try await self.store.recordSubmission(lease, taskID: taskID)
                     submittedFlag.markPersisted()
@@ -391,15 +393,13 @@ extension ParallelGenerator {
                 },
                 downloading: { self.progress(record, .downloading, provider: name) },
                 throttled: { _ in
-                    if usesSlot { self.pool.recordProviderOutcome(name, .throttled) }
+                    if ticket.ticket.usesSlot { self.admission.taskHeldBack(name) }
                     self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
                     self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
                 },
-                answered: { arrived.fire() }
+                answered: { ticket.arrived() }
             )
             let started = clock.now
-            // The slot is held from submit to the task's end: that time sizes the window kept for slot holders.
-            defer { if holdsSlot { limiter.recordTaskDuration(provider: name, clock.now - started) } }
             let output: ProviderOutput
             do {
                 output = try await Self.shieldingSubmission(submittedFlag) {
@@ -426,9 +426,8 @@ extension ParallelGenerator {
             )
             let cost = output.reportedCost ?? estimate
             balancer.recordSuccess(name, latency: latency)
-            // The adaptive limit is about the calls that take its slots; a speech call's latency says nothing
-            // about how long video tasks run.
-            if usesSlot { pool.recordProviderOutcome(name, .success(latency: latency)) }
+            // The slot frees now; the task's time sizes the room kept for slot holders.
+            ticket.finish(.succeeded(latency: latency))
             state.withLock { state in
                 state.providerActivity[name, default: ProviderActivity()].succeeded += 1
                 state.latencies[name, default: []].append(latency)
@@ -452,7 +451,7 @@ extension ParallelGenerator {
             return await handleFailure(
                 error,
                 job: job,
-                provider: name,
+                ticket: ticket,
                 attemptKey: "\(id):\(attemptNumber)",
                 taskID: taskSeen.value
             )
@@ -462,7 +461,7 @@ extension ParallelGenerator {
     private func handleFailure(
         _ error: any Error,
         job: LeasedJob,
-        provider name: String,
+        ticket: HeldTicket,
         attemptKey: String? = nil,
         taskID: String? = nil
     ) async
@@ -471,12 +470,15 @@ extension ParallelGenerator {
         let record = job.record
         let lease = job.lease
         let now = clock.now
+        let name = ticket.provider
         if error is CancellationError || Task.isCancelled {
+            ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
             try? await shielded { try await self.store.release(lease) }
             return .retryLater
         }
         if let storeError = error as? StoreError {
+            ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
             logger.debug(
                 "store refused a transition",
@@ -484,7 +486,6 @@ extension ParallelGenerator {
             )
             return .retryLater
         }
-        let usesSlot = providers[name].map { Self.usesProviderSlot($0.descriptor, record.request.kind) } ?? false
         var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
         if classified.provider == nil { classified.provider = name }
         // Each failed attempt is its own record: its key, and the task it used, if the provider accepted one.
@@ -493,15 +494,15 @@ extension ParallelGenerator {
         let failure = classified
         switch failure.code {
         case .rateLimited:
-            limiter.cooldown(provider: name, until: now + (failure.retryAfter ?? .seconds(1)))
-            if usesSlot { pool.recordProviderOutcome(name, .throttled) }
+            ticket.finish(.throttled(retryAfter: failure.retryAfter))
             balancer.recordNeutral(name, throttled: true)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
         case .transient, .artifactInvalid, .taskFailed:
             balancer.recordFailure(name, at: now)
-            if usesSlot && failure.providerCode == "timeout" { pool.recordProviderOutcome(name, .timeout) }
+            ticket.finish(failure.providerCode == "timeout" ? .timedOut : .failed)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
         default:
+            ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
         }

@@ -24,7 +24,7 @@ public final class ParallelGenerator: Service, Sendable {
     let logger: Logger
     let providers: [String: any GenerationProvider]
     let validator: RequestValidator
-    let limiter: RateLimiter
+    let admission: AdmissionController
     let pool: ResourcePool
     let balancer: LoadBalancer
     let cache: any GenerationCache
@@ -43,7 +43,10 @@ public final class ParallelGenerator: Service, Sendable {
         var lifecycle: Lifecycle = .idle
         var runTask: Task<Void, any Error>?
         var inFlight: [JobID: InFlight] = [:]
-        var batchesInFlight = 0
+        /// Jobs taken from the store that wait for admission, holding nothing but their lease.
+        var waiting: [JobID: LeasedJob] = [:]
+        /// Jobs admitted and running.
+        var running = 0
         var batcher = BatcherStats()
         var deduplicated = 0
         var invalid: [JobID: GenerationResult] = [:]
@@ -104,14 +107,7 @@ public final class ParallelGenerator: Service, Sendable {
         validator = RequestValidator(configuration: configuration.validation)
         let pool = ResourcePool(configuration: configuration.resources, clock: clock)
         self.pool = pool
-        limiter = RateLimiter(
-            configuration: configuration.rateLimits,
-            providerQuotas: Dictionary(descriptors.map { ($0.name, $0.quota) }, uniquingKeysWith: { a, _ in a }),
-            slotQueue: { pool.waitingForSlot($0) }
-        )
-        for descriptor in descriptors {
-            pool.registerProvider(descriptor.name, maxConcurrent: descriptor.quota.concurrentTasks ?? 64)
-        }
+        admission = AdmissionController(providers: descriptors, rateLimits: configuration.rateLimits, clock: clock)
         balancer = LoadBalancer(
             providers: descriptors,
             configuration: configuration.balancing,
@@ -390,18 +386,20 @@ public final class ParallelGenerator: Service, Sendable {
     public func systemStats() async -> SystemStats {
         let queue = (try? await store.counts()) ?? [:]
         let cacheStats = await cache.stats()
+        var poolStats = pool.stats()
+        poolStats.providers = admission.providerStats()
         return state.withLock { state in
             var cacheCopy = cacheStats
             cacheCopy.deduplicated = state.deduplicated
             var batcherStats = state.batcher
-            batcherStats.batchesInFlight = state.batchesInFlight
+            batcherStats.batchesInFlight = 0
             var activity = state.providerActivity
             for (name, samples) in state.latencies {
                 activity[name, default: ProviderActivity()].latency = LatencySummary(samples)
             }
             return SystemStats(
-                rateLimiter: limiter.stats(),
-                resourcePool: pool.stats(),
+                rateLimiter: admission.limiterStats(),
+                resourcePool: poolStats,
                 batcher: batcherStats,
                 loadBalancer: balancer.stats(),
                 cache: cacheCopy,

@@ -4,6 +4,9 @@ public enum GenerationKind: String, Sendable, Hashable, Codable, CaseIterable, C
     case video
 
     public var description: String { rawValue }
+
+    /// Position in ``allCases``, for tables kept per kind.
+    var index: Int { self == .audio ? 0 : 1 }
 }
 
 /// How urgent a request is. Higher priorities are leased, batched and budgeted first.

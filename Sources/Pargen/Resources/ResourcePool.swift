@@ -152,6 +152,11 @@ public final class ResourcePool: Sendable {
         }
     }
 
+    /// How much of `kind` is free now under its current (auto-scaled) limit.
+    public func available(_ kind: ResourceKind) -> Int {
+        state.withLock { state in state.limits[kind].map { max(0, $0.current - $0.inUse) } ?? 0 }
+    }
+
     /// Requests waiting for one of `provider`'s concurrency slots.
     public func waitingForSlot(_ provider: String) -> Int {
         state.withLock { state in

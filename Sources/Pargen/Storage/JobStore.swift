@@ -226,6 +226,17 @@ public protocol JobStore: Sendable {
     /// oldest first; jobs of `excludingUsers` are left for later.
     func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws -> [LeasedJob]
 
+    /// Leases up to `limit` due jobs of the given kinds, in the same order as
+    /// ``lease(limit:owner:duration:excludingUsers:)``: the scheduler takes each kind's own queue, so that work
+    /// late in a campaign file is seen as early as work near its top.
+    func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [LeasedJob]
+
     /// How long until the earliest available job is due (zero if one already is), or `nil` when none is
     /// waiting.
     ///

@@ -29,7 +29,11 @@ public final class MemoryJobStore: JobStore {
 
     private struct State {
         var jobs: [JobID: JobRecord] = [:]
-        var ready: [UserQueues] = Array(repeating: UserQueues(), count: GenerationPriority.allCases.count)
+        /// Ready jobs by priority, then kind (its index in `GenerationKind.allCases`).
+        var ready: [[UserQueues]] = Array(
+            repeating: Array(repeating: UserQueues(), count: GenerationKind.allCases.count),
+            count: GenerationPriority.allCases.count
+        )
         var scheduled = Heap<Scheduled>()
         var idempotency: [String: JobID] = [:]
         var running: Set<JobID> = []
@@ -49,7 +53,8 @@ public final class MemoryJobStore: JobStore {
             if after.state == .running { running.insert(id) } else { running.remove(id) }
             if after.state == .available && (before.state != .available || before.runAt != after.runAt) {
                 if after.runAt <= now {
-                    ready[after.request.priority.rawValue].push(id, user: after.request.user, front: true)
+                    ready[after.request.priority.rawValue][after.request.kind.index]
+                        .push(id, user: after.request.user, front: true)
                 } else {
                     scheduled.insert(Scheduled(runAt: after.runAt, sequence: after.sequence, id: id))
                 }
@@ -83,7 +88,7 @@ public final class MemoryJobStore: JobStore {
                 state.jobs[id] = JobRecord(id: id, request: request, sequence: state.sequence, now: now)
                 state.counts[.available, default: 0] += 1
                 if let key = request.idempotencyKey { state.idempotency["\(request.project)\u{0}\(key)"] = id }
-                state.ready[request.priority.rawValue].push(id, user: request.user, front: false)
+                state.ready[request.priority.rawValue][request.kind.index].push(id, user: request.user, front: false)
                 return EnqueueResult(jobID: id, existing: false)
             }
         }
@@ -97,6 +102,22 @@ public final class MemoryJobStore: JobStore {
     ) async throws
         -> [LeasedJob]
     {
+        try await lease(
+            limit: limit,
+            owner: owner,
+            duration: duration,
+            excludingUsers: excludingUsers,
+            kinds: Set(GenerationKind.allCases)
+        )
+    }
+
+    public func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [LeasedJob] {
         let now = clock.now
         return state.withLock { state in
             while let first = state.scheduled.min, first.runAt <= now {
@@ -104,30 +125,33 @@ public final class MemoryJobStore: JobStore {
                 guard let job = state.jobs[entry.id], job.state == .available, job.runAt == entry.runAt else {
                     continue
                 }
-                state.ready[job.request.priority.rawValue].push(entry.id, user: job.request.user, front: true)
+                state.ready[job.request.priority.rawValue][job.request.kind.index]
+                    .push(entry.id, user: job.request.user, front: true)
             }
             var leased: [LeasedJob] = []
             for priority in stride(from: state.ready.count - 1, through: 0, by: -1) where leased.count < limit {
-                var queues = state.ready[priority]
-                var skipped = 0
-                while leased.count < limit, skipped < queues.order.count, let user = queues.order.popFirst() {
-                    if excludingUsers.contains(user) {
-                        queues.order.append(user)
-                        skipped += 1
-                        continue
+                for kind in GenerationKind.allCases where kinds.contains(kind) && leased.count < limit {
+                    var queues = state.ready[priority][kind.index]
+                    var skipped = 0
+                    while leased.count < limit, skipped < queues.order.count, let user = queues.order.popFirst() {
+                        if excludingUsers.contains(user) {
+                            queues.order.append(user)
+                            skipped += 1
+                            continue
+                        }
+                        skipped = 0
+                        let id = queues.queues[user]!.removeFirst()
+                        if queues.queues[user]!.isEmpty { queues.queues[user] = nil } else { queues.order.append(user) }
+                        guard state.jobs[id]?.state == .available else { continue }
+                        state.tokens += 1
+                        let lease = JobLease(jobID: id, token: "\(owner):\(state.tokens)", expiresAt: now + duration)
+                        state.transition(id, now: now) {
+                            $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
+                        }
+                        leased.append(LeasedJob(record: state.jobs[id]!, lease: lease))
                     }
-                    skipped = 0
-                    let id = queues.queues[user]!.removeFirst()
-                    if queues.queues[user]!.isEmpty { queues.queues[user] = nil } else { queues.order.append(user) }
-                    guard state.jobs[id]?.state == .available else { continue }
-                    state.tokens += 1
-                    let lease = JobLease(jobID: id, token: "\(owner):\(state.tokens)", expiresAt: now + duration)
-                    state.transition(id, now: now) {
-                        $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
-                    }
-                    leased.append(LeasedJob(record: state.jobs[id]!, lease: lease))
+                    state.ready[priority][kind.index] = queues
                 }
-                state.ready[priority] = queues
             }
             return leased
         }
