@@ -15,7 +15,7 @@ struct PargenCommand: AsyncParsableCommand {
             with `--config pargen.yaml` to use OpenAI, ElevenLabs, MiniMax, Runway or Azure (`pargen providers` \
             lists them; `pargen providers check` tries each key).
             """,
-        subcommands: [Demo.self, Run.self, Status.self, Jobs.self, DLQ.self, Providers.self, FakeProvider.self]
+        subcommands: [Demo.self, Run.self, Simulate.self, Status.self, Jobs.self, DLQ.self, Providers.self, FakeProvider.self]
     )
 }
 

@@ -102,7 +102,7 @@ extension PargenSetup {
             "*": [
                 "protocol": 0, "baseURL": 0, "apiKeyEnv": 0, "speechModel": 0, "videoModel": 0, "voice": 0,
                 "requestsPerMinute": 0, "quotaWindowSeconds": 0, "quotaMarginMilliseconds": 0, "concurrentTasks": 0,
-                "pollIntervalSeconds": 0, "requestTimeoutSeconds": 0, "taskTimeoutSeconds": 0, "batchBaseURL": 0,
+                "expectedTaskSeconds": 0, "pollIntervalSeconds": 0, "requestTimeoutSeconds": 0, "taskTimeoutSeconds": 0, "batchBaseURL": 0,
                 "batchThreshold": 0, "enabled": 0,
                 "prices": ["perRequest": 0, "perCharacter": 0, "perAudioSecond": 0, "perVideoSecond": 0],
             ]
@@ -418,6 +418,7 @@ final class ValueReader {
                 provider.quota.margin = .milliseconds(Int64(v))
             }
             if let v = int("\(path).concurrentTasks") { provider.quota.concurrentTasks = v }
+            if let v = seconds("\(path).expectedTaskSeconds") { provider.quota.expectedTaskTime = v }
             if let v = seconds("\(path).pollIntervalSeconds") { provider.pollInterval = v }
             if let v = seconds("\(path).requestTimeoutSeconds") { provider.requestTimeout = v }
             if let v = seconds("\(path).taskTimeoutSeconds") { provider.taskTimeout = v }

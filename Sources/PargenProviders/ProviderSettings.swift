@@ -81,7 +81,12 @@ public struct ProviderSettings: Sendable, Hashable {
                 speechModel: "tts-1",
                 videoModel: "sora-2",
                 voice: "alloy",
-                quota: ProviderQuota(requestsPerMinute: 500, concurrentTasks: 10, concurrencyKinds: [.video]),
+                quota: ProviderQuota(
+                    requestsPerMinute: 500,
+                    concurrentTasks: 10,
+                    concurrencyKinds: [.video],
+                    expectedTaskTime: .seconds(90)
+                ),
                 pricing: ProviderPricing(
                     perCharacter: Money(nanos: 15_000),
                     perVideoSecond: .cents(10),
@@ -117,7 +122,12 @@ public struct ProviderSettings: Sendable, Hashable {
                 speechModel: "speech-2.8-hd",
                 videoModel: "MiniMax-Hailuo-2.3",
                 voice: "English_expressive_narrator",
-                quota: ProviderQuota(requestsPerMinute: 60, concurrentTasks: 5, concurrencyKinds: [.video]),
+                quota: ProviderQuota(
+                    requestsPerMinute: 60,
+                    concurrentTasks: 5,
+                    concurrencyKinds: [.video],
+                    expectedTaskTime: .seconds(150)
+                ),
                 pricing: ProviderPricing(perCharacter: Money(nanos: 50_000), perVideoSecond: Money(nanos: 41_666_667)),
                 pollInterval: .seconds(5)
             )

@@ -109,6 +109,28 @@ import Testing
         )
     }
 
+    @Test func simulatePredictsACampaignWithoutCallingAnyProvider() throws {
+        let folder = temporaryDirectory()
+        let jsonl = folder.appendingPathComponent("c.jsonl")
+        var lines = (0..<30).map { "{\"type\":\"audio\",\"prompt\":\"line \($0)\",\"duration\":2}" }
+        lines += (0..<4).map { "{\"type\":\"video\",\"prompt\":\"clip \($0)\",\"duration\":2,\"resolution\":\"360p\"}" }
+        lines.append("{\"type\":\"audio\",\"prompt\":\"bad\",\"priority\":\"someday\"}")
+        try Data(lines.joined(separator: "\n").utf8).write(to: jsonl)
+        let report = folder.appendingPathComponent("r.html")
+        let outcome = try pargen([
+            "simulate", jsonl.path, "--report", report.path, "--task-seconds", "video=3..8", "--per-user-rpm", "1000",
+        ])
+        #expect(outcome.status == 0, "\(outcome.output)")
+        #expect(outcome.output.contains("35 lines simulated (1 invalid, 0 no provider can take)"), "\(outcome.output)")
+        #expect(outcome.output.contains("predicted makespan"))
+        let html = try String(contentsOf: report, encoding: .utf8)
+        #expect(html.contains("<svg") && html.contains("local-fast"))
+        // Nothing was written but the report: no media, no store.
+        #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["c.jsonl", "r.html"])
+        let bad = try pargen(["simulate", jsonl.path, "--task-seconds", "video=8..3"])
+        #expect(bad.status != 0 && bad.output.contains("--task-seconds"), "\(bad.output)")
+    }
+
     @Test func runExitsTwoWhenTheFileCannotBeRead() throws {
         let outcome = try pargen(["run", "/nonexistent/campaign.csv", "--no-progress"])
         #expect(outcome.status == 2)

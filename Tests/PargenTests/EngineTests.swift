@@ -332,6 +332,27 @@ import Testing
         #expect(provider.peakConcurrency >= 2)
     }
 
+    /// A job waiting for its provider's window holds no job slot: only the jobs admitted hold one.
+    @Test func aJobHoldsNoSlotWhileItWaitsForAQuota() async throws {
+        let provider = ScriptedProvider(name: "p", quota: ProviderQuota(requestsPerMinute: 3, margin: .zero)) { _, _ in
+            .succeed(latency: .seconds(1))
+        }
+        let generator = makeGenerator(
+            [provider],
+            configuration: .init(rateLimits: .unlimited, resources: .init(maxConcurrentJobs: 50, minimumFraction: 1))
+        )
+        try await generator.start()
+        let results = try await generator.generate((0..<15).map { .audio(prompt: "line \($0)") })
+        let stats = await generator.systemStats()
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        // Fifteen jobs, three per window: at most three ever held a job slot at once.
+        #expect(stats.resourcePool.resources[.jobSlots]!.peak <= 3)
+        let times = provider.calls.map(\.time)
+        for time in times { #expect(times.filter { $0 >= time && $0 < time + .seconds(60) }.count <= 3) }
+        #expect(stats.rateLimiter.waitTime[.providerQuota, default: .zero] > .zero)
+    }
+
     @Test func progressReportsEveryStepAndGenerateRequiresStart() async throws {
         let generator = makeGenerator([ScriptedProvider(name: "p")])
         await #expect(throws: EngineError.notRunning) { try await generator.generate([.audio(prompt: "x")]) }

@@ -29,6 +29,8 @@ enum QuotaBench {
         var order: Order = .interleaved
         /// Video task times as fractions of the window; `nil` for the benchmark's default.
         var tasks: ClosedRange<Double>? = nil
+        /// Lines take the four priorities in turn (otherwise all are normal).
+        var mixedPriorities = false
     }
 
     /// Returns whether every campaign finished with no failure and no quota violation.
@@ -73,6 +75,12 @@ enum QuotaBench {
                 tasks: 0.33...1.0
             ),
             Campaign(name: "small", speech: ["openai": 20, "minimax": 20], video: ["openai": 3, "minimax": 3]),
+            Campaign(
+                name: "mixed-priorities",
+                speech: ["openai": 500, "minimax": 500],
+                video: ["openai": 35, "minimax": 35, "runway": 30],
+                mixedPriorities: true
+            ),
         ].filter { only == nil || $0.name == only }
         print("window \(seconds) s, \(rate) submissions per window and \(slots) concurrent video tasks per provider")
         let tasks = equalTasks ? (seconds * 0.33)...(seconds * 0.33) : (seconds * 0.30)...(seconds * 0.36)
@@ -130,7 +138,9 @@ enum QuotaBench {
                 requestsPerMinute: rate,
                 concurrentTasks: slots,
                 window: window,
-                concurrencyKinds: wire == .runway ? [.audio, .video] : [.video]
+                concurrencyKinds: wire == .runway ? [.audio, .video] : [.video],
+                // What a user states for their providers: the typical task time, here the middle of the range.
+                expectedTaskTime: .milliseconds(Int64((tasks.lowerBound + tasks.upperBound) / 2 * 1000))
             )
             providers.append(
                 PargenSetup.adapter(
@@ -146,7 +156,7 @@ enum QuotaBench {
                 requests.append(
                     .audio(
                         prompt: "\(provider) speech line \(i)",
-                        priority: GenerationPriority.allCases[i % 4],
+                        priority: campaign.mixedPriorities ? GenerationPriority.allCases[i % 4] : .normal,
                         provider: provider,
                         user: users[i % 8]
                     )
@@ -159,7 +169,7 @@ enum QuotaBench {
                 requests.append(
                     .video(
                         prompt: "\(provider) clip \(i)",
-                        priority: GenerationPriority.allCases[i % 4],
+                        priority: campaign.mixedPriorities ? GenerationPriority.allCases[i % 4] : .normal,
                         duration: .seconds(seconds),
                         resolution: .p720,
                         provider: provider,
@@ -186,6 +196,40 @@ enum QuotaBench {
             caching: .init(enabled: false)
         )
         configuration.retry.baseDelay = .milliseconds(100)
+        // The same campaign through `pargen simulate`'s simulator (the engine's own scheduler on a virtual clock),
+        // with the fakes' quotas, speech answer times and task times: its prediction, against the real run below.
+        let validator = RequestValidator(configuration: configuration.validation)
+        let validated = mixed.enumerated().compactMap { try? validator.validate($0.element, fallbackID: "r\($0.offset)") }
+        let simulation = CampaignSimulator(
+            configuration: configuration,
+            providers: providers.map {
+                CampaignSimulator.Provider(
+                    descriptor: $0.descriptor,
+                    callSeconds: [.audio: 0.01...0.05, .video: tasks],
+                    answerSeconds: 0.03
+                )
+            }
+        ).run(validated)
+        let predicted = simulation.makespan.seconds
+        if ProcessInfo.processInfo.environment["PARGEN_BENCH_SIMULATE_ONLY"] != nil {
+            print(
+                "\(campaign.name): simulated makespan \(String(format: "%.2f", predicted)) s, bound \(String(format: "%.2f", simulation.bound.seconds)) s, "
+                    + "ratio \(String(format: "%.4f", predicted / max(0.001, simulation.bound.seconds)))"
+            )
+            for figures in simulation.providers where figures.calls > 0 {
+                print(
+                    "  \(figures.name): \(figures.calls) calls, \(figures.slotCalls) holding slots, ends \(String(format: "%.2f", figures.lastEnd.seconds)) s, "
+                        + "bound \(String(format: "%.2f", figures.bound.seconds)) s, slots used \(String(format: "%.0f", (figures.slotUtilisation ?? 0) * 100)) %"
+                )
+            }
+            if ProcessInfo.processInfo.environment["PARGEN_BENCH_SIMULATE_ONLY"] == "timeline" {
+                for sample in simulation.samples {
+                    print("   t=\(String(format: "%.1f", sample.time.seconds)) window \(sample.windowUsed.sorted { $0.key < $1.key }) slots \(sample.slotsInUse.sorted { $0.key < $1.key })")
+                }
+            }
+            for fake in fakes.values { await fake.stop() }
+            return true
+        }
         let output = FileManager.default.temporaryDirectory.appendingPathComponent(
             "pargen-quota-bench-\(getpid())-\(campaign.name)"
         )
@@ -278,6 +322,9 @@ enum QuotaBench {
         print(
             "\(campaign.name) (tasks \(String(format: "%.1f", tasks.lowerBound))-\(String(format: "%.1f", tasks.upperBound)) s): \(results.count) requests, \(failed) failed, makespan \(String(format: "%.2f", makespan)) s, "
                 + "bound \(String(format: "%.2f", bound)) s, ratio \(String(format: "%.4f", makespan / bound)), violations \(violations)"
+        )
+        print(
+            "  pargen simulate predicted \(String(format: "%.2f", predicted)) s: off by \(String(format: "%+.1f", (predicted - makespan) / makespan * 100)) % of the real makespan"
         )
         print(
             "  gap-free greedy schedule of the same tasks: \(String(format: "%.2f", reference)) s, "

@@ -55,12 +55,12 @@ extension ParallelGenerator {
         await giveBackWaiting()
     }
 
-    /// How many jobs of each kind the scheduler keeps in view: enough to fill every provider's window and slots
-    /// once, and at least two rounds of job slots.
+    /// How many jobs of each kind the scheduler keeps in view (``AdmissionState/lookahead(quotas:maxConcurrentJobs:)``).
     var backlogLookahead: Int {
-        let quotas = providers.values.map(\.descriptor.quota)
-        let room = quotas.reduce(0) { $0 + ($1.requestsPerMinute ?? 0) + ($1.concurrentTasks ?? 0) }
-        return min(5_000, max(2 * configuration.resources.maxConcurrentJobs, room))
+        AdmissionState.lookahead(
+            quotas: providers.values.map(\.descriptor.quota),
+            maxConcurrentJobs: configuration.resources.maxConcurrentJobs
+        )
     }
 
     /// Takes a leased job into the backlog: a cache hit is served at once; a job no provider can take is

@@ -19,19 +19,24 @@ public struct ProviderQuota: Sendable, Hashable, Codable {
     /// The kinds of media whose calls take a concurrent-task slot. OpenAI and MiniMax count video tasks only
     /// (speech is a plain request); ElevenLabs and Azure count every request. Default: every kind.
     public var concurrencyKinds: Set<GenerationKind>
+    /// How long a slot-holding task is expected to take, submit to end, until one has been seen: it sizes the
+    /// window room kept for slot holders in the first window. `nil` takes half the window.
+    public var expectedTaskTime: Duration?
 
     public init(
         requestsPerMinute: Int? = nil,
         concurrentTasks: Int? = nil,
         window: Duration = .seconds(60),
         margin: Duration = .milliseconds(100),
-        concurrencyKinds: Set<GenerationKind> = Set(GenerationKind.allCases)
+        concurrencyKinds: Set<GenerationKind> = Set(GenerationKind.allCases),
+        expectedTaskTime: Duration? = nil
     ) {
         self.requestsPerMinute = requestsPerMinute
         self.concurrentTasks = concurrentTasks
         self.window = window
         self.margin = margin
         self.concurrencyKinds = concurrencyKinds
+        self.expectedTaskTime = expectedTaskTime
     }
 
     /// Whether a call for `kind` holds one of the ``concurrentTasks`` slots.

@@ -1,3 +1,5 @@
+import DequeModule
+
 /// A job waiting to be admitted to a provider: what the scheduler knows of it.
 public struct AdmissionRequest: Sendable, Hashable {
     public var job: JobID
@@ -81,13 +83,41 @@ public struct AdmissionSchedule: Sendable, Hashable {
 public struct AdmissionState: Sendable {
     struct Waiter {
         var request: AdmissionRequest
+        /// Tells this stay apart from an earlier one of the same job in the lanes.
+        var token: UInt64
         var since: Duration
         var blockedBy: RateLimiter.LimitKind?
+        /// Providers where the job is slot-holding work, and where it is plain work.
+        var holding: [String]
+        var plain: [String]
     }
+
+    /// One priority's waiting jobs: each user's oldest first, users in the order they arrived.
+    struct Lane {
+        var users: [String] = []
+        var jobs: [String: Deque<(id: JobID, token: UInt64)>] = [:]
+
+        mutating func push(_ id: JobID, token: UInt64, user: String) {
+            if jobs[user] == nil {
+                jobs[user] = []
+                users.append(user)
+            }
+            jobs[user]!.append((id, token))
+        }
+    }
+
+    /// What a pass tells the walk over a lane after looking at one job.
+    enum Step { case next, skipUser, stop }
 
     public private(set) var providers: [String: ProviderAdmission]
     public private(set) var clients: ClientLimits
     private var waiters: [JobID: Waiter] = [:]
+    private var lanes = Array(repeating: Lane(), count: GenerationPriority.allCases.count)
+    private var holderLanes = Array(repeating: Lane(), count: GenerationPriority.allCases.count)
+    /// Slot holders waiting per priority and provider, each job counted once, shared among its providers.
+    private var shares = Array(repeating: [String: Double](), count: GenerationPriority.allCases.count)
+    private var kindCounts: [GenerationKind: Int] = [:]
+    private var nextToken: UInt64 = 0
     private var nextTicket: UInt64 = 0
     /// Tickets out now.
     public private(set) var admittedNow = 0
@@ -102,9 +132,35 @@ public struct AdmissionState: Sendable {
 
     // MARK: - The backlog
 
+    /// How many jobs of each kind the scheduler keeps in view: enough to fill every provider's window and slots
+    /// once, at least two rounds of job slots, and at most 5,000.
+    public static func lookahead(quotas: [ProviderQuota], maxConcurrentJobs: Int) -> Int {
+        let room = quotas.reduce(0) { $0 + ($1.requestsPerMinute ?? 0) + ($1.concurrentTasks ?? 0) }
+        return min(5_000, max(2 * maxConcurrentJobs, room))
+    }
+
     /// Adds a job to those waiting (a job already waiting is replaced).
     public mutating func enqueue(_ request: AdmissionRequest, at now: Duration) {
-        waiters[request.job] = Waiter(request: request, since: now, blockedBy: nil)
+        remove(request.job, at: now)
+        nextToken += 1
+        let names = request.providers.filter { providers[$0] != nil }
+        let holding = names.filter { providers[$0]!.holdsSlot(request.kind) }
+        let waiter = Waiter(
+            request: request,
+            token: nextToken,
+            since: now,
+            blockedBy: nil,
+            holding: holding,
+            plain: names.filter { !providers[$0]!.holdsSlot(request.kind) }
+        )
+        waiters[request.job] = waiter
+        let level = request.priority.rawValue
+        lanes[level].push(request.job, token: nextToken, user: request.user)
+        if !holding.isEmpty {
+            holderLanes[level].push(request.job, token: nextToken, user: request.user)
+            for name in holding { shares[level][name, default: 0] += 1 / Double(holding.count) }
+        }
+        kindCounts[request.kind, default: 0] += 1
     }
 
     /// Takes a job out of those waiting (it left the engine's hands); whether it was waiting.
@@ -112,12 +168,15 @@ public struct AdmissionState: Sendable {
     public mutating func remove(_ job: JobID, at now: Duration) -> Bool {
         guard let waiter = waiters.removeValue(forKey: job) else { return false }
         account(waiter, at: now)
+        let level = waiter.request.priority.rawValue
+        for name in waiter.holding { shares[level][name, default: 0] -= 1 / Double(waiter.holding.count) }
+        kindCounts[waiter.request.kind, default: 0] -= 1
         return true
     }
 
     public var waitingCount: Int { waiters.count }
 
-    public func waitingCount(of kind: GenerationKind) -> Int { waiters.values.count { $0.request.kind == kind } }
+    public func waitingCount(of kind: GenerationKind) -> Int { kindCounts[kind, default: 0] }
 
     public func isWaiting(_ job: JobID) -> Bool { waiters[job] != nil }
 
@@ -127,6 +186,9 @@ public struct AdmissionState: Sendable {
     // MARK: - Scheduling
 
     /// Decides which waiting jobs start now and on which provider, taking what each needs.
+    ///
+    /// Cheap when little can start: a pass stops once every provider it could use is closed (no slot, a full
+    /// window, a cooldown), and a user held back by their own limits is passed over for the rest of the round.
     ///
     /// - Parameters:
     ///   - jobSlots: How many jobs may start (the engine's free job slots).
@@ -138,64 +200,194 @@ public struct AdmissionState: Sendable {
     ) -> AdmissionSchedule {
         var grants: [AdmissionTicket] = []
         var wake: Duration?
-        func wakeAt(_ time: Duration) { wake = min(wake ?? time, time) }
         var free = jobSlots
         var canaries: Set<String> = []
-        var clientBlocks: [String: (Duration, RateLimiter.LimitKind)?] = [:]
-        var blocked: [JobID: RateLimiter.LimitKind] = [:]
-        let order = fairOrder()
+        var blockedUsers: [String: RateLimiter.LimitKind] = [:]
+        for priority in GenerationPriority.allCases.reversed() where free > 0 {
+            let level = priority.rawValue
+            // 1. Slot-holding work, where a slot and window room allow (nothing is kept back from it).
+            var closed: [String: RateLimiter.LimitKind] = [:]
+            walk(holders: true, level: level) { state, waiter in
+                guard free > 0 else { return .stop }
+                let outcome = state.place(
+                    waiter,
+                    among: waiter.holding,
+                    keep: [:],
+                    closed: &closed,
+                    blockedUsers: &blockedUsers,
+                    canaries: &canaries,
+                    breakers: breakers,
+                    wake: &wake,
+                    at: now
+                )
+                if let ticket = outcome.ticket {
+                    grants.append(ticket)
+                    free -= 1
+                }
+                if outcome.userBlocked { return .skipUser }
+                return closed.count >= state.providers.count ? .stop : .next
+            }
+            // 2. Room kept back for the slot holders of this priority and above still waiting.
+            var keep: [String: Int] = [:]
+            for name in providers.keys {
+                var waiting = 0.0
+                for above in level..<shares.count { waiting += shares[above][name, default: 0] }
+                let count = Int((waiting - 1e-9).rounded(.up))
+                if count > 0 { keep[name] = providers[name]!.keepBack(waiting: count, at: now) }
+            }
+            // 3. Plain work in the rest of each window.
+            closed = [:]
+            walk(holders: false, level: level) { state, waiter in
+                guard free > 0 else { return .stop }
+                guard !waiter.plain.isEmpty else { return .next }
+                let outcome = state.place(
+                    waiter,
+                    among: waiter.plain,
+                    keep: keep,
+                    closed: &closed,
+                    blockedUsers: &blockedUsers,
+                    canaries: &canaries,
+                    breakers: breakers,
+                    wake: &wake,
+                    at: now
+                )
+                if let ticket = outcome.ticket {
+                    grants.append(ticket)
+                    free -= 1
+                }
+                if outcome.userBlocked { return .skipUser }
+                return closed.count >= state.providers.count ? .stop : .next
+            }
+        }
+        admitted += grants.count
+        admittedNow += grants.count
+        return AdmissionSchedule(grants: grants, wakeAt: wake)
+    }
 
-        /// Tries to admit `waiter` at `name`; returns the reason if it cannot go there.
-        func tryAdmit(_ request: AdmissionRequest, at name: String, keptBack: Int) -> RateLimiter.LimitKind? {
-            guard var provider = providers[name] else { return .providerQuota }
+    /// Walks a lane in fair order (users in turn, each user's oldest first), skipping jobs no longer waiting,
+    /// until `body` stops it; then drops the dead entries from the front of each user's queue.
+    private mutating func walk(holders: Bool, level: Int, _ body: (inout AdmissionState, Waiter) -> Step) {
+        // The walk changes waiters and providers, never the lanes: the lane is taken out and put back.
+        var lane = holders ? holderLanes[level] : lanes[level]
+        defer { if holders { holderLanes[level] = lane } else { lanes[level] = lane } }
+        var cursors: [String: Int] = [:]
+        var active = lane.users
+        var stopped = false
+        while !active.isEmpty && !stopped {
+            var still: [String] = []
+            for user in active {
+                guard let queue = lane.jobs[user] else { continue }
+                var index = cursors[user, default: 0]
+                var found: Waiter?
+                while index < queue.count {
+                    let entry = queue[index]
+                    if let waiter = waiters[entry.id], waiter.token == entry.token {
+                        found = waiter
+                        break
+                    }
+                    index += 1
+                }
+                guard let waiter = found else { continue }
+                cursors[user] = index + 1
+                switch body(&self, waiter) {
+                case .next: still.append(user)
+                case .skipUser: break
+                case .stop: stopped = true
+                }
+                if stopped { break }
+            }
+            active = still
+        }
+        // Drop the dead entries at the front of each queue, and the users with none left.
+        for user in lane.users {
+            while let first = lane.jobs[user]?.first, waiters[first.id]?.token != first.token {
+                lane.jobs[user]!.removeFirst()
+            }
+            if lane.jobs[user]?.isEmpty == true { lane.jobs[user] = nil }
+        }
+        lane.users.removeAll { lane.jobs[$0] == nil }
+    }
+
+    /// Admits `waiter` at the first of `names` that takes it, or records why none did.
+    private mutating func place(
+        _ waiter: Waiter,
+        among names: [String],
+        keep: [String: Int],
+        closed: inout [String: RateLimiter.LimitKind],
+        blockedUsers: inout [String: RateLimiter.LimitKind],
+        canaries: inout Set<String>,
+        breakers: [String: BreakerGate],
+        wake: inout Duration?,
+        at now: Duration
+    ) -> (ticket: AdmissionTicket?, userBlocked: Bool) {
+        let request = waiter.request
+        func wakeAt(_ time: Duration) { wake = min(wake ?? time, time) }
+        let userKey = "\(request.user)\u{0}\(request.project)"
+        if request.submits, let reason = blockedUsers[userKey] {
+            block(request.job, reason, at: now)
+            return (nil, true)
+        }
+        var reason: RateLimiter.LimitKind?
+        for name in names {
+            if let why = closed[name] {
+                reason = reason ?? why
+                continue
+            }
             switch breakers[name] ?? .closed {
             case .open(let until):
                 wakeAt(until)
-                return .providerCooldown
-            case .canary where canaries.contains(name): return .providerCooldown
+                closed[name] = .providerCooldown
+                reason = reason ?? .providerCooldown
+                continue
+            case .canary where canaries.contains(name):
+                closed[name] = .providerCooldown
+                reason = reason ?? .providerCooldown
+                continue
             case .canary, .closed: break
             }
+            var provider = providers[name]!
             let usesSlot = provider.usesSlot(request.kind)
-            let holdsSlot = provider.holdsSlot(request.kind)
-            if let block = provider.check(
-                usesSlot: usesSlot,
-                needsWindow: request.submits,
-                keptBack: keptBack,
-                at: now
-            ) {
+            let kept = keep[name, default: 0]
+            if let blocked = provider.check(usesSlot: usesSlot, needsWindow: request.submits, keptBack: kept, at: now) {
                 providers[name] = provider
-                switch block {
+                let why: RateLimiter.LimitKind
+                switch blocked {
                 case .cooldown(let until):
                     wakeAt(until)
-                    return .providerCooldown
-                case .slots: return .providerSlots
+                    why = .providerCooldown
+                case .slots: why = .providerSlots
                 case .window(let until):
                     // Room kept back moves as slot holders come and go: look again soon.
-                    wakeAt(keptBack > 0 ? min(until, now + .milliseconds(250)) : until)
-                    return .providerQuota
+                    wakeAt(kept > 0 ? min(until, now + .milliseconds(250)) : until)
+                    why = .providerQuota
                 }
+                // Every job in this pass asks the same of this provider: it stays closed for the pass (a resumed
+                // task, which needs no window, may still find a slot).
+                if request.submits || why != .providerQuota { closed[name] = why }
+                reason = reason ?? why
+                continue
             }
-            if request.submits {
-                let key = "\(request.user)\u{0}\(request.project)"
-                if clientBlocks[key] == nil {
-                    clientBlocks[key] = .some(clients.check(user: request.user, project: request.project, at: now))
-                }
-                if let (wait, kind) = clientBlocks[key]! {
-                    wakeAt(now + wait)
-                    providers[name] = provider
-                    return kind
-                }
+            if request.submits, let (wait, kind) = clients.check(user: request.user, project: request.project, at: now) {
+                providers[name] = provider
+                wakeAt(now + wait)
+                blockedUsers[userKey] = kind
+                block(request.job, kind, at: now)
+                return (nil, true)
             }
             nextTicket += 1
-            provider.admit(ticket: nextTicket, usesSlot: usesSlot, holdsSlot: holdsSlot, needsWindow: request.submits, at: now)
+            let holdsSlot = provider.holdsSlot(request.kind)
+            provider.admit(
+                ticket: nextTicket,
+                usesSlot: usesSlot,
+                holdsSlot: holdsSlot,
+                needsWindow: request.submits,
+                at: now
+            )
             providers[name] = provider
-            if request.submits {
-                clients.record(user: request.user, project: request.project, at: now)
-                // The user's next call meets the limits afresh.
-                clientBlocks["\(request.user)\u{0}\(request.project)"] = nil
-            }
+            if request.submits { clients.record(user: request.user, project: request.project, at: now) }
             if breakers[name] == .canary { canaries.insert(name) }
-            grants.append(
+            remove(request.job, at: now)
+            return (
                 AdmissionTicket(
                     id: nextTicket,
                     job: request.job,
@@ -205,83 +397,23 @@ public struct AdmissionState: Sendable {
                     holdsSlot: holdsSlot,
                     submits: request.submits,
                     admittedAt: now
-                )
+                ),
+                false
             )
-            free -= 1
-            return nil
         }
-
-        /// Admits `request` at the first of `names` that takes it, recording why not otherwise.
-        func place(_ request: AdmissionRequest, among names: [String], keep: [String: Int]) -> Bool {
-            var reason: RateLimiter.LimitKind?
-            for name in names {
-                guard let why = tryAdmit(request, at: name, keptBack: keep[name, default: 0]) else { return true }
-                reason = reason ?? why
-            }
-            if let reason { blocked[request.job] = reason }
-            return false
-        }
-
-        var admittedJobs: Set<JobID> = []
-        for priority in GenerationPriority.allCases.reversed() where free > 0 {
-            let level = order.filter { $0.priority == priority }
-            if level.isEmpty { continue }
-            // 1. Slot-holding work, where a slot and window room allow.
-            for request in level where free > 0 {
-                let holding = request.providers.filter { providers[$0]?.holdsSlot(request.kind) == true }
-                if !holding.isEmpty, place(request, among: holding, keep: [:]) { admittedJobs.insert(request.job) }
-            }
-            // 2. Room kept back for the slot holders of this priority and above still waiting, each counted once.
-            var holders: [String: Double] = [:]
-            for waiter in waiters.values
-            where waiter.request.priority >= priority && !admittedJobs.contains(waiter.request.job) {
-                let holding = waiter.request.providers.filter { providers[$0]?.holdsSlot(waiter.request.kind) == true }
-                for name in holding { holders[name, default: 0] += 1 / Double(holding.count) }
-            }
-            var keep: [String: Int] = [:]
-            for (name, count) in holders {
-                keep[name] = providers[name]!.keepBack(waiting: Int(count.rounded(.up)), at: now)
-            }
-            // 3. Plain work in the rest of each window.
-            for request in level where free > 0 && !admittedJobs.contains(request.job) {
-                let plain = request.providers.filter { providers[$0].map { !$0.holdsSlot(request.kind) } ?? false }
-                if !plain.isEmpty, place(request, among: plain, keep: keep) { admittedJobs.insert(request.job) }
-            }
-        }
-        for ticket in grants {
-            if let waiter = waiters.removeValue(forKey: ticket.job) { account(waiter, at: now) }
-        }
-        admitted += grants.count
-        admittedNow += grants.count
-        for (job, reason) in blocked {
-            guard var waiter = waiters[job] else { continue }
-            denied[reason, default: 0] += 1
-            if waiter.blockedBy != reason {
-                account(waiter, at: now)
-                waiter.blockedBy = reason
-                waiter.since = now
-                waiters[job] = waiter
-            }
-        }
-        return AdmissionSchedule(grants: grants, wakeAt: wake)
+        if let reason { block(request.job, reason, at: now) }
+        return (nil, false)
     }
 
-    /// Waiting jobs in the order they are served: highest priority first; within a priority, users in turn
-    /// (each user's oldest job first, users in the order of their oldest waiting job).
-    private func fairOrder() -> [AdmissionRequest] {
-        var byUser: [String: [AdmissionRequest]] = [:]
-        for waiter in waiters.values { byUser["\(waiter.request.priority.rawValue)\u{0}\(waiter.request.user)", default: []].append(waiter.request) }
-        var ranked: [(priority: Int, turn: Int, first: Int64, request: AdmissionRequest)] = []
-        ranked.reserveCapacity(waiters.count)
-        for (_, requests) in byUser {
-            let sorted = requests.sorted { $0.sequence < $1.sequence }
-            let first = sorted[0].sequence
-            for (turn, request) in sorted.enumerated() {
-                ranked.append((request.priority.rawValue, turn, first, request))
-            }
-        }
-        ranked.sort { ($1.priority, $0.turn, $0.first, $0.request.sequence) < ($0.priority, $1.turn, $1.first, $1.request.sequence) }
-        return ranked.map(\.request)
+    /// Notes what holds a waiting job back, closing the account of what held it before.
+    private mutating func block(_ job: JobID, _ reason: RateLimiter.LimitKind, at now: Duration) {
+        guard var waiter = waiters[job] else { return }
+        denied[reason, default: 0] += 1
+        guard waiter.blockedBy != reason else { return }
+        account(waiter, at: now)
+        waiter.blockedBy = reason
+        waiter.since = now
+        waiters[job] = waiter
     }
 
     /// Adds a waiter's time since its last change to what held it back.

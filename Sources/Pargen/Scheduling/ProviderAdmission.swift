@@ -155,10 +155,11 @@ public struct ProviderAdmission: Sendable, Hashable {
 
     /// How many slot-holding calls can start here in `(now, now + window]`: each free slot starts one now and
     /// another each expected task time; each running one frees its slot at its expected end and starts more after.
-    /// The task time is the one seen so far, or half the window until one has ended.
+    /// The task time is the one seen so far; until one has ended, the quota's expected task time, or half the
+    /// window.
     public func startsWithinWindow(at now: Duration) -> Int {
         let span = quota.window.seconds
-        let task = max(0.001, taskSeconds ?? span / 2)
+        let task = max(0.001, taskSeconds ?? quota.expectedTaskTime?.seconds ?? span / 2)
         func starts(after wait: Double) -> Int {
             let left = span - wait
             return left > 0 ? Int((left / task).rounded(.up)) : 0

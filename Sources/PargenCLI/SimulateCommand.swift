@@ -1,0 +1,270 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+import Pargen
+import PargenProviders
+
+struct Simulate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Predict a campaign's makespan, cost and quota use without calling any provider.",
+        discussion: """
+            Runs the campaign through the engine's own scheduler (its admission state machine: every provider's \
+            window, slots, adaptive limit and room kept for slot holders, and the user and project limits) on a \
+            virtual clock, against simulated providers with the configured quotas and prices (--config, or the \
+            local providers). Nothing is sent and nothing is spent. Call times are drawn from a range per \
+            protocol and kind (speech answers in seconds; video tasks: OpenAI 60-120 s, MiniMax 120-240 s, \
+            Runway 30-90 s); --task-seconds overrides them, as KIND=LO..HI or PROVIDER.KIND=LO..HI \
+            (repeatable). Provider failures, retries, budgets and caching are not simulated.
+
+            Prints the predicted makespan against the bound each provider's quotas set, the cost, each \
+            provider's window and slot use over time, and where the time went (waits per limit). --report \
+            FILE.html writes the same with a chart (inline SVG, no external assets).
+            """
+    )
+
+    @Argument(help: "The campaign file (.jsonl or .csv).")
+    var file: String
+
+    @Option(help: ArgumentHelp("Configuration file: providers, quotas, prices, limits.", valueName: "file"))
+    var config: String?
+
+    @Option(
+        name: .customLong("task-seconds"),
+        help: ArgumentHelp("Call time range, as KIND=LO..HI or PROVIDER.KIND=LO..HI (repeatable).", valueName: "range")
+    )
+    var taskSeconds: [String] = []
+
+    @Option(help: "Requests per minute per user (sliding window).")
+    var perUserRpm: Int?
+
+    @Option(help: "Seed of the drawn call times.")
+    var seed: UInt64 = 1
+
+    @Option(help: ArgumentHelp("Also write an HTML report with charts to this file.", valueName: "file"))
+    var report: String?
+
+    func run() async throws {
+        let campaign: CampaignFile
+        do {
+            campaign = try CampaignFile.load(URL(fileURLWithPath: file))
+        } catch {
+            fail("cannot read \(file): \(reason(error))")
+        }
+        var setup = try await loadConfiguredSetup(config)
+        if let perUserRpm {
+            guard perUserRpm > 0 else { throw ValidationError("--per-user-rpm must be at least 1") }
+            setup.configuration.rateLimits.perUserRequestsPerMinute = perUserRpm
+        }
+        let overrides = try parseOverrides()
+        var simulated: [CampaignSimulator.Provider] = []
+        // The adapters are made only for their descriptors (capabilities, quotas, prices): no key, no call.
+        let http = ProviderConnection.makeHTTPClient()
+        let adapters = setup.providers.map {
+            PargenSetup.adapter($0, connection: $0.connection(apiKey: nil, httpClient: http))
+        }
+        try? await http.shutdown()
+        for (settings, adapter) in zip(setup.providers, adapters) {
+            simulated.append(
+                CampaignSimulator.Provider(
+                    descriptor: adapter.descriptor,
+                    callSeconds: Self.callSeconds(settings.wireProtocol.rawValue, name: settings.name, overrides)
+                )
+            )
+        }
+        if setup.includeLocalProviders {
+            for provider in LocalProvider.demoProviders(reliable: true) {
+                // A local provider answers after its submit latency plus its render time per media second.
+                let local = provider.configuration
+                let base = local.submitLatency.seconds
+                let spread = base * local.latencyJitter
+                var times = Self.callSeconds("local", name: provider.descriptor.name, overrides)
+                var perMediaSecond = 0.0
+                if overrides.isEmpty {
+                    times = [.audio: (base - spread)...(base + spread), .video: (base - spread)...(base + spread)]
+                    perMediaSecond = local.latencyPerMediaSecond.seconds
+                }
+                simulated.append(
+                    CampaignSimulator.Provider(
+                        descriptor: provider.descriptor,
+                        callSeconds: times,
+                        perMediaSecond: perMediaSecond,
+                        answerSeconds: 0.05
+                    )
+                )
+            }
+        }
+        let validator = RequestValidator(configuration: setup.configuration.validation)
+        var requests: [ValidatedRequest] = []
+        var invalid = campaign.errors.count
+        for line in campaign.lines {
+            do {
+                requests.append(try validator.validate(line.request, fallbackID: "line-\(line.line)"))
+            } catch {
+                invalid += 1
+            }
+        }
+        let started = ContinuousClock.now
+        let result = CampaignSimulator(configuration: setup.configuration, providers: simulated, seed: seed)
+            .run(requests)
+        let took = ContinuousClock.now - started
+        print(SimulationText.summary(result, invalid: invalid, took: took))
+        if let report {
+            do {
+                try Data(SimulationText.html(result, title: file).utf8).write(to: URL(fileURLWithPath: report))
+            } catch {
+                fail("cannot write \(report): \(reason(error))")
+            }
+            print("report: \(report)")
+        }
+    }
+
+    /// `(provider or "*", kind) -> range` from the --task-seconds options.
+    func parseOverrides() throws -> [String: ClosedRange<Double>] {
+        var overrides: [String: ClosedRange<Double>] = [:]
+        for entry in taskSeconds {
+            let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
+            let bounds = parts.count == 2 ? parts[1].components(separatedBy: "..").compactMap { Double($0) } : []
+            guard parts.count == 2, bounds.count == 2, bounds[0] >= 0, bounds[0] <= bounds[1], bounds[1] <= 86_400
+            else {
+                throw ValidationError("--task-seconds takes KIND=LO..HI or PROVIDER.KIND=LO..HI, such as video=3..8; got \(entry)")
+            }
+            let target = parts[0].split(separator: ".").map(String.init)
+            guard let kindName = target.last, GenerationKind(rawValue: kindName) != nil, target.count <= 2 else {
+                throw ValidationError("--task-seconds: \(parts[0]) is not audio, video or PROVIDER.audio|video")
+            }
+            overrides["\(target.count == 2 ? target[0] : "*").\(kindName)"] = bounds[0]...bounds[1]
+        }
+        return overrides
+    }
+
+    /// The call times of a provider: its own override, the kind's override, or the protocol's default.
+    static func callSeconds(
+        _ wire: String,
+        name: String,
+        _ overrides: [String: ClosedRange<Double>]
+    ) -> [GenerationKind: ClosedRange<Double>] {
+        let defaults: [String: [GenerationKind: ClosedRange<Double>]] = [
+            "openai": [.audio: 1...4, .video: 60...120],
+            "elevenlabs": [.audio: 1...4],
+            "minimax": [.audio: 2...6, .video: 120...240],
+            "runway": [.video: 30...90],
+            "azure": [.audio: 1...4],
+            "local": [.audio: 0.1...0.6, .video: 0.5...3],
+        ]
+        var times = defaults[wire] ?? [.audio: 1...4, .video: 60...120]
+        for kind in GenerationKind.allCases {
+            if let range = overrides["\(name).\(kind.rawValue)"] ?? overrides["*.\(kind.rawValue)"] {
+                times[kind] = range
+            }
+        }
+        return times
+    }
+}
+
+/// The text and HTML of a simulation's report.
+enum SimulationText {
+    static func seconds(_ duration: Duration) -> String { String(format: "%.1f s", duration.seconds) }
+
+    static func summary(_ report: CampaignSimulator.Report, invalid: Int, took: Duration) -> String {
+        var lines: [String] = []
+        let ratio = report.bound > .zero ? report.makespan.seconds / report.bound.seconds : 1
+        lines.append(
+            "\(report.lines + invalid) lines simulated (\(invalid) invalid, \(report.unplaced) no provider can take) "
+                + "in \(String(format: "%.2f", took.seconds)) s, \(report.rounds) scheduling rounds"
+        )
+        let greedy = report.greedy > .zero ? report.makespan.seconds / report.greedy.seconds : 1
+        lines.append(
+            "predicted makespan \(seconds(report.makespan)); bound \(seconds(report.bound)) "
+                + "(makespan / bound \(String(format: "%.3f", ratio))); gap-free greedy schedule of the same calls "
+                + "\(seconds(report.greedy)) (makespan / greedy \(String(format: "%.3f", greedy))); cost \(report.cost)"
+        )
+        lines.append("")
+        lines.append("provider        calls  slot calls  bound (rate, slots, longest)         ends at    cost        slots used")
+        for p in report.providers where p.calls > 0 {
+            lines.append(
+                p.name.padding(toLength: 16, withPad: " ", startingAt: 0)
+                    + String(p.calls).padding(toLength: 7, withPad: " ", startingAt: 0)
+                    + String(p.slotCalls).padding(toLength: 12, withPad: " ", startingAt: 0)
+                    + "\(seconds(p.bound)) (\(seconds(p.rateBound)), \(seconds(p.slotBound)), \(seconds(p.longest)))"
+                    .padding(toLength: 37, withPad: " ", startingAt: 0)
+                    + seconds(p.lastEnd).padding(toLength: 11, withPad: " ", startingAt: 0)
+                    + "\(p.cost)".padding(toLength: 12, withPad: " ", startingAt: 0)
+                    + (p.slotUtilisation.map { String(format: "%.0f %%", $0 * 100) } ?? "-")
+            )
+        }
+        lines.append("")
+        lines.append("window and slot use over time (share of each provider's window limit / slots, per tenth of the run):")
+        let tenths = (0..<10).map { index in
+            report.samples.last { $0.time.seconds <= report.makespan.seconds * Double(index) / 10 } ?? report.samples.first
+        }
+        for p in report.providers where p.calls > 0 {
+            let window = tenths.map { sample -> String in
+                guard let sample, let limit = p.windowLimit, let used = sample.windowUsed[p.name] else { return "  -" }
+                return String(format: "%3.0f", Double(used) / Double(limit) * 100)
+            }
+            let slots = tenths.map { sample -> String in
+                guard let sample, let slots = p.slots, let used = sample.slotsInUse[p.name] else { return "  -" }
+                return String(format: "%3.0f", Double(used) / Double(slots) * 100)
+            }
+            lines.append("  \(p.name.padding(toLength: 14, withPad: " ", startingAt: 0)) window % \(window.joined(separator: " "))")
+            lines.append("  \("".padding(toLength: 14, withPad: " ", startingAt: 0)) slots  % \(slots.joined(separator: " "))")
+        }
+        lines.append("")
+        let waits = RateLimiter.LimitKind.allCases.map { "\($0.rawValue) \(seconds(report.waits[$0] ?? .zero))" }
+        lines.append("time jobs waited, summed over jobs: " + waits.joined(separator: ", "))
+        return lines.joined(separator: "\n")
+    }
+
+    static func html(_ report: CampaignSimulator.Report, title: String) -> String {
+        let width = 900.0
+        let height = 160.0
+        let end = max(report.makespan.seconds, 0.001)
+        func escape(_ text: String) -> String {
+            text.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+                .replacingOccurrences(of: ">", with: "&gt;").replacingOccurrences(of: "\"", with: "&quot;")
+        }
+        var charts = ""
+        for p in report.providers where p.calls > 0 {
+            func line(_ value: (CampaignSimulator.Sample) -> Double?, colour: String) -> String {
+                let points = report.samples.compactMap { sample -> String? in
+                    guard let share = value(sample) else { return nil }
+                    let x = sample.time.seconds / end * width
+                    let y = height - min(1, share) * height
+                    return String(format: "%.1f,%.1f", x, y)
+                }
+                guard !points.isEmpty else { return "" }
+                return "<polyline fill=\"none\" stroke=\"\(colour)\" stroke-width=\"1.5\" points=\"\(points.joined(separator: " "))\"/>"
+            }
+            let window = line({ s in p.windowLimit.flatMap { l in s.windowUsed[p.name].map { Double($0) / Double(l) } } }, colour: "#1f77b4")
+            let slots = line({ s in p.slots.flatMap { c in s.slotsInUse[p.name].map { Double($0) / Double(c) } } }, colour: "#d62728")
+            charts += """
+                <h2>\(escape(p.name))</h2>
+                <p>\(p.calls) calls (\(p.slotCalls) holding a slot); bound \(seconds(p.bound)); last call ends at \(seconds(p.lastEnd)); cost \(p.cost)</p>
+                <svg width="\(Int(width))" height="\(Int(height) + 20)" viewBox="0 0 \(Int(width)) \(Int(height) + 20)" role="img">
+                <rect x="0" y="0" width="\(Int(width))" height="\(Int(height))" fill="#f7f7f7"/>
+                \(window)\(slots)
+                <text x="0" y="\(Int(height) + 15)" font-size="12">0 s</text>
+                <text x="\(Int(width) - 60)" y="\(Int(height) + 15)" font-size="12">\(seconds(report.makespan))</text>
+                </svg>
+
+                """
+        }
+        let waits = RateLimiter.LimitKind.allCases.map {
+            "<tr><td>\($0.rawValue)</td><td>\(seconds(report.waits[$0] ?? .zero))</td></tr>"
+        }.joined()
+        return """
+            <!doctype html>
+            <html><head><meta charset="utf-8"><title>pargen simulate: \(escape(title))</title>
+            <style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td{padding:2px 12px}</style></head>
+            <body>
+            <h1>pargen simulate: \(escape(title))</h1>
+            <p>\(report.lines) lines; predicted makespan \(seconds(report.makespan)) against a bound of \(seconds(report.bound)); cost \(report.cost).</p>
+            <p><span style="color:#1f77b4">blue</span>: share of the window limit in use; <span style="color:#d62728">red</span>: share of the task slots in use.</p>
+            \(charts)
+            <h2>Where the time went</h2>
+            <table>\(waits)</table>
+            </body></html>
+
+            """
+    }
+}
