@@ -2,6 +2,8 @@
 # Pipeline throughput and queued-job memory, each against a baseline in the same process.
 # Usage: scripts/bench.sh [jobs=20000] [queued=100000]
 #        scripts/bench.sh store [jobs=20000] [campaign=100000]   durable store throughput and resume time
+#        scripts/bench.sh matrix [lines=100000]   the scheduling matrix through the simulator, and the time to
+#                                   simulate a campaign of that many lines
 #        scripts/bench.sh quota [window-seconds=60] [speech|video|mixed|all] [equal]   makespan against the quota
 #                                   bound; "equal" gives every video task the same time (the bound is then reachable)
 set -euo pipefail
@@ -12,6 +14,9 @@ rm -f Benchmarks/.build/release.yaml
 swift build -c release --package-path Benchmarks --product PargenBench
 if [ "${1:-}" = "quota" ]; then
     exec Benchmarks/.build/release/PargenBench quota "${2:-60}" "${3:-all}" ${4:-}
+fi
+if [ "${1:-}" = "matrix" ]; then
+    exec Benchmarks/.build/release/PargenBench matrix "${2:-100000}"
 fi
 if [ "${1:-}" = "store" ]; then
     exec Benchmarks/.build/release/PargenBench store "${2:-20000}" "${3:-100000}"

@@ -39,6 +39,10 @@ if arguments.count > 1 && arguments[1] == "quota" {
     )
     exit(clean ? 0 : 1)
 }
+if arguments.count > 1 && arguments[1] == "matrix" {
+    let lines = arguments.count > 2 ? Int(arguments[2]) ?? 100_000 : 100_000
+    exit(try MatrixBench.run(lines: lines) ? 0 : 1)
+}
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000

@@ -155,7 +155,7 @@ public struct AdmissionState: Sendable {
         )
         waiters[request.job] = waiter
         let level = request.priority.rawValue
-        lanes[level].push(request.job, token: nextToken, user: request.user)
+        if !waiter.plain.isEmpty { lanes[level].push(request.job, token: nextToken, user: request.user) }
         if !holding.isEmpty {
             holderLanes[level].push(request.job, token: nextToken, user: request.user)
             for name in holding { shares[level][name, default: 0] += 1 / Double(holding.count) }
@@ -345,11 +345,15 @@ public struct AdmissionState: Sendable {
                 continue
             case .canary, .closed: break
             }
-            var provider = providers[name]!
-            let usesSlot = provider.usesSlot(request.kind)
+            // The provider's state is changed in place: a copy would copy its window log.
+            let usesSlot = providers[name]!.usesSlot(request.kind)
             let kept = keep[name, default: 0]
-            if let blocked = provider.check(usesSlot: usesSlot, needsWindow: request.submits, keptBack: kept, at: now) {
-                providers[name] = provider
+            if let blocked = providers[name]!.check(
+                usesSlot: usesSlot,
+                needsWindow: request.submits,
+                keptBack: kept,
+                at: now
+            ) {
                 let why: RateLimiter.LimitKind
                 switch blocked {
                 case .cooldown(let until):
@@ -368,22 +372,20 @@ public struct AdmissionState: Sendable {
                 continue
             }
             if request.submits, let (wait, kind) = clients.check(user: request.user, project: request.project, at: now) {
-                providers[name] = provider
                 wakeAt(now + wait)
                 blockedUsers[userKey] = kind
                 block(request.job, kind, at: now)
                 return (nil, true)
             }
             nextTicket += 1
-            let holdsSlot = provider.holdsSlot(request.kind)
-            provider.admit(
+            let holdsSlot = providers[name]!.holdsSlot(request.kind)
+            providers[name]!.admit(
                 ticket: nextTicket,
                 usesSlot: usesSlot,
                 holdsSlot: holdsSlot,
                 needsWindow: request.submits,
                 at: now
             )
-            providers[name] = provider
             if request.submits { clients.record(user: request.user, project: request.project, at: now) }
             if breakers[name] == .canary { canaries.insert(name) }
             remove(request.job, at: now)

@@ -36,9 +36,9 @@ public struct ClientLimits: Sendable {
         deny(users[user]?.retryAfter(at: now), .userWindow)
         deny(projects[project]?.retryAfter(at: now), .projectBucket)
         if worst == nil && !heldElsewhere {
-            var guardState = bursts[project] ?? makeBurst()
-            deny(guardState.retryAfter(at: now), .burstCooldown)
-            bursts[project] = guardState
+            // In place: a copy of the guard would copy its log.
+            if bursts[project] == nil { bursts[project] = makeBurst() }
+            deny(bursts[project]!.retryAfter(at: now), .burstCooldown)
         } else if let guardState = bursts[project], guardState.isCoolingDown(at: now) {
             deny(guardState.cooldownUntil! - now, .burstCooldown)
         }
@@ -54,9 +54,8 @@ public struct ClientLimits: Sendable {
             project,
             default: GCRA(capacity: configuration.tokenBucketCapacity, perMinute: configuration.perProjectRequestsPerMinute)
         ].record(at: now)
-        var burst = bursts[project] ?? makeBurst()
-        burst.record(at: now)
-        bursts[project] = burst
+        if bursts[project] == nil { bursts[project] = makeBurst() }
+        bursts[project]!.record(at: now)
     }
 
     /// How long a call from `user` in `project` would wait at `now` for the user's own window or the project's

@@ -71,9 +71,9 @@ public struct ProviderAdmission: Sendable, Hashable {
 
     /// Submissions that fit in the window at `now` (`Int.max` without a window).
     public mutating func windowRoom(at now: Duration) -> Int {
-        guard var log = window else { return .max }
-        defer { window = log }
-        return max(0, log.limit - log.count(at: now))
+        // Mutated in place: a copy of the log would copy every admission it holds.
+        guard window != nil else { return .max }
+        return max(0, window!.limit - window!.count(at: now))
     }
 
     /// Whether a call can go at `now`.
@@ -89,11 +89,11 @@ public struct ProviderAdmission: Sendable, Hashable {
             cooldownUntil = nil
         }
         if usesSlot && slotsInUse >= adaptive.current { return .slots }
-        if needsWindow, var log = window {
-            defer { window = log }
+        if needsWindow, window != nil {
             // Room that waits on calls still on their way comes no sooner than a window after they arrive, and
             // their arrival is news the owner hears of.
-            if let wait = log.retryAfter(at: now, cost: 1 + max(0, keptBack), whilePending: log.window) {
+            let span = window!.window
+            if let wait = window!.retryAfter(at: now, cost: 1 + max(0, keptBack), whilePending: span) {
                 return .window(until: now + wait)
             }
         }

@@ -1,0 +1,187 @@
+import Foundation
+import Pargen
+
+/// The scheduling matrix, through `pargen simulate`'s simulator (the engine's own admission state machine on a
+/// virtual clock): campaign shapes nobody tuned for, each against the floor its quotas set and against a gap-free
+/// greedy schedule of the same calls.
+///
+/// For each shape: makespan / bound, where the bound is `max(floor((N - 1) / R) * W, sum(d) / C, max d)` per
+/// provider (for work any provider can take, the providers pooled: `R` and `C` summed), and makespan / greedy,
+/// where the greedy schedule puts each slot-holding call, in the order admitted, on the slot that frees first,
+/// with no gap, under the same window floor.
+enum MatrixBench {
+    struct Shape {
+        enum Order { case interleaved, videosFirst, videosLast }
+        var name: String
+        var providers = 2
+        var speech = 0
+        var videos = 0
+        var window: Duration = .seconds(60)
+        var rate = 200
+        var slots = 5
+        /// Video task times in seconds.
+        var tasks: ClosedRange<Double> = 20...60
+        var order = Order.interleaved
+        /// Lines name their provider (round-robin); otherwise any provider may take them.
+        var pinned = true
+        var mixedPriorities = false
+        /// The first provider's prices are a tenth of the others'.
+        var oneCheap = false
+        var users = 8
+    }
+
+    static let shapes: [Shape] = [
+        Shape(name: "speech, 1 provider", providers: 1, speech: 1_000),
+        Shape(name: "speech, 2 providers, any", speech: 1_000, pinned: false),
+        Shape(name: "video only, 3 providers, long", providers: 3, videos: 100),
+        Shape(name: "video only, 3 providers, short", providers: 3, videos: 100, tasks: 2...8),
+        Shape(name: "mixed, 3 providers, interleaved, short", providers: 3, speech: 1_000, videos: 100, tasks: 2...8),
+        Shape(name: "mixed, 2 providers, videos last, long", speech: 600, videos: 40, order: .videosLast),
+        Shape(name: "mixed, 2 providers, videos first, long", speech: 600, videos: 40, order: .videosFirst),
+        Shape(
+            name: "mixed, 2 providers, videos last, short, 10 s window",
+            speech: 600,
+            videos: 80,
+            window: .seconds(10),
+            tasks: 0.33...1.33,
+            order: .videosLast
+        ),
+        Shape(
+            name: "mixed, 1 provider, videos last, long, 10 s window",
+            providers: 1,
+            speech: 300,
+            videos: 12,
+            window: .seconds(10),
+            tasks: 3.3...10,
+            order: .videosLast
+        ),
+        Shape(name: "small: 20 lines, no window binds", speech: 16, videos: 4, tasks: 2...8),
+        Shape(name: "10,000 lines, 3 providers", providers: 3, speech: 9_000, videos: 1_000, rate: 500, slots: 10),
+        Shape(name: "mixed priorities", speech: 1_000, videos: 70, tasks: 18...22, mixedPriorities: true),
+        Shape(name: "one provider ten times cheaper, any", speech: 1_000, videos: 60, pinned: false, oneCheap: true),
+        Shape(name: "equal task times (30 s)", speech: 600, videos: 60, tasks: 30...30),
+        // The quota benchmark's own shapes, on a 60 s window.
+        Shape(name: "quota bench: speech", speech: 1_000, tasks: 18...21.6),
+        Shape(name: "quota bench: video", providers: 3, videos: 100, tasks: 18...21.6),
+        Shape(name: "quota bench: mixed", providers: 3, speech: 1_000, videos: 100, tasks: 18...21.6),
+    ]
+
+    static func provider(_ index: Int, _ shape: Shape) -> CampaignSimulator.Provider {
+        let price = shape.oneCheap && index == 0 ? 1 : 10
+        return CampaignSimulator.Provider(
+            descriptor: ProviderDescriptor(
+                name: "p\(index)",
+                capabilities: ProviderCapabilities(
+                    kinds: [.audio, .video],
+                    audioFormats: [.mp3],
+                    videoFormats: [.mp4],
+                    maxResolution: .p1080
+                ),
+                pricing: ProviderPricing(perRequest: Money(nanos: Int64(price) * 1_000_000)),
+                quota: ProviderQuota(
+                    requestsPerMinute: shape.rate,
+                    concurrentTasks: shape.slots,
+                    window: shape.window,
+                    concurrencyKinds: [.video],
+                    expectedTaskTime: .milliseconds(Int64((shape.tasks.lowerBound + shape.tasks.upperBound) / 2 * 1000))
+                )
+            ),
+            callSeconds: [.audio: 0.01...0.05, .video: shape.tasks],
+            answerSeconds: 0.03
+        )
+    }
+
+    static func requests(_ shape: Shape) throws -> [ValidatedRequest] {
+        let validator = RequestValidator(configuration: .init())
+        var speech: [GenerationRequest] = []
+        var videos: [GenerationRequest] = []
+        func priority(_ i: Int) -> GenerationPriority { shape.mixedPriorities ? GenerationPriority.allCases[i % 4] : .normal }
+        func provider(_ i: Int) -> String? { shape.pinned ? "p\(i % shape.providers)" : nil }
+        for i in 0..<shape.speech {
+            speech.append(
+                .audio(prompt: "line \(i)", priority: priority(i), provider: provider(i), user: "u\(i % shape.users)")
+            )
+        }
+        for i in 0..<shape.videos {
+            videos.append(
+                .video(
+                    prompt: "clip \(i)",
+                    priority: priority(i),
+                    duration: .seconds(4),
+                    provider: provider(i),
+                    user: "u\(i % shape.users)"
+                )
+            )
+        }
+        var lines: [GenerationRequest]
+        switch shape.order {
+        case .videosFirst: lines = videos + speech
+        case .videosLast: lines = speech + videos
+        case .interleaved:
+            lines = []
+            let every = max(1, (speech.count + videos.count) / max(1, videos.count))
+            var v = videos[...]
+            for (i, line) in speech.enumerated() {
+                if i % every == 0, let next = v.popFirst() { lines.append(next) }
+                lines.append(line)
+            }
+            lines += v
+        }
+        return try lines.enumerated().map { try validator.validate($0.element, fallbackID: "l\($0.offset)") }
+    }
+
+    /// Prints the matrix; returns whether every shape ran every line.
+    static func run(lines hundredThousand: Int) throws -> Bool {
+        var configuration = PargenConfiguration(
+            rateLimits: .unlimited,
+            resources: .init(maxAPICalls: 100_000, maxConcurrentJobs: 100_000, minimumFraction: 1)
+        )
+        configuration.caching.enabled = false
+        print("shape | lines | makespan s | bound s | makespan/bound | greedy s | makespan/greedy | simulated in s")
+        var clean = true
+        for shape in shapes {
+            let requests = try requests(shape)
+            let providers = (0..<shape.providers).map { provider($0, shape) }
+            let started = ContinuousClock.now
+            let report = CampaignSimulator(configuration: configuration, providers: providers, seed: 7).run(requests)
+            let took = (ContinuousClock.now - started).seconds
+            var bound = report.bound.seconds
+            if !shape.pinned {
+                // Any provider may take any line: the floor is the pooled providers'.
+                let n = Double(report.providers.reduce(0) { $0 + $1.calls })
+                let windows = ((n - 1) / Double(shape.rate * shape.providers)).rounded(.down)
+                let slotSeconds = report.providers.reduce(0.0) { $0 + $1.slotBound.seconds * Double(shape.slots) }
+                bound = max(
+                    windows * shape.window.seconds,
+                    slotSeconds / Double(shape.slots * shape.providers),
+                    report.providers.map(\.longest.seconds).max() ?? 0
+                )
+            }
+            let makespan = report.makespan.seconds
+            clean = clean && report.unplaced == 0
+            print(
+                "\(shape.name) | \(requests.count) | \(f(makespan)) | \(f(bound)) | \(f(makespan / bound, 4)) | "
+                    + "\(f(report.greedy.seconds)) | \(f(makespan / max(0.001, report.greedy.seconds), 4)) | \(f(took, 3))"
+            )
+        }
+        // Scale: a campaign of `hundredThousand` lines over three providers.
+        var big = Shape(name: "scale", providers: 3, speech: hundredThousand * 9 / 10, videos: hundredThousand / 10)
+        big.rate = 500
+        big.slots = 10
+        let requests = try requests(big)
+        let started = ContinuousClock.now
+        let report = CampaignSimulator(
+            configuration: configuration,
+            providers: (0..<3).map { provider($0, big) },
+            seed: 7
+        ).run(requests)
+        let took = (ContinuousClock.now - started).seconds
+        print(
+            "\(requests.count) lines simulated in \(f(took, 2)) s (\(report.rounds) scheduling rounds); makespan "
+                + "\(f(report.makespan.seconds)) s, bound \(f(report.bound.seconds)) s, ratio \(f(report.makespan.seconds / report.bound.seconds, 4))"
+        )
+        return clean && report.unplaced == 0
+    }
+
+    static func f(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }
+}
