@@ -496,3 +496,11 @@ extension Duration {
         return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
     }
 }
+
+extension JobStoreBackend {
+    /// The durable single-machine store in a SQLite file (created if missing): `ParallelGenerator(store:
+    /// .sqlite(path: "campaign.sqlite"))`.
+    public static func sqlite(path: String, durability: SQLiteJobStore.Durability = .full) -> JobStoreBackend {
+        JobStoreBackend { _ in try SQLiteJobStore(path: path, durability: durability) }
+    }
+}

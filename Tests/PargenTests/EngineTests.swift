@@ -353,6 +353,28 @@ import Testing
         #expect(stats.rateLimiter.waitTime[.providerQuota, default: .zero] > .zero)
     }
 
+    /// The store is chosen at the call site, as the design shows: `.memory` or `.sqlite(path:)`.
+    @Test func theStoreIsChosenAtTheCallSite() async throws {
+        let folder = temporaryDirectory()
+        let path = folder.appendingPathComponent("c.sqlite").path
+        for backend in [JobStoreBackend.memory, .sqlite(path: path)] {
+            let generator = try ParallelGenerator(
+                configuration: .init(rateLimits: .unlimited),
+                providers: [ScriptedProvider(name: "p")],
+                store: backend,
+                outputDirectory: folder,
+                clock: PargenClock(ImmediateClock())
+            )
+            try await generator.start()
+            let results = try await generator.generate([.audio(prompt: "hello")])
+            try await generator.stop()
+            #expect(results.allSatisfy { $0.succeeded })
+        }
+        #expect(FileManager.default.fileExists(atPath: path))
+        let missing = folder.appendingPathComponent("no/such/dir/c.sqlite").path
+        #expect(throws: (any Error).self) { _ = try ParallelGenerator(store: .sqlite(path: missing)) }
+    }
+
     @Test func progressReportsEveryStepAndGenerateRequiresStart() async throws {
         let generator = makeGenerator([ScriptedProvider(name: "p")])
         await #expect(throws: EngineError.notRunning) { try await generator.generate([.audio(prompt: "x")]) }

@@ -379,6 +379,9 @@ public final class ParallelGenerator: Service, Sendable {
 
     public func removeEventCallback(_ token: UInt64) { bus.removeCallback(token) }
 
+    /// Whether `id` names a request refused at submission (it never became a job in the store).
+    public func isInvalidSubmission(_ id: JobID) -> Bool { state.withLock { $0.invalid[id] != nil } }
+
     /// Names of the configured providers.
     public var providerNames: [String] { balancer.providerNames }
 

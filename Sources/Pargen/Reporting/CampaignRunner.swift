@@ -1,12 +1,25 @@
 public import Foundation
 
+/// The fate of one campaign line, as the manifest, `pargen status` and the summary name it.
+public enum ManifestStatus: String, Sendable, Hashable, Codable, CaseIterable, CustomStringConvertible {
+    case succeeded
+    /// The line was refused before it became a job (a bad field, or no provider can serve it).
+    case invalid
+    case deadLettered = "dead_lettered"
+    /// Crashed between a provider accepting a task and its id being recorded: a person decides.
+    case needsReconciliation = "needs_reconciliation"
+    /// The run stopped before the line finished; running the campaign again continues it.
+    case pending
+
+    public var description: String { rawValue }
+}
+
 /// One row of a campaign manifest: the fate of one input line.
 public struct ManifestRow: Sendable, Hashable, Codable {
     public var line: Int
     public var requestID: String
     public var jobID: String?
-    /// `succeeded`, `failed`, `dead_lettered` or `invalid`.
-    public var status: String
+    public var status: ManifestStatus
     public var type: String?
     public var outputPath: String?
     public var provider: String?
@@ -44,7 +57,7 @@ public struct ManifestRow: Sendable, Hashable, Codable {
 
     var csvFields: [String] {
         [
-            String(line), requestID, jobID ?? "", status, type ?? "", outputPath ?? "", provider ?? "", cost,
+            String(line), requestID, jobID ?? "", status.rawValue, type ?? "", outputPath ?? "", provider ?? "", cost,
             String(attempts), String(cached), String(deduplicated), sha256 ?? "", errorCode ?? "", errorField ?? "",
             error ?? "", String(tasks), lastFailure ?? "",
         ]
@@ -61,12 +74,12 @@ public struct CampaignReport: Sendable {
     /// The campaign file's bad lines, as written to ``errorsFile``.
     public var lineErrors: [CampaignLineError] = []
 
-    public var succeeded: Int { rows.filter { $0.status == "succeeded" }.count }
-    public var invalid: Int { rows.filter { $0.status == "invalid" }.count }
-    public var failed: Int { rows.filter { $0.status == "dead_lettered" || $0.status == "needs_reconciliation" }.count }
+    public var succeeded: Int { rows.filter { $0.status == .succeeded }.count }
+    public var invalid: Int { rows.filter { $0.status == .invalid }.count }
+    public var failed: Int { rows.filter { $0.status == .deadLettered || $0.status == .needsReconciliation }.count }
 
     /// Lines not finished when the run was stopped; the next run continues them.
-    public var pending: Int { rows.filter { $0.status == "pending" }.count }
+    public var pending: Int { rows.filter { $0.status == .pending }.count }
 
     /// 0 when every line succeeded, 1 when any was invalid, failed or dead-lettered.
     public var exitCode: Int32 { succeeded == rows.count ? 0 : 1 }
@@ -100,7 +113,7 @@ public enum CampaignRunner {
                 ManifestRow(
                     line: error.line,
                     requestID: "line-\(error.line)",
-                    status: "invalid",
+                    status: .invalid,
                     cost: Money.zero.decimalString,
                     attempts: 0,
                     cached: false,
@@ -113,7 +126,7 @@ public enum CampaignRunner {
         }
         for (line, id) in zip(file.lines, ids) {
             let result = await generator.result(for: id)
-            let invalid = id.rawValue.hasPrefix("invalid-")
+            let invalid = generator.isInvalidSubmission(id)
             if invalid {
                 errors.append(
                     CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? "")
@@ -165,14 +178,14 @@ public enum CampaignRunner {
         )
     }
 
-    /// `succeeded`, `invalid`, `needs_reconciliation`, `pending` (the run stopped first) or `dead_lettered`.
-    static func status(of result: GenerationResult, invalid: Bool) -> String {
-        if result.succeeded { return "succeeded" }
-        if invalid { return "invalid" }
+    /// The line's status from its result (`pending` when the run stopped first).
+    static func status(of result: GenerationResult, invalid: Bool) -> ManifestStatus {
+        if result.succeeded { return .succeeded }
+        if invalid { return .invalid }
         switch result.error?.code {
-        case .needsReconciliation?: return "needs_reconciliation"
-        case .cancelled?: return "pending"
-        default: return "dead_lettered"
+        case .needsReconciliation?: return .needsReconciliation
+        case .cancelled?: return .pending
+        default: return .deadLettered
         }
     }
 
@@ -221,7 +234,7 @@ public enum CampaignRunner {
     public static func settle(_ report: CampaignReport, generator: ParallelGenerator) async throws -> CampaignReport {
         guard report.pending > 0 else { return report }
         var rows = report.rows
-        for index in rows.indices where rows[index].status == "pending" {
+        for index in rows.indices where rows[index].status == .pending {
             guard let id = rows[index].jobID, let record = try await generator.store.job(JobID(id)),
                 record.state.isFinal
             else { continue }

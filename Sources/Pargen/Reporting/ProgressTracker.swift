@@ -123,13 +123,13 @@ public enum ProgressText {
         if !retried.isEmpty {
             out.append(
                 "tried again on a new task: \(retried.count) lines (\(retried.reduce(0) { $0 + $1.tasks - 1 }) tasks failed), "
-                    + "\(retried.filter { $0.status == "succeeded" }.count) of them succeeded"
+                    + "\(retried.filter { $0.status == .succeeded }.count) of them succeeded"
             )
             for row in retried.prefix(5) {
                 out.append("  line \(row.line) (\(row.requestID)): \(row.tasks) tasks, last failure: \(row.lastFailure ?? "-")")
             }
         }
-        let deadLetters = report.rows.filter { $0.status == "dead_lettered" }
+        let deadLetters = report.rows.filter { $0.status == .deadLettered }
         out.append("dead letters: \(deadLetters.count)")
         for row in deadLetters.prefix(10) {
             out.append(
@@ -138,7 +138,7 @@ public enum ProgressText {
             )
         }
         if deadLetters.count > 10 { out.append("  ... and \(deadLetters.count - 10) more in the manifest") }
-        let invalid = report.rows.filter { $0.status == "invalid" }
+        let invalid = report.rows.filter { $0.status == .invalid }
         if !invalid.isEmpty {
             out.append("invalid lines: \(invalid.count) (details in \(report.errorsFile.lastPathComponent))")
             for row in invalid.prefix(5) {
