@@ -75,27 +75,7 @@ enum CampaignSession {
                 "continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run"
             )
         }
-        // Fault injection for the crash test, read here because only the executable reads the environment.
-        let environment = ProcessInfo.processInfo.environment
-        let submitLog = environment["PARGEN_LOCAL_SUBMIT_LOG"].map { URL(fileURLWithPath: $0) }
-        var hooks = EngineHooks()
-        if let text = environment["PARGEN_TEST_CRASH_AFTER_SUBMIT"], let probability = Double(text), probability > 0 {
-            // Before killing itself, the process names the job it dies on (one write to an O_APPEND file), so the
-            // crash test can tell a kill inside the submit-to-persist window from any other death.
-            let marker = environment["PARGEN_TEST_CRASH_MARKER"]
-            hooks.afterProviderAccepted = { job in
-                guard Double.random(in: 0..<1) < probability else { return }
-                if let marker {
-                    let descriptor = open(marker, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-                    if descriptor >= 0 {
-                        var bytes = Array("\(job)\n".utf8)
-                        _ = write(descriptor, &bytes, bytes.count)
-                        close(descriptor)
-                    }
-                }
-                kill(getpid(), SIGKILL)
-            }
-        }
+        let (hooks, submitLog) = TestHooks.fromEnvironment()
         var providers: [any GenerationProvider]
         do {
             providers = try PargenSetup(

@@ -1,0 +1,238 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// The execution stage: one admitted job, from its job slot through the cache, single-flight, the budget and
+/// the provider call, to its artifact.
+extension ParallelGenerator {
+    // MARK: - One job
+
+    /// The execution stage for one job: a job slot, then the job, then its ticket back (however it ended).
+    func processJob(_ job: LeasedJob, ticket: HeldTicket?) async {
+        let id = job.record.id
+        defer {
+            ticket?.finish(.notCalled)
+            state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
+            wakeup.signal()
+        }
+        let slot: ResourceLease
+        do {
+            slot = try await pool.acquire(
+                ResourceRequest(amounts: [.jobSlots: 1], priority: job.record.request.priority)
+            )
+        } catch {
+            try? await shielded { try await self.store.release(job.lease) }
+            return
+        }
+        defer { pool.release(slot) }
+        do {
+            try await runJob(job, ticket: ticket)
+        } catch let error as StoreError where error.code == .leaseLost {
+            logger.debug("lease lost", metadata: [LoggingKeys.jobID: "\(id)"])
+        } catch {
+            if Task.isCancelled || error is CancellationError {
+                try? await shielded { try await self.store.release(job.lease) }
+            } else {
+                logger.info(
+                    "job processing failed",
+                    metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"]
+                )
+                try? await putBack(job, error: GenerationError(.transient, "internal error: \(error)"))
+            }
+        }
+    }
+
+    func runJob(_ job: LeasedJob, ticket: HeldTicket?) async throws {
+        let record = job.record
+        let request = record.request
+        let id = record.id
+        // A job rescued after its provider accepted the task resumes polling; it never submits again.
+        // So does a call cut off at a provider that de-duplicates by key: it is made again there, under the same
+        // key, and never served from elsewhere (the provider may have billed it).
+        if record.recoveryPoint == .submitted && record.providerTaskID != nil || record.recoveryPoint == .cutOff {
+            guard let ticket else { return try await putBack(job) }
+            _ = await lead(job, ticket: ticket)
+            return
+        }
+        if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
+            ticket?.finish(.notCalled)
+            try await completeWithShared(cached, job: job, servedFromCache: true)
+            progress(record, .servedFromCache, provider: cached.provider)
+            await finish(id)
+            return
+        }
+        // An identical request is at work: this one will not call a provider, so its admission goes back now.
+        if flights.isLeading(request.fingerprint) { ticket?.finish(.notCalled) }
+        switch await flights.join(request.fingerprint) {
+        case .leader:
+            let outcome: FlightOutcome
+            if let ticket, !ticket.isFinished {
+                outcome = await lead(job, ticket: ticket)
+            } else {
+                // It gave its admission back to follow a leader that has finished since: it queues again.
+                try? await putBack(job, after: .zero)
+                outcome = .retryLater
+            }
+            flights.finish(request.fingerprint, with: outcome)
+        case .follower(.success(let shared)):
+            try await completeWithShared(shared, job: job, servedFromCache: false)
+            state.withLock { $0.deduplicated += 1 }
+            progress(record, .succeeded, provider: shared.provider, message: "de-duplicated")
+            await finish(id)
+        case .follower(.terminal(let error)):
+            try await shielded { try await self.store.deadLetter(job.lease, error: error) }
+            progress(record, .deadLettered, message: error.description)
+            await finish(id)
+        case .follower(.retryLater), .follower(nil):
+            // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
+            try await putBack(job)
+            progress(record, .queued, message: "waiting for an identical request")
+        }
+    }
+
+    /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
+    /// own copy of the file, at no cost.
+    func completeWithShared(_ shared: Artifact, job: LeasedJob, servedFromCache: Bool) async throws {
+        let artifact = try artifacts.materialize(shared, job: job.record.id, request: job.record.request)
+        let outcome = JobOutcome(
+            artifact: artifact,
+            provider: shared.provider,
+            cost: .zero,
+            servedFromCache: servedFromCache,
+            deduplicated: !servedFromCache
+        )
+        try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
+    }
+
+    /// Makes the provider call the job was admitted for and records its outcome. Never throws: every failure
+    /// ends in a store transition (retry, snooze or dead letter), and the ticket's outcome goes back to admission.
+    func lead(_ job: LeasedJob, ticket: HeldTicket) async -> FlightOutcome {
+        let record = job.record
+        let request = record.request
+        let id = record.id
+        let lease = job.lease
+        let resumeTaskID = record.recoveryPoint == .submitted ? record.providerTaskID : nil
+        let name = ticket.provider
+        let provider = providers[name]!
+        let descriptor = provider.descriptor
+        let estimate = descriptor.pricing.estimate(request)
+        // The attempt this call is (its key is JOB:ATTEMPT) and the task id the provider gave it, for the record
+        // of a failure.
+        let attemptNumber = resumeTaskID == nil ? record.attempts + 1 : record.attempts
+        let taskSeen = Locked<String?>(resumeTaskID)
+        do {
+            // Then this machine's resources: a job admitted to a provider never waits on another provider's quota.
+            let resources = try await pool.acquire(
+                ResourceRequest(
+                    amounts: [
+                        .apiCalls: 1, .memoryMB: Self.memoryEstimate(request),
+                        .storageMB: Self.storageEstimate(request),
+                    ],
+                    priority: request.priority
+                )
+            )
+            defer { pool.release(resources) }
+            // A resumed task already has its attempt and reservation; beginning again would forget its task id.
+            if resumeTaskID == nil {
+                // Reserve right before the call: budgets see what this call is now expected to cost, so only the
+                // calls already under way can overrun a budget.
+                if let held = await reserveBudget(job, estimate: estimate, provider: name) {
+                    ticket.finish(.notCalled)
+                    balancer.recordNeutral(name, throttled: false)
+                    return held
+                }
+                try await store.beginAttempt(
+                    lease,
+                    provider: name,
+                    reserving: costs.expectedCost(estimate, provider: name),
+                    idempotentSubmission: descriptor.idempotentSubmission
+                )
+            }
+            let attempt = attemptNumber
+            progress(record, .submitted, provider: name)
+            let staging = artifacts.stagingURL(job: id, attempt: attempt)
+            // A resumed task is already persisted; a new one becomes so when the provider accepts it.
+            let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
+            let context = ProviderCallContext(
+                destination: staging,
+                clock: clock,
+                attempt: attempt,
+                idempotencyKey: "\(id):\(attempt)",
+                logger: logger,
+                submitted: { taskID in
+                    taskSeen.withLock { $0 = taskID }
+                    ticket.arrived()
+                    self.hooks.afterProviderAccepted(id)
+                    try await self.store.recordSubmission(lease, taskID: taskID)
+                    submittedFlag.markPersisted()
+                    self.progress(record, .running, provider: name)
+                },
+                progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction)
+                },
+                downloading: { self.progress(record, .downloading, provider: name) },
+                throttled: { _ in
+                    if ticket.ticket.usesSlot { self.admission.taskHeldBack(name) }
+                    self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
+                    self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
+                },
+                answered: { ticket.arrived() }
+            )
+            let started = clock.now
+            let output: ProviderOutput
+            do {
+                output = try await Self.shieldingSubmission(submittedFlag) {
+                    if let resumeTaskID {
+                        return try await provider.resume(
+                            taskID: resumeTaskID,
+                            request: request,
+                            context: context
+                        )
+                    }
+                    return try await provider.generate(request, context: context)
+                }
+            } catch {
+                artifacts.discard(staging)
+                throw error
+            }
+            let latency = clock.now - started
+            let artifact = try artifacts.commit(
+                staging: staging,
+                job: id,
+                request: request,
+                output: output,
+                provider: name
+            )
+            let cost = output.reportedCost ?? estimate
+            balancer.recordSuccess(name, latency: latency)
+            // The slot frees now; the task's time sizes the room kept for slot holders.
+            ticket.finish(.succeeded(latency: latency))
+            state.withLock { state in
+                state.providerActivity[name, default: ProviderActivity()].succeeded += 1
+                state.latencies[name, default: []].append(latency)
+                if state.latencies[name]!.count > 20_000 { state.latencies[name]!.removeFirst(10_000) }
+            }
+            try await shielded {
+                try await self.store.complete(
+                    lease,
+                    outcome: JobOutcome(artifact: artifact, provider: name, cost: cost)
+                )
+            }
+            for alert in costs.settle(id, actual: cost, mediaDuration: output.duration) {
+                publish(.budgetAlert(alert))
+            }
+            if configuration.caching.enabled { await cache.put(request.fingerprint, artifact) }
+            progress(record, .succeeded, provider: name, fraction: 1)
+            await finish(id)
+            return .success(artifact)
+        } catch {
+            costs.release(id)
+            return await handleFailure(
+                error,
+                job: job,
+                ticket: ticket,
+                attemptKey: "\(id):\(attemptNumber)",
+                taskID: taskSeen.value
+            )
+        }
+    }
+}

@@ -1,0 +1,231 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// The scheduler stage: takes jobs from the store into the admission backlog, asks the admission state machine
+/// (``AdmissionState``) what to start and where, starts it, and keeps the leases of what this process holds.
+extension ParallelGenerator {
+    /// The scheduler stage: takes jobs from the store into the admission backlog (each kind from its own queue,
+    /// so that work late in a campaign is seen as early as work near its top), asks the admission state machine
+    /// what to start now and where, and starts it; until draining is complete or the task is cancelled.
+    ///
+    /// A job waiting for admission holds its lease and nothing else: no job slot, no provider slot, no memory.
+    func dispatchLoop(group: inout DiscardingTaskGroup) async {
+        let lookahead = backlogLookahead
+        while !Task.isCancelled {
+            await maintainLeases()
+            let (lifecycle, inFlight) = state.withLock { ($0.lifecycle, $0.inFlight.count) }
+            if lifecycle != .running {
+                await giveBackWaiting()
+                if inFlight == 0 || state.withLock({ $0.inFlight.isEmpty }) { return }
+                await wakeup.wait(until: nextHeartbeat(), clock: clock)
+                continue
+            }
+            let blocked = admission.blockedUsers()
+            var storeDeadline: Duration?
+            for kind in GenerationKind.allCases {
+                let want = lookahead - admission.waitingCount(of: kind)
+                guard want > 0 else { continue }
+                let leased: [LeasedJob]
+                do {
+                    leased = try await store.lease(
+                        limit: want,
+                        owner: workerID,
+                        duration: configuration.leaseDuration,
+                        excludingUsers: blocked.users,
+                        kinds: [kind]
+                    )
+                } catch {
+                    logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
+                    leased = []
+                }
+                for job in leased { await take(job, group: &group) }
+                if leased.count < want, storeDeadline == nil {
+                    storeDeadline = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { clock.now + $0 }
+                }
+            }
+            let round = admission.schedule(
+                jobSlots: pool.available(.jobSlots),
+                breakers: balancer.gates(at: clock.now)
+            )
+            start(round.grants, group: &group)
+            // Look again when the admission state says room comes, a job comes due, a blocked user has room, or a
+            // lease needs renewing; or sooner, when a call ends or a job comes back (the wake-up is signalled).
+            let deadline = [round.wakeAt, storeDeadline, blocked.until, nextHeartbeat()].compactMap { $0 }.min()
+            await wakeup.wait(until: deadline, clock: clock)
+        }
+        await giveBackWaiting()
+    }
+
+    /// How many jobs of each kind the scheduler keeps in view (``AdmissionState/lookahead(quotas:maxConcurrentJobs:)``).
+    var backlogLookahead: Int {
+        AdmissionState.lookahead(
+            quotas: providers.values.map(\.descriptor.quota),
+            maxConcurrentJobs: configuration.resources.maxConcurrentJobs
+        )
+    }
+
+    /// Takes a leased job into the backlog: a cache hit is served at once; a job no provider can take is
+    /// dead-lettered; the rest wait for admission.
+    func take(_ job: LeasedJob, group: inout DiscardingTaskGroup) async {
+        let record = job.record
+        let request = record.request
+        let now = clock.now
+        state.withLock { $0.inFlight[record.id] = InFlight(lease: job.lease, renewedAt: now) }
+        let resumes = record.recoveryPoint == .submitted && record.providerTaskID != nil
+        let cutOff = record.recoveryPoint == .cutOff
+        var names: [String]
+        if resumes || cutOff {
+            // A submitted task resumes polling, and a cut-off call is made again under its key, at the provider
+            // that has it: any other would bill it again.
+            guard let previous = record.provider, providers[previous] != nil else {
+                group.addTask {
+                    _ = await self.deadLetter(
+                        job,
+                        GenerationError(
+                            .needsReconciliation,
+                            resumes
+                                ? "task \(record.providerTaskID ?? "") is at \(record.provider ?? "its provider"), which is no longer configured"
+                                : "the call to \(record.provider ?? "its provider") was cut off before its task id was recorded, and that provider is no longer configured",
+                            provider: record.provider
+                        )
+                    )
+                    self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
+                }
+                return
+            }
+            names = [previous]
+        } else {
+            if configuration.caching.enabled, !request.fingerprint.isEmpty, await cache.get(request.fingerprint) != nil {
+                // Served without a provider: no admission needed.
+                group.addTask { await self.processJob(job, ticket: nil) }
+                return
+            }
+            let capable = (request.provider.map { [$0] } ?? balancer.providerNames).filter {
+                providers[$0]?.descriptor.capabilities.refusal(for: request) == nil
+            }
+            guard !capable.isEmpty else {
+                let reason = balancer.refusal(for: request) ?? "no capable provider"
+                group.addTask {
+                    _ = await self.deadLetter(job, GenerationError(.noCapableProvider, reason))
+                    self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
+                }
+                return
+            }
+            // Providers that failed this job are avoided while another can serve it; the cheapest comes first.
+            let preferred = capable.filter { !record.failedProviders.contains($0) }
+            names = (preferred.isEmpty ? capable : preferred).enumerated().sorted { a, b in
+                let (pa, pb) = (estimate(request, a.element), estimate(request, b.element))
+                return pa == pb ? a.offset < b.offset : pa < pb
+            }.map(\.element)
+        }
+        state.withLock { $0.waiting[record.id] = job }
+        admission.enqueue(
+            AdmissionRequest(
+                job: record.id,
+                sequence: record.sequence,
+                priority: request.priority,
+                user: request.user,
+                project: request.project,
+                kind: request.kind,
+                providers: names,
+                submits: !resumes
+            )
+        )
+    }
+
+    func estimate(_ request: ValidatedRequest, _ provider: String) -> Money {
+        providers[provider]?.descriptor.pricing.estimate(request) ?? .zero
+    }
+
+    /// Starts the jobs a scheduling round admitted.
+    func start(_ grants: [AdmissionTicket], group: inout DiscardingTaskGroup) {
+        guard !grants.isEmpty else { return }
+        let now = clock.now
+        let jobs = state.withLock { state in
+            grants.map { ticket -> LeasedJob? in
+                guard let job = state.waiting.removeValue(forKey: ticket.job) else { return nil }
+                state.running += 1
+                return job
+            }
+        }
+        let formed = batcher.makeBatches(
+            zip(grants, jobs).compactMap { ticket, job in
+                job.map { BatchCandidate(jobID: $0.record.id, request: $0.record.request, estimatedCost: estimate($0.record.request, ticket.provider)) }
+            }
+        )
+        state.withLock { state in
+            state.batcher.batchesFormed += formed.count
+            state.batcher.jobsBatched += formed.reduce(0) { $0 + $1.members.count }
+            state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
+            state.batcher.largestBatch = max(state.batcher.largestBatch, formed.map(\.members.count).max() ?? 0)
+        }
+        for (ticket, job) in zip(grants, jobs) {
+            let held = HeldTicket(ticket, controller: admission)
+            guard let job else {
+                // The job left while it waited (its lease was lost): the admission goes back unused.
+                held.finish(.notCalled)
+                continue
+            }
+            balancer.recordCall(ticket.provider, at: now)
+            group.addTask {
+                await self.processJob(job, ticket: held)
+                self.state.withLock { $0.running -= 1 }
+            }
+        }
+    }
+
+    /// Gives back the leases of the jobs still waiting for admission (a stop).
+    func giveBackWaiting() async {
+        let waiting = state.withLock { state -> [LeasedJob] in
+            defer { state.waiting.removeAll() }
+            return Array(state.waiting.values)
+        }
+        for job in waiting { admission.remove(job.record.id) }
+        await giveBack(waiting)
+    }
+
+    func giveBack(_ jobs: [LeasedJob]) async {
+        for job in jobs {
+            try? await shielded { try await self.store.release(job.lease) }
+            state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
+        }
+    }
+
+    /// Heartbeats every lease in flight that is a third of the way to expiry, and rescues expired leases,
+    /// for stores whose jobs outlive this process.
+    func maintainLeases() async {
+        guard store.outlivesProcess else { return }
+        let now = clock.now
+        let leaseDuration = configuration.leaseDuration
+        // Renew every lease a third of its duration after it was last renewed (by this process's clock).
+        let due = state.withLock { state in
+            state.inFlight.values.filter { now - $0.renewedAt >= leaseDuration / 3 }.map(\.lease)
+        }
+        for lease in due {
+            if let renewed = try? await store.heartbeat(lease, duration: leaseDuration) {
+                state.withLock { state in
+                    if state.inFlight[lease.jobID] != nil {
+                        state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now)
+                    }
+                }
+            }
+        }
+        let rescueDue = state.withLock { state -> Bool in
+            guard now - state.lastRescue >= leaseDuration / 2 else { return false }
+            state.lastRescue = now
+            return true
+        }
+        if rescueDue, let rescued = try? await store.rescueExpiredLeases(), rescued > 0 {
+            logger.info("rescued expired leases", metadata: [LoggingKeys.count: "\(rescued)"])
+        }
+    }
+
+    func nextHeartbeat() -> Duration? {
+        guard store.outlivesProcess else { return nil }
+        let leaseDuration = configuration.leaseDuration
+        return state.withLock { state in
+            state.inFlight.values.map(\.renewedAt).min().map { $0 + leaseDuration / 3 }
+        }
+    }
+}

@@ -1,0 +1,197 @@
+import Foundation
+import Logging
+import Synchronization
+
+/// The settlement stage: every way a job's call ends becomes one fenced store transition (retry, snooze, dead
+/// letter), its outcome goes back to admission and the balancer, and waiters and progress are told.
+extension ParallelGenerator {
+    func handleFailure(
+        _ error: any Error,
+        job: LeasedJob,
+        ticket: HeldTicket,
+        attemptKey: String? = nil,
+        taskID: String? = nil
+    ) async
+        -> FlightOutcome
+    {
+        let record = job.record
+        let lease = job.lease
+        let now = clock.now
+        let name = ticket.provider
+        if error is CancellationError || Task.isCancelled {
+            ticket.finish(.failed)
+            balancer.recordNeutral(name, throttled: false)
+            try? await shielded { try await self.store.release(lease) }
+            return .retryLater
+        }
+        if let storeError = error as? StoreError {
+            ticket.finish(.failed)
+            balancer.recordNeutral(name, throttled: false)
+            logger.debug(
+                "store refused a transition",
+                metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(storeError)"]
+            )
+            return .retryLater
+        }
+        var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
+        if classified.provider == nil { classified.provider = name }
+        // Each failed attempt is its own record: its key, and the task it used, if the provider accepted one.
+        classified.attemptKey = classified.attemptKey ?? attemptKey
+        classified.taskID = classified.taskID ?? taskID
+        let failure = classified
+        switch failure.code {
+        case .rateLimited:
+            ticket.finish(.throttled(retryAfter: failure.retryAfter))
+            balancer.recordNeutral(name, throttled: true)
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
+        case .transient, .artifactInvalid, .taskFailed:
+            balancer.recordFailure(name, at: now)
+            ticket.finish(failure.providerCode == "timeout" ? .timedOut : .failed)
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
+        default:
+            ticket.finish(.failed)
+            balancer.recordNeutral(name, throttled: false)
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
+        }
+        let attempts = record.attempts + 1
+        let failedTasks =
+            record.errors.filter { $0.code == .taskFailed }.count + (failure.code == .taskFailed ? 1 : 0)
+        switch retryPolicy.disposition(
+            for: failure,
+            attempts: attempts,
+            snoozes: record.snoozes,
+            failedTasks: failedTasks,
+            unit: random.unit()
+        )
+        {
+        case .snooze(let wait):
+            try? await shielded {
+                try await self.store.retry(
+                    lease,
+                    error: failure,
+                    after: wait,
+                    spendAttempt: false,
+                    failedProvider: nil
+                )
+            }
+            progress(
+                record,
+                .waitingForRateLimit,
+                provider: name,
+                message: "\(name) throttled: retrying in \(wait.seconds.formatted1) s"
+            )
+            return .retryLater
+        case .retry(let delay):
+            let failover = balancer.hasAlternative(
+                for: record.request,
+                excluding: Set(record.failedProviders + [name]),
+                at: now
+            )
+            try? await shielded {
+                try await self.store.retry(
+                    lease,
+                    error: failure,
+                    after: failover ? .zero : delay,
+                    spendAttempt: true,
+                    failedProvider: name
+                )
+            }
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
+            progress(record, .retrying, provider: name, message: failure.description)
+            return .retryLater
+        case .deadLetter:
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
+            if failure.code.isRetryable {
+                let reason =
+                    failure.code == .taskFailed && attempts < configuration.retry.maxAttempts
+                    ? "gave up after \(failedTasks) tasks that failed for a reason \(name) did not name (retry.failedTasks is \(configuration.retry.failedTasks))"
+                    : "gave up after \(attempts) attempts"
+                // The last attempt's own record (its key, task and cost) stays in the history, under this code.
+                var exhausted = GenerationError(
+                    .attemptsExhausted,
+                    "\(reason): \(failure.message)",
+                    provider: name,
+                    providerCode: failure.providerCode
+                )
+                exhausted.attemptKey = failure.attemptKey
+                exhausted.taskID = failure.taskID
+                exhausted.charged = failure.charged
+                _ = await deadLetter(job, exhausted)
+                return .retryLater
+            }
+            return await deadLetter(job, failure)
+        }
+    }
+
+    /// Reserves what a call to `provider` is expected to cost (its estimate, scaled by the provider's overruns so
+    /// far) in the job's budgets. Returns `nil` when it fits; otherwise holds the job back for a while (when
+    /// reservations in flight may free the budget) or dead-letters it as `budget_exceeded`, and returns that.
+    func reserveBudget(_ job: LeasedJob, estimate: Money, provider: String) async -> FlightOutcome? {
+        let request = job.record.request
+        let (reservation, alerts) = costs.reserve(
+            estimate,
+            for: job.record.id,
+            project: request.project,
+            campaign: request.campaign,
+            provider: provider
+        )
+        for alert in alerts { publish(.budgetAlert(alert)) }
+        guard case .held(let scope, let limit, let committed, let canFree) = reservation else { return nil }
+        let expected = costs.expectedCost(estimate, provider: provider)
+        let message =
+            "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(expected)"
+            + (expected > estimate ? " (\(provider) bills above its estimate of \(estimate))" : "")
+        guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
+        progress(job.record, .heldByBudget, message: message)
+        try? await putBack(job)
+        return .retryLater
+    }
+
+    /// Puts a job back in the queue without spending an attempt, to be looked at again after `delay` (by default
+    /// the retry policy's first step), shielded from cancellation like every transition.
+    func putBack(_ job: LeasedJob, error: GenerationError? = nil, after delay: Duration? = nil) async throws {
+        try await shielded {
+            try await self.store.retry(
+                job.lease,
+                error: error,
+                after: delay ?? self.retryPolicy.ceiling(afterAttempt: 1),
+                spendAttempt: false,
+                failedProvider: nil
+            )
+        }
+    }
+
+    func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {
+        try? await shielded { try await self.store.deadLetter(job.lease, error: error) }
+        progress(job.record, .deadLettered, provider: error.provider, message: error.description)
+        await finish(job.record.id)
+        return .terminal(error)
+    }
+
+    func finish(_ id: JobID) async {
+        guard let record = try? await store.job(id), record.state.isFinal else { return }
+        finishWaiters(makeResult(record))
+    }
+
+    func progress(
+        _ record: JobRecord,
+        _ status: ProgressStatus,
+        provider: String? = nil,
+        fraction: Double = 0,
+        message: String? = nil
+    ) {
+        publish(
+            .progress(
+                ProgressUpdate(
+                    requestID: record.request.id,
+                    jobID: record.id,
+                    status: status,
+                    progress: fraction,
+                    provider: provider,
+                    message: message,
+                    time: clock.now
+                )
+            )
+        )
+    }
+}

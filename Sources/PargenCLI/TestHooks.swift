@@ -1,0 +1,39 @@
+import Foundation
+import Pargen
+
+/// Fault injection for the crash tests, read from the environment by debug builds only: a release build of
+/// `pargen` has no such path, whatever its environment says.
+enum TestHooks {
+    /// The engine hooks and the local providers' submit log the environment asks for.
+    ///
+    /// - `PARGEN_TEST_CRASH_AFTER_SUBMIT=P`: after a provider accepts a task and before its id is stored, the
+    ///   process kills itself with SIGKILL with probability P, first naming the job in `PARGEN_TEST_CRASH_MARKER`.
+    /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
+    static func fromEnvironment() -> (EngineHooks, submitLog: URL?) {
+        #if DEBUG
+        let environment = ProcessInfo.processInfo.environment
+        let submitLog = environment["PARGEN_LOCAL_SUBMIT_LOG"].map { URL(fileURLWithPath: $0) }
+        var hooks = EngineHooks()
+        if let text = environment["PARGEN_TEST_CRASH_AFTER_SUBMIT"], let probability = Double(text), probability > 0 {
+            // Before killing itself, the process names the job it dies on (one write to an O_APPEND file), so the
+            // crash test can tell a kill inside the submit-to-persist window from any other death.
+            let marker = environment["PARGEN_TEST_CRASH_MARKER"]
+            hooks.afterProviderAccepted = { job in
+                guard Double.random(in: 0..<1) < probability else { return }
+                if let marker {
+                    let descriptor = open(marker, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+                    if descriptor >= 0 {
+                        var bytes = Array("\(job)\n".utf8)
+                        _ = write(descriptor, &bytes, bytes.count)
+                        close(descriptor)
+                    }
+                }
+                kill(getpid(), SIGKILL)
+            }
+        }
+        return (hooks, submitLog)
+        #else
+        return (EngineHooks(), nil)
+        #endif
+    }
+}
