@@ -346,8 +346,10 @@ import Testing
         let stats = await generator.systemStats()
         try await generator.stop()
         #expect(results.allSatisfy { $0.succeeded })
-        // Fifteen jobs, three per window: at most three ever held a job slot at once.
-        #expect(stats.resourcePool.resources[.jobSlots]!.peak <= 3)
+        // Fifteen jobs, three per window. On this clock a window passes the moment anyone waits, so the three
+        // of one window may still be finishing (recording their results) when the next three start: at most two
+        // windows' worth ever held a job slot at once, where jobs that waited holding one would reach fifteen.
+        #expect(stats.resourcePool.resources[.jobSlots]!.peak <= 6)
         let times = provider.calls.map(\.time)
         for time in times { #expect(times.filter { $0 >= time && $0 < time + .seconds(60) }.count <= 3) }
         #expect(stats.rateLimiter.waitTime[.providerQuota, default: .zero] > .zero)

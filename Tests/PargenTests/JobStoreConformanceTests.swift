@@ -312,3 +312,26 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(record.ledger.pending == .zero && record.ledger.released == .cents(4))
     }
 }
+
+/// A record's outcome is kept boxed, and encodes exactly as a plain optional: absent when nil, so records
+/// written before and after read the same.
+@Test func aRecordWithoutAnOutcomeEncodesWithoutTheKeyAndReadsBack() throws {
+    let request = try RequestValidator(configuration: .init()).validate(.audio(prompt: "hi"), fallbackID: "r1")
+    var record = JobRecord(id: JobID("job-1"), request: request, sequence: 1, now: .zero)
+    let plain = String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
+    #expect(!plain.contains("\"outcome\""))
+    #expect(try JSONDecoder().decode(JobRecord.self, from: Data(plain.utf8)) == record)
+    let artifact = Artifact(
+        url: URL(fileURLWithPath: "/tmp/a.wav"),
+        format: .wav,
+        contentType: "audio/wav",
+        byteCount: 10,
+        sha256: String(repeating: "0", count: 64),
+        duration: .seconds(1),
+        provider: "p"
+    )
+    record.outcome = JobOutcome(artifact: artifact, provider: "p", cost: .cents(1))
+    let full = try JSONEncoder().encode(record)
+    #expect(String(decoding: full, as: UTF8.self).contains("\"outcome\""))
+    #expect(try JSONDecoder().decode(JobRecord.self, from: full) == record)
+}

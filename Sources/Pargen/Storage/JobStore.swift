@@ -60,22 +60,24 @@ public struct JobRecord: Sendable, Hashable, Codable {
     /// Store time (the store's own clock) from which the job may be leased.
     public var runAt: Duration
     public var enqueuedAt: Duration
-    public var finishedAt: Duration?
+    @Boxed public var finishedAt: Duration?
     /// Insertion order, for first-in first-out within a priority and user.
     public var sequence: Int64
-    public var leaseToken: String?
-    public var leaseOwner: String?
-    public var leaseExpiresAt: Duration?
+    // Set only while a job runs or once it has: kept on the heap, so that a queued job stays small.
+    @Boxed public var leaseToken: String?
+    @Boxed public var leaseOwner: String?
+    @Boxed public var leaseExpiresAt: Duration?
     public var recoveryPoint: RecoveryPoint?
     /// Whether the current call's provider de-duplicates by idempotency key (safe to make again after a crash).
     public var idempotentSubmission: Bool = false
-    public var provider: String?
-    public var providerTaskID: String?
+    @Boxed public var provider: String?
+    @Boxed public var providerTaskID: String?
     /// Providers that failed this job, avoided on the next attempt while others can serve it.
     public var failedProviders: [String]
     /// Every error met, oldest first.
     public var errors: [GenerationError]
-    public var outcome: JobOutcome?
+    /// Kept on the heap: a queued job has none, and most of the store's jobs are queued.
+    @Boxed public var outcome: JobOutcome?
     /// The job's money, kept in the same record (and so the same transaction) as its state.
     public var ledger: CostLedger = CostLedger()
 }

@@ -27,8 +27,38 @@ public final class MemoryJobStore: JobStore {
         static func < (lhs: Self, rhs: Self) -> Bool { (lhs.runAt, lhs.sequence) < (rhs.runAt, rhs.sequence) }
     }
 
+    /// Jobs by their sequence number (a job's id is the store's prefix and its sequence): an array holds a
+    /// queued job in its own size, where a dictionary at its load factor holds it in up to three times that.
+    struct JobTable {
+        private var records: [JobRecord?] = []
+        private let prefix: Substring
+
+        init(prefix: String) { self.prefix = Substring(prefix + "-") }
+
+        private func index(_ id: JobID) -> Int? {
+            let text = id.rawValue
+            guard text.hasPrefix(prefix), let sequence = Int(text.dropFirst(prefix.count)), sequence >= 1,
+                sequence <= records.count
+            else { return nil }
+            return sequence - 1
+        }
+
+        subscript(id: JobID) -> JobRecord? {
+            get { index(id).flatMap { records[$0] } }
+            set {
+                guard let index = index(id) else { return }
+                records[index] = newValue
+            }
+        }
+
+        /// Adds the job whose sequence is the next one.
+        mutating func append(_ record: JobRecord) { records.append(record) }
+
+        var values: [JobRecord] { records.compactMap { $0 } }
+    }
+
     private struct State {
-        var jobs: [JobID: JobRecord] = [:]
+        var jobs: JobTable
         /// Ready jobs by priority, then kind (its index in `GenerationKind.allCases`).
         var ready: [[UserQueues]] = Array(
             repeating: Array(repeating: UserQueues(), count: GenerationKind.allCases.count),
@@ -66,7 +96,7 @@ public final class MemoryJobStore: JobStore {
     private let idPrefix: String
 
     public var outlivesProcess: Bool { false }
-    private let state = Mutex(State())
+    private let state: Mutex<State>
 
     /// - Parameters:
     ///   - clock: The clock for leases and due times.
@@ -74,6 +104,7 @@ public final class MemoryJobStore: JobStore {
     public init(clock: PargenClock = .continuous, idPrefix: String = "job") {
         self.clock = clock
         self.idPrefix = idPrefix
+        state = Mutex(State(jobs: JobTable(prefix: idPrefix)))
     }
 
     public func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult] {
@@ -85,7 +116,7 @@ public final class MemoryJobStore: JobStore {
                 }
                 state.sequence += 1
                 let id = JobID("\(idPrefix)-\(state.sequence)")
-                state.jobs[id] = JobRecord(id: id, request: request, sequence: state.sequence, now: now)
+                state.jobs.append(JobRecord(id: id, request: request, sequence: state.sequence, now: now))
                 state.counts[.available, default: 0] += 1
                 if let key = request.idempotencyKey { state.idempotency["\(request.project)\u{0}\(key)"] = id }
                 state.ready[request.priority.rawValue][request.kind.index].push(id, user: request.user, front: false)
