@@ -181,23 +181,6 @@ public final class SQLiteJobStore: JobStore {
         limit: Int,
         owner: String,
         duration: Duration,
-        excludingUsers: Set<String>
-    ) async throws
-        -> [LeasedJob]
-    {
-        try await lease(
-            limit: limit,
-            owner: owner,
-            duration: duration,
-            excludingUsers: excludingUsers,
-            kinds: Set(GenerationKind.allCases)
-        )
-    }
-
-    public func lease(
-        limit: Int,
-        owner: String,
-        duration: Duration,
         excludingUsers: Set<String>,
         kinds: Set<GenerationKind>
     ) async throws -> [LeasedJob] {

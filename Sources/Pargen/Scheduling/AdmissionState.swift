@@ -205,28 +205,34 @@ public struct AdmissionState: Sendable {
         var blockedUsers: [String: RateLimiter.LimitKind] = [:]
         for priority in GenerationPriority.allCases.reversed() where free > 0 {
             let level = priority.rawValue
-            // 1. Slot-holding work, where a slot and window room allow (nothing is kept back from it).
-            var closed: [String: RateLimiter.LimitKind] = [:]
-            walk(holders: true, level: level) { state, waiter in
-                guard free > 0 else { return .stop }
-                let outcome = state.place(
-                    waiter,
-                    among: waiter.holding,
-                    keep: [:],
-                    closed: &closed,
-                    blockedUsers: &blockedUsers,
-                    canaries: &canaries,
-                    breakers: breakers,
-                    wake: &wake,
-                    at: now
-                )
-                if let ticket = outcome.ticket {
-                    grants.append(ticket)
-                    free -= 1
+            // One pass over a lane: each job, in fair order, to the first of its providers that admits it.
+            func pass(holders: Bool, keep: [String: Int]) {
+                var closed: [String: RateLimiter.LimitKind] = [:]
+                walk(holders: holders, level: level) { state, waiter in
+                    guard free > 0 else { return .stop }
+                    let names = holders ? waiter.holding : waiter.plain
+                    guard !names.isEmpty else { return .next }
+                    let outcome = state.place(
+                        waiter,
+                        among: names,
+                        keep: keep,
+                        closed: &closed,
+                        blockedUsers: &blockedUsers,
+                        canaries: &canaries,
+                        breakers: breakers,
+                        wake: &wake,
+                        at: now
+                    )
+                    if let ticket = outcome.ticket {
+                        grants.append(ticket)
+                        free -= 1
+                    }
+                    if outcome.userBlocked { return .skipUser }
+                    return closed.count >= state.providers.count ? .stop : .next
                 }
-                if outcome.userBlocked { return .skipUser }
-                return closed.count >= state.providers.count ? .stop : .next
             }
+            // 1. Slot-holding work, where a slot and window room allow (nothing is kept back from it).
+            pass(holders: true, keep: [:])
             // 2. Room kept back for the slot holders of this priority and above still waiting.
             var keep: [String: Int] = [:]
             for name in providers.keys {
@@ -236,28 +242,7 @@ public struct AdmissionState: Sendable {
                 if count > 0 { keep[name] = providers[name]!.keepBack(waiting: count, at: now) }
             }
             // 3. Plain work in the rest of each window.
-            closed = [:]
-            walk(holders: false, level: level) { state, waiter in
-                guard free > 0 else { return .stop }
-                guard !waiter.plain.isEmpty else { return .next }
-                let outcome = state.place(
-                    waiter,
-                    among: waiter.plain,
-                    keep: keep,
-                    closed: &closed,
-                    blockedUsers: &blockedUsers,
-                    canaries: &canaries,
-                    breakers: breakers,
-                    wake: &wake,
-                    at: now
-                )
-                if let ticket = outcome.ticket {
-                    grants.append(ticket)
-                    free -= 1
-                }
-                if outcome.userBlocked { return .skipUser }
-                return closed.count >= state.providers.count ? .stop : .next
-            }
+            pass(holders: false, keep: keep)
         }
         admitted += grants.count
         admittedNow += grants.count

@@ -182,6 +182,24 @@ extension JobStore {
     }
 }
 
+extension JobStore {
+    /// Leases up to `limit` due jobs of any kind (see ``lease(limit:owner:duration:excludingUsers:kinds:)``).
+    public func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>
+    ) async throws -> [LeasedJob] {
+        try await lease(
+            limit: limit,
+            owner: owner,
+            duration: duration,
+            excludingUsers: excludingUsers,
+            kinds: Set(GenerationKind.allCases)
+        )
+    }
+}
+
 /// Errors of a ``JobStore``. Equality compares the code.
 public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
     public struct Code: Sendable, Hashable, CustomStringConvertible {
@@ -224,13 +242,9 @@ public protocol JobStore: Sendable {
     /// Adds jobs. An idempotency key already used in the same project returns the existing job.
     func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult]
 
-    /// Leases up to `limit` jobs that are due: highest priority first, then round-robin across users, then
-    /// oldest first; jobs of `excludingUsers` are left for later.
-    func lease(limit: Int, owner: String, duration: Duration, excludingUsers: Set<String>) async throws -> [LeasedJob]
-
-    /// Leases up to `limit` due jobs of the given kinds, in the same order as
-    /// ``lease(limit:owner:duration:excludingUsers:)``: the scheduler takes each kind's own queue, so that work
-    /// late in a campaign file is seen as early as work near its top.
+    /// Leases up to `limit` due jobs of the given kinds: highest priority first, then round-robin across users,
+    /// then oldest first; jobs of `excludingUsers` are left for later. The scheduler takes each kind's own
+    /// queue, so that work late in a campaign file is seen as early as work near its top.
     func lease(
         limit: Int,
         owner: String,

@@ -129,23 +129,6 @@ public final class MemoryJobStore: JobStore {
         limit: Int,
         owner: String,
         duration: Duration,
-        excludingUsers: Set<String>
-    ) async throws
-        -> [LeasedJob]
-    {
-        try await lease(
-            limit: limit,
-            owner: owner,
-            duration: duration,
-            excludingUsers: excludingUsers,
-            kinds: Set(GenerationKind.allCases)
-        )
-    }
-
-    public func lease(
-        limit: Int,
-        owner: String,
-        duration: Duration,
         excludingUsers: Set<String>,
         kinds: Set<GenerationKind>
     ) async throws -> [LeasedJob] {
