@@ -102,6 +102,25 @@ import Testing
         #expect(state.cooldownEnd("a", at: .seconds(2)) == .seconds(7))
     }
 
+    /// A throttled provider takes fewer calls at once (its adaptive limit halves) and grows back on success.
+    @Test func aThrottledProviderTakesFewerCallsAtOnceAndGrowsBack() {
+        var provider = ProviderAdmission(name: "p", quota: ProviderQuota(concurrentTasks: 4))
+        for ticket in 1...4 { provider.admit(ticket: UInt64(ticket), usesSlot: true, holdsSlot: false, needsWindow: false, at: .zero) }
+        #expect(provider.check(usesSlot: true, needsWindow: false, at: .zero) == .slots)
+        provider.finish(ticket: 1, usesSlot: true, outcome: .throttled(retryAfter: .seconds(1)), at: .zero)
+        #expect(provider.adaptive.current == 2)
+        #expect(provider.check(usesSlot: true, needsWindow: false, at: .seconds(2)) == .slots, "3 running, limit 2")
+        for ticket in 2...4 {
+            provider.finish(ticket: UInt64(ticket), usesSlot: true, outcome: .succeeded(latency: .seconds(1)), at: .seconds(2))
+        }
+        #expect(provider.freeSlots >= 2)
+        for _ in 0..<6 {
+            provider.admit(ticket: 9, usesSlot: true, holdsSlot: false, needsWindow: false, at: .seconds(3))
+            provider.finish(ticket: 9, usesSlot: true, outcome: .succeeded(latency: .seconds(1)), at: .seconds(3))
+        }
+        #expect(provider.adaptive.current == 4)
+    }
+
     @Test func noMoreJobsStartThanThereAreJobSlots() {
         var state = Self.state([Self.mixed("a", rate: 100, slots: 5)])
         for n in 0..<20 { state.enqueue(Self.request(n, .audio, ["a"]), at: .zero) }

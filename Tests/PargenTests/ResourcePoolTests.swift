@@ -111,22 +111,6 @@ import Testing
         #expect(pool.stats().resources[.jobSlots]?.scaleUps == 1)
         for lease in [a, b, c] { pool.release(lease) }
     }
-
-    @Test func providerSlotsFollowTheAdaptiveLimit() async throws {
-        let pool = pool(jobs: 40)
-        pool.registerProvider("p", maxConcurrent: 4)
-        #expect(pool.providerHeadroom("p") == 4)
-        pool.recordProviderOutcome("p", .throttled)
-        #expect(pool.providerHeadroom("p") == 2)
-        let a = try await pool.acquire(ResourceRequest(amounts: [:], provider: "p"))
-        let b = try await pool.acquire(ResourceRequest(amounts: [:], provider: "p"))
-        #expect(pool.providerHeadroom("p") == 0)
-        // Grows back by about one per round of successes.
-        for _ in 0..<6 { pool.recordProviderOutcome("p", .success(latency: .milliseconds(100))) }
-        #expect(pool.stats().providers["p"]?.limit == 4)
-        pool.release(a)
-        pool.release(b)
-    }
 }
 
 @Suite struct AdaptiveConcurrencyLimitTests {

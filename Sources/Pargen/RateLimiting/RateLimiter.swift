@@ -75,10 +75,6 @@ public final class RateLimiter: Sendable {
         var clients: ClientLimits
         var providerWindows: [String: SlidingWindowLog] = [:]
         var providerCooldowns: [String: Duration] = [:]
-        /// Slot holders waiting here for a provider's window, per provider.
-        var slotHoldersWaiting: [String: Int] = [:]
-        /// Smoothed time a task holds a provider's slot, in seconds.
-        var taskSeconds: [String: Double] = [:]
         var admitted = 0
         var denied: [LimitKind: Int] = [:]
         var waited: [LimitKind: Duration] = [:]
@@ -88,48 +84,14 @@ public final class RateLimiter: Sendable {
     public let configuration: PargenConfiguration.RateLimits
     private let providerQuotas: Mutex<[String: ProviderQuota]>
     private let state: Mutex<State>
-    /// How many slot-holding requests wait for a provider's concurrency slot (the resource pool knows).
-    private let slotQueue: @Sendable (String) -> Int
 
-    /// - Parameter slotQueue: Requests waiting for a concurrency slot of a provider; with it, the window keeps
-    ///   back enough submissions for them (see ``tryAcquire(user:project:provider:holdsSlot:at:)``).
     public init(
         configuration: PargenConfiguration.RateLimits,
-        providerQuotas: [String: ProviderQuota] = [:],
-        slotQueue: @escaping @Sendable (String) -> Int = { _ in 0 }
+        providerQuotas: [String: ProviderQuota] = [:]
     ) {
         self.configuration = configuration
         self.providerQuotas = Mutex(providerQuotas)
-        self.slotQueue = slotQueue
         state = Mutex(State(clients: ClientLimits(configuration: configuration)))
-    }
-
-    /// Records how long a task held a provider's concurrency slot (submit to end), which sizes the
-    /// submissions kept back for slot holders.
-    public func recordTaskDuration(provider: String, _ duration: Duration) {
-        let seconds = max(0.001, duration.seconds)
-        state.withLock { state in
-            state.taskSeconds[provider] = state.taskSeconds[provider].map { $0 * 0.8 + seconds * 0.2 } ?? seconds
-        }
-    }
-
-    /// Submissions of a provider's window kept back for requests that hold, or wait for, one of its
-    /// concurrency slots: a slot that frees must not find the window spent on plain requests, or it idles
-    /// until the window slides. As many as can use them within one window (slots × window / task time),
-    /// at most as many as are waiting; half the window until a task time has been seen.
-    private func reservation(_ provider: String, quota: ProviderQuota, state: State) -> Int {
-        guard let limit = quota.requestsPerMinute, let slots = quota.concurrentTasks,
-            quota.concurrencyKinds.count < GenerationKind.allCases.count
-        else { return 0 }
-        let waiting = slotQueue(provider) + state.slotHoldersWaiting[provider, default: 0]
-        guard waiting > 0 else { return 0 }
-        let cap: Int
-        if let seconds = state.taskSeconds[provider] {
-            cap = slots * Int((quota.window.seconds / seconds).rounded(.up))
-        } else {
-            cap = limit / 2
-        }
-        return min(waiting, cap, limit - 1)
     }
 
     /// Sets or replaces a provider's quota.
@@ -140,8 +102,6 @@ public final class RateLimiter: Sendable {
     /// Checks every dimension at `now`; on admission, records it in all of them.
     ///
     /// - Parameters:
-    ///   - holdsSlot: The request holds one of the provider's concurrency slots; it may use the whole window,
-    ///     where other requests leave the ``reservation`` for slot holders.
     ///   - confirmsArrival: The caller will call ``confirmArrival(provider:admittedAt:at:)`` once the call has
     ///     reached the provider; until then the admission counts in the provider's window whatever its age.
     ///     Without it the admission is dated now.
@@ -149,7 +109,6 @@ public final class RateLimiter: Sendable {
         user: String,
         project: String,
         provider: String?,
-        holdsSlot: Bool = false,
         confirmsArrival: Bool = false,
         at now: Duration
     ) -> Decision {
@@ -163,10 +122,7 @@ public final class RateLimiter: Sendable {
             if let provider {
                 if let until = state.providerCooldowns[provider], until > now { deny(until - now, .providerCooldown) }
                 if let quota, let fresh = quota.slidingWindow {
-                    let kept = holdsSlot ? 0 : reservation(provider, quota: quota, state: state)
-                    let wait = state.providerWindows[provider, default: fresh].retryAfter(at: now, cost: 1 + kept)
-                    // The reservation moves as slot holders come and go: look again soon.
-                    deny(kept > 0 ? wait.map { min($0, .milliseconds(250)) } : wait, .providerQuota)
+                    deny(state.providerWindows[provider, default: fresh].retryAfter(at: now), .providerQuota)
                 }
             }
             if let (wait, kind) = state.clients.check(user: user, project: project, heldElsewhere: worst != nil, at: now) {
@@ -217,16 +173,12 @@ public final class RateLimiter: Sendable {
         user: String,
         project: String,
         provider: String?,
-        holdsSlot: Bool = false,
         confirmsArrival: Bool = false,
         clock: PargenClock,
         onWait: @Sendable (LimitKind, Duration) -> Void = { _, _ in }
     ) async throws -> Admission {
         var waitedTotal = Duration.zero
         var told = false
-        let slotHolder = holdsSlot ? provider : nil
-        if let slotHolder { state.withLock { $0.slotHoldersWaiting[slotHolder, default: 0] += 1 } }
-        defer { if let slotHolder { state.withLock { $0.slotHoldersWaiting[slotHolder, default: 0] -= 1 } } }
         while true {
             try Task.checkCancellation()
             let now = clock.now
@@ -234,7 +186,6 @@ public final class RateLimiter: Sendable {
                 user: user,
                 project: project,
                 provider: provider,
-                holdsSlot: holdsSlot,
                 confirmsArrival: confirmsArrival,
                 at: now
             ) {

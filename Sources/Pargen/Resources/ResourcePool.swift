@@ -9,15 +9,14 @@ public enum ResourceKind: String, Sendable, Hashable, CaseIterable, Codable {
     case storageMB = "storage_mb"
 }
 
-/// What one lease asks for: amounts of each resource, and optionally one concurrency slot of a provider.
+/// What one lease asks for: amounts of each resource. (A provider's own slots are its admission state's,
+/// ``ProviderAdmission``.)
 public struct ResourceRequest: Sendable, Hashable {
     public var amounts: [ResourceKind: Int]
-    public var provider: String?
     public var priority: GenerationPriority
 
-    public init(amounts: [ResourceKind: Int], provider: String? = nil, priority: GenerationPriority = .normal) {
+    public init(amounts: [ResourceKind: Int], priority: GenerationPriority = .normal) {
         self.amounts = amounts
-        self.provider = provider
         self.priority = priority
     }
 }
@@ -28,7 +27,7 @@ public struct ResourceLease: Sendable, Hashable {
     public let request: ResourceRequest
 }
 
-/// Scoped leases on API-call slots, job slots, memory and storage, plus per-provider adaptive concurrency.
+/// Scoped leases on API-call slots, job slots, memory and storage.
 ///
 /// A lease is granted all-or-nothing; waiters are served by priority, then in arrival order, first fit.
 /// Each limit auto-scales between its floor and its maximum: up by a quarter when utilisation reaches the
@@ -46,12 +45,6 @@ public final class ResourcePool: Sendable {
         var scaleDowns = 0
     }
 
-    struct ProviderSlots {
-        var adaptive: AdaptiveConcurrencyLimit
-        var inUse = 0
-        var peak = 0
-    }
-
     struct Waiter {
         var id: UInt64
         var request: ResourceRequest
@@ -60,13 +53,7 @@ public final class ResourcePool: Sendable {
 
     struct State {
         var limits: [ResourceKind: Limit]
-        var providers: [String: ProviderSlots] = [:]
-        var waiters: [Waiter] = [] {
-            didSet { slotWaiters = nil }
-        }
-        /// Waiters per provider slot, derived from `waiters` on demand and kept until they change (the rate
-        /// limiter asks on every decision for a provider with a slot reservation).
-        var slotWaiters: [String: Int]?
+        var waiters: [Waiter] = []
         var nextID: UInt64 = 0
         var granted = 0
         var waited = 0
@@ -100,13 +87,6 @@ public final class ResourcePool: Sendable {
         )
     }
 
-    /// Registers a provider's concurrency ceiling (its quota of concurrent tasks).
-    public func registerProvider(_ name: String, maxConcurrent: Int) {
-        state.withLock {
-            $0.providers[name] = ProviderSlots(adaptive: AdaptiveConcurrencyLimit(maximum: max(1, maxConcurrent)))
-        }
-    }
-
     /// Waits until the whole request fits, then takes it.
     ///
     /// - Throws: `CancellationError` if the task is cancelled while waiting; nothing is then held.
@@ -123,7 +103,7 @@ public final class ResourcePool: Sendable {
                     // the race between registering and being cancelled.
                     if Task.isCancelled { return .failure(CancellationError()) }
                     // Only jump the queue when nobody of equal or higher priority waits for the same things: a
-                    // waiter blocked on one provider's slots must not hold up a request for memory or call slots.
+                    // waiter blocked on job slots must not hold up a request for memory or call slots.
                     let queued = state.waiters.contains {
                         $0.request.priority >= request.priority && Self.competes($0.request, request)
                     }
@@ -157,25 +137,11 @@ public final class ResourcePool: Sendable {
         state.withLock { state in state.limits[kind].map { max(0, $0.current - $0.inUse) } ?? 0 }
     }
 
-    /// Requests waiting for one of `provider`'s concurrency slots.
-    public func waitingForSlot(_ provider: String) -> Int {
-        state.withLock { state in
-            if state.slotWaiters == nil {
-                state.slotWaiters = Dictionary(
-                    state.waiters.compactMap { $0.request.provider.map { ($0, 1) } },
-                    uniquingKeysWith: +
-                )
-            }
-            return state.slotWaiters![provider, default: 0]
-        }
-    }
-
     /// Returns a lease's resources and wakes the waiters that now fit.
     public func release(_ lease: ResourceLease) {
         let now = clock.now
         state.withLock { state in
             for (kind, amount) in lease.request.amounts { state.limits[kind]?.inUse -= amount }
-            if let provider = lease.request.provider { state.providers[provider]?.inUse -= 1 }
             Self.autoscale(&state, now: now, configuration: configuration)
         }
         grantWaiters()
@@ -189,26 +155,6 @@ public final class ResourcePool: Sendable {
         let lease = try await acquire(request)
         defer { release(lease) }
         return try await body()
-    }
-
-    /// Feeds a provider call's outcome to that provider's adaptive limit.
-    public func recordProviderOutcome(_ provider: String, _ outcome: ProviderLoadSignal) {
-        state.withLock { state in
-            guard state.providers[provider] != nil else { return }
-            switch outcome {
-            case .success(let latency): state.providers[provider]!.adaptive.recordSuccess(latency: latency)
-            case .throttled: state.providers[provider]!.adaptive.recordThrottled()
-            case .timeout: state.providers[provider]!.adaptive.recordTimeout()
-            }
-        }
-        grantWaiters()
-    }
-
-    /// Free concurrency slots of `provider` now (its adaptive limit minus calls in flight).
-    public func providerHeadroom(_ provider: String) -> Int? {
-        state.withLock { state in
-            state.providers[provider].map { max(0, $0.adaptive.current - $0.inUse) }
-        }
     }
 
     public func stats() -> ResourcePoolStats {
@@ -225,15 +171,8 @@ public final class ResourcePool: Sendable {
                         scaleDowns: $0.scaleDowns
                     )
                 },
-                providers: state.providers.mapValues {
-                    ProviderConcurrencyStats(
-                        limit: $0.adaptive.current,
-                        maximum: $0.adaptive.maximum,
-                        inFlight: $0.inUse,
-                        peak: $0.peak,
-                        decreases: $0.adaptive.decreases
-                    )
-                },
+                // Providers' slots are the admission state's; the engine fills them in its stats.
+                providers: [:],
                 waiting: state.waiters.count,
                 leasesGranted: state.granted,
                 leasesThatWaited: state.waited
@@ -264,9 +203,8 @@ public final class ResourcePool: Sendable {
         for (continuation, lease) in ready { continuation.resume(returning: lease) }
     }
 
-    /// Whether two requests want any of the same resources (a kind both need, or the same provider's slots).
+    /// Whether two requests want any of the same resources (a kind both need).
     private static func competes(_ a: ResourceRequest, _ b: ResourceRequest) -> Bool {
-        if let provider = a.provider, provider == b.provider { return true }
         return a.amounts.contains { kind, amount in amount > 0 && (b.amounts[kind] ?? 0) > 0 }
     }
 
@@ -276,9 +214,6 @@ public final class ResourcePool: Sendable {
             // A request larger than the whole limit is let through alone rather than never.
             if limit.inUse + amount > limit.current && !(limit.inUse == 0 && amount > limit.current) { return false }
         }
-        if let provider = request.provider, let slots = state.providers[provider] {
-            if slots.inUse >= slots.adaptive.current { return false }
-        }
         return true
     }
 
@@ -286,10 +221,6 @@ public final class ResourcePool: Sendable {
         for (kind, amount) in request.amounts where state.limits[kind] != nil {
             state.limits[kind]!.inUse += amount
             state.limits[kind]!.peak = max(state.limits[kind]!.peak, state.limits[kind]!.inUse)
-        }
-        if let provider = request.provider, state.providers[provider] != nil {
-            state.providers[provider]!.inUse += 1
-            state.providers[provider]!.peak = max(state.providers[provider]!.peak, state.providers[provider]!.inUse)
         }
         state.granted += 1
     }
@@ -313,13 +244,6 @@ public final class ResourcePool: Sendable {
             state.limits[kind] = limit
         }
     }
-}
-
-/// What a provider call said about the provider's load.
-public enum ProviderLoadSignal: Sendable, Hashable {
-    case success(latency: Duration)
-    case throttled
-    case timeout
 }
 
 public struct ResourceStats: Sendable, Hashable, Codable {
