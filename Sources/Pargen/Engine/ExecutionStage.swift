@@ -22,6 +22,7 @@ extension ParallelGenerator {
             )
         } catch {
             try? await shielded { try await self.store.release(job.lease) }
+            storeChanged()
             return
         }
         defer { pool.release(slot) }
@@ -32,6 +33,7 @@ extension ParallelGenerator {
         } catch {
             if Task.isCancelled || error is CancellationError {
                 try? await shielded { try await self.store.release(job.lease) }
+                storeChanged()
             } else {
                 logger.info(
                     "job processing failed",

@@ -47,6 +47,8 @@ public final class ParallelGenerator: Service, Sendable {
         var waiting: [JobID: LeasedJob] = [:]
         /// Jobs admitted and running.
         var running = 0
+        /// Counts the jobs this process added to or put back in the store, so the scheduler knows when to look.
+        var storeGeneration = 0
         var batcher = BatcherStats()
         var deduplicated = 0
         var invalid: [JobID: GenerationResult] = [:]
@@ -235,6 +237,7 @@ public final class ParallelGenerator: Service, Sendable {
             }
         }
         let outcomes = try await store.enqueue(valid.map(\.1))
+        storeChanged()
         for ((index, request), outcome) in zip(valid, outcomes) {
             ids[index] = outcome.jobID
             if !outcome.existing {

@@ -12,6 +12,8 @@ extension ParallelGenerator {
     /// A job waiting for admission holds its lease and nothing else: no job slot, no provider slot, no memory.
     func dispatchLoop(group: inout DiscardingTaskGroup) async {
         let lookahead = backlogLookahead
+        // Per kind: when its queue last ran dry (the store generation then) and until when to leave it.
+        var dry: [GenerationKind: (generation: Int, until: Duration)] = [:]
         while !Task.isCancelled {
             await maintainLeases()
             let (lifecycle, inFlight) = state.withLock { ($0.lifecycle, $0.inFlight.count) }
@@ -23,9 +25,17 @@ extension ParallelGenerator {
             }
             let blocked = admission.blockedUsers()
             var storeDeadline: Duration?
+            let generation = state.withLock { $0.storeGeneration }
             for kind in GenerationKind.allCases {
                 let want = lookahead - admission.waitingCount(of: kind)
                 guard want > 0 else { continue }
+                // A kind whose queue ran dry is not asked again until a job of this process goes back to the
+                // store or is submitted, a job comes due, a held-back user has room, or a second has passed
+                // (another process may add work): asking on every wake-up would cost a query per finished job.
+                if let dry = dry[kind], dry.generation == generation, clock.now < dry.until {
+                    storeDeadline = min(storeDeadline ?? dry.until, dry.until)
+                    continue
+                }
                 let leased: [LeasedJob]
                 do {
                     leased = try await store.lease(
@@ -40,8 +50,14 @@ extension ParallelGenerator {
                     leased = []
                 }
                 for job in leased { await take(job, group: &group) }
-                if leased.count < want, storeDeadline == nil {
-                    storeDeadline = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { clock.now + $0 }
+                if leased.count < want {
+                    let now = clock.now
+                    let due = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { now + $0 }
+                    let until = [due, blocked.until, now + .seconds(1)].compactMap { $0 }.min()!
+                    dry[kind] = (generation, until)
+                    storeDeadline = min(storeDeadline ?? until, until)
+                } else {
+                    dry[kind] = nil
                 }
             }
             let round = admission.schedule(
@@ -175,6 +191,12 @@ extension ParallelGenerator {
         }
     }
 
+    /// Notes that this process put a job back in the store (or added one): the scheduler looks at the queues again.
+    func storeChanged() {
+        state.withLock { $0.storeGeneration += 1 }
+        wakeup.signal()
+    }
+
     /// Gives back the leases of the jobs still waiting for admission (a stop).
     func giveBackWaiting() async {
         let waiting = state.withLock { state -> [LeasedJob] in
@@ -188,6 +210,7 @@ extension ParallelGenerator {
     func giveBack(_ jobs: [LeasedJob]) async {
         for job in jobs {
             try? await shielded { try await self.store.release(job.lease) }
+            storeChanged()
             state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
         }
     }

@@ -22,6 +22,7 @@ extension ParallelGenerator {
             ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
             try? await shielded { try await self.store.release(lease) }
+            storeChanged()
             return .retryLater
         }
         if let storeError = error as? StoreError {
@@ -74,6 +75,7 @@ extension ParallelGenerator {
                     failedProvider: nil
                 )
             }
+            storeChanged()
             progress(
                 record,
                 .waitingForRateLimit,
@@ -96,6 +98,7 @@ extension ParallelGenerator {
                     failedProvider: name
                 )
             }
+            storeChanged()
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
             progress(record, .retrying, provider: name, message: failure.description)
             return .retryLater
@@ -159,6 +162,7 @@ extension ParallelGenerator {
                 failedProvider: nil
             )
         }
+        storeChanged()
     }
 
     func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {
