@@ -54,8 +54,9 @@ import Glibc
             process.standardError = FileHandle.nullDevice
             try process.run()
             if crashing {
-                // A hooked run is given time to crash itself in the submit-to-persist window.
-                let deadline = ContinuousClock.now + .milliseconds(hooked ? 3000 : 100 + Int(rng.next() % 500))
+                // A hooked run is given time to crash itself in the submit-to-persist window (under a loaded
+                // test run a debug build can take seconds before its first submission).
+                let deadline = ContinuousClock.now + .milliseconds(hooked ? 8000 : 100 + Int(rng.next() % 500))
                 while process.isRunning && ContinuousClock.now < deadline {
                     try await Task.sleep(for: .milliseconds(5))
                 }

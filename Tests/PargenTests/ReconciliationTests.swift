@@ -144,9 +144,12 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
         environment["SWIFT_BACKTRACE"] = "enable=no"
         let first = Process()
         first.executableURL = CommandLineTests.executable
-        // The default per-user window (60 a minute) would hold the 80 lines of this one user for a minute.
+        // The first run is held to 20 lines a minute, so that it is still going however slowly this test's own
+        // polling is scheduled on a loaded machine; the resumed run goes at full speed (the default per-user
+        // window, 60 a minute, would hold the 80 lines of this one user for a minute).
+        let slow = ["--out", out, "--reliable", "--no-progress", "--per-user-rpm", "20"]
         let options = ["--out", out, "--reliable", "--no-progress", "--per-user-rpm", "1000"]
-        first.arguments = ["run", campaign.path] + options
+        first.arguments = ["run", campaign.path] + slow
         first.environment = environment
         first.standardOutput = FileHandle.nullDevice
         first.standardError = FileHandle.nullDevice
@@ -157,7 +160,7 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
         }
         #expect(first.isRunning, "the first run is still going")
         let second = try await pargenAsync(
-            ["run", campaign.path] + options,
+            ["run", campaign.path] + slow,
             environment: ["PARGEN_LOCAL_SUBMIT_LOG": submitLog.path]
         )
         #expect(second.status == 2, "\(second.output)")
