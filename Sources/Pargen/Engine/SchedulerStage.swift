@@ -117,10 +117,13 @@ extension ParallelGenerator {
                 group.addTask { await self.processJob(job, ticket: nil) }
                 return
             }
-            let capable = (request.provider.map { [$0] } ?? balancer.providerNames).filter {
-                providers[$0]?.descriptor.capabilities.refusal(for: request) == nil
-            }
-            guard !capable.isEmpty else {
+            // Providers that failed this job are avoided while another can serve it; the cheapest comes first.
+            names = AdmissionRequest.candidates(
+                for: request,
+                among: balancer.providerNames.compactMap { providers[$0]?.descriptor },
+                avoiding: record.failedProviders
+            )
+            guard !names.isEmpty else {
                 let reason = balancer.refusal(for: request) ?? "no capable provider"
                 group.addTask {
                     _ = await self.deadLetter(job, GenerationError(.noCapableProvider, reason))
@@ -128,12 +131,6 @@ extension ParallelGenerator {
                 }
                 return
             }
-            // Providers that failed this job are avoided while another can serve it; the cheapest comes first.
-            let preferred = capable.filter { !record.failedProviders.contains($0) }
-            names = (preferred.isEmpty ? capable : preferred).enumerated().sorted { a, b in
-                let (pa, pb) = (estimate(request, a.element), estimate(request, b.element))
-                return pa == pb ? a.offset < b.offset : pa < pb
-            }.map(\.element)
         }
         state.withLock { $0.waiting[record.id] = job }
         admission.enqueue(

@@ -37,6 +37,28 @@ public struct AdmissionRequest: Sendable, Hashable {
     }
 }
 
+extension AdmissionRequest {
+    /// The providers that may take `request`, in order of preference: those that can serve it (its pinned
+    /// provider, or any of `providers` in their configured order), without the ones that already failed it
+    /// while another remains, cheapest estimate first (ties keep the configured order). Empty when none can.
+    public static func candidates(
+        for request: ValidatedRequest,
+        among providers: [ProviderDescriptor],
+        avoiding failed: [String] = []
+    ) -> [String] {
+        let byName = Dictionary(providers.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let capable = (request.provider.map { [$0] } ?? providers.map(\.name)).filter {
+            byName[$0]?.capabilities.refusal(for: request) == nil
+        }
+        let preferred = capable.filter { !failed.contains($0) }
+        return (preferred.isEmpty ? capable : preferred).enumerated().sorted { a, b in
+            let pa = byName[a.element]!.pricing.estimate(request)
+            let pb = byName[b.element]!.pricing.estimate(request)
+            return pa == pb ? a.offset < b.offset : pa < pb
+        }.map(\.element)
+    }
+}
+
 /// Proof that a job was admitted to a provider; give it back through ``AdmissionState/finish(_:outcome:at:)``.
 public struct AdmissionTicket: Sendable, Hashable {
     public var id: UInt64

@@ -119,6 +119,7 @@ public struct CampaignSimulator: Sendable {
         var rng = SplitMix64(seed: seed)
         let byName = Dictionary(providers.map { ($0.descriptor.name, $0) }, uniquingKeysWith: { first, _ in first })
         let names = providers.map(\.descriptor.name).filter { byName[$0] != nil }
+        let descriptors = names.map { byName[$0]!.descriptor }
         var state = AdmissionState(
             providers: names.map { ProviderAdmission(name: $0, quota: byName[$0]!.descriptor.quota) },
             clients: ClientLimits(configuration: configuration.rateLimits)
@@ -196,18 +197,12 @@ public struct CampaignSimulator: Sendable {
                     let index = queue[cursor[kind, default: 0]]
                     cursor[kind, default: 0] += 1
                     let request = requests[index]
-                    let capable = (request.provider.map { [$0] } ?? names).filter {
-                        byName[$0]?.descriptor.capabilities.refusal(for: request) == nil
-                    }
-                    guard !capable.isEmpty else {
+                    // The engine's own choice of candidates (SchedulerStage).
+                    let ranked = AdmissionRequest.candidates(for: request, among: descriptors)
+                    guard !ranked.isEmpty else {
                         unplaced += 1
                         continue
                     }
-                    let ranked = capable.enumerated().sorted { a, b in
-                        let pa = byName[a.element]!.descriptor.pricing.estimate(request)
-                        let pb = byName[b.element]!.descriptor.pricing.estimate(request)
-                        return pa == pb ? a.offset < b.offset : pa < pb
-                    }.map(\.element)
                     state.enqueue(
                         AdmissionRequest(
                             job: JobID("sim-\(index)"),
