@@ -109,11 +109,17 @@ enum CampaignSession {
         tracker.expect(file?.lines.count ?? existing)
         let token = generator.onEvent { tracker.record($0) }
         defer { generator.removeEventCallback(token) }
-        try await generator.start()
+        do {
+            try await generator.start()
+        } catch {
+            fail("\(error)")
+        }
         let terminal = isatty(STDOUT_FILENO) == 1
         let signals = SignalWatcher()
         enum Step { case report(CampaignReport), interrupted, other }
-        let finished = try await withThrowingTaskGroup(of: Step.self) { group in
+        let finished: CampaignReport
+        do {
+            finished = try await withThrowingTaskGroup(of: Step.self) { group in
             if !options.noProgress {
                 group.addTask {
                     // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
@@ -158,12 +164,22 @@ enum CampaignSession {
                 }
             }
             return report!
+            }
+        } catch let error as LocalResourceError {
+            // The manifest could not be written: what is done is in the store, and the next run writes it again.
+            try? await generator.stop(immediately: true)
+            fail(stoppedMessage(error, halt: generator.haltReason))
         }
         signals.exitOnNextSignal()
         // Stop every job: submissions in progress are persisted first, every lease is given back.
         try await generator.stop(immediately: finished.pending > 0)
         // Calls that completed while the engine stopped are in the store now: the manifest takes them from there.
-        let report = try await CampaignRunner.settle(finished, generator: generator)
+        let report: CampaignReport
+        do {
+            report = try await CampaignRunner.settle(finished, generator: generator)
+        } catch let error as LocalResourceError {
+            fail(stoppedMessage(error, halt: generator.haltReason))
+        }
         let stats = await generator.systemStats()
         if !options.noProgress {
             let line = ProgressText.bar(tracker.snapshot(), spend: stats.costMonitor.charged)
@@ -175,12 +191,30 @@ enum CampaignSession {
         print("media:     \(out.path)/audio, \(out.path)/video")
         print("manifest:  \(report.manifestJSONL.path), \(report.manifestCSV.path)")
         print("errors:    \(report.errorsFile.path)")
+        if let halt = generator.haltReason {
+            // This machine's storage failed: what is done is kept, the rest waits in the store (exit 2, as for
+            // any file that could not be written).
+            FileHandle.standardError.write(
+                Data(
+                    "pargen: stopped taking work: \(halt). \(report.pending) of \(report.rows.count) lines not finished; they wait in the store. Fix this, then run the same command again to continue.\n"
+                        .utf8
+                )
+            )
+            throw ExitCode(2)
+        }
         if report.pending > 0 {
             print("stopped: \(report.pending) lines not finished; run the same command again to continue")
             throw ExitCode(130)
         }
         return report
     }
+}
+
+/// The one line for a run that could not write its manifest, and why the engine stopped, if it did.
+private func stoppedMessage(_ error: LocalResourceError, halt: LocalResourceError?) -> String {
+    var message = "\(error)"
+    if let halt, halt != error { message += " (the run had stopped taking work: \(halt))" }
+    return message + "; what is done is kept in the store: fix this, then run the same command again to continue"
 }
 
 /// Turns SIGINT and SIGTERM into an event the session can await, and makes a second one exit at once.

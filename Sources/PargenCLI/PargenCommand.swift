@@ -167,7 +167,8 @@ struct Run: AsyncParsableCommand {
             configures (see `pargen providers --config FILE`).
 
             Exit status: 0 when every line succeeded, 1 when any line was invalid, failed or dead-lettered, 2 when \
-            the file or the store could not be read.
+            the file, the output folder or the store could not be read or written (a full disk stops the run: \
+            free space and run the same command again), 130 when stopped by Ctrl-C or SIGTERM.
             """
     )
 

@@ -8,6 +8,9 @@ enum TestHooks {
     ///
     /// - `PARGEN_TEST_CRASH_AFTER_SUBMIT=P`: after a provider accepts a task and before its id is stored, the
     ///   process kills itself with SIGKILL with probability P, first naming the job in `PARGEN_TEST_CRASH_MARKER`.
+    /// - `PARGEN_TEST_BREAK_STAGING=full:N` or `notdir:N`: from the N-th provider call on, the call's staging file
+    ///   is a link to `/dev/full` (every write fails with ENOSPC, as on a full disk), or the staging folder is
+    ///   replaced by a plain file (nothing can be created in it).
     /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
     static func fromEnvironment() -> (EngineHooks, submitLog: URL?) {
         #if DEBUG
@@ -31,9 +34,41 @@ enum TestHooks {
                 kill(getpid(), SIGKILL)
             }
         }
+        if let text = environment["PARGEN_TEST_BREAK_STAGING"] {
+            hooks.beforeProviderCall = breakStaging(text)
+        }
         return (hooks, submitLog)
         #else
         return (EngineHooks(), nil)
         #endif
     }
+
+    #if DEBUG
+    private static func breakStaging(_ text: String) -> @Sendable (URL) -> Void {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let after = Int(parts[1]), after > 0 else { return { _ in } }
+        let mode = String(parts[0])
+        let calls = Locked(0)
+        return { staging in
+            let count = calls.withLock { count -> Int in
+                count += 1
+                return count
+            }
+            guard count >= after else { return }
+            switch mode {
+            case "full":
+                try? FileManager.default.removeItem(at: staging)
+                try? FileManager.default.createSymbolicLink(atPath: staging.path, withDestinationPath: "/dev/full")
+            case "notdir":
+                let folder = staging.deletingLastPathComponent()
+                var isDirectory: ObjCBool = false
+                if FileManager.default.fileExists(atPath: folder.path, isDirectory: &isDirectory), isDirectory.boolValue {
+                    try? FileManager.default.removeItem(at: folder)
+                    _ = FileManager.default.createFile(atPath: folder.path, contents: Data("not a folder\n".utf8))
+                }
+            default: break
+            }
+        }
+    }
+    #endif
 }

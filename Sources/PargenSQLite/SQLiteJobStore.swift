@@ -14,6 +14,8 @@ public final class SQLiteJobStore: JobStore {
     private let writer: any DatabaseWriter
     private let now: @Sendable () -> Duration
     private let idPrefix: String
+    /// The database file (`:memory:` for a store in memory).
+    public let path: String
 
     /// How far a committed transaction survives.
     public enum Durability: String, Sendable {
@@ -55,6 +57,7 @@ public final class SQLiteJobStore: JobStore {
         }
         self.now = now
         self.idPrefix = idPrefix
+        self.path = path
         try migrate()
     }
 
@@ -75,6 +78,7 @@ public final class SQLiteJobStore: JobStore {
         } catch {
             throw StoreError(.unavailable, "cannot open an in-memory job store", underlying: error)
         }
+        path = ":memory:"
         self.now = now
         self.idPrefix = idPrefix
         try migrate()
@@ -452,8 +456,27 @@ public final class SQLiteJobStore: JobStore {
         } catch let error as StoreError {
             throw error
         } catch {
-            throw StoreError(.unavailable, "the job store failed a write", underlying: error)
+            throw StoreError(
+                .unavailable,
+                "the job store failed a write",
+                underlying: localFailure(error, operation: "write the job store") ?? error
+            )
         }
+    }
+
+    /// The local resource failure a database error stands for: a full disk, a read-only or vanished file, an
+    /// I/O error. The engine stops taking work on one instead of retrying.
+    private func localFailure(_ error: any Error, operation: String) -> LocalResourceError? {
+        guard let database = error as? DatabaseError else { return nil }
+        let number: Int32? =
+            switch database.resultCode {
+            case .SQLITE_FULL: ENOSPC
+            case .SQLITE_READONLY: EROFS
+            case .SQLITE_CANTOPEN: EACCES
+            case .SQLITE_IOERR: EIO
+            default: nil
+            }
+        return number.map { LocalResourceError(path: path, operation: operation, errorNumber: $0) }
     }
 
     private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
@@ -462,7 +485,11 @@ public final class SQLiteJobStore: JobStore {
         } catch let error as StoreError {
             throw error
         } catch {
-            throw StoreError(.unavailable, "the job store failed a read", underlying: error)
+            throw StoreError(
+                .unavailable,
+                "the job store failed a read",
+                underlying: localFailure(error, operation: "read the job store") ?? error
+            )
         }
     }
 }

@@ -280,6 +280,38 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         await bench.fake.stop()
     }
 
+    /// A disk that fills while an answer is written is this machine's failure, not a cut-short answer: every
+    /// adapter throws a ``LocalResourceError`` naming the file (the engine stops for it instead of retrying),
+    /// for speech streamed to disk, hex speech and video downloads alike.
+    @Test(arguments: [ProviderProtocol.openai, .elevenlabs, .minimax, .runway, .azure])
+    func aFullDiskUnderAnAnswerIsALocalFailureNamingTheFile(_ wire: ProviderProtocol) async throws {
+        let bench = try await FakeBench.start(wire, options: { $0.taskSeconds = 0.05...0.1 }, http: http)
+        let request: ValidatedRequest =
+            wire == .runway
+            ? validated(.video(prompt: "full disk", duration: .seconds(5), resolution: .p720))
+            : validated(.audio(prompt: "full disk", duration: .seconds(2)))
+        // Every write to /dev/full fails with ENOSPC, as on a full disk.
+        let destination = temporaryDirectory().appendingPathComponent("answer.part")
+        try FileManager.default.createSymbolicLink(atPath: destination.path, withDestinationPath: "/dev/full")
+        let context = ProviderCallContext(
+            destination: destination,
+            clock: .continuous,
+            attempt: 1,
+            idempotencyKey: "job-1:1",
+            logger: Logger(label: "test")
+        )
+        do {
+            _ = try await bench.provider.generate(request, context: context)
+            Issue.record("a write to a full disk succeeded")
+        } catch let error as LocalResourceError {
+            #expect(error.errorNumber == ENOSPC)
+            #expect(error.path == destination.path)
+        } catch {
+            Issue.record("expected a LocalResourceError, got \(error)")
+        }
+        await bench.fake.stop()
+    }
+
     /// One input of a batch synthesis fails at Azure (no file in the results, failedAudioCount 1): that line is
     /// dead-lettered; the others keep their own files (one failure used to fail every member).
     @Test func aFailedInputOfABatchSynthesisFailsAlone() async throws {

@@ -13,16 +13,20 @@ public struct ArtifactStore: Sendable {
     var stagingDirectory: URL { root.appendingPathComponent(".staging", isDirectory: true) }
 
     /// Creates the folders and removes partial files a crashed run left in the staging folder.
+    ///
+    /// - Throws: ``LocalResourceError`` naming the folder that cannot be created.
     func prepare() throws {
-        try FileManager.default.createDirectory(at: stagingDirectory, withIntermediateDirectories: true)
+        try LocalResourceError.checking(stagingDirectory, "create the folder") {
+            try FileManager.default.createDirectory(at: stagingDirectory, withIntermediateDirectories: true)
+        }
         for name in (try? FileManager.default.contentsOfDirectory(atPath: stagingDirectory.path)) ?? [] {
             try? FileManager.default.removeItem(at: stagingDirectory.appendingPathComponent(name))
         }
         for kind in GenerationKind.allCases {
-            try FileManager.default.createDirectory(
-                at: root.appendingPathComponent(kind.rawValue, isDirectory: true),
-                withIntermediateDirectories: true
-            )
+            let folder = root.appendingPathComponent(kind.rawValue, isDirectory: true)
+            try LocalResourceError.checking(folder, "create the folder") {
+                try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+            }
         }
     }
 
@@ -39,14 +43,15 @@ public struct ArtifactStore: Sendable {
 
     /// Checks the provider's output, hashes it and moves it into place.
     ///
-    /// - Throws: ``GenerationError/Code/artifactInvalid`` when the file is missing, empty or not of the format.
+    /// - Throws: ``GenerationError/Code/artifactInvalid`` when the file is missing, empty or not of the format;
+    ///   ``LocalResourceError`` when it cannot be moved into place.
     func commit(
         staging: URL,
         job: JobID,
         request: ValidatedRequest,
         output: ProviderOutput,
         provider: String
-    ) throws(GenerationError) -> Artifact {
+    ) throws -> Artifact {
         let (size, hash) = try Self.checkedDigest(staging, format: output.format, provider: provider)
         let destination = finalURL(job: job, request: request, format: output.format)
         do {
@@ -59,7 +64,8 @@ public struct ArtifactStore: Sendable {
             try FileManager.default.moveItem(at: staging, to: destination)
             try Self.flush(destination.deletingLastPathComponent(), directory: true)
         } catch {
-            throw GenerationError(.transient, "could not move the artifact into place: \(error.localizedDescription)")
+            throw LocalResourceError.classify(error, path: destination, operation: "move the media into place")
+                ?? LocalResourceError(path: destination.path, operation: "move the media into place", errorNumber: EIO)
         }
         return Artifact(
             url: destination,
@@ -76,6 +82,15 @@ public struct ArtifactStore: Sendable {
     /// Gives another request its own copy of an existing artifact (a hard link where possible).
     func materialize(_ artifact: Artifact, job: JobID, request: ValidatedRequest) throws -> Artifact {
         let destination = finalURL(job: job, request: request, format: artifact.format)
+        try LocalResourceError.checking(destination, "copy the media to") {
+            try link(artifact, to: destination)
+        }
+        var copy = artifact
+        copy.url = destination
+        return copy
+    }
+
+    private func link(_ artifact: Artifact, to destination: URL) throws {
         if destination != artifact.url {
             if FileManager.default.fileExists(atPath: destination.path) {
                 try FileManager.default.removeItem(at: destination)
@@ -86,9 +101,6 @@ public struct ArtifactStore: Sendable {
                 try FileManager.default.copyItem(at: artifact.url, to: destination)
             }
         }
-        var copy = artifact
-        copy.url = destination
-        return copy
     }
 
     /// `fsync` of a file, or of a folder (which makes a rename in it durable).

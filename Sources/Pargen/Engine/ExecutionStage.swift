@@ -34,6 +34,12 @@ extension ParallelGenerator {
             if Task.isCancelled || error is CancellationError {
                 try? await shielded { try await self.store.release(job.lease) }
                 storeChanged()
+            } else if let local = LocalResourceError.classify(
+                error,
+                path: artifacts.root,
+                operation: "write the media"
+            ) {
+                await giveBack(job, haltingFor: local)
             } else {
                 logger.info(
                     "job processing failed",
@@ -153,6 +159,7 @@ extension ParallelGenerator {
             let attempt = attemptNumber
             progress(record, .submitted, provider: name)
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
+            hooks.beforeProviderCall(staging)
             // A resumed task is already persisted; a new one becomes so when the provider accepts it.
             let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
             let context = ProviderCallContext(
@@ -228,6 +235,17 @@ extension ParallelGenerator {
             return .success(artifact)
         } catch {
             costs.release(id)
+            if let local = LocalResourceError.classify(
+                error,
+                path: artifacts.stagingURL(job: id, attempt: attemptNumber),
+                operation: "write"
+            ) {
+                // This machine, not the provider, failed: another provider or attempt cannot help.
+                ticket.finish(.notCalled)
+                balancer.recordNeutral(name, throttled: false)
+                await giveBack(job, haltingFor: local)
+                return .retryLater
+            }
             return await handleFailure(
                 error,
                 job: job,

@@ -59,6 +59,8 @@ public final class ParallelGenerator: Service, Sendable {
         var providerActivity: [String: ProviderActivity] = [:]
         var latencies: [String: [Duration]] = [:]
         var lastRescue: Duration = .zero
+        /// Set when this machine's storage failed: the engine takes no new work from then on.
+        var halt: LocalResourceError?
     }
 
     enum Lifecycle { case idle, running, draining, stopped }
@@ -340,11 +342,51 @@ public final class ParallelGenerator: Service, Sendable {
         )
     }
 
+    /// What ``result(for:)`` returns for a job the engine stopped before it finished, because this machine's
+    /// storage failed: the job is left in the store, and a later run continues it.
+    static func haltedResult(_ id: JobID, _ reason: LocalResourceError) -> GenerationResult {
+        GenerationResult(
+            requestID: "",
+            jobID: id,
+            outcome: .failure(GenerationError(.cancelled, "the run stopped before the job finished: \(reason)")),
+            provider: nil,
+            actualCost: .zero,
+            attempts: 0
+        )
+    }
+
+    /// Why the engine stopped taking work, when this machine's storage failed (a full disk, a folder that cannot
+    /// be written); `nil` otherwise. Jobs not finished then stay in the store, and a later run continues them.
+    public var haltReason: LocalResourceError? { state.withLock { $0.halt } }
+
+    /// Stops taking new work because this machine's storage failed: jobs in flight end or go back to the store,
+    /// every waiter is answered at once (``result(for:)`` gives a finished job's result, and a `cancelled` one
+    /// naming `reason` for the others), and ``haltReason`` says why. Only the first reason is kept.
+    func halt(because reason: LocalResourceError) {
+        let waiters = state.withLock { state -> [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]]? in
+            guard state.halt == nil else { return nil }
+            state.halt = reason
+            if state.lifecycle == .running { state.lifecycle = .draining }
+            defer { state.waiters = [:] }
+            return state.waiters
+        }
+        guard let waiters else { return }
+        logger.error(
+            "stopped taking work: this machine's storage failed",
+            metadata: [LoggingKeys.error: "\(reason)", "path": "\(reason.path)"]
+        )
+        for (id, list) in waiters {
+            for waiter in list { waiter.continuation.resume(returning: Self.haltedResult(id, reason)) }
+        }
+        wakeup.signal()
+    }
+
     private func waitForResult(_ id: JobID, waiterID: UInt64) async -> GenerationResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<GenerationResult, Never>) in
             let ready = state.withLock { state -> GenerationResult? in
                 if let invalid = state.invalid[id] { return invalid }
                 if Task.isCancelled { return Self.cancelledResult(id) }
+                if let halt = state.halt { return Self.haltedResult(id, halt) }
                 state.waiters[id, default: []].append((waiterID, continuation))
                 return nil
             }
@@ -476,9 +518,15 @@ public struct EngineHooks: Sendable {
     /// Called after a provider accepted a task and before its task id is persisted: the window in which a
     /// crash leaves a job that may have been paid for without a record of it.
     public var afterProviderAccepted: @Sendable (JobID) -> Void
+    /// Called with the staging file of each provider call, before the call: where a test breaks the disk.
+    public var beforeProviderCall: @Sendable (URL) -> Void
 
-    public init(afterProviderAccepted: @escaping @Sendable (JobID) -> Void = { _ in }) {
+    public init(
+        afterProviderAccepted: @escaping @Sendable (JobID) -> Void = { _ in },
+        beforeProviderCall: @escaping @Sendable (URL) -> Void = { _ in }
+    ) {
         self.afterProviderAccepted = afterProviderAccepted
+        self.beforeProviderCall = beforeProviderCall
     }
 }
 

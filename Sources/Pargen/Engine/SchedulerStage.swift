@@ -47,6 +47,9 @@ extension ParallelGenerator {
                     )
                 } catch {
                     logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
+                    if let local = LocalResourceError.classify(error, path: artifacts.root, operation: "lease") {
+                        halt(because: local)
+                    }
                     leased = []
                 }
                 for job in leased { await take(job, group: &group) }

@@ -25,6 +25,12 @@ extension ParallelGenerator {
             storeChanged()
             return .retryLater
         }
+        if let local = LocalResourceError.classify(error, path: artifacts.root, operation: "write") {
+            ticket.finish(.notCalled)
+            balancer.recordNeutral(name, throttled: false)
+            await giveBack(job, haltingFor: local)
+            return .retryLater
+        }
         if let storeError = error as? StoreError {
             ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
@@ -163,6 +169,16 @@ extension ParallelGenerator {
             )
         }
         storeChanged()
+    }
+
+    /// Gives a job back to the store unjudged because this machine's storage failed, and stops the engine
+    /// taking new work. A call that was about to go out gives its attempt back; a task the provider accepted
+    /// keeps its id, so the next run fetches its result instead of paying for it again.
+    func giveBack(_ job: LeasedJob, haltingFor reason: LocalResourceError) async {
+        try? await shielded { try await self.store.release(job.lease) }
+        storeChanged()
+        progress(job.record, .queued, message: "stopped: \(reason)")
+        halt(because: reason)
     }
 
     func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {

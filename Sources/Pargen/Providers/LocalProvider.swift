@@ -242,9 +242,11 @@ public struct LocalProvider: GenerationProvider {
         let destination = context.destination
         let seed = SplitMix64.stableHash(String(configuration.seed), request.fingerprint)
         try await Self.offload {
-            switch request.kind {
-            case .audio: try LocalMedia.renderAudio(request, seed: seed, to: destination)
-            case .video: try LocalMedia.renderVideo(request, seed: seed, to: destination)
+            try LocalResourceError.checking(destination, "write") {
+                switch request.kind {
+                case .audio: try LocalMedia.renderAudio(request, seed: seed, to: destination)
+                case .video: try LocalMedia.renderVideo(request, seed: seed, to: destination)
+                }
             }
         }
         return ProviderOutput(format: format, duration: request.duration, providerTaskID: taskID)

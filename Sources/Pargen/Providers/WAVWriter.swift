@@ -8,8 +8,7 @@ struct WAVWriter {
         sampleCount: Int,
         sample: (Int) -> Double
     ) throws {
-        _ = FileManager.default.createFile(atPath: url.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: url)
+        let handle = try OutputFile.create(url)
         defer { try? handle.close() }
         let dataBytes = UInt32(sampleCount * 2)
         var header = Data()
@@ -50,8 +49,7 @@ final class GIFWriter {
 
     init(url: URL, width: Int, height: Int, palette: [(UInt8, UInt8, UInt8)]) throws {
         precondition(palette.count == 256)
-        _ = FileManager.default.createFile(atPath: url.path, contents: nil)
-        handle = try FileHandle(forWritingTo: url)
+        handle = try OutputFile.create(url)
         self.width = width
         self.height = height
         var header = Data(Array("GIF89a".utf8))

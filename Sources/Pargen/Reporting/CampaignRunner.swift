@@ -96,7 +96,9 @@ public enum CampaignRunner {
         clock: PargenClock = .continuous
     ) async throws -> CampaignReport {
         let started = clock.now
-        try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
+        try LocalResourceError.checking(outputDirectory, "create the folder") {
+            try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
+        }
         // Each line gets a deterministic idempotency key, so running the same campaign again against the same
         // store continues it: finished lines are not redone.
         let ids = try await generator.submit(
@@ -208,7 +210,9 @@ public enum CampaignRunner {
         clock: PargenClock = .continuous
     ) async throws -> CampaignReport {
         let started = clock.now
-        try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
+        try LocalResourceError.checking(outputDirectory, "create the folder") {
+            try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
+        }
         var rows: [ManifestRow] = []
         for record in try await generator.store.jobs(matching: JobQuery()) {
             let result = await generator.result(for: record.id)
@@ -275,7 +279,9 @@ public enum CampaignRunner {
         try writeJSONLines(errors, to: report.errorsFile)
         var csv = ManifestRow.csvHeader.joined(separator: ",") + "\r\n"
         for row in rows { csv += row.csvFields.map(csvEscape).joined(separator: ",") + "\r\n" }
-        try Data(csv.utf8).write(to: report.manifestCSV, options: .atomic)
+        try LocalResourceError.checking(report.manifestCSV, "write") {
+            try Data(csv.utf8).write(to: report.manifestCSV, options: .atomic)
+        }
         return report
     }
 
@@ -292,7 +298,7 @@ public enum CampaignRunner {
             data.append(try encoder.encode(value))
             data.append(0x0A)
         }
-        try data.write(to: url, options: .atomic)
+        try LocalResourceError.checking(url, "write") { try data.write(to: url, options: .atomic) }
     }
 
     static func csvEscape(_ field: String) -> String {

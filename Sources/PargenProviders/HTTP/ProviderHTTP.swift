@@ -211,18 +211,21 @@ package struct ProviderHTTP: Sendable {
         if let announced, announced > connection.maxDownloadBytes {
             throw DownloadFailure.tooLarge(announced)
         }
-        _ = FileManager.default.createFile(atPath: file.path, contents: nil)
-        let handle = try FileHandle(forWritingTo: file)
+        // This machine's disk is not the provider's fault: a file that cannot be created or written is a
+        // LocalResourceError, which the engine stops for instead of retrying.
+        let handle = try OutputFile.create(file)
         defer { try? handle.close() }
         var written: Int64 = 0
         do {
             for try await chunk in response.body {
                 written += Int64(chunk.readableBytes)
                 if written > connection.maxDownloadBytes { throw DownloadFailure.tooLarge(written) }
-                try handle.write(contentsOf: chunk.readableBytesView)
+                try LocalResourceError.checking(file, "write") { try handle.write(contentsOf: chunk.readableBytesView) }
             }
         } catch let failure as DownloadFailure {
             throw failure
+        } catch let local as LocalResourceError {
+            throw local
         } catch {
             if error is CancellationError || Task.isCancelled { throw CancellationError() }
             throw DownloadFailure.truncated(received: written, expected: announced)

@@ -126,7 +126,7 @@ public struct MiniMaxProvider: AccessCheckable {
                     providerCode: "malformed"
                 )
             }
-            try bytes.write(to: context.destination)
+            try LocalResourceError.checking(context.destination, "write") { try bytes.write(to: context.destination) }
         }
         let billed = json["extra_info"]?["usage_characters"]?.int
         let milliseconds = json["extra_info"]?["audio_length"]?.int
