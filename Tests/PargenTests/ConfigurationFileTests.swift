@@ -35,6 +35,8 @@ import Testing
               maxTotalCostPerBatch: "150"
             resources:
               maxConcurrentJobs: 400
+            retry:
+              payAgainForLostAnswers: false
             budgets:
               global: 1000
               projects:
@@ -62,6 +64,8 @@ import Testing
         #expect(setup.configuration.batching.maxJobsPerBatch == 10)
         #expect(setup.configuration.batching.maxTotalCostPerBatch == .dollars(150))
         #expect(setup.configuration.resources.maxConcurrentJobs == 400)
+        #expect(!setup.configuration.retry.payAgainForLostAnswers)
+        #expect(PargenConfiguration().retry.payAgainForLostAnswers, "buying a lost answer again is the default")
         #expect(setup.configuration.budgets.global == .dollars(1000))
         #expect(setup.configuration.budgets.perProject["social"] == Money(parsing: "2.50"))
         #expect(!setup.includeLocalProviders, "configured providers replace the local ones")

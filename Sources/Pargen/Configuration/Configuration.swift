@@ -181,6 +181,11 @@ public struct PargenConfiguration: Sendable {
         /// New tasks a job may be given after tasks that failed for a reason the provider did not name
         /// (``GenerationError/Code/taskFailed``), within ``maxAttempts``. Default 2, so at most 3 such tasks.
         public var failedTasks: Int
+        /// Whether a line whose synchronous answer the provider billed and that was then lost (cut short,
+        /// unusable, or not saved) is requested again, which the provider bills again. Each billed answer is
+        /// charged in the ledger either way; when `false` the line is dead-lettered instead, with what it was
+        /// charged. Default `true`.
+        public var payAgainForLostAnswers: Bool
 
         public init(
             maxAttempts: Int = 5,
@@ -188,9 +193,11 @@ public struct PargenConfiguration: Sendable {
             multiplier: Double = 2,
             maxDelay: Duration = .seconds(60),
             maxSnoozes: Int = 100,
-            failedTasks: Int = 2
+            failedTasks: Int = 2,
+            payAgainForLostAnswers: Bool = true
         ) {
             self.failedTasks = failedTasks
+            self.payAgainForLostAnswers = payAgainForLostAnswers
             self.maxAttempts = maxAttempts
             self.baseDelay = baseDelay
             self.multiplier = multiplier

@@ -128,6 +128,8 @@ extension ParallelGenerator {
         // of a failure.
         let attemptNumber = resumeTaskID == nil ? record.attempts + 1 : record.attempts
         let taskSeen = Locked<String?>(resumeTaskID)
+        // Set when a synchronous call's answer is media the provider made and billed.
+        let billed = Locked(false)
         do {
             // Then this machine's resources: a job admitted to a provider never waits on another provider's quota.
             let resources = try await pool.acquire(
@@ -184,7 +186,8 @@ extension ParallelGenerator {
                     self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
                     self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
                 },
-                answered: { ticket.arrived() }
+                answered: { ticket.arrived() },
+                billed: { billed.withLock { $0 = true } }
             )
             let started = clock.now
             let output: ProviderOutput
@@ -234,7 +237,17 @@ extension ParallelGenerator {
             await finish(id)
             return .success(artifact)
         } catch {
-            costs.release(id)
+            // A synchronous answer the provider billed is charged, even though it was lost after it was made.
+            let charged: Money? = billed.value && taskSeen.value == nil ? estimate : nil
+            if let charged {
+                for alert in costs.settle(id, actual: charged) { publish(.budgetAlert(alert)) }
+                state.withLock { state in
+                    state.providerActivity[name, default: ProviderActivity()].billedAnswersLost += 1
+                    state.providerActivity[name, default: ProviderActivity()].billedAnswersLostCost += charged
+                }
+            } else {
+                costs.release(id)
+            }
             if let local = LocalResourceError.classify(
                 error,
                 path: artifacts.stagingURL(job: id, attempt: attemptNumber),
@@ -243,7 +256,7 @@ extension ParallelGenerator {
                 // This machine, not the provider, failed: another provider or attempt cannot help.
                 ticket.finish(.notCalled)
                 balancer.recordNeutral(name, throttled: false)
-                await giveBack(job, haltingFor: local)
+                await giveBack(job, haltingFor: local, charged: charged, attemptKey: "\(id):\(attemptNumber)")
                 return .retryLater
             }
             return await handleFailure(
@@ -251,7 +264,8 @@ extension ParallelGenerator {
                 job: job,
                 ticket: ticket,
                 attemptKey: "\(id):\(attemptNumber)",
-                taskID: taskSeen.value
+                taskID: taskSeen.value,
+                charged: charged
             )
         }
     }

@@ -503,7 +503,8 @@ public final class ParallelGenerator: Service, Sendable {
             jobID: record.id,
             outcome: outcome,
             provider: record.outcome?.provider ?? record.provider,
-            actualCost: record.outcome?.cost ?? .zero,
+            // The ledger's charge: the successful call, and any answer billed and lost before it.
+            actualCost: record.ledger.charged,
             attempts: record.attempts,
             servedFromCache: record.outcome?.servedFromCache ?? false,
             deduplicated: record.outcome?.deduplicated ?? false,

@@ -10,7 +10,8 @@ extension ParallelGenerator {
         job: LeasedJob,
         ticket: HeldTicket,
         attemptKey: String? = nil,
-        taskID: String? = nil
+        taskID: String? = nil,
+        charged: Money? = nil
     ) async
         -> FlightOutcome
     {
@@ -45,6 +46,7 @@ extension ParallelGenerator {
         // Each failed attempt is its own record: its key, and the task it used, if the provider accepted one.
         classified.attemptKey = classified.attemptKey ?? attemptKey
         classified.taskID = classified.taskID ?? taskID
+        classified.charged = classified.charged ?? charged
         let failure = classified
         switch failure.code {
         case .rateLimited:
@@ -59,6 +61,14 @@ extension ParallelGenerator {
             ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
+        }
+        if let charged = failure.charged, failure.code.isRetryable, !configuration.retry.payAgainForLostAnswers {
+            // The provider billed this answer; buying it again is the user's choice, and it is off.
+            var kept = failure
+            kept.message +=
+                " (\(name) billed this answer, \(charged); retry.payAgainForLostAnswers is off, so it is not bought again)"
+            state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
+            return await deadLetter(job, kept)
         }
         let attempts = record.attempts + 1
         let failedTasks =
@@ -106,7 +116,10 @@ extension ParallelGenerator {
             }
             storeChanged()
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
-            progress(record, .retrying, provider: name, message: failure.description)
+            let paidAgain = failure.charged.map {
+                "; \(name) billed the lost answer (\($0)) and the retry is billed again (retry.payAgainForLostAnswers)"
+            }
+            progress(record, .retrying, provider: name, message: failure.description + (paidAgain ?? ""))
             return .retryLater
         case .deadLetter:
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
@@ -174,8 +187,41 @@ extension ParallelGenerator {
     /// Gives a job back to the store unjudged because this machine's storage failed, and stops the engine
     /// taking new work. A call that was about to go out gives its attempt back; a task the provider accepted
     /// keeps its id, so the next run fetches its result instead of paying for it again.
-    func giveBack(_ job: LeasedJob, haltingFor reason: LocalResourceError) async {
-        try? await shielded { try await self.store.release(job.lease) }
+    ///
+    /// A synchronous answer the provider billed and that could not be saved is charged: the job goes back with
+    /// that charge in its history (or is dead-lettered with it when ``PargenConfiguration/Retry/payAgainForLostAnswers``
+    /// is off).
+    func giveBack(
+        _ job: LeasedJob,
+        haltingFor reason: LocalResourceError,
+        charged: Money? = nil,
+        attemptKey: String? = nil
+    ) async {
+        if let charged {
+            var lost = GenerationError(
+                .transient,
+                "the answer \(job.record.provider ?? "the provider") billed could not be saved: \(reason)",
+                provider: job.record.provider
+            )
+            lost.charged = charged
+            lost.attemptKey = attemptKey
+            let error = lost
+            if configuration.retry.payAgainForLostAnswers {
+                try? await shielded {
+                    try await self.store.retry(
+                        job.lease,
+                        error: error,
+                        after: .zero,
+                        spendAttempt: false,
+                        failedProvider: nil
+                    )
+                }
+            } else {
+                _ = await deadLetter(job, error)
+            }
+        } else {
+            try? await shielded { try await self.store.release(job.lease) }
+        }
         storeChanged()
         progress(job.record, .queued, message: "stopped: \(reason)")
         halt(because: reason)

@@ -29,6 +29,10 @@ public struct ProviderActivity: Sendable, Hashable, Codable {
     /// Retries scheduled after a failure on this provider.
     public var retries = 0
     public var deadLettered = 0
+    /// Synchronous answers the provider billed that were then lost (cut short, unusable, not saved), and what
+    /// they were charged: each is in the ledger, and a retry of the line pays again.
+    public var billedAnswersLost = 0
+    public var billedAnswersLostCost: Money = .zero
     public var latency: LatencySummary = LatencySummary([])
 }
 

@@ -51,7 +51,8 @@ public struct GenerationResult: Sendable {
     public var outcome: Result<Artifact, GenerationError>
     /// The provider that produced the artifact, or the last one tried.
     public var provider: String?
-    /// What was charged: zero for cache hits, de-duplicated requests and failures.
+    /// What was charged for this request, every billed call included: zero for cache hits and de-duplicated
+    /// requests, and for failures unless the provider billed an answer that was then lost.
     public var actualCost: Money
     /// Provider calls made for this request (rate-limit snoozes do not count).
     public var attempts: Int

@@ -189,6 +189,7 @@ public struct ProviderCallContext: Sendable {
     private let downloading: @Sendable () -> Void
     private let throttled: @Sendable (Duration?) -> Void
     private let answered: @Sendable () -> Void
+    private let billed: @Sendable () -> Void
 
     public init(
         destination: URL,
@@ -200,10 +201,12 @@ public struct ProviderCallContext: Sendable {
         progress: @escaping @Sendable (Double) -> Void = { _ in },
         downloading: @escaping @Sendable () -> Void = {},
         throttled: @escaping @Sendable (Duration?) -> Void = { _ in },
-        answered: @escaping @Sendable () -> Void = {}
+        answered: @escaping @Sendable () -> Void = {},
+        billed: @escaping @Sendable () -> Void = {}
     ) {
         self.throttled = throttled
         self.answered = answered
+        self.billed = billed
         self.destination = destination
         self.clock = clock
         self.attempt = attempt
@@ -222,6 +225,10 @@ public struct ProviderCallContext: Sendable {
     /// The provider has answered the submission (its response head arrived), so the call has certainly
     /// reached it: the engine counts the provider's request window from here.
     public func reportAnswered() { answered() }
+    /// A synchronous call's answer is the media the provider made and billed (a `200` whose body is the audio):
+    /// if the answer is then cut short, unusable or cannot be saved, the engine still charges it, and retrying
+    /// the line buys it again (``PargenConfiguration/Retry/payAgainForLostAnswers``).
+    public func reportBilled() { billed() }
     /// The result is being fetched.
     public func reportDownloading() { downloading() }
     /// The provider accepted the task but holds it back for load (Runway `THROTTLED`): the engine lowers its

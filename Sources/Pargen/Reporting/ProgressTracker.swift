@@ -129,6 +129,15 @@ public enum ProgressText {
                 out.append("  line \(row.line) (\(row.requestID)): \(row.tasks) tasks, last failure: \(row.lastFailure ?? "-")")
             }
         }
+        let lost = stats.providers.filter { $0.value.billedAnswersLost > 0 }.sorted { $0.key < $1.key }
+        if !lost.isEmpty {
+            // Visible, never silent: each of these was billed, and a retry of its line was billed again.
+            out.append(
+                "answers billed and then lost (cut short, unusable or not saved), each charged: "
+                    + lost.map { "\($0.key) \($0.value.billedAnswersLost) (\($0.value.billedAnswersLostCost))" }
+                    .joined(separator: ", ")
+            )
+        }
         let deadLetters = report.rows.filter { $0.status == .deadLettered }
         out.append("dead letters: \(deadLetters.count)")
         for row in deadLetters.prefix(10) {

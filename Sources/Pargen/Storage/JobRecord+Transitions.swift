@@ -58,11 +58,7 @@ extension JobRecord {
     }
 
     public mutating func complete(_ outcome: JobOutcome, now: Duration) {
-        // Settle: charge the actual cost, release the rest; an overrun tops the reservation up first.
-        if outcome.cost > ledger.pending { ledger.reserved = ledger.reserved + (outcome.cost - ledger.pending) }
-        ledger.charged = ledger.charged + outcome.cost
-        ledger.released = ledger.released + max(.zero, ledger.pending - outcome.cost)
-        ledger.pending = .zero
+        settlePending(charging: outcome.cost)
         self.outcome = outcome
         provider = outcome.provider
         finish(.succeeded, now: now)
@@ -75,7 +71,7 @@ extension JobRecord {
         failedProvider: String?
     ) {
         if let error { errors.append(error) }
-        releasePending()
+        settlePending(charging: error?.charged ?? .zero)
         if !spendAttempt {
             snoozes += 1
             if recoveryPoint != nil { attempts = max(0, attempts - 1) }
@@ -93,6 +89,8 @@ extension JobRecord {
     /// error dead-letters it and releases the reservation.
     public mutating func deadLetter(_ error: GenerationError, now: Duration) {
         errors.append(error)
+        // A failed call the provider billed anyway (a synchronous answer lost after it was made) is charged.
+        if let charged = error.charged, charged > .zero { settlePending(charging: charged) }
         if error.code == .needsReconciliation {
             finish(.needsReconciliation, now: now)
             return
@@ -140,6 +138,15 @@ extension JobRecord {
         recoveryPoint = nil
         failedProviders = []
         makeAvailable(at: now)
+    }
+
+    /// Settles the current call: charges `cost` and releases the rest of its reservation; a cost over the
+    /// reservation tops the reservation up first, so `reserved == charged + released + pending` still holds.
+    private mutating func settlePending(charging cost: Money) {
+        if cost > ledger.pending { ledger.reserved = ledger.reserved + (cost - ledger.pending) }
+        ledger.charged = ledger.charged + cost
+        ledger.released = ledger.released + max(.zero, ledger.pending - cost)
+        ledger.pending = .zero
     }
 
     /// Releases the reservation of a call that will not charge. A submitted task keeps its reservation: it

@@ -180,7 +180,8 @@ package struct ProviderHTTP: Sendable {
         to file: URL,
         accepting: [String],
         timeout: Duration? = nil,
-        answered: (@Sendable () -> Void)? = nil
+        answered: (@Sendable () -> Void)? = nil,
+        billed: (@Sendable () -> Void)? = nil
     ) async throws -> Int64 {
         var request = HTTPClientRequest(url: url)
         request.method = method
@@ -211,6 +212,8 @@ package struct ProviderHTTP: Sendable {
         if let announced, announced > connection.maxDownloadBytes {
             throw DownloadFailure.tooLarge(announced)
         }
+        // A 200 whose body is the media: the provider made it and bills it, whatever happens to the bytes now.
+        billed?()
         // This machine's disk is not the provider's fault: a file that cannot be created or written is a
         // LocalResourceError, which the engine stops for instead of retrying.
         let handle = try OutputFile.create(file)

@@ -27,7 +27,8 @@ struct SyncMediaCall: Sendable {
                 accepting: accepting,
                 // A synthesis that answers nothing within the call limit is treated as any hung call.
                 timeout: http.connection.requestTimeout,
-                answered: { context.reportAnswered() }
+                answered: { context.reportAnswered() },
+                billed: { context.reportBilled() }
             )
         } catch let failure as DownloadFailure {
             try? FileManager.default.removeItem(at: file)

@@ -100,6 +100,8 @@ public struct MiniMaxProvider: AccessCheckable {
             answered: { context.reportAnswered() }
         )
         let json = try check(answer)
+        // base_resp says success: MiniMax bills the characters (extra_info.usage_characters) from here on.
+        context.reportBilled()
         guard let audio = json["data"]?["audio"]?.string, !audio.isEmpty else {
             throw GenerationError(
                 .transient,

@@ -1,0 +1,77 @@
+import Foundation
+import Pargen
+import PargenProviders
+import PargenTesting
+import Testing
+
+/// A synchronous speech answer that the provider billed and that was then cut short (issue 9, item 7): the
+/// ledger charges every answer billed, so spend and budgets stay true, and buying the line again is a
+/// configured, visible choice (`retry.payAgainForLostAnswers`).
+@Suite(.timeLimit(.minutes(2))) struct BilledAnswerTests {
+    let http = sharedTestHTTPClient
+
+    /// Speech lines of equal length (so of equal price) and distinct prompts (so none is de-duplicated).
+    func lines(_ count: Int) -> [GenerationRequest] {
+        (1...count).map { .audio(prompt: String(format: "speech line %02d", $0), duration: .seconds(2)) }
+    }
+
+    func run(
+        payAgain: Bool,
+        count: Int = 12
+    ) async throws -> (results: [GenerationResult], accepted: Int, price: Money, ledger: CostLedger, stats: SystemStats)
+    {
+        // Seeded: about a third of the answers are cut short after half their bytes.
+        let bench = try await FakeBench.start(.openai, options: { $0.truncateRate = 0.35 }, http: http)
+        var configuration = fakeTestConfiguration()
+        configuration.retry.payAgainForLostAnswers = payAgain
+        let store = MemoryJobStore(clock: .continuous)
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [bench.provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let results = try await generator.generate(lines(count))
+        let stats = await generator.systemStats()
+        try await generator.stop()
+        let accepted = bench.fake.state.submissions().filter { $0.accepted && $0.endpoint == "audio/speech" }.count
+        let price = bench.provider.descriptor.pricing.estimate(validated(lines(1)[0]))
+        let ledger = try await store.ledgerTotals()
+        await bench.fake.stop()
+        return (results, accepted, price, ledger, stats)
+    }
+
+    @Test func everyBilledAnswerIsChargedAndARetryOfALostOneIsChargedAgain() async throws {
+        let (results, accepted, price, ledger, stats) = try await run(payAgain: true)
+        #expect(results.allSatisfy { $0.succeeded }, "\(results.compactMap(\.error))")
+        // The fake billed every answer it sent, whole or cut short.
+        #expect(accepted > 12, "the seed must cut at least one answer short")
+        #expect(ledger.charged == price * Int64(accepted), "ledger \(ledger.charged), billed \(price * Int64(accepted))")
+        #expect(ledger.balances && ledger.pending == .zero)
+        #expect(stats.costMonitor.charged == ledger.charged)
+        #expect(results.reduce(Money.zero) { $0 + $1.actualCost } == ledger.charged)
+        let lost = try #require(stats.providers["openai"])
+        #expect(lost.billedAnswersLost == accepted - 12)
+        #expect(lost.billedAnswersLostCost == price * Int64(accepted - 12))
+        // Each lost answer is in its line's history with what it was charged.
+        let charges = results.flatMap(\.errorHistory).compactMap(\.charged)
+        #expect(charges.count == accepted - 12 && charges.allSatisfy { $0 == price })
+    }
+
+    @Test func withPayingAgainOffALostAnswerIsDeadLetteredWithItsChargeAndNeverBoughtTwice() async throws {
+        let (results, accepted, price, ledger, _) = try await run(payAgain: false)
+        // One answer per line, whole or not: nothing is bought twice.
+        #expect(accepted == 12)
+        #expect(ledger.charged == price * 12)
+        let failed = results.filter { !$0.succeeded }
+        #expect(!failed.isEmpty, "the seed must cut at least one answer short")
+        for result in failed {
+            let error = try #require(result.error)
+            #expect(error.charged == price)
+            #expect(error.message.contains("retry.payAgainForLostAnswers is off"), "\(error)")
+            #expect(result.actualCost == price)
+        }
+    }
+}
