@@ -68,7 +68,7 @@ enum CampaignSession {
         }
         defer { withExtendedLifetime(lock) {} }
         // We hold the store alone: any lease in it belongs to a run that crashed.
-        let orphans = try await store.rescueOrphanedLeases()
+        let orphans = try await store.rescueOrphanedLeases(maxCrashes: setup.configuration.retry.maxCrashes)
         let existing = try await store.counts().values.reduce(0, +)
         if existing > 0 {
             print(

@@ -11,6 +11,8 @@ enum TestHooks {
     /// - `PARGEN_TEST_BREAK_STAGING=full:N` or `notdir:N`: from the N-th provider call on, the call's staging file
     ///   is a link to `/dev/full` (every write fails with ENOSPC, as on a full disk), or the staging folder is
     ///   replaced by a plain file (nothing can be created in it).
+    /// - `PARGEN_TEST_KILL_ON_PROMPT=TEXT`: a provider call for a prompt containing TEXT kills the process with
+    ///   SIGKILL as it begins, on every run.
     /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
     static func fromEnvironment() -> (EngineHooks, submitLog: URL?) {
         #if DEBUG
@@ -34,8 +36,12 @@ enum TestHooks {
                 kill(getpid(), SIGKILL)
             }
         }
-        if let text = environment["PARGEN_TEST_BREAK_STAGING"] {
-            hooks.beforeProviderCall = breakStaging(text)
+        let breaking = environment["PARGEN_TEST_BREAK_STAGING"].map(breakStaging)
+        let poison = environment["PARGEN_TEST_KILL_ON_PROMPT"].flatMap { $0.isEmpty ? nil : $0 }
+        hooks.beforeProviderCall = { request, staging in
+            // A call that brings the process down, on every run: the crash-loop case.
+            if let poison, request.prompt.contains(poison) { kill(getpid(), SIGKILL) }
+            breaking?(staging)
         }
         return (hooks, submitLog)
         #else

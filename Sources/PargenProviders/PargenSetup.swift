@@ -122,7 +122,7 @@ extension PargenSetup {
         ],
         "cache": ["enabled": 0, "memoryCapacity": 0, "timeToLiveSeconds": 0],
         "retry": ["maxAttempts": 0, "baseDelaySeconds": 0, "maxDelaySeconds": 0, "multiplier": 0, "failedTasks": 0,
-            "payAgainForLostAnswers": 0,
+            "payAgainForLostAnswers": 0, "maxCrashes": 0,
         ],
         "budgets": [
             "global": 0, "defaultPerProject": 0, "alertThreshold": 0, "projects": ["*": 0], "campaigns": ["*": 0],
@@ -383,6 +383,7 @@ final class ValueReader {
         if let v = int("retry.maxAttempts") { configuration.retry.maxAttempts = v }
         if let v = int("retry.failedTasks", min: 0) { configuration.retry.failedTasks = v }
         if let v = bool("retry.payAgainForLostAnswers") { configuration.retry.payAgainForLostAnswers = v }
+        if let v = int("retry.maxCrashes", min: 1) { configuration.retry.maxCrashes = v }
         if let v = seconds("retry.baseDelaySeconds") { configuration.retry.baseDelay = v }
         if let v = seconds("retry.maxDelaySeconds") { configuration.retry.maxDelay = v }
         if let v = double("retry.multiplier", in: 1...10) { configuration.retry.multiplier = v }

@@ -288,26 +288,32 @@ public final class SQLiteJobStore: JobStore {
         try await withHeld(lease) { $0.release(now: now) }
     }
 
-    public func rescueExpiredLeases() async throws -> Int {
+    public func rescueExpiredLeases(maxCrashes: Int) async throws -> Int {
         let now = now()
         return try await rescue(
             "SELECT id FROM jobs WHERE state = 'running' AND lease_expires_at <= ?",
             [now.nanoseconds],
-            now: now
+            now: now,
+            maxCrashes: maxCrashes
         )
     }
 
-    public func rescueOrphanedLeases() async throws -> Int {
-        try await rescue("SELECT id FROM jobs WHERE state = 'running'", [], now: now())
+    public func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int {
+        try await rescue("SELECT id FROM jobs WHERE state = 'running'", [], now: now(), maxCrashes: maxCrashes)
     }
 
     /// Applies the rescue transition to every job the query selects, in one transaction.
-    private func rescue(_ sql: String, _ arguments: StatementArguments, now: Duration) async throws -> Int {
+    private func rescue(
+        _ sql: String,
+        _ arguments: StatementArguments,
+        now: Duration,
+        maxCrashes: Int
+    ) async throws -> Int {
         try await write { db in
             let ids = try String.fetchAll(db, sql: sql, arguments: arguments)
             for id in ids {
                 var record = try Self.load(db, JobID(id))
-                record.rescue(now: now)
+                record.rescue(now: now, maxCrashes: maxCrashes)
                 try Self.save(db, record)
             }
             return ids.count

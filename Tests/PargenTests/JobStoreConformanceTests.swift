@@ -279,6 +279,62 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(totals.reserved == totals.charged + totals.released)
     }
 
+    /// A job whose provider call was under way each time its process stopped is dead-lettered once it has
+    /// been taken back more than `maxCrashes` times (counted across restarts, in the record); a job that only
+    /// waited in the stopped process's backlog is not blamed, and `requeue` forgives.
+    @Test(arguments: factories)
+    func aJobWhoseCallKeepsBringingTheProcessDownIsDeadLetteredAfterMaxCrashes(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let ids = try await store.enqueue([validated(.audio(prompt: "poison"), id: "p"), validated(.audio(prompt: "bystander"), id: "b")])
+            .map(\.jobID)
+        for crash in 1...3 {
+            let jobs = try await lease(store, 2)
+            #expect(jobs.count == 2, "crash \(crash): both jobs come back")
+            let poison = try #require(jobs.first { $0.record.id == ids[0] })
+            // Idempotent by key: a cut-off call is made again, so only the crash count can end the loop.
+            try await store.beginAttempt(poison.lease, provider: "p", reserving: .cents(1), idempotentSubmission: true)
+            #expect(try await store.rescueOrphanedLeases(maxCrashes: 3) == 2)
+            #expect(try await store.job(ids[0])?.crashes == crash)
+            #expect(try await store.job(ids[0])?.state == .available)
+            #expect(try await store.job(ids[1])?.crashes == nil, "the bystander held a lease but made no call")
+        }
+        let jobs = try await lease(store, 2)
+        let poison = try #require(jobs.first { $0.record.id == ids[0] })
+        try await store.beginAttempt(poison.lease, provider: "p", reserving: .cents(1), idempotentSubmission: true)
+        _ = try await store.rescueOrphanedLeases(maxCrashes: 3)
+        let dead = try #require(try await store.job(ids[0]))
+        // Set aside for a person: the call was under way, so the provider may bill it (the reservation stays).
+        #expect(dead.state == .needsReconciliation)
+        #expect(dead.crashes == 4)
+        #expect(dead.errors.last?.providerCode == "crash_loop")
+        #expect(dead.errors.last?.message.contains("stopped 4 times") == true, "\(dead.errors.last?.message ?? "")")
+        #expect(dead.ledger.balances && dead.ledger.pending == .cents(1))
+        #expect(try await store.job(ids[1])?.state == .available)
+        try await store.requeue(ids[0])
+        #expect(try await store.job(ids[0])?.crashes == nil)
+    }
+
+    /// A resumed task that is being polled counts as a call under way (the engine records its task again as it
+    /// resumes); a rescue of a job that finished its call and went back does not.
+    @Test(arguments: factories)
+    func aResumedTaskCountsAsACallUnderWayAndAFinishedCallDoesNot(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let id = try await store.enqueue([validated(.video(prompt: "v"), id: "v")])[0].jobID
+        var job = try #require(try await lease(store, 1).first)
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
+        try await store.recordSubmission(job.lease, taskID: "t1")
+        _ = try await store.rescueOrphanedLeases(maxCrashes: 5)
+        #expect(try await store.job(id)?.crashes == 1)
+        job = try #require(try await lease(store, 1).first)
+        #expect(job.record.recoveryPoint == .submitted && job.record.inCall == nil)
+        _ = try await store.rescueOrphanedLeases(maxCrashes: 5)
+        #expect(try await store.job(id)?.crashes == 1, "leased, not yet polled: not blamed")
+        job = try #require(try await lease(store, 1).first)
+        try await store.recordSubmission(job.lease, taskID: "t1")
+        _ = try await store.rescueOrphanedLeases(maxCrashes: 5)
+        #expect(try await store.job(id)?.crashes == 2)
+    }
+
     @Test(arguments: factories)
     func orphanedLeasesAreRescuedAtOnceAndFinishedJobsPurged(_ factory: StoreFactory) async throws {
         let store = try await factory.make(ManualClock())

@@ -10,6 +10,8 @@ import Testing
         var status: Int32
         var output: String
         var seconds: Double
+        /// Ended by SIGKILL.
+        var killed = false
     }
 
     func pargen(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
@@ -28,7 +30,8 @@ import Testing
         return Outcome(
             status: process.terminationStatus,
             output: String(decoding: data, as: UTF8.self),
-            seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18
+            seconds: Double(elapsed.components.seconds) + Double(elapsed.components.attoseconds) / 1e18,
+            killed: process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL
         )
     }
 

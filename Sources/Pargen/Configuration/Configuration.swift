@@ -186,6 +186,9 @@ public struct PargenConfiguration: Sendable {
         /// charged in the ledger either way; when `false` the line is dead-lettered instead, with what it was
         /// charged. Default `true`.
         public var payAgainForLostAnswers: Bool
+        /// Times a job may be taken back from a process that stopped while running it (crash, kill, power cut,
+        /// expired lease) before it is dead-lettered with code `crash_loop`. Counted across restarts. Default 5.
+        public var maxCrashes: Int
 
         public init(
             maxAttempts: Int = 5,
@@ -194,8 +197,10 @@ public struct PargenConfiguration: Sendable {
             maxDelay: Duration = .seconds(60),
             maxSnoozes: Int = 100,
             failedTasks: Int = 2,
-            payAgainForLostAnswers: Bool = true
+            payAgainForLostAnswers: Bool = true,
+            maxCrashes: Int = 5
         ) {
+            self.maxCrashes = maxCrashes
             self.failedTasks = failedTasks
             self.payAgainForLostAnswers = payAgainForLostAnswers
             self.maxAttempts = maxAttempts

@@ -158,10 +158,14 @@ extension ParallelGenerator {
                     idempotentSubmission: descriptor.idempotentSubmission
                 )
             }
+            if let resumeTaskID {
+                // Marks the call as under way, so that a crash while the task is polled counts against this job.
+                try await store.recordSubmission(lease, taskID: resumeTaskID)
+            }
             let attempt = attemptNumber
             progress(record, .submitted, provider: name)
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
-            hooks.beforeProviderCall(staging)
+            hooks.beforeProviderCall(request, staging)
             // A resumed task is already persisted; a new one becomes so when the provider accepts it.
             let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
             let context = ProviderCallContext(

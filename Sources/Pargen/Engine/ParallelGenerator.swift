@@ -61,6 +61,12 @@ public final class ParallelGenerator: Service, Sendable {
         var lastRescue: Duration = .zero
         /// Set when this machine's storage failed: the engine takes no new work from then on.
         var halt: LocalResourceError?
+        /// The job taken back after a crash (``JobRecord/crashes``) that this process is running now: such jobs
+        /// run one at a time, so that a job whose call brings the process down is never in flight with another
+        /// suspect, and only it keeps being blamed.
+        var suspect: JobID?
+        /// Suspects leased while another one runs; they hold their leases (no provider call) until it is done.
+        var parkedSuspects: [LeasedJob] = []
     }
 
     enum Lifecycle { case idle, running, draining, stopped }
@@ -487,6 +493,10 @@ public final class ParallelGenerator: Service, Sendable {
         let outcome: Result<Artifact, GenerationError>
         if let success = record.outcome {
             outcome = .success(success.artifact)
+        } else if record.state == .needsReconciliation, let reason = record.errors.last,
+            reason.code == .needsReconciliation
+        {
+            outcome = .failure(reason)
         } else if record.state == .needsReconciliation {
             outcome = .failure(
                 GenerationError(
@@ -519,12 +529,13 @@ public struct EngineHooks: Sendable {
     /// Called after a provider accepted a task and before its task id is persisted: the window in which a
     /// crash leaves a job that may have been paid for without a record of it.
     public var afterProviderAccepted: @Sendable (JobID) -> Void
-    /// Called with the staging file of each provider call, before the call: where a test breaks the disk.
-    public var beforeProviderCall: @Sendable (URL) -> Void
+    /// Called with the request and the staging file of each provider call, before the call: where a test
+    /// breaks the disk or brings the process down.
+    public var beforeProviderCall: @Sendable (ValidatedRequest, URL) -> Void
 
     public init(
         afterProviderAccepted: @escaping @Sendable (JobID) -> Void = { _ in },
-        beforeProviderCall: @escaping @Sendable (URL) -> Void = { _ in }
+        beforeProviderCall: @escaping @Sendable (ValidatedRequest, URL) -> Void = { _, _ in }
     ) {
         self.afterProviderAccepted = afterProviderAccepted
         self.beforeProviderCall = beforeProviderCall

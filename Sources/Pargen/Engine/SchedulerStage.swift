@@ -23,6 +23,7 @@ extension ParallelGenerator {
                 await wakeup.wait(until: nextHeartbeat(), clock: clock)
                 continue
             }
+            if let next = nextSuspect() { await take(next, group: &group) }
             let blocked = admission.blockedUsers()
             var storeDeadline: Duration?
             let generation = state.withLock { $0.storeGeneration }
@@ -90,7 +91,17 @@ extension ParallelGenerator {
         let record = job.record
         let request = record.request
         let now = clock.now
-        state.withLock { $0.inFlight[record.id] = InFlight(lease: job.lease, renewedAt: now) }
+        let parked = state.withLock { state -> Bool in
+            state.inFlight[record.id] = InFlight(lease: job.lease, renewedAt: now)
+            guard (record.crashes ?? 0) > 0 else { return false }
+            if let current = state.suspect, current != record.id, state.inFlight[current] != nil {
+                state.parkedSuspects.append(job)
+                return true
+            }
+            state.suspect = record.id
+            return false
+        }
+        if parked { return }
         let resumes = record.recoveryPoint == .submitted && record.providerTaskID != nil
         let cutOff = record.recoveryPoint == .cutOff
         var names: [String]
@@ -197,11 +208,23 @@ extension ParallelGenerator {
         wakeup.signal()
     }
 
-    /// Gives back the leases of the jobs still waiting for admission (a stop).
+    /// The next parked suspect, once the suspect running has left (finished, or gone back to the store).
+    func nextSuspect() -> LeasedJob? {
+        state.withLock { state in
+            if let current = state.suspect, state.inFlight[current] == nil { state.suspect = nil }
+            guard state.suspect == nil, !state.parkedSuspects.isEmpty else { return nil }
+            return state.parkedSuspects.removeFirst()
+        }
+    }
+
+    /// Gives back the leases of the jobs still waiting for admission, and of the parked suspects (a stop).
     func giveBackWaiting() async {
         let waiting = state.withLock { state -> [LeasedJob] in
-            defer { state.waiting.removeAll() }
-            return Array(state.waiting.values)
+            defer {
+                state.waiting.removeAll()
+                state.parkedSuspects.removeAll()
+            }
+            return Array(state.waiting.values) + state.parkedSuspects
         }
         for job in waiting { admission.remove(job.record.id) }
         await giveBack(waiting)
@@ -239,7 +262,7 @@ extension ParallelGenerator {
             state.lastRescue = now
             return true
         }
-        if rescueDue, let rescued = try? await store.rescueExpiredLeases(), rescued > 0 {
+        if rescueDue, let rescued = try? await store.rescueExpiredLeases(maxCrashes: configuration.retry.maxCrashes), rescued > 0 {
             logger.info("rescued expired leases", metadata: [LoggingKeys.count: "\(rescued)"])
         }
     }

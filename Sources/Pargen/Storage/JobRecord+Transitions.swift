@@ -50,11 +50,15 @@ extension JobRecord {
         self.provider = provider
         providerTaskID = nil
         recoveryPoint = .submitting
+        inCall = true
     }
 
+    /// The provider accepted the task `taskID` (or, recorded again before a resumed task is polled, still has
+    /// it): a crash from here on resumes polling it.
     public mutating func recordSubmission(taskID: String) {
         providerTaskID = taskID
         recoveryPoint = .submitted
+        inCall = true
     }
 
     public mutating func complete(_ outcome: JobOutcome, now: Duration) {
@@ -112,7 +116,29 @@ extension JobRecord {
     /// Takes the job from a holder whose lease expired. A job that may have been submitted without its task
     /// id being recorded is never resubmitted blindly: at a provider that de-duplicates by idempotency key it
     /// gives its attempt back, so the next call reuses the same key; anywhere else it waits for a person.
-    public mutating func rescue(now: Duration) {
+    ///
+    /// A rescue of a job whose provider call was under way counts in ``crashes``, across restarts; a job taken
+    /// back more than `maxCrashes` times is dead-lettered (a job whose call brings the process down would
+    /// otherwise do so on every restart).
+    public mutating func rescue(now: Duration, maxCrashes: Int = .max) {
+        let crashes = (self.crashes ?? 0) + (inCall == true ? 1 : 0)
+        self.crashes = crashes == 0 ? nil : crashes
+        if crashes > maxCrashes {
+            // Set aside, never dropped: the call was under way, so the provider may have the task and bill it.
+            // Like a lost answer, it keeps its reservation and waits for a person (`dlq retry` or `dlq purge`).
+            deadLetter(
+                GenerationError(
+                    .needsReconciliation,
+                    "the process running this job stopped \(crashes) times while its call to \(provider ?? "its provider") was under way (a crash, a kill or a lease left to expire; retry.maxCrashes is \(maxCrashes)): it is set aside so that it cannot stop the campaign again"
+                        + (providerTaskID.map { "; the provider has task \($0)" } ?? "")
+                        + "; check the log and the provider, then `pargen dlq retry` or `pargen dlq purge` it",
+                    provider: provider,
+                    providerCode: "crash_loop"
+                ),
+                now: now
+            )
+            return
+        }
         if recoveryPoint == .submitting && providerTaskID == nil {
             if idempotentSubmission {
                 attempts = max(0, attempts - 1)
@@ -134,6 +160,7 @@ extension JobRecord {
         }
         attempts = 0
         snoozes = 0
+        crashes = nil
         finishedAt = nil
         recoveryPoint = nil
         failedProviders = []
@@ -158,6 +185,7 @@ extension JobRecord {
 
     private mutating func makeAvailable(at time: Duration) {
         state = .available
+        inCall = nil
         runAt = time
         leaseToken = nil
         leaseOwner = nil
@@ -166,6 +194,7 @@ extension JobRecord {
 
     private mutating func finish(_ final: JobState, now: Duration) {
         state = final
+        inCall = nil
         finishedAt = now
         recoveryPoint = nil
         leaseToken = nil

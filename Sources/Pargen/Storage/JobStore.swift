@@ -80,6 +80,14 @@ public struct JobRecord: Sendable, Hashable, Codable {
     @Boxed public var outcome: JobOutcome?
     /// The job's money, kept in the same record (and so the same transaction) as its state.
     public var ledger: CostLedger = CostLedger()
+    /// Times the job was taken back from a process that stopped while its provider call was under way (a
+    /// crash, a kill, a power cut, a lease left to expire); `nil` for none. Past the limit the job is
+    /// dead-lettered, so that a job whose call brings the process down cannot stop a campaign for good.
+    public var crashes: Int?
+    /// Whether the holder had a provider call of this job under way (set when a call begins or a task is
+    /// resumed, cleared by every transition that ends the call): a rescue counts a crash only then, so a job
+    /// that merely waited in a crashed process's backlog is not blamed.
+    public var inCall: Bool?
 }
 
 /// One job's money: what was reserved before calls, charged on success and released on failure.
@@ -296,13 +304,15 @@ public protocol JobStore: Sendable {
     /// Gives a job back without judging it (shutdown): the attempt is restored.
     func release(_ lease: JobLease) async throws
 
-    /// Returns expired leases' jobs to the queue; returns how many.
-    func rescueExpiredLeases() async throws -> Int
+    /// Returns expired leases' jobs to the queue; returns how many. A job taken back more than `maxCrashes`
+    /// times is dead-lettered (see ``JobRecord/rescue(now:maxCrashes:)``).
+    func rescueExpiredLeases(maxCrashes: Int) async throws -> Int
 
     /// Rescues every lease, expired or not: for a process that holds the store exclusively (so every lease
     /// in it belongs to a run that crashed). Jobs that may have been submitted without their task id being
-    /// recorded go to ``JobState/needsReconciliation``.
-    func rescueOrphanedLeases() async throws -> Int
+    /// recorded go to ``JobState/needsReconciliation``; a job taken back more than `maxCrashes` times is
+    /// dead-lettered.
+    func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int
 
     /// Deletes finished jobs (succeeded, dead-lettered or needing reconciliation); returns how many.
     func purge(_ ids: [JobID]) async throws -> Int
@@ -317,4 +327,12 @@ public protocol JobStore: Sendable {
 
     /// The sum of every job's ledger.
     func ledgerTotals() async throws -> CostLedger
+}
+
+extension JobStore {
+    /// ``rescueExpiredLeases(maxCrashes:)`` with no limit on how often a job may be taken back.
+    public func rescueExpiredLeases() async throws -> Int { try await rescueExpiredLeases(maxCrashes: .max) }
+
+    /// ``rescueOrphanedLeases(maxCrashes:)`` with no limit on how often a job may be taken back.
+    public func rescueOrphanedLeases() async throws -> Int { try await rescueOrphanedLeases(maxCrashes: .max) }
 }

@@ -240,20 +240,20 @@ public final class MemoryJobStore: JobStore {
         try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.release(now: now) } }
     }
 
-    public func rescueExpiredLeases() async throws -> Int {
+    public func rescueExpiredLeases(maxCrashes: Int) async throws -> Int {
         let now = clock.now
-        return rescue(now: now) { $0.leaseExpiresAt.map { $0 <= now } ?? true }
+        return rescue(now: now, maxCrashes: maxCrashes) { $0.leaseExpiresAt.map { $0 <= now } ?? true }
     }
 
-    public func rescueOrphanedLeases() async throws -> Int {
-        rescue(now: clock.now) { _ in true }
+    public func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int {
+        rescue(now: clock.now, maxCrashes: maxCrashes) { _ in true }
     }
 
     /// Applies the rescue transition to every running job that `selected` picks.
-    private func rescue(now: Duration, _ selected: (JobRecord) -> Bool) -> Int {
+    private func rescue(now: Duration, maxCrashes: Int, _ selected: (JobRecord) -> Bool) -> Int {
         state.withLock { state in
             let chosen = state.running.filter { selected(state.jobs[$0]!) }
-            for id in chosen { state.transition(id, now: now) { $0.rescue(now: now) } }
+            for id in chosen { state.transition(id, now: now) { $0.rescue(now: now, maxCrashes: maxCrashes) } }
             return chosen.count
         }
     }
