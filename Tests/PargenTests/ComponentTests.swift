@@ -430,4 +430,28 @@ import Testing
         #expect(Money(nanos: 1).times(thousandths: 1) == Money(nanos: 1), "rounds up")
         #expect(Money.micros(30).times(thousandths: 1500) == Money.micros(45))
     }
+
+    /// Prices come from configuration files and provider answers: no sum or product of them may trap. Money
+    /// saturates at about nine billion dollars, which no budget allows, so a runaway estimate is refused by the
+    /// budget instead of crashing the process.
+    @Test func arithmeticSaturatesInsteadOfTrapping() {
+        let most = Money(nanos: .max)
+        #expect(most + .cents(1) == most)
+        #expect(Money(nanos: .min) - .cents(1) == Money(nanos: .min))
+        #expect(Money.dollars(8_000_000_000) * 600 == most)
+        #expect(Money.dollars(8_000_000_000) * -600 == Money(nanos: .min))
+        #expect(Money.dollars(8_000_000_000).times(thousandths: 600_000) == most)
+        #expect(Money(nanos: 999).times(thousandths: .max) == most)
+        #expect(Money.dollars(1_000_000_000) * 3 == .dollars(3_000_000_000), "exact below the limit")
+        // The largest price the configuration accepts, for the longest request, estimates without a trap.
+        var pricing = ProviderPricing()
+        pricing.perVideoSecond = Money(parsing: "8999999999.999999999")!
+        pricing.perRequest = Money(parsing: "8999999999")!
+        let request = validated(.video(prompt: "long", duration: .seconds(60)))
+        #expect(pricing.estimate(request) == most)
+        // Cost per media minute of $200,000 charged over 100 minutes: the plain product overflowed Int64.
+        #expect(Money.dollars(200_000).scaled(by: 60_000, over: 6_000_000) == .dollars(2_000))
+        #expect(most.scaled(by: 60_000, over: 1) == most)
+        #expect(Money(nanos: -7).scaled(by: 1, over: 2) == Money(nanos: -3))
+    }
 }

@@ -228,7 +228,7 @@ public final class CostMonitor: Sendable {
                         ? .zero : Money(nanos: $0.value.charged.nanos / Int64($0.value.jobs)),
                     perMediaMinute: $0.value.mediaMilliseconds == 0
                         ? nil
-                        : Money(nanos: $0.value.charged.nanos * 60_000 / $0.value.mediaMilliseconds)
+                        : $0.value.charged.scaled(by: 60_000, over: $0.value.mediaMilliseconds)
                 )
             }.sorted { $0.provider < $1.provider }
             return CostStats(

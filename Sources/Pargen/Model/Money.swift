@@ -10,11 +10,11 @@ public struct Money: Sendable, Hashable, Codable, Comparable, CustomStringConver
     public static let zero = Money(nanos: 0)
 
     /// Whole dollars.
-    public static func dollars(_ value: Int) -> Money { Money(nanos: Int64(value) * 1_000_000_000) }
+    public static func dollars(_ value: Int) -> Money { Money(nanos: 1_000_000_000) * Int64(value) }
     /// Whole cents.
-    public static func cents(_ value: Int) -> Money { Money(nanos: Int64(value) * 10_000_000) }
+    public static func cents(_ value: Int) -> Money { Money(nanos: 10_000_000) * Int64(value) }
     /// Micro-dollars (10⁻⁶).
-    public static func micros(_ value: Int64) -> Money { Money(nanos: value * 1000) }
+    public static func micros(_ value: Int64) -> Money { Money(nanos: 1000) * value }
 
     /// Parses a decimal amount such as `"0.015"`, `"$12"` or `"300.5"`, exactly, to at most nine decimals.
     public init?(parsing text: String) {
@@ -42,17 +42,48 @@ public struct Money: Sendable, Hashable, Codable, Comparable, CustomStringConver
 
     private static func pow10(_ n: Int) -> Int64 { (0..<n).reduce(1) { acc, _ in acc * 10 } }
 
-    public static func + (lhs: Money, rhs: Money) -> Money { Money(nanos: lhs.nanos + rhs.nanos) }
-    public static func - (lhs: Money, rhs: Money) -> Money { Money(nanos: lhs.nanos - rhs.nanos) }
-    public static func * (lhs: Money, rhs: Int64) -> Money { Money(nanos: lhs.nanos * rhs) }
+    // Arithmetic saturates at the bounds of `Int64` nano-units (about ±9.2 billion dollars) instead of trapping:
+    // prices and quantities come from configuration files, campaigns and provider answers, and a sum beyond any
+    // budget must be refused by the budget, not crash the process.
+
+    public static func + (lhs: Money, rhs: Money) -> Money {
+        let (sum, overflow) = lhs.nanos.addingReportingOverflow(rhs.nanos)
+        return overflow ? saturated(positive: rhs.nanos > 0) : Money(nanos: sum)
+    }
+
+    public static func - (lhs: Money, rhs: Money) -> Money {
+        let (difference, overflow) = lhs.nanos.subtractingReportingOverflow(rhs.nanos)
+        return overflow ? saturated(positive: rhs.nanos < 0) : Money(nanos: difference)
+    }
+
+    public static func * (lhs: Money, rhs: Int64) -> Money {
+        let (product, overflow) = lhs.nanos.multipliedReportingOverflow(by: rhs)
+        return overflow ? saturated(positive: (lhs.nanos < 0) == (rhs < 0)) : Money(nanos: product)
+    }
+
     public static func < (lhs: Money, rhs: Money) -> Bool { lhs.nanos < rhs.nanos }
 
+    private static func saturated(positive: Bool) -> Money { Money(nanos: positive ? .max : .min) }
+
     /// Multiplies by a quantity given in thousandths (for example milliseconds of media), rounding up
-    /// to the next nano-unit so that an estimate never undercounts.
+    /// to the next nano-unit so that an estimate never undercounts. Saturates like the operators.
     public func times(thousandths quantity: Int64) -> Money {
-        let whole = (nanos / 1000) * quantity
-        let (q, r) = ((nanos % 1000) * quantity).quotientAndRemainder(dividingBy: 1000)
-        return Money(nanos: whole + q + (r > 0 ? 1 : 0))
+        let whole = Money(nanos: nanos / 1000) * quantity
+        let (part, overflow) = (nanos % 1000).multipliedReportingOverflow(by: quantity)
+        if overflow { return Self.saturated(positive: (nanos < 0) == (quantity < 0)) }
+        let (q, r) = part.quotientAndRemainder(dividingBy: 1000)
+        return whole + Money(nanos: q + (r > 0 ? 1 : 0))
+    }
+
+    /// `self × numerator ÷ denominator`, rounded toward zero, without an intermediate overflow; saturates when
+    /// the result does not fit. `denominator` must be positive.
+    public func scaled(by numerator: Int64, over denominator: Int64) -> Money {
+        precondition(denominator > 0)
+        // Past about nine billion dollars (checked in floating point, with a margin) the result saturates;
+        // below it the exact 128-bit product divides without a trap.
+        let estimate = Double(nanos) * Double(numerator) / Double(denominator)
+        guard abs(estimate) < 9.0e18 else { return Self.saturated(positive: estimate > 0) }
+        return Money(nanos: denominator.dividingFullWidth(nanos.multipliedFullWidth(by: numerator)).quotient)
     }
 
     /// `part / whole` as a fraction for display and thresholds.
