@@ -59,7 +59,7 @@ struct CampaignOptions: ParsableArguments {
     @Flag(help: "Print no progress bar or periodic progress lines.")
     var noProgress = false
 
-    @Option(help: "Log level: trace, debug, info, notice, warning, error, critical (or LOG_LEVEL).")
+    @Option(help: "Log level (or LOG_LEVEL), to standard error: debug logs every state change, admission and provider error with what was decided; trace adds every admission wait and task progress; default warning.")
     var logLevel: String?
 
     func apply(to configuration: inout PargenConfiguration) throws {

@@ -80,6 +80,16 @@ final class SubmissionGate: Sendable {
 /// Metadata keys of Pargen's log messages.
 enum LoggingKeys {
     static let jobID = "pargen.job.id"
+    static let requestID = "pargen.request.id"
     static let error = "pargen.error"
     static let count = "pargen.count"
+    static let provider = "pargen.provider"
+    static let status = "pargen.status"
+    static let limit = "pargen.limit"
+    static let waitedMs = "pargen.waited_ms"
+    static let code = "pargen.error.code"
+    static let providerCode = "pargen.error.provider_code"
+    static let attemptKey = "pargen.attempt_key"
+    static let disposition = "pargen.disposition"
+    static let delayMs = "pargen.delay_ms"
 }

@@ -248,6 +248,13 @@ public final class ParallelGenerator: Service, Sendable {
         storeChanged()
         for ((index, request), outcome) in zip(valid, outcomes) {
             ids[index] = outcome.jobID
+            logger.debug(
+                "job queued",
+                metadata: [
+                    LoggingKeys.jobID: "\(outcome.jobID)", LoggingKeys.requestID: "\(request.id)",
+                    LoggingKeys.status: "\(outcome.existing ? "known" : "queued")",
+                ]
+            )
             if !outcome.existing {
                 publish(
                     .progress(

@@ -68,6 +68,26 @@ extension ParallelGenerator {
                 jobSlots: pool.available(.jobSlots),
                 breakers: balancer.gates(at: clock.now)
             )
+            if logger.logLevel <= .trace {
+                for (job, limit) in round.heldBack {
+                    logger.trace(
+                        "waiting for admission",
+                        metadata: [LoggingKeys.jobID: "\(job)", LoggingKeys.limit: "\(limit.rawValue)"]
+                    )
+                }
+            }
+            if logger.logLevel <= .debug {
+                for ticket in round.grants {
+                    var metadata: Logger.Metadata = [
+                        LoggingKeys.jobID: "\(ticket.job)", LoggingKeys.provider: "\(ticket.provider)",
+                    ]
+                    if let wait = round.waits[ticket.job] {
+                        metadata[LoggingKeys.limit] = "\(wait.limit.rawValue)"
+                        metadata[LoggingKeys.waitedMs] = "\(wait.waited.milliseconds)"
+                    }
+                    logger.debug("admitted", metadata: metadata)
+                }
+            }
             start(round.grants, group: &group)
             // Look again when the admission state says room comes, a job comes due, a blocked user has room, or a
             // lease needs renewing; or sooner, when a call ends or a job comes back (the wake-up is signalled).

@@ -73,14 +73,33 @@ extension ParallelGenerator {
         let attempts = record.attempts + 1
         let failedTasks =
             record.errors.filter { $0.code == .taskFailed }.count + (failure.code == .taskFailed ? 1 : 0)
-        switch retryPolicy.disposition(
+        let disposition = retryPolicy.disposition(
             for: failure,
             attempts: attempts,
             snoozes: record.snoozes,
             failedTasks: failedTasks,
             unit: random.unit()
         )
-        {
+        if logger.logLevel <= .debug {
+            var metadata: Logger.Metadata = [
+                LoggingKeys.jobID: "\(record.id)", LoggingKeys.provider: "\(name)",
+                LoggingKeys.code: "\(failure.code)", LoggingKeys.error: "\(failure.message)",
+            ]
+            if let code = failure.providerCode { metadata[LoggingKeys.providerCode] = "\(code)" }
+            if let key = failure.attemptKey { metadata[LoggingKeys.attemptKey] = "\(key)" }
+            switch disposition {
+            case .snooze(let wait):
+                metadata[LoggingKeys.disposition] = "snooze"
+                metadata[LoggingKeys.delayMs] = "\(wait.milliseconds)"
+            case .retry(let delay):
+                metadata[LoggingKeys.disposition] = "retry"
+                metadata[LoggingKeys.delayMs] = "\(delay.milliseconds)"
+            case .deadLetter:
+                metadata[LoggingKeys.disposition] = "dead_letter"
+            }
+            logger.debug("provider call failed", metadata: metadata)
+        }
+        switch disposition {
         case .snooze(let wait):
             try? await shielded {
                 try await self.store.retry(
@@ -246,6 +265,17 @@ extension ParallelGenerator {
         fraction: Double = 0,
         message: String? = nil
     ) {
+        // Every state change at debug; the running task's progress ticks at trace.
+        let level: Logger.Level = status == .running && message == nil ? .trace : .debug
+        if logger.logLevel <= level {
+            var metadata: Logger.Metadata = [
+                LoggingKeys.jobID: "\(record.id)", LoggingKeys.requestID: "\(record.request.id)",
+                LoggingKeys.status: "\(status.rawValue)",
+            ]
+            if let provider { metadata[LoggingKeys.provider] = "\(provider)" }
+            if let message { metadata["pargen.message"] = "\(message)" }
+            logger.log(level: level, "job \(status.rawValue)", metadata: metadata)
+        }
         publish(
             .progress(
                 ProgressUpdate(

@@ -86,6 +86,22 @@ public enum BreakerGate: Sendable, Hashable {
 public struct AdmissionSchedule: Sendable, Hashable {
     public var grants: [AdmissionTicket]
     public var wakeAt: Duration?
+    /// Jobs this round found held back by a different limit than before (for trace logs): each job is named
+    /// once per change of what holds it, not once per round.
+    public var heldBack: [(job: JobID, limit: RateLimiter.LimitKind)] = []
+    /// How long each granted job waited for admission, by the limit that held it last (for debug logs).
+    public var waits: [JobID: (limit: RateLimiter.LimitKind, waited: Duration)] = [:]
+
+    public init(grants: [AdmissionTicket], wakeAt: Duration?) {
+        self.grants = grants
+        self.wakeAt = wakeAt
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.grants == rhs.grants && lhs.wakeAt == rhs.wakeAt }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(grants)
+        hasher.combine(wakeAt)
+    }
 }
 
 /// The admission state machine of the whole engine: one ``ProviderAdmission`` per provider, the
@@ -146,6 +162,9 @@ public struct AdmissionState: Sendable {
     public private(set) var admitted = 0
     public private(set) var denied: [RateLimiter.LimitKind: Int] = [:]
     public private(set) var waited: [RateLimiter.LimitKind: Duration] = [:]
+    /// What ``block(_:_:at:)`` noted during the current round, handed out with its schedule.
+    private var heldBackThisRound: [(JobID, RateLimiter.LimitKind)] = []
+    private var grantedWaits: [(JobID, RateLimiter.LimitKind, Duration)] = []
 
     public init(providers: [ProviderAdmission], clients: ClientLimits) {
         self.providers = Dictionary(providers.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
@@ -268,7 +287,12 @@ public struct AdmissionState: Sendable {
         }
         admitted += grants.count
         admittedNow += grants.count
-        return AdmissionSchedule(grants: grants, wakeAt: wake)
+        var schedule = AdmissionSchedule(grants: grants, wakeAt: wake)
+        schedule.heldBack = heldBackThisRound.map { (job: $0.0, limit: $0.1) }
+        heldBackThisRound.removeAll(keepingCapacity: true)
+        for (job, limit, waited) in grantedWaits { schedule.waits[job] = (limit, waited) }
+        grantedWaits.removeAll(keepingCapacity: true)
+        return schedule
     }
 
     /// Walks a lane in fair order (users in turn, each user's oldest first), skipping jobs no longer waiting,
@@ -395,6 +419,9 @@ public struct AdmissionState: Sendable {
             )
             if request.submits { clients.record(user: request.user, project: request.project, at: now) }
             if breakers[name] == .canary { canaries.insert(name) }
+            if let waiter = waiters[request.job], let limit = waiter.blockedBy, now > waiter.since {
+                grantedWaits.append((request.job, limit, now - waiter.since))
+            }
             remove(request.job, at: now)
             return (
                 AdmissionTicket(
@@ -423,6 +450,7 @@ public struct AdmissionState: Sendable {
         waiter.blockedBy = reason
         waiter.since = now
         waiters[job] = waiter
+        heldBackThisRound.append((job, reason))
     }
 
     /// Adds a waiter's time since its last change to what held it back.
