@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "PargenTesting", targets: ["PargenTesting"]),
         .library(name: "PargenSQLite", targets: ["PargenSQLite"]),
         .library(name: "PargenProviders", targets: ["PargenProviders"]),
+        .library(name: "PargenFuzzing", targets: ["PargenFuzzing"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -64,6 +65,17 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "PargenFuzzing",
+            dependencies: [
+                "Pargen",
+                "PargenProviders",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "PargenTesting",
             dependencies: [
                 "Pargen",
@@ -90,7 +102,7 @@ let package = Package(
         .testTarget(
             name: "PargenTests",
             dependencies: [
-                "Pargen", "PargenTesting", "PargenSQLite", "PargenProviders", "PargenCLI",
+                "Pargen", "PargenTesting", "PargenSQLite", "PargenProviders", "PargenCLI", "PargenFuzzing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -159,6 +159,13 @@ extension PargenSetup {
         } catch {
             throw ConfigurationFileError(problems: ["\(path): not valid YAML or JSON: \(error)"])
         }
+        // The top level is a mapping of sections (an empty file was refused above; a comment-only one is empty).
+        if let tree, !(tree is [String: Any]) {
+            let shape = tree is [Any] ? "a list" : "a single value"
+            throw ConfigurationFileError(
+                problems: ["\(path): the top level must be a mapping of sections (providers:, rateLimits:, ...), not \(shape)"]
+            )
+        }
         var problems: [String] = []
         Self.checkKeys(tree ?? [String: Any](), schema: Self.schema, path: "", problems: &problems)
         // Unknown keys are reported at once, and at most 50 of them: reading a file full of them any further (as
@@ -170,10 +177,16 @@ extension PargenSetup {
             )
         }
         let filePath = FilePath(path)
-        let file: any ConfigProvider =
-            path.lowercased().hasSuffix(".json")
-            ? try await FileProvider<JSONSnapshot>(filePath: filePath)
-            : try await FileProvider<YAMLSnapshot>(filePath: filePath)
+        let file: any ConfigProvider
+        do {
+            file =
+                path.lowercased().hasSuffix(".json")
+                ? try await FileProvider<JSONSnapshot>(filePath: filePath)
+                : try await FileProvider<YAMLSnapshot>(filePath: filePath)
+        } catch {
+            // What the checks above let through and the configuration reader still refuses.
+            throw ConfigurationFileError(problems: ["\(path): \(error)"])
+        }
         let overrides = EnvironmentVariablesProvider(
             environmentVariables: environment.filter { $0.key.hasPrefix("PARGEN_") }
         ).prefixKeys(with: "pargen")

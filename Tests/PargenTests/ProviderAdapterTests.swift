@@ -22,6 +22,7 @@ struct FakeBench {
         clientKey: String = key,
         quota: ProviderQuota? = nil,
         requestTimeout: Duration = .seconds(10),
+        downloadTimeout: Duration? = nil,
         http: HTTPClient
     ) async throws -> FakeBench {
         var fakeOptions = FakeProviderOptions(
@@ -40,7 +41,8 @@ struct FakeBench {
         settings.quota = quota ?? ProviderQuota()
         // The Azure fake serves batch synthesis too.
         if wire == .azure { settings.batchBaseURL = fake.baseURL }
-        let connection = settings.connection(apiKey: APIKey(clientKey), httpClient: http)
+        var connection = settings.connection(apiKey: APIKey(clientKey), httpClient: http)
+        if let downloadTimeout { connection.downloadTimeout = downloadTimeout }
         return FakeBench(
             fake: fake,
             provider: PargenSetup.adapter(settings, connection: connection),

@@ -226,12 +226,13 @@ extension ParallelGenerator {
             lost.attemptKey = attemptKey
             let error = lost
             if configuration.retry.payAgainForLostAnswers {
+                // The billed call was a real attempt: the next one goes out under a new key.
                 try? await shielded {
                     try await self.store.retry(
                         job.lease,
                         error: error,
                         after: .zero,
-                        spendAttempt: false,
+                        spendAttempt: true,
                         failedProvider: nil
                     )
                 }

@@ -1,7 +1,7 @@
-import Foundation
+package import Foundation
 import NIOCore
 import NIOHTTP1
-import Pargen
+package import Pargen
 import ZIPFoundation
 
 /// Gathers compatible speech lines that reach the Azure adapter together (the engine's batcher sends a
@@ -93,10 +93,15 @@ actor AzureBatchCoalescer {
 }
 
 /// Azure AI Speech batch synthesis (`/texttospeech/batchsyntheses`, api-version 2024-04-01).
-struct AzureBatchClient: Sendable {
+package struct AzureBatchClient: Sendable {
     static let apiVersion = "2024-04-01"
     let http: ProviderHTTP
     let apiKey: APIKey?
+
+    package init(http: ProviderHTTP, apiKey: APIKey?) {
+        self.http = http
+        self.apiKey = apiKey
+    }
 
     private var headers: HTTPHeaders {
         var headers = HTTPHeaders()
@@ -268,7 +273,7 @@ struct AzureBatchClient: Sendable {
     }
 
     /// Copies `NNNN.wav` (or the entry of that number in any format) out of the result ZIP.
-    static func extract(index: Int, from zip: URL, to destination: URL, provider: String) throws {
+    package static func extract(index: Int, from zip: URL, to destination: URL, provider: String) throws {
         let archive: Archive
         do {
             archive = try Archive(url: zip, accessMode: .read)
@@ -293,7 +298,7 @@ struct AzureBatchClient: Sendable {
         _ = try archive.extract(entry, to: destination)
     }
 
-    private func classify(_ answer: HTTPExchange) -> GenerationError {
+    package func classify(_ answer: HTTPExchange) -> GenerationError {
         let error = answer.json?["error"]
         let message = error?["message"]?.string ?? "HTTP \(answer.status.code)"
         return http.classify(answer, code: error?["code"]?.string, message: message)

@@ -128,7 +128,7 @@ public struct AzureSpeechProvider: AccessCheckable {
 
     /// Real-time errors usually have no body: the status says it all (429 quota, 400/401/415 terminal,
     /// 502/503 transient). Batch synthesis answers `{"error": {"code", "message"}}`.
-    private func classify(_ answer: HTTPExchange) -> GenerationError {
+    package func classify(_ answer: HTTPExchange) -> GenerationError {
         let error = answer.json?["error"]
         let message =
             error?["message"]?.string

@@ -106,7 +106,7 @@ public struct ElevenLabsProvider: AccessCheckable {
     }
 
     /// `{"detail": {"code" | "status", "message"}}`, or FastAPI's `{"detail": [{"msg"}]}` on 422.
-    private func classify(_ answer: HTTPExchange) -> GenerationError {
+    package func classify(_ answer: HTTPExchange) -> GenerationError {
         let detail = answer.json?["detail"]
         let code = detail?["code"]?.string ?? detail?["status"]?.string
         let message =

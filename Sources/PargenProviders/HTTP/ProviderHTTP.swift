@@ -77,6 +77,12 @@ package struct HTTPExchange: Sendable {
     package var headers: HTTPHeaders
     package var body: ByteBuffer
 
+    package init(status: HTTPResponseStatus, headers: HTTPHeaders, body: ByteBuffer) {
+        self.status = status
+        self.headers = headers
+        self.body = body
+    }
+
     package var json: JSONValue? { try? JSONDecoder().decode(JSONValue.self, from: Data(buffer: body)) }
     package var text: String { String(buffer: body) }
     package var isSuccess: Bool { (200..<300).contains(status.code) }
@@ -188,12 +194,13 @@ package struct ProviderHTTP: Sendable {
         request.headers = headers
         if let body { request.body = .bytes(body) }
         request.headers.replaceOrAdd(name: "User-Agent", value: "pargen/1.0")
+        // The limit covers the whole transfer: the client's own deadline ends at the response head, so a body
+        // that trickles (or stalls below the read time-out) is stopped here, at the same deadline.
+        let limit = timeout ?? connection.downloadTimeout
+        let deadline = ContinuousClock.now + limit
         let response: HTTPClientResponse
         do {
-            response = try await connection.httpClient.execute(
-                request,
-                timeout: .nanoseconds((timeout ?? connection.downloadTimeout).nanoseconds)
-            )
+            response = try await connection.httpClient.execute(request, timeout: .nanoseconds(limit.nanoseconds))
             answered?()
         } catch {
             throw DownloadFailure.transport(transportError(error, method: method, url: url, ambiguousIsUnsafe: false))
@@ -218,12 +225,29 @@ package struct ProviderHTTP: Sendable {
         // LocalResourceError, which the engine stops for instead of retrying.
         let handle = try OutputFile.create(file)
         defer { try? handle.close() }
-        var written: Int64 = 0
+        let received = Locked<Int64>(0)
+        let maxBytes = connection.maxDownloadBytes
         do {
-            for try await chunk in response.body {
-                written += Int64(chunk.readableBytes)
-                if written > connection.maxDownloadBytes { throw DownloadFailure.tooLarge(written) }
-                try LocalResourceError.checking(file, "write") { try handle.write(contentsOf: chunk.readableBytesView) }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                group.addTask {
+                    for try await chunk in response.body {
+                        let total = received.withLock { total -> Int64 in
+                            total += Int64(chunk.readableBytes)
+                            return total
+                        }
+                        if total > maxBytes { throw DownloadFailure.tooLarge(total) }
+                        try LocalResourceError.checking(file, "write") {
+                            try handle.write(contentsOf: chunk.readableBytesView)
+                        }
+                    }
+                }
+                group.addTask {
+                    try await Task.sleep(until: deadline, clock: .continuous)
+                    throw DownloadFailure.tooSlow(received: received.value, limit: limit)
+                }
+                // The first to end decides: the whole body, or the deadline.
+                try await group.next()
+                group.cancelAll()
             }
         } catch let failure as DownloadFailure {
             throw failure
@@ -231,8 +255,9 @@ package struct ProviderHTTP: Sendable {
             throw local
         } catch {
             if error is CancellationError || Task.isCancelled { throw CancellationError() }
-            throw DownloadFailure.truncated(received: written, expected: announced)
+            throw DownloadFailure.truncated(received: received.value, expected: announced)
         }
+        let written = received.value
         if let announced, announced != written {
             throw DownloadFailure.truncated(received: written, expected: announced)
         }
@@ -240,13 +265,23 @@ package struct ProviderHTTP: Sendable {
         return written
     }
 
-    /// The wait a throttling answer asks for: `retry-after-ms`, else `Retry-After` in seconds.
+    /// The longest wait an answer can ask for: a day. A provider's header is outside input; a larger (or
+    /// absurd, such as `1e300`) value is read as this, never converted past `Int64` (which traps).
+    package static let longestRetryAfter: Duration = .seconds(86_400)
+
+    /// The wait a throttling answer asks for: `retry-after-ms`, else `Retry-After` in seconds; at most
+    /// ``longestRetryAfter``. A negative, infinite or unreadable value is no answer.
     package static func retryAfter(_ headers: HTTPHeaders) -> Duration? {
-        if let ms = headers.first(name: "retry-after-ms").flatMap(Double.init), ms >= 0 {
-            return .milliseconds(Int64(ms))
+        func milliseconds(_ value: Double) -> Duration? {
+            guard value.isFinite, value >= 0 else { return nil }
+            let most = Double(longestRetryAfter.milliseconds)
+            return value >= most ? longestRetryAfter : .milliseconds(Int64(value))
         }
-        if let seconds = headers.first(name: "retry-after").flatMap(Double.init), seconds >= 0 {
-            return .milliseconds(Int64(seconds * 1000))
+        if let ms = headers.first(name: "retry-after-ms").flatMap(Double.init), let wait = milliseconds(ms) {
+            return wait
+        }
+        if let seconds = headers.first(name: "retry-after").flatMap(Double.init), let wait = milliseconds(seconds * 1000) {
+            return wait
         }
         return nil
     }
@@ -316,6 +351,8 @@ package struct ProviderHTTP: Sendable {
                     )
                 case .truncated(let received, let expected):
                     lastProblem = "download cut short at \(received) of \(expected.map(String.init) ?? "?") bytes"
+                case .tooSlow(let received, let limit):
+                    lastProblem = "download had \(received) bytes when its limit of \(limit.formatted(.units(allowed: [.seconds]))) ran out"
                 }
                 try? FileManager.default.removeItem(at: file)
                 if attempt < attempts { try await clock.sleep(for: .milliseconds(200 * Int64(attempt))) }
@@ -337,6 +374,8 @@ package enum DownloadFailure: Error {
     case contentType(String)
     case tooLarge(Int64)
     case truncated(received: Int64, expected: Int64?)
+    /// The body did not arrive within the download limit (it trickled, or stalled).
+    case tooSlow(received: Int64, limit: Duration)
 }
 
 extension JSONValue {

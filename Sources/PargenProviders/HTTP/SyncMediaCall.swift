@@ -44,6 +44,13 @@ struct SyncMediaCall: Sendable {
                 )
             case .tooLarge(let size):
                 throw GenerationError(.terminal, "answer of \(size) bytes is over the limit", provider: http.provider)
+            case .tooSlow(let received, let limit):
+                throw GenerationError(
+                    .transient,
+                    "audio had \(received) bytes when the download limit of \(limit) ran out",
+                    provider: http.provider,
+                    providerCode: "timeout"
+                )
             case .truncated(let received, let expected):
                 throw GenerationError(
                     .transient,

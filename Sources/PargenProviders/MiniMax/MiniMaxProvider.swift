@@ -1,4 +1,4 @@
-import Foundation
+package import Foundation
 import NIOCore
 import NIOHTTP1
 public import Pargen
@@ -139,7 +139,7 @@ public struct MiniMaxProvider: AccessCheckable {
         )
     }
 
-    static func hexDecoded(_ text: String) -> Data? {
+    package static func hexDecoded(_ text: String) -> Data? {
         let utf8 = Array(text.utf8)
         guard utf8.count % 2 == 0 else { return nil }
         var data = Data(capacity: utf8.count / 2)
@@ -283,7 +283,7 @@ public struct MiniMaxProvider: AccessCheckable {
     // MARK: Errors
 
     /// The answer's JSON if both the HTTP status and `base_resp.status_code` say success.
-    private func check(_ answer: HTTPExchange) throws -> JSONValue {
+    package func check(_ answer: HTTPExchange) throws -> JSONValue {
         guard answer.isSuccess else {
             throw http.classify(answer, code: nil, message: String(answer.text.prefix(200)))
         }
@@ -307,7 +307,7 @@ public struct MiniMaxProvider: AccessCheckable {
     }
 
     /// The class of a `base_resp.status_code`, per MiniMax's error code page.
-    static func error(code: Int, message: String, provider: String) -> GenerationError {
+    package static func error(code: Int, message: String, provider: String) -> GenerationError {
         let text = "MiniMax \(code): \(message)"
         switch code {
         case 1002, 1039, 1041, 2045, 2056:

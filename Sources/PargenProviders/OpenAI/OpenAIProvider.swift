@@ -203,7 +203,7 @@ public struct OpenAIProvider: AccessCheckable {
 
     /// `{"error": {"message", "type", "code"}}`; a 429 without Retry-After can be a billing stop, which no
     /// wait will fix, so `insufficient_quota` is terminal.
-    private func classify(_ answer: HTTPExchange) -> GenerationError {
+    package func classify(_ answer: HTTPExchange) -> GenerationError {
         let error = answer.json?["error"]
         let code = error?["code"]?.string ?? error?["type"]?.string
         let message = error?["message"]?.string ?? "HTTP \(answer.status.code)"

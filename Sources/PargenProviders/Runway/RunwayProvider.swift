@@ -184,7 +184,7 @@ public struct RunwayProvider: AccessCheckable {
     }
 
     /// `{"error": "..."}`; 429 covers the daily generation cap.
-    private func classify(_ answer: HTTPExchange) -> GenerationError {
+    package func classify(_ answer: HTTPExchange) -> GenerationError {
         let message = answer.json?["error"]?.string ?? "HTTP \(answer.status.code)"
         return http.classify(answer, code: nil, message: message)
     }

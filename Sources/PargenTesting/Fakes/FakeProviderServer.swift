@@ -94,6 +94,7 @@ struct FakeRoutes: Sendable {
                     "<Error><Code>AccessDenied</Code><Message>Request has expired</Message></Error>"
                 )
             case .truncated: return media(video: true, contentType: "video/mp4", truncate: true)
+            case .trickled: return media(video: true, contentType: "video/mp4", truncate: false, trickle: true)
             case .whole: return media(video: true, contentType: "video/mp4", truncate: false)
             }
         }
@@ -248,20 +249,29 @@ struct FakeRoutes: Sendable {
 
     /// Media bytes with a real header for the format, streamed in chunks (a large video is never held whole);
     /// cut short after half when a truncation fault hits.
-    func media(video: Bool, contentType: String, format: String = "mp4", truncate: Bool? = nil) -> Response {
+    func media(
+        video: Bool,
+        contentType: String,
+        format: String = "mp4",
+        truncate: Bool? = nil,
+        trickle: Bool = false
+    ) -> Response {
         let total = video ? options.videoBytes : options.audioBytes
         let truncate = truncate ?? state.truncateAnswer()
         let head = Self.signature(video ? "mp4" : format)
         let size = max(total, head.count)
+        // A trickle sends 1 KiB at a time at the configured rate.
+        let pace = trickle ? Duration.seconds(1024.0 / Double(max(1, options.trickleBytesPerSecond))) : nil
         let body = ResponseBody(contentLength: size) { writer in
             try await writer.write(ByteBuffer(bytes: head))
             var remaining = size - head.count
             let limit = truncate ? remaining / 2 : 0
-            let chunk = ByteBuffer(repeating: 0x55, count: 64 * 1024)
+            let chunk = ByteBuffer(repeating: 0x55, count: pace == nil ? 64 * 1024 : 1024)
             while remaining > limit {
                 let n = min(remaining - limit, chunk.readableBytes)
                 try await writer.write(chunk.getSlice(at: 0, length: n)!)
                 remaining -= n
+                if let pace { try await Task.sleep(for: pace) }
             }
             if truncate { throw CancellationError() }
             try await writer.finish(nil)
@@ -453,6 +463,7 @@ extension FakeRoutes {
                     code: "expired"
                 )
             case .truncated: return media(video: true, contentType: "video/mp4", truncate: true)
+            case .trickled: return media(video: true, contentType: "video/mp4", truncate: false, trickle: true)
             case .whole: return media(video: true, contentType: "video/mp4", truncate: false)
             }
         }
@@ -1025,7 +1036,7 @@ extension FakeRoutes {
                     .forbidden,
                     "<Error><Code>AuthenticationFailed</Code><Message>Signature not valid in the specified time frame</Message></Error>"
                 )
-            case .truncated, .whole: break
+            case .truncated, .trickled, .whole: break
             }
             let zip = try Self.batchZip(texts: batch.texts, bytes: options.audioBytes, format: batch.format)
             return Response(

@@ -48,6 +48,10 @@ public struct FakeProviderOptions: Sendable {
     public var truncateRate: Double
     /// Share of result links that are expired on first use (403), as signed links are after their lifetime.
     public var expiredLinkRate: Double
+    /// Share of result downloads that trickle: the bytes come at ``trickleBytesPerSecond``, as from a congested
+    /// link or a stalled CDN node.
+    public var trickleRate: Double = 0
+    public var trickleBytesPerSecond: Int = 4096
     /// Most download faults (expired, truncated) injected into one result; later fetches are whole.
     public var maxFaultsPerResult: Int
     public var seed: UInt64
@@ -223,6 +227,9 @@ public final class FakeProviderState: Sendable {
     // MARK: Reading the log
 
     public func submissions() -> [FakeSubmission] { state.withLock { $0.log } }
+
+    /// Uses of result links so far (each fetch of a task's result, whole or not).
+    public func downloadCount() -> Int { state.withLock { $0.downloads } }
 
     /// Submissions refused for quota (`rate`, `concurrency`) or accepted over it (`throttled`): each one is a
     /// quota the client exceeded.
@@ -480,11 +487,12 @@ public final class FakeProviderState: Sendable {
 
     /// What a use of a task's result link gets: refused as expired (only ever on the first use), cut short,
     /// or whole; at most ``FakeProviderOptions/maxFaultsPerResult`` faults per result.
-    enum LinkUse { case expired, truncated, whole }
+    enum LinkUse { case expired, truncated, trickled, whole }
 
     func useLink(_ id: String) -> LinkUse? {
         let expire = chance(options.expiredLinkRate)
         let truncate = chance(options.truncateRate)
+        let trickle = chance(options.trickleRate)
         return state.withLock { state in
             guard var task = state.tasks[id] else { return nil }
             task.linkUses += 1
@@ -495,6 +503,8 @@ public final class FakeProviderState: Sendable {
                     use = .expired
                 } else if truncate {
                     use = .truncated
+                } else if trickle {
+                    use = .trickled
                 }
             }
             if use != .whole { task.faults += 1 }

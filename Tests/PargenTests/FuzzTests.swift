@@ -1,0 +1,33 @@
+import Foundation
+import Pargen
+import PargenFuzzing
+import Testing
+
+/// The fuzz targets of issue 9, bounded for the test command: each replays its corpus and every crash
+/// reproducer kept in `Fuzz/`, then runs seeded mutations of them. `scripts/fuzz.sh TARGET SECONDS` runs the
+/// same targets under libFuzzer for as long as asked (the figures are in RELIABILITY.md).
+@Suite(.timeLimit(.minutes(3))) struct FuzzTests {
+    static let folder = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("Fuzz")
+
+    /// Mutations per target in the test command (debug build); the seed changes with the day, so the suite
+    /// explores new inputs over time and a failure names the seed that reproduces it.
+    static let budget: [String: Int] = ["campaign": 50_000, "answers": 40_000, "configuration": 5_000]
+
+    @Test(arguments: ["campaign", "configuration", "answers"])
+    func aTargetSurvivesItsCorpusItsReproducersAndSeededMutations(_ target: String) throws {
+        let run = try #require(FuzzTargets.all[target])
+        let seeds = FuzzTargets.seeds(target, in: Self.folder)
+        #expect(seeds.corpus.count >= 5, "the corpus of \(target) is in \(Self.folder.path)")
+        #expect(!seeds.dictionary.isEmpty)
+        for input in seeds.corpus { run(input) }
+        for reproducer in seeds.reproducers { run(try Data(contentsOf: reproducer)) }
+        let seed = UInt64(Date().timeIntervalSince1970 / 86_400)
+        var mutator = SeededMutator(seed: seed ^ UInt64(target.utf8.count), corpus: seeds.corpus, dictionary: seeds.dictionary)
+        let count = Self.budget[target] ?? 1_000
+        let started = ContinuousClock.now
+        for _ in 0..<count { run(mutator.next()) }
+        let elapsed = ContinuousClock.now - started
+        print("fuzz \(target): \(seeds.corpus.count) corpus + \(seeds.reproducers.count) reproducers + \(count) mutations (seed \(seed)) in \(elapsed)")
+    }
+}
