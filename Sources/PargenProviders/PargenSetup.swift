@@ -155,7 +155,14 @@ extension PargenSetup {
         }
         let tree: Any?
         do {
+            // Yams traps when it builds a mapping whose key is itself a mapping or a list (`{[a]: 1}`), so
+            // the composed tree is checked before anything is built from it.
+            if let node = try Yams.compose(yaml: text), let problem = Self.keyProblem(node) {
+                throw ConfigurationFileError(problems: ["\(path): \(problem)"])
+            }
             tree = try Yams.load(yaml: text)
+        } catch let refused as ConfigurationFileError {
+            throw refused
         } catch {
             throw ConfigurationFileError(problems: ["\(path): not valid YAML or JSON: \(error)"])
         }
@@ -200,6 +207,29 @@ extension PargenSetup {
         problems += reader.problems
         guard problems.isEmpty else { throw ConfigurationFileError(problems: problems) }
         return setup
+    }
+
+    /// Why a composed YAML tree cannot be read as configuration: a key that is a mapping or a list, or an
+    /// alias (refused earlier, but never built). `nil` when every key is a plain value. Iterative, so a deep
+    /// tree cannot overflow the stack.
+    static func keyProblem(_ root: Node) -> String? {
+        var pending = [root]
+        while let node = pending.popLast() {
+            switch node {
+            case .scalar: break
+            case .alias: return "anchors and aliases are not accepted"
+            case .sequence(let sequence): pending.append(contentsOf: sequence)
+            case .mapping(let mapping):
+                for (key, value) in mapping {
+                    guard case .scalar = key else {
+                        let line = key.mark.map { " (line \($0.line))" } ?? ""
+                        return "a key must be a plain name, not a mapping or a list\(line)"
+                    }
+                    pending.append(value)
+                }
+            }
+        }
+        return nil
     }
 
     static let maxFileBytes = 1 << 20
