@@ -13,6 +13,8 @@ enum TestHooks {
     ///   replaced by a plain file (nothing can be created in it).
     /// - `PARGEN_TEST_KILL_ON_PROMPT=TEXT`: a provider call for a prompt containing TEXT kills the process with
     ///   SIGKILL as it begins, on every run.
+    /// - `PARGEN_TEST_KILL_AT=CHECKPOINT:N`: the N-th time a call reaches CHECKPOINT (`call_begun`, `submitted`,
+    ///   `downloaded`, `committed`), the process names the job in `PARGEN_TEST_CRASH_MARKER` and kills itself.
     /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
     static func fromEnvironment() -> (EngineHooks, submitLog: URL?) {
         #if DEBUG
@@ -25,14 +27,7 @@ enum TestHooks {
             let marker = environment["PARGEN_TEST_CRASH_MARKER"]
             hooks.afterProviderAccepted = { job in
                 guard Double.random(in: 0..<1) < probability else { return }
-                if let marker {
-                    let descriptor = open(marker, O_WRONLY | O_APPEND | O_CREAT, 0o644)
-                    if descriptor >= 0 {
-                        var bytes = Array("\(job)\n".utf8)
-                        _ = write(descriptor, &bytes, bytes.count)
-                        close(descriptor)
-                    }
-                }
+                if let marker { append("\(job)\n", to: marker) }
                 kill(getpid(), SIGKILL)
             }
         }
@@ -43,6 +38,23 @@ enum TestHooks {
             if let poison, request.prompt.contains(poison) { kill(getpid(), SIGKILL) }
             breaking?(staging)
         }
+        if let text = environment["PARGEN_TEST_KILL_AT"] {
+            let parts = text.split(separator: ":")
+            if parts.count == 2, let point = EngineHooks.Checkpoint(rawValue: String(parts[0])), let nth = Int(parts[1]) {
+                let seen = Locked(0)
+                let marker = environment["PARGEN_TEST_CRASH_MARKER"]
+                hooks.checkpoint = { reached, job in
+                    guard reached == point else { return }
+                    let count = seen.withLock { count -> Int in
+                        count += 1
+                        return count
+                    }
+                    guard count == nth else { return }
+                    if let marker { append("\(job)\n", to: marker) }
+                    kill(getpid(), SIGKILL)
+                }
+            }
+        }
         return (hooks, submitLog)
         #else
         return (EngineHooks(), nil)
@@ -50,6 +62,15 @@ enum TestHooks {
     }
 
     #if DEBUG
+    /// One `write` on an `O_APPEND` descriptor: lines from processes killed at any moment never interleave.
+    private static func append(_ line: String, to path: String) {
+        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        guard descriptor >= 0 else { return }
+        var bytes = Array(line.utf8)
+        _ = write(descriptor, &bytes, bytes.count)
+        close(descriptor)
+    }
+
     private static func breakStaging(_ text: String) -> @Sendable (URL) -> Void {
         let parts = text.split(separator: ":")
         guard parts.count == 2, let after = Int(parts[1]), after > 0 else { return { _ in } }

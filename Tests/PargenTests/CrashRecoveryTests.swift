@@ -162,6 +162,76 @@ import Glibc
         )
     }
 
+    /// SIGKILL at each recovery point of a provider call (the fault matrix's "SIGKILL at each recovery point"):
+    /// the attempt recorded and the call about to go out, the task accepted and its id stored, the media
+    /// downloaded but not checked, the media in place but the store not told. The next run recovers each: the
+    /// cut-off call is made again under its key, the task is resumed by its id, the staging file is dropped and
+    /// fetched again, the file in place is replaced; every line succeeds, nothing is billed twice, the ledger
+    /// charges what was billed, and every file is whole.
+    @Test(arguments: EngineHooks.Checkpoint.allCases)
+    func aKillAtEachRecoveryPointLosesNothingAndPaysNothingTwice(_ point: EngineHooks.Checkpoint) async throws {
+        let folder = temporaryDirectory()
+        let campaign = folder.appendingPathComponent("c.jsonl")
+        let lines = (1...12).map { i in
+            i % 3 == 0
+                ? "{\"type\": \"video\", \"prompt\": \"scene \(i)\", \"duration\": 2, \"resolution\": \"360p\"}"
+                : "{\"type\": \"audio\", \"prompt\": \"line \(i)\", \"duration\": 2}"
+        }
+        try Data(lines.joined(separator: "\n").utf8).write(to: campaign)
+        let out = folder.appendingPathComponent("out")
+        let submitLog = folder.appendingPathComponent("submits.tsv")
+        let marker = folder.appendingPathComponent("marker.txt")
+        func run(killing: Bool) async throws -> Process {
+            var environment = ProcessInfo.processInfo.environment
+            environment["PARGEN_LOCAL_SUBMIT_LOG"] = submitLog.path
+            environment["SWIFT_BACKTRACE"] = "enable=no"
+            if killing {
+                environment["PARGEN_TEST_KILL_AT"] = "\(point.rawValue):3"
+                environment["PARGEN_TEST_CRASH_MARKER"] = marker.path
+            }
+            let process = Process()
+            process.executableURL = CommandLineTests.executable
+            process.arguments = ["run", campaign.path, "--out", out.path, "--reliable", "--no-progress"]
+            process.environment = environment
+            process.standardOutput = FileHandle.nullDevice
+            process.standardError = FileHandle.nullDevice
+            try process.run()
+            try await Self.waitForExit(process, within: .seconds(60))
+            return process
+        }
+        let killed = try await run(killing: true)
+        #expect(killed.terminationReason == .uncaughtSignal && killed.terminationStatus == SIGKILL, "\(point): the run was not killed")
+        let victim = try #require(Self.lines(of: marker).first, "\(point): no job reached the checkpoint 3 times")
+        let finished = try await run(killing: false)
+        #expect(finished.terminationReason == .exit && finished.terminationStatus == 0, "\(point): second run")
+
+        let store = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
+        let jobs = try await store.jobs(matching: JobQuery())
+        #expect(jobs.count == 12 && jobs.allSatisfy { $0.state == .succeeded }, "\(point): \(jobs.map(\.state))")
+        #expect(jobs.first { $0.id.description == victim }?.state == .succeeded, "\(point): \(victim)")
+        let submissions = Self.lines(of: submitLog).map { $0.split(separator: "\t").map(String.init) }
+        let perJob = Dictionary(grouping: submissions, by: { $0[0].split(separator: ":").first.map(String.init) ?? "" })
+        #expect(perJob.count == 12 && perJob.values.allSatisfy { $0.count == 1 }, "\(point): billed \(perJob.mapValues(\.count))")
+        let ledger = try await store.ledgerTotals()
+        let billed = submissions.reduce(Int64(0)) { $0 + (Int64($1[3]) ?? -1_000_000_000_000) }
+        #expect(ledger.balances && ledger.pending == .zero)
+        #expect(ledger.charged.nanos == billed, "\(point): charged \(ledger.charged), billed \(Money(nanos: billed))")
+        let staging = (try? FileManager.default.contentsOfDirectory(atPath: out.appendingPathComponent(".staging").path)) ?? []
+        #expect(staging.isEmpty, "\(point): \(staging)")
+        for job in jobs {
+            let artifact = try #require(job.outcome?.artifact)
+            let data = try Data(contentsOf: artifact.url)
+            switch job.request.kind {
+            case .audio: #expect(abs(try MediaCheck.wav(data).seconds - 2) < 0.001, "\(point): \(job.id)")
+            case .video: #expect(try MediaCheck.gif(data).frames > 0, "\(point): \(job.id)")
+            }
+            #expect(try sha256sum(artifact.url) == artifact.sha256, "\(point): \(job.id)")
+        }
+        // The manifest says what the store says.
+        let manifest = try String(contentsOf: out.appendingPathComponent("manifest.jsonl"), encoding: .utf8)
+        #expect(manifest.split(separator: "\n").count == 12 && !manifest.contains("\"pending\""))
+    }
+
     /// Waits for `process` to end, at most `limit`; then kills it and fails the test. Never blocks a thread.
     static func waitForExit(_ process: Process, within limit: Duration = .seconds(30)) async throws {
         let deadline = ContinuousClock.now + limit

@@ -151,15 +151,21 @@ import Testing
             clock: .continuous
         )
         try await generator.start()
+        let started = ContinuousClock.now
         let report = try await CampaignRunner.run(
             Self.campaign,
             generator: generator,
             outputDirectory: folder.appendingPathComponent("out")
         )
         try await generator.stop()
+        let elapsed = ContinuousClock.now - started
         let records = try await store.jobs(matching: JobQuery())
         let results = records.map { generator.makeResult($0) }
         Self.expectPromises(scenario.name, report: report, records: records, results: results, bench: bench)
+        let log = bench.fake.state.submissions()
+        print(
+            "fault matrix | \(scenario.name) | \(report.succeeded) succeeded, \(report.rows.filter { $0.status == .deadLettered }.count) dead-lettered, \(report.rows.filter { $0.status == .needsReconciliation }.count) to reconcile | \(log.filter(\.accepted).count) accepted, \(log.filter { !$0.accepted }.count) refused, \(bench.fake.state.downloadCount()) result fetches | \(elapsed.formatted(.units(allowed: [.seconds], fractionalPart: .show(length: 1))))"
+        )
         if scenario.allSucceed {
             #expect(report.succeeded == 10, "\(scenario.name): \(report.rows.filter { $0.status != .succeeded }.map { $0.error ?? "" })")
         }

@@ -166,6 +166,7 @@ extension ParallelGenerator {
             progress(record, .submitted, provider: name)
             let staging = artifacts.stagingURL(job: id, attempt: attempt)
             hooks.beforeProviderCall(request, staging)
+            hooks.checkpoint(.callBegun, id)
             // A resumed task is already persisted; a new one becomes so when the provider accepts it.
             let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
             let context = ProviderCallContext(
@@ -180,6 +181,7 @@ extension ParallelGenerator {
                     self.hooks.afterProviderAccepted(id)
                     try await self.store.recordSubmission(lease, taskID: taskID)
                     submittedFlag.markPersisted()
+                    self.hooks.checkpoint(.submitted, id)
                     self.progress(record, .running, provider: name)
                 },
                 progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction)
@@ -211,6 +213,7 @@ extension ParallelGenerator {
                 throw error
             }
             let latency = clock.now - started
+            hooks.checkpoint(.downloaded, id)
             let artifact = try artifacts.commit(
                 staging: staging,
                 job: id,
@@ -227,6 +230,7 @@ extension ParallelGenerator {
                 state.latencies[name, default: []].append(latency)
                 if state.latencies[name]!.count > 20_000 { state.latencies[name]!.removeFirst(10_000) }
             }
+            hooks.checkpoint(.committed, id)
             try await shielded {
                 try await self.store.complete(
                     lease,

@@ -539,13 +539,30 @@ public struct EngineHooks: Sendable {
     /// Called with the request and the staging file of each provider call, before the call: where a test
     /// breaks the disk or brings the process down.
     public var beforeProviderCall: @Sendable (ValidatedRequest, URL) -> Void
+    /// Called at each recovery point of a provider call (see ``Checkpoint``): where a crash test kills the
+    /// process.
+    public var checkpoint: @Sendable (Checkpoint, JobID) -> Void
+
+    /// The points of a provider call at which a crash leaves a different record for the next run to recover.
+    public enum Checkpoint: String, Sendable, CaseIterable {
+        /// The attempt is recorded (`submitting`, its reservation made); the call is about to go out.
+        case callBegun = "call_begun"
+        /// The provider accepted the task and its id is stored (`submitted`); the task runs.
+        case submitted
+        /// The media is in the staging folder; it is not checked or moved into place yet.
+        case downloaded
+        /// The media is in place; the store does not know the job succeeded yet.
+        case committed
+    }
 
     public init(
         afterProviderAccepted: @escaping @Sendable (JobID) -> Void = { _ in },
-        beforeProviderCall: @escaping @Sendable (ValidatedRequest, URL) -> Void = { _, _ in }
+        beforeProviderCall: @escaping @Sendable (ValidatedRequest, URL) -> Void = { _, _ in },
+        checkpoint: @escaping @Sendable (Checkpoint, JobID) -> Void = { _, _ in }
     ) {
         self.afterProviderAccepted = afterProviderAccepted
         self.beforeProviderCall = beforeProviderCall
+        self.checkpoint = checkpoint
     }
 }
 
