@@ -15,6 +15,7 @@ enum TestHooks {
     ///   SIGKILL as it begins, on every run.
     /// - `PARGEN_TEST_KILL_AT=CHECKPOINT:N`: the N-th time a call reaches CHECKPOINT (`call_begun`, `submitted`,
     ///   `downloaded`, `committed`), the process names the job in `PARGEN_TEST_CRASH_MARKER` and kills itself.
+    /// - `PARGEN_TEST_TERM_AT=CHECKPOINT:N`: the same, with SIGTERM (a graceful stop) instead.
     /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
     static func fromEnvironment() -> (EngineHooks, submitLog: URL?) {
         #if DEBUG
@@ -38,21 +39,22 @@ enum TestHooks {
             if let poison, request.prompt.contains(poison) { kill(getpid(), SIGKILL) }
             breaking?(staging)
         }
-        if let text = environment["PARGEN_TEST_KILL_AT"] {
-            let parts = text.split(separator: ":")
-            if parts.count == 2, let point = EngineHooks.Checkpoint(rawValue: String(parts[0])), let nth = Int(parts[1]) {
-                let seen = Locked(0)
-                let marker = environment["PARGEN_TEST_CRASH_MARKER"]
-                hooks.checkpoint = { reached, job in
-                    guard reached == point else { return }
-                    let count = seen.withLock { count -> Int in
-                        count += 1
-                        return count
-                    }
-                    guard count == nth else { return }
-                    if let marker { append("\(job)\n", to: marker) }
-                    kill(getpid(), SIGKILL)
+        for (variable, signal) in [("PARGEN_TEST_KILL_AT", SIGKILL), ("PARGEN_TEST_TERM_AT", SIGTERM)] {
+            let parts = environment[variable]?.split(separator: ":") ?? []
+            guard parts.count == 2, let point = EngineHooks.Checkpoint(rawValue: String(parts[0])),
+                let nth = Int(parts[1])
+            else { continue }
+            let seen = Locked(0)
+            let marker = environment["PARGEN_TEST_CRASH_MARKER"]
+            hooks.checkpoint = { reached, job in
+                guard reached == point else { return }
+                let count = seen.withLock { count -> Int in
+                    count += 1
+                    return count
                 }
+                guard count == nth else { return }
+                if let marker { append("\(job)\n", to: marker) }
+                kill(getpid(), signal)
             }
         }
         return (hooks, submitLog)

@@ -170,9 +170,22 @@ import Glibc
     /// charges what was billed, and every file is whole.
     @Test(arguments: EngineHooks.Checkpoint.allCases)
     func aKillAtEachRecoveryPointLosesNothingAndPaysNothingTwice(_ point: EngineHooks.Checkpoint) async throws {
+        try await stopAt(point, signal: SIGKILL)
+    }
+
+    /// SIGTERM at each stage of a call (the fault matrix's "SIGTERM during each stage"), while other lines wait
+    /// for admission: the run stops taking work, records what is under way, gives every lease back and exits
+    /// 130 with a manifest that says what the store says (`succeeded` or `pending`); the next run finishes
+    /// without paying twice.
+    @Test(arguments: EngineHooks.Checkpoint.allCases)
+    func aTermAtEachStageStopsCleanlyAndTheNextRunFinishes(_ point: EngineHooks.Checkpoint) async throws {
+        try await stopAt(point, signal: SIGTERM)
+    }
+
+    func stopAt(_ point: EngineHooks.Checkpoint, signal: Int32) async throws {
         let folder = temporaryDirectory()
         let campaign = folder.appendingPathComponent("c.jsonl")
-        let lines = (1...12).map { i in
+        let lines = (1...30).map { i in
             i % 3 == 0
                 ? "{\"type\": \"video\", \"prompt\": \"scene \(i)\", \"duration\": 2, \"resolution\": \"360p\"}"
                 : "{\"type\": \"audio\", \"prompt\": \"line \(i)\", \"duration\": 2}"
@@ -186,7 +199,7 @@ import Glibc
             environment["PARGEN_LOCAL_SUBMIT_LOG"] = submitLog.path
             environment["SWIFT_BACKTRACE"] = "enable=no"
             if killing {
-                environment["PARGEN_TEST_KILL_AT"] = "\(point.rawValue):3"
+                environment[signal == SIGKILL ? "PARGEN_TEST_KILL_AT" : "PARGEN_TEST_TERM_AT"] = "\(point.rawValue):3"
                 environment["PARGEN_TEST_CRASH_MARKER"] = marker.path
             }
             let process = Process()
@@ -200,18 +213,40 @@ import Glibc
             return process
         }
         let killed = try await run(killing: true)
-        #expect(killed.terminationReason == .uncaughtSignal && killed.terminationStatus == SIGKILL, "\(point): the run was not killed")
         let victim = try #require(Self.lines(of: marker).first, "\(point): no job reached the checkpoint 3 times")
+        if signal == SIGKILL {
+            #expect(killed.terminationReason == .uncaughtSignal && killed.terminationStatus == SIGKILL, "\(point): the run was not killed")
+        } else {
+            // Stopped gracefully: exit 130 with lines left (0 if the last ones finished as it stopped), and the
+            // manifest says what the store says.
+            let stopped = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
+            let records = try await stopped.jobs(matching: JobQuery())
+            let rows = try String(contentsOf: out.appendingPathComponent("manifest.jsonl"), encoding: .utf8)
+                .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
+            #expect(rows.count == 30)
+            for row in rows {
+                let record = records.first { $0.id.description == row["job_id"] as? String }
+                let status = row["status"] as? String
+                #expect(
+                    status == (record?.state == .succeeded ? "succeeded" : "pending"),
+                    "\(point): line \(row["line"] ?? "?") is \(status ?? "?") in the manifest, \(record?.state.rawValue ?? "missing") in the store"
+                )
+                #expect(record?.state != .running, "\(point): a lease was not given back")
+            }
+            let pending = rows.contains { $0["status"] as? String == "pending" }
+            #expect(killed.terminationReason == .exit && killed.terminationStatus == (pending ? 130 : 0), "\(point): exit \(killed.terminationStatus)")
+            print("SIGTERM at \(point.rawValue): exit \(killed.terminationStatus), \(rows.filter { $0["status"] as? String == "pending" }.count) of 30 lines pending")
+        }
         let finished = try await run(killing: false)
         #expect(finished.terminationReason == .exit && finished.terminationStatus == 0, "\(point): second run")
 
         let store = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
         let jobs = try await store.jobs(matching: JobQuery())
-        #expect(jobs.count == 12 && jobs.allSatisfy { $0.state == .succeeded }, "\(point): \(jobs.map(\.state))")
+        #expect(jobs.count == 30 && jobs.allSatisfy { $0.state == .succeeded }, "\(point): \(jobs.map(\.state))")
         #expect(jobs.first { $0.id.description == victim }?.state == .succeeded, "\(point): \(victim)")
         let submissions = Self.lines(of: submitLog).map { $0.split(separator: "\t").map(String.init) }
         let perJob = Dictionary(grouping: submissions, by: { $0[0].split(separator: ":").first.map(String.init) ?? "" })
-        #expect(perJob.count == 12 && perJob.values.allSatisfy { $0.count == 1 }, "\(point): billed \(perJob.mapValues(\.count))")
+        #expect(perJob.count == 30 && perJob.values.allSatisfy { $0.count == 1 }, "\(point): billed \(perJob.mapValues(\.count))")
         let ledger = try await store.ledgerTotals()
         let billed = submissions.reduce(Int64(0)) { $0 + (Int64($1[3]) ?? -1_000_000_000_000) }
         #expect(ledger.balances && ledger.pending == .zero)
@@ -229,7 +264,7 @@ import Glibc
         }
         // The manifest says what the store says.
         let manifest = try String(contentsOf: out.appendingPathComponent("manifest.jsonl"), encoding: .utf8)
-        #expect(manifest.split(separator: "\n").count == 12 && !manifest.contains("\"pending\""))
+        #expect(manifest.split(separator: "\n").count == 30 && !manifest.contains("\"pending\""))
     }
 
     /// Waits for `process` to end, at most `limit`; then kills it and fails the test. Never blocks a thread.
