@@ -19,9 +19,12 @@ case "$target" in
     answers) product=FuzzAnswers ;;
     *) echo "unknown target $target" >&2; exit 2 ;;
 esac
-# libFuzzer instruments every module (Pargen's included); gold cannot link the result, lld can.
+# libFuzzer instruments every module (Pargen's included); gold cannot link the result, lld can. The driver
+# looks libFuzzer up at run time (the same library links into the tests without it), so the build keeps and
+# exports it.
 swift build -c release --package-path Fuzz --product "$product" \
-    -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library -Xswiftc -use-ld=lld >&2
+    -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library -Xswiftc -use-ld=lld \
+    -Xlinker -u -Xlinker LLVMFuzzerRunDriver -Xlinker --export-dynamic >&2
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 mkdir -p "Fuzz/Crashes/$target"

@@ -203,3 +203,33 @@ public enum FuzzTargets {
         return box.value!
     }
 }
+
+extension FuzzTargets {
+    /// Runs `target` under libFuzzer: the body of a driver's `main` in the `Fuzz/` package, built with
+    /// `-sanitize=fuzzer`. libFuzzer's driver is looked up at run time, so this library links without it too.
+    public static func libFuzzerMain(
+        _ argc: CInt,
+        _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?,
+        target: String
+    ) -> CInt {
+        typealias Callback = @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
+        typealias Driver =
+            @convention(c) (
+                UnsafeMutablePointer<CInt>, UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+                Callback
+            ) -> CInt
+        guard let run = all[target] else { preconditionFailure("no fuzz target \(target)") }
+        // RTLD_DEFAULT: the executable and everything it loaded.
+        guard let symbol = dlsym(nil, "LLVMFuzzerRunDriver") else { preconditionFailure("libFuzzer is not linked: build with -sanitize=fuzzer (scripts/fuzz.sh)") }
+        current = run
+        var count = argc
+        var arguments = argv
+        return unsafeBitCast(symbol, to: Driver.self)(&count, &arguments) { data, size in
+            FuzzTargets.current?(data.map { Data(bytes: $0, count: size) } ?? Data())
+            return 0
+        }
+    }
+
+    /// The target libFuzzer's callback runs (a C callback captures nothing).
+    nonisolated(unsafe) static var current: (@Sendable (Data) -> Void)?
+}

@@ -112,18 +112,10 @@ import Testing
     @Test(arguments: scenarios)
     func aFaultKeepsEveryPromise(_ scenario: Scenario) async throws {
         let http = sharedTestHTTPClient
-        let bench = try await FakeBench.start(
-            .openai,
-            options: {
-                $0.taskSeconds = 0.1...0.3
-                $0.latencySeconds = 0.005...0.02
-                $0.videoBytes = 48 * 1024
-                $0.seed = 7
-                scenario.options(&$0)
-            },
+        let bench = try await Self.bench(
+            scenario.options,
             requestTimeout: scenario.requestTimeout,
-            downloadTimeout: scenario.downloadTimeout,
-            http: http
+            downloadTimeout: scenario.downloadTimeout
         )
         var providers: [any GenerationProvider] = [bench.provider]
         if scenario.deadProviderFirst {
@@ -194,16 +186,7 @@ import Testing
     /// a second run on the same store, with the disk fixed, finishes the campaign without paying twice.
     @Test(arguments: ["disk fills mid-download", "unwritable output folder"])
     func aStorageFailureStopsTheRunAndTheNextOneFinishes(_ scenario: String) async throws {
-        let http = sharedTestHTTPClient
-        let bench = try await FakeBench.start(
-            .openai,
-            options: {
-                $0.taskSeconds = 0.1...0.3
-                $0.latencySeconds = 0.005...0.02
-                $0.videoBytes = 48 * 1024
-            },
-            http: http
-        )
+        let bench = try await Self.bench { _ in }
         let folder = temporaryDirectory()
         let out = folder.appendingPathComponent("out")
         let storePath = folder.appendingPathComponent("jobs.sqlite").path
@@ -271,6 +254,27 @@ import Testing
         let videos = bench.fake.state.submissions().filter { $0.accepted && $0.endpoint == "videos" }
         #expect(videos.count == 3, "\(scenario): \(videos.count) video tasks for 3 videos")
         await bench.fake.stop()
+    }
+
+    /// The OpenAI protocol fake with short tasks and small videos, and `fault` on top.
+    static func bench(
+        _ fault: @escaping @Sendable (inout FakeProviderOptions) -> Void,
+        requestTimeout: Duration = .seconds(10),
+        downloadTimeout: Duration? = nil
+    ) async throws -> FakeBench {
+        try await FakeBench.start(
+            .openai,
+            options: {
+                $0.taskSeconds = 0.1...0.3
+                $0.latencySeconds = 0.005...0.02
+                $0.videoBytes = 48 * 1024
+                $0.seed = 7
+                fault(&$0)
+            },
+            requestTimeout: requestTimeout,
+            downloadTimeout: downloadTimeout,
+            http: sharedTestHTTPClient
+        )
     }
 
     /// The promises every scenario keeps.

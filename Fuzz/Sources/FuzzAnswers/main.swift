@@ -1,21 +1,7 @@
-import Foundation
 import PargenFuzzing
 
-// libFuzzer's entry: SwiftPM links an executable's main as `<module>_main`, so this is it, and it hands the
-// target to libFuzzer's own driver.
-@_silgen_name("LLVMFuzzerRunDriver")
-func runDriver(
-    _ argc: UnsafeMutablePointer<CInt>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> CInt
-) -> CInt
-
+// SwiftPM links an executable's entry as `<module>_main`: this is it, and it hands the target to libFuzzer.
 @_cdecl("FuzzAnswers_main")
 public func fuzzMain(_ argc: CInt, _ argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?) -> CInt {
-    var count = argc
-    var arguments = argv
-    return runDriver(&count, &arguments) { data, size in
-        FuzzTargets.answers(data.map { Data(bytes: $0, count: size) } ?? Data())
-        return 0
-    }
+    FuzzTargets.libFuzzerMain(argc, argv, target: "answers")
 }
