@@ -49,8 +49,8 @@ import Testing
         ),
         Scenario(
             name: "5xx burst",
-            promise: "half the calls answered 5xx are retried with backoff until they succeed",
-            options: { $0.errorRate = 0.5 }
+            promise: "calls answered 5xx (30 % of them) are retried with backoff until they succeed",
+            options: { $0.errorRate = 0.3 }
         ),
         Scenario(
             name: "connection refused",
@@ -135,6 +135,8 @@ import Testing
         var configuration = fakeTestConfiguration()
         // A circuit opened by a burst of failures stays open 30 s by default; half a second here.
         configuration.balancing.openDuration = .milliseconds(500)
+        // Twelve attempts: a line that fails twelve times in a row at 30 % would be one in two million.
+        configuration.retry.maxAttempts = 12
         let generator = ParallelGenerator(
             configuration: configuration,
             providers: providers,
