@@ -256,17 +256,6 @@ extension ParallelGenerator {
             } else {
                 costs.release(id)
             }
-            if let local = LocalResourceError.classify(
-                error,
-                path: artifacts.stagingURL(job: id, attempt: attemptNumber),
-                operation: "write"
-            ) {
-                // This machine, not the provider, failed: another provider or attempt cannot help.
-                ticket.finish(.notCalled)
-                balancer.recordNeutral(name, throttled: false)
-                await giveBack(job, haltingFor: local, charged: charged, attemptKey: "\(id):\(attemptNumber)")
-                return .retryLater
-            }
             return await handleFailure(
                 error,
                 job: job,

@@ -27,9 +27,10 @@ extension ParallelGenerator {
             return .retryLater
         }
         if let local = LocalResourceError.classify(error, path: artifacts.root, operation: "write") {
+            // This machine, not the provider, failed: another provider or attempt cannot help.
             ticket.finish(.notCalled)
             balancer.recordNeutral(name, throttled: false)
-            await giveBack(job, haltingFor: local)
+            await giveBack(job, haltingFor: local, charged: charged, attemptKey: attemptKey)
             return .retryLater
         }
         if let storeError = error as? StoreError {
