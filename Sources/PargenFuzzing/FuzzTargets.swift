@@ -45,6 +45,12 @@ public enum FuzzTargets {
     /// A configuration file, as YAML or JSON (the first byte chooses), through the whole loader: it loads, or
     /// it is refused with problems naming what is wrong; nothing else, and never a hang.
     public static func configuration(_ data: Data) {
+        blocking { await configurationAsync(data) }
+    }
+
+    /// ``configuration(_:)`` for a caller that is already async (the test suite: blocking a thread of the
+    /// cooperative pool would starve the tests running beside it).
+    public static func configurationAsync(_ data: Data) async {
         guard let first = data.first else { return }
         let path = scratch.appendingPathComponent(first & 1 == 0 ? "fuzz.yaml" : "fuzz.json")
         do {
@@ -52,12 +58,11 @@ public enum FuzzTargets {
         } catch {
             preconditionFailure("cannot write the scratch file \(path.path): \(error)")
         }
-        let outcome = blocking { () async -> Result<PargenSetup, any Error> in
-            do {
-                return .success(try await PargenSetup.load(file: path.path, environment: [:]))
-            } catch {
-                return .failure(error)
-            }
+        let outcome: Result<PargenSetup, any Error>
+        do {
+            outcome = .success(try await PargenSetup.load(file: path.path, environment: [:]))
+        } catch {
+            outcome = .failure(error)
         }
         switch outcome {
         case .success(let setup):
@@ -191,6 +196,7 @@ public enum FuzzTargets {
     }()
 
     /// Runs async work to the end from a synchronous caller (libFuzzer's thread, never the cooperative pool).
+    @discardableResult
     static func blocking<T: Sendable>(_ body: @escaping @Sendable () async -> T) -> T {
         let box = Locked<T?>(nil)
         let done = DispatchSemaphore(value: 0)

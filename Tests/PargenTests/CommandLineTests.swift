@@ -17,20 +17,14 @@ import Testing
         return candidates.first { FileManager.default.isExecutableFile(atPath: $0.path) } ?? candidates[1]
     }
 
-    func pargen(_ arguments: [String]) throws -> Outcome {
-        let process = Process()
-        process.executableURL = Self.executable
-        process.arguments = arguments
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
-        try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        return Outcome(status: process.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    /// Runs `pargen` to its end without blocking a thread of the cooperative pool (see
+    /// ``LocalResourceTests/pargen(_:environment:)``).
+    func pargen(_ arguments: [String]) async throws -> Outcome {
+        let outcome = try await LocalResourceTests().pargen(arguments)
+        return Outcome(status: outcome.status, output: outcome.output)
     }
 
-    @Test func runReportsBadLinesRunsTheGoodOnesAndExitsOne() throws {
+    @Test func runReportsBadLinesRunsTheGoodOnesAndExitsOne() async throws {
         let folder = temporaryDirectory()
         let csv = folder.appendingPathComponent("campaign.csv")
         try Data(
@@ -41,7 +35,7 @@ import Testing
                 + "video,Too big,low,2,8k,ben,ads,\r\n").utf8
         ).write(to: csv)
         let out = folder.appendingPathComponent("out")
-        let outcome = try pargen(["run", csv.path, "--out", out.path, "--reliable", "--no-progress"])
+        let outcome = try await pargen(["run", csv.path, "--out", out.path, "--reliable", "--no-progress"])
         #expect(outcome.status == 1, "\(outcome.output)")
         #expect(outcome.output.contains("total: 2 succeeded, 0 failed, 2 invalid"))
         let manifest = try String(contentsOf: out.appendingPathComponent("manifest.jsonl"), encoding: .utf8)
@@ -60,7 +54,7 @@ import Testing
         #expect(csvManifest.hasPrefix("line,request_id,job_id,status"))
     }
 
-    @Test func runExitsZeroWhenEveryLineSucceeds() throws {
+    @Test func runExitsZeroWhenEveryLineSucceeds() async throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
         try Data(
@@ -69,7 +63,7 @@ import Testing
             {"type": "audio", "prompt": "Two", "duration": 1, "metadata": {"take": 2}}
             """.utf8
         ).write(to: jsonl)
-        let outcome = try pargen([
+        let outcome = try await pargen([
             "run", jsonl.path, "--out", folder.appendingPathComponent("o").path, "--reliable", "--no-progress",
         ])
         #expect(outcome.status == 0, "\(outcome.output)")
@@ -77,12 +71,12 @@ import Testing
 
     /// `run` on the local providers is a plain run: nothing is refused or failed by chance, so a good campaign
     /// exits 0 every time; `--inject-faults` brings the demo's throttling and failures back.
-    @Test func runOnTheLocalProvidersIsReliableUnlessFaultsAreAskedFor() throws {
+    @Test func runOnTheLocalProvidersIsReliableUnlessFaultsAreAskedFor() async throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
         let lines = (0..<150).map { "{\"type\":\"audio\",\"prompt\":\"line number \($0)\",\"duration\":1}" }
         try Data(lines.joined(separator: "\n").utf8).write(to: jsonl)
-        let plain = try pargen([
+        let plain = try await pargen([
             "run", jsonl.path, "--out", folder.appendingPathComponent("plain").path, "--no-progress",
             "--per-user-rpm", "100000",
         ])
@@ -92,7 +86,7 @@ import Testing
         let plainRows = try String(contentsOf: folder.appendingPathComponent("plain/manifest.jsonl"), encoding: .utf8)
             .split(separator: "\n").map { try JSONSerialization.jsonObject(with: Data($0.utf8)) as! [String: Any] }
         #expect(plainRows.count == 150 && plainRows.allSatisfy { $0["attempts"] as? Int == 1 })
-        let faulty = try pargen([
+        let faulty = try await pargen([
             "run", jsonl.path, "--out", folder.appendingPathComponent("faulty").path, "--no-progress",
             "--per-user-rpm", "100000", "--inject-faults",
         ])
@@ -109,7 +103,7 @@ import Testing
         )
     }
 
-    @Test func simulatePredictsACampaignWithoutCallingAnyProvider() throws {
+    @Test func simulatePredictsACampaignWithoutCallingAnyProvider() async throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
         var lines = (0..<30).map { "{\"type\":\"audio\",\"prompt\":\"line \($0)\",\"duration\":2}" }
@@ -117,7 +111,7 @@ import Testing
         lines.append("{\"type\":\"audio\",\"prompt\":\"bad\",\"priority\":\"someday\"}")
         try Data(lines.joined(separator: "\n").utf8).write(to: jsonl)
         let report = folder.appendingPathComponent("r.html")
-        let outcome = try pargen([
+        let outcome = try await pargen([
             "simulate", jsonl.path, "--report", report.path, "--task-seconds", "video=3..8", "--per-user-rpm", "1000",
         ])
         #expect(outcome.status == 0, "\(outcome.output)")
@@ -127,19 +121,19 @@ import Testing
         #expect(html.contains("<svg") && html.contains("local-fast"))
         // Nothing was written but the report: no media, no store.
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["c.jsonl", "r.html"])
-        let bad = try pargen(["simulate", jsonl.path, "--task-seconds", "video=8..3"])
+        let bad = try await pargen(["simulate", jsonl.path, "--task-seconds", "video=8..3"])
         #expect(bad.status != 0 && bad.output.contains("--task-seconds"), "\(bad.output)")
     }
 
-    @Test func runExitsTwoWhenTheFileCannotBeRead() throws {
-        let outcome = try pargen(["run", "/nonexistent/campaign.csv", "--no-progress"])
+    @Test func runExitsTwoWhenTheFileCannotBeRead() async throws {
+        let outcome = try await pargen(["run", "/nonexistent/campaign.csv", "--no-progress"])
         #expect(outcome.status == 2)
         #expect(outcome.output.contains("cannot read"))
     }
 
-    @Test func demoRunsTheWholePipelineAndPrintsTheSummary() throws {
+    @Test func demoRunsTheWholePipelineAndPrintsTheSummary() async throws {
         let out = temporaryDirectory()
-        let outcome = try pargen(["demo", "--out", out.path, "--count", "24"])
+        let outcome = try await pargen(["demo", "--out", out.path, "--count", "24"])
         #expect(outcome.status == 0, "\(outcome.output)")
         for needle in ["provider", "local-fast", "p95", "cache:", "rate-limit waits", "dead letters:", "total:"] {
             #expect(outcome.output.contains(needle), "summary shows \(needle)")
@@ -148,7 +142,7 @@ import Testing
         #expect(files.count >= 10)
     }
 
-    @Test func statusJobsAndTheDeadLetterQueueWorkOnTheStore() throws {
+    @Test func statusJobsAndTheDeadLetterQueueWorkOnTheStore() async throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
         try Data(
@@ -159,33 +153,33 @@ import Testing
             """.utf8
         ).write(to: jsonl)
         let out = folder.appendingPathComponent("o").path
-        let run = try pargen([
+        let run = try await pargen([
             "run", jsonl.path, "--out", out, "--reliable", "--no-progress", "--project-budget", "tight=0.000001",
         ])
         #expect(run.status == 1)
-        let status = try pargen(["status", "--out", out])
+        let status = try await pargen(["status", "--out", out])
         #expect(status.output.contains("jobs: 3"))
         #expect(status.output.contains("dead_lettered          2"))
         #expect(status.output.contains("ledger balances: yes"))
-        let jobs = try pargen(["jobs", "--out", out, "--state", "dead_lettered"])
+        let jobs = try await pargen(["jobs", "--out", out, "--state", "dead_lettered"])
         #expect(jobs.output.split(separator: "\n").count == 2)
         #expect(jobs.output.contains("budget_exceeded"))
-        let list = try pargen(["dlq", "list", "--out", out])
+        let list = try await pargen(["dlq", "list", "--out", out])
         #expect(list.output.contains("2 dead-lettered"))
-        let retry = try pargen(["dlq", "retry", "--all", "--out", out])
+        let retry = try await pargen(["dlq", "retry", "--all", "--out", out])
         #expect(retry.output.contains("re-queued 2 jobs"))
         // The next run, with the budget raised, finishes them.
-        let again = try pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress"])
+        let again = try await pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress"])
         #expect(again.status == 0, "\(again.output)")
-        #expect(try pargen(["dlq", "list", "--out", out]).output.contains("0 dead-lettered"))
-        let bad = try pargen(["jobs", "--out", out, "--state", "sideways"])
+        #expect(try await pargen(["dlq", "list", "--out", out]).output.contains("0 dead-lettered"))
+        let bad = try await pargen(["jobs", "--out", out, "--state", "sideways"])
         #expect(bad.status != 0 && bad.output.contains("--state must be one of"))
     }
 
     /// What cannot be read or written ends the command with exit 2 and one line naming the path, never an
     /// NSError dump (issue 9, item 8); a configuration file that is empty, an alias bomb or a flood of unknown
     /// keys is refused at once (item 5).
-    @Test func unreadableAndUnwritablePathsExitTwoWithOneLineNamingThem() throws {
+    @Test func unreadableAndUnwritablePathsExitTwoWithOneLineNamingThem() async throws {
         let folder = temporaryDirectory()
         let campaign = folder.appendingPathComponent("c.jsonl")
         try Data("{\"type\": \"audio\", \"prompt\": \"one\"}\n".utf8).write(to: campaign)
@@ -194,7 +188,7 @@ import Testing
         let blocker = folder.appendingPathComponent("not-a-folder")
         try Data("x".utf8).write(to: blocker)
         let out = blocker.appendingPathComponent("out").path
-        let unwritable = try pargen(["run", campaign.path, "--out", out, "--reliable", "--no-progress"])
+        let unwritable = try await pargen(["run", campaign.path, "--out", out, "--reliable", "--no-progress"])
         #expect(unwritable.status == 2, "\(unwritable.output)")
         #expect(unwritable.output.contains("cannot create the output folder \(out)"), "\(unwritable.output)")
         #expect(!unwritable.output.contains("Error Domain"), "\(unwritable.output)")
@@ -202,14 +196,14 @@ import Testing
         let storeFolder = folder.appendingPathComponent("garbage")
         try FileManager.default.createDirectory(at: storeFolder, withIntermediateDirectories: true)
         try Data(repeating: 0x42, count: 4096).write(to: storeFolder.appendingPathComponent("campaign.sqlite"))
-        let status = try pargen(["status", "--out", storeFolder.path])
+        let status = try await pargen(["status", "--out", storeFolder.path])
         #expect(status.status == 2, "\(status.output)")
         #expect(status.output.contains("cannot open the campaign store"), "\(status.output)")
         #expect(status.output.split(separator: "\n").count == 1, "\(status.output)")
 
         let empty = folder.appendingPathComponent("empty.yaml")
         try Data("  \n".utf8).write(to: empty)
-        let emptyRun = try pargen(["providers", "--config", empty.path])
+        let emptyRun = try await pargen(["providers", "--config", empty.path])
         #expect(emptyRun.status == 2 && emptyRun.output.contains("is empty"), "\(emptyRun.output)")
 
         // A "billion laughs": nine levels of aliases, each nine times the last.
@@ -222,12 +216,12 @@ import Testing
         let bombFile = folder.appendingPathComponent("bomb.yaml")
         try Data(bomb.utf8).write(to: bombFile)
         let started = ContinuousClock.now
-        let bombRun = try pargen(["providers", "--config", bombFile.path])
+        let bombRun = try await pargen(["providers", "--config", bombFile.path])
         #expect(bombRun.status == 2 && bombRun.output.contains("anchors and aliases are not accepted"), "\(bombRun.output)")
 
         let flood = folder.appendingPathComponent("flood.yaml")
         try Data((0..<100_000).map { "k\($0): 1" }.joined(separator: "\n").utf8).write(to: flood)  // under 1 MiB
-        let floodRun = try pargen(["providers", "--config", flood.path])
+        let floodRun = try await pargen(["providers", "--config", flood.path])
         #expect(floodRun.status == 2, "\(floodRun.output.prefix(300))")
         #expect(floodRun.output.contains("... and 99950 more unknown keys"), "\(floodRun.output.suffix(300))")
         #expect(ContinuousClock.now - started < .seconds(30), "refused quickly")

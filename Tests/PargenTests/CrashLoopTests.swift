@@ -23,7 +23,7 @@ import Testing
         // retry.maxCrashes is 5 by default: a line may be taken back from 5 crashes and run again; taken back from
         // the 6th, it is set aside, and that run finishes.
         for _ in 1...8 {
-            let outcome = try LocalResourceTests().pargen(
+            let outcome = try await LocalResourceTests().pargen(
                 ["run", file.path, "--out", out.path, "--no-progress"],
                 environment: environment
             )

@@ -291,10 +291,13 @@ import Glibc
         try Data((lines.joined(separator: "\n") + "\n").utf8).write(to: campaign)
         let out = folder.appendingPathComponent("out")
         let submitLog = folder.appendingPathComponent("submits.tsv")
-        func start() throws -> Process {
+        func start(slow: Bool = false) throws -> Process {
             let process = Process()
             process.executableURL = CommandLineTests.executable
             process.arguments = ["run", campaign.path, "--out", out.path, "--reliable", "--no-progress"]
+            // 8 calls a minute per user: 48 in the first minute, so the run is certainly still going when the
+            // 40th submission is seen, however loaded the machine (unlimited, it could end first).
+            if slow { process.arguments! += ["--per-user-rpm", "8"] }
             var environment = ProcessInfo.processInfo.environment
             environment["PARGEN_LOCAL_SUBMIT_LOG"] = submitLog.path
             environment["SWIFT_BACKTRACE"] = "enable=no"
@@ -304,7 +307,7 @@ import Glibc
             try process.run()
             return process
         }
-        let first = try start()
+        let first = try start(slow: true)
         // Interrupt once the provider has seen 40 submissions, so the signal lands mid-campaign on any machine,
         // with some lines finished and some not.
         let deadline = ContinuousClock.now + .seconds(60)

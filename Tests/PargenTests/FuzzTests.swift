@@ -15,18 +15,23 @@ import Testing
     static let budget: [String: Int] = ["campaign": 50_000, "answers": 40_000, "configuration": 5_000]
 
     @Test(arguments: ["campaign", "configuration", "answers"])
-    func aTargetSurvivesItsCorpusItsReproducersAndSeededMutations(_ target: String) throws {
-        let run = try #require(FuzzTargets.all[target])
+    func aTargetSurvivesItsCorpusItsReproducersAndSeededMutations(_ target: String) async throws {
+        let sync = try #require(FuzzTargets.all[target])
+        // The configuration target loads through async code: awaited here, never blocked on (a blocked thread of
+        // the cooperative pool would starve the tests beside this one).
+        func run(_ input: Data) async {
+            if target == "configuration" { await FuzzTargets.configurationAsync(input) } else { sync(input) }
+        }
         let seeds = FuzzTargets.seeds(target, in: Self.folder)
         #expect(seeds.corpus.count >= 5, "the corpus of \(target) is in \(Self.folder.path)")
         #expect(!seeds.dictionary.isEmpty)
-        for input in seeds.corpus { run(input) }
-        for reproducer in seeds.reproducers { run(try Data(contentsOf: reproducer)) }
+        for input in seeds.corpus { await run(input) }
+        for reproducer in seeds.reproducers { await run(try Data(contentsOf: reproducer)) }
         let seed = UInt64(Date().timeIntervalSince1970 / 86_400)
         var mutator = SeededMutator(seed: seed ^ UInt64(target.utf8.count), corpus: seeds.corpus, dictionary: seeds.dictionary)
         let count = Self.budget[target] ?? 1_000
         let started = ContinuousClock.now
-        for _ in 0..<count { run(mutator.next()) }
+        for _ in 0..<count { await run(mutator.next()) }
         let elapsed = ContinuousClock.now - started
         print("fuzz \(target): \(seeds.corpus.count) corpus + \(seeds.reproducers.count) reproducers + \(count) mutations (seed \(seed)) in \(elapsed)")
     }

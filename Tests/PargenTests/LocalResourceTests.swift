@@ -14,18 +14,24 @@ import Testing
         var killed = false
     }
 
-    func pargen(_ arguments: [String], environment: [String: String] = [:]) throws -> Outcome {
+    /// Runs `pargen` to its end without blocking a thread (its output goes to a file, and the wait polls), so
+    /// the tests running beside this one keep their share of the cooperative pool.
+    func pargen(_ arguments: [String], environment: [String: String] = [:]) async throws -> Outcome {
         let process = Process()
         process.executableURL = CommandLineTests.executable
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
-        let pipe = Pipe()
-        process.standardOutput = pipe
-        process.standardError = pipe
+        process.environment = ProcessInfo.processInfo.environment.merging(["SWIFT_BACKTRACE": "enable=no"]) { $1 }
+            .merging(environment) { $1 }
+        let log = temporaryDirectory().appendingPathComponent("output.txt")
+        _ = FileManager.default.createFile(atPath: log.path, contents: nil)
+        let handle = try FileHandle(forWritingTo: log)
+        process.standardOutput = handle
+        process.standardError = handle
         let started = ContinuousClock.now
         try process.run()
-        let data = pipe.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
+        try await CrashRecoveryTests.waitForExit(process, within: .seconds(150))
+        try handle.close()
+        let data = try Data(contentsOf: log)
         let elapsed = ContinuousClock.now - started
         return Outcome(
             status: process.terminationStatus,
@@ -59,13 +65,13 @@ import Testing
         }
     }
 
-    @Test func aFullDiskStopsTheRunWithExitTwoAndTheNextRunFinishesWithoutPayingAgain() throws {
+    @Test func aFullDiskStopsTheRunWithExitTwoAndTheNextRunFinishesWithoutPayingAgain() async throws {
         let folder = temporaryDirectory()
         let file = try campaign(in: folder)
         let out = folder.appendingPathComponent("out")
         let log = folder.appendingPathComponent("submits.log")
         // From the 5th call on, every write to a staging file fails with ENOSPC from the kernel (/dev/full).
-        let full = try pargen(
+        let full = try await pargen(
             ["run", file.path, "--out", out.path, "--no-progress"],
             environment: ["PARGEN_TEST_BREAK_STAGING": "full:5", "PARGEN_LOCAL_SUBMIT_LOG": log.path]
         )
@@ -79,10 +85,10 @@ import Testing
         #expect(statuses.count == 20)
         #expect(statuses.allSatisfy { $0 == "succeeded" || $0 == "pending" }, "\(statuses)")
         #expect(statuses.contains("pending"))
-        let status = try pargen(["status", "--out", out.path])
+        let status = try await pargen(["status", "--out", out.path])
         #expect(!status.output.contains("dead_lettered: 1"), "\(status.output)")
 
-        let again = try pargen(
+        let again = try await pargen(
             ["run", file.path, "--out", out.path, "--no-progress"],
             environment: ["PARGEN_LOCAL_SUBMIT_LOG": log.path]
         )
@@ -94,13 +100,13 @@ import Testing
         #expect(Set(billed).count == billed.count, "a line was billed twice: \(billed)")
     }
 
-    @Test func anUnusableStagingFolderStopsTheRunAndTheNextRunNamesItUntilItIsFixed() throws {
+    @Test func anUnusableStagingFolderStopsTheRunAndTheNextRunNamesItUntilItIsFixed() async throws {
         let folder = temporaryDirectory()
         let file = try campaign(in: folder, count: 12)
         let out = folder.appendingPathComponent("out")
         let log = folder.appendingPathComponent("submits.log")
         // From the 3rd call on, the staging folder is a plain file: nothing can be created in it.
-        let broken = try pargen(
+        let broken = try await pargen(
             ["run", file.path, "--out", out.path, "--no-progress"],
             environment: ["PARGEN_TEST_BREAK_STAGING": "notdir:3", "PARGEN_LOCAL_SUBMIT_LOG": log.path]
         )
@@ -111,13 +117,13 @@ import Testing
         #expect(try manifestStatuses(out).allSatisfy { $0 == "succeeded" || $0 == "pending" })
 
         // Still broken: the next run says so at once, in one line, before taking any work.
-        let still = try pargen(["run", file.path, "--out", out.path, "--no-progress"])
+        let still = try await pargen(["run", file.path, "--out", out.path, "--no-progress"])
         #expect(still.status == 2, "\(still.output)")
         #expect(still.output.contains("pargen: cannot create the folder \(out.path)/.staging: File exists"), "\(still.output)")
         #expect(!still.output.contains("Error Domain"), "\(still.output)")
 
         try FileManager.default.removeItem(at: out.appendingPathComponent(".staging"))
-        let fixed = try pargen(
+        let fixed = try await pargen(
             ["run", file.path, "--out", out.path, "--no-progress"],
             environment: ["PARGEN_LOCAL_SUBMIT_LOG": log.path]
         )
