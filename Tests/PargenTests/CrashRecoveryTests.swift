@@ -56,9 +56,18 @@ import Glibc
             process.arguments = [
                 "run", campaign.path, "--out", out.path, "--reliable", "--no-progress", "--config", config.path,
             ]
+            // While killing, each run may submit at most 20 new jobs (4 a minute for each of the 5 users), so the
+            // campaign cannot finish before the 10 kills have landed, however fast or loaded the machine; the
+            // last run is unlimited.
+            if crashing { process.arguments! += ["--per-user-rpm", "4"] }
             process.environment = environment
             process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
+            // What a run says on its way out, for the failure message of a run that ends by itself.
+            let errors = folder.appendingPathComponent("run-\(runs).stderr")
+            _ = FileManager.default.createFile(atPath: errors.path, contents: nil)
+            let errorHandle = try FileHandle(forWritingTo: errors)
+            defer { try? errorHandle.close() }
+            process.standardError = errorHandle
             try process.run()
             if crashing {
                 // A hooked run is given time to crash itself in the submit-to-persist window (under a loaded
@@ -75,7 +84,7 @@ import Glibc
                     // a segfault or an exit is a failure, not a crash the test wanted.
                     #expect(
                         process.terminationReason == .uncaughtSignal && process.terminationStatus == SIGKILL,
-                        "run \(runs) ended by itself: reason \(process.terminationReason.rawValue), status \(process.terminationStatus)"
+                        "run \(runs) ended by itself: reason \(process.terminationReason.rawValue), status \(process.terminationStatus): \((try? String(contentsOf: errors, encoding: .utf8))?.suffix(600) ?? "")"
                     )
                     let marked = Self.lines(of: marker)
                     #expect(marked.count == markersBefore + 1, "the hook names the job it dies on")

@@ -285,10 +285,10 @@ import Testing
         // 10 requests from each of three users.
         let requests = (0..<30).map { GenerationRequest.audio(prompt: "line \($0)", user: "u\($0 % 3)") }
         let run = Task { try await generator.generate(requests) }
-        /// Waits (in real time, at most 20 s) until the provider has `count` calls, then 300 ms more, and returns
-        /// the count then: more calls than expected show up too.
+        /// Waits (in real time, at most 60 s: a ceiling for a loaded machine, not a pause) until the provider has
+        /// `count` calls, then 300 ms more, and returns the count then: more calls than expected show up too.
         func calls(reaching count: Int) async throws -> Int {
-            let deadline = ContinuousClock.now + .seconds(20)
+            let deadline = ContinuousClock.now + .seconds(60)
             while provider.calls.count < count && ContinuousClock.now < deadline {
                 try await Task.sleep(for: .milliseconds(5))
             }

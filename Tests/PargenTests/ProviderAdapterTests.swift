@@ -573,7 +573,8 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
     }
 
     @Test func runwayCancelsARunningTask() async throws {
-        let bench = try await FakeBench.start(.runway, options: { $0.taskSeconds = 5...5 }, http: http)
+        // A task long enough that the cancel lands while it runs, however loaded the machine.
+        let bench = try await FakeBench.start(.runway, options: { $0.taskSeconds = 60...60 }, http: http)
         let runway = try #require(bench.provider as? RunwayProvider)
         let generator = ParallelGenerator(
             configuration: fakeTestConfiguration(),
