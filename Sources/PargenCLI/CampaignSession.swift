@@ -120,50 +120,50 @@ enum CampaignSession {
         let finished: CampaignReport
         do {
             finished = try await withThrowingTaskGroup(of: Step.self) { group in
-            if !options.noProgress {
-                group.addTask {
-                    // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
-                    while !Task.isCancelled {
-                        let line = ProgressText.bar(tracker.snapshot(), spend: generator.currentSpend())
-                        if terminal { print("\r\u{1B}[2K" + line, terminator: "") } else { print(line) }
-                        fflush(nil)
-                        try? await Task.sleep(for: terminal ? .milliseconds(150) : .seconds(2))
+                if !options.noProgress {
+                    group.addTask {
+                        // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
+                        while !Task.isCancelled {
+                            let line = ProgressText.bar(tracker.snapshot(), spend: generator.currentSpend())
+                            if terminal { print("\r\u{1B}[2K" + line, terminator: "") } else { print(line) }
+                            fflush(nil)
+                            try? await Task.sleep(for: terminal ? .milliseconds(150) : .seconds(2))
+                        }
+                        return .other
                     }
-                    return .other
                 }
-            }
-            group.addTask {
-                await signals.first()
-                return .interrupted
-            }
-            group.addTask {
-                if let file {
+                group.addTask {
+                    await signals.first()
+                    return .interrupted
+                }
+                group.addTask {
+                    if let file {
+                        return .report(
+                            try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+                        )
+                    }
                     return .report(
-                        try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+                        try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
                     )
                 }
-                return .report(
-                    try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
-                )
-            }
-            var report: CampaignReport?
-            while let next = try await group.next() {
-                switch next {
-                case .report(let finished):
-                    report = finished
-                    group.cancelAll()
-                case .interrupted:
-                    // The watcher also returns when it is cancelled after the report: nothing to stop then.
-                    guard report == nil else { break }
-                    // First Ctrl-C or SIGTERM: stop waiting; the runner writes what is done, the rest is pending.
-                    if terminal { print("") }
-                    print("pargen: stopping; press Ctrl-C again to stop at once (nothing is lost either way)")
-                    group.cancelAll()
-                case .other:
-                    break
+                var report: CampaignReport?
+                while let next = try await group.next() {
+                    switch next {
+                    case .report(let finished):
+                        report = finished
+                        group.cancelAll()
+                    case .interrupted:
+                        // The watcher also returns when it is cancelled after the report: nothing to stop then.
+                        guard report == nil else { break }
+                        // First Ctrl-C or SIGTERM: stop waiting; the runner writes what is done, the rest is pending.
+                        if terminal { print("") }
+                        print("pargen: stopping; press Ctrl-C again to stop at once (nothing is lost either way)")
+                        group.cancelAll()
+                    case .other:
+                        break
+                    }
                 }
-            }
-            return report!
+                return report!
             }
         } catch let error as LocalResourceError {
             // The manifest could not be written: what is done is in the store, and the next run writes it again.

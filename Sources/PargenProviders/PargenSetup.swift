@@ -156,11 +156,12 @@ extension PargenSetup {
         let tree: Any?
         do {
             // Yams traps when it builds a mapping whose key is itself a mapping or a list (`{[a]: 1}`), so
-            // the composed tree is checked before anything is built from it.
-            if let node = try Yams.compose(yaml: text), let problem = Self.keyProblem(node) {
+            // the composed tree is checked before anything is built from it, and then built from, not parsed again.
+            let node = try Yams.compose(yaml: text)
+            if let node, let problem = Self.keyProblem(node) {
                 throw ConfigurationFileError(problems: ["\(path): \(problem)"])
             }
-            tree = try Yams.load(yaml: text)
+            tree = node.map { Constructor.default.any(from: $0) }
         } catch let refused as ConfigurationFileError {
             throw refused
         } catch {

@@ -344,24 +344,18 @@ public final class ParallelGenerator: Service, Sendable {
     }
 
     /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
-    private static func cancelledResult(_ id: JobID) -> GenerationResult {
+    /// (Also what it returns, naming `reason`, for a job the engine stopped before it finished because this
+    /// machine's storage failed: the job is left in the store, and a later run continues it.)
+    private static func cancelledResult(_ id: JobID, halt reason: LocalResourceError? = nil) -> GenerationResult {
         GenerationResult(
             requestID: "",
             jobID: id,
-            outcome: .failure(GenerationError(.cancelled, "stopped before the job finished")),
-            provider: nil,
-            actualCost: .zero,
-            attempts: 0
-        )
-    }
-
-    /// What ``result(for:)`` returns for a job the engine stopped before it finished, because this machine's
-    /// storage failed: the job is left in the store, and a later run continues it.
-    static func haltedResult(_ id: JobID, _ reason: LocalResourceError) -> GenerationResult {
-        GenerationResult(
-            requestID: "",
-            jobID: id,
-            outcome: .failure(GenerationError(.cancelled, "the run stopped before the job finished: \(reason)")),
+            outcome: .failure(
+                GenerationError(
+                    .cancelled,
+                    reason.map { "the run stopped before the job finished: \($0)" } ?? "stopped before the job finished"
+                )
+            ),
             provider: nil,
             actualCost: .zero,
             attempts: 0
@@ -389,7 +383,7 @@ public final class ParallelGenerator: Service, Sendable {
             metadata: [LoggingKeys.error: "\(reason)", "path": "\(reason.path)"]
         )
         for (id, list) in waiters {
-            for waiter in list { waiter.continuation.resume(returning: Self.haltedResult(id, reason)) }
+            for waiter in list { waiter.continuation.resume(returning: Self.cancelledResult(id, halt: reason)) }
         }
         wakeup.signal()
     }
@@ -399,7 +393,7 @@ public final class ParallelGenerator: Service, Sendable {
             let ready = state.withLock { state -> GenerationResult? in
                 if let invalid = state.invalid[id] { return invalid }
                 if Task.isCancelled { return Self.cancelledResult(id) }
-                if let halt = state.halt { return Self.haltedResult(id, halt) }
+                if let halt = state.halt { return Self.cancelledResult(id, halt: halt) }
                 state.waiters[id, default: []].append((waiterID, continuation))
                 return nil
             }
