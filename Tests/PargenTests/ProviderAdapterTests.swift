@@ -414,13 +414,15 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         let bench = try await FakeBench.start(
             wire,
             options: {
+                // 4 calls in a 3 s window: the engine's first 8 calls, sent at once, land inside one window
+                // however slowly a loaded machine sends them (with a 1 s window a loaded CI run spread them out).
                 $0.requestsPerWindow = wire == .runway || wire == .elevenlabs ? nil : 4
-                $0.window = .seconds(1)
+                $0.window = .seconds(3)
                 $0.concurrentTasks = wire == .runway || wire == .elevenlabs ? 2 : nil
                 $0.latencySeconds = 0.02...0.05
                 // Runway's tasks run long enough that a task waiting THROTTLED is seen so by a poll, however late
                 // a loaded machine makes the poll.
-                $0.taskSeconds = wire == .runway ? 0.8...1.0 : 0.1...0.2
+                $0.taskSeconds = wire == .runway ? 2.0...2.5 : 0.1...0.2
             },
             quota: ProviderQuota(concurrentTasks: 8),
             http: http
