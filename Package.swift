@@ -17,6 +17,7 @@ let package = Package(
         .library(name: "PargenTesting", targets: ["PargenTesting"]),
         .library(name: "PargenSQLite", targets: ["PargenSQLite"]),
         .library(name: "PargenProviders", targets: ["PargenProviders"]),
+        .library(name: "PargenPostgres", targets: ["PargenPostgres"]),
         .library(name: "PargenFuzzing", targets: ["PargenFuzzing"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
@@ -32,6 +33,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-configuration.git", from: "1.4.0", traits: ["JSON", "YAML"]),
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.19"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         .target(
@@ -47,6 +49,16 @@ let package = Package(
         .target(
             name: "PargenSQLite",
             dependencies: ["Pargen", .product(name: "GRDB", package: "GRDB.swift")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
+            name: "PargenPostgres",
+            dependencies: [
+                "Pargen",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
             swiftSettings: swiftSettings
         ),
         .target(
@@ -91,6 +103,7 @@ let package = Package(
             dependencies: [
                 "Pargen",
                 "PargenSQLite",
+                "PargenPostgres",
                 "PargenProviders",
                 "PargenTesting",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
@@ -102,11 +115,12 @@ let package = Package(
         .testTarget(
             name: "PargenTests",
             dependencies: [
-                "Pargen", "PargenTesting", "PargenSQLite", "PargenProviders", "PargenCLI", "PargenFuzzing",
+                "Pargen", "PargenTesting", "PargenSQLite", "PargenPostgres", "PargenProviders", "PargenCLI", "PargenFuzzing",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
             ],
             swiftSettings: swiftSettings
         ),

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Runs the whole test suite on a fresh machine: builds, then runs every test.
 #
-# The suites need no servers yet (SQLite is a file; the fake providers are started by the tests themselves
-# on 127.0.0.1 and stop by themselves). The PostgreSQL and Redis integration suites
-# arrive with the issues that add those backends; this script will then install them from Debian's
-# packages and start them on 127.0.0.1 in a temporary directory before `swift test`, and stop them.
+# SQLite is a file and the fake providers are started by the tests themselves on 127.0.0.1. PostgreSQL is a
+# server: this script installs it from Debian's packages if it is missing, starts a throwaway cluster in a
+# temporary folder on a loopback port (scripts/postgres.sh), names it to the tests in PARGEN_TEST_POSTGRES_URL,
+# and stops it when the tests end, pass or fail.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -25,6 +25,14 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 
 swift build --build-tests
+
+pgdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-pg.XXXXXX")
+stop_postgres() { bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true; rm -rf "$pgdir"; }
+trap stop_postgres EXIT
+PARGEN_TEST_POSTGRES_URL=$(bash scripts/postgres.sh start "$pgdir")
+export PARGEN_TEST_POSTGRES_URL
+export PARGEN_TEST_POSTGRES_DIR="$pgdir"
+echo "PostgreSQL for the tests: $PARGEN_TEST_POSTGRES_URL"
 log="${TMPDIR:-/tmp}/pargen-test.log"
 # Every suite in parallel, except the measurements that other work would confound (resident memory, real-time
 # makespans): SoloTests runs alone afterwards.

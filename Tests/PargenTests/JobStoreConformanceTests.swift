@@ -1,5 +1,6 @@
 import Foundation
 import Pargen
+import PargenPostgres
 import PargenSQLite
 import PargenTesting
 import Testing
@@ -18,10 +19,13 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
         return try SQLiteJobStore(path: path, now: { .seconds(1_767_225_600) + clock.now.offset })
     }
+
+    /// A fresh schema in the test run's PostgreSQL server, on the same shifted manual clock.
+    static let postgres = StoreFactory(name: "postgres") { clock in try await TestPostgres.store(clock: clock) }
 }
 
 @Suite struct JobStoreConformanceTests {
-    static let factories: [StoreFactory] = [.memory, .sqlite]
+    static let factories: [StoreFactory] = [.memory, .sqlite, .postgres]
 
     let outcome = JobOutcome(
         artifact: Artifact(

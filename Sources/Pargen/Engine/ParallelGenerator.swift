@@ -189,8 +189,16 @@ public final class ParallelGenerator: Service, Sendable {
             bus.finish()
         }
         await withGracefulShutdownHandler {
-            await withDiscardingTaskGroup { group in
-                await dispatchLoop(group: &group)
+            await withTaskGroup(of: Void.self) { watchers in
+                // A store that other processes write to says when work arrives, so the scheduler looks at once
+                // instead of at its next poll.
+                if let notifying = store as? any JobNotifying {
+                    watchers.addTask { await notifying.watchForWork { self.storeChanged() } }
+                }
+                await withDiscardingTaskGroup { group in
+                    await dispatchLoop(group: &group)
+                }
+                watchers.cancelAll()
             }
         } onGracefulShutdown: {
             self.state.withLock { if $0.lifecycle == .running { $0.lifecycle = .draining } }

@@ -336,3 +336,13 @@ extension JobStore {
     /// ``rescueOrphanedLeases(maxCrashes:)`` with no limit on how often a job may be taken back.
     public func rescueOrphanedLeases() async throws -> Int { try await rescueOrphanedLeases(maxCrashes: .max) }
 }
+
+/// A store that other processes write to, and that can tell this one when work arrives (PostgreSQL's
+/// LISTEN/NOTIFY), so that a worker does not wait for its next poll.
+///
+/// The engine still polls (about once a second when its queues look empty): a notification only makes it look
+/// sooner, so a lost one delays work by a poll at most.
+public protocol JobNotifying: Sendable {
+    /// Calls `onWork` each time a job becomes available, until the task is cancelled.
+    func watchForWork(_ onWork: @escaping @Sendable () -> Void) async
+}

@@ -1,0 +1,679 @@
+import Foundation
+public import Logging
+public import Pargen
+public import PostgresNIO
+
+/// The job store that several `pargen` processes share: jobs, leases, the ledger and idempotency keys in one
+/// PostgreSQL database, through postgres-nio's `PostgresClient` pool.
+///
+/// - **Claiming** is one statement: a CTE ranks the due jobs (priority, then round-robin across users, then
+///   age), locks them with `FOR UPDATE SKIP LOCKED` (so that workers claiming together never wait on each other
+///   nor take the same job), and sets state, owner, lease token and expiry together.
+/// - **Times** are the database's (`now_ns()`, nanoseconds since the Unix epoch): a lease expires by the same
+///   clock on every worker. Tests may inject a clock instead.
+/// - **Every other transition** reads the record, applies the same pure transition the memory and SQLite
+///   stores apply (``JobRecord``'s), and writes it back only if the row's `version` is unchanged and, for a
+///   held job, its lease token still matches (fencing): a worker whose lease was rescued gets
+///   ``StoreError/Code/leaseLost`` and cannot overwrite the job. The ledger is part of the record, so money and
+///   state change in the same statement.
+/// - **Idempotency keys** are unique per project by a unique index, not by a read-then-insert.
+/// - **Wake-ups**: a job that becomes available is announced with `NOTIFY` in the statement that frees it;
+///   ``watchForWork(_:)`` listens on a dedicated connection.
+///
+/// The client must be running (`client.run()`, or a `ServiceGroup` that runs it) for as long as the store is used.
+public final class PostgresJobStore: JobStore, JobNotifying {
+    public var outlivesProcess: Bool { true }
+
+    public let client: PostgresClient
+    /// The schema that holds the tables.
+    public let schema: String
+    let quoted: String
+    let logger: Logger
+    private let idPrefix: String
+    /// The injected clock (tests), or `nil` for the database's.
+    private let now: (@Sendable () -> Duration)?
+    /// The channel `NOTIFY` uses for this schema.
+    let channel: String
+
+    /// Opens the store in `schema`, applying any migration it lacks.
+    ///
+    /// - Parameters:
+    ///   - client: A running client.
+    ///   - schema: The schema for Pargen's tables (created if missing).
+    ///   - idPrefix: Prefix of the job ids this store makes.
+    ///   - now: A clock for tests (time since the Unix epoch); `nil` uses the database's clock.
+    /// - Throws: ``StoreError/Code/unavailable`` when the database cannot be reached or migrated.
+    public init(
+        client: PostgresClient,
+        schema: String = "pargen",
+        idPrefix: String = "job",
+        logger: Logger = Logger(label: "pargen.postgres", factory: { _ in SwiftLogNoOpLogHandler() }),
+        now: (@Sendable () -> Duration)? = nil
+    ) async throws {
+        self.client = client
+        self.schema = schema
+        self.quoted = PostgresSchema.quote(schema)
+        self.logger = logger
+        self.idPrefix = idPrefix
+        self.now = now
+        self.channel = "pargen_jobs_" + String(schema.unicodeScalars.map { $0.properties.isAlphabetic || ("0"..."9").contains($0) ? Character($0) : "_" })
+        do {
+            try await PostgresSchema.migrate(client: client, schema: schema, logger: logger)
+        } catch {
+            throw StoreError(.unavailable, "cannot prepare the job store in PostgreSQL schema \(schema)", underlying: PostgresFailure(error))
+        }
+    }
+
+    /// The injected time, or `nil` for the database's (bound as `$n::bigint` and read by `COALESCE`).
+    var injectedNow: Int64? { now.map { $0().nanoseconds } }
+
+    // MARK: - JobStore
+
+    public func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult] {
+        guard !requests.isEmpty else { return [] }
+        let prefix = idPrefix
+        let clock = injectedNow
+        return try await run("enqueue") { [quoted, channel] in
+            try await self.client.withTransaction(logger: self.logger) { connection in
+                var stamp: Int64 = 0
+                var sequences: [Int64] = []
+                sequences.reserveCapacity(requests.count)
+                for try await (sequence, time) in try await connection.query(
+                    "SELECT nextval('\(unescaped: quoted).job_seq'), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) FROM generate_series(1, \(requests.count))",
+                    logger: self.logger
+                ).decode((Int64, Int64).self) {
+                    sequences.append(sequence)
+                    stamp = time
+                }
+                var columns = EnqueueColumns()
+                var records: [JobRecord] = []
+                for (request, sequence) in zip(requests, sequences) {
+                    let record = JobRecord(
+                        id: JobID("\(prefix)-\(sequence)"),
+                        request: request,
+                        sequence: sequence,
+                        now: .nanoseconds(stamp)
+                    )
+                    records.append(record)
+                    try columns.append(record)
+                }
+                var inserted: Set<String> = []
+                for try await id in try await connection.query(
+                    """
+                    INSERT INTO \(unescaped: quoted).jobs
+                        (seq, id, state, kind, priority, user_name, project, campaign, idempotency_key, run_at, record)
+                    SELECT seq, id, 'available', kind, priority, user_name, project, campaign,
+                           CASE WHEN has_key THEN idempotency_key END, \(stamp), record::jsonb
+                    FROM unnest(\(columns.seq)::bigint[], \(columns.id)::text[], \(columns.kind)::text[],
+                                \(columns.priority)::integer[], \(columns.user)::text[], \(columns.project)::text[],
+                                \(columns.campaign)::text[], \(columns.key)::text[], \(columns.hasKey)::boolean[],
+                                \(columns.record)::text[])
+                         AS t(seq, id, kind, priority, user_name, project, campaign, idempotency_key, has_key, record)
+                    ORDER BY seq
+                    ON CONFLICT (project, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+                    RETURNING id
+                    """,
+                    logger: self.logger
+                ).decode(String.self) {
+                    inserted.insert(id)
+                }
+                var results: [EnqueueResult] = []
+                results.reserveCapacity(records.count)
+                for record in records {
+                    if inserted.contains(record.id.rawValue) {
+                        results.append(EnqueueResult(jobID: record.id, existing: false))
+                        continue
+                    }
+                    // A key already used in the project (before this call, or earlier in it): the job that has it.
+                    let key = record.request.idempotencyKey ?? ""
+                    var existing: String?
+                    for try await id in try await connection.query(
+                        "SELECT id FROM \(unescaped: quoted).jobs WHERE project = \(record.request.project) AND idempotency_key = \(key)",
+                        logger: self.logger
+                    ).decode(String.self) {
+                        existing = id
+                    }
+                    guard let existing else {
+                        throw StoreError(.invalidState, "job \(record.id) was neither added nor found by its idempotency key")
+                    }
+                    results.append(EnqueueResult(jobID: JobID(existing), existing: true))
+                }
+                if !inserted.isEmpty {
+                    try await connection.query("SELECT pg_notify(\(channel), 'enqueued')", logger: self.logger)
+                }
+                return results
+            }
+        }
+    }
+
+    public func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [LeasedJob] {
+        guard limit > 0, !kinds.isEmpty else { return [] }
+        let clock = injectedNow
+        let kindNames = kinds.map(\.rawValue).sorted()
+        let excluded = excludingUsers.sorted()
+        let nanos = duration.nanoseconds
+        return try await run("claim jobs") { [quoted] in
+            // Highest priority first; within a priority, round-robin across users (each user's oldest first,
+            // users ordered by their oldest waiting job). The ranked rows are locked with SKIP LOCKED, so two
+            // workers claiming at once split the jobs instead of queueing behind each other's locks.
+            let rows = try await self.client.query(
+                """
+                WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now),
+                ranked AS (
+                    SELECT seq, priority,
+                           ROW_NUMBER() OVER (PARTITION BY priority, user_name ORDER BY seq) AS turn,
+                           MIN(seq) OVER (PARTITION BY priority, user_name) AS first_seq
+                    FROM \(unescaped: quoted).jobs, clock
+                    WHERE state = 'available' AND run_at <= clock.now
+                      AND kind = ANY(\(kindNames)::text[]) AND NOT (user_name = ANY(\(excluded)::text[]))
+                    ORDER BY priority DESC, turn, first_seq
+                    LIMIT \(limit)
+                ),
+                picked AS (
+                    SELECT j.seq, r.priority, r.turn, r.first_seq
+                    FROM \(unescaped: quoted).jobs j JOIN ranked r ON r.seq = j.seq
+                    WHERE j.state = 'available'
+                    FOR UPDATE OF j SKIP LOCKED
+                )
+                UPDATE \(unescaped: quoted).jobs j
+                SET state = 'running', lease_owner = \(owner),
+                    lease_token = \(owner) || ':' || gen_random_uuid()::text,
+                    lease_expires_at = clock.now + \(nanos), version = j.version + 1
+                FROM picked, clock
+                WHERE j.seq = picked.seq
+                RETURNING j.record::text, j.state, j.lease_token, j.lease_owner, j.lease_expires_at, j.version,
+                          picked.priority, picked.turn, picked.first_seq
+                """,
+                logger: self.logger
+            )
+            var claimed: [(rank: (Int, Int64, Int64), job: LeasedJob)] = []
+            for try await (text, state, token, leaseOwner, expires, version, priority, turn, first) in rows.decode(
+                (String, String, String?, String?, Int64?, Int64, Int, Int64, Int64).self
+            ) {
+                let stored = try StoredJob(text: text, state: state, token: token, owner: leaseOwner, expiresAt: expires, version: version)
+                let lease = JobLease(jobID: stored.record.id, token: token ?? "", expiresAt: .nanoseconds(expires ?? 0))
+                claimed.append(((-priority, turn, first), LeasedJob(record: stored.record, lease: lease)))
+            }
+            return claimed.sorted { $0.rank < $1.rank }.map(\.job)
+        }
+    }
+
+    public func timeUntilNextDue() async throws -> Duration? {
+        let clock = injectedNow
+        return try await run("find the next due job") { [quoted] in
+            let rows = try await self.client.query(
+                """
+                SELECT MIN(run_at) - COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                FROM \(unescaped: quoted).jobs WHERE state = 'available'
+                """,
+                logger: self.logger
+            )
+            for try await wait in rows.decode(Int64?.self) {
+                return wait.map { max(.zero, .nanoseconds($0)) }
+            }
+            return nil
+        }
+    }
+
+    public func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
+        let clock = injectedNow
+        let nanos = duration.nanoseconds
+        return try await run("renew a lease") { [quoted] in
+            let rows = try await self.client.query(
+                """
+                UPDATE \(unescaped: quoted).jobs
+                SET lease_expires_at = COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) + \(nanos)
+                WHERE id = \(lease.jobID.rawValue) AND state = 'running' AND lease_token = \(lease.token)
+                RETURNING lease_expires_at
+                """,
+                logger: self.logger
+            )
+            for try await expires in rows.decode(Int64.self) {
+                return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: .nanoseconds(expires))
+            }
+            throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+        }
+    }
+
+    public func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool
+    ) async throws {
+        try await withHeld(lease, "begin an attempt") { record, _ in
+            record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+        }
+    }
+
+    public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
+        try await withHeld(lease, "record a submission") { record, _ in record.recordSubmission(taskID: taskID) }
+    }
+
+    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
+        try await withHeld(lease, "complete a job") { record, now in record.complete(outcome, now: now) }
+    }
+
+    public func retry(
+        _ lease: JobLease,
+        error: GenerationError?,
+        after delay: Duration,
+        spendAttempt: Bool,
+        failedProvider: String?
+    ) async throws {
+        try await withHeld(lease, "retry a job") { record, now in
+            record.scheduleRetry(
+                error: error,
+                runAt: now + max(.zero, delay),
+                spendAttempt: spendAttempt,
+                failedProvider: failedProvider
+            )
+        }
+    }
+
+    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws {
+        try await withHeld(lease, "dead-letter a job") { record, now in record.deadLetter(error, now: now) }
+    }
+
+    public func release(_ lease: JobLease) async throws {
+        try await withHeld(lease, "release a job") { record, now in record.release(now: now) }
+    }
+
+    public func rescueExpiredLeases(maxCrashes: Int) async throws -> Int {
+        try await rescue(expiredOnly: true, maxCrashes: maxCrashes)
+    }
+
+    public func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int {
+        try await rescue(expiredOnly: false, maxCrashes: maxCrashes)
+    }
+
+    /// Applies the rescue transition to every running job (whose lease expired, with `expiredOnly`), in one
+    /// transaction; rows another worker is changing right now are skipped (they are not abandoned).
+    private func rescue(expiredOnly: Bool, maxCrashes: Int) async throws -> Int {
+        let clock = injectedNow
+        return try await run("rescue leases") { [quoted, channel] in
+            try await self.client.withTransaction(logger: self.logger) { connection in
+                let rows = try await connection.query(
+                    """
+                    SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
+                           COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    FROM \(unescaped: quoted).jobs
+                    WHERE state = 'running'
+                      AND (NOT \(expiredOnly) OR lease_expires_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()))
+                    FOR UPDATE SKIP LOCKED
+                    """,
+                    logger: self.logger
+                )
+                var rescued: [StoredJob] = []
+                var now: Duration = .zero
+                for try await (text, state, token, owner, expires, version, time) in rows.decode(
+                    (String, String, String?, String?, Int64?, Int64, Int64).self
+                ) {
+                    rescued.append(try StoredJob(text: text, state: state, token: token, owner: owner, expiresAt: expires, version: version))
+                    now = .nanoseconds(time)
+                }
+                for var job in rescued {
+                    job.record.rescue(now: now, maxCrashes: maxCrashes)
+                    guard try await self.save(job, on: connection) else {
+                        throw StoreError(.invalidState, "job \(job.record.id) changed while it was locked")
+                    }
+                    try await connection.query(
+                        "UPDATE \(unescaped: quoted).admissions SET finished_at = \(now.nanoseconds) WHERE job_id = \(job.record.id.rawValue) AND finished_at IS NULL",
+                        logger: self.logger
+                    )
+                }
+                if !rescued.isEmpty {
+                    try await connection.query("SELECT pg_notify(\(channel), 'rescued')", logger: self.logger)
+                }
+                return rescued.count
+            }
+        }
+    }
+
+    public func purge(_ ids: [JobID]) async throws -> Int {
+        guard !ids.isEmpty else { return 0 }
+        return try await run("purge jobs") { [quoted] in
+            let rows = try await self.client.query(
+                """
+                WITH gone AS (
+                    DELETE FROM \(unescaped: quoted).jobs
+                    WHERE id = ANY(\(ids.map(\.rawValue))::text[])
+                      AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')
+                    RETURNING 1
+                )
+                SELECT count(*) FROM gone
+                """,
+                logger: self.logger
+            )
+            for try await count in rows.decode(Int.self) { return count }
+            return 0
+        }
+    }
+
+    /// Deletes succeeded and dead-lettered jobs that finished more than `age` ago, and the admissions that no
+    /// window looks at any more (housekeeping); returns how many jobs went.
+    public func prune(finishedBefore age: Duration, admissionsBefore window: Duration) async throws -> Int {
+        let clock = injectedNow
+        return try await run("prune finished jobs") { [quoted] in
+            try await self.client.query(
+                """
+                DELETE FROM \(unescaped: quoted).admissions
+                WHERE finished_at IS NOT NULL
+                  AND COALESCE(arrived_at, admitted_at) < COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) - \(window.nanoseconds)
+                """,
+                logger: self.logger
+            )
+            let rows = try await self.client.query(
+                """
+                WITH gone AS (
+                    DELETE FROM \(unescaped: quoted).jobs
+                    WHERE state IN ('succeeded', 'dead_lettered')
+                      AND finished_at < COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) - \(age.nanoseconds)
+                    RETURNING 1
+                )
+                SELECT count(*) FROM gone
+                """,
+                logger: self.logger
+            )
+            for try await count in rows.decode(Int.self) { return count }
+            return 0
+        }
+    }
+
+    public func job(_ id: JobID) async throws -> JobRecord? {
+        try await run("read a job") { [quoted] in
+            let rows = try await self.client.query(
+                "SELECT \(unescaped: StoredJob.columns) FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)",
+                logger: self.logger
+            )
+            for try await row in rows.decode(StoredJob.Row.self) { return try StoredJob(row).record }
+            return nil
+        }
+    }
+
+    public func jobs(matching query: JobQuery) async throws -> [JobRecord] {
+        let states = query.states.map { $0.map(\.rawValue).sorted() }
+        return try await run("read jobs") { [quoted] in
+            let rows = try await self.client.query(
+                """
+                SELECT \(unescaped: StoredJob.columns) FROM \(unescaped: quoted).jobs
+                WHERE (\(states)::text[] IS NULL OR state = ANY(\(states)::text[]))
+                  AND (\(query.campaign)::text IS NULL OR campaign = \(query.campaign))
+                  AND (\(query.project)::text IS NULL OR project = \(query.project))
+                  AND (\(query.user)::text IS NULL OR user_name = \(query.user))
+                  AND (\(query.provider)::text IS NULL OR provider = \(query.provider))
+                ORDER BY seq
+                LIMIT \(query.limit.map { Int64($0) })
+                """,
+                logger: self.logger
+            )
+            var records: [JobRecord] = []
+            for try await row in rows.decode(StoredJob.Row.self) { records.append(try StoredJob(row).record) }
+            return records
+        }
+    }
+
+    public func requeue(_ id: JobID) async throws {
+        try await change(id, "requeue a job", lease: nil) { record, now in try record.requeue(now: now) }
+    }
+
+    public func counts() async throws -> [JobState: Int] {
+        try await run("count jobs") { [quoted] in
+            var counts: [JobState: Int] = [:]
+            for try await (state, count) in try await self.client.query(
+                "SELECT state, count(*) FROM \(unescaped: quoted).jobs GROUP BY state",
+                logger: self.logger
+            ).decode((String, Int).self) {
+                if let state = JobState(rawValue: state) { counts[state] = count }
+            }
+            return counts
+        }
+    }
+
+    public func ledgerTotals() async throws -> CostLedger {
+        try await run("sum the ledger") { [quoted] in
+            var totals = CostLedger()
+            for try await (reserved, charged, released, pending) in try await self.client.query(
+                """
+                SELECT COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
+                       COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint
+                FROM \(unescaped: quoted).jobs
+                """,
+                logger: self.logger
+            ).decode((Int64, Int64, Int64, Int64).self) {
+                totals.reserved = Money(nanos: reserved)
+                totals.charged = Money(nanos: charged)
+                totals.released = Money(nanos: released)
+                totals.pending = Money(nanos: pending)
+            }
+            return totals
+        }
+    }
+
+    // MARK: - Wake-ups
+
+    /// Calls `onWork` each time a job becomes available in this schema (added, retried, released, rescued), from
+    /// `LISTEN` on a connection of its own; reconnects after a lost connection (calling `onWork` once then, since
+    /// news may have been missed). Returns when the task is cancelled.
+    public func watchForWork(_ onWork: @escaping @Sendable () -> Void) async {
+        while !Task.isCancelled {
+            do {
+                try await client.withConnection { connection in
+                    try await connection.listen(on: self.channel) { notifications in
+                        onWork()
+                        for try await _ in notifications { onWork() }
+                    }
+                }
+            } catch {
+                if Task.isCancelled { return }
+                logger.debug("lost the LISTEN connection", metadata: ["error": "\(PostgresFailure(error))"])
+            }
+            try? await Task.sleep(for: .seconds(1))
+        }
+    }
+
+    // MARK: - Housekeeping's leader
+
+    /// Takes or renews the lead of `duty` for `duration`; `true` while this `holder` leads. A holder that stops
+    /// renewing loses the lead when its term runs out, and another takes it.
+    public func lead(_ duty: String, holder: String, for duration: Duration) async throws -> Bool {
+        let clock = injectedNow
+        return try await run("elect a leader") { [quoted] in
+            let rows = try await self.client.query(
+                """
+                WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now)
+                INSERT INTO \(unescaped: quoted).leaders (duty, holder, expires_at)
+                SELECT \(duty), \(holder), clock.now + \(duration.nanoseconds) FROM clock
+                ON CONFLICT (duty) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at
+                WHERE leaders.holder = EXCLUDED.holder OR leaders.expires_at < (SELECT now FROM clock)
+                RETURNING holder
+                """,
+                logger: self.logger
+            )
+            for try await _ in rows.decode(String.self) { return true }
+            return false
+        }
+    }
+
+    // MARK: - Helpers
+
+    /// Changes a held job: fenced by its lease token and the row's version.
+    private func withHeld(
+        _ lease: JobLease,
+        _ operation: String,
+        _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
+    ) async throws {
+        try await self.change(lease.jobID, operation, lease: lease, change)
+    }
+
+    /// Reads a job, applies `change` and writes it back if nobody changed it in between (else reads again).
+    private func change(
+        _ id: JobID,
+        _ operation: String,
+        lease: JobLease?,
+        _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
+    ) async throws {
+        let clock = injectedNow
+        try await run(operation) { [quoted] in
+            for _ in 0..<16 {
+                var loaded: (StoredJob, Duration)?
+                for try await (text, state, token, owner, expires, version, time) in try await self.client.query(
+                    """
+                    SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
+                           COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)
+                    """,
+                    logger: self.logger
+                ).decode((String, String, String?, String?, Int64?, Int64, Int64).self) {
+                    loaded = (try StoredJob(text: text, state: state, token: token, owner: owner, expiresAt: expires, version: version), .nanoseconds(time))
+                }
+                guard let (stored, now) = loaded else { throw StoreError(.notFound, "no job \(id)") }
+                var job = stored
+                if let lease, !job.record.isHeld(by: lease) {
+                    throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+                }
+                try change(&job.record, now)
+                if try await self.client.withConnection({ try await self.save(job, on: $0) }) { return }
+            }
+            throw StoreError(.unavailable, "job \(id) kept changing while this worker tried to \(operation)")
+        }
+    }
+
+    /// Writes `job` back if its version is still the one read; announces it when it became available.
+    private func save(_ job: StoredJob, on connection: PostgresConnection) async throws -> Bool {
+        let record = job.record
+        let text = try StoredJob.encode(record)
+        let rows = try await connection.query(
+            """
+            WITH saved AS (
+                UPDATE \(unescaped: quoted).jobs
+                SET state = \(record.state.rawValue), provider = \(record.provider), run_at = \(record.runAt.nanoseconds),
+                    lease_token = \(record.leaseToken), lease_owner = \(record.leaseOwner),
+                    lease_expires_at = \(record.leaseExpiresAt?.nanoseconds), finished_at = \(record.finishedAt?.nanoseconds),
+                    reserved = \(record.ledger.reserved.nanos), charged = \(record.ledger.charged.nanos),
+                    released = \(record.ledger.released.nanos), pending = \(record.ledger.pending.nanos),
+                    record = \(text)::jsonb, version = version + 1
+                WHERE id = \(record.id.rawValue) AND version = \(job.version)
+                RETURNING state
+            ),
+            announced AS (SELECT pg_notify(\(channel), 'available') FROM saved WHERE state = 'available')
+            SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM announced)
+            """,
+            logger: logger
+        )
+        for try await (saved, _) in rows.decode((Int, Int).self) { return saved == 1 }
+        return false
+    }
+
+    /// Runs a database operation, turning the driver's errors into ``StoreError/Code/unavailable`` (the
+    /// engine waits and tries again; nothing is lost) and keeping the store's own errors.
+    func run<T: Sendable>(_ operation: String, _ body: @Sendable () async throws -> T) async throws -> T {
+        do {
+            return try await body()
+        } catch let error as StoreError {
+            throw error
+        } catch let error as PostgresTransactionError {
+            if let inner = error.closureError as? StoreError { throw inner }
+            throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
+        } catch {
+            throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
+        }
+    }
+}
+
+/// A row of the jobs table: the record with the lease columns laid over it (they are the truth for the lease).
+struct StoredJob {
+    typealias Row = (String, String, String?, String?, Int64?, Int64)
+    static let columns = "record::text, state, lease_token, lease_owner, lease_expires_at, version"
+
+    var record: JobRecord
+    var version: Int64
+
+    init(_ row: Row) throws {
+        try self.init(text: row.0, state: row.1, token: row.2, owner: row.3, expiresAt: row.4, version: row.5)
+    }
+
+    init(text: String, state: String, token: String?, owner: String?, expiresAt: Int64?, version: Int64) throws {
+        do {
+            record = try JSONDecoder().decode(JobRecord.self, from: Data(text.utf8))
+        } catch {
+            throw StoreError(.invalidState, "a stored job could not be read", underlying: error)
+        }
+        guard let state = JobState(rawValue: state) else {
+            throw StoreError(.invalidState, "job \(record.id) has an unknown state \(state)")
+        }
+        record.state = state
+        record.leaseToken = token
+        record.leaseOwner = owner
+        record.leaseExpiresAt = expiresAt.map { .nanoseconds($0) }
+        self.version = version
+    }
+
+    static func encode(_ record: JobRecord) throws -> String {
+        String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
+    }
+}
+
+/// The columns of a batch insert, as arrays for `unnest`.
+private struct EnqueueColumns {
+    var seq: [Int64] = []
+    var id: [String] = []
+    var kind: [String] = []
+    var priority: [Int] = []
+    var user: [String] = []
+    var project: [String] = []
+    var campaign: [String] = []
+    var key: [String] = []
+    var hasKey: [Bool] = []
+    var record: [String] = []
+
+    mutating func append(_ job: JobRecord) throws {
+        seq.append(job.sequence)
+        id.append(job.id.rawValue)
+        kind.append(job.request.kind.rawValue)
+        priority.append(job.request.priority.rawValue)
+        user.append(job.request.user)
+        project.append(job.request.project)
+        campaign.append(job.request.campaign)
+        key.append(job.request.idempotencyKey ?? "")
+        hasKey.append(job.request.idempotencyKey != nil)
+        record.append(try StoredJob.encode(job))
+    }
+}
+
+/// A driver error, described without the query text or connection details (which may name the database's
+/// user; the password is never part of either).
+struct PostgresFailure: Error, CustomStringConvertible {
+    let underlying: any Error
+    init(_ underlying: any Error) { self.underlying = underlying }
+
+    var description: String {
+        if let transaction = underlying as? PostgresTransactionError {
+            if let error = transaction.beginError ?? transaction.closureError ?? transaction.commitError {
+                return PostgresFailure(error).description
+            }
+        }
+        if let psql = underlying as? PSQLError {
+            if let message = psql.serverInfo?[.message] {
+                let code = psql.serverInfo?[.sqlState].map { " (\($0))" } ?? ""
+                return "server: \(message)\(code)"
+            }
+            return "\(psql.code)"
+        }
+        return String(describing: type(of: underlying))
+    }
+}
+
+extension Duration {
+    /// Whole nanoseconds, for storage.
+    var nanoseconds: Int64 {
+        let (seconds, attoseconds) = components
+        return seconds * 1_000_000_000 + attoseconds / 1_000_000_000
+    }
+}

@@ -1,0 +1,74 @@
+import Foundation
+public import PostgresNIO
+
+/// Where a PostgreSQL server is, read from a `postgres://user:password@host:port/database` URL.
+///
+/// The password is kept out of every description: ``redacted`` shows the URL with `***` in its place, for logs
+/// and error messages.
+public struct PostgresLocation: Sendable, Hashable, CustomStringConvertible {
+    public var host: String
+    public var port: Int
+    public var username: String
+    public var password: String?
+    public var database: String?
+    /// `sslmode=disable` (the default on a loopback host) or `require`.
+    public var requireTLS: Bool
+
+    /// Reads a `postgres://` or `postgresql://` URL.
+    ///
+    /// - Throws: ``PostgresLocation/Invalid`` naming what is wrong (never repeating the password).
+    public init(url text: String) throws(Invalid) {
+        guard let components = URLComponents(string: text) else { throw Invalid("it is not a URL") }
+        guard let scheme = components.scheme?.lowercased(), scheme == "postgres" || scheme == "postgresql" else {
+            throw Invalid("its scheme must be postgres:// or postgresql://")
+        }
+        guard let host = components.host, !host.isEmpty else { throw Invalid("it names no host") }
+        self.host = host
+        if let port = components.port {
+            guard (1...65535).contains(port) else { throw Invalid("its port must be 1 to 65535") }
+            self.port = port
+        } else {
+            port = 5432
+        }
+        username = components.user.flatMap { $0.removingPercentEncoding ?? $0 } ?? "postgres"
+        password = components.password.flatMap { $0.removingPercentEncoding ?? $0 }
+        let path = components.path.drop(while: { $0 == "/" })
+        database = path.isEmpty ? nil : String(path)
+        let mode = components.queryItems?.first(where: { $0.name == "sslmode" })?.value ?? "disable"
+        switch mode {
+        case "disable", "allow", "prefer": requireTLS = false
+        case "require", "verify-ca", "verify-full": requireTLS = true
+        default: throw Invalid("its sslmode \(mode) is not one of disable, prefer, require, verify-full")
+        }
+    }
+
+    /// The URL with the password replaced by `***`.
+    public var redacted: String {
+        let credentials = password == nil ? username : "\(username):***"
+        return "postgres://\(credentials)@\(host):\(port)/\(database ?? "")"
+    }
+
+    public var description: String { redacted }
+
+    /// A client configuration for this location.
+    public func clientConfiguration(maximumConnections: Int = 20) -> PostgresClient.Configuration {
+        var configuration = PostgresClient.Configuration(
+            host: host,
+            port: port,
+            username: username,
+            password: password,
+            database: database,
+            tls: requireTLS ? .require(.makeClientConfiguration()) : .disable
+        )
+        configuration.options.maximumConnections = maximumConnections
+        configuration.options.connectTimeout = .seconds(5)
+        return configuration
+    }
+
+    /// Why a PostgreSQL URL was refused.
+    public struct Invalid: Error, Sendable, CustomStringConvertible {
+        public var reason: String
+        init(_ reason: String) { self.reason = reason }
+        public var description: String { "the PostgreSQL URL is not usable: \(reason)" }
+    }
+}

@@ -1,0 +1,167 @@
+import Logging
+import PostgresNIO
+import Foundation
+
+/// The tables of a Pargen schema in PostgreSQL, as numbered migrations applied in order at start.
+///
+/// Every process that opens a store runs ``migrate(client:schema:logger:)``; the first takes a session advisory
+/// lock on the schema's name, so processes that start together apply each migration once, and the others wait
+/// for it and find it applied.
+enum PostgresSchema {
+    struct Migration {
+        var version: Int
+        var name: String
+        var statements: [String]
+    }
+
+    /// The migrations, oldest first. `S` stands for the schema's quoted name. Never edit one that has shipped:
+    /// add the next.
+    static let migrations: [Migration] = [
+        Migration(
+            version: 1,
+            name: "jobs",
+            statements: [
+                // Times are nanoseconds since the Unix epoch on the database's clock (`now_ns()`), so every
+                // worker's leases expire by the same clock whatever its own says.
+                """
+                CREATE FUNCTION S.now_ns() RETURNS bigint LANGUAGE sql VOLATILE
+                AS $$ SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint $$
+                """,
+                "CREATE SEQUENCE S.job_seq",
+                // The record is the whole `JobRecord` as JSON; the columns are what claiming, fencing and queries
+                // use. The lease columns are the truth for the lease (a claim sets them without rewriting the
+                // JSON); `version` makes every read-modify-write of a record optimistic and exact.
+                """
+                CREATE TABLE S.jobs (
+                    seq bigint PRIMARY KEY,
+                    id text NOT NULL UNIQUE,
+                    state text NOT NULL,
+                    kind text NOT NULL,
+                    priority integer NOT NULL,
+                    user_name text NOT NULL,
+                    project text NOT NULL,
+                    campaign text NOT NULL,
+                    provider text,
+                    idempotency_key text,
+                    run_at bigint NOT NULL,
+                    lease_token text,
+                    lease_owner text,
+                    lease_expires_at bigint,
+                    finished_at bigint,
+                    version bigint NOT NULL DEFAULT 0,
+                    reserved bigint NOT NULL DEFAULT 0,
+                    charged bigint NOT NULL DEFAULT 0,
+                    released bigint NOT NULL DEFAULT 0,
+                    pending bigint NOT NULL DEFAULT 0,
+                    record jsonb NOT NULL
+                )
+                """,
+                "CREATE UNIQUE INDEX jobs_idempotency ON S.jobs (project, idempotency_key) WHERE idempotency_key IS NOT NULL",
+                "CREATE INDEX jobs_ready ON S.jobs (kind, priority DESC, run_at, seq) WHERE state = 'available'",
+                "CREATE INDEX jobs_leases ON S.jobs (lease_expires_at) WHERE state = 'running'",
+                "CREATE INDEX jobs_campaign ON S.jobs (campaign, state)",
+                "CREATE INDEX jobs_finished ON S.jobs (finished_at) WHERE finished_at IS NOT NULL",
+                // Housekeeping's leader: one row per duty, held by the worker whose lease on it is current.
+                """
+                CREATE TABLE S.leaders (
+                    duty text PRIMARY KEY,
+                    holder text NOT NULL,
+                    expires_at bigint NOT NULL
+                )
+                """,
+            ]
+        ),
+        Migration(
+            version: 2,
+            name: "admission",
+            statements: [
+                // One row per limit key (a provider's pool, a user, a project): the row lock that serialises the
+                // admissions of that key across workers, and its scalar state (a cooldown, a bucket's TAT).
+                """
+                CREATE TABLE S.limit_keys (
+                    key text PRIMARY KEY,
+                    cooldown_until bigint,
+                    tat bigint
+                )
+                """,
+                // Every admitted call: the window logs (provider, user, burst) count these rows, and the slots
+                // count those not yet finished. `arrived_at` dates a provider window place by the provider's
+                // answer; until then the place counts as taken now.
+                """
+                CREATE TABLE S.admissions (
+                    id bigserial PRIMARY KEY,
+                    job_id text NOT NULL,
+                    worker text NOT NULL,
+                    provider text NOT NULL,
+                    user_name text NOT NULL,
+                    project text NOT NULL,
+                    holds_slot boolean NOT NULL,
+                    submits boolean NOT NULL,
+                    admitted_at bigint NOT NULL,
+                    arrived_at bigint,
+                    finished_at bigint
+                )
+                """,
+                "CREATE INDEX admissions_provider ON S.admissions (provider, admitted_at)",
+                "CREATE INDEX admissions_open ON S.admissions (provider) WHERE finished_at IS NULL",
+                "CREATE INDEX admissions_user ON S.admissions (user_name, admitted_at)",
+                "CREATE INDEX admissions_project ON S.admissions (project, admitted_at)",
+                "CREATE INDEX admissions_job ON S.admissions (job_id) WHERE finished_at IS NULL",
+            ]
+        ),
+    ]
+
+    /// Applies every migration `schema` lacks, under an advisory lock.
+    static func migrate(client: PostgresClient, schema: String, logger: Logger) async throws {
+        let quoted = quote(schema)
+        try await client.withConnection { connection in
+            let key = "pargen-migrate:\(schema)"
+            try await connection.query("SELECT pg_advisory_lock(hashtext(\(key)))", logger: logger)
+            do {
+                try await connection.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoted)", logger: logger)
+                try await connection.query(
+                    """
+                    CREATE TABLE IF NOT EXISTS \(unescaped: quoted).schema_migrations (
+                        version integer PRIMARY KEY,
+                        name text NOT NULL,
+                        applied_at timestamptz NOT NULL DEFAULT now()
+                    )
+                    """,
+                    logger: logger
+                )
+                var applied: Set<Int> = []
+                for try await version in try await connection.query(
+                    "SELECT version FROM \(unescaped: quoted).schema_migrations",
+                    logger: logger
+                ).decode(Int.self) {
+                    applied.insert(version)
+                }
+                for migration in migrations where !applied.contains(migration.version) {
+                    try await connection.withTransaction(logger: logger) { connection in
+                        for statement in migration.statements {
+                            let sql = statement.replacingOccurrences(of: "S.", with: "\(quoted).")
+                            try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+                        }
+                        try await connection.query(
+                            "INSERT INTO \(unescaped: quoted).schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
+                            logger: logger
+                        )
+                    }
+                    logger.info(
+                        "applied migration",
+                        metadata: ["version": "\(migration.version)", "name": "\(migration.name)", "schema": "\(schema)"]
+                    )
+                }
+            } catch {
+                _ = try? await connection.query("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
+                throw error
+            }
+            try await connection.query("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
+        }
+    }
+
+    /// The schema name as a quoted identifier.
+    static func quote(_ identifier: String) -> String {
+        "\"" + identifier.replacingOccurrences(of: "\"", with: "\"\"") + "\""
+    }
+}

@@ -1,0 +1,162 @@
+import Foundation
+import Pargen
+import PargenPostgres
+import PargenTesting
+import PostgresNIO
+import Synchronization
+import Testing
+
+/// What only a store shared by several processes must show: claims that race, migrations that race, the
+/// database's clock, wake-ups and the housekeeping leader. (The contract every store keeps is in
+/// ``JobStoreConformanceTests``, which runs on PostgreSQL too.)
+@Suite struct PostgresStoreTests {
+    @Test func workersClaimingTogetherNeverTakeAJobTwice() async throws {
+        let schema = TestPostgres.freshSchema()
+        let store = try await TestPostgres.store(schema: schema)
+        var requests: [ValidatedRequest] = []
+        for i in 0..<600 {
+            requests.append(validated(.audio(prompt: "p\(i)", user: "u\(i % 13)"), id: "r\(i)"))
+        }
+        _ = try await store.enqueue(requests)
+        // Eight workers, each with its own store object (as separate processes have), claim until nothing is left.
+        let claims = try await withThrowingTaskGroup(of: [JobID].self) { group in
+            for worker in 0..<8 {
+                group.addTask {
+                    let mine = try await TestPostgres.store(schema: schema)
+                    var ids: [JobID] = []
+                    while true {
+                        let leased = try await mine.lease(
+                            limit: 7,
+                            owner: "w\(worker)",
+                            duration: .seconds(60),
+                            excludingUsers: []
+                        )
+                        if leased.isEmpty { break }
+                        ids += leased.map(\.record.id)
+                    }
+                    return ids
+                }
+            }
+            var all: [[JobID]] = []
+            for try await ids in group { all.append(ids) }
+            return all
+        }
+        let every = claims.flatMap { $0 }
+        #expect(every.count == 600)
+        #expect(Set(every).count == 600)
+        #expect(claims.filter { !$0.isEmpty }.count > 1, "the claims were spread over the workers")
+        #expect(try await store.counts() == [.running: 600])
+    }
+
+    @Test func processesStartingTogetherApplyEachMigrationOnce() async throws {
+        let schema = TestPostgres.freshSchema()
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for _ in 0..<6 { group.addTask { _ = try await TestPostgres.store(schema: schema) } }
+            try await group.waitForAll()
+        }
+        let client = try TestPostgres.requireClient()
+        var versions: [Int] = []
+        for try await version in try await client.query(
+            "SELECT version FROM \(unescaped: "\"" + schema + "\"").schema_migrations ORDER BY version"
+        ).decode(Int.self) {
+            versions.append(version)
+        }
+        #expect(versions == [1, 2])
+    }
+
+    @Test func leasesExpireByTheDatabaseClock() async throws {
+        // No injected clock: every time is the server's.
+        let store = try await TestPostgres.store()
+        _ = try await store.enqueue([
+            validated(.audio(prompt: "a"), id: "a"), validated(.audio(prompt: "b"), id: "b"),
+        ])
+        let short = try #require(try await store.lease(limit: 1, owner: "w", duration: .zero, excludingUsers: []).first)
+        let long = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(3600), excludingUsers: []).first)
+        #expect(try await store.rescueExpiredLeases() == 1)
+        #expect(try await store.job(short.record.id)?.state == .available)
+        #expect(try await store.job(long.record.id)?.state == .running)
+        // The expired holder is fenced out; the live one renews.
+        await #expect(throws: StoreError(.leaseLost, "")) { try await store.complete(short.lease, outcome: .test) }
+        let renewed = try await store.heartbeat(long.lease, duration: .seconds(7200))
+        #expect(renewed.expiresAt > long.lease.expiresAt)
+    }
+
+    @Test func aJobThatBecomesAvailableWakesTheOtherWorkers() async throws {
+        let schema = TestPostgres.freshSchema()
+        let listener = try await TestPostgres.store(schema: schema)
+        let writer = try await TestPostgres.store(schema: schema)
+        let wakes = Atomic<Int>(0)
+        let watching = Task { await listener.watchForWork { wakes.add(1, ordering: .relaxed) } }
+        defer { watching.cancel() }
+        // The watcher calls once when it starts listening (news may have been missed before).
+        try await waitUntil(seconds: 10) { wakes.load(ordering: .relaxed) >= 1 }
+        let before = wakes.load(ordering: .relaxed)
+        _ = try await writer.enqueue([validated(.audio(prompt: "a"), id: "a")])
+        try await waitUntil(seconds: 10) { wakes.load(ordering: .relaxed) > before }
+        // A retry that frees the job announces it too.
+        let leased = try #require(try await writer.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []).first)
+        let afterEnqueue = wakes.load(ordering: .relaxed)
+        try await writer.retry(leased.lease, error: nil, after: .zero, spendAttempt: false, failedProvider: nil)
+        try await waitUntil(seconds: 10) { wakes.load(ordering: .relaxed) > afterEnqueue }
+    }
+
+    @Test func oneWorkerLeadsHousekeepingUntilItsTermRunsOut() async throws {
+        let clock = ManualClock()
+        let store = try await TestPostgres.store(clock: clock)
+        #expect(try await store.lead("rescue", holder: "a", for: .seconds(30)))
+        #expect(try await !store.lead("rescue", holder: "b", for: .seconds(30)))
+        clock.advance(by: .seconds(20))
+        #expect(try await store.lead("rescue", holder: "a", for: .seconds(30)), "the leader renews its term")
+        clock.advance(by: .seconds(20))
+        #expect(try await !store.lead("rescue", holder: "b", for: .seconds(30)))
+        clock.advance(by: .seconds(11))
+        #expect(try await store.lead("rescue", holder: "b", for: .seconds(30)), "a silent leader loses the lead")
+        #expect(try await !store.lead("rescue", holder: "a", for: .seconds(30)))
+    }
+
+    @Test func theURLsPasswordNeverShows() throws {
+        let location = try PostgresLocation(url: "postgres://pargen:s3cr%40t@db.internal:6543/jobs?sslmode=require")
+        #expect(location.password == "s3cr@t")
+        #expect(location.port == 6543)
+        #expect(location.database == "jobs")
+        #expect(location.requireTLS)
+        #expect(!location.redacted.contains("s3cr"))
+        #expect(!"\(location)".contains("s3cr"))
+        #expect(throws: PostgresLocation.Invalid.self) { try PostgresLocation(url: "mysql://x@h/db") }
+        #expect(throws: PostgresLocation.Invalid.self) { try PostgresLocation(url: "postgres://u@h:99999/db") }
+        let refused = try? PostgresLocation(url: "postgres://u:hunter2@h/db?sslmode=bogus")
+        #expect(refused == nil)
+        do {
+            _ = try PostgresLocation(url: "postgres://u:hunter2@h/db?sslmode=bogus")
+        } catch {
+            #expect(!"\(error)".contains("hunter2"))
+        }
+    }
+}
+
+/// Polls `condition` until it holds, failing after `seconds` (a ceiling, not a pause).
+func waitUntil(seconds: Int, _ condition: @Sendable () async throws -> Bool) async throws {
+    let deadline = ContinuousClock.now + .seconds(seconds)
+    while ContinuousClock.now < deadline {
+        if try await condition() { return }
+        try await Task.sleep(for: .milliseconds(20))
+    }
+    Issue.record("the condition did not hold within \(seconds) s")
+}
+
+extension JobOutcome {
+    static let test = JobOutcome(
+        artifact: Artifact(
+            url: URL(fileURLWithPath: "/tmp/x.wav"),
+            format: .wav,
+            contentType: "audio/wav",
+            byteCount: 1,
+            sha256: "ab",
+            duration: .seconds(1),
+            provider: "p",
+            providerTaskID: "t"
+        ),
+        provider: "p",
+        cost: .cents(3)
+    )
+}
