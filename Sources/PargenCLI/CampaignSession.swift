@@ -4,15 +4,24 @@ import Dispatch
 import Foundation
 import Logging
 import Pargen
+import PargenPostgres
 import PargenProviders
 import PargenSQLite
+
+/// Where a campaign's jobs are kept.
+enum CampaignStorage {
+    /// A SQLite file that this process holds alone.
+    case sqlite(path: String)
+    /// A PostgreSQL database shared with other workers.
+    case postgres(url: String, schema: String?)
+}
 
 /// Runs one campaign on the configured providers (the local ones by default) with a live progress display and
 /// a final summary.
 enum CampaignSession {
     static func run(
         file: CampaignFile?,
-        storePath: String,
+        storage: CampaignStorage,
         setup: PargenSetup,
         options: CampaignOptions,
         injectFaults: Bool,
@@ -24,7 +33,7 @@ enum CampaignSession {
         do {
             let report = try await run(
                 file: file,
-                storePath: storePath,
+                storage: storage,
                 setup: setup,
                 options: options,
                 injectFaults: injectFaults,
@@ -42,7 +51,7 @@ enum CampaignSession {
 
     private static func run(
         file: CampaignFile?,
-        storePath: String,
+        storage: CampaignStorage,
         setup: PargenSetup,
         options: CampaignOptions,
         injectFaults: Bool,
@@ -56,45 +65,49 @@ enum CampaignSession {
         } catch {
             fail("cannot create the output folder \(out.path): \(reason(error))")
         }
-        let lock: StoreLock
-        let store: SQLiteJobStore
-        do {
-            lock = try StoreLock(storePath: storePath)
-            store = try SQLiteJobStore(path: storePath)
-        } catch let error as ValidationError {
-            fail(error.message)
-        } catch {
-            fail("cannot open the campaign store \(storePath): \(reason(error))")
+        let store: any JobStore
+        var lock: StoreLock?
+        var shared: SharedStore?
+        var existing = 0
+        switch storage {
+        case .sqlite(let storePath):
+            let sqlite: SQLiteJobStore
+            do {
+                lock = try StoreLock(storePath: storePath)
+                sqlite = try SQLiteJobStore(path: storePath)
+            } catch let error as ValidationError {
+                fail(error.message)
+            } catch {
+                fail("cannot open the campaign store \(storePath): \(reason(error))")
+            }
+            store = sqlite
+            // We hold the store alone: any lease in it belongs to a run that crashed.
+            let orphans = try await sqlite.rescueOrphanedLeases(maxCrashes: setup.configuration.retry.maxCrashes)
+            existing = try await sqlite.counts().values.reduce(0, +)
+            if existing > 0 {
+                print(
+                    "continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run"
+                )
+            }
+        case .postgres(let url, let schema):
+            // Shared with other workers: their leases are theirs; expired ones are rescued by housekeeping.
+            let opened = await SharedStore.open(url: url, schema: schema, logger: logger)
+            shared = opened
+            store = opened.store
+            existing = try await opened.store.counts().values.reduce(0, +)
         }
-        defer { withExtendedLifetime(lock) {} }
-        // We hold the store alone: any lease in it belongs to a run that crashed.
-        let orphans = try await store.rescueOrphanedLeases(maxCrashes: setup.configuration.retry.maxCrashes)
-        let existing = try await store.counts().values.reduce(0, +)
-        if existing > 0 {
-            print(
-                "continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run"
-            )
+        defer {
+            shared?.close()
+            withExtendedLifetime(lock) {}
         }
         let (hooks, submitLog) = TestHooks.fromEnvironment()
-        var providers: [any GenerationProvider]
-        do {
-            providers = try PargenSetup(
-                configuration: setup.configuration,
-                providers: setup.providers,
-                includeLocalProviders: false
-            )
-            .makeProviders(httpClient: http)
-        } catch let error as ConfigurationFileError {
-            for problem in error.problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
-            throw ExitCode(2)
-        }
-        if setup.includeLocalProviders {
-            providers += LocalProvider.demoProviders(
-                reliable: !injectFaults,
-                seed: options.seed,
-                submitLog: submitLog
-            )
-        }
+        let providers = try makeProviders(
+            setup: setup,
+            seed: options.seed,
+            injectFaults: injectFaults,
+            submitLog: submitLog,
+            http: http
+        )
         let configuration = setup.configuration
         let generator = ParallelGenerator(
             configuration: configuration,
@@ -105,6 +118,18 @@ enum CampaignSession {
             logger: logger,
             hooks: hooks
         )
+        let housekeeping = shared.map { shared in
+            Task {
+                await PostgresHousekeeper(
+                    store: shared.store,
+                    holder: generator.workerID,
+                    interval: configuration.leaseDuration / 3,
+                    maxCrashes: configuration.retry.maxCrashes,
+                    logger: logger
+                ).run()
+            }
+        }
+        defer { housekeeping?.cancel() }
         let tracker = ProgressTracker(clock: clock)
         tracker.expect(file?.lines.count ?? existing)
         let token = generator.onEvent { tracker.record($0) }
@@ -208,6 +233,33 @@ enum CampaignSession {
         }
         return report
     }
+}
+
+/// The configured providers' adapters, and the local ones when the setup includes them; a provider whose key is
+/// missing ends the command (exit 2) with one line per problem.
+func makeProviders(
+    setup: PargenSetup,
+    seed: UInt64,
+    injectFaults: Bool,
+    submitLog: URL?,
+    http: HTTPClient
+) throws -> [any GenerationProvider] {
+    var providers: [any GenerationProvider]
+    do {
+        providers = try PargenSetup(
+            configuration: setup.configuration,
+            providers: setup.providers,
+            includeLocalProviders: false
+        )
+        .makeProviders(httpClient: http)
+    } catch let error as ConfigurationFileError {
+        for problem in error.problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
+        throw ExitCode(2)
+    }
+    if setup.includeLocalProviders {
+        providers += LocalProvider.demoProviders(reliable: !injectFaults, seed: seed, submitLog: submitLog)
+    }
+    return providers
 }
 
 /// The one line for a run that could not write its manifest, and why the engine stopped, if it did.

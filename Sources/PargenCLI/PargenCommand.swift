@@ -15,7 +15,10 @@ struct PargenCommand: AsyncParsableCommand {
             with `--config pargen.yaml` to use OpenAI, ElevenLabs, MiniMax, Runway or Azure (`pargen providers` \
             lists them; `pargen providers check` tries each key).
             """,
-        subcommands: [Demo.self, Run.self, Simulate.self, Status.self, Jobs.self, DLQ.self, Providers.self, FakeProvider.self]
+        subcommands: [
+            Demo.self, Run.self, Enqueue.self, Worker.self, Simulate.self, Status.self, Jobs.self, DLQ.self, Providers.self,
+            FakeProvider.self,
+        ]
     )
 }
 
@@ -138,7 +141,7 @@ struct Demo: AsyncParsableCommand {
         print("pargen demo: \(count) requests from \(campaign.path)")
         _ = try await CampaignSession.run(
             file: CampaignFile.load(campaign),
-            storePath: storePath,
+            storage: .sqlite(path: storePath),
             setup: PargenSetup(configuration: configuration),
             options: options,
             injectFaults: options.faultsInjected(demo: true),
@@ -206,7 +209,8 @@ struct Run: AsyncParsableCommand {
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
         let report = try await CampaignSession.run(
             file: campaign,
-            storePath: storeOptions.path(out: out),
+            storage: storeOptions.postgresURL(setup: setup).map { .postgres(url: $0, schema: storeOptions.postgresSchema ?? setup.postgresSchema) }
+                ?? .sqlite(path: storeOptions.path(out: out)),
             setup: setup,
             options: options,
             injectFaults: options.faultsInjected(demo: false),

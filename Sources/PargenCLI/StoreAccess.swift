@@ -1,18 +1,55 @@
 import ArgumentParser
 import Foundation
 import Pargen
+import PargenProviders
 import PargenSQLite
 
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// Where a campaign's store is, and the exclusive lock a running campaign holds on it.
+/// Where a campaign's store is: a SQLite file (one machine), or a PostgreSQL database that several workers share.
 struct StoreOptions: ParsableArguments {
     @Option(help: "The campaign's SQLite store (default: campaign.sqlite in the output folder).")
     var store: String?
 
+    @Option(
+        help: ArgumentHelp(
+            "Keep the jobs in this PostgreSQL database, shared with other workers (postgres://user:password@host:port/database; also PARGEN_POSTGRES_URL or postgres.url in --config).",
+            valueName: "url"
+        )
+    )
+    var postgres: String?
+
+    @Option(help: "The PostgreSQL schema for Pargen's tables (default pargen; also postgres.schema in --config).")
+    var postgresSchema: String?
+
     func path(out: URL) -> String { store ?? out.appendingPathComponent("campaign.sqlite").path }
+
+    /// The PostgreSQL URL from the option, the environment or the configuration file, in that order.
+    func postgresURL(setup: PargenSetup? = nil) -> String? {
+        postgres ?? ProcessInfo.processInfo.environment["PARGEN_POSTGRES_URL"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? setup?.postgresURL
+    }
+
+    /// Opens the store for reading or administration: PostgreSQL when a URL is given, else the SQLite file.
+    func openForAdministration(out: URL, config: String? = nil) async throws -> OpenedStore {
+        var setup: PargenSetup?
+        if let config { setup = try await loadConfiguredSetup(config) }
+        if let url = postgresURL(setup: setup) {
+            let shared = await SharedStore.open(url: url, schema: postgresSchema ?? setup?.postgresSchema)
+            return OpenedStore(store: shared.store, shared: shared)
+        }
+        return OpenedStore(store: try openStore(path(out: out)), shared: nil)
+    }
+}
+
+/// A store opened by a command, and the PostgreSQL client to stop when the command ends.
+struct OpenedStore {
+    var store: any JobStore
+    var shared: SharedStore?
+
+    func close() { shared?.close() }
 }
 
 /// Holds `path.lock` with `flock` for the life of the process: one running campaign per store, so every
@@ -78,8 +115,13 @@ struct Status: AsyncParsableCommand {
 
     @OptionGroup var storeOptions: StoreOptions
 
+    @Option(help: "A configuration file (for postgres.url).")
+    var config: String?
+
     func run() async throws {
-        let store = try openStore(storeOptions.path(out: URL(fileURLWithPath: out)))
+        let opened = try await storeOptions.openForAdministration(out: URL(fileURLWithPath: out), config: config)
+        defer { opened.close() }
+        let store = opened.store
         let counts = try await store.counts()
         let total = counts.values.reduce(0, +)
         print("jobs: \(total)")
@@ -114,6 +156,7 @@ struct Jobs: AsyncParsableCommand {
     @Option(help: "Only this campaign's jobs.") var campaign: String?
     @Option(help: "Only jobs that went to this provider.") var provider: String?
     @Option(help: "At most this many jobs.") var limit: Int = 100
+    @Option(help: "A configuration file (for postgres.url).") var config: String?
 
     func run() async throws {
         var states: Set<JobState>?
@@ -125,8 +168,9 @@ struct Jobs: AsyncParsableCommand {
             }
             states = [parsed]
         }
-        let store = try openStore(storeOptions.path(out: URL(fileURLWithPath: out)))
-        let jobs = try await store.jobs(
+        let opened = try await storeOptions.openForAdministration(out: URL(fileURLWithPath: out), config: config)
+        defer { opened.close() }
+        let jobs = try await opened.store.jobs(
             matching: JobQuery(
                 states: states,
                 campaign: campaign,
@@ -157,10 +201,13 @@ struct DLQ: AsyncParsableCommand {
         @Option(help: "The campaign's output folder.")
         var out: String = "pargen-out"
         @OptionGroup var storeOptions: StoreOptions
+        @Option(help: "A configuration file (for postgres.url).") var config: String?
 
-        func store() throws -> SQLiteJobStore { try openStore(storeOptions.path(out: URL(fileURLWithPath: out))) }
+        func open() async throws -> OpenedStore {
+            try await storeOptions.openForAdministration(out: URL(fileURLWithPath: out), config: config)
+        }
 
-        func selected(_ ids: [String], all: Bool, in store: SQLiteJobStore) async throws -> [JobID] {
+        func selected(_ ids: [String], all: Bool, in store: any JobStore) async throws -> [JobID] {
             let dead = try await store.jobs(matching: JobQuery(states: [.deadLettered, .needsReconciliation])).map(\.id)
             if all { return dead }
             guard !ids.isEmpty else { throw ValidationError("name job ids, or give --all") }
@@ -173,7 +220,9 @@ struct DLQ: AsyncParsableCommand {
         @OptionGroup var target: Target
 
         func run() async throws {
-            let jobs = try await target.store().jobs(matching: JobQuery(states: [.deadLettered, .needsReconciliation]))
+            let opened = try await target.open()
+            defer { opened.close() }
+            let jobs = try await opened.store.jobs(matching: JobQuery(states: [.deadLettered, .needsReconciliation]))
             for job in jobs {
                 let tasks = Set(job.errors.compactMap(\.taskID)).count
                 print("\(job.id)\t\(job.request.id)\t\(job.state.rawValue)\tattempts \(job.attempts)\ttasks \(tasks)")
@@ -196,7 +245,9 @@ struct DLQ: AsyncParsableCommand {
         @Flag(help: "Every dead-lettered job.") var all = false
 
         func run() async throws {
-            let store = try target.store()
+            let opened = try await target.open()
+            defer { opened.close() }
+            let store = opened.store
             let ids = try await target.selected(ids, all: all, in: store)
             for id in ids { try await store.requeue(id) }
             print("re-queued \(ids.count) jobs")
@@ -210,7 +261,9 @@ struct DLQ: AsyncParsableCommand {
         @Flag(help: "Every dead-lettered job.") var all = false
 
         func run() async throws {
-            let store = try target.store()
+            let opened = try await target.open()
+            defer { opened.close() }
+            let store = opened.store
             let removed = try await store.purge(try await target.selected(ids, all: all, in: store))
             print("purged \(removed) jobs")
         }

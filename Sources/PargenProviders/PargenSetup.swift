@@ -23,6 +23,10 @@ public struct PargenSetup: Sendable {
     public var providers: [ProviderSettings]
     /// Whether the local (offline) providers run too. Default: only when no provider is configured.
     public var includeLocalProviders: Bool
+    /// The shared PostgreSQL store's URL (`postgres.url`, or `PARGEN_POSTGRES_URL`), for several workers.
+    public var postgresURL: String?
+    /// The PostgreSQL schema for Pargen's tables (`postgres.schema`; default `pargen`).
+    public var postgresSchema: String?
 
     public init(
         configuration: PargenConfiguration = .init(),
@@ -108,6 +112,7 @@ extension PargenSetup {
             ]
         ],
         "localProviders": 0,
+        "postgres": ["url": 0, "schema": 0],
         "rateLimits": [
             "perUserRequestsPerMinute": 0, "perProjectRequestsPerMinute": 0, "tokenBucketCapacity": 0, "maxBurst": 0,
             "burstWindowSeconds": 0, "burstCooldownSeconds": 0, "enabled": 0,
@@ -205,6 +210,8 @@ extension PargenSetup {
         let campaignNames = (((root["budgets"] as? [String: Any])?["campaigns"] as? [String: Any]) ?? [:]).keys.sorted()
         var setup = reader.read(providers: providerNames, projects: projectNames, campaigns: campaignNames)
         if let local = reader.bool("localProviders") { setup.includeLocalProviders = local }
+        setup.postgresURL = reader.string("postgres.url")
+        setup.postgresSchema = reader.string("postgres.schema")
         problems += reader.problems
         guard problems.isEmpty else { throw ConfigurationFileError(problems: problems) }
         return setup

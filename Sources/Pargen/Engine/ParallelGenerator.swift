@@ -35,7 +35,8 @@ public final class ParallelGenerator: Service, Sendable {
     let flights = SingleFlight<FlightOutcome>()
     let wakeup = Wakeup()
     let random: LockedRandom
-    let workerID: String
+    /// This process's name on the leases it holds (and as housekeeping's leader).
+    public let workerID: String
     let state = Mutex(EngineState())
     let hooks: EngineHooks
 
@@ -194,6 +195,8 @@ public final class ParallelGenerator: Service, Sendable {
                 // instead of at its next poll.
                 if let notifying = store as? any JobNotifying {
                     watchers.addTask { await notifying.watchForWork { self.storeChanged() } }
+                    // Other processes finish jobs too: waiters on those learn of it from the store.
+                    watchers.addTask { await self.watchOtherWorkersResults() }
                 }
                 await withDiscardingTaskGroup { group in
                     await dispatchLoop(group: &group)
@@ -418,6 +421,19 @@ public final class ParallelGenerator: Service, Sendable {
                     return state.waiters[id]!.remove(at: index).continuation
                 }
                 mine?.resume(returning: result)
+            }
+        }
+    }
+
+    /// Resolves waiters whose jobs another process finished (a shared store): every second, looks up the jobs
+    /// waited on (the oldest 100 waits first), until cancelled.
+    func watchOtherWorkersResults() async {
+        while !Task.isCancelled {
+            try? await clock.sleep(for: .seconds(1))
+            let waited = state.withLock { state in Array(state.waiters.keys.sorted().prefix(100)) }
+            for id in waited where !Task.isCancelled {
+                guard let record = try? await store.job(id), record.state.isFinal else { continue }
+                finishWaiters(makeResult(record))
             }
         }
     }

@@ -99,15 +99,7 @@ public enum CampaignRunner {
         try LocalResourceError.checking(outputDirectory, "create the folder") {
             try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
         }
-        // Each line gets a deterministic idempotency key, so running the same campaign again against the same
-        // store continues it: finished lines are not redone.
-        let ids = try await generator.submit(
-            file.lines.map { line in
-                var request = line.request
-                if request.idempotencyKey == nil { request.idempotencyKey = lineKey(line) }
-                return request
-            }
-        )
+        let ids = try await generator.submit(requests(of: file))
         var rows: [ManifestRow] = []
         var errors = file.errors
         for error in file.errors {
@@ -188,6 +180,17 @@ public enum CampaignRunner {
         case .needsReconciliation?: return .needsReconciliation
         case .cancelled?: return .pending
         default: return .deadLettered
+        }
+    }
+
+    /// The campaign's requests, each with a deterministic idempotency key (unless the line has its own), so that
+    /// submitting the same campaign again to the same store continues it: finished lines are not redone, and
+    /// workers that enqueue the same file together add each line once.
+    public static func requests(of file: CampaignFile) -> [GenerationRequest] {
+        file.lines.map { line in
+            var request = line.request
+            if request.idempotencyKey == nil { request.idempotencyKey = lineKey(line) }
+            return request
         }
     }
 

@@ -1,0 +1,71 @@
+import ArgumentParser
+import Foundation
+import Logging
+import Pargen
+import PargenPostgres
+import PostgresNIO
+
+/// A PostgreSQL store opened by a command: the client's pool runs in a task of its own until ``close()``.
+final class SharedStore: Sendable {
+    let client: PostgresClient
+    let store: PostgresJobStore
+    let location: PostgresLocation
+    private let runner: Task<Void, Never>
+
+    private init(client: PostgresClient, store: PostgresJobStore, location: PostgresLocation, runner: Task<Void, Never>) {
+        self.client = client
+        self.store = store
+        self.location = location
+        self.runner = runner
+    }
+
+    /// Connects and applies migrations; ends the command (exit 2, one line naming the server without its
+    /// password) if the URL is bad or the server cannot be reached within `timeout`.
+    static func open(
+        url: String,
+        schema: String?,
+        logger: Logger = Logger(label: "pargen.postgres"),
+        timeout: Duration = .seconds(30)
+    ) async -> SharedStore {
+        let location: PostgresLocation
+        do {
+            location = try PostgresLocation(url: url)
+        } catch {
+            fail("\(error)")
+        }
+        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
+        let runner = Task { await client.run() }
+        let schemaName = schema ?? "pargen"
+        let opened: Result<PostgresJobStore, any Error> = await withTaskGroup(of: Result<PostgresJobStore, any Error>?.self) { group in
+            group.addTask {
+                do {
+                    return .success(try await PostgresJobStore(client: client, schema: schemaName, logger: logger))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            return first ?? .failure(StoreError(.unavailable, "no answer within \(timeout)"))
+        }
+        switch opened {
+        case .success(let store):
+            return SharedStore(client: client, store: store, location: location, runner: runner)
+        case .failure(let error):
+            runner.cancel()
+            fail("cannot open the job store in PostgreSQL at \(location.redacted): \(describe(error))")
+        }
+    }
+
+    func close() { runner.cancel() }
+
+    /// A store error without anything that could carry credentials.
+    static func describe(_ error: any Error) -> String {
+        guard let store = error as? StoreError else { return String(describing: type(of: error)) }
+        return store.underlying.map { "\(store.message) (\($0))" } ?? store.message
+    }
+}
