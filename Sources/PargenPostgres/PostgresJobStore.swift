@@ -549,6 +549,8 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     private func save(_ job: StoredJob, on connection: PostgresConnection) async throws -> Bool {
         let record = job.record
         let text = try StoredJob.encode(record)
+        let ends = record.state != .running
+        let answered = record.providerTaskID != nil
         let rows = try await connection.query(
             """
             WITH saved AS (
@@ -562,7 +564,16 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 WHERE id = \(record.id.rawValue) AND version = \(job.version)
                 RETURNING state
             ),
-            announced AS (SELECT pg_notify(\(channel), 'available') FROM saved WHERE state = 'available')
+            announced AS (SELECT pg_notify(\(channel), 'available') FROM saved WHERE state = 'available'),
+            -- The shared admission of the job's call: dated by the provider's answer (a recorded task id, or the
+            -- end of the call), and finished, freeing its slot, when the call ends.
+            dated AS (
+                UPDATE \(unescaped: quoted).admissions
+                SET arrived_at = COALESCE(arrived_at, COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns())),
+                    finished_at = CASE WHEN \(ends) THEN COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns()) END
+                WHERE job_id = \(record.id.rawValue) AND finished_at IS NULL AND (\(ends) OR \(answered))
+                  AND EXISTS (SELECT 1 FROM saved)
+            )
             SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM announced)
             """,
             logger: logger

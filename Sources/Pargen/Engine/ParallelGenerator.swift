@@ -46,6 +46,8 @@ public final class ParallelGenerator: Service, Sendable {
         var inFlight: [JobID: InFlight] = [:]
         /// Jobs taken from the store that wait for admission, holding nothing but their lease.
         var waiting: [JobID: LeasedJob] = [:]
+        /// Users the shared admission state held back, until when (a shared store only).
+        var sharedBlocks: [String: Duration] = [:]
         /// Jobs admitted and running.
         var running = 0
         /// Counts the jobs this process added to or put back in the store, so the scheduler knows when to look.

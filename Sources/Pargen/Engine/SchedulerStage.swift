@@ -24,7 +24,7 @@ extension ParallelGenerator {
                 continue
             }
             if let next = nextSuspect() { await take(next, group: &group) }
-            let blocked = admission.blockedUsers()
+            let blocked = blockedUsers()
             var storeDeadline: Duration?
             let generation = state.withLock { $0.storeGeneration }
             for kind in GenerationKind.allCases {
@@ -39,13 +39,24 @@ extension ParallelGenerator {
                 }
                 let leased: [LeasedJob]
                 do {
-                    leased = try await store.lease(
-                        limit: want,
-                        owner: workerID,
-                        duration: configuration.leaseDuration,
-                        excludingUsers: blocked.users,
-                        kinds: [kind]
-                    )
+                    if let admitting = store as? any AdmittingJobStore {
+                        // A shared store: look without taking; each job is claimed when its call is admitted.
+                        let known = state.withLock { Set($0.waiting.keys).union($0.inFlight.keys) }
+                        leased = try await admitting.peek(
+                            limit: want,
+                            excludingUsers: blocked.users,
+                            excludingJobs: known,
+                            kinds: [kind]
+                        ).map { LeasedJob(record: $0, lease: JobLease(jobID: $0.id, token: "", expiresAt: .zero)) }
+                    } else {
+                        leased = try await store.lease(
+                            limit: want,
+                            owner: workerID,
+                            duration: configuration.leaseDuration,
+                            excludingUsers: blocked.users,
+                            kinds: [kind]
+                        )
+                    }
                 } catch {
                     logger.debug("lease failed", metadata: [LoggingKeys.error: "\(error)"])
                     if let local = LocalResourceError.classify(error, path: artifacts.root, operation: "lease") {
@@ -112,6 +123,8 @@ extension ParallelGenerator {
         let request = record.request
         let now = clock.now
         let parked = state.withLock { state -> Bool in
+            // A job only looked at (a shared store) is not held yet: nothing to renew, nothing to park.
+            guard !job.isProvisional else { return false }
             state.inFlight[record.id] = InFlight(lease: job.lease, renewedAt: now)
             guard (record.crashes ?? 0) > 0 else { return false }
             if let current = state.suspect, current != record.id, state.inFlight[current] != nil {
@@ -130,6 +143,7 @@ extension ParallelGenerator {
             // that has it: any other would bill it again.
             guard let previous = record.provider, providers[previous] != nil else {
                 group.addTask {
+                    guard let job = await self.claimUnadmitted(job) else { return }
                     _ = await self.deadLetter(
                         job,
                         GenerationError(
@@ -148,7 +162,10 @@ extension ParallelGenerator {
         } else {
             if configuration.caching.enabled, !request.fingerprint.isEmpty, await cache.get(request.fingerprint) != nil {
                 // Served without a provider: no admission needed.
-                group.addTask { await self.processJob(job, ticket: nil) }
+                group.addTask {
+                    guard let job = await self.claimUnadmitted(job) else { return }
+                    await self.processJob(job, ticket: nil)
+                }
                 return
             }
             // Providers that failed this job are avoided while another can serve it; the cheapest comes first.
@@ -160,6 +177,7 @@ extension ParallelGenerator {
             guard !names.isEmpty else {
                 let reason = balancer.refusal(for: request) ?? "no capable provider"
                 group.addTask {
+                    guard let job = await self.claimUnadmitted(job) else { return }
                     _ = await self.deadLetter(job, GenerationError(.noCapableProvider, reason))
                     self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
                 }
@@ -207,8 +225,15 @@ extension ParallelGenerator {
             state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
             state.batcher.largestBatch = max(state.batcher.largestBatch, formed.map(\.members.count).max() ?? 0)
         }
+        var onThrottled: (@Sendable (String, Duration) -> Void)?
+        if let admitting = store as? any AdmittingJobStore {
+            onThrottled = { provider, wait in
+                // Every worker holds back: the provider's cooldown lives in the shared store.
+                Task { try? await admitting.coolDown(provider: provider, for: wait) }
+            }
+        }
         for (ticket, job) in zip(grants, jobs) {
-            let held = HeldTicket(ticket, controller: admission)
+            let held = HeldTicket(ticket, controller: admission, onThrottled: onThrottled)
             guard let job else {
                 // The job left while it waited (its lease was lost): the admission goes back unused.
                 held.finish(.notCalled)
@@ -216,6 +241,14 @@ extension ParallelGenerator {
             }
             balancer.recordCall(ticket.provider, at: now)
             group.addTask {
+                var job = job
+                if job.isProvisional {
+                    guard let claimed = await self.claimAdmitted(job, ticket: ticket, held: held) else {
+                        self.state.withLock { $0.running -= 1 }
+                        return
+                    }
+                    job = claimed
+                }
                 await self.processJob(job, ticket: held)
                 self.state.withLock { $0.running -= 1 }
             }
@@ -252,6 +285,8 @@ extension ParallelGenerator {
 
     func giveBack(_ jobs: [LeasedJob]) async {
         for job in jobs {
+            // A job only looked at was never taken.
+            if job.isProvisional { continue }
             try? await shielded { try await self.store.release(job.lease) }
             storeChanged()
             state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
@@ -294,4 +329,108 @@ extension ParallelGenerator {
             state.inFlight.values.map(\.renewedAt).min().map { $0 + leaseDuration / 3 }
         }
     }
+
+    // MARK: - Shared admission (a store that several workers share)
+
+    /// Users held back: by this process's own limits, and by the shared store's (until their waits end).
+    func blockedUsers() -> (users: Set<String>, until: Duration?) {
+        let local = admission.blockedUsers()
+        let now = clock.now
+        return state.withLock { state in
+            state.sharedBlocks = state.sharedBlocks.filter { $0.value > now }
+            guard !state.sharedBlocks.isEmpty else { return local }
+            let until = [local.until, state.sharedBlocks.values.min()].compactMap { $0 }.min()
+            return (local.users.union(state.sharedBlocks.keys), until)
+        }
+    }
+
+    /// Claims a job that this process only looked at, for a call the local admission granted: the shared store
+    /// admits the call and hands over the job in one transaction, or says to wait (nothing taken) or that the
+    /// job is gone (another worker has it). `nil` unless claimed; the ticket is then given back unused.
+    func claimAdmitted(_ job: LeasedJob, ticket: AdmissionTicket, held: HeldTicket) async -> LeasedJob? {
+        guard let admitting = store as? any AdmittingJobStore, let descriptor = providers[ticket.provider]?.descriptor
+        else {
+            held.finish(.notCalled)
+            return nil
+        }
+        let request = job.record.request
+        let call = SharedCall(
+            provider: ticket.provider,
+            user: request.user,
+            project: request.project,
+            submits: ticket.submits,
+            holdsSlot: descriptor.quota.holdsSlot(request.kind),
+            quota: descriptor.quota,
+            limits: configuration.rateLimits
+        )
+        let decision: ClaimDecision
+        do {
+            decision = try await admitting.claim(
+                job.record.id,
+                owner: workerID,
+                duration: configuration.leaseDuration,
+                for: call
+            )
+        } catch {
+            // The store is unreachable: the job stays where it is, and the scheduler looks again in a moment.
+            logger.debug("claim failed", metadata: [LoggingKeys.jobID: "\(job.record.id)", LoggingKeys.error: "\(error)"])
+            held.finish(.notCalled)
+            state.withLock { $0.sharedBlocks[request.user] = clock.now + .seconds(1) }
+            return nil
+        }
+        switch decision {
+        case .claimed(let claimed):
+            let now = clock.now
+            state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
+            return claimed
+        case .gone:
+            held.finish(.notCalled)
+            return nil
+        case .wait(let wait, let limit):
+            held.finish(.notCalled)
+            let until = clock.now + wait
+            if limit.isProviderWide {
+                admission.holdBack(ticket.provider, until: until)
+            } else {
+                // The user's other jobs here would meet the same wait: they leave the backlog (they were only
+                // looked at) and come back with the next look once the wait is over.
+                let dropped = state.withLock { state -> [JobID] in
+                    state.sharedBlocks[request.user] = max(state.sharedBlocks[request.user] ?? until, until)
+                    let ids = state.waiting.filter { $0.value.isProvisional && $0.value.record.request.user == request.user }
+                        .map(\.key)
+                    for id in ids { state.waiting[id] = nil }
+                    return ids
+                }
+                for id in dropped { admission.remove(id) }
+            }
+            logger.trace(
+                "held back by the shared limits",
+                metadata: [LoggingKeys.jobID: "\(job.record.id)", LoggingKeys.limit: "\(limit.rawValue)"]
+            )
+            storeChanged()
+            return nil
+        }
+    }
+
+    /// Claims a job this process only looked at, for work that makes no provider call (a cache hit, a job to
+    /// dead-letter); a job already held is returned as it is.
+    func claimUnadmitted(_ job: LeasedJob) async -> LeasedJob? {
+        guard job.isProvisional else { return job }
+        guard let admitting = store as? any AdmittingJobStore,
+            case .claimed(let claimed) = try? await admitting.claim(
+                job.record.id,
+                owner: workerID,
+                duration: configuration.leaseDuration,
+                for: nil
+            )
+        else { return nil }
+        let now = clock.now
+        state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
+        return claimed
+    }
+}
+
+extension LeasedJob {
+    /// A job a shared store only showed (no lease yet): it is claimed when its call is admitted.
+    var isProvisional: Bool { lease.token.isEmpty }
 }

@@ -51,6 +51,9 @@ public final class AdmissionController: Sendable {
 
     public func taskHeldBack(_ provider: String) { state.withLock { $0.taskHeldBack(provider) } }
 
+    /// Holds calls to `provider` back until `until` (``AdmissionState/holdBack(_:until:)``).
+    public func holdBack(_ provider: String, until: Duration) { state.withLock { $0.holdBack(provider, until: until) } }
+
     public func cooldownEnd(_ provider: String) -> Duration? {
         let now = clock.now
         return state.withLock { $0.cooldownEnd(provider, at: now) }
@@ -97,10 +100,17 @@ final class HeldTicket: Sendable {
     let ticket: AdmissionTicket
     private let controller: AdmissionController
     private let flags = Mutex((arrived: false, finished: false))
+    /// Told when the provider throttled the call (a shared store holds every worker back).
+    private let onThrottled: (@Sendable (String, Duration) -> Void)?
 
-    init(_ ticket: AdmissionTicket, controller: AdmissionController) {
+    init(
+        _ ticket: AdmissionTicket,
+        controller: AdmissionController,
+        onThrottled: (@Sendable (String, Duration) -> Void)? = nil
+    ) {
         self.ticket = ticket
         self.controller = controller
+        self.onThrottled = onThrottled
     }
 
     var provider: String { ticket.provider }
@@ -123,6 +133,8 @@ final class HeldTicket: Sendable {
             flags.finished = true
             return true
         }
-        if first { controller.finish(ticket, outcome: outcome) }
+        guard first else { return }
+        controller.finish(ticket, outcome: outcome)
+        if case .throttled(let retryAfter) = outcome { onThrottled?(ticket.provider, retryAfter ?? .seconds(1)) }
     }
 }

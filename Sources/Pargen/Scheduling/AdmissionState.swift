@@ -482,6 +482,12 @@ public struct AdmissionState: Sendable {
         providers[provider]?.taskHeldBack()
     }
 
+    /// Holds every call to `provider` back until `until` without judging the provider (the shared admission
+    /// state of several workers said so): its adaptive limit is left as it is.
+    public mutating func holdBack(_ provider: String, until: Duration) {
+        providers[provider]?.throttled(until: until)
+    }
+
     /// When `provider` may be called again, if it is cooling down at `now`.
     public func cooldownEnd(_ provider: String, at now: Duration) -> Duration? {
         providers[provider]?.cooldownUntil.flatMap { $0 > now ? $0 : nil }
