@@ -33,7 +33,11 @@ final class SharedStore: Sendable {
         } catch {
             fail("\(error)")
         }
-        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: logger)
+        // The pool's own log (connections made and lost) at PARGEN_POSTGRES_LOG_LEVEL, apart from pargen's.
+        var poolLogger = Logger(label: "pargen.postgres.pool")
+        poolLogger.logLevel =
+            ProcessInfo.processInfo.environment["PARGEN_POSTGRES_LOG_LEVEL"].flatMap { Logger.Level(rawValue: $0) } ?? logger.logLevel
+        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: poolLogger)
         let runner = Task { await client.run() }
         let schemaName = schema ?? "pargen"
         let opened: Result<PostgresJobStore, any Error> = await withTaskGroup(of: Result<PostgresJobStore, any Error>?.self) { group in

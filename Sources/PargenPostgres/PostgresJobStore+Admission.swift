@@ -13,6 +13,7 @@ extension PostgresJobStore: AdmittingJobStore {
     public func peek(
         limit: Int,
         excludingUsers: Set<String>,
+        excludingProjects: Set<String>,
         excludingJobs: Set<JobID>,
         kinds: Set<GenerationKind>
     ) async throws -> [JobRecord] {
@@ -21,8 +22,9 @@ extension PostgresJobStore: AdmittingJobStore {
         let kindNames = kinds.map(\.rawValue).sorted()
         let excluded = excludingUsers.sorted()
         let skipped = excludingJobs.map(\.rawValue)
+        let projects = excludingProjects.sorted()
         return try await run("look at the queue") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now)
                 SELECT \(unescaped: StoredJob.columns) FROM (
@@ -31,7 +33,7 @@ extension PostgresJobStore: AdmittingJobStore {
                     FROM \(unescaped: quoted).jobs j, clock
                     WHERE state = 'available' AND run_at <= clock.now
                       AND kind = ANY(\(kindNames)::text[]) AND NOT (user_name = ANY(\(excluded)::text[]))
-                      AND NOT (id = ANY(\(skipped)::text[]))
+                      AND NOT (id = ANY(\(skipped)::text[])) AND NOT (project = ANY(\(projects)::text[]))
                 ) ranked
                 ORDER BY priority DESC, turn, first_seq
                 LIMIT \(limit)
@@ -39,7 +41,7 @@ extension PostgresJobStore: AdmittingJobStore {
                 logger: self.logger
             )
             var records: [JobRecord] = []
-            for try await row in rows.decode(StoredJob.Row.self) { records.append(try StoredJob(row).record) }
+            for row in try rows.decode(StoredJob.Row.self) { records.append(try StoredJob(row).record) }
             return records
         }
     }
@@ -47,10 +49,10 @@ extension PostgresJobStore: AdmittingJobStore {
     public func claim(_ id: JobID, owner: String, duration: Duration, for call: SharedCall?) async throws -> ClaimDecision {
         let clock = injectedNow
         return try await run("claim a job") { [quoted] in
-            try await self.client.withTransaction(logger: self.logger) { connection in
+            try await self.transaction { connection in
                 // The job first, skipping it if another worker is claiming it right now.
                 var found: (StoredJob, Int64)?
-                for try await (text, state, token, leaseOwner, expires, version, now) in try await connection.query(
+                for (text, state, token, leaseOwner, expires, version, now) in try await connection.allRows(
                     """
                     SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
                            COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
@@ -70,7 +72,7 @@ extension PostgresJobStore: AdmittingJobStore {
                     switch limits.decide(call, at: now) {
                     case .wait(let wait, let limit, let startsBurst):
                         if startsBurst {
-                            try await connection.query(
+                            try await connection.allRows(
                                 "UPDATE \(unescaped: quoted).limit_keys SET cooldown_until = \(nowNanos + call.limits.burstCooldown.nanoseconds) WHERE key = \("burst:" + call.project)",
                                 logger: self.logger
                             )
@@ -78,12 +80,12 @@ extension PostgresJobStore: AdmittingJobStore {
                         return ClaimDecision.wait(wait, limit: limit)
                     case .admit(let tat):
                         if let tat {
-                            try await connection.query(
+                            try await connection.allRows(
                                 "UPDATE \(unescaped: quoted).limit_keys SET tat = \(tat.nanoseconds) WHERE key = \("project:" + call.project)",
                                 logger: self.logger
                             )
                         }
-                        try await connection.query(
+                        try await connection.allRows(
                             """
                             INSERT INTO \(unescaped: quoted).admissions
                                 (job_id, worker, provider, user_name, project, holds_slot, submits, admitted_at)
@@ -96,7 +98,7 @@ extension PostgresJobStore: AdmittingJobStore {
                 }
                 let token = "\(owner):\(UUID().uuidString)"
                 let expires = nowNanos + duration.nanoseconds
-                try await connection.query(
+                try await connection.allRows(
                     """
                     UPDATE \(unescaped: quoted).jobs
                     SET state = 'running', lease_owner = \(owner), lease_token = \(token), lease_expires_at = \(expires),
@@ -116,12 +118,12 @@ extension PostgresJobStore: AdmittingJobStore {
     /// Locks the call's limit keys (creating them on first use) and reads the counts its decision needs.
     private func readLimits(_ call: SharedCall, now: Int64, on connection: PostgresConnection) async throws -> SharedLimitState {
         let keys = ["provider:" + call.provider, "user:" + call.user, "project:" + call.project, "burst:" + call.project].sorted()
-        try await connection.query(
+        try await connection.allRows(
             "INSERT INTO \(unescaped: quoted).limit_keys (key) SELECT unnest(\(keys)::text[]) ON CONFLICT (key) DO NOTHING",
             logger: logger
         )
         var state = SharedLimitState()
-        for try await (key, cooldown, tat) in try await connection.query(
+        for (key, cooldown, tat) in try await connection.allRows(
             "SELECT key, cooldown_until, tat FROM \(unescaped: quoted).limit_keys WHERE key = ANY(\(keys)::text[]) ORDER BY key FOR UPDATE",
             logger: logger
         ).decode((String, Int64?, Int64?).self) {
@@ -132,7 +134,7 @@ extension PostgresJobStore: AdmittingJobStore {
         let span = (call.quota.window + call.quota.margin).nanoseconds
         let minute = Duration.seconds(60).nanoseconds
         let burst = call.limits.burstWindow.nanoseconds
-        for try await (windowUsed, oldestDated, slots, userUsed, userOldest, burstUsed) in try await connection.query(
+        for (windowUsed, oldestDated, slots, userUsed, userOldest, burstUsed) in try await connection.allRows(
             """
             SELECT
                 (SELECT count(*) FROM \(unescaped: quoted).admissions
@@ -166,7 +168,7 @@ extension PostgresJobStore: AdmittingJobStore {
     public func coolDown(provider: String, for duration: Duration) async throws {
         let clock = injectedNow
         _ = try await run("cool a provider down") { [quoted] in
-            try await self.client.query(
+            try await self.allRows(
                 """
                 INSERT INTO \(unescaped: quoted).limit_keys (key, cooldown_until)
                 VALUES (\("provider:" + provider), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) + \(duration.nanoseconds))

@@ -1,4 +1,5 @@
 import Foundation
+import Synchronization
 public import Logging
 public import Pargen
 public import PostgresNIO
@@ -34,6 +35,19 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     private let now: (@Sendable () -> Duration)?
     /// The channel `NOTIFY` uses for this schema.
     let channel: String
+    /// Operations under way, for a worker that cannot stop to say what it waits for.
+    private let inProgress = Mutex((next: 0, operations: [Int: (name: String, since: ContinuousClock.Instant, tries: Int)]()))
+
+    /// The operations under way that began more than a second ago: name, age and tries.
+    package func slowOperations() -> [String] {
+        let now = ContinuousClock.now
+        return inProgress.withLock { state in
+            state.operations.values.filter { now - $0.since > .seconds(1) }.map { "\($0.name) for \(now - $0.since) (\($0.tries) tries)" }
+        }
+    }
+    /// How long an operation keeps trying while the server is unreachable before it fails as
+    /// ``StoreError/Code/unavailable`` (default 5 minutes: a restart or failover pauses work, nothing fails).
+    public let outageTolerance: Duration
 
     /// Opens the store in `schema`, applying any migration it lacks.
     ///
@@ -41,6 +55,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     ///   - client: A running client.
     ///   - schema: The schema for Pargen's tables (created if missing).
     ///   - idPrefix: Prefix of the job ids this store makes.
+    ///   - outageTolerance: How long an operation keeps trying while the server is unreachable.
     ///   - now: A clock for tests (time since the Unix epoch); `nil` uses the database's clock.
     /// - Throws: ``StoreError/Code/unavailable`` when the database cannot be reached or migrated.
     public init(
@@ -48,9 +63,11 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         schema: String = "pargen",
         idPrefix: String = "job",
         logger: Logger = Logger(label: "pargen.postgres", factory: { _ in SwiftLogNoOpLogHandler() }),
+        outageTolerance: Duration = .seconds(300),
         now: (@Sendable () -> Duration)? = nil
     ) async throws {
         self.client = client
+        self.outageTolerance = outageTolerance
         self.schema = schema
         self.quoted = PostgresSchema.quote(schema)
         self.logger = logger
@@ -74,11 +91,11 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         let prefix = idPrefix
         let clock = injectedNow
         return try await run("enqueue") { [quoted, channel] in
-            try await self.client.withTransaction(logger: self.logger) { connection in
+            try await self.transaction { connection in
                 var stamp: Int64 = 0
                 var sequences: [Int64] = []
                 sequences.reserveCapacity(requests.count)
-                for try await (sequence, time) in try await connection.query(
+                for (sequence, time) in try await connection.allRows(
                     "SELECT nextval('\(unescaped: quoted).job_seq'), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) FROM generate_series(1, \(requests.count))",
                     logger: self.logger
                 ).decode((Int64, Int64).self) {
@@ -98,7 +115,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                     try columns.append(record)
                 }
                 var inserted: Set<String> = []
-                for try await id in try await connection.query(
+                for id in try await connection.allRows(
                     """
                     INSERT INTO \(unescaped: quoted).jobs
                         (seq, id, state, kind, priority, user_name, project, campaign, idempotency_key, run_at, record)
@@ -127,7 +144,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                     // A key already used in the project (before this call, or earlier in it): the job that has it.
                     let key = record.request.idempotencyKey ?? ""
                     var existing: String?
-                    for try await id in try await connection.query(
+                    for id in try await connection.allRows(
                         "SELECT id FROM \(unescaped: quoted).jobs WHERE project = \(record.request.project) AND idempotency_key = \(key)",
                         logger: self.logger
                     ).decode(String.self) {
@@ -139,7 +156,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                     results.append(EnqueueResult(jobID: JobID(existing), existing: true))
                 }
                 if !inserted.isEmpty {
-                    try await connection.query("SELECT pg_notify(\(channel), 'enqueued')", logger: self.logger)
+                    try await connection.allRows("SELECT pg_notify(\(channel), 'enqueued')", logger: self.logger)
                 }
                 return results
             }
@@ -162,7 +179,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
             // Highest priority first; within a priority, round-robin across users (each user's oldest first,
             // users ordered by their oldest waiting job). The ranked rows are locked with SKIP LOCKED, so two
             // workers claiming at once split the jobs instead of queueing behind each other's locks.
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now),
                 ranked AS (
@@ -193,7 +210,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 logger: self.logger
             )
             var claimed: [(rank: (Int, Int64, Int64), job: LeasedJob)] = []
-            for try await (text, state, token, leaseOwner, expires, version, priority, turn, first) in rows.decode(
+            for (text, state, token, leaseOwner, expires, version, priority, turn, first) in try rows.decode(
                 (String, String, String?, String?, Int64?, Int64, Int, Int64, Int64).self
             ) {
                 let stored = try StoredJob(text: text, state: state, token: token, owner: leaseOwner, expiresAt: expires, version: version)
@@ -207,17 +224,18 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public func timeUntilNextDue() async throws -> Duration? {
         let clock = injectedNow
         return try await run("find the next due job") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 SELECT MIN(run_at) - COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                 FROM \(unescaped: quoted).jobs WHERE state = 'available'
                 """,
                 logger: self.logger
             )
-            for try await wait in rows.decode(Int64?.self) {
-                return wait.map { max(.zero, .nanoseconds($0)) }
-            }
-            return nil
+            // Every row stream is read to its end: a stream left half-read when the server closes the connection
+            // trips a precondition in postgres-nio's RowStreamStateMachine (seen on a PostgreSQL restart).
+            var wait: Int64??
+            for value in try rows.decode(Int64?.self) { wait = value }
+            return wait.flatMap { $0 }.map { max(.zero, .nanoseconds($0)) }
         }
     }
 
@@ -225,7 +243,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         let clock = injectedNow
         let nanos = duration.nanoseconds
         return try await run("renew a lease") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 UPDATE \(unescaped: quoted).jobs
                 SET lease_expires_at = COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) + \(nanos)
@@ -234,9 +252,9 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            for try await expires in rows.decode(Int64.self) {
-                return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: .nanoseconds(expires))
-            }
+            var renewed: Int64?
+            for expires in try rows.decode(Int64.self) { renewed = expires }
+            if let renewed { return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: .nanoseconds(renewed)) }
             throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
         }
     }
@@ -298,8 +316,8 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     private func rescue(expiredOnly: Bool, maxCrashes: Int) async throws -> Int {
         let clock = injectedNow
         return try await run("rescue leases") { [quoted, channel] in
-            try await self.client.withTransaction(logger: self.logger) { connection in
-                let rows = try await connection.query(
+            try await self.transaction { connection in
+                let rows = try await connection.allRows(
                     """
                     SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
                            COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
@@ -312,7 +330,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 )
                 var rescued: [StoredJob] = []
                 var now: Duration = .zero
-                for try await (text, state, token, owner, expires, version, time) in rows.decode(
+                for (text, state, token, owner, expires, version, time) in try rows.decode(
                     (String, String, String?, String?, Int64?, Int64, Int64).self
                 ) {
                     rescued.append(try StoredJob(text: text, state: state, token: token, owner: owner, expiresAt: expires, version: version))
@@ -323,13 +341,13 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                     guard try await self.save(job, on: connection) else {
                         throw StoreError(.invalidState, "job \(job.record.id) changed while it was locked")
                     }
-                    try await connection.query(
+                    try await connection.allRows(
                         "UPDATE \(unescaped: quoted).admissions SET finished_at = \(now.nanoseconds) WHERE job_id = \(job.record.id.rawValue) AND finished_at IS NULL",
                         logger: self.logger
                     )
                 }
                 if !rescued.isEmpty {
-                    try await connection.query("SELECT pg_notify(\(channel), 'rescued')", logger: self.logger)
+                    try await connection.allRows("SELECT pg_notify(\(channel), 'rescued')", logger: self.logger)
                 }
                 return rescued.count
             }
@@ -339,7 +357,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public func purge(_ ids: [JobID]) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
         return try await run("purge jobs") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 WITH gone AS (
                     DELETE FROM \(unescaped: quoted).jobs
@@ -351,8 +369,9 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            for try await count in rows.decode(Int.self) { return count }
-            return 0
+            var total = 0
+            for count in try rows.decode(Int.self) { total = count }
+            return total
         }
     }
 
@@ -361,7 +380,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public func prune(finishedBefore age: Duration, admissionsBefore window: Duration) async throws -> Int {
         let clock = injectedNow
         return try await run("prune finished jobs") { [quoted] in
-            try await self.client.query(
+            try await self.allRows(
                 """
                 DELETE FROM \(unescaped: quoted).admissions
                 WHERE finished_at IS NOT NULL
@@ -369,7 +388,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 WITH gone AS (
                     DELETE FROM \(unescaped: quoted).jobs
@@ -381,26 +400,28 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            for try await count in rows.decode(Int.self) { return count }
-            return 0
+            var total = 0
+            for count in try rows.decode(Int.self) { total = count }
+            return total
         }
     }
 
     public func job(_ id: JobID) async throws -> JobRecord? {
         try await run("read a job") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 "SELECT \(unescaped: StoredJob.columns) FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)",
                 logger: self.logger
             )
-            for try await row in rows.decode(StoredJob.Row.self) { return try StoredJob(row).record }
-            return nil
+            var record: JobRecord?
+            for row in try rows.decode(StoredJob.Row.self) { record = try StoredJob(row).record }
+            return record
         }
     }
 
     public func jobs(matching query: JobQuery) async throws -> [JobRecord] {
         let states = query.states.map { $0.map(\.rawValue).sorted() }
         return try await run("read jobs") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 SELECT \(unescaped: StoredJob.columns) FROM \(unescaped: quoted).jobs
                 WHERE (\(states)::text[] IS NULL OR state = ANY(\(states)::text[]))
@@ -414,7 +435,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 logger: self.logger
             )
             var records: [JobRecord] = []
-            for try await row in rows.decode(StoredJob.Row.self) { records.append(try StoredJob(row).record) }
+            for row in try rows.decode(StoredJob.Row.self) { records.append(try StoredJob(row).record) }
             return records
         }
     }
@@ -426,7 +447,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public func counts() async throws -> [JobState: Int] {
         try await run("count jobs") { [quoted] in
             var counts: [JobState: Int] = [:]
-            for try await (state, count) in try await self.client.query(
+            for (state, count) in try await self.allRows(
                 "SELECT state, count(*) FROM \(unescaped: quoted).jobs GROUP BY state",
                 logger: self.logger
             ).decode((String, Int).self) {
@@ -439,7 +460,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public func ledgerTotals() async throws -> CostLedger {
         try await run("sum the ledger") { [quoted] in
             var totals = CostLedger()
-            for try await (reserved, charged, released, pending) in try await self.client.query(
+            for (reserved, charged, released, pending) in try await self.allRows(
                 """
                 SELECT COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
                        COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint
@@ -485,7 +506,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public func lead(_ duty: String, holder: String, for duration: Duration) async throws -> Bool {
         let clock = injectedNow
         return try await run("elect a leader") { [quoted] in
-            let rows = try await self.client.query(
+            let rows = try await self.allRows(
                 """
                 WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now)
                 INSERT INTO \(unescaped: quoted).leaders (duty, holder, expires_at)
@@ -496,8 +517,9 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            for try await _ in rows.decode(String.self) { return true }
-            return false
+            var leads = false
+            for _ in try rows.decode(String.self) { leads = true }
+            return leads
         }
     }
 
@@ -523,7 +545,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         try await run(operation) { [quoted] in
             for _ in 0..<16 {
                 var loaded: (StoredJob, Duration)?
-                for try await (text, state, token, owner, expires, version, time) in try await self.client.query(
+                for (text, state, token, owner, expires, version, time) in try await self.allRows(
                     """
                     SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
                            COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
@@ -551,7 +573,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         let text = try StoredJob.encode(record)
         let ends = record.state != .running
         let answered = record.providerTaskID != nil
-        let rows = try await connection.query(
+        let rows = try await connection.allRows(
             """
             WITH saved AS (
                 UPDATE \(unescaped: quoted).jobs
@@ -578,22 +600,75 @@ public final class PostgresJobStore: JobStore, JobNotifying {
             """,
             logger: logger
         )
-        for try await (saved, _) in rows.decode((Int, Int).self) { return saved == 1 }
-        return false
+        var written = false
+        for (saved, _) in try rows.decode((Int, Int).self) { written = saved == 1 }
+        return written
     }
 
-    /// Runs a database operation, turning the driver's errors into ``StoreError/Code/unavailable`` (the
-    /// engine waits and tries again; nothing is lost) and keeping the store's own errors.
-    func run<T: Sendable>(_ operation: String, _ body: @Sendable () async throws -> T) async throws -> T {
-        do {
-            return try await body()
-        } catch let error as StoreError {
-            throw error
-        } catch let error as PostgresTransactionError {
-            if let inner = error.closureError as? StoreError { throw inner }
-            throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
-        } catch {
-            throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
+    /// Runs a database operation, keeping the store's own errors and turning the driver's into
+    /// ``StoreError/Code/unavailable``.
+    ///
+    /// An operation that failed because the server went away (a restart, a failover, a dropped connection) or
+    /// because of a serialisation conflict is run again, with backoff, for up to ``outageTolerance``: work pauses
+    /// while PostgreSQL is away and resumes when it is back. Running a transition again is safe: it reads the
+    /// record afresh, so one that did commit before its answer was lost finds the job changed (a finished job's
+    /// lease is gone, and the worker hears `leaseLost`).
+    func run<T: Sendable>(_ operation: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+        let started = ContinuousClock.now
+        let ticket = inProgress.withLock { state -> Int in
+            state.next += 1
+            state.operations[state.next] = (operation, started, 0)
+            return state.next
+        }
+        defer { inProgress.withLock { _ = $0.operations.removeValue(forKey: ticket) } }
+        var delay = Duration.milliseconds(50)
+        while true {
+            inProgress.withLock { $0.operations[ticket]?.tries += 1 }
+            do {
+                // Shielded from the caller's cancellation: a transaction cut off between BEGIN and COMMIT by a
+                // cancelled task (a worker stopping) would go back to the pool still open, holding its row locks,
+                // and every claim on those limit keys would wait for it.
+                return try await Task { try await body() }.value
+            } catch let error as StoreError {
+                throw error
+            } catch {
+                if let transaction = error as? PostgresTransactionError, let inner = transaction.closureError as? StoreError {
+                    throw inner
+                }
+                guard Self.isTransient(error), !Task.isCancelled, ContinuousClock.now - started < outageTolerance else {
+                    throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
+                }
+                logger.debug(
+                    "PostgreSQL unavailable; trying again",
+                    metadata: ["operation": "\(operation)", "error": "\(PostgresFailure(error))"]
+                )
+                try? await Task.sleep(for: delay)
+                delay = min(delay * 2, .seconds(2))
+            }
+        }
+    }
+
+    /// Whether an error means the server was away or a transaction lost a race (worth running again), not that
+    /// the operation is wrong.
+    static func isTransient(_ error: any Error) -> Bool {
+        var error = error
+        if let transaction = error as? PostgresTransactionError,
+            let inner = transaction.beginError ?? transaction.closureError ?? transaction.commitError
+        {
+            error = inner
+        }
+        if error is QueryDeadlineExceeded { return true }
+        guard let psql = error as? PSQLError else { return false }
+        switch psql.code {
+        case .connectionError, .serverClosedConnection, .clientClosedConnection, .uncleanShutdown:
+            return true
+        case .server:
+            // Class 08 (connection), 57P01-57P03 (shutting down, starting up), 40001 and 40P01 (serialisation
+            // failure, deadlock).
+            let state = psql.serverInfo?[.sqlState] ?? ""
+            return state.hasPrefix("08") || ["57P01", "57P02", "57P03", "40001", "40P01"].contains(state)
+        default:
+            return false
         }
     }
 }

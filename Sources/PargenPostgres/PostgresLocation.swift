@@ -62,6 +62,9 @@ public struct PostgresLocation: Sendable, Hashable, CustomStringConvertible {
         )
         configuration.options.maximumConnections = maximumConnections
         configuration.options.connectTimeout = .seconds(5)
+        // A transaction left open by a client that went away mid-way (its row locks would hold every other
+        // worker's claims) is ended by the server.
+        configuration.options.additionalStartupParameters = [("idle_in_transaction_session_timeout", "30000")]
         return configuration
     }
 

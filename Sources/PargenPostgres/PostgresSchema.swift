@@ -116,10 +116,10 @@ enum PostgresSchema {
         let quoted = quote(schema)
         try await client.withConnection { connection in
             let key = "pargen-migrate:\(schema)"
-            try await connection.query("SELECT pg_advisory_lock(hashtext(\(key)))", logger: logger)
+            try await connection.allRows("SELECT pg_advisory_lock(hashtext(\(key)))", logger: logger)
             do {
-                try await connection.query("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoted)", logger: logger)
-                try await connection.query(
+                try await connection.allRows("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoted)", logger: logger)
+                try await connection.allRows(
                     """
                     CREATE TABLE IF NOT EXISTS \(unescaped: quoted).schema_migrations (
                         version integer PRIMARY KEY,
@@ -130,7 +130,7 @@ enum PostgresSchema {
                     logger: logger
                 )
                 var applied: Set<Int> = []
-                for try await version in try await connection.query(
+                for version in try await connection.allRows(
                     "SELECT version FROM \(unescaped: quoted).schema_migrations",
                     logger: logger
                 ).decode(Int.self) {
@@ -140,9 +140,9 @@ enum PostgresSchema {
                     try await connection.withTransaction(logger: logger) { connection in
                         for statement in migration.statements {
                             let sql = statement.replacingOccurrences(of: "S.", with: "\(quoted).")
-                            try await connection.query(PostgresQuery(unsafeSQL: sql), logger: logger)
+                            try await connection.allRows(PostgresQuery(unsafeSQL: sql), logger: logger)
                         }
-                        try await connection.query(
+                        try await connection.allRows(
                             "INSERT INTO \(unescaped: quoted).schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
                             logger: logger
                         )
@@ -153,10 +153,10 @@ enum PostgresSchema {
                     )
                 }
             } catch {
-                _ = try? await connection.query("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
+                _ = try? await connection.allRows("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
                 throw error
             }
-            try await connection.query("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
+            try await connection.allRows("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
         }
     }
 

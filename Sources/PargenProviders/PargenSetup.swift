@@ -113,6 +113,7 @@ extension PargenSetup {
         ],
         "localProviders": 0,
         "postgres": ["url": 0, "schema": 0],
+        "leaseSeconds": 0,
         "rateLimits": [
             "perUserRequestsPerMinute": 0, "perProjectRequestsPerMinute": 0, "tokenBucketCapacity": 0, "maxBurst": 0,
             "burstWindowSeconds": 0, "burstCooldownSeconds": 0, "enabled": 0,
@@ -430,6 +431,8 @@ final class ValueReader {
         if let v = bool("cache.enabled") { configuration.caching.enabled = v }
         if let v = int("cache.memoryCapacity") { configuration.caching.memoryCapacity = v }
         if let v = seconds("cache.timeToLiveSeconds") { configuration.caching.timeToLive = v }
+
+        if let v = double("leaseSeconds", in: 1...3600) { configuration.leaseDuration = .milliseconds(Int64((v * 1000).rounded())) }
 
         if let v = int("retry.maxAttempts") { configuration.retry.maxAttempts = v }
         if let v = int("retry.failedTasks", min: 0) { configuration.retry.failedTasks = v }

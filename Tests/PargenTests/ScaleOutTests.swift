@@ -157,13 +157,236 @@ extension SoloTests {
         #expect(ledger.balances)
         #expect(ledger.pending == .zero)
         #expect(ledger.charged > .zero)
-        // The bound: the tightest of the limits (each project's bucket, the users' windows, the providers' windows).
-        let bucketBound = (Double(lines) / 3 - Double(bucketCapacity)) / perSecond
-        let providerBound = (Double(lines) / 3 / Double(providerLimit) - 1) * providerWindow
-        let userBound = Double(lines / users / userLimit) * 60
-        let bound = max(bucketBound, providerBound, userBound)
+        // The bound: when the last call could start if one scheduler saw everything and calls took no time.
+        let bound = Self.idealMakespan(
+            lines: lines,
+            users: users,
+            userLimit: userLimit,
+            bucketCapacity: bucketCapacity,
+            bucketPerMinute: bucketPerMinute,
+            providers: 3,
+            providerLimit: providerLimit,
+            providerWindow: providerWindow
+        )
         let ratio = makespan.secondsDouble / bound
+        // The target is 1.05; this guards against the regressions seen on the way (2.0 with a spinning scheduler).
+        #expect(ratio < 1.6, "makespan \(makespan) against a bound of \(bound) s")
         print("scale-out: \(lines) jobs, 3 workers, makespan \(makespan.secondsDouble) s, bound \(bound) s, ratio \(ratio); per provider \(perFake); per worker \(byWorker)")
+    }
+
+    /// Faults in a shared campaign: one worker killed with SIGKILL, PostgreSQL restarted, another worker stopped
+    /// with SIGTERM, while 3 workers run 600 jobs against 3 quota-enforcing fakes. The killed worker's jobs finish
+    /// on the others within one lease and one housekeeping round; the restart pauses work and nothing is lost; the
+    /// stopped worker gives its leases back at once; no line is submitted twice.
+    @Test(.timeLimit(.minutes(6))) func sharedCampaignSurvivesAKilledWorkerARestartedDatabaseAndASIGTERM() async throws {
+        guard let url = TestPostgres.url, let pgdir = ProcessInfo.processInfo.environment["PARGEN_TEST_POSTGRES_DIR"] else {
+            throw TestPostgres.Missing()
+        }
+        let folder = temporaryDirectory()
+        let schema = TestPostgres.freshSchema()
+        let lines = 600
+        let lease = 6.0
+        var fakes: [(process: Process, log: URL, baseURL: String)] = []
+        defer { for fake in fakes where fake.process.isRunning { kill(fake.process.processIdentifier, SIGTERM) } }
+        for index in 0..<3 {
+            let log = folder.appendingPathComponent("fake\(index).jsonl")
+            let output = folder.appendingPathComponent("fake\(index).out")
+            let process = try launch(
+                ["fake-provider", "--protocol", "openai", "--rpm", "40", "--window", "5", "--task-seconds", "3-5",
+                    "--lifetime", "600", "--log", log.path],
+                output: output
+            )
+            let baseURL = try await waitForLine(in: output, containing: "listening on") { line in
+                line.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init)
+            }
+            fakes.append((process, log, baseURL))
+        }
+        var yaml = "localProviders: false\nleaseSeconds: \(lease)\nproviders:\n"
+        for (index, fake) in fakes.enumerated() {
+            yaml += """
+                  fake\(index):
+                    protocol: openai
+                    baseURL: \(fake.baseURL)
+                    apiKeyEnv: FAKE_API_KEY
+                    requestsPerMinute: 40
+                    quotaWindowSeconds: 5
+
+                """
+        }
+        yaml += "rateLimits:\n  enabled: false\n"
+        let config = folder.appendingPathComponent("pargen.yaml")
+        try yaml.write(to: config, atomically: true, encoding: .utf8)
+        var campaign = ""
+        for line in 0..<lines {
+            // Every tenth line a video: its task runs for seconds at the provider, so a killed worker holds some.
+            let kind = line % 10 == 0 ? "\"type\": \"video\", \"duration\": 4" : "\"type\": \"audio\""
+            campaign += "{\(kind), \"prompt\": \"fault line \(line)\", \"user\": \"user\(line % 10)\", \"project\": \"project\(line % 3)\"}\n"
+        }
+        let campaignFile = folder.appendingPathComponent("campaign.jsonl")
+        try campaign.write(to: campaignFile, atomically: true, encoding: .utf8)
+        let environment = ["FAKE_API_KEY": "test-key", "PARGEN_POSTGRES_URL": url]
+        let store = ["--postgres-schema", schema, "--config", config.path]
+        let enqueue = try launch(["enqueue", campaignFile.path] + store, output: folder.appendingPathComponent("enqueue.out"), environment: environment)
+        try await CrashRecoveryTests.waitForExit(enqueue, within: .seconds(60))
+        #expect(enqueue.terminationStatus == 0)
+
+        var workers: [Process] = []
+        defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
+        for index in 0..<3 {
+            workers.append(
+                try launch(
+                    ["worker", "--out", folder.appendingPathComponent("out\(index)").path] + store,
+                    output: folder.appendingPathComponent("worker\(index).out"),
+                    environment: environment
+                )
+            )
+        }
+        let jobs = try await TestPostgres.store(schema: schema)
+        @Sendable func finished() async throws -> Int {
+            let counts = try await jobs.counts()
+            return counts[.succeeded, default: 0] + counts[.needsReconciliation, default: 0] + counts[.deadLettered, default: 0]
+        }
+        @Sendable func held(by owner: String) async throws -> [JobID] {
+            try await jobs.jobs(matching: JobQuery(states: [.running])).filter { $0.leaseOwner?.hasPrefix(owner) == true }.map(\.id)
+        }
+        func workerID(_ index: Int) throws -> String {
+            let text = try String(contentsOf: folder.appendingPathComponent("worker\(index).out"), encoding: .utf8)
+            let line = text.split(separator: "\n").first { $0.contains(": working on") } ?? ""
+            return String(line.split(separator: ":").first ?? "")
+        }
+
+        // 1. SIGKILL worker 0 once a fifth is done, at a moment when it holds jobs.
+        try await waitUntil(seconds: 120) { try await finished() >= lines / 5 }
+        let killedID = try workerID(0)
+        try await waitUntil(seconds: 60) { try await !held(by: killedID).isEmpty }
+        print("faults: SIGKILL \(killedID) at \(try await finished()) finished")
+        kill(workers[0].processIdentifier, SIGKILL)
+        let killedAt = ContinuousClock.now
+        try await CrashRecoveryTests.waitForExit(workers[0], within: .seconds(10))
+        let orphans = try await held(by: killedID)
+        #expect(!orphans.isEmpty, "the killed worker held jobs (its video tasks run for seconds)")
+        // Its jobs are taken back by housekeeping once their leases expire: within one lease and one round
+        // (lease / 3), plus a second for the polls.
+        try await waitUntil(seconds: 60) { try await held(by: killedID).isEmpty }
+        let rescuedAfter = ContinuousClock.now - killedAt
+        #expect(rescuedAfter.secondsDouble <= lease + lease / 3 + 2, "the killed worker's leases came back after \(rescuedAfter)")
+
+        // 2. Restart PostgreSQL (immediate shutdown, as a crash) once two fifths are done.
+        try await waitUntil(seconds: 120) { try await finished() >= 2 * lines / 5 }
+        // The script's own exit status goes to a file: the restarted server is a grandchild that keeps the
+        // script's descriptors, and Foundation's Process does not always see such a script end.
+        let restartLog = folder.appendingPathComponent("restart.out")
+        let restartStatus = folder.appendingPathComponent("restart.status")
+        let restart = Process()
+        restart.executableURL = URL(fileURLWithPath: "/bin/bash")
+        restart.arguments = ["-c", "bash scripts/postgres.sh restart \"$0\" >\"$1\" 2>&1 </dev/null; echo $? >\"$2\"", pgdir, restartLog.path, restartStatus.path]
+        restart.currentDirectoryURL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        print("faults: restarting PostgreSQL at \(try await finished()) finished")
+        try restart.run()
+        try await waitUntil(seconds: 60) { FileManager.default.fileExists(atPath: restartStatus.path) }
+        #expect((try? String(contentsOf: restartStatus, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        print("faults: PostgreSQL restarted")
+
+        // 3. SIGTERM worker 1 once three fifths are done: its leases come back at once.
+        try await waitUntil(seconds: 120) { try await finished() >= 3 * lines / 5 }
+        let stoppedID = try workerID(1)
+        let stopping = ContinuousClock.now
+        print("faults: SIGTERM \(stoppedID) at \(try await finished()) finished")
+        kill(workers[1].processIdentifier, SIGTERM)
+        try await CrashRecoveryTests.waitForExit(workers[1], within: .seconds(30))
+        let stopTime = ContinuousClock.now - stopping
+        #expect(workers[1].terminationStatus == 0)
+        #expect(try await held(by: stoppedID).isEmpty, "a stopped worker holds no lease")
+
+        // 4. Worker 2 finishes the campaign alone.
+        try await waitUntil(seconds: 240) { try await finished() == lines }
+        kill(workers[2].processIdentifier, SIGTERM)
+        try await CrashRecoveryTests.waitForExit(workers[2], within: .seconds(30))
+        for fake in fakes { kill(fake.process.processIdentifier, SIGTERM) }
+        for fake in fakes { try await CrashRecoveryTests.waitForExit(fake.process, within: .seconds(30)) }
+
+        var accepted: [String: Int] = [:]
+        var refusedForQuota = 0
+        for fake in fakes {
+            let submissions = try String(contentsOf: fake.log, encoding: .utf8).split(separator: "\n").map {
+                try JSONDecoder().decode(FakeSubmission.self, from: Data($0.utf8))
+            }
+            refusedForQuota += submissions.filter { ["rate", "concurrency", "throttled"].contains($0.refusal ?? "") }.count
+            for submission in submissions where submission.accepted { accepted[submission.prompt, default: 0] += 1 }
+        }
+        #expect(accepted.values.allSatisfy { $0 == 1 }, "no line submitted twice: \(accepted.filter { $0.value > 1 })")
+        #expect(refusedForQuota == 0)
+        let counts = try await jobs.counts()
+        // Only a call the killed worker had on the wire before its task id was stored may wait for reconciliation
+        // (OpenAI has no idempotency key, so it is never made again blindly); its submitted video tasks were
+        // resumed by the others; everything else succeeded.
+        let unreconciled = try await jobs.jobs(matching: JobQuery(states: [.needsReconciliation])).map(\.id)
+        #expect(Set(unreconciled).isSubset(of: Set(orphans)))
+        #expect(counts[.succeeded, default: 0] + unreconciled.count == lines)
+        #expect(counts[.deadLettered, default: 0] == 0)
+        let ledger = try await jobs.ledgerTotals()
+        #expect(ledger.balances)
+        print("faults: killed worker's \(orphans.count) leases back after \(rescuedAfter.secondsDouble) s (lease \(lease) s); SIGTERM stop took \(stopTime.secondsDouble) s; \(unreconciled.count) need reconciliation; succeeded \(counts[.succeeded, default: 0])")
+    }
+
+    /// The makespan of a greedy scheduler that sees every limit at once and whose calls take no time: line `i`
+    /// belongs to user `i % users` in project `i % 3`; each user has `userLimit` calls a minute, each project a
+    /// bucket of `bucketCapacity` refilled at `bucketPerMinute`, each provider `providerLimit` calls per window.
+    /// Whenever a call may start, one does; so no schedule ends sooner than its last start.
+    static func idealMakespan(
+        lines: Int,
+        users: Int,
+        userLimit: Int,
+        bucketCapacity: Int,
+        bucketPerMinute: Int,
+        providers: Int,
+        providerLimit: Int,
+        providerWindow: Double
+    ) -> Double {
+        var pending = (0..<users).map { user in (0..<lines).filter { $0 % users == user }.count }
+        var userLog = [[Double]](repeating: [], count: users)
+        var tat = [Double](repeating: 0, count: 3)
+        var providerLog = [[Double]](repeating: [], count: providers)
+        let interval = 60.0 / Double(bucketPerMinute)
+        let tolerance = interval * Double(bucketCapacity - 1)
+        var t = 0.0
+        var remaining = lines
+        var last = 0.0
+        func inWindow(_ log: [Double], _ span: Double) -> Int { log.reduce(0) { $0 + ($1 > t - span ? 1 : 0) } }
+        while remaining > 0 {
+            var progressed = true
+            while progressed {
+                progressed = false
+                for user in 0..<users where pending[user] > 0 {
+                    let project = user % 3
+                    guard inWindow(userLog[user], 60) < userLimit, max(tat[project], t) - tolerance <= t + 1e-9,
+                        let provider = (0..<providers).first(where: { inWindow(providerLog[$0], providerWindow) < providerLimit })
+                    else { continue }
+                    userLog[user].append(t)
+                    tat[project] = max(tat[project], t) + interval
+                    providerLog[provider].append(t)
+                    pending[user] -= 1
+                    remaining -= 1
+                    last = t
+                    progressed = true
+                }
+            }
+            // The next moment any limit frees a place.
+            var next = Double.infinity
+            for user in 0..<users where pending[user] > 0 {
+                if let oldest = userLog[user].filter({ $0 > t - 60 }).min(), inWindow(userLog[user], 60) >= userLimit {
+                    next = min(next, oldest + 60)
+                }
+                let allowed = max(tat[user % 3], t) - tolerance
+                if allowed > t { next = min(next, allowed) }
+            }
+            for log in providerLog where inWindow(log, providerWindow) >= providerLimit {
+                if let oldest = log.filter({ $0 > t - providerWindow }).min() { next = min(next, oldest + providerWindow) }
+            }
+            guard next.isFinite, next > t else { break }
+            t = next + 1e-6
+        }
+        return last
     }
 
     /// Starts `pargen` with its output in a file.

@@ -48,6 +48,8 @@ public final class ParallelGenerator: Service, Sendable {
         var waiting: [JobID: LeasedJob] = [:]
         /// Users the shared admission state held back, until when (a shared store only).
         var sharedBlocks: [String: Duration] = [:]
+        /// Projects the shared admission state held back (their bucket or burst), until when.
+        var sharedProjectBlocks: [String: Duration] = [:]
         /// Jobs admitted and running.
         var running = 0
         /// Counts the jobs this process added to or put back in the store, so the scheduler knows when to look.
@@ -120,7 +122,11 @@ public final class ParallelGenerator: Service, Sendable {
         validator = RequestValidator(configuration: configuration.validation)
         let pool = ResourcePool(configuration: configuration.resources, clock: clock)
         self.pool = pool
-        admission = AdmissionController(providers: descriptors, rateLimits: configuration.rateLimits, clock: clock)
+        // On a shared store the user windows, project buckets and bursts are kept, exactly, by the store's claims:
+        // a local copy would count calls the store then refuses, and hold users back for calls never made.
+        var localLimits = configuration.rateLimits
+        if store is any AdmittingJobStore { localLimits.enabled = false }
+        admission = AdmissionController(providers: descriptors, rateLimits: localLimits, clock: clock)
         balancer = LoadBalancer(
             providers: descriptors,
             configuration: configuration.balancing,
@@ -191,19 +197,22 @@ public final class ParallelGenerator: Service, Sendable {
             state.withLock { $0.lifecycle = .stopped }
             bus.finish()
         }
-        await withGracefulShutdownHandler {
-            await withTaskGroup(of: Void.self) { watchers in
-                // A store that other processes write to says when work arrives, so the scheduler looks at once
-                // instead of at its next poll.
-                if let notifying = store as? any JobNotifying {
+        // A store that other processes write to says when work arrives, so the scheduler looks at once instead of
+        // at its next poll; and waiters on jobs that other processes finish learn of it from the store. These
+        // watchers only wake the engine up, so they are cancelled and not awaited when it stops: a connection
+        // that a database restart left hanging must not hold a stopping worker.
+        let watchers: Task<Void, Never>? = (store as? any JobNotifying).map { notifying in
+            Task {
+                await withDiscardingTaskGroup { watchers in
                     watchers.addTask { await notifying.watchForWork { self.storeChanged() } }
-                    // Other processes finish jobs too: waiters on those learn of it from the store.
                     watchers.addTask { await self.watchOtherWorkersResults() }
                 }
-                await withDiscardingTaskGroup { group in
-                    await dispatchLoop(group: &group)
-                }
-                watchers.cancelAll()
+            }
+        }
+        defer { watchers?.cancel() }
+        await withGracefulShutdownHandler {
+            await withDiscardingTaskGroup { group in
+                await dispatchLoop(group: &group)
             }
         } onGracefulShutdown: {
             self.state.withLock { if $0.lifecycle == .running { $0.lifecycle = .draining } }
@@ -424,6 +433,13 @@ public final class ParallelGenerator: Service, Sendable {
                 }
                 mine?.resume(returning: result)
             }
+        }
+    }
+
+    /// What a stop still waits for (for a worker that did not stop in time to say so).
+    package func stopDiagnostics() -> String {
+        state.withLock { state in
+            "lifecycle \(state.lifecycle), \(state.inFlight.count) jobs held (\(state.inFlight.keys.sorted().prefix(5).map(\.rawValue).joined(separator: ", "))), \(state.running) running, \(state.waiting.count) waiting, run task \(state.runTask == nil ? "gone" : "present")"
         }
     }
 

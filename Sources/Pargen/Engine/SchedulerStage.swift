@@ -42,9 +42,11 @@ extension ParallelGenerator {
                     if let admitting = store as? any AdmittingJobStore {
                         // A shared store: look without taking; each job is claimed when its call is admitted.
                         let known = state.withLock { Set($0.waiting.keys).union($0.inFlight.keys) }
+                        let projects = state.withLock { Set($0.sharedProjectBlocks.keys) }
                         leased = try await admitting.peek(
                             limit: want,
                             excludingUsers: blocked.users,
+                            excludingProjects: projects,
                             excludingJobs: known,
                             kinds: [kind]
                         ).map { LeasedJob(record: $0, lease: JobLease(jobID: $0.id, token: "", expiresAt: .zero)) }
@@ -67,7 +69,9 @@ extension ParallelGenerator {
                 for job in leased { await take(job, group: &group) }
                 if leased.count < want {
                     let now = clock.now
-                    let due = (try? await store.timeUntilNextDue()).flatMap { $0 }.map { now + $0 }
+                    // A job due already but not handed over is one this process left out (its user or project is
+                    // held back, or it is in view already): asking again before something changes would spin.
+                    let due = (try? await store.timeUntilNextDue()).flatMap { $0 }.flatMap { $0 > .zero ? now + $0 : nil }
                     let until = [due, blocked.until, now + .seconds(1)].compactMap { $0 }.min()!
                     dry[kind] = (generation, until)
                     storeDeadline = min(storeDeadline ?? until, until)
@@ -338,8 +342,9 @@ extension ParallelGenerator {
         let now = clock.now
         return state.withLock { state in
             state.sharedBlocks = state.sharedBlocks.filter { $0.value > now }
-            guard !state.sharedBlocks.isEmpty else { return local }
-            let until = [local.until, state.sharedBlocks.values.min()].compactMap { $0 }.min()
+            state.sharedProjectBlocks = state.sharedProjectBlocks.filter { $0.value > now }
+            let until = [local.until, state.sharedBlocks.values.min(), state.sharedProjectBlocks.values.min()]
+                .compactMap { $0 }.min()
             return (local.users.union(state.sharedBlocks.keys), until)
         }
     }
@@ -392,12 +397,20 @@ extension ParallelGenerator {
             if limit.isProviderWide {
                 admission.holdBack(ticket.provider, until: until)
             } else {
-                // The user's other jobs here would meet the same wait: they leave the backlog (they were only
-                // looked at) and come back with the next look once the wait is over.
+                // The user's (or, for a bucket or burst, the project's) other jobs here would meet the same wait:
+                // they leave the backlog (they were only looked at) and come back with a look once it is over.
                 let dropped = state.withLock { state -> [JobID] in
-                    state.sharedBlocks[request.user] = max(state.sharedBlocks[request.user] ?? until, until)
-                    let ids = state.waiting.filter { $0.value.isProvisional && $0.value.record.request.user == request.user }
-                        .map(\.key)
+                    let project = limit.isProjectWide
+                    if project {
+                        state.sharedProjectBlocks[request.project] = max(state.sharedProjectBlocks[request.project] ?? until, until)
+                    } else {
+                        state.sharedBlocks[request.user] = max(state.sharedBlocks[request.user] ?? until, until)
+                    }
+                    let ids = state.waiting.filter {
+                        $0.value.isProvisional
+                            && (project ? $0.value.record.request.project == request.project : $0.value.record.request.user == request.user)
+                    }
+                    .map(\.key)
                     for id in ids { state.waiting[id] = nil }
                     return ids
                 }

@@ -96,6 +96,9 @@ public struct SharedLimitState: Sendable, Hashable {
 
         /// Whether the limit holds back every call to the provider (not only this user's or project's).
         public var isProviderWide: Bool { self == .providerCooldown || self == .providerWindow || self == .providerSlots }
+
+        /// Whether the limit holds back every call of the project (its bucket or burst guard).
+        public var isProjectWide: Bool { self == .projectBucket || self == .burstCooldown }
     }
 
     /// How long a worker waits before asking again when room comes at a time no one can know yet (a slot frees
@@ -157,7 +160,7 @@ public enum ClaimDecision: Sendable, Hashable {
 /// windows, project buckets and bursts) and claims a job only in the same transaction that admits its call.
 ///
 /// A worker on such a store never holds a job it cannot submit: it looks at the queue without taking
-/// (``peek(limit:excludingUsers:excludingJobs:kinds:)``), decides locally what to try, and claims each job with the
+/// (``peek(limit:excludingUsers:excludingProjects:excludingJobs:kinds:)``), decides locally what to try, and claims each job with the
 /// call it would make (``claim(_:owner:duration:for:)``). The local admission state is a first guess; the shared
 /// state, read and written under row locks, decides.
 public protocol AdmittingJobStore: JobStore {
@@ -165,6 +168,7 @@ public protocol AdmittingJobStore: JobStore {
     func peek(
         limit: Int,
         excludingUsers: Set<String>,
+        excludingProjects: Set<String>,
         excludingJobs: Set<JobID>,
         kinds: Set<GenerationKind>
     ) async throws -> [JobRecord]
