@@ -9,6 +9,7 @@ let package = Package(
     dependencies: [
         .package(name: "pargen", path: "../"),
         .package(url: "https://github.com/swift-server/async-http-client.git", from: "1.37.0"),
+        .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
     ],
     targets: [
         .executableTarget(
@@ -17,6 +18,8 @@ let package = Package(
                 .product(name: "Pargen", package: "pargen"),
                 .product(name: "PargenTesting", package: "pargen"),
                 .product(name: "PargenSQLite", package: "pargen"),
+                .product(name: "PargenPostgres", package: "pargen"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "PargenProviders", package: "pargen"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],

@@ -20,12 +20,16 @@ extension PostgresConnection {
 
     /// Runs `query` and returns all its rows.
     @discardableResult
-    func allRows(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
+    func allRows(
+        _ query: PostgresQuery,
+        logger: Logger,
+        deadline limit: TimeAmount = PostgresConnection.queryDeadline
+    ) async throws -> [PostgresRow] {
         let loop = self.eventLoop
         let promise = loop.makePromise(of: PostgresQueryResult.self)
         let settled = LoopFlag()
         let result: EventLoopFuture<PostgresQueryResult> = self.query(query, logger: logger)
-        let deadline = loop.scheduleTask(in: Self.queryDeadline) {
+        let deadline = loop.scheduleTask(in: limit) {
             guard !settled.value else { return }
             settled.value = true
             promise.fail(QueryDeadlineExceeded())

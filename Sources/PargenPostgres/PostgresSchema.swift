@@ -116,9 +116,9 @@ enum PostgresSchema {
         let quoted = quote(schema)
         try await client.withConnection { connection in
             let key = "pargen-migrate:\(schema)"
-            try await connection.allRows("SELECT pg_advisory_lock(hashtext(\(key)))", logger: logger)
+            try await connection.allRows("SELECT pg_advisory_lock(hashtext(\(key)))", logger: logger, deadline: .seconds(300))
             do {
-                try await connection.allRows("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoted)", logger: logger)
+                try await connection.allRows("CREATE SCHEMA IF NOT EXISTS \(unescaped: quoted)", logger: logger, deadline: .seconds(300))
                 try await connection.allRows(
                     """
                     CREATE TABLE IF NOT EXISTS \(unescaped: quoted).schema_migrations (
@@ -127,25 +127,34 @@ enum PostgresSchema {
                         applied_at timestamptz NOT NULL DEFAULT now()
                     )
                     """,
-                    logger: logger
+                    logger: logger,
+                    deadline: .seconds(300)
                 )
                 var applied: Set<Int> = []
                 for version in try await connection.allRows(
                     "SELECT version FROM \(unescaped: quoted).schema_migrations",
-                    logger: logger
+                    logger: logger,
+                    deadline: .seconds(300)
                 ).decode(Int.self) {
                     applied.insert(version)
                 }
                 for migration in migrations where !applied.contains(migration.version) {
-                    try await connection.withTransaction(logger: logger) { connection in
+                    // One transaction per migration, each statement under the same generous deadline.
+                    try await connection.allRows("BEGIN", logger: logger, deadline: .seconds(300))
+                    do {
                         for statement in migration.statements {
                             let sql = statement.replacingOccurrences(of: "S.", with: "\(quoted).")
-                            try await connection.allRows(PostgresQuery(unsafeSQL: sql), logger: logger)
+                            try await connection.allRows(PostgresQuery(unsafeSQL: sql), logger: logger, deadline: .seconds(300))
                         }
                         try await connection.allRows(
                             "INSERT INTO \(unescaped: quoted).schema_migrations (version, name) VALUES (\(migration.version), \(migration.name))",
-                            logger: logger
+                            logger: logger,
+                            deadline: .seconds(300)
                         )
+                        try await connection.allRows("COMMIT", logger: logger, deadline: .seconds(300))
+                    } catch {
+                        _ = try? await connection.allRows("ROLLBACK", logger: logger, deadline: .seconds(300))
+                        throw error
                     }
                     logger.info(
                         "applied migration",
@@ -153,10 +162,10 @@ enum PostgresSchema {
                     )
                 }
             } catch {
-                _ = try? await connection.allRows("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
+                _ = try? await connection.allRows("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger, deadline: .seconds(300))
                 throw error
             }
-            try await connection.allRows("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger)
+            try await connection.allRows("SELECT pg_advisory_unlock(hashtext(\(key)))", logger: logger, deadline: .seconds(300))
         }
     }
 

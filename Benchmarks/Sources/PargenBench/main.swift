@@ -52,6 +52,15 @@ if arguments.count > 1 && arguments[1] == "matrix" {
     let lines = arguments.count > 2 ? Int(arguments[2]) ?? 100_000 : 100_000
     exit(try MatrixBench.run(lines: lines) ? 0 : 1)
 }
+if arguments.count > 1 && arguments[1] == "workers" {
+    guard arguments.count > 2 else {
+        print("usage: PargenBench workers POSTGRES_URL [jobs=5000]")
+        exit(2)
+    }
+    let jobs = arguments.count > 3 ? Int(arguments[3]) ?? 5_000 : 5_000
+    try await WorkersBench.run(url: arguments[2], jobs: jobs)
+    exit(0)
+}
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000

@@ -1,0 +1,118 @@
+import Foundation
+import Pargen
+import PargenPostgres
+import PostgresNIO
+
+/// Jobs per second through the whole durable lifecycle on one PostgreSQL, with 1, 2 and 3 workers in this process,
+/// each with a connection pool of its own (as separate processes have), on an instant provider.
+///
+/// Two ways of taking work are timed on the same server: `claim` is what a worker on the shared store does (look
+/// at the queue, then claim each job in the transaction that admits its call; several workers look at the same
+/// jobs, so some claims find the job gone); `lease` takes 100 jobs per statement with SKIP LOCKED (what a store
+/// without shared admission does), the baseline. Each job then begins its attempt, records its task id and
+/// completes, 100 at a time in flight per worker, as the engine runs them.
+enum WorkersBench {
+    static func run(url: String, jobs: Int) async throws {
+        let location = try PostgresLocation(url: url)
+        print("workers: \(jobs) jobs per run on \(location.redacted), instant provider")
+        print("| workers | claim (shared admission) jobs/s | lease (SKIP LOCKED batch) jobs/s |")
+        print("|---|---|---|")
+        for workers in 1...3 {
+            let claimed = try await measure(location: location, jobs: jobs, workers: workers, claiming: true)
+            let leased = try await measure(location: location, jobs: jobs, workers: workers, claiming: false)
+            print("| \(workers) | \(Int(claimed)) | \(Int(leased)) |")
+        }
+    }
+
+    static func measure(location: PostgresLocation, jobs: Int, workers: Int, claiming: Bool) async throws -> Double {
+        let schema = "bench_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)
+        let clients = (0..<workers).map { _ in PostgresClient(configuration: location.clientConfiguration(maximumConnections: 40)) }
+        let runners = clients.map { client in Task { await client.run() } }
+        defer { for runner in runners { runner.cancel() } }
+        var stores: [PostgresJobStore] = []
+        for client in clients { stores.append(try await PostgresJobStore(client: client, schema: String(schema))) }
+        for batch in stride(from: 0, to: jobs, by: 1000) {
+            _ = try await stores[0].enqueue((batch..<min(jobs, batch + 1000)).map(StoreBench.request))
+        }
+        let start = ContinuousClock.now
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for (index, store) in stores.enumerated() {
+                group.addTask { try await work(store, owner: "bench-\(index)", claiming: claiming) }
+            }
+            try await group.waitForAll()
+        }
+        let seconds = (ContinuousClock.now - start).seconds
+        let counts = try await stores[0].counts()
+        precondition(counts == [.succeeded: jobs], "every job succeeded once: \(counts)")
+        _ = try await clients[0].query("DROP SCHEMA \(unescaped: "\"" + schema + "\"") CASCADE")
+        return Double(jobs) / seconds
+    }
+
+    static let quota = ProviderQuota()
+    static let outcome = JobOutcome(
+        artifact: Artifact(
+            url: URL(fileURLWithPath: "/tmp/x.wav"),
+            format: .wav,
+            contentType: "audio/wav",
+            byteCount: 1,
+            sha256: "00",
+            duration: .seconds(1),
+            provider: "p"
+        ),
+        provider: "p",
+        cost: .cents(1)
+    )
+
+    static func work(_ store: PostgresJobStore, owner: String, claiming: Bool) async throws {
+        var limits = PargenConfiguration.RateLimits()
+        limits.enabled = false
+        while true {
+            var held: [LeasedJob] = []
+            if claiming {
+                let seen = try await store.peek(
+                    limit: 100,
+                    excludingUsers: [],
+                    excludingProjects: [],
+                    excludingJobs: [],
+                    kinds: Set(GenerationKind.allCases)
+                )
+                if seen.isEmpty { return }
+                held = try await withThrowingTaskGroup(of: LeasedJob?.self) { group in
+                    for record in seen {
+                        group.addTask {
+                            let call = SharedCall(
+                                provider: "p",
+                                user: record.request.user,
+                                project: record.request.project,
+                                submits: true,
+                                holdsSlot: false,
+                                quota: quota,
+                                limits: limits
+                            )
+                            if case .claimed(let job) = try await store.claim(record.id, owner: owner, duration: .seconds(60), for: call) {
+                                return job
+                            }
+                            return nil
+                        }
+                    }
+                    var jobs: [LeasedJob] = []
+                    for try await job in group { if let job { jobs.append(job) } }
+                    return jobs
+                }
+            } else {
+                held = try await store.lease(limit: 100, owner: owner, duration: .seconds(60), excludingUsers: [])
+                if held.isEmpty { return }
+            }
+            try await withThrowingTaskGroup(of: Void.self) { group in
+                for job in held {
+                    group.addTask {
+                        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
+                        try await store.recordSubmission(job.lease, taskID: "t")
+                        try await store.complete(job.lease, outcome: outcome)
+                    }
+                }
+                try await group.waitForAll()
+            }
+        }
+    }
+}
