@@ -4,6 +4,8 @@
 #        scripts/bench.sh store [jobs=20000] [campaign=100000]   durable store throughput and resume time
 #        scripts/bench.sh matrix [lines=100000]   the scheduling matrix through the simulator, and the time to
 #                                   simulate a campaign of that many lines
+#        scripts/bench.sh workers [jobs=5000]   jobs/s through the durable lifecycle on PostgreSQL with 1, 2 and 3
+#                                   workers (starts a throwaway server on loopback, see scripts/postgres.sh)
 #        scripts/bench.sh quota [window-seconds=60] [speech|video|mixed|all] [equal]   makespan against the quota
 #                                   bound; "equal" gives every video task the same time (the bound is then reachable)
 set -euo pipefail
@@ -14,6 +16,13 @@ rm -f Benchmarks/.build/release.yaml
 swift build -c release --package-path Benchmarks --product PargenBench
 if [ "${1:-}" = "quota" ]; then
     exec Benchmarks/.build/release/PargenBench quota "${2:-60}" "${3:-all}" ${4:-}
+fi
+if [ "${1:-}" = "workers" ]; then
+    pgdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-bench-pg.XXXXXX")
+    trap 'bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1; rm -rf "$pgdir"' EXIT
+    url=$(bash scripts/postgres.sh start "$pgdir")
+    Benchmarks/.build/release/PargenBench workers "$url" "${2:-5000}"
+    exit 0
 fi
 if [ "${1:-}" = "matrix" ]; then
     exec Benchmarks/.build/release/PargenBench matrix "${2:-100000}"

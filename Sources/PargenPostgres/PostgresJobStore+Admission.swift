@@ -67,7 +67,19 @@ extension PostgresJobStore: AdmittingJobStore {
                 }
                 guard let (stored, nowNanos) = found else { return ClaimDecision.gone }
                 let now = Duration.nanoseconds(nowNanos)
-                if let call {
+                if let call, !call.hasSharedLimits {
+                    // Nothing to count: only a provider's cooldown (from a 429 seen by any worker) holds it back.
+                    var cooldown: Int64?
+                    for row in try await connection.allRows(
+                        "SELECT cooldown_until FROM \(unescaped: quoted).limit_keys WHERE key = \("provider:" + call.provider)",
+                        logger: self.logger
+                    ) {
+                        cooldown = try row.decode(Int64?.self)
+                    }
+                    if let cooldown, cooldown > nowNanos {
+                        return ClaimDecision.wait(.nanoseconds(cooldown - nowNanos), limit: .providerCooldown)
+                    }
+                } else if let call {
                     let limits = try await self.readLimits(call, now: nowNanos, on: connection)
                     switch limits.decide(call, at: now) {
                     case .wait(let wait, let limit, let startsBurst):

@@ -6,12 +6,16 @@ public import Pargen
 ///
 /// Every row holds the whole ``JobRecord`` as JSON next to the columns that leasing and queries use. Every
 /// transition loads the record, checks the lease token (fencing), applies the same transition functions the
-/// memory store applies, and saves it, in one write transaction. Times are wall-clock nanoseconds since the
+/// memory store applies, and saves it, in a savepoint of a write transaction; transitions that arrive together
+/// share one transaction and so one fsync (group commit), and each returns only once that transaction has
+/// committed. Times are wall-clock nanoseconds since the
 /// Unix epoch, so leases and due times survive a restart.
 public final class SQLiteJobStore: JobStore {
     public var outlivesProcess: Bool { true }
 
     private let writer: any DatabaseWriter
+    /// Every transition goes through it: transitions that arrive together commit in one transaction.
+    private let committer: GroupCommitter
     private let now: @Sendable () -> Duration
     private let idPrefix: String
     /// The database file (`:memory:` for a store in memory).
@@ -52,6 +56,7 @@ public final class SQLiteJobStore: JobStore {
             // GRDB sets NORMAL when it turns WAL on; the writer connection is the one whose commits must last.
             try pool.writeWithoutTransaction { try $0.execute(sql: "PRAGMA synchronous = \(durability.pragma)") }
             writer = pool
+            committer = GroupCommitter(writer: pool)
         } catch {
             throw StoreError(.unavailable, "cannot open the job store at \(path)", underlying: error)
         }
@@ -74,7 +79,9 @@ public final class SQLiteJobStore: JobStore {
         throws
     {
         do {
-            writer = try DatabaseQueue()
+            let queue = try DatabaseQueue()
+            writer = queue
+            committer = GroupCommitter(writer: queue)
         } catch {
             throw StoreError(.unavailable, "cannot open an in-memory job store", underlying: error)
         }
@@ -458,7 +465,7 @@ public final class SQLiteJobStore: JobStore {
     /// Runs a write transaction, mapping database errors to ``StoreError``.
     private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
-            return try await writer.write(body)
+            return try await committer.write(body)
         } catch let error as StoreError {
             throw error
         } catch {

@@ -64,8 +64,11 @@ enum WorkersBench {
     )
 
     static func work(_ store: PostgresJobStore, owner: String, claiming: Bool) async throws {
-        var limits = PargenConfiguration.RateLimits()
-        limits.enabled = false
+        let limits: PargenConfiguration.RateLimits = {
+            var limits = PargenConfiguration.RateLimits()
+            limits.enabled = false
+            return limits
+        }()
         while true {
             var held: [LeasedJob] = []
             if claiming {

@@ -10,6 +10,12 @@ public struct SharedCall: Sendable, Hashable {
     public var quota: ProviderQuota
     public var limits: PargenConfiguration.RateLimits
 
+    /// Whether any shared limit counts this call (a provider window or slots, or the user and project limits);
+    /// a call that none counts needs no admission record, only a look at the provider's cooldown.
+    public var hasSharedLimits: Bool {
+        limits.enabled || (submits && quota.requestsPerMinute != nil) || (holdsSlot && quota.concurrentTasks != nil)
+    }
+
     public init(
         provider: String,
         user: String,

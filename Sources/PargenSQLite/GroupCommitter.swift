@@ -1,0 +1,77 @@
+import GRDB
+import Synchronization
+
+/// Commits the transitions of every writer waiting at the same moment in one SQLite transaction (group
+/// commit): one fsync for all of them instead of one each.
+///
+/// A transition waits until the transaction that holds it has committed (so an acknowledged transition is as
+/// durable as before: on disk with `synchronous = FULL`), and each runs in a savepoint of its own, so a
+/// transition that throws (a lost lease) is rolled back alone and the others commit. While one transaction is
+/// being written, the transitions that arrive meanwhile queue up and go together in the next: under load the
+/// batches grow by themselves; alone, a transition commits at once.
+final class GroupCommitter: Sendable {
+    private struct Pending: Sendable {
+        let body: @Sendable (Database) throws -> any Sendable
+        let done: CheckedContinuation<any Sendable, any Error>
+    }
+
+    private let writer: any DatabaseWriter
+    private let state = Mutex((queue: [Pending](), draining: false))
+    /// The most transitions in one transaction.
+    let maxBatch = 512
+
+    init(writer: any DatabaseWriter) { self.writer = writer }
+
+    /// Runs `body` in the next group transaction and returns its value once that transaction has committed.
+    func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+        let value = try await withCheckedThrowingContinuation { (done: CheckedContinuation<any Sendable, any Error>) in
+            let lead = state.withLock { state -> Bool in
+                state.queue.append(Pending(body: { try body($0) }, done: done))
+                if state.draining { return false }
+                state.draining = true
+                return true
+            }
+            if lead { Task { await self.drain() } }
+        }
+        return value as! T
+    }
+
+    /// Writes the queue in transactions of up to ``maxBatch`` until it is empty.
+    private func drain() async {
+        while true {
+            let batch = state.withLock { state -> [Pending] in
+                guard !state.queue.isEmpty else {
+                    state.draining = false
+                    return []
+                }
+                let batch = Array(state.queue.prefix(maxBatch))
+                state.queue.removeFirst(batch.count)
+                return batch
+            }
+            guard !batch.isEmpty else { return }
+            do {
+                let outcomes = try await writer.write { db -> [Result<any Sendable, any Error>] in
+                    var outcomes: [Result<any Sendable, any Error>] = []
+                    outcomes.reserveCapacity(batch.count)
+                    for pending in batch {
+                        do {
+                            var value: (any Sendable)?
+                            try db.inSavepoint {
+                                value = try pending.body(db)
+                                return .commit
+                            }
+                            outcomes.append(.success(value!))
+                        } catch {
+                            outcomes.append(.failure(error))
+                        }
+                    }
+                    return outcomes
+                }
+                for (pending, outcome) in zip(batch, outcomes) { pending.done.resume(with: outcome) }
+            } catch {
+                // The transaction itself failed (a full disk, an I/O error): nothing in it was committed.
+                for pending in batch { pending.done.resume(throwing: error) }
+            }
+        }
+    }
+}
