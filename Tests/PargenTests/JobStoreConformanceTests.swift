@@ -27,20 +27,7 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
 @Suite struct JobStoreConformanceTests {
     static let factories: [StoreFactory] = [.memory, .sqlite, .postgres]
 
-    let outcome = JobOutcome(
-        artifact: Artifact(
-            url: URL(fileURLWithPath: "/tmp/x.wav"),
-            format: .wav,
-            contentType: "audio/wav",
-            byteCount: 1,
-            sha256: "ab",
-            duration: .seconds(1),
-            provider: "p",
-            providerTaskID: "t"
-        ),
-        provider: "p",
-        cost: .cents(3)
-    )
+    let outcome = JobOutcome.test
 
     func lease(
         _ store: any JobStore,

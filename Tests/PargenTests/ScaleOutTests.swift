@@ -28,21 +28,8 @@ extension SoloTests {
         let lines = 2_000
 
         // Three fakes, each logging every submission it receives.
-        var fakes: [(process: Process, log: URL, baseURL: String)] = []
+        let fakes = try await startFakes(in: folder, ["--rpm", "\(providerLimit)", "--window", "\(providerWindow)"])
         defer { for fake in fakes where fake.process.isRunning { kill(fake.process.processIdentifier, SIGTERM) } }
-        for index in 0..<3 {
-            let log = folder.appendingPathComponent("fake\(index).jsonl")
-            let output = folder.appendingPathComponent("fake\(index).out")
-            let process = try launch(
-                ["fake-provider", "--protocol", "openai", "--rpm", "\(providerLimit)", "--window", "\(providerWindow)",
-                    "--lifetime", "600", "--log", log.path],
-                output: output
-            )
-            let baseURL = try await waitForLine(in: output, containing: "listening on") { line in
-                line.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init)
-            }
-            fakes.append((process, log, baseURL))
-        }
         let config = folder.appendingPathComponent("pargen.yaml")
         var yaml = "localProviders: false\nproviders:\n"
         for (index, fake) in fakes.enumerated() {
@@ -79,17 +66,14 @@ extension SoloTests {
         #expect(enqueue.terminationStatus == 0)
 
         let started = ContinuousClock.now
-        var workers: [Process] = []
-        defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        for index in 0..<3 {
-            workers.append(
-                try launch(
-                    ["worker", "--out", folder.appendingPathComponent("out\(index)").path] + store,
-                    output: folder.appendingPathComponent("worker\(index).out"),
-                    environment: environment
-                )
+        let workers = try (0..<3).map { index in
+            try launch(
+                ["worker", "--out", folder.appendingPathComponent("out\(index)").path] + store,
+                output: folder.appendingPathComponent("worker\(index).out"),
+                environment: environment
             )
         }
+        defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
         let jobs = try await TestPostgres.store(schema: schema)
         try await waitUntil(seconds: 300) { try await jobs.counts()[.succeeded, default: 0] == lines }
         let makespan = ContinuousClock.now - started
@@ -104,10 +88,8 @@ extension SoloTests {
         var refusedForQuota = 0
         var perFake: [Int] = []
         for fake in fakes {
-            let submissions = try String(contentsOf: fake.log, encoding: .utf8).split(separator: "\n").map {
-                try JSONDecoder().decode(FakeSubmission.self, from: Data($0.utf8))
-            }
-            refusedForQuota += submissions.filter { ["rate", "concurrency", "throttled"].contains($0.refusal ?? "") }.count
+            let submissions = try fake.submissions()
+            refusedForQuota += submissions.filter(\.refusedForQuota).count
             for submission in submissions where submission.accepted { accepted[submission.prompt, default: 0] += 1 }
             perFake.append(submissions.filter(\.accepted).count)
             // The busiest window of the fake's own clock.
@@ -187,21 +169,8 @@ extension SoloTests {
         let schema = TestPostgres.freshSchema()
         let lines = 600
         let lease = 6.0
-        var fakes: [(process: Process, log: URL, baseURL: String)] = []
+        let fakes = try await startFakes(in: folder, ["--rpm", "40", "--window", "5", "--task-seconds", "3-5"])
         defer { for fake in fakes where fake.process.isRunning { kill(fake.process.processIdentifier, SIGTERM) } }
-        for index in 0..<3 {
-            let log = folder.appendingPathComponent("fake\(index).jsonl")
-            let output = folder.appendingPathComponent("fake\(index).out")
-            let process = try launch(
-                ["fake-provider", "--protocol", "openai", "--rpm", "40", "--window", "5", "--task-seconds", "3-5",
-                    "--lifetime", "600", "--log", log.path],
-                output: output
-            )
-            let baseURL = try await waitForLine(in: output, containing: "listening on") { line in
-                line.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init)
-            }
-            fakes.append((process, log, baseURL))
-        }
         var yaml = "localProviders: false\nleaseSeconds: \(lease)\nproviders:\n"
         for (index, fake) in fakes.enumerated() {
             yaml += """
@@ -231,17 +200,14 @@ extension SoloTests {
         try await CrashRecoveryTests.waitForExit(enqueue, within: .seconds(60))
         #expect(enqueue.terminationStatus == 0)
 
-        var workers: [Process] = []
-        defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
-        for index in 0..<3 {
-            workers.append(
-                try launch(
-                    ["worker", "--out", folder.appendingPathComponent("out\(index)").path] + store,
-                    output: folder.appendingPathComponent("worker\(index).out"),
-                    environment: environment
-                )
+        let workers = try (0..<3).map { index in
+            try launch(
+                ["worker", "--out", folder.appendingPathComponent("out\(index)").path] + store,
+                output: folder.appendingPathComponent("worker\(index).out"),
+                environment: environment
             )
         }
+        defer { for worker in workers where worker.isRunning { kill(worker.processIdentifier, SIGKILL) } }
         let jobs = try await TestPostgres.store(schema: schema)
         @Sendable func finished() async throws -> Int {
             let counts = try await jobs.counts()
@@ -309,10 +275,8 @@ extension SoloTests {
         var accepted: [String: Int] = [:]
         var refusedForQuota = 0
         for fake in fakes {
-            let submissions = try String(contentsOf: fake.log, encoding: .utf8).split(separator: "\n").map {
-                try JSONDecoder().decode(FakeSubmission.self, from: Data($0.utf8))
-            }
-            refusedForQuota += submissions.filter { ["rate", "concurrency", "throttled"].contains($0.refusal ?? "") }.count
+            let submissions = try fake.submissions()
+            refusedForQuota += submissions.filter(\.refusedForQuota).count
             for submission in submissions where submission.accepted { accepted[submission.prompt, default: 0] += 1 }
         }
         #expect(accepted.values.allSatisfy { $0 == 1 }, "no line submitted twice: \(accepted.filter { $0.value > 1 })")
@@ -364,6 +328,38 @@ extension SoloTests {
         return bound
     }
 
+    /// A fake provider started by ``startFakes(in:_:)``.
+    struct Fake {
+        var process: Process
+        var log: URL
+        var baseURL: String
+
+        /// Every submission the fake logged.
+        func submissions() throws -> [FakeSubmission] {
+            try String(contentsOf: log, encoding: .utf8).split(separator: "\n").map {
+                try JSONDecoder().decode(FakeSubmission.self, from: Data($0.utf8))
+            }
+        }
+    }
+
+    /// Starts 3 `pargen fake-provider` OpenAI fakes with `arguments`, each logging every submission it receives.
+    func startFakes(in folder: URL, _ arguments: [String]) async throws -> [Fake] {
+        var fakes: [Fake] = []
+        for index in 0..<3 {
+            let log = folder.appendingPathComponent("fake\(index).jsonl")
+            let output = folder.appendingPathComponent("fake\(index).out")
+            let process = try launch(
+                ["fake-provider", "--protocol", "openai", "--lifetime", "600", "--log", log.path] + arguments,
+                output: output
+            )
+            let baseURL = try await waitForLine(in: output, containing: "listening on") { line in
+                line.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init)
+            }
+            fakes.append(Fake(process: process, log: log, baseURL: baseURL))
+        }
+        return fakes
+    }
+
     /// Starts `pargen` with its output in a file.
     func launch(_ arguments: [String], output: URL, environment: [String: String] = [:]) throws -> Process {
         let process = Process()
@@ -391,6 +387,11 @@ extension SoloTests {
         }
         throw TestPostgres.Missing()
     }
+}
+
+extension FakeSubmission {
+    /// Refused for the provider's quota (a 429, MiniMax's 1002, Runway's THROTTLED).
+    var refusedForQuota: Bool { ["rate", "concurrency", "throttled"].contains(refusal ?? "") }
 }
 
 extension Duration {

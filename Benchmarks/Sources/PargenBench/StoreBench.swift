@@ -19,19 +19,6 @@ enum StoreBench {
     /// Enqueue then lease, begin, record the task id and complete every job, 100 leased at a time: one job after
     /// the other, or (`concurrent`) the 100 at once, as the engine runs them.
     static func lifecycle(_ store: any JobStore, jobs: Int, concurrent: Bool = false) async throws -> Double {
-        let outcome = JobOutcome(
-            artifact: Artifact(
-                url: URL(fileURLWithPath: "/tmp/x.wav"),
-                format: .wav,
-                contentType: "audio/wav",
-                byteCount: 1,
-                sha256: "00",
-                duration: .seconds(1),
-                provider: "p"
-            ),
-            provider: "p",
-            cost: .cents(1)
-        )
         let start = ContinuousClock.now
         for batch in stride(from: 0, to: jobs, by: 1000) {
             _ = try await store.enqueue((batch..<min(jobs, batch + 1000)).map(request))
@@ -41,26 +28,37 @@ enum StoreBench {
             let leased = try await store.lease(limit: 100, owner: "bench", duration: .seconds(60), excludingUsers: [])
             if concurrent {
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    for job in leased {
-                        group.addTask {
-                            try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
-                            try await store.recordSubmission(job.lease, taskID: "t")
-                            try await store.complete(job.lease, outcome: outcome)
-                        }
-                    }
+                    for job in leased { group.addTask { try await finish(job, in: store) } }
                     try await group.waitForAll()
                 }
             } else {
-                for job in leased {
-                    try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
-                    try await store.recordSubmission(job.lease, taskID: "t")
-                    try await store.complete(job.lease, outcome: outcome)
-                }
+                for job in leased { try await finish(job, in: store) }
             }
             done += leased.count
         }
         return (ContinuousClock.now - start).seconds
     }
+
+    /// A leased job's call on an instant provider: begin, record the task id, complete.
+    static func finish(_ job: LeasedJob, in store: any JobStore) async throws {
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
+        try await store.recordSubmission(job.lease, taskID: "t")
+        try await store.complete(job.lease, outcome: outcome)
+    }
+
+    static let outcome = JobOutcome(
+        artifact: Artifact(
+            url: URL(fileURLWithPath: "/tmp/x.wav"),
+            format: .wav,
+            contentType: "audio/wav",
+            byteCount: 1,
+            sha256: "00",
+            duration: .seconds(1),
+            provider: "p"
+        ),
+        provider: "p",
+        cost: .cents(1)
+    )
 
     static func run(jobs: Int, campaign: Int, scratch: URL) async throws {
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)

@@ -49,19 +49,6 @@ enum WorkersBench {
     }
 
     static let quota = ProviderQuota()
-    static let outcome = JobOutcome(
-        artifact: Artifact(
-            url: URL(fileURLWithPath: "/tmp/x.wav"),
-            format: .wav,
-            contentType: "audio/wav",
-            byteCount: 1,
-            sha256: "00",
-            duration: .seconds(1),
-            provider: "p"
-        ),
-        provider: "p",
-        cost: .cents(1)
-    )
 
     static func work(_ store: PostgresJobStore, owner: String, claiming: Bool) async throws {
         let limits: PargenConfiguration.RateLimits = {
@@ -107,13 +94,7 @@ enum WorkersBench {
                 if held.isEmpty { return }
             }
             try await withThrowingTaskGroup(of: Void.self) { group in
-                for job in held {
-                    group.addTask {
-                        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
-                        try await store.recordSubmission(job.lease, taskID: "t")
-                        try await store.complete(job.lease, outcome: outcome)
-                    }
-                }
+                for job in held { group.addTask { try await StoreBench.finish(job, in: store) } }
                 try await group.waitForAll()
             }
         }
