@@ -163,7 +163,9 @@ struct Run: AsyncParsableCommand {
 
             The campaign is kept in a SQLite store (--store, default campaign.sqlite in --out). Running the same \
             command again after a crash or Ctrl-C continues it: finished lines are not redone, submitted tasks are \
-            resumed, the rest run. `pargen run --resume --out DIR` continues without the file.
+            resumed, the rest run. `pargen run --resume --out DIR` continues without the file. With --postgres \
+            URL (or PARGEN_POSTGRES_URL, or postgres.url in --config) the campaign goes to a shared PostgreSQL \
+            store instead, where `pargen worker` processes on other machines work on it too.
 
             Without --config the lines run on the local providers, which do not fail (--inject-faults makes them \
             throttle and fail now and then, as in the demo); with --config FILE, on the providers the file \

@@ -160,3 +160,42 @@ extension JobOutcome {
         cost: .cents(3)
     )
 }
+
+/// The command line on a shared store: `enqueue`, `run`, `status` and `jobs` with `--postgres`, as a user runs them.
+@Suite struct PostgresCommandLineTests {
+    @Test func runEnqueueStatusAndJobsWorkOnASharedStoreAndNeverShowThePassword() async throws {
+        guard let url = TestPostgres.url else { throw TestPostgres.Missing() }
+        // The test server trusts loopback, so any password is accepted: one is given to check it never shows.
+        let withPassword = url.replacingOccurrences(of: "postgres://postgres@", with: "postgres://postgres:Sup3rSecret@")
+        let folder = temporaryDirectory()
+        let schema = TestPostgres.freshSchema()
+        var campaign = ""
+        for line in 0..<12 { campaign += "{\"type\": \"audio\", \"prompt\": \"shared line \(line)\", \"user\": \"u\(line % 3)\"}\n" }
+        let file = folder.appendingPathComponent("campaign.jsonl")
+        try campaign.write(to: file, atomically: true, encoding: .utf8)
+        let runner = LocalResourceTests()
+        let store = ["--postgres", withPassword, "--postgres-schema", schema]
+
+        let enqueued = try await runner.pargen(["enqueue", file.path] + store)
+        #expect(enqueued.status == 0, "\(enqueued.output)")
+        // Enqueuing the same file again adds nothing (each line's idempotency key).
+        _ = try await runner.pargen(["enqueue", file.path] + store)
+        let run = try await runner.pargen(["run", file.path, "--out", folder.appendingPathComponent("out").path, "--no-progress"] + store)
+        #expect(run.status == 0, "\(run.output)")
+        let manifest = try String(contentsOf: folder.appendingPathComponent("out/manifest.jsonl"), encoding: .utf8)
+        #expect(manifest.split(separator: "\n").count == 12)
+        let status = try await runner.pargen(["status"] + store)
+        #expect(status.output.contains("jobs: 12"))
+        #expect(status.output.contains("succeeded"))
+        #expect(status.output.contains("ledger balances: yes"))
+        let jobs = try await runner.pargen(["jobs", "--state", "succeeded"] + store)
+        #expect(jobs.output.split(separator: "\n").count == 12)
+        // A server that is not there: one line naming it without the password, exit 2.
+        let refused = try await runner.pargen(["status", "--postgres", "postgres://u:Sup3rSecret@127.0.0.1:9/x"])
+        #expect(refused.status == 2)
+        #expect(refused.output.contains("postgres://u:***@127.0.0.1:9/x"))
+        for output in [enqueued.output, run.output, status.output, jobs.output, refused.output] {
+            #expect(!output.contains("Sup3rSecret"))
+        }
+    }
+}
