@@ -118,17 +118,7 @@ enum CampaignSession {
             logger: logger,
             hooks: hooks
         )
-        let housekeeping = shared.map { shared in
-            Task {
-                await PostgresHousekeeper(
-                    store: shared.store,
-                    holder: generator.workerID,
-                    interval: configuration.leaseDuration / 3,
-                    maxCrashes: configuration.retry.maxCrashes,
-                    logger: logger
-                ).run()
-            }
-        }
+        let housekeeping = shared?.startHousekeeping(for: generator, configuration: configuration, logger: logger)
         defer { housekeeping?.cancel() }
         let tracker = ProgressTracker(clock: clock)
         tracker.expect(file?.lines.count ?? existing)

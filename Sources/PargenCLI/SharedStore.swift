@@ -67,6 +67,23 @@ final class SharedStore: Sendable {
 
     func close() { runner.cancel() }
 
+    /// Runs housekeeping for `generator`'s worker (rescue and pruning, when this worker holds the lead) until the
+    /// returned task is cancelled; a round every third of a lease.
+    func startHousekeeping(
+        for generator: ParallelGenerator,
+        configuration: PargenConfiguration,
+        logger: Logger
+    ) -> Task<Void, Never> {
+        let housekeeper = PostgresHousekeeper(
+            store: store,
+            holder: generator.workerID,
+            interval: configuration.leaseDuration / 3,
+            maxCrashes: configuration.retry.maxCrashes,
+            logger: logger
+        )
+        return Task { await housekeeper.run() }
+    }
+
     /// A store error without anything that could carry credentials.
     static func describe(_ error: any Error) -> String {
         guard let store = error as? StoreError else { return String(describing: type(of: error)) }

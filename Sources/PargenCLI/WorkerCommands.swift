@@ -67,15 +67,7 @@ struct Worker: AsyncParsableCommand {
         } catch {
             fail("\(error)")
         }
-        let housekeeping = Task {
-            await PostgresHousekeeper(
-                store: shared.store,
-                holder: generator.workerID,
-                interval: configuration.leaseDuration / 3,
-                maxCrashes: configuration.retry.maxCrashes,
-                logger: logger
-            ).run()
-        }
+        let housekeeping = shared.startHousekeeping(for: generator, configuration: configuration, logger: logger)
         print("\(generator.workerID): working on \(shared.location.redacted) (schema \(shared.store.schema)); SIGTERM or Ctrl-C stops it")
         fflush(nil)
         await signals.first()
