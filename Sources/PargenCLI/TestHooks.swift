@@ -17,6 +17,21 @@ enum TestHooks {
     ///   `downloaded`, `committed`), the process names the job in `PARGEN_TEST_CRASH_MARKER` and kills itself.
     /// - `PARGEN_TEST_TERM_AT=CHECKPOINT:N`: the same, with SIGTERM (a graceful stop) instead.
     /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
+    /// With `PARGEN_TEST_EXIT_WITH_PARENT=1` (debug builds), the process exits when the process that started it
+    /// ends (a test that timed out or crashed), so that a long-running `pargen worker` never outlives its test.
+    static func exitWithParentIfAsked() {
+        #if DEBUG
+        guard ProcessInfo.processInfo.environment["PARGEN_TEST_EXIT_WITH_PARENT"] == "1" else { return }
+        let parent = getppid()
+        Task.detached {
+            while true {
+                try? await Task.sleep(for: .seconds(1))
+                if getppid() != parent { _exit(3) }
+            }
+        }
+        #endif
+    }
+
     static func fromEnvironment() -> (EngineHooks, submitLog: URL?) {
         #if DEBUG
         let environment = ProcessInfo.processInfo.environment

@@ -33,6 +33,7 @@ struct Worker: AsyncParsableCommand {
     @OptionGroup var options: CampaignOptions
 
     func run() async throws {
+        TestHooks.exitWithParentIfAsked()
         let logger = options.bootstrapLogging()
         var setup = try await options.loadSetup()
         try options.apply(to: &setup.configuration)

@@ -365,7 +365,9 @@ extension SoloTests {
         let process = Process()
         process.executableURL = CommandLineTests.executable
         process.arguments = arguments
-        process.environment = ProcessInfo.processInfo.environment.merging(["SWIFT_BACKTRACE": "enable=no"]) { $1 }
+        // A worker ends with this test process even if the test is stopped before its own cleanup runs.
+        process.environment = ProcessInfo.processInfo.environment
+            .merging(["SWIFT_BACKTRACE": "enable=no", "PARGEN_TEST_EXIT_WITH_PARENT": "1"]) { $1 }
             .merging(environment) { $1 }
         _ = FileManager.default.createFile(atPath: output.path, contents: nil)
         let handle = try FileHandle(forWritingTo: output)
