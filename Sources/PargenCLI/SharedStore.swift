@@ -61,7 +61,7 @@ final class SharedStore: Sendable {
             return SharedStore(client: client, store: store, location: location, runner: runner)
         case .failure(let error):
             runner.cancel()
-            fail("cannot open the job store in PostgreSQL at \(location.redacted): \(describe(error))")
+            fail("cannot open the job store in PostgreSQL at \(location.redacted): \(reason(error))")
         }
     }
 
@@ -82,11 +82,5 @@ final class SharedStore: Sendable {
             logger: logger
         )
         return Task { await housekeeper.run() }
-    }
-
-    /// A store error without anything that could carry credentials.
-    static func describe(_ error: any Error) -> String {
-        guard let store = error as? StoreError else { return String(describing: type(of: error)) }
-        return store.underlying.map { "\(store.message) (\($0))" } ?? store.message
     }
 }

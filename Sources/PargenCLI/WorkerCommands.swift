@@ -98,12 +98,6 @@ struct Worker: AsyncParsableCommand {
         if let halt = generator.haltReason {
             fail("stopped taking work: \(halt)")
         }
-        // Every lease is given back and every change committed: leave now. (Seen in the fault test: after a
-        // PostgreSQL restart, a worker that had printed this line sometimes did not exit within 30 s, as if the
-        // process's own teardown waited on something; nothing remains to be done by then.)
-        shared.close()
-        fflush(nil)
-        _exit(0)
     }
 }
 
@@ -171,7 +165,7 @@ struct Enqueue: AsyncParsableCommand {
             try? await http.shutdown()
         } catch {
             try? await http.shutdown()
-            fail("cannot add the campaign to the store: \(SharedStore.describe(error))")
+            fail("cannot add the campaign to the store: \(reason(error))")
         }
         var invalid = campaign.errors.count
         for error in campaign.errors {

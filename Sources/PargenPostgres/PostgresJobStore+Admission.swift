@@ -52,18 +52,17 @@ extension PostgresJobStore: AdmittingJobStore {
             try await self.transaction { connection in
                 // The job first, skipping it if another worker is claiming it right now.
                 var found: (StoredJob, Int64)?
-                for (text, state, token, leaseOwner, expires, version, now) in try await connection.allRows(
+                for row in try await connection.allRows(
                     """
-                    SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
-                           COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                     FROM \(unescaped: quoted).jobs
                     WHERE id = \(id.rawValue) AND state = 'available'
                       AND run_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                     FOR UPDATE SKIP LOCKED
                     """,
                     logger: self.logger
-                ).decode((String, String, String?, String?, Int64?, Int64, Int64).self) {
-                    found = (try StoredJob(text: text, state: state, token: token, owner: leaseOwner, expiresAt: expires, version: version), now)
+                ).decode(StoredJob.TimedRow.self) {
+                    found = try StoredJob.timed(row)
                 }
                 guard let (stored, nowNanos) = found else { return ClaimDecision.gone }
                 let now = Duration.nanoseconds(nowNanos)

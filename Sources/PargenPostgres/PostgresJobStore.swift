@@ -231,11 +231,8 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            // Every row stream is read to its end: a stream left half-read when the server closes the connection
-            // trips a precondition in postgres-nio's RowStreamStateMachine (seen on a PostgreSQL restart).
-            var wait: Int64??
-            for value in try rows.decode(Int64?.self) { wait = value }
-            return wait.flatMap { $0 }.map { max(.zero, .nanoseconds($0)) }
+            let wait: Int64? = try rows.decode(Int64?.self).last ?? nil
+            return wait.map { max(Duration.zero, .nanoseconds($0)) }
         }
     }
 
@@ -252,9 +249,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            var renewed: Int64?
-            for expires in try rows.decode(Int64.self) { renewed = expires }
-            if let renewed { return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: .nanoseconds(renewed)) }
+            if let renewed = try rows.decode(Int64.self).last { return JobLease(jobID: lease.jobID, token: lease.token, expiresAt: .nanoseconds(renewed)) }
             throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
         }
     }
@@ -319,8 +314,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
             try await self.transaction { connection in
                 let rows = try await connection.allRows(
                     """
-                    SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
-                           COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                     FROM \(unescaped: quoted).jobs
                     WHERE state = 'running'
                       AND (NOT \(expiredOnly) OR lease_expires_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()))
@@ -330,10 +324,9 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 )
                 var rescued: [StoredJob] = []
                 var now: Duration = .zero
-                for (text, state, token, owner, expires, version, time) in try rows.decode(
-                    (String, String, String?, String?, Int64?, Int64, Int64).self
-                ) {
-                    rescued.append(try StoredJob(text: text, state: state, token: token, owner: owner, expiresAt: expires, version: version))
+                for row in try rows.decode(StoredJob.TimedRow.self) {
+                    let (job, time) = try StoredJob.timed(row)
+                    rescued.append(job)
                     now = .nanoseconds(time)
                 }
                 for var job in rescued {
@@ -369,9 +362,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            var total = 0
-            for count in try rows.decode(Int.self) { total = count }
-            return total
+            return try rows.decode(Int.self).last ?? 0
         }
     }
 
@@ -400,9 +391,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            var total = 0
-            for count in try rows.decode(Int.self) { total = count }
-            return total
+            return try rows.decode(Int.self).last ?? 0
         }
     }
 
@@ -517,9 +506,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 """,
                 logger: self.logger
             )
-            var leads = false
-            for _ in try rows.decode(String.self) { leads = true }
-            return leads
+            return !rows.isEmpty
         }
     }
 
@@ -545,15 +532,15 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         try await run(operation) { [quoted] in
             for _ in 0..<16 {
                 var loaded: (StoredJob, Duration)?
-                for (text, state, token, owner, expires, version, time) in try await self.allRows(
+                for row in try await self.allRows(
                     """
-                    SELECT record::text, state, lease_token, lease_owner, lease_expires_at, version,
-                           COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                     FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)
                     """,
                     logger: self.logger
-                ).decode((String, String, String?, String?, Int64?, Int64, Int64).self) {
-                    loaded = (try StoredJob(text: text, state: state, token: token, owner: owner, expiresAt: expires, version: version), .nanoseconds(time))
+                ).decode(StoredJob.TimedRow.self) {
+                    let (job, time) = try StoredJob.timed(row)
+                    loaded = (job, .nanoseconds(time))
                 }
                 guard let (stored, now) = loaded else { throw StoreError(.notFound, "no job \(id)") }
                 var job = stored
@@ -600,9 +587,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
             """,
             logger: logger
         )
-        var written = false
-        for (saved, _) in try rows.decode((Int, Int).self) { written = saved == 1 }
-        return written
+        return try rows.decode((Int, Int).self).last?.0 == 1
     }
 
     /// Runs a database operation, keeping the store's own errors and turning the driver's into
@@ -632,9 +617,6 @@ public final class PostgresJobStore: JobStore, JobNotifying {
             } catch let error as StoreError {
                 throw error
             } catch {
-                if let transaction = error as? PostgresTransactionError, let inner = transaction.closureError as? StoreError {
-                    throw inner
-                }
                 guard Self.isTransient(error), !Task.isCancelled, ContinuousClock.now - started < outageTolerance else {
                     throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
                 }
@@ -651,12 +633,6 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     /// Whether an error means the server was away or a transaction lost a race (worth running again), not that
     /// the operation is wrong.
     static func isTransient(_ error: any Error) -> Bool {
-        var error = error
-        if let transaction = error as? PostgresTransactionError,
-            let inner = transaction.beginError ?? transaction.closureError ?? transaction.commitError
-        {
-            error = inner
-        }
         if error is QueryDeadlineExceeded { return true }
         guard let psql = error as? PSQLError else { return false }
         switch psql.code {
@@ -676,7 +652,14 @@ public final class PostgresJobStore: JobStore, JobNotifying {
 /// A row of the jobs table: the record with the lease columns laid over it (they are the truth for the lease).
 struct StoredJob {
     typealias Row = (String, String, String?, String?, Int64?, Int64)
+    /// ``columns`` followed by the store's time (`COALESCE(clock, now_ns())`).
+    typealias TimedRow = (String, String, String?, String?, Int64?, Int64, Int64)
     static let columns = "record::text, state, lease_token, lease_owner, lease_expires_at, version"
+
+    /// A row of ``columns`` and the store's time, in nanoseconds since the Unix epoch.
+    static func timed(_ row: TimedRow) throws -> (job: StoredJob, now: Int64) {
+        (try StoredJob((row.0, row.1, row.2, row.3, row.4, row.5)), row.6)
+    }
 
     var record: JobRecord
     var version: Int64
@@ -740,11 +723,6 @@ struct PostgresFailure: Error, CustomStringConvertible {
     init(_ underlying: any Error) { self.underlying = underlying }
 
     var description: String {
-        if let transaction = underlying as? PostgresTransactionError {
-            if let error = transaction.beginError ?? transaction.closureError ?? transaction.commitError {
-                return PostgresFailure(error).description
-            }
-        }
         if let psql = underlying as? PSQLError {
             if let message = psql.serverInfo?[.message] {
                 let code = psql.serverInfo?[.sqlState].map { " (\($0))" } ?? ""
