@@ -418,6 +418,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                   AND (\(query.project)::text IS NULL OR project = \(query.project))
                   AND (\(query.user)::text IS NULL OR user_name = \(query.user))
                   AND (\(query.provider)::text IS NULL OR provider = \(query.provider))
+                  AND (\(query.afterSequence)::bigint IS NULL OR seq > \(query.afterSequence))
                 ORDER BY seq
                 LIMIT \(query.limit.map { Int64($0) })
                 """,
@@ -431,6 +432,10 @@ public final class PostgresJobStore: JobStore, JobNotifying {
 
     public func requeue(_ id: JobID) async throws {
         try await change(id, "requeue a job", lease: nil) { record, now in try record.requeue(now: now) }
+    }
+
+    public func cancel(_ id: JobID) async throws {
+        try await change(id, "cancel a job", lease: nil) { record, now in try record.cancel(now: now) }
     }
 
     public func counts() async throws -> [JobState: Int] {

@@ -366,6 +366,10 @@ public final class SQLiteJobStore: JobStore {
                 arguments += [value]
             }
         }
+        if let after = query.afterSequence {
+            clauses.append("seq > ?")
+            arguments += [after]
+        }
         var sql = "SELECT record FROM jobs"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY seq"
@@ -384,6 +388,15 @@ public final class SQLiteJobStore: JobStore {
         try await write { db in
             var record = try Self.load(db, id)
             try record.requeue(now: now)
+            try Self.save(db, record)
+        }
+    }
+
+    public func cancel(_ id: JobID) async throws {
+        let now = now()
+        try await write { db in
+            var record = try Self.load(db, id)
+            try record.cancel(now: now)
             try Self.save(db, record)
         }
     }

@@ -211,6 +211,35 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await store.jobs(matching: JobQuery(limit: 1)).count == 1)
     }
 
+    @Test(arguments: factories)
+    func pagesFollowInsertionOrderAfterACursor(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        _ = try await store.enqueue((0..<5).map { validated(.audio(prompt: "p\($0)"), id: "r\($0)") })
+        let first = try await store.jobs(matching: JobQuery(limit: 2))
+        #expect(first.map(\.request.id) == ["r0", "r1"])
+        let second = try await store.jobs(matching: JobQuery(afterSequence: first.last!.sequence, limit: 2))
+        #expect(second.map(\.request.id) == ["r2", "r3"])
+        let last = try await store.jobs(matching: JobQuery(afterSequence: second.last!.sequence, limit: 2))
+        #expect(last.map(\.request.id) == ["r4"])
+    }
+
+    @Test(arguments: factories)
+    func cancelTakesOnlyAWaitingJobOutOfTheQueue(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let ids = try await store.enqueue([validated(.audio(prompt: "a")), validated(.audio(prompt: "b"))]).map(\.jobID)
+        let running = try await lease(store)[0]
+        let waiting = ids.first { $0 != running.record.id }!
+        try await store.cancel(waiting)
+        let cancelled = try #require(try await store.job(waiting))
+        #expect(cancelled.state == .deadLettered && cancelled.errors.last?.code == .cancelled)
+        #expect(try await lease(store).isEmpty)
+        await #expect(throws: StoreError(.invalidState, "")) { try await store.cancel(running.record.id) }
+        await #expect(throws: StoreError(.invalidState, "")) { try await store.cancel(waiting) }
+        await #expect(throws: StoreError(.notFound, "")) { try await store.cancel(JobID("nope")) }
+        try await store.requeue(waiting)
+        #expect(try await lease(store).map(\.record.id) == [waiting])
+    }
+
     /// The README promises that a committed transition survives a power cut: that needs `synchronous = FULL`
     /// on the connection that commits (WAL mode otherwise runs with NORMAL).
     @Test func sqliteCommitsWithSynchronousFULLByDefault() async throws {

@@ -167,6 +167,21 @@ extension JobRecord {
         makeAvailable(at: now)
     }
 
+    /// Takes a waiting job out of the queue (``JobStore/cancel(_:)``).
+    public mutating func cancel(now: Duration) throws(StoreError) {
+        guard state == .available else {
+            throw StoreError(.invalidState, "job \(id) is \(state.rawValue), not waiting")
+        }
+        // A job waiting to resume a task that a provider holds (or may hold) would leave that task, and its
+        // bill, behind: it runs to its end instead.
+        guard recoveryPoint == nil || recoveryPoint == .submitting else {
+            throw StoreError(.invalidState, "job \(id) has a task at its provider")
+        }
+        errors.append(GenerationError(.cancelled, "cancelled before it ran"))
+        releasePending()
+        finish(.deadLettered, now: now)
+    }
+
     /// Settles the current call: charges `cost` and releases the rest of its reservation; a cost over the
     /// reservation tops the reservation up first, so `reserved == charged + released + pending` still holds.
     private mutating func settlePending(charging cost: Money) {

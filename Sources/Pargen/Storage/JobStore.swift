@@ -158,6 +158,8 @@ public struct JobQuery: Sendable, Hashable {
     public var project: String?
     public var user: String?
     public var provider: String?
+    /// Only jobs inserted after the one with this ``JobRecord/sequence`` (a page's cursor).
+    public var afterSequence: Int64?
     public var limit: Int?
 
     public init(
@@ -166,6 +168,7 @@ public struct JobQuery: Sendable, Hashable {
         project: String? = nil,
         user: String? = nil,
         provider: String? = nil,
+        afterSequence: Int64? = nil,
         limit: Int? = nil
     ) {
         self.states = states
@@ -173,13 +176,14 @@ public struct JobQuery: Sendable, Hashable {
         self.project = project
         self.user = user
         self.provider = provider
+        self.afterSequence = afterSequence
         self.limit = limit
     }
 
     public func matches(_ job: JobRecord) -> Bool {
         (states?.contains(job.state) ?? true) && (campaign.map { $0 == job.request.campaign } ?? true)
             && (project.map { $0 == job.request.project } ?? true) && (user.map { $0 == job.request.user } ?? true)
-            && (provider.map { $0 == job.provider } ?? true)
+            && (provider.map { $0 == job.provider } ?? true) && (afterSequence.map { job.sequence > $0 } ?? true)
     }
 }
 
@@ -322,6 +326,11 @@ public protocol JobStore: Sendable {
 
     /// Puts a dead-lettered job back in the queue with fresh attempts.
     func requeue(_ id: JobID) async throws
+
+    /// Takes a queued job out of the queue: it is dead-lettered with a ``GenerationError/Code/cancelled`` error
+    /// (so ``requeue(_:)`` can bring it back). Throws ``StoreError/Code/invalidState`` for a job that is not
+    /// waiting (running or finished) and ``StoreError/Code/notFound`` for an unknown one.
+    func cancel(_ id: JobID) async throws
 
     func counts() async throws -> [JobState: Int]
 

@@ -291,6 +291,15 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
+    public func cancel(_ id: JobID) async throws {
+        let now = clock.now
+        try state.withLock { state in
+            guard var job = state.jobs[id] else { throw StoreError(.notFound, "no job \(id)") }
+            try job.cancel(now: now)
+            state.transition(id, now: now) { $0 = job }
+        }
+    }
+
     public func counts() async throws -> [JobState: Int] { state.withLock { $0.counts.filter { $0.value > 0 } } }
 
     public func ledgerTotals() async throws -> CostLedger {
