@@ -84,6 +84,9 @@ public final class CostMonitor: Sendable {
     public let configuration: PargenConfiguration.Budgets
     private let clock: PargenClock
     private let state = Mutex(State())
+    /// Limits set while running (``setLimit(_:for:)``), over the configuration's; `nil` removes one. Taken
+    /// inside `state`'s lock, never the other way round.
+    private let overrides = Mutex<[BudgetScope: Money?]>([:])
 
     public init(configuration: PargenConfiguration.Budgets, clock: PargenClock = .continuous) {
         self.configuration = configuration
@@ -92,11 +95,36 @@ public final class CostMonitor: Sendable {
 
     /// The limit of a scope, if it has one.
     public func limit(of scope: BudgetScope) -> Money? {
-        switch scope.kind {
+        if let override = overrides.withLock({ $0[scope] }) { return override }
+        return switch scope.kind {
         case .global: configuration.global
         case .project: configuration.perProject[scope.name] ?? configuration.defaultPerProject
         case .campaign: configuration.perCampaign[scope.name]
         }
+    }
+
+    /// Sets a scope's limit from now on (`nil` removes it), over the configuration's. Jobs held by the old
+    /// limit are admitted at their next look if the new one has room; money already committed stays committed.
+    public func setLimit(_ limit: Money?, for scope: BudgetScope) {
+        overrides.withLock { $0[scope] = .some(limit) }
+        // A raised limit may alert again when it is approached.
+        state.withLock { state in
+            if var book = state.scopes[scope] {
+                book.alerted = false
+                book.exhaustedAlerted = false
+                state.scopes[scope] = book
+            }
+        }
+    }
+
+    /// The scopes with a limit: the configuration's and those set while running.
+    public func limits() -> [BudgetScope: Money] {
+        var limits: [BudgetScope: Money] = [:]
+        if let global = configuration.global { limits[.global] = global }
+        for (name, amount) in configuration.perProject { limits[.project(name)] = amount }
+        for (name, amount) in configuration.perCampaign { limits[.campaign(name)] = amount }
+        for (scope, amount) in overrides.withLock({ $0 }) { limits[scope] = amount }
+        return limits
     }
 
     /// What a call estimated at `estimate` is expected to cost at `provider`: the estimate, scaled up by the

@@ -511,6 +511,14 @@ public final class ParallelGenerator: Service, Sendable {
     /// Money charged so far.
     public func currentSpend() -> Money { costs.stats().charged }
 
+    /// The budgets, their spending and alerts; ``CostMonitor/setLimit(_:for:)`` changes a limit while running.
+    public var costMonitor: CostMonitor { costs }
+
+    /// The providers this engine balances across: capabilities, prices and quotas.
+    public var providerDescriptors: [ProviderDescriptor] {
+        providerNames.compactMap { providers[$0]?.descriptor }
+    }
+
     /// Dead-lettered jobs, with their error history.
     public func deadLetters() async throws -> [JobRecord] {
         try await store.jobs(matching: JobQuery(states: [.deadLettered]))

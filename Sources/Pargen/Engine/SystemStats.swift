@@ -34,6 +34,8 @@ public struct ProviderActivity: Sendable, Hashable, Codable {
     public var billedAnswersLost = 0
     public var billedAnswersLostCost: Money = .zero
     public var latency: LatencySummary = LatencySummary([])
+
+    public init() {}
 }
 
 /// A snapshot of every component, as the seed's `get_system_stats()` returned.

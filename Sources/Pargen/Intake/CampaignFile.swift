@@ -85,16 +85,29 @@ public struct CampaignFile: Sendable {
                 file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is not a JSON object"))
                 continue
             }
-            if let unknown = object.keys.sorted().first(where: { !knownFields.contains($0) }) {
-                file.errors.append(CampaignLineError(line: lineNumber, field: unknown, message: "is not a known field"))
-                continue
-            }
-            switch makeRequest(object, line: lineNumber, extraMetadata: [:]) {
+            switch request(from: object, line: lineNumber) {
             case .success(let request): file.lines.append(CampaignLine(line: lineNumber, request: request))
             case .failure(let error): file.errors.append(error)
             }
         }
         return file
+    }
+
+    /// Reads one request from a JSON object with a JSONL line's fields (the HTTP API's job body): unknown
+    /// fields and wrong types are errors naming the field.
+    ///
+    /// - Parameters:
+    ///   - line: The number errors carry (a line, or an item's position in a batch).
+    ///   - defaultID: The request id when the object has none (`line-N` when `nil`).
+    public static func request(
+        from object: [String: JSONValue],
+        line: Int,
+        defaultID: String? = nil
+    ) -> Result<GenerationRequest, CampaignLineError> {
+        if let unknown = object.keys.sorted().first(where: { !knownFields.contains($0) }) {
+            return .failure(CampaignLineError(line: line, field: unknown, message: "is not a known field"))
+        }
+        return makeRequest(object, line: line, extraMetadata: [:], defaultID: defaultID)
     }
 
     // MARK: - CSV
@@ -159,7 +172,8 @@ public struct CampaignFile: Sendable {
     private static func makeRequest(
         _ object: [String: JSONValue],
         line: Int,
-        extraMetadata: [String: JSONValue]
+        extraMetadata: [String: JSONValue],
+        defaultID: String? = nil
     ) -> Result<GenerationRequest, CampaignLineError> {
         func fail(_ field: String, _ message: String) -> Result<GenerationRequest, CampaignLineError> {
             .failure(CampaignLineError(line: line, field: field, message: message))
@@ -205,7 +219,7 @@ public struct CampaignFile: Sendable {
             if let value = try text("project").get() { request.project = value }
             request.campaign = try text("campaign").get()
             request.idempotencyKey = try text("idempotency_key").get()
-            request.id = try text("id").get()?.trimmingWhitespace() ?? "line-\(line)"
+            request.id = try text("id").get()?.trimmingWhitespace() ?? defaultID ?? "line-\(line)"
             var metadata = extraMetadata
             switch object["metadata"] {
             case nil, .null: break

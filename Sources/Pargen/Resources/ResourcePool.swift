@@ -263,6 +263,12 @@ public struct ProviderConcurrencyStats: Sendable, Hashable, Codable {
     public var inFlight: Int
     public var peak: Int
     public var decreases: Int
+    /// Submissions the provider's window allows (`nil` without a window).
+    public var windowLimit: Int? = nil
+    /// Submissions the window has room for now.
+    public var windowRoom: Int? = nil
+    /// Time left of a cooldown the provider asked for (Retry-After, THROTTLED, 1002), if one runs.
+    public var cooldownLeft: Duration? = nil
 }
 
 public struct ResourcePoolStats: Sendable, Hashable, Codable {

@@ -79,18 +79,27 @@ public final class AdmissionController: Sendable {
         }
     }
 
-    /// Each provider's slots: its adaptive limit, calls in flight and peak.
+    /// Each provider's slots (adaptive limit, calls in flight, peak), window room and cooldown.
     public func providerStats() -> [String: ProviderConcurrencyStats] {
-        state.withLock { state in
-            state.providers.mapValues {
-                ProviderConcurrencyStats(
-                    limit: $0.adaptive.current,
-                    maximum: $0.adaptive.maximum,
-                    inFlight: $0.slotsInUse,
-                    peak: $0.peakSlots,
-                    decreases: $0.adaptive.decreases
+        let now = clock.now
+        return state.withLock { state in
+            var stats: [String: ProviderConcurrencyStats] = [:]
+            for name in state.providers.keys {
+                // A copy (its log included): stats are rare, and the state's own log is only changed by decisions.
+                var provider = state.providers[name]!
+                let room = provider.windowRoom(at: now)
+                stats[name] = ProviderConcurrencyStats(
+                    limit: provider.adaptive.current,
+                    maximum: provider.adaptive.maximum,
+                    inFlight: provider.slotsInUse,
+                    peak: provider.peakSlots,
+                    decreases: provider.adaptive.decreases,
+                    windowLimit: provider.quota.requestsPerMinute,
+                    windowRoom: room == .max ? nil : room,
+                    cooldownLeft: provider.cooldownUntil.flatMap { $0 > now ? $0 - now : nil }
                 )
             }
+            return stats
         }
     }
 }
