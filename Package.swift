@@ -19,6 +19,7 @@ let package = Package(
         .library(name: "PargenProviders", targets: ["PargenProviders"]),
         .library(name: "PargenPostgres", targets: ["PargenPostgres"]),
         .library(name: "PargenFuzzing", targets: ["PargenFuzzing"]),
+        .library(name: "PargenServer", targets: ["PargenServer"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -34,6 +35,7 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams.git", from: "6.0.0"),
         .package(url: "https://github.com/weichsel/ZIPFoundation.git", from: "0.9.19"),
         .package(url: "https://github.com/vapor/postgres-nio.git", from: "1.33.0"),
+        .package(url: "https://github.com/apple/swift-crypto.git", "3.9.0"..<"5.0.0"),
     ],
     targets: [
         .target(
@@ -88,6 +90,20 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "PargenServer",
+            dependencies: [
+                "Pargen",
+                .product(name: "Hummingbird", package: "hummingbird"),
+                .product(name: "GRDB", package: "GRDB.swift"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOFoundationCompat", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "PargenTesting",
             dependencies: [
                 "Pargen",
@@ -106,6 +122,7 @@ let package = Package(
                 "PargenPostgres",
                 "PargenProviders",
                 "PargenTesting",
+                "PargenServer",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -117,6 +134,10 @@ let package = Package(
             name: "PargenTests",
             dependencies: [
                 "Pargen", "PargenTesting", "PargenSQLite", "PargenPostgres", "PargenProviders", "PargenCLI", "PargenFuzzing",
+                "PargenServer",
+                .product(name: "HummingbirdTesting", package: "hummingbird"),
+                .product(name: "Yams", package: "Yams"),
+                .product(name: "Crypto", package: "swift-crypto"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "NIOCore", package: "swift-nio"),

@@ -16,7 +16,8 @@ struct PargenCommand: AsyncParsableCommand {
             lists them; `pargen providers check` tries each key).
             """,
         subcommands: [
-            Demo.self, Run.self, Enqueue.self, Worker.self, Simulate.self, Status.self, Jobs.self, DLQ.self, Providers.self,
+            Demo.self, Run.self, Enqueue.self, Worker.self, Serve.self, Keys.self, Simulate.self, Status.self, Jobs.self, DLQ.self,
+            Providers.self,
             FakeProvider.self,
         ]
     )

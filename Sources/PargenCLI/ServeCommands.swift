@@ -1,0 +1,241 @@
+import ArgumentParser
+import AsyncHTTPClient
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+import Logging
+import Pargen
+import PargenProviders
+import PargenSQLite
+import PargenServer
+
+struct Serve: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the HTTP API: jobs, campaign uploads, live events, dead letters, budgets.",
+        discussion: """
+            Jobs run on the configured providers (the local ones without --config), in the SQLite store in --out \
+            (or --store), which also keeps the API keys that `pargen keys create` makes and the idempotency keys. \
+            Every /v1 route takes `Authorization: Bearer KEY`; the API is described at /openapi.yaml.
+
+            It listens on 127.0.0.1:8080 unless told otherwise. SIGTERM or Ctrl-C stops accepting connections, \
+            lets requests in flight finish, ends event streams, then gives every lease back (a call about to go \
+            out gets its attempt back; a submitted task keeps its id and is resumed by the next run, never paid \
+            twice).
+
+            --memory keeps jobs and keys in memory (trials, benchmarks): with --print-key TENANT/PROJECT it \
+            makes an admin key at start and prints it.
+            """
+    )
+
+    @OptionGroup var storeOptions: StoreOptions
+    @OptionGroup var options: CampaignOptions
+
+    @Option(help: "Address to listen on.")
+    var host = "127.0.0.1"
+
+    @Option(help: "Port to listen on (0 picks a free one; the line 'serving on' says which).")
+    var port = 8080
+
+    @Flag(help: "Keep jobs, API keys and idempotency keys in memory: all lost when the process ends.")
+    var memory = false
+
+    @Option(help: ArgumentHelp("Make an admin key for TENANT/PROJECT at start and print it (any store).", valueName: "tenant/project"))
+    var printKey: String?
+
+    func run() async throws {
+        TestHooks.exitWithParentIfAsked()
+        let logger = options.bootstrapLogging()
+        var setup = try await options.loadSetup()
+        try options.apply(to: &setup.configuration)
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
+        if storeOptions.postgresURL(setup: setup) != nil {
+            throw ValidationError(
+                "pargen serve runs on the SQLite store (or --memory) for now; the service's tables are not on PostgreSQL yet"
+            )
+        }
+        let out = URL(fileURLWithPath: options.out ?? "pargen-out")
+        do {
+            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+        } catch {
+            fail("cannot create the output folder \(out.path): \(reason(error))")
+        }
+        let store: any JobStore
+        let serviceStore: any ServiceStore
+        var lock: StoreLock?
+        let storeName: String
+        if memory {
+            store = MemoryJobStore()
+            serviceStore = MemoryServiceStore()
+            storeName = "memory"
+        } else {
+            let path = storeOptions.path(out: out)
+            do {
+                lock = try StoreLock(storePath: path)
+                let sqlite = try SQLiteJobStore(path: path)
+                _ = try await sqlite.rescueOrphanedLeases(maxCrashes: setup.configuration.retry.maxCrashes)
+                store = sqlite
+                serviceStore = try SQLiteServiceStore(path: path)
+            } catch let error as ValidationError {
+                fail(error.message)
+            } catch {
+                fail("cannot open the store \(path): \(reason(error))")
+            }
+            storeName = path
+        }
+        defer { withExtendedLifetime(lock) {} }
+        if let printKey {
+            let parts = printKey.split(separator: "/", maxSplits: 1).map(String.init)
+            guard parts.count == 2 else { throw ValidationError("--print-key takes TENANT/PROJECT, such as acme/social") }
+            let (secret, record) = try APIKeys.make(tenant: parts[0], project: parts[1], admin: true)
+            try await serviceStore.addKey(record)
+            print("key: \(secret)")
+        }
+        let http = ProviderConnection.makeHTTPClient()
+        let (hooks, submitLog) = TestHooks.fromEnvironment()
+        let providers = try makeProviders(
+            setup: setup,
+            seed: options.seed,
+            injectFaults: options.faultsInjected(demo: false),
+            submitLog: submitLog,
+            http: http
+        )
+        let generator = ParallelGenerator(
+            configuration: setup.configuration,
+            providers: providers,
+            store: store,
+            outputDirectory: out,
+            clock: .continuous,
+            logger: logger,
+            hooks: hooks
+        )
+        do {
+            try await generator.start()
+        } catch {
+            fail("\(error)")
+        }
+        var configuration = ServerConfiguration()
+        configuration.host = host
+        configuration.port = port
+        let server = PargenServer(generator: generator, serviceStore: serviceStore, configuration: configuration, logger: logger)
+        let host = self.host
+        do {
+            try await server.run { port in
+                print("pargen: serving on http://\(host):\(port) (store \(storeName)); SIGTERM or Ctrl-C stops it")
+                fflush(nil)
+            }
+        } catch {
+            FileHandle.standardError.write(Data("pargen: the server stopped: \(error)\n".utf8))
+        }
+        print("pargen: no longer accepting requests; giving the leases back")
+        fflush(nil)
+        let deadline = max(setup.configuration.leaseDuration, .seconds(20))
+        Task.detached {
+            try? await Task.sleep(for: deadline)
+            FileHandle.standardError.write(
+                Data("pargen: the engine did not stop within \(deadline) (\(generator.stopDiagnostics())); leaving its leases to the next run\n".utf8)
+            )
+            _exit(1)
+        }
+        try await generator.stop(immediately: true)
+        try? await http.shutdown()
+        let counts = try await store.counts()
+        print(
+            "pargen: stopped; jobs in the store: "
+                + JobState.allCases.map { "\($0.rawValue) \(counts[$0, default: 0])" }.joined(separator: ", ")
+        )
+        if let halt = generator.haltReason { fail("stopped taking work: \(halt)") }
+    }
+}
+
+struct Keys: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Make and list the service's API keys.",
+        subcommands: [KeysCreate.self, KeysList.self]
+    )
+}
+
+struct KeysCreate: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "create",
+        abstract: "Make an API key for a tenant's project and print it, once.",
+        discussion: """
+            The key is printed on standard output and never again: the store keeps only its SHA-256. A key sees \
+            only its tenant's jobs, and creates jobs in its project; --admin lets it act on every project of its \
+            tenant, set budgets and purge dead letters.
+            """
+    )
+
+    @Option(help: "The tenant (letters, digits, '.', '_', '-').")
+    var tenant: String
+
+    @Option(help: "The project the key creates jobs in.")
+    var project: String
+
+    @Flag(help: "Every project of the tenant, budgets and purges.")
+    var admin = false
+
+    @Option(help: "The folder whose store `pargen serve --out` uses.")
+    var out: String?
+
+    @Option(help: "The SQLite store (default: campaign.sqlite in --out).")
+    var store: String?
+
+    func run() async throws {
+        let outURL = URL(fileURLWithPath: out ?? "pargen-out")
+        let path = store ?? outURL.appendingPathComponent("campaign.sqlite").path
+        let made: (secret: String, record: APIKeyRecord)
+        do {
+            made = try APIKeys.make(tenant: tenant, project: project, admin: admin)
+        } catch {
+            throw ValidationError("\(error)")
+        }
+        do {
+            try FileManager.default.createDirectory(
+                at: URL(fileURLWithPath: path).deletingLastPathComponent(),
+                withIntermediateDirectories: true
+            )
+            try await SQLiteServiceStore(path: path).addKey(made.record)
+        } catch {
+            fail("cannot store the key in \(path): \(reason(error))")
+        }
+        print(made.secret)
+        FileHandle.standardError.write(
+            Data(
+                "pargen: key \(made.record.id) for tenant \(tenant), project \(project)\(admin ? " (admin)" : ""); it is shown only this once\n"
+                    .utf8
+            )
+        )
+    }
+}
+
+struct KeysList: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "list",
+        abstract: "List the API keys (their ids, never their secrets)."
+    )
+
+    @Option(help: "Only this tenant's keys.")
+    var tenant: String?
+
+    @Option(help: "The folder whose store `pargen serve --out` uses.")
+    var out: String?
+
+    @Option(help: "The SQLite store (default: campaign.sqlite in --out).")
+    var store: String?
+
+    func run() async throws {
+        let path = store ?? URL(fileURLWithPath: out ?? "pargen-out").appendingPathComponent("campaign.sqlite").path
+        guard FileManager.default.fileExists(atPath: path) else { fail("no store at \(path)") }
+        let keys: [APIKeyRecord]
+        do {
+            keys = try await SQLiteServiceStore(path: path).keys(tenant: tenant)
+        } catch {
+            fail("cannot read the keys in \(path): \(reason(error))")
+        }
+        let formatter = ISO8601DateFormatter()
+        for key in keys {
+            print("\(key.id)\t\(key.tenant)\t\(key.project)\t\(key.admin ? "admin" : "-")\t\(formatter.string(from: key.createdAt))")
+        }
+    }
+}

@@ -1,0 +1,315 @@
+import Foundation
+import HTTPTypes
+public import Hummingbird
+public import Logging
+import NIOCore
+public import Pargen
+import ServiceLifecycle
+import UnixSignals
+import Synchronization
+
+/// How the service listens and what it accepts.
+public struct ServerConfiguration: Sendable {
+    /// Loopback by default: put a TLS proxy in front to serve other machines.
+    public var host: String = "127.0.0.1"
+    /// 0 picks a free port (``PargenServer/run(onListening:)`` says which).
+    public var port: Int = 8080
+    /// Largest JSON body (`POST /v1/jobs`, budgets).
+    public var maxJSONBodyBytes: Int = 1 << 20
+    /// Largest campaign upload (`POST /v1/campaigns`).
+    public var maxUploadBytes: Int = 64 << 20
+    /// Most jobs in one `POST /v1/jobs`.
+    public var maxBatch: Int = 1000
+    /// How long an `Idempotency-Key` and its answer are kept (Stripe keeps them 24 h).
+    public var idempotencyRetention: Duration = .seconds(24 * 3600)
+    /// A request holding an `Idempotency-Key` without answering for this long (a crash) loses it to a retry.
+    public var idempotencyLockTimeout: Duration = .seconds(120)
+    /// The longest `Prefer: wait=N` honoured.
+    public var maxPreferWait: Duration = .seconds(60)
+    /// Per API key (as the user: a sliding window) and per tenant (as the project: token bucket and burst),
+    /// through the engine's own ``ClientLimits``.
+    public var keyLimits = PargenConfiguration.RateLimits(
+        perUserRequestsPerMinute: 6000,
+        perProjectRequestsPerMinute: 60_000,
+        tokenBucketCapacity: 10_000,
+        maxBurst: 5000,
+        burstWindow: .seconds(1),
+        burstCooldown: .seconds(1)
+    )
+    /// Events kept for `/v1/events` resumption.
+    public var eventCapacity: Int = 100_000
+    /// Comment lines sent on an idle event stream, so proxies keep it open.
+    public var eventHeartbeat: Duration = .seconds(15)
+
+    public init() {}
+}
+
+/// The HTTP service: a job API with tenants, idempotency and live events over one ``ParallelGenerator``.
+///
+/// ```swift
+/// let generator = ParallelGenerator(store: SQLiteJobStore(path: "jobs.sqlite"))
+/// try await generator.start()
+/// let server = PargenServer(generator: generator, serviceStore: try SQLiteServiceStore(path: "jobs.sqlite"))
+/// try await server.run()   // until SIGTERM or SIGINT; then stop the generator
+/// ```
+///
+/// Every route but `/healthz`, `/readyz` and `/openapi.yaml` takes `Authorization: Bearer KEY` (keys from
+/// `pargen keys create`), and sees only the key's tenant. Errors are RFC 9457 problems.
+public final class PargenServer: Sendable {
+    public let generator: ParallelGenerator
+    public let configuration: ServerConfiguration
+    let serviceStore: any ServiceStore
+    let keyRing: KeyRing
+    let events: EventLog
+    let logger: Logger
+    let limits: Mutex<ClientLimits>
+    let clock = PargenClock.continuous
+    /// Where each job this process knows belongs (stored project and campaign), for its events.
+    let scopes = Mutex<[JobID: (project: String, campaign: String)]>([:])
+    private let feed: AsyncStream<PargenEvent>
+    private let feedInput: AsyncStream<PargenEvent>.Continuation
+    private let callback: Mutex<UInt64?> = Mutex(nil)
+
+    public init(
+        generator: ParallelGenerator,
+        serviceStore: any ServiceStore,
+        configuration: ServerConfiguration = ServerConfiguration(),
+        logger: Logger = Logger(label: "pargen.server")
+    ) {
+        self.generator = generator
+        self.serviceStore = serviceStore
+        self.configuration = configuration
+        self.logger = logger
+        keyRing = KeyRing(store: serviceStore)
+        events = EventLog(capacity: configuration.eventCapacity)
+        limits = Mutex(ClientLimits(configuration: configuration.keyLimits))
+        (feed, feedInput) = AsyncStream.makeStream(of: PargenEvent.self, bufferingPolicy: .bufferingNewest(100_000))
+        let input = feedInput
+        callback.withLock { $0 = generator.onEvent { input.yield($0) } }
+    }
+
+    deinit {
+        if let token = callback.withLock({ $0 }) { generator.removeEventCallback(token) }
+        feedInput.finish()
+    }
+
+    /// The routes, on a router of the service's context.
+    public func router() -> Router<PargenRequestContext> {
+        let router = Router(context: PargenRequestContext.self)
+        router.add(middleware: RequestLogMiddleware())
+        router.add(middleware: ProblemMiddleware())
+        addOperationRoutes(router)
+        let api = router.group("v1").add(middleware: AuthenticationMiddleware(keys: keyRing))
+        addJobRoutes(api)
+        addCampaignRoutes(api)
+        addAdminRoutes(api)
+        addEventRoutes(api)
+        return router
+    }
+
+    /// The application: the routes, and the task that turns the engine's events into `/v1/events`.
+    public func application(
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) -> some ApplicationProtocol {
+        Application(
+            router: router(),
+            configuration: .init(
+                address: .hostname(configuration.host, port: configuration.port),
+                serverName: "pargen"
+            ),
+            services: [EventPump(server: self)],
+            onServerRunning: { channel in await onListening(channel.localAddress?.port ?? 0) },
+            logger: logger
+        )
+    }
+
+    /// Serves until SIGTERM or SIGINT: then it stops accepting connections, lets requests in flight finish and
+    /// ends event streams. Stopping the generator (giving leases back) is the caller's, after this returns.
+    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [application(onListening: onListening)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+    }
+
+    /// Remembers where a job belongs, so that its events are scoped without a store read.
+    func remember(_ id: JobID, project: String, campaign: String) {
+        scopes.withLock { $0[id] = (project, campaign) }
+    }
+
+    /// Turns engine events into service events, in order, until the engine's stream ends or shutdown.
+    func pumpEvents() async {
+        // Jobs whose status went past `queued`, until they finish.
+        var started = Set<JobID>()
+        for await event in feed {
+            await record(event, started: &started)
+        }
+    }
+
+    private func scope(of id: JobID) async -> (project: String, campaign: String)? {
+        if let known = scopes.withLock({ $0[id] }) { return known }
+        guard let record = try? await generator.store.job(id) else { return nil }
+        let scope = (record.request.project, record.request.campaign)
+        scopes.withLock { $0[id] = scope }
+        return scope
+    }
+
+    private func record(_ event: PargenEvent, started: inout Set<JobID>) async {
+        switch event {
+        case .progress(let update):
+            // The engine may start a job before the call that queued it has said so: a late `queued` is stale.
+            if update.status == .queued {
+                if started.contains(update.jobID) { return }
+            } else {
+                started.insert(update.jobID)
+            }
+            guard let scope = await scope(of: update.jobID) else { return }
+            let type =
+                switch update.status {
+                case .waitingForRateLimit: "quota.hold"
+                case .heldByBudget: "budget.hold"
+                default: "job.status"
+                }
+            var fields: [String: JSONValue] = [
+                "status": .string(update.status.rawValue),
+                "request_id": .string(update.requestID),
+                "progress": .number(update.progress),
+            ]
+            if let provider = update.provider { fields["provider"] = .string(provider) }
+            if let message = update.message { fields["message"] = .string(message) }
+            events.append(
+                type: type,
+                project: scope.project,
+                campaign: scope.campaign,
+                jobID: update.jobID.rawValue,
+                fields: fields
+            )
+        case .finished(let result):
+            guard let id = result.jobID, let scope = await scope(of: id) else { return }
+            var fields: [String: JSONValue] = [
+                "state": .string(result.succeeded ? "succeeded" : "failed"),
+                "request_id": .string(result.requestID),
+                "cost": Resources.money(result.actualCost),
+                "attempts": .number(Double(result.attempts)),
+            ]
+            if let provider = result.provider { fields["provider"] = .string(provider) }
+            if let error = result.error { fields["error"] = Resources.error(error) }
+            events.append(
+                type: "job.finished",
+                project: scope.project,
+                campaign: scope.campaign,
+                jobID: id.rawValue,
+                fields: fields
+            )
+            _ = scopes.withLock { $0.removeValue(forKey: id) }
+            started.remove(id)
+        case .budgetAlert(let alert):
+            events.append(
+                type: "budget.alert",
+                project: alert.scope.kind == .project ? alert.scope.name : nil,
+                campaign: alert.scope.kind == .campaign ? alert.scope.name : nil,
+                jobID: nil,
+                fields: [
+                    "scope": .string(alert.scope.kind.rawValue),
+                    "limit": Resources.money(alert.limit),
+                    "committed": Resources.money(alert.committed),
+                    "fraction": .number(alert.fraction),
+                    "exhausted": .bool(alert.exhausted),
+                ]
+            )
+        }
+    }
+
+    /// Takes one request from the key's window and its tenant's bucket, or answers 429 with Retry-After.
+    func admit(_ principal: Principal) throws {
+        let now = clock.now
+        let refusal = limits.withLock { limits -> (Duration, RateLimiter.LimitKind)? in
+            if let refusal = limits.check(user: principal.keyID, project: principal.tenant, at: now) { return refusal }
+            limits.record(user: principal.keyID, project: principal.tenant, at: now)
+            return nil
+        }
+        if let (wait, kind) = refusal {
+            let seconds = max(1, Int(wait.seconds.rounded(.up)))
+            throw Problem(
+                .tooManyRequests,
+                "Too Many Requests",
+                "this key's \(kind) is used up; try again in \(seconds) s",
+                headers: [.retryAfter: String(seconds)]
+            )
+        }
+    }
+}
+
+/// Runs ``PargenServer/pumpEvents()`` beside the HTTP server, and closes the event log when shutdown begins, so
+/// that event streams end and the server can finish.
+struct EventPump: Service {
+    let server: PargenServer
+
+    func run() async throws {
+        await withGracefulShutdownHandler {
+            await withTaskCancellationHandler {
+                await server.pumpEvents()
+            } onCancel: {
+                server.events.close()
+            }
+        } onGracefulShutdown: {
+            server.events.close()
+        }
+    }
+}
+
+/// Finds the caller's key (`Authorization: Bearer KEY`), or answers 401.
+struct AuthenticationMiddleware: RouterMiddleware {
+    typealias Context = PargenRequestContext
+    let keys: KeyRing
+
+    func handle(
+        _ request: Request,
+        context: Context,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        let challenge: HTTPFields = [.wwwAuthenticate: "Bearer realm=\"pargen\""]
+        guard let header = request.headers[.authorization] else {
+            throw Problem(.unauthorized, "Unauthorized", "send Authorization: Bearer KEY", headers: challenge)
+        }
+        guard header.lowercased().hasPrefix("bearer "),
+            let principal = try await keys.principal(for: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
+        else {
+            throw Problem(.unauthorized, "Unauthorized", "the API key is not known", headers: challenge)
+        }
+        var context = context
+        context.principal = principal
+        context.logger[metadataKey: "pargen.key"] = .string(principal.keyID)
+        context.logger[metadataKey: "pargen.tenant"] = .string(principal.tenant)
+        return try await next(request, context)
+    }
+}
+
+/// One log line per request at info: method, path, status and time, with the request id Hummingbird puts in the
+/// context's logger (`hb.request.id`).
+struct RequestLogMiddleware: RouterMiddleware {
+    typealias Context = PargenRequestContext
+
+    func handle(
+        _ request: Request,
+        context: Context,
+        next: (Request, Context) async throws -> Response
+    ) async throws -> Response {
+        let start = ContinuousClock.now
+        let response = try await next(request, context)
+        context.logger.info(
+            "request",
+            metadata: [
+                "http.method": .string(request.method.rawValue),
+                "http.path": .string(request.uri.path),
+                "http.status": .stringConvertible(response.status.code),
+                "duration_ms": .stringConvertible(((ContinuousClock.now - start).seconds * 1000).rounded()),
+            ]
+        )
+        return response
+    }
+}

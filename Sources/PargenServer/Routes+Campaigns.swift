@@ -1,0 +1,157 @@
+import Foundation
+import Hummingbird
+import NIOCore
+import NIOFoundationCompat
+import Pargen
+
+extension PargenServer {
+    func addCampaignRoutes(_ api: RouterGroup<PargenRequestContext>) {
+        api.post("campaigns") { request, context -> Response in
+            let principal = try context.requirePrincipal()
+            try self.admit(principal)
+            var request = request
+            let body = try await request.collectBody(upTo: self.configuration.maxUploadBytes)
+            return try await self.idempotent(request, principal: principal, body: body) {
+                try await self.upload(body, request: request, principal: principal)
+            }
+        }
+        api.get("campaigns/{id}") { request, context -> Response in
+            let principal = try context.requirePrincipal()
+            try self.admit(principal)
+            let name = try context.parameters.require("id")
+            return try await self.campaign(name, request: request, principal: principal).response
+        }
+    }
+
+    /// `POST /v1/campaigns?name=NAME`: a CSV (`text/csv`) or JSONL (`application/jsonl`,
+    /// `application/x-ndjson`) file, checked line by line as `pargen run` checks it. Good lines become jobs in
+    /// the campaign; each bad one is reported with its line, field and reason.
+    func upload(_ body: ByteBuffer, request: Request, principal: Principal) async throws -> Answer {
+        let contentType = (request.headers[.contentType] ?? "").lowercased()
+        let format: CampaignFile.Format
+        if contentType.hasPrefix("text/csv") {
+            format = .csv
+        } else if contentType.hasPrefix("application/jsonl") || contentType.hasPrefix("application/x-ndjson")
+            || contentType.hasPrefix("application/json-lines")
+        {
+            format = .jsonl
+        } else {
+            throw Problem(
+                .unsupportedMediaType,
+                "Unsupported Media Type",
+                "send the campaign as text/csv or application/jsonl, not \(contentType.isEmpty ? "no Content-Type" : contentType)"
+            )
+        }
+        let parameters = request.uri.queryParameters
+        guard let name = parameters["name"].map(String.init), APIKeys.validName(name) else {
+            throw Problem.invalid("name (the campaign's) must be 1 to 64 letters, digits, '.', '_' or '-'", field: "name")
+        }
+        let project = try project(parameters["project"].map(String.init), principal)
+        let file = CampaignFile.parse(Data(buffer: body), format: format)
+        var problems = file.errors.map { FieldProblem(field: $0.field, message: $0.message, line: $0.line) }
+        var requests: [(line: Int, request: GenerationRequest)] = []
+        for line in file.lines {
+            var request = line.request
+            // A line's own project is not the tenant's to choose here: the upload's project holds every line.
+            request.project = principal.qualified(project)
+            request.campaign = principal.qualified(name)
+            // Enqueuing the same file again adds nothing twice (as `pargen enqueue` does).
+            if request.idempotencyKey == nil { request.idempotencyKey = "\(name):line-\(line.line)" }
+            requests.append((line.line, request))
+        }
+        let ids = requests.isEmpty ? [] : try await generator.submit(requests.map(\.request))
+        var created: [JSONValue] = []
+        for ((line, request), id) in zip(requests, ids) {
+            if generator.isInvalidSubmission(id) {
+                let error = await generator.result(for: id).error
+                problems.append(FieldProblem(field: error?.field, message: error?.message ?? "is not valid", line: line))
+            } else {
+                remember(id, project: request.project, campaign: request.campaign ?? request.project)
+                created.append(.string(id.rawValue))
+            }
+        }
+        problems.sort { ($0.line ?? 0) < ($1.line ?? 0) }
+        if created.isEmpty {
+            throw Problem(.unprocessableContent, "Invalid Campaign", "no line of the file is valid", errors: problems)
+        }
+        return Answer(
+            status: .accepted,
+            body: .object([
+                "object": .string("campaign_upload"),
+                "campaign": .string(name),
+                "project": .string(project),
+                "accepted": .number(Double(created.count)),
+                "job_ids": .array(created),
+                "errors": .array(
+                    problems.map {
+                        .object([
+                            "line": $0.line.map { .number(Double($0)) } ?? .null,
+                            "field": Resources.optional($0.field),
+                            "message": .string($0.message),
+                        ])
+                    }
+                ),
+            ]),
+            location: "/v1/campaigns/\(name)"
+        )
+    }
+
+    /// A campaign's progress, spend, reserved and projected cost, and ETA.
+    ///
+    /// Projected cost is what is charged and reserved now, plus each job still to run at the average charge of
+    /// the campaign's succeeded jobs (unknown until one has succeeded). The ETA is the jobs still to run at the
+    /// rate jobs have finished since the campaign's first one was created (durable stores only: they keep wall
+    /// times).
+    func campaign(_ name: String, request: Request, principal: Principal) async throws -> Answer {
+        guard APIKeys.validName(name) else { throw Problem.notFound("campaign \(name.prefix(64))") }
+        let project = try project(request.uri.queryParameters["project"].map(String.init), principal)
+        let records = try await generator.store.jobs(
+            matching: JobQuery(campaign: principal.qualified(name), project: principal.qualified(project))
+        )
+        guard !records.isEmpty else { throw Problem.notFound("campaign \(name)") }
+        var counts: [JobState: Int] = [:]
+        var ledger = CostLedger()
+        for record in records {
+            counts[record.state, default: 0] += 1
+            ledger = ledger + record.ledger
+        }
+        let succeeded = counts[.succeeded, default: 0]
+        let finished = records.filter(\.state.isFinal).count
+        let remaining = records.count - finished
+        var projected: JSONValue = .null
+        if succeeded > 0 {
+            let average = Money(nanos: ledger.charged.nanos / Int64(succeeded))
+            projected = Resources.money(ledger.charged + ledger.pending + average * Int64(remaining))
+        } else if remaining == 0 {
+            projected = Resources.money(ledger.charged)
+        }
+        var eta: JSONValue = .null
+        if remaining == 0 {
+            eta = .number(0)
+        } else if generator.store.outlivesProcess, finished > 0 {
+            let now = Date().timeIntervalSince1970
+            let first = records.map(\.enqueuedAt.seconds).min() ?? now
+            let elapsed = max(0.001, now - first)
+            eta = .number((Double(remaining) / (Double(finished) / elapsed)).rounded())
+        }
+        let budget = generator.costMonitor.limit(of: .campaign(principal.qualified(name)))
+        return Answer(
+            status: .ok,
+            body: .object([
+                "object": .string("campaign"),
+                "id": .string(name),
+                "project": .string(project),
+                "jobs": .number(Double(records.count)),
+                "counts": .object(
+                    Dictionary(uniqueKeysWithValues: JobState.allCases.map { ($0.rawValue, .number(Double(counts[$0, default: 0]))) })
+                ),
+                "progress": .number(Double(finished) / Double(records.count)),
+                "spent": Resources.money(ledger.charged),
+                "reserved": Resources.money(ledger.pending),
+                "projected": projected,
+                "budget": budget.map(Resources.money) ?? .null,
+                "eta_seconds": eta,
+            ])
+        )
+    }
+}

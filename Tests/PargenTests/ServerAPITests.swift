@@ -1,0 +1,485 @@
+import AsyncHTTPClient
+import Crypto
+import Foundation
+import HTTPTypes
+import Hummingbird
+import HummingbirdTesting
+import NIOCore
+import NIOFoundationCompat
+import Pargen
+import PargenServer
+import Testing
+import Yams
+
+/// A service on the memory store and the local providers (plus a slow one for requests that must still be
+/// running), with keys for two tenants.
+struct ServiceFixture {
+    let generator: ParallelGenerator
+    let server: PargenServer
+    let serviceStore: MemoryServiceStore
+    /// acme's key for project social.
+    let acme: String
+    /// acme's admin key (project ops).
+    let acmeAdmin: String
+    /// globex's key for project main.
+    let globex: String
+
+    static func make(configuration: ServerConfiguration = ServerConfiguration()) async throws -> ServiceFixture {
+        var engine = PargenConfiguration()
+        engine.rateLimits.enabled = false
+        let slow = LocalProvider(
+            configuration: LocalProvider.Configuration(
+                name: "local-slow",
+                submitLatency: .milliseconds(10),
+                latencyPerMediaSecond: .milliseconds(300),
+                latencyJitter: 0
+            )
+        )
+        let generator = ParallelGenerator(
+            configuration: engine,
+            providers: LocalProvider.demoProviders(reliable: true) + [slow],
+            store: MemoryJobStore(),
+            outputDirectory: temporaryDirectory()
+        )
+        try await generator.start()
+        let store = MemoryServiceStore()
+        var keys: [String] = []
+        for (tenant, project, admin) in [("acme", "social", false), ("acme", "ops", true), ("globex", "main", false)] {
+            let (secret, record) = try APIKeys.make(tenant: tenant, project: project, admin: admin)
+            try await store.addKey(record)
+            keys.append(secret)
+        }
+        let server = PargenServer(generator: generator, serviceStore: store, configuration: configuration)
+        return ServiceFixture(
+            generator: generator,
+            server: server,
+            serviceStore: store,
+            acme: keys[0],
+            acmeAdmin: keys[1],
+            globex: keys[2]
+        )
+    }
+
+    func stop() async throws { try await generator.stop(immediately: true) }
+}
+
+extension TestClientProtocol {
+    /// A request with a bearer key and an optional JSON (or other) body.
+    func call(
+        _ method: HTTPRequest.Method,
+        _ uri: String,
+        key: String?,
+        body: String? = nil,
+        headers: HTTPFields = [:]
+    ) async throws -> TestResponse {
+        var fields = headers
+        if let key { fields[.authorization] = "Bearer \(key)" }
+        if body != nil, fields[.contentType] == nil { fields[.contentType] = "application/json" }
+        return try await execute(uri: uri, method: method, headers: fields, body: body.map { ByteBuffer(string: $0) })
+    }
+}
+
+extension TestResponse {
+    var json: [String: Any] {
+        guard let object = try? JSONSerialization.jsonObject(with: Data(buffer: body)) as? [String: Any] else { return [:] }
+        return object
+    }
+
+    var text: String { String(buffer: body) }
+    var data: Data { Data(buffer: body) }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct ServerAPITests {
+    /// Every route the router serves is in /openapi.yaml with the same method, and nothing else is.
+    @Test func theOpenAPIDocumentDescribesExactlyTheRoutes() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let routes = Set(fixture.server.router().routes.map { "\($0.method.rawValue) \(Self.normalize("\($0.path)"))" })
+        let app = Application(router: fixture.server.router())
+        let served = try await app.test(.router) { client in
+            try await client.call(.get, "/openapi.yaml", key: nil).text
+        }
+        let document = try #require(try Yams.load(yaml: served) as? [String: Any])
+        #expect(document["openapi"] as? String == "3.1.0")
+        let paths = try #require(document["paths"] as? [String: Any])
+        var described = Set<String>()
+        for (path, item) in paths {
+            for method in (item as? [String: Any] ?? [:]).keys where method != "parameters" {
+                described.insert("\(method.uppercased()) \(path)")
+            }
+        }
+        #expect(described == routes, "in the router only: \(routes.subtracting(described)); in the document only: \(described.subtracting(routes))")
+        #expect(routes.count >= 18)
+    }
+
+    static func normalize(_ path: String) -> String {
+        // The router writes parameters as {id} or :id.
+        path.split(separator: "/", omittingEmptySubsequences: false).map { part in
+            part.hasPrefix(":") ? "{\(part.dropFirst())}" : String(part)
+        }.joined(separator: "/")
+    }
+
+    @Test func aJobIsCreatedWaitedForAndDownloadedWithRanges() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let created = try await client.call(
+                .post,
+                "/v1/jobs",
+                key: fixture.acme,
+                body: #"{"type":"audio","prompt":"Rain on a tin roof","duration":2}"#,
+                headers: [HTTPField.Name("Prefer")!: "wait=20"]
+            )
+            #expect(created.status == .ok)
+            let job = created.json
+            #expect(job["state"] as? String == "succeeded")
+            #expect(job["project"] as? String == "social")
+            let id = try #require(job["id"] as? String)
+            #expect(created.headers[.location] == "/v1/jobs/\(id)")
+            let artifact = try #require(job["artifact"] as? [String: Any])
+            let whole = try await client.call(.get, "/v1/jobs/\(id)/artifact", key: fixture.acme)
+            #expect(whole.status == .ok)
+            let bytes = whole.data
+            #expect(bytes.count == artifact["bytes"] as? Int)
+            #expect(sha256Hex(bytes) == artifact["sha256"] as? String)
+            #expect(whole.headers[.acceptRanges] == "bytes")
+            let part = try await client.call(
+                .get,
+                "/v1/jobs/\(id)/artifact",
+                key: fixture.acme,
+                headers: [.range: "bytes=4-11"]
+            )
+            #expect(part.status == .partialContent)
+            #expect(part.headers[.contentRange] == "bytes 4-11/\(bytes.count)")
+            #expect(part.data == bytes[4...11])
+            let tail = try await client.call(.get, "/v1/jobs/\(id)/artifact", key: fixture.acme, headers: [.range: "bytes=-10"])
+            #expect(tail.data == bytes.suffix(10))
+            let beyond = try await client.call(
+                .get,
+                "/v1/jobs/\(id)/artifact",
+                key: fixture.acme,
+                headers: [.range: "bytes=\(bytes.count)-"]
+            )
+            #expect(beyond.status == .rangeNotSatisfiable)
+            #expect(beyond.headers[.contentRange] == "bytes */\(bytes.count)")
+            let fetched = try await client.call(.get, "/v1/jobs/\(id)", key: fixture.acme)
+            #expect(fetched.json["state"] as? String == "succeeded")
+        }
+    }
+
+    @Test func aBatchCreatesItsValidJobsAndNamesEachBadItemsField() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let response = try await client.call(
+                .post,
+                "/v1/jobs",
+                key: fixture.acme,
+                body: #"[{"type":"audio","prompt":"one"},{"type":"vid","prompt":"x"},{"type":"audio"},{"type":"video","prompt":"p","duration":-3},"no"]"#
+            )
+            #expect(response.status == .accepted)
+            let data = try #require(response.json["data"] as? [[String: Any]])
+            #expect(data.count == 1)
+            let errors = try #require(response.json["errors"] as? [[String: Any]])
+            #expect(Set(errors.compactMap { $0["field"] as? String }) == ["[1].type", "[2].prompt", "[3].duration", "[4]"])
+        }
+    }
+
+    /// Malformed JSON, wrong types, unknown fields, over-large bodies: each a 4xx naming the field, never a 5xx.
+    @Test func badBodiesAreProblemsThatNameTheField() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let cases: [(body: String, status: HTTPResponse.Status, field: String?)] = [
+                (#"{"type":"audio","prompt":"x""#, .badRequest, nil),
+                ("", .badRequest, nil),
+                ("42", .unprocessableContent, nil),
+                (#"{"type":"audio","prompt":["x"]}"#, .unprocessableContent, "prompt"),
+                (#"{"type":"audio","prompt":"x","duration":"soon"}"#, .unprocessableContent, "duration"),
+                (#"{"type":"audio","prompt":"x","colour":"red"}"#, .unprocessableContent, "colour"),
+                (#"{"type":"audio","prompt":"x","metadata":7}"#, .unprocessableContent, "metadata"),
+                (#"{"type":"audio","prompt":"x","project":"ops"}"#, .unprocessableContent, "project"),
+                (#"{"type":"audio","prompt":"x","provider":"nobody"}"#, .unprocessableContent, "provider"),
+                (#"{"type":"audio","prompt":"x","priority":9}"#, .unprocessableContent, "priority"),
+                ("[]", .unprocessableContent, nil),
+            ]
+            for (body, status, field) in cases {
+                let response = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: body)
+                #expect(response.status == status, "\(body): \(response.text)")
+                #expect(response.headers[.contentType] == "application/problem+json", "\(body)")
+                #expect(response.json["status"] as? Int == Int(status.code))
+                if let field {
+                    let fields = (response.json["errors"] as? [[String: Any]] ?? []).compactMap { $0["field"] as? String }
+                    #expect(fields == [field], "\(body): \(response.text)")
+                }
+            }
+            // 10 MB of JSON: refused by size before it is read.
+            let huge = "[" + String(repeating: #"{"type":"audio","prompt":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"#, count: 200_000) + "]"
+            let tooLarge = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: huge)
+            #expect(tooLarge.status == .contentTooLarge)
+            #expect(tooLarge.headers[.contentType] == "application/problem+json")
+            // Bad query values name their parameter.
+            for (query, field) in [("state=finished", "state"), ("limit=0", "limit"), ("limit=abc", "limit"), ("cursor=-4", "cursor")] {
+                let response = try await client.call(.get, "/v1/jobs?\(query)", key: fixture.acme)
+                #expect(response.status == .unprocessableContent, "\(query)")
+                #expect((response.json["errors"] as? [[String: Any]])?.first?["field"] as? String == field)
+            }
+            let budget = try await client.call(.put, "/v1/budgets", key: fixture.acmeAdmin, body: #"{"scope":"project","name":"social","limit":"ten"}"#)
+            #expect(budget.status == .unprocessableContent)
+            #expect((budget.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "limit")
+            #expect(try await fixture.generator.store.counts().isEmpty)
+        }
+    }
+
+    @Test func idempotencyKeysFollowStripesRules() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let body = #"{"type":"audio","prompt":"Once only","duration":1}"#
+            let key: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "order-1"]
+            let first = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: body, headers: key)
+            #expect(first.status == .accepted)
+            let again = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: body, headers: key)
+            #expect(again.status == first.status)
+            #expect(again.text == first.text)
+            #expect(again.headers[HTTPField.Name("Idempotent-Replayed")!] == "true")
+            let other = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"Another"}"#, headers: key)
+            #expect(other.status == .unprocessableContent)
+            #expect((other.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "Idempotency-Key")
+            // Another tenant's same key is its own.
+            let globex = try await client.call(.post, "/v1/jobs", key: fixture.globex, body: body, headers: key)
+            #expect(globex.status == .accepted)
+            #expect(globex.json["id"] as? String != first.json["id"] as? String)
+            #expect(try await fixture.generator.store.counts().values.reduce(0, +) == 2)
+
+            // While the first request with a key is still running (held by Prefer: wait), a second is 409.
+            let slowBody = #"{"type":"audio","prompt":"Slow","duration":10,"provider":"local-slow"}"#
+            let slowKey: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "slow-1", HTTPField.Name("Prefer")!: "wait=30"]
+            let running = Task { try await client.call(.post, "/v1/jobs", key: fixture.acme, body: slowBody, headers: slowKey) }
+            try await waitUntil(seconds: 10) { try await fixture.generator.store.counts().values.reduce(0, +) == 3 }
+            let during = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: slowBody, headers: slowKey)
+            #expect(during.status == .conflict)
+            let finished = try await running.value
+            #expect(finished.status == .ok)
+            let after = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: slowBody, headers: slowKey)
+            #expect(after.status == .ok && after.text == finished.text)
+
+            // A problem (4xx) is kept too: the same bad body under the same key gets the same answer.
+            let badKey: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "bad-1"]
+            let bad = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"x"}"#, headers: badKey)
+            let badAgain = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"x"}"#, headers: badKey)
+            #expect(bad.status == .unprocessableContent && badAgain.text == bad.text)
+
+            // Each job of a batch takes its own key: the same items again make nothing new.
+            let batch = #"[{"type":"audio","prompt":"b1","idempotency_key":"i-1"},{"type":"audio","prompt":"b2","idempotency_key":"i-2"}]"#
+            let made = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: batch)
+            let remade = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: batch)
+            let ids = (made.json["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String }
+            #expect(ids.count == 2)
+            #expect((remade.json["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String } == ids)
+            #expect(try await fixture.generator.store.counts().values.reduce(0, +) == 5)
+        }
+    }
+
+    /// The claim rule itself: retention, mismatch, replay, and a holder that never answered.
+    @Test func anAbandonedIdempotencyClaimIsTakenOverAndAnOldOneForgotten() async throws {
+        let store = MemoryServiceStore()
+        let start = Date(timeIntervalSince1970: 1_800_000_000)
+        func claim(_ fingerprint: String, at seconds: Double) async throws -> IdempotencyClaim {
+            try await store.claimIdempotencyKey(
+                scope: "t",
+                key: "k",
+                fingerprint: fingerprint,
+                now: start.addingTimeInterval(seconds),
+                lockTimeout: .seconds(120),
+                retention: .seconds(86_400)
+            )
+        }
+        #expect(try await claim("a", at: 0) == .proceed)
+        #expect(try await claim("a", at: 60) == .inProgress)
+        #expect(try await claim("b", at: 60) == .mismatch)
+        #expect(try await claim("a", at: 121) == .proceed)
+        let answer = StoredResponse(status: 202, contentType: "application/json", location: nil, body: Array("{}".utf8))
+        try await store.completeIdempotencyKey(scope: "t", key: "k", response: answer)
+        #expect(try await claim("a", at: 3600) == .replay(answer))
+        #expect(try await claim("b", at: 86_401) == .proceed)
+        #expect(try await store.pruneIdempotencyKeys(before: start.addingTimeInterval(90_000)) == 1)
+    }
+
+    /// A key never sees, cancels, retries, purges or downloads another tenant's jobs, on any route.
+    @Test func noRouteCrossesTenants() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let done = try await client.call(
+                .post,
+                "/v1/jobs",
+                key: fixture.acme,
+                body: #"{"type":"audio","prompt":"acme secret","duration":1,"campaign":"spring"}"#,
+                headers: [HTTPField.Name("Prefer")!: "wait=20"]
+            )
+            let id = try #require(done.json["id"] as? String)
+            _ = try await client.call(.put, "/v1/budgets", key: fixture.acmeAdmin, body: #"{"scope":"campaign","name":"spring","limit":"5"}"#)
+            let routes = fixture.server.router().routes.map { ($0.method, Self.normalize("\($0.path)")) }
+            var tried = 0
+            for (method, path) in routes where path.hasPrefix("/v1/") {
+                let uri = path.replacingOccurrences(of: "{id}", with: path.hasPrefix("/v1/campaigns/") ? "spring" : id)
+                let body: String? =
+                    method == .post || method == .put
+                    ? (path == "/v1/budgets" ? #"{"scope":"campaign","name":"spring","limit":"1"}"# : "{}") : nil
+                if path == "/v1/events" { continue }  // a stream: checked in the live test
+                let response = try await client.call(method, uri, key: fixture.globex, body: body)
+                tried += 1
+                #expect(response.status.code < 500, "\(method) \(uri)")
+                for secret in ["acme secret", "\"social\"", "sha256", "\"spring\""] {
+                    #expect(!response.text.contains(secret), "\(method) \(uri): \(response.text)")
+                }
+                if path.contains("{id}") { #expect(response.status == .notFound, "\(method) \(uri)") }
+                // Without a key, nothing under /v1 answers but 401.
+                let anonymous = try await client.call(method, uri, key: nil, body: body)
+                #expect(anonymous.status == .unauthorized, "\(method) \(uri)")
+                #expect(anonymous.headers[.wwwAuthenticate] != nil)
+            }
+            #expect(tried >= 14)
+            // The owner still has it all, and globex's budget call did not change acme's.
+            #expect(try await client.call(.get, "/v1/jobs/\(id)", key: fixture.acme).status == .ok)
+            #expect(try await client.call(.get, "/v1/jobs/\(id)/artifact", key: fixture.acme).status == .ok)
+            let budgets = try await client.call(.get, "/v1/budgets", key: fixture.acme).json["data"] as? [[String: Any]] ?? []
+            #expect(budgets.first { $0["name"] as? String == "spring" }?["limit"] as? String == "5.00")
+            // Within a tenant a plain key sees its own project only; the admin key may name another.
+            #expect(try await client.call(.get, "/v1/jobs?project=ops", key: fixture.acme).status == .forbidden)
+            let adminView = try await client.call(.get, "/v1/jobs?project=social", key: fixture.acmeAdmin)
+            #expect((adminView.json["data"] as? [[String: Any]])?.count == 1)
+            #expect(try await client.call(.delete, "/v1/dead-letters/\(id)", key: fixture.acme).status == .forbidden)
+        }
+    }
+
+    @Test func listingFiltersAndPagesWithACursor() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let items = (0..<7).map { #"{"type":"audio","prompt":"p\#($0)","user":"u\#($0 % 2)","campaign":"c\#($0 % 3)","duration":1}"# }
+            let created = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: "[" + items.joined(separator: ",") + "]")
+            #expect((created.json["data"] as? [Any])?.count == 7)
+            var seen: [String] = []
+            var cursor: String?
+            repeat {
+                let page = try await client.call(.get, "/v1/jobs?limit=3" + (cursor.map { "&cursor=\($0)" } ?? ""), key: fixture.acme)
+                seen += (page.json["data"] as? [[String: Any]] ?? []).compactMap { $0["prompt"] as? String }
+                cursor = page.json["next_cursor"] as? String
+            } while cursor != nil
+            #expect(seen == (0..<7).map { "p\($0)" })
+            let byUser = try await client.call(.get, "/v1/jobs?user=u1", key: fixture.acme)
+            #expect((byUser.json["data"] as? [[String: Any]])?.compactMap { $0["prompt"] as? String } == ["p1", "p3", "p5"])
+            let byCampaign = try await client.call(.get, "/v1/jobs?campaign=c0", key: fixture.acme)
+            #expect((byCampaign.json["data"] as? [[String: Any]])?.count == 3)
+            let campaign = try await client.call(.get, "/v1/campaigns/c0", key: fixture.acme)
+            #expect(campaign.json["jobs"] as? Int == 3)
+        }
+    }
+
+    @Test func aCampaignUploadReportsEachBadLineAndRunsTheRest() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let csv = "type,prompt,duration\naudio,Waves,1\nvideo,,2\naudio,\"unterminated,1\n"
+            let upload = try await client.call(
+                .post,
+                "/v1/campaigns?name=launch",
+                key: fixture.acme,
+                body: csv,
+                headers: [.contentType: "text/csv"]
+            )
+            #expect(upload.status == .accepted, "\(upload.text)")
+            #expect(upload.json["accepted"] as? Int == 1)
+            let errors = upload.json["errors"] as? [[String: Any]] ?? []
+            #expect(errors.compactMap { $0["line"] as? Int } == [3, 4])
+            #expect(errors.first?["field"] as? String == "prompt")
+            let jsonl = #"{"type":"audio","prompt":"A","duration":1}"# + "\n" + #"{"type":"audio","prompt":"B","duration":1,"extra":1}"# + "\n"
+            let second = try await client.call(
+                .post,
+                "/v1/campaigns?name=launch",
+                key: fixture.acme,
+                body: jsonl,
+                headers: [.contentType: "application/jsonl"]
+            )
+            #expect(second.json["accepted"] as? Int == 1)
+            #expect((second.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "extra")
+            let wrongType = try await client.call(.post, "/v1/campaigns?name=x", key: fixture.acme, body: "a", headers: [.contentType: "image/png"])
+            #expect(wrongType.status == .unsupportedMediaType)
+            try await waitUntil(seconds: 20) {
+                let campaign = try await client.call(.get, "/v1/campaigns/launch", key: fixture.acme).json
+                return campaign["progress"] as? Double == 1
+            }
+            let campaign = try await client.call(.get, "/v1/campaigns/launch", key: fixture.acme).json
+            #expect(campaign["jobs"] as? Int == 2)
+            #expect(campaign["spent"] as? String != "0.00")
+            #expect(campaign["projected"] as? String == campaign["spent"] as? String)
+            #expect(campaign["eta_seconds"] as? Double == 0)
+        }
+    }
+
+    @Test func aQueuedJobIsCancelledAndADeadLetterRetried() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        try await fixture.generator.stop()  // nothing runs: every job stays queued
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            let created = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"never"}"#)
+            let id = try #require(created.json["id"] as? String)
+            let cancelled = try await client.call(.post, "/v1/jobs/\(id)/cancel", key: fixture.acme)
+            #expect(cancelled.status == .ok)
+            #expect(cancelled.json["state"] as? String == "dead_lettered")
+            #expect((cancelled.json["errors"] as? [[String: Any]])?.last?["code"] as? String == "cancelled")
+            #expect(try await client.call(.post, "/v1/jobs/\(id)/cancel", key: fixture.acme).status == .conflict)
+            let letters = try await client.call(.get, "/v1/dead-letters", key: fixture.acme)
+            #expect((letters.json["data"] as? [[String: Any]])?.first?["id"] as? String == id)
+            let retried = try await client.call(.post, "/v1/dead-letters/\(id)/retry", key: fixture.acme)
+            #expect(retried.json["state"] as? String == "available")
+            _ = try await client.call(.post, "/v1/jobs/\(id)/cancel", key: fixture.acme)
+            #expect(try await client.call(.delete, "/v1/dead-letters/\(id)", key: fixture.acmeAdmin).status == .noContent)
+            #expect(try await client.call(.get, "/v1/jobs/\(id)", key: fixture.acme).status == .notFound)
+        }
+    }
+
+    @Test func aKeyOverItsRateGets429WithRetryAfter() async throws {
+        var configuration = ServerConfiguration()
+        configuration.keyLimits = PargenConfiguration.RateLimits(perUserRequestsPerMinute: 3, maxBurst: 1000)
+        let fixture = try await ServiceFixture.make(configuration: configuration)
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            for _ in 0..<3 { #expect(try await client.call(.get, "/v1/jobs", key: fixture.acme).status == .ok) }
+            let refused = try await client.call(.get, "/v1/jobs", key: fixture.acme)
+            #expect(refused.status == .tooManyRequests)
+            #expect(Int(refused.headers[.retryAfter] ?? "") ?? 0 >= 1)
+            // Another key has its own window.
+            #expect(try await client.call(.get, "/v1/jobs", key: fixture.globex).status == .ok)
+        }
+    }
+
+    @Test func healthAndReadinessNeedNoKey() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = Application(router: fixture.server.router())
+        try await app.test(.router) { client in
+            #expect(try await client.call(.get, "/healthz", key: nil).status == .ok)
+            #expect(try await client.call(.get, "/readyz", key: nil).status == .ok)
+            let response = try await client.call(.get, "/v1/providers", key: fixture.acme)
+            let names = (response.json["data"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+            #expect(names.sorted() == ["local-cheap", "local-fast", "local-slow", "local-studio"])
+            #expect(response.headers[HTTPField.Name("X-Request-ID")!] != nil)
+        }
+    }
+}
+
+func sha256Hex(_ data: Data) -> String {
+    SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+}
