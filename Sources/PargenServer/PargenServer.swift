@@ -40,6 +40,8 @@ public struct ServerConfiguration: Sendable {
     public var eventCapacity: Int = 100_000
     /// Comment lines sent on an idle event stream, so proxies keep it open.
     public var eventHeartbeat: Duration = .seconds(15)
+    /// How long a shutdown waits for requests in flight before it cancels them.
+    public var shutdownGrace: Duration = .seconds(30)
 
     public init() {}
 }
@@ -125,16 +127,22 @@ public final class PargenServer: Sendable {
 
     /// Serves until SIGTERM or SIGINT: then it stops accepting connections, lets requests in flight finish and
     /// ends event streams. Stopping the generator (giving leases back) is the caller's, after this returns.
+    ///
+    /// Requests still running after ``ServerConfiguration/shutdownGrace`` are cancelled (a client that stopped
+    /// reading an event stream cannot hold the shutdown).
     public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
-        let group = ServiceGroup(
-            configuration: .init(
-                services: [application(onListening: onListening)],
-                gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
-            )
+        var group = ServiceGroupConfiguration(
+            services: [application(onListening: onListening)],
+            gracefulShutdownSignals: [.sigterm, .sigint],
+            logger: logger
         )
-        try await group.run()
+        group.maximumGracefulShutdownDuration = configuration.shutdownGrace
+        group.maximumCancellationDuration = .seconds(5)
+        try await ServiceGroup(configuration: group).run()
     }
+
+    /// Ends ``pumpEvents()``: the engine's events are no longer turned into service events.
+    func stopPump() { feedInput.finish() }
 
     /// Remembers where a job belongs, so that its events are scoped without a store read.
     func remember(_ id: JobID, project: String, campaign: String) {
@@ -250,6 +258,8 @@ struct EventPump: Service {
     let server: PargenServer
 
     func run() async throws {
+        // Shutdown (or cancellation) ends the pump's loop and closes the log; the engine's stream of events ends
+        // with it, so a server runs one application in its life.
         await withGracefulShutdownHandler {
             await withTaskCancellationHandler {
                 await server.pumpEvents()
@@ -258,6 +268,7 @@ struct EventPump: Service {
             }
         } onGracefulShutdown: {
             server.events.close()
+            server.stopPump()
         }
     }
 }

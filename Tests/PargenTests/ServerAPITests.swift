@@ -6,6 +6,7 @@ import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import NIOFoundationCompat
+import NIOHTTP1
 import Pargen
 import PargenServer
 import Testing
@@ -482,4 +483,122 @@ extension TestResponse {
 
 func sha256Hex(_ data: Data) -> String {
     SHA256.hash(data: data).map { String(format: "%02x", $0) }.joined()
+}
+
+/// One Server-Sent Event.
+struct SSEEvent: Sendable {
+    var id: UInt64?
+    var type: String
+    var data: [String: Any] { (try? JSONSerialization.jsonObject(with: Data(raw.utf8)) as? [String: Any]) ?? [:] }
+    var raw: String
+}
+
+/// Reads `/v1/events` on a live server until `enough` says so (or 30 s pass).
+func readEvents(
+    port: Int,
+    key: String,
+    query: String = "",
+    lastEventID: UInt64? = nil,
+    until enough: @escaping @Sendable ([SSEEvent]) -> Bool
+) async throws -> [SSEEvent] {
+    var request = HTTPClientRequest(url: "http://127.0.0.1:\(port)/v1/events\(query)")
+    request.headers.add(name: "Authorization", value: "Bearer \(key)")
+    if let lastEventID { request.headers.add(name: "Last-Event-ID", value: String(lastEventID)) }
+    let response = try await HTTPClient.shared.execute(request, timeout: .seconds(30))
+    #expect(response.status == .ok)
+    #expect(response.headers.first(name: "Content-Type") == "text/event-stream")
+    return try await withThrowingTaskGroup(of: [SSEEvent]?.self) { group in
+        group.addTask {
+            var events: [SSEEvent] = []
+            var pending = ""
+            for try await buffer in response.body {
+                pending += String(buffer: buffer)
+                while let end = pending.range(of: "\n\n") {
+                    let block = pending[..<end.lowerBound]
+                    pending = String(pending[end.upperBound...])
+                    var event = SSEEvent(id: nil, type: "message", raw: "")
+                    var isEvent = false
+                    for line in block.split(separator: "\n") {
+                        if line.hasPrefix("id: ") { event.id = UInt64(line.dropFirst(4)) }
+                        if line.hasPrefix("event: ") { event.type = String(line.dropFirst(7)) }
+                        if line.hasPrefix("data: ") {
+                            event.raw = String(line.dropFirst(6))
+                            isEvent = true
+                        }
+                    }
+                    if isEvent { events.append(event) }
+                    if enough(events) { return events }
+                }
+            }
+            return events
+        }
+        group.addTask {
+            try await Task.sleep(for: .seconds(30))
+            return nil
+        }
+        let first = try await group.next()!
+        group.cancelAll()
+        return try #require(first, "the stream did not bring the events in 30 s")
+    }
+}
+
+/// The jobs whose `job.finished` event is among `events`.
+@Sendable func finishedJobs(_ events: [SSEEvent]) -> Set<String> {
+    Set(events.filter { $0.type == "job.finished" }.compactMap { $0.data["job_id"] as? String })
+}
+
+extension ServerAPITests {
+    /// A reconnect with Last-Event-ID gets every event after that id, and none of another tenant's.
+    @Test func eventsResumeAfterLastEventIDWithoutGaps() async throws {
+        var configuration = ServerConfiguration()
+        configuration.port = 0
+        configuration.eventHeartbeat = .milliseconds(200)
+        let fixture = try await ServiceFixture.make(configuration: configuration)
+        defer { Task { try? await fixture.stop() } }
+        try await fixture.server.application().test(.live) { client in
+            let port = try #require(client.port)
+            let reading = Task {
+                try await readEvents(port: port, key: fixture.acme) { finishedJobs($0).count == 3 }
+            }
+            try await Task.sleep(for: .milliseconds(200))
+            let batch = (0..<3).map { #"{"type":"audio","prompt":"first \#($0)","duration":\#($0 + 1)}"# }
+            let created = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: "[" + batch.joined(separator: ",") + "]")
+            let firstIDs = Set((created.json["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String })
+            let other = try await client.call(.post, "/v1/jobs", key: fixture.globex, body: #"{"type":"audio","prompt":"globex","duration":1}"#)
+            let otherID = try #require(other.json["id"] as? String)
+            let firstStream = try await reading.value
+            #expect(finishedJobs(firstStream) == firstIDs)
+            #expect(!firstStream.contains { $0.data["job_id"] as? String == otherID })
+            #expect(firstStream.contains { $0.type == "job.status" && $0.data["status"] as? String == "running" })
+            let ids = firstStream.compactMap(\.id)
+            #expect(ids == ids.sorted() && Set(ids).count == ids.count)
+            // Resume after the first job that finished; meanwhile two more jobs run.
+            let cut = try #require(firstStream.firstIndex { $0.type == "job.finished" })
+            let lastSeen = try #require(firstStream[cut].id)
+            let more = (0..<2).map { #"{"type":"audio","prompt":"later \#($0)","duration":1}"# }
+            let createdLater = try await client.call(
+                .post,
+                "/v1/jobs",
+                key: fixture.acme,
+                body: "[" + more.joined(separator: ",") + "]",
+                headers: [HTTPField.Name("Prefer")!: "wait=20"]
+            )
+            let laterIDs = Set((createdLater.json["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String })
+            let expected = firstIDs.union(laterIDs).subtracting([firstStream[cut].data["job_id"] as? String ?? ""])
+            let resumed = try await readEvents(port: port, key: fixture.acme, lastEventID: lastSeen) { events in
+                finishedJobs(events).isSuperset(of: expected)
+            }
+            // Gapless: what the first stream had after the cut comes again, in the same order, then the rest.
+            let replayed = resumed.filter { ($0.id ?? 0) <= ids.last! }.compactMap(\.id)
+            #expect(replayed == Array(ids[(cut + 1)...]))
+            #expect(resumed.allSatisfy { ($0.id ?? 0) > lastSeen })
+            #expect(!resumed.contains { $0.data["job_id"] as? String == otherID })
+            // A stream filtered to one job carries that job only.
+            let one = try #require(laterIDs.first)
+            let filtered = try await readEvents(port: port, key: fixture.acme, query: "?job=\(one)", lastEventID: 0) { events in
+                finishedJobs(events) == [one]
+            }
+            #expect(Set(filtered.compactMap { $0.data["job_id"] as? String }) == [one])
+        }
+    }
 }
