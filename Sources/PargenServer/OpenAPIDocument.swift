@@ -196,6 +196,59 @@ enum OpenAPIDocument {
                 - { name: last_event_id, in: query, schema: { type: string } }
               responses:
                 "200": { description: An event stream., content: { text/event-stream: { schema: { type: string } } } }
+          /v1/webhooks:
+            post:
+              summary: Register a webhook (admin keys); the answer carries its signing secret, once.
+              description: |
+                Deliveries are signed the Standard Webhooks way (webhook-id, webhook-timestamp,
+                webhook-signature: v1, base64 HMAC-SHA256 of "id.timestamp.body" keyed by the secret's bytes), and
+                retried on failure for more than 24 h (at once, 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, 10 h).
+                Loopback, private and link-local targets are refused unless the server allows them.
+              parameters: [{ $ref: "#/components/parameters/IdempotencyKey" }]
+              requestBody:
+                required: true
+                content:
+                  application/json:
+                    schema:
+                      type: object
+                      additionalProperties: false
+                      required: [url]
+                      properties:
+                        url: { type: string, format: uri }
+                        events:
+                          type: array
+                          items: { enum: [job.status, job.finished, quota.hold, budget.hold, budget.alert, "*"] }
+              responses:
+                "201": { description: Registered. }
+                "403": { $ref: "#/components/responses/Problem" }
+                "422": { $ref: "#/components/responses/Problem" }
+            get:
+              summary: The tenant's webhooks (admin keys), without their secrets.
+              responses:
+                "200": { description: The webhooks. }
+          /v1/webhooks/{id}:
+            delete:
+              summary: Remove a webhook and its delivery log (admin keys).
+              parameters: [{ $ref: "#/components/parameters/ID" }]
+              responses:
+                "204": { description: Removed. }
+                "404": { $ref: "#/components/responses/Problem" }
+          /v1/webhooks/{id}/deliveries:
+            get:
+              summary: A webhook's deliveries, newest first, with every try's status, error and time.
+              parameters: [{ $ref: "#/components/parameters/ID" }]
+              responses:
+                "200": { description: The delivery log. }
+                "404": { $ref: "#/components/responses/Problem" }
+          /v1/webhooks/{id}/deliveries/{delivery}/redeliver:
+            post:
+              summary: Send a delivery again, now, with the same webhook-id.
+              parameters:
+                - { $ref: "#/components/parameters/ID" }
+                - { name: delivery, in: path, required: true, schema: { type: string } }
+              responses:
+                "202": { description: Queued for sending. }
+                "404": { $ref: "#/components/responses/Problem" }
         components:
           securitySchemes:
             bearer: { type: http, scheme: bearer }

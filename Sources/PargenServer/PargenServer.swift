@@ -1,3 +1,4 @@
+public import AsyncHTTPClient
 import Foundation
 import HTTPTypes
 public import Hummingbird
@@ -42,6 +43,12 @@ public struct ServerConfiguration: Sendable {
     public var eventHeartbeat: Duration = .seconds(15)
     /// How long a shutdown waits for requests in flight before it cancels them.
     public var shutdownGrace: Duration = .seconds(30)
+    /// Webhook targets on loopback, private or link-local addresses are refused (SSRF) unless this is set.
+    public var allowPrivateWebhookTargets = false
+    /// When failed webhook deliveries are tried again (more than 24 h by default).
+    public var webhookSchedule = WebhookSchedule.standard
+    /// The longest a receiver may take to answer one delivery.
+    public var webhookTimeout: Duration = .seconds(10)
 
     public init() {}
 }
@@ -63,6 +70,7 @@ public final class PargenServer: Sendable {
     let serviceStore: any ServiceStore
     let keyRing: KeyRing
     let events: EventLog
+    let webhooks: WebhookDispatcher
     let logger: Logger
     let limits: Mutex<ClientLimits>
     let clock = PargenClock.continuous
@@ -76,6 +84,7 @@ public final class PargenServer: Sendable {
         generator: ParallelGenerator,
         serviceStore: any ServiceStore,
         configuration: ServerConfiguration = ServerConfiguration(),
+        httpClient: HTTPClient = .shared,
         logger: Logger = Logger(label: "pargen.server")
     ) {
         self.generator = generator
@@ -84,6 +93,13 @@ public final class PargenServer: Sendable {
         self.logger = logger
         keyRing = KeyRing(store: serviceStore)
         events = EventLog(capacity: configuration.eventCapacity)
+        webhooks = WebhookDispatcher(
+            events: events,
+            store: serviceStore,
+            configuration: configuration,
+            logger: logger,
+            http: httpClient
+        )
         limits = Mutex(ClientLimits(configuration: configuration.keyLimits))
         (feed, feedInput) = AsyncStream.makeStream(of: PargenEvent.self, bufferingPolicy: .bufferingNewest(100_000))
         let input = feedInput
@@ -106,6 +122,7 @@ public final class PargenServer: Sendable {
         addCampaignRoutes(api)
         addAdminRoutes(api)
         addEventRoutes(api)
+        addWebhookRoutes(api)
         return router
     }
 
@@ -119,7 +136,7 @@ public final class PargenServer: Sendable {
                 address: .hostname(configuration.host, port: configuration.port),
                 serverName: "pargen"
             ),
-            services: [EventPump(server: self)],
+            services: [EventPump(server: self), WebhookService(dispatcher: webhooks)],
             onServerRunning: { channel in await onListening(channel.localAddress?.port ?? 0) },
             logger: logger
         )
@@ -270,6 +287,15 @@ struct EventPump: Service {
             server.events.close()
             server.stopPump()
         }
+    }
+}
+
+/// Runs the webhook dispatcher beside the HTTP server until shutdown.
+struct WebhookService: Service {
+    let dispatcher: WebhookDispatcher
+
+    func run() async throws {
+        await cancelWhenGracefulShutdown { await dispatcher.run() }
     }
 }
 

@@ -38,6 +38,27 @@ public final class SQLiteServiceStore: ServiceStore {
                             PRIMARY KEY (scope, key)
                         );
                         CREATE INDEX IF NOT EXISTS service_idempotency_age ON service_idempotency(created_at);
+                        CREATE TABLE IF NOT EXISTS service_webhooks (
+                            id TEXT PRIMARY KEY,
+                            tenant TEXT NOT NULL,
+                            url TEXT NOT NULL,
+                            events TEXT NOT NULL,
+                            secret TEXT NOT NULL,
+                            created_at REAL NOT NULL
+                        );
+                        CREATE TABLE IF NOT EXISTS service_deliveries (
+                            id TEXT PRIMARY KEY,
+                            webhook_id TEXT NOT NULL,
+                            tenant TEXT NOT NULL,
+                            event_type TEXT NOT NULL,
+                            payload BLOB NOT NULL,
+                            state TEXT NOT NULL,
+                            attempts TEXT NOT NULL,
+                            next_attempt_at REAL,
+                            created_at REAL NOT NULL
+                        );
+                        CREATE INDEX IF NOT EXISTS service_deliveries_due ON service_deliveries(state, next_attempt_at);
+                        CREATE INDEX IF NOT EXISTS service_deliveries_hook ON service_deliveries(webhook_id, created_at);
                         """
                 )
             }
@@ -167,6 +188,142 @@ public final class SQLiteServiceStore: ServiceStore {
                 arguments: [date.timeIntervalSince1970]
             )
             return db.changesCount
+        }
+    }
+
+    // MARK: Webhooks
+
+    public func addWebhook(_ webhook: WebhookRecord) async throws {
+        let events = String(decoding: try JSONEncoder().encode(webhook.events), as: UTF8.self)
+        try await pool.write { db in
+            try db.execute(
+                sql: "INSERT INTO service_webhooks (id, tenant, url, events, secret, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+                arguments: [
+                    webhook.id, webhook.tenant, webhook.url, events, webhook.secret,
+                    webhook.createdAt.timeIntervalSince1970,
+                ]
+            )
+        }
+    }
+
+    public func webhooks(tenant: String?) async throws -> [WebhookRecord] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: "SELECT * FROM service_webhooks WHERE ? IS NULL OR tenant = ? ORDER BY created_at",
+                arguments: [tenant, tenant]
+            )
+            .map { row in
+                WebhookRecord(
+                    id: row["id"],
+                    tenant: row["tenant"],
+                    url: row["url"],
+                    events: (try? JSONDecoder().decode([String].self, from: Data((row["events"] as String).utf8))) ?? [],
+                    secret: row["secret"],
+                    createdAt: Date(timeIntervalSince1970: row["created_at"])
+                )
+            }
+        }
+    }
+
+    public func removeWebhook(id: String, tenant: String) async throws -> Bool {
+        try await pool.write { db in
+            try db.execute(sql: "DELETE FROM service_webhooks WHERE id = ? AND tenant = ?", arguments: [id, tenant])
+            guard db.changesCount > 0 else { return false }
+            try db.execute(sql: "DELETE FROM service_deliveries WHERE webhook_id = ?", arguments: [id])
+            return true
+        }
+    }
+
+    public func addDeliveries(_ deliveries: [WebhookDelivery]) async throws {
+        guard !deliveries.isEmpty else { return }
+        try await pool.write { db in
+            for delivery in deliveries { try Self.upsert(delivery, db) }
+        }
+    }
+
+    public func saveDelivery(_ delivery: WebhookDelivery) async throws {
+        try await pool.write { db in try Self.upsert(delivery, db) }
+    }
+
+    private static func upsert(_ delivery: WebhookDelivery, _ db: Database) throws {
+        let attempts = String(decoding: try JSONEncoder().encode(delivery.attempts), as: UTF8.self)
+        try db.execute(
+            sql: """
+                INSERT INTO service_deliveries
+                    (id, webhook_id, tenant, event_type, payload, state, attempts, next_attempt_at, created_at)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+                ON CONFLICT (id) DO UPDATE SET state = excluded.state, attempts = excluded.attempts,
+                    next_attempt_at = excluded.next_attempt_at
+                """,
+            arguments: [
+                delivery.id, delivery.webhookID, delivery.tenant, delivery.eventType, Data(delivery.payload),
+                delivery.state.rawValue, attempts, delivery.nextAttemptAt?.timeIntervalSince1970,
+                delivery.createdAt.timeIntervalSince1970,
+            ]
+        )
+    }
+
+    private static func delivery(_ row: Row) -> WebhookDelivery {
+        let next: Double? = row["next_attempt_at"]
+        return WebhookDelivery(
+            id: row["id"],
+            webhookID: row["webhook_id"],
+            tenant: row["tenant"],
+            eventType: row["event_type"],
+            payload: [UInt8]((row["payload"] as Data?) ?? Data()),
+            state: WebhookDelivery.State(rawValue: row["state"]) ?? .failed,
+            attempts: (try? JSONDecoder().decode([WebhookAttempt].self, from: Data((row["attempts"] as String).utf8))) ?? [],
+            nextAttemptAt: next.map { Date(timeIntervalSince1970: $0) },
+            createdAt: Date(timeIntervalSince1970: row["created_at"])
+        )
+    }
+
+    public func claimDueDeliveries(now: Date, limit: Int, holdFor: Duration) async throws -> [WebhookDelivery] {
+        try await pool.write { db in
+            let due = try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM service_deliveries
+                    WHERE state = 'pending' AND (next_attempt_at IS NULL OR next_attempt_at <= ?)
+                    ORDER BY next_attempt_at, created_at LIMIT ?
+                    """,
+                arguments: [now.timeIntervalSince1970, limit]
+            )
+            .map(Self.delivery)
+            let held = now.timeIntervalSince1970 + holdFor.seconds
+            for delivery in due {
+                try db.execute(
+                    sql: "UPDATE service_deliveries SET next_attempt_at = ? WHERE id = ?",
+                    arguments: [held, delivery.id]
+                )
+            }
+            return due
+        }
+    }
+
+    public func delivery(id: String, tenant: String) async throws -> WebhookDelivery? {
+        try await pool.read { db in
+            try Row.fetchOne(
+                db,
+                sql: "SELECT * FROM service_deliveries WHERE id = ? AND tenant = ?",
+                arguments: [id, tenant]
+            )
+            .map(Self.delivery)
+        }
+    }
+
+    public func deliveries(webhookID: String, tenant: String, limit: Int) async throws -> [WebhookDelivery] {
+        try await pool.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT * FROM service_deliveries WHERE webhook_id = ? AND tenant = ?
+                    ORDER BY created_at DESC LIMIT ?
+                    """,
+                arguments: [webhookID, tenant, limit]
+            )
+            .map(Self.delivery)
         }
     }
 }

@@ -81,6 +81,22 @@ public protocol ServiceStore: Sendable {
 
     /// Forgets keys first used before `date`; returns how many.
     func pruneIdempotencyKeys(before date: Date) async throws -> Int
+
+    func addWebhook(_ webhook: WebhookRecord) async throws
+    /// A tenant's webhooks, or every one.
+    func webhooks(tenant: String?) async throws -> [WebhookRecord]
+    /// Removes a tenant's webhook and its deliveries; `false` when it has none of that id.
+    func removeWebhook(id: String, tenant: String) async throws -> Bool
+
+    func addDeliveries(_ deliveries: [WebhookDelivery]) async throws
+    /// Pending deliveries due by `now`, oldest first; each is held (its next try moved `holdFor` ahead) so that a
+    /// second look does not send it again while it is being sent.
+    func claimDueDeliveries(now: Date, limit: Int, holdFor: Duration) async throws -> [WebhookDelivery]
+    /// Stores a delivery after a try (its state, attempts and next try).
+    func saveDelivery(_ delivery: WebhookDelivery) async throws
+    func delivery(id: String, tenant: String) async throws -> WebhookDelivery?
+    /// A webhook's deliveries, newest first.
+    func deliveries(webhookID: String, tenant: String, limit: Int) async throws -> [WebhookDelivery]
 }
 
 /// The claim rule both stores apply to the row they hold for a key.
@@ -116,6 +132,8 @@ public final class MemoryServiceStore: ServiceStore {
     private struct State {
         var keys: [String: APIKeyRecord] = [:]
         var idempotency: [String: IdempotencyRow] = [:]
+        var webhooks: [String: WebhookRecord] = [:]
+        var deliveries: [String: WebhookDelivery] = [:]
     }
 
     private let state = Mutex(State())
@@ -167,6 +185,56 @@ public final class MemoryServiceStore: ServiceStore {
             let old = state.idempotency.filter { $0.value.createdAt < date }.map(\.key)
             for name in old { state.idempotency[name] = nil }
             return old.count
+        }
+    }
+
+    public func addWebhook(_ webhook: WebhookRecord) async throws { state.withLock { $0.webhooks[webhook.id] = webhook } }
+
+    public func webhooks(tenant: String?) async throws -> [WebhookRecord] {
+        state.withLock { state in
+            state.webhooks.values.filter { tenant == nil || $0.tenant == tenant }.sorted { $0.createdAt < $1.createdAt }
+        }
+    }
+
+    public func removeWebhook(id: String, tenant: String) async throws -> Bool {
+        state.withLock { state in
+            guard state.webhooks[id]?.tenant == tenant else { return false }
+            state.webhooks[id] = nil
+            state.deliveries = state.deliveries.filter { $0.value.webhookID != id }
+            return true
+        }
+    }
+
+    public func addDeliveries(_ deliveries: [WebhookDelivery]) async throws {
+        state.withLock { state in for delivery in deliveries { state.deliveries[delivery.id] = delivery } }
+    }
+
+    public func claimDueDeliveries(now: Date, limit: Int, holdFor: Duration) async throws -> [WebhookDelivery] {
+        state.withLock { state in
+            let due = state.deliveries.values
+                .filter { $0.state == .pending && ($0.nextAttemptAt ?? now) <= now }
+                .sorted { ($0.nextAttemptAt ?? now, $0.createdAt) < ($1.nextAttemptAt ?? now, $1.createdAt) }
+                .prefix(limit)
+            let held = now.addingTimeInterval(holdFor.seconds)
+            for delivery in due { state.deliveries[delivery.id]?.nextAttemptAt = held }
+            return Array(due)
+        }
+    }
+
+    public func saveDelivery(_ delivery: WebhookDelivery) async throws {
+        state.withLock { $0.deliveries[delivery.id] = delivery }
+    }
+
+    public func delivery(id: String, tenant: String) async throws -> WebhookDelivery? {
+        state.withLock { state in state.deliveries[id].flatMap { $0.tenant == tenant ? $0 : nil } }
+    }
+
+    public func deliveries(webhookID: String, tenant: String, limit: Int) async throws -> [WebhookDelivery] {
+        state.withLock { state in
+            Array(
+                state.deliveries.values.filter { $0.webhookID == webhookID && $0.tenant == tenant }
+                    .sorted { $0.createdAt > $1.createdAt }.prefix(limit)
+            )
         }
     }
 }

@@ -24,6 +24,8 @@ struct ServiceFixture {
     let acmeAdmin: String
     /// globex's key for project main.
     let globex: String
+    /// globex's admin key (project main).
+    let globexAdmin: String
 
     static func make(configuration: ServerConfiguration = ServerConfiguration()) async throws -> ServiceFixture {
         var engine = PargenConfiguration()
@@ -45,7 +47,7 @@ struct ServiceFixture {
         try await generator.start()
         let store = MemoryServiceStore()
         var keys: [String] = []
-        for (tenant, project, admin) in [("acme", "social", false), ("acme", "ops", true), ("globex", "main", false)] {
+        for (tenant, project, admin) in [("acme", "social", false), ("acme", "ops", true), ("globex", "main", false), ("globex", "main", true)] {
             let (secret, record) = try APIKeys.make(tenant: tenant, project: project, admin: admin)
             try await store.addKey(record)
             keys.append(secret)
@@ -57,7 +59,8 @@ struct ServiceFixture {
             serviceStore: store,
             acme: keys[0],
             acmeAdmin: keys[1],
-            globex: keys[2]
+            globex: keys[2],
+            globexAdmin: keys[3]
         )
     }
 
@@ -313,7 +316,9 @@ extension TestResponse {
 
     /// A key never sees, cancels, retries, purges or downloads another tenant's jobs, on any route.
     @Test func noRouteCrossesTenants() async throws {
-        let fixture = try await ServiceFixture.make()
+        var configuration = ServerConfiguration()
+        configuration.allowPrivateWebhookTargets = true
+        let fixture = try await ServiceFixture.make(configuration: configuration)
         defer { Task { try? await fixture.stop() } }
         let app = Application(router: fixture.server.router())
         try await app.test(.router) { client in
@@ -326,27 +331,36 @@ extension TestResponse {
             )
             let id = try #require(done.json["id"] as? String)
             _ = try await client.call(.put, "/v1/budgets", key: fixture.acmeAdmin, body: #"{"scope":"campaign","name":"spring","limit":"5"}"#)
+            let hook = try await client.call(.post, "/v1/webhooks", key: fixture.acmeAdmin, body: #"{"url":"http://127.0.0.1:9/acme-hook"}"#)
+            let hookID = try #require(hook.json["id"] as? String)
             let routes = fixture.server.router().routes.map { ($0.method, Self.normalize("\($0.path)")) }
             var tried = 0
             for (method, path) in routes where path.hasPrefix("/v1/") {
-                let uri = path.replacingOccurrences(of: "{id}", with: path.hasPrefix("/v1/campaigns/") ? "spring" : id)
+                let target = path.hasPrefix("/v1/campaigns/") ? "spring" : path.hasPrefix("/v1/webhooks/") ? hookID : id
+                let uri = path.replacingOccurrences(of: "{id}", with: target).replacingOccurrences(of: "{delivery}", with: "msg_0")
                 let body: String? =
                     method == .post || method == .put
-                    ? (path == "/v1/budgets" ? #"{"scope":"campaign","name":"spring","limit":"1"}"# : "{}") : nil
+                    ? (path == "/v1/budgets" ? #"{"scope":"campaign","name":"mine","limit":"1"}"# : "{}") : nil
                 if path == "/v1/events" { continue }  // a stream: checked in the live test
-                let response = try await client.call(method, uri, key: fixture.globex, body: body)
-                tried += 1
-                #expect(response.status.code < 500, "\(method) \(uri)")
-                for secret in ["acme secret", "\"social\"", "sha256", "\"spring\""] {
-                    #expect(!response.text.contains(secret), "\(method) \(uri): \(response.text)")
+                // globex's plain key, and its admin key, which may do more within globex.
+                for (name, key) in [("plain", fixture.globex), ("admin", fixture.globexAdmin)] {
+                    let response = try await client.call(method, uri, key: key, body: body)
+                    tried += 1
+                    #expect(response.status.code < 500, "\(method) \(uri)")
+                    for secret in ["acme secret", "\"social\"", "sha256", "\"spring\"", "acme-hook"] {
+                        #expect(!response.text.contains(secret), "\(method) \(uri) (\(name)): \(response.text)")
+                    }
+                    if path.contains("{id}") {
+                        let refused: Set<HTTPResponse.Status> = name == "admin" ? [.notFound] : [.notFound, .forbidden]
+                        #expect(refused.contains(response.status), "\(method) \(uri) (\(name)): \(response.status)")
+                    }
                 }
-                if path.contains("{id}") { #expect(response.status == .notFound, "\(method) \(uri)") }
                 // Without a key, nothing under /v1 answers but 401.
                 let anonymous = try await client.call(method, uri, key: nil, body: body)
                 #expect(anonymous.status == .unauthorized, "\(method) \(uri)")
                 #expect(anonymous.headers[.wwwAuthenticate] != nil)
             }
-            #expect(tried >= 14)
+            #expect(tried >= 36)
             // The owner still has it all, and globex's budget call did not change acme's.
             #expect(try await client.call(.get, "/v1/jobs/\(id)", key: fixture.acme).status == .ok)
             #expect(try await client.call(.get, "/v1/jobs/\(id)/artifact", key: fixture.acme).status == .ok)

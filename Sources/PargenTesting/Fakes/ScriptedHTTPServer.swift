@@ -17,6 +17,8 @@ public final class ScriptedHTTPServer: Sendable {
         public var body: Data
         /// The client's `Idempotency-Key` header, if any.
         public var idempotencyKey: String?
+        /// Every header, by lowercased name (the last value of a repeated one).
+        public var headers: [String: String] = [:]
     }
 
     /// One answer.
@@ -67,7 +69,11 @@ public final class ScriptedHTTPServer: Sendable {
                 path: request.uri.path,
                 query: request.uri.query ?? "",
                 body: body,
-                idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!]
+                idempotencyKey: request.headers[HTTPField.Name("Idempotency-Key")!],
+                headers: Dictionary(
+                    request.headers.map { ($0.name.canonicalName, $0.value) },
+                    uniquingKeysWith: { _, last in last }
+                )
             )
             let history = log.withLock { log -> [Received] in
                 log.append(received)
