@@ -64,7 +64,7 @@ public enum APIKeys {
             project: project,
             admin: admin,
             hash: hash(secret),
-            createdAt: now
+            createdAt: now.storable
         )
         return (secret, record)
     }
@@ -81,6 +81,12 @@ public enum APIKeys {
         }
         return String(decoding: out, as: UTF8.self)
     }
+}
+
+extension Date {
+    /// This time to the millisecond, as the stores keep it (seconds since 1970 in a double): a record reads back
+    /// equal to the one written.
+    var storable: Date { Date(timeIntervalSince1970: (timeIntervalSince1970 * 1000).rounded() / 1000) }
 }
 
 public struct APIKeyError: Error, Sendable, CustomStringConvertible {

@@ -99,7 +99,7 @@ extension PargenServer {
             url: url,
             events: events,
             secret: WebhookSignature.makeSecret(),
-            createdAt: Date()
+            createdAt: Date().storable
         )
         try await serviceStore.addWebhook(hook)
         webhooks.webhooksChanged()
