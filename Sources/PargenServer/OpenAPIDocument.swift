@@ -28,6 +28,12 @@ enum OpenAPIDocument {
               responses:
                 "200": { description: Ready. }
                 "503": { $ref: "#/components/responses/Problem" }
+          /metrics:
+            get:
+              summary: Prometheus metrics (jobs by state, admissions and waits per limit, latency, spend, cache, webhooks).
+              security: []
+              responses:
+                "200": { description: The metrics in Prometheus text format. }
           /openapi.yaml:
             get:
               summary: This document.

@@ -37,6 +37,8 @@ public struct ServerConfiguration: Sendable {
         burstWindow: .seconds(1),
         burstCooldown: .seconds(1)
     )
+    /// When set, `GET /metrics` takes `Authorization: Bearer TOKEN` (the figures cover every tenant).
+    public var metricsToken: String?
     /// Events kept for `/v1/events` resumption.
     public var eventCapacity: Int = 100_000
     /// Comment lines sent on an idle event stream, so proxies keep it open.
@@ -71,6 +73,7 @@ public final class PargenServer: Sendable {
     let keyRing: KeyRing
     let events: EventLog
     let webhooks: WebhookDispatcher
+    let metrics = ServerMetrics()
     let logger: Logger
     let limits: Mutex<ClientLimits>
     let clock = PargenClock.continuous
@@ -98,7 +101,8 @@ public final class PargenServer: Sendable {
             store: serviceStore,
             configuration: configuration,
             logger: logger,
-            http: httpClient
+            http: httpClient,
+            metrics: metrics
         )
         limits = Mutex(ClientLimits(configuration: configuration.keyLimits))
         (feed, feedInput) = AsyncStream.makeStream(of: PargenEvent.self, bufferingPolicy: .bufferingNewest(100_000))
@@ -114,7 +118,7 @@ public final class PargenServer: Sendable {
     /// The routes, on a router of the service's context.
     public func router() -> Router<PargenRequestContext> {
         let router = Router(context: PargenRequestContext.self)
-        router.add(middleware: RequestLogMiddleware())
+        router.add(middleware: RequestLogMiddleware(metrics: metrics))
         router.add(middleware: ProblemMiddleware())
         addOperationRoutes(router)
         let api = router.group("v1").add(middleware: AuthenticationMiddleware(keys: keyRing))
@@ -223,6 +227,7 @@ public final class PargenServer: Sendable {
             ]
             if let provider = result.provider { fields["provider"] = .string(provider) }
             if let error = result.error { fields["error"] = Resources.error(error) }
+            metrics.jobFinished(provider: result.provider, succeeded: result.succeeded, latency: result.latency)
             events.append(
                 type: "job.finished",
                 project: scope.project,
@@ -330,6 +335,7 @@ struct AuthenticationMiddleware: RouterMiddleware {
 /// context's logger (`hb.request.id`).
 struct RequestLogMiddleware: RouterMiddleware {
     typealias Context = PargenRequestContext
+    let metrics: ServerMetrics
 
     func handle(
         _ request: Request,
@@ -338,6 +344,12 @@ struct RequestLogMiddleware: RouterMiddleware {
     ) async throws -> Response {
         let start = ContinuousClock.now
         let response = try await next(request, context)
+        metrics.request(
+            method: request.method.rawValue,
+            route: context.endpointPath ?? "unmatched",
+            status: Int(response.status.code),
+            duration: ContinuousClock.now - start
+        )
         context.logger.info(
             "request",
             metadata: [

@@ -95,6 +95,16 @@ extension PargenServer {
             }
             return JSON.response(.ok, .object(["status": .string("ready")]))
         }
+        router.get("metrics") { request, _ -> Response in
+            if let token = self.configuration.metricsToken, request.headers[.authorization] != "Bearer \(token)" {
+                throw Problem(.unauthorized, "Unauthorized", "the metrics take the configured bearer token")
+            }
+            return Response(
+                status: .ok,
+                headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                body: .init(byteBuffer: ByteBuffer(string: await self.metrics.scrape(generator: self.generator)))
+            )
+        }
         router.get("openapi.yaml") { _, _ -> Response in
             Response(
                 status: .ok,

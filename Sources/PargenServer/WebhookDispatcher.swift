@@ -20,11 +20,20 @@ final class WebhookDispatcher: Sendable {
     let configuration: ServerConfiguration
     let logger: Logger
     let http: HTTPClient
+    let metrics: ServerMetrics
     private let wakeup = Wakeup()
     /// Bumped when webhooks are added or removed, so the follower reads them again.
     private let generation = Atomic<Int>(0)
 
-    init(events: EventLog, store: any ServiceStore, configuration: ServerConfiguration, logger: Logger, http: HTTPClient) {
+    init(
+        events: EventLog,
+        store: any ServiceStore,
+        configuration: ServerConfiguration,
+        logger: Logger,
+        http: HTTPClient,
+        metrics: ServerMetrics
+    ) {
+        self.metrics = metrics
         self.events = events
         self.store = store
         self.configuration = configuration
@@ -183,11 +192,14 @@ final class WebhookDispatcher: Sendable {
         if failure == nil {
             delivery.state = .delivered
             delivery.nextAttemptAt = nil
+            metrics.webhookAttempt(outcome: "delivered")
         } else if let delay = configuration.webhookSchedule.delay(afterFailures: delivery.attempts.count) {
             delivery.nextAttemptAt = Date().addingTimeInterval(delay.seconds)
+            metrics.webhookAttempt(outcome: "retry")
         } else {
             delivery.state = .failed
             delivery.nextAttemptAt = nil
+            metrics.webhookAttempt(outcome: "failed")
         }
         logger.debug(
             "webhook delivery",

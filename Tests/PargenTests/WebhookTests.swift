@@ -135,6 +135,20 @@ import Testing
             try await waitUntil(seconds: 10) { receiver.received.filter { $0.headers["webhook-id"] == one }.count == 3 }
             // Another tenant's admin sees neither the webhook nor its deliveries.
             #expect(try await client.call(.get, "/v1/webhooks/\(hookID)/deliveries", key: fixture.acme).status == .forbidden)
+
+            // The metrics count what happened: 4 jobs, 7 webhook tries (3 refused, 4 taken), the requests.
+            let metrics = try await client.call(.get, "/metrics", key: nil)
+            #expect(metrics.headers[.contentType]?.hasPrefix("text/plain") == true)
+            let lines = Set(metrics.text.split(separator: "\n").map(String.init))
+            #expect(lines.contains(#"pargen_jobs{state="succeeded"} 4.0"#), "\(metrics.text)")
+            #expect(lines.contains(#"pargen_webhook_deliveries_total{outcome="retry"} 3"#))
+            #expect(lines.contains(#"pargen_webhook_deliveries_total{outcome="delivered"} 4"#))
+            #expect(lines.contains { $0.hasPrefix(#"pargen_http_requests_total{method="POST",route="/v1/jobs",status="202"}"#) })
+            let finished = lines.filter { $0.hasPrefix("pargen_job_duration_seconds_count{") }
+                .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+            #expect(finished == 4)
+            #expect(lines.contains { $0.hasPrefix("pargen_spend_dollars_total ") && !$0.hasSuffix(" 0.0") })
+            #expect(lines.contains { $0.hasPrefix("pargen_admissions_total") })
         }
     }
 }
