@@ -12,13 +12,16 @@ if ! command -v swift >/dev/null 2>&1; then
     export PATH="/opt/swift/usr/bin:$PATH"
 fi
 # Debian packages the build and tests need: SQLite's headers (GRDB links the system SQLite), zlib's
-# (ZIPFoundation reads Azure's batch results), pkg-config (which finds zlib) and coreutils' sha256sum (the
-# end-to-end tests check artifact hashes with an implementation independent of Pargen's).
+# (ZIPFoundation reads Azure's batch results), pkg-config (which finds zlib), coreutils' sha256sum (the
+# end-to-end tests check artifact hashes with an implementation independent of Pargen's), and Chromium.
 missing=()
 dpkg -s libsqlite3-dev >/dev/null 2>&1 || missing+=(libsqlite3-dev)
 dpkg -s zlib1g-dev >/dev/null 2>&1 || missing+=(zlib1g-dev)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
 command -v sha256sum >/dev/null 2>&1 || missing+=(coreutils)
+# Headless Chromium loads the service's dashboard in the browser test (scripts/dashboard_check.py drives it).
+command -v chromium >/dev/null 2>&1 || missing+=(chromium)
+command -v python3 >/dev/null 2>&1 || missing+=(python3)
 if [ ${#missing[@]} -gt 0 ]; then
     apt-get update -qq
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"

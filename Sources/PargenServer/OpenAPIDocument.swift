@@ -28,6 +28,44 @@ enum OpenAPIDocument {
               responses:
                 "200": { description: Ready. }
                 "503": { $ref: "#/components/responses/Problem" }
+          /:
+            get:
+              summary: The dashboard (HTML), or its sign-in page without a session.
+              tags: [dashboard]
+              security: []
+              responses:
+                "200": { description: An HTML page. }
+          /login:
+            get:
+              summary: Sign in with ?key=KEY (sets the dashboard's HttpOnly, SameSite=Strict cookie).
+              tags: [dashboard]
+              security: []
+              responses:
+                "303": { description: Signed in; to the dashboard. }
+                "401": { description: The key is not known. }
+            post:
+              summary: Sign in with a form field key.
+              tags: [dashboard]
+              security: []
+              responses:
+                "303": { description: Signed in; to the dashboard. }
+                "401": { description: The key is not known. }
+          /logout:
+            post:
+              summary: Sign out (clears the cookie).
+              tags: [dashboard]
+              security: []
+              responses:
+                "303": { description: Signed out. }
+          /jobs/{id}:
+            get:
+              summary: A job's page, with every attempt's error and a player for its media.
+              tags: [dashboard]
+              security: []
+              parameters: [{ $ref: "#/components/parameters/ID" }]
+              responses:
+                "200": { description: An HTML page. }
+                "404": { description: Not the session's job. }
           /metrics:
             get:
               summary: Prometheus metrics (jobs by state, admissions and waits per limit, latency, spend, cache, webhooks).

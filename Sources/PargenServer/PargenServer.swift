@@ -121,6 +121,7 @@ public final class PargenServer: Sendable {
         router.add(middleware: RequestLogMiddleware(metrics: metrics))
         router.add(middleware: ProblemMiddleware())
         addOperationRoutes(router)
+        addDashboardRoutes(router)
         let api = router.group("v1").add(middleware: AuthenticationMiddleware(keys: keyRing))
         addJobRoutes(api)
         addCampaignRoutes(api)
@@ -315,12 +316,25 @@ struct AuthenticationMiddleware: RouterMiddleware {
         next: (Request, Context) async throws -> Response
     ) async throws -> Response {
         let challenge: HTTPFields = [.wwwAuthenticate: "Bearer realm=\"pargen\""]
-        guard let header = request.headers[.authorization] else {
+        let token: String
+        if let header = request.headers[.authorization] {
+            guard header.lowercased().hasPrefix("bearer ") else {
+                throw Problem(.unauthorized, "Unauthorized", "send Authorization: Bearer KEY", headers: challenge)
+            }
+            token = String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces)
+        } else if let cookie = PargenServer.cookie(PargenServer.sessionCookie, in: request) {
+            // The dashboard's session. A change made with it must say so in a header that another site's page
+            // cannot send (CSRF); the cookie is SameSite=Strict as well.
+            if request.method != .get && request.method != .head
+                && request.headers[HTTPField.Name("X-Requested-With")!] != "pargen-dashboard"
+            {
+                throw Problem(.forbidden, "Forbidden", "a change made with the dashboard's cookie needs X-Requested-With: pargen-dashboard")
+            }
+            token = cookie
+        } else {
             throw Problem(.unauthorized, "Unauthorized", "send Authorization: Bearer KEY", headers: challenge)
         }
-        guard header.lowercased().hasPrefix("bearer "),
-            let principal = try await keys.principal(for: String(header.dropFirst(7)).trimmingCharacters(in: .whitespaces))
-        else {
+        guard let principal = try await keys.principal(for: token) else {
             throw Problem(.unauthorized, "Unauthorized", "the API key is not known", headers: challenge)
         }
         var context = context

@@ -109,22 +109,9 @@ extension PargenServer {
             matching: JobQuery(campaign: principal.qualified(name), project: principal.qualified(project))
         )
         guard !records.isEmpty else { throw Problem.notFound("campaign \(name)") }
-        var counts: [JobState: Int] = [:]
-        var ledger = CostLedger()
-        for record in records {
-            counts[record.state, default: 0] += 1
-            ledger = ledger + record.ledger
-        }
-        let succeeded = counts[.succeeded, default: 0]
-        let finished = records.filter(\.state.isFinal).count
-        let remaining = records.count - finished
-        var projected: JSONValue = .null
-        if succeeded > 0 {
-            let average = Money(nanos: ledger.charged.nanos / Int64(succeeded))
-            projected = Resources.money(ledger.charged + ledger.pending + average * Int64(remaining))
-        } else if remaining == 0 {
-            projected = Resources.money(ledger.charged)
-        }
+        let summary = CampaignSummary(records)
+        let (counts, ledger, finished, remaining) = (summary.counts, summary.ledger, summary.finished, summary.remaining)
+        let projected = summary.projected.map(Resources.money) ?? .null
         var eta: JSONValue = .null
         if remaining == 0 {
             eta = .number(0)

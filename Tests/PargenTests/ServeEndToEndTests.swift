@@ -149,3 +149,72 @@ extension SoloTests {
         #expect(ledger.charged.nanos == billed)
     }
 }
+
+extension SoloTests {
+    /// The dashboard in a real browser (headless Chromium, driven by scripts/dashboard_check.py): loaded while a
+    /// campaign runs, it goes live on the event stream, updates itself, and shows the job counts, the campaign's
+    /// burn-down against its budget and the provider panel. The screenshot is kept for a person to look at.
+    @Test(.timeLimit(.minutes(3))) func theDashboardGoesLiveInARealBrowser() async throws {
+        let chromium = ["/usr/lib/chromium/chromium", "/usr/bin/chromium"].first { FileManager.default.isExecutableFile(atPath: $0) }
+        try #require(chromium != nil, "no Chromium: scripts/test.sh installs Debian's chromium package")
+        let folder = temporaryDirectory()
+        let log = folder.appendingPathComponent("serve.log")
+        let server = try launch(
+            ["serve", "--memory", "--print-key", "acme/social", "--port", "0", "--out", folder.appendingPathComponent("out").path],
+            output: log
+        )
+        defer { kill(server.processIdentifier, SIGKILL) }
+        let base = try await waitForLine(in: log, containing: "serving on") { line in
+            line.split(separator: " ").first { $0.hasPrefix("http://") }.map(String.init)
+        }
+        let key = try await waitForLine(in: log, containing: "key: ") { String($0.split(separator: " ").last ?? "") }
+        let budget = try await HTTPExchange.send(.PUT, base + "/v1/budgets", key: key, body: Data(#"{"scope":"campaign","name":"launch","limit":"5"}"#.utf8))
+        #expect(budget.status == 200)
+        var csv = "type,prompt,duration,user\n"
+        for line in 0..<80 { csv += "audio,Dashboard line \(line),\(10 + line % 21),user-\(line % 4)\n" }
+        let upload = try await HTTPExchange.send(.POST, base + "/v1/campaigns?name=launch", key: key, body: Data(csv.utf8), headers: [("Content-Type", "text/csv")])
+        #expect(upload.status == 202)
+
+        let screenshot = folder.appendingPathComponent("dashboard.png")
+        let check = Process()
+        check.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/dashboard_check.py")
+        check.arguments = ["python3", script.path, base, key, screenshot.path, "60"]
+        let output = Pipe()
+        check.standardOutput = output
+        try check.run()
+        let data = output.fileHandleForReading.readDataToEndOfFile()
+        check.waitUntilExit()
+        let page = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any], "\(String(decoding: data, as: UTF8.self))")
+        #expect(check.terminationStatus == 0, "\(page)")
+        #expect(page["live"] as? Bool == true, "the page went live: \(page)")
+        #expect((page["updates"] as? Int ?? 0) >= 2, "the page updated itself from events")
+        let counts = try #require(page["counts"] as? [String: Int])
+        #expect(counts.values.reduce(0, +) == 80, "\(counts)")
+        let initial = page["initial"] as? [String: Int] ?? [:]
+        #expect(counts["succeeded"] != initial["succeeded"] || counts["available", default: 0] + counts["running", default: 0] == 0)
+        let campaigns = try #require(page["campaigns"] as? [[String: Any]])
+        let launch = try #require(campaigns.first { $0["name"] as? String == "launch" })
+        #expect(launch["budget"] as? String == "$5.00")
+        #expect(launch["hasBudgetLine"] as? Bool == true)
+        #expect((launch["spentWidth"] as? Double ?? 0) > 0, "the burn-down shows spending: \(launch)")
+        let providers = try #require(page["providers"] as? [[String: Any]])
+        #expect(Set(providers.compactMap { $0["name"] as? String }) == ["local-fast", "local-cheap", "local-studio"])
+        #expect(providers.allSatisfy { ($0["slots"] as? String)?.contains("/") == true && $0["circuit"] as? String == "closed" })
+        // What the page showed is what the store holds once the campaign is over.
+        try await waitUntil(seconds: 60) {
+            let stats = try await HTTPExchange.send(.GET, base + "/v1/stats", key: key).json
+            return (stats["jobs"] as? [String: Int])?["succeeded"] == 80
+        }
+        let attributes = try FileManager.default.attributesOfItem(atPath: screenshot.path)
+        #expect((attributes[.size] as? Int ?? 0) > 10_000, "a screenshot was taken")
+        // Kept where a person can find it after the run.
+        let kept = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/test-artifacts")
+        try? FileManager.default.createDirectory(at: kept, withIntermediateDirectories: true)
+        try? FileManager.default.removeItem(at: kept.appendingPathComponent("dashboard.png"))
+        try? FileManager.default.copyItem(at: screenshot, to: kept.appendingPathComponent("dashboard.png"))
+        print("dashboard screenshot: \(kept.appendingPathComponent("dashboard.png").path)")
+    }
+}
