@@ -97,6 +97,8 @@ let package = Package(
             name: "PargenServer",
             dependencies: [
                 "Pargen",
+                "PargenPostgres",
+                .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "Hummingbird", package: "hummingbird"),
                 .product(name: "GRDB", package: "GRDB.swift"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -6,6 +6,7 @@ import Glibc
 #endif
 import Logging
 import Pargen
+import PargenPostgres
 import PargenProviders
 import PargenSQLite
 import PargenServer
@@ -15,8 +16,10 @@ struct Serve: AsyncParsableCommand {
         abstract: "Serve the HTTP API: jobs, campaign uploads, live events, dead letters, budgets.",
         discussion: """
             Jobs run on the configured providers (the local ones without --config), in the SQLite store in --out \
-            (or --store), which also keeps the API keys that `pargen keys create` makes and the idempotency keys. \
-            Every /v1 route takes `Authorization: Bearer KEY`; the API is described at /openapi.yaml.
+            (or --store), which also keeps the API keys that `pargen keys create` makes, the idempotency keys and \
+            the webhooks. With --postgres URL (or PARGEN_POSTGRES_URL, or postgres.url in --config) all of it is in \
+            PostgreSQL, shared with other `pargen serve` and `pargen worker` processes. Every /v1 route takes \
+            `Authorization: Bearer KEY`; the API is described at /openapi.yaml, the dashboard is at /.
 
             It listens on 127.0.0.1:8080 unless told otherwise. SIGTERM or Ctrl-C stops accepting connections, \
             lets requests in flight finish, ends event streams, then gives every lease back (a call about to go \
@@ -43,17 +46,21 @@ struct Serve: AsyncParsableCommand {
     @Option(help: ArgumentHelp("Make an admin key for TENANT/PROJECT at start and print it (any store).", valueName: "tenant/project"))
     var printKey: String?
 
+    @Option(help: "Requests per minute per API key (sliding window; default 6000).")
+    var keyRateLimit: Int?
+
+    @Flag(help: "No per-key or per-tenant request limits (load tests, trusted networks).")
+    var noKeyLimits = false
+
+    @Flag(help: "Accept and serve jobs without running them (an API node; workers run them: load tests of the API alone).")
+    var noWork = false
+
     func run() async throws {
         TestHooks.exitWithParentIfAsked()
         let logger = options.bootstrapLogging()
         var setup = try await options.loadSetup()
         try options.apply(to: &setup.configuration)
         guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
-        if storeOptions.postgresURL(setup: setup) != nil {
-            throw ValidationError(
-                "pargen serve runs on the SQLite store (or --memory) for now; the service's tables are not on PostgreSQL yet"
-            )
-        }
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
         do {
             try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
@@ -63,8 +70,16 @@ struct Serve: AsyncParsableCommand {
         let store: any JobStore
         let serviceStore: any ServiceStore
         var lock: StoreLock?
+        var shared: SharedStore?
         let storeName: String
-        if memory {
+        if let url = storeOptions.postgresURL(setup: setup), !memory {
+            // Shared with other servers and workers: jobs, keys, idempotency keys and webhooks in one schema.
+            let opened = await SharedStore.open(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema, logger: logger)
+            shared = opened
+            store = opened.store
+            serviceStore = PostgresServiceStore(jobs: opened.store)
+            storeName = "\(opened.location.redacted) schema \(opened.store.schema)"
+        } else if memory {
             store = MemoryJobStore()
             serviceStore = MemoryServiceStore()
             storeName = "memory"
@@ -83,7 +98,10 @@ struct Serve: AsyncParsableCommand {
             }
             storeName = path
         }
-        defer { withExtendedLifetime(lock) {} }
+        defer {
+            shared?.close()
+            withExtendedLifetime(lock) {}
+        }
         if let printKey {
             let parts = printKey.split(separator: "/", maxSplits: 1).map(String.init)
             guard parts.count == 2 else { throw ValidationError("--print-key takes TENANT/PROJECT, such as acme/social") }
@@ -109,14 +127,25 @@ struct Serve: AsyncParsableCommand {
             logger: logger,
             hooks: hooks
         )
-        do {
-            try await generator.start()
-        } catch {
-            fail("\(error)")
+        if !noWork {
+            do {
+                try await generator.start()
+            } catch {
+                fail("\(error)")
+            }
         }
+        let housekeeping = noWork ? nil : shared?.startHousekeeping(for: generator, configuration: setup.configuration, logger: logger)
+        defer { housekeeping?.cancel() }
         var configuration = ServerConfiguration()
         configuration.host = host
         configuration.port = port
+        if let keyRateLimit {
+            guard keyRateLimit > 0, keyRateLimit <= 10_000_000 else {
+                throw ValidationError("--key-rate-limit must be from 1 to 10000000 requests a minute")
+            }
+            configuration.keyLimits.perUserRequestsPerMinute = keyRateLimit
+        }
+        if noKeyLimits { configuration.keyLimits.enabled = false }
         let server = PargenServer(generator: generator, serviceStore: serviceStore, configuration: configuration, logger: logger)
         let host = self.host
         do {
@@ -178,26 +207,21 @@ struct KeysCreate: AsyncParsableCommand {
     @Option(help: "The folder whose store `pargen serve --out` uses.")
     var out: String?
 
-    @Option(help: "The SQLite store (default: campaign.sqlite in --out).")
-    var store: String?
+    @OptionGroup var storeOptions: StoreOptions
 
     func run() async throws {
-        let outURL = URL(fileURLWithPath: out ?? "pargen-out")
-        let path = store ?? outURL.appendingPathComponent("campaign.sqlite").path
         let made: (secret: String, record: APIKeyRecord)
         do {
             made = try APIKeys.make(tenant: tenant, project: project, admin: admin)
         } catch {
             throw ValidationError("\(error)")
         }
+        let (serviceStore, name, close) = try await openServiceStore(storeOptions, out: out)
+        defer { close() }
         do {
-            try FileManager.default.createDirectory(
-                at: URL(fileURLWithPath: path).deletingLastPathComponent(),
-                withIntermediateDirectories: true
-            )
-            try await SQLiteServiceStore(path: path).addKey(made.record)
+            try await serviceStore.addKey(made.record)
         } catch {
-            fail("cannot store the key in \(path): \(reason(error))")
+            fail("cannot store the key in \(name): \(reason(error))")
         }
         print(made.secret)
         FileHandle.standardError.write(
@@ -221,21 +245,43 @@ struct KeysList: AsyncParsableCommand {
     @Option(help: "The folder whose store `pargen serve --out` uses.")
     var out: String?
 
-    @Option(help: "The SQLite store (default: campaign.sqlite in --out).")
-    var store: String?
+    @OptionGroup var storeOptions: StoreOptions
 
     func run() async throws {
-        let path = store ?? URL(fileURLWithPath: out ?? "pargen-out").appendingPathComponent("campaign.sqlite").path
-        guard FileManager.default.fileExists(atPath: path) else { fail("no store at \(path)") }
+        if storeOptions.postgresURL() == nil {
+            let path = storeOptions.path(out: URL(fileURLWithPath: out ?? "pargen-out"))
+            guard FileManager.default.fileExists(atPath: path) else { fail("no store at \(path)") }
+        }
+        let (serviceStore, name, close) = try await openServiceStore(storeOptions, out: out)
+        defer { close() }
         let keys: [APIKeyRecord]
         do {
-            keys = try await SQLiteServiceStore(path: path).keys(tenant: tenant)
+            keys = try await serviceStore.keys(tenant: tenant)
         } catch {
-            fail("cannot read the keys in \(path): \(reason(error))")
+            fail("cannot read the keys in \(name): \(reason(error))")
         }
         let formatter = ISO8601DateFormatter()
         for key in keys {
             print("\(key.id)\t\(key.tenant)\t\(key.project)\t\(key.admin ? "admin" : "-")\t\(formatter.string(from: key.createdAt))")
         }
+    }
+}
+
+/// The service's records: in PostgreSQL when a URL is given (option, environment), else in the SQLite store of
+/// --out. Returns the store, its name for messages, and what closes it.
+func openServiceStore(_ options: StoreOptions, out: String?) async throws -> (any ServiceStore, String, @Sendable () -> Void) {
+    if let url = options.postgresURL() {
+        let shared = await SharedStore.open(url: url, schema: options.postgresSchema)
+        return (PostgresServiceStore(jobs: shared.store), shared.location.redacted, { shared.close() })
+    }
+    let path = options.path(out: URL(fileURLWithPath: out ?? "pargen-out"))
+    do {
+        try FileManager.default.createDirectory(
+            at: URL(fileURLWithPath: path).deletingLastPathComponent(),
+            withIntermediateDirectories: true
+        )
+        return (try SQLiteServiceStore(path: path), path, {})
+    } catch {
+        fail("cannot open the store \(path): \(reason(error))")
     }
 }

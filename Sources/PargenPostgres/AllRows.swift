@@ -1,6 +1,6 @@
-import Logging
-import NIOCore
-import PostgresNIO
+package import Logging
+package import NIOCore
+package import PostgresNIO
 
 // Every query's rows are read whole, through postgres-nio's `EventLoopFuture` API (`PSQLRowStream.all()`), which
 // asks for more rows as soon as rows arrive. A row stream read through the async sequence waits for its consumer
@@ -20,7 +20,7 @@ extension PostgresConnection {
 
     /// Runs `query` and returns all its rows.
     @discardableResult
-    func allRows(
+    package func allRows(
         _ query: PostgresQuery,
         logger: Logger,
         deadline limit: TimeAmount = PostgresConnection.queryDeadline
@@ -59,14 +59,14 @@ private final class LoopFlag: @unchecked Sendable {
 extension PostgresJobStore {
     /// Runs `query` on a connection of the pool and returns all its rows.
     @discardableResult
-    func allRows(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
+    package func allRows(_ query: PostgresQuery, logger: Logger) async throws -> [PostgresRow] {
         try await client.withConnection { connection in try await connection.allRows(query, logger: logger) }
     }
 }
 
 extension Array where Element == PostgresRow {
     /// Each row decoded as `type`.
-    func decode<each Column: PostgresDecodable>(
+    package func decode<each Column: PostgresDecodable>(
         _ type: (repeat each Column).Type,
         file: String = #fileID,
         line: Int = #line
@@ -79,7 +79,7 @@ extension PostgresJobStore {
     /// Runs `body` in a transaction on one pooled connection: BEGIN, then COMMIT if it returns or ROLLBACK if it
     /// throws, each through ``PostgresConnection/allRows(_:logger:)`` and so under its deadline (postgres-nio's
     /// own `withTransaction` sends them without one).
-    func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
+    package func transaction<T: Sendable>(_ body: (PostgresConnection) async throws -> T) async throws -> T {
         try await client.withConnection { connection in
             try await connection.allRows("BEGIN", logger: logger)
             let value: T

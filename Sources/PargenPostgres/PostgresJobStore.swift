@@ -28,8 +28,8 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     public let client: PostgresClient
     /// The schema that holds the tables.
     public let schema: String
-    let quoted: String
-    let logger: Logger
+    package let quoted: String
+    package let logger: Logger
     private let idPrefix: String
     /// The injected clock (tests), or `nil` for the database's.
     private let now: (@Sendable () -> Duration)?
@@ -603,7 +603,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     /// while PostgreSQL is away and resumes when it is back. Running a transition again is safe: it reads the
     /// record afresh, so one that did commit before its answer was lost finds the job changed (a finished job's
     /// lease is gone, and the worker hears `leaseLost`).
-    func run<T: Sendable>(_ operation: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    package func run<T: Sendable>(_ operation: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let started = ContinuousClock.now
         let ticket = inProgress.withLock { state -> Int in
             state.next += 1

@@ -109,6 +109,65 @@ enum PostgresSchema {
                 "CREATE INDEX admissions_job ON S.admissions (job_id) WHERE finished_at IS NULL",
             ]
         ),
+        Migration(
+            version: 3,
+            name: "service",
+            statements: [
+                // The HTTP service's records (PargenServer's PostgresServiceStore): API keys by the SHA-256 of
+                // their secret, idempotency keys with the answer they got, webhooks and their deliveries. Times
+                // are seconds since 1970 (the service's wall clock).
+                """
+                CREATE TABLE S.service_api_keys (
+                    hash text PRIMARY KEY,
+                    id text NOT NULL UNIQUE,
+                    tenant text NOT NULL,
+                    project text NOT NULL,
+                    admin boolean NOT NULL,
+                    created_at double precision NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE S.service_idempotency (
+                    scope text NOT NULL,
+                    key text NOT NULL,
+                    fingerprint text NOT NULL,
+                    created_at double precision NOT NULL,
+                    locked_at double precision NOT NULL,
+                    status integer,
+                    content_type text,
+                    location text,
+                    body bytea,
+                    PRIMARY KEY (scope, key)
+                )
+                """,
+                "CREATE INDEX service_idempotency_age ON S.service_idempotency (created_at)",
+                """
+                CREATE TABLE S.service_webhooks (
+                    id text PRIMARY KEY,
+                    tenant text NOT NULL,
+                    url text NOT NULL,
+                    events text NOT NULL,
+                    secret text NOT NULL,
+                    created_at double precision NOT NULL
+                )
+                """,
+                """
+                CREATE TABLE S.service_deliveries (
+                    id text PRIMARY KEY,
+                    webhook_id text NOT NULL,
+                    tenant text NOT NULL,
+                    event_type text NOT NULL,
+                    payload bytea NOT NULL,
+                    state text NOT NULL,
+                    attempts text NOT NULL,
+                    next_attempt_at double precision,
+                    created_at double precision NOT NULL
+                )
+                """,
+                "CREATE INDEX service_deliveries_due ON S.service_deliveries (next_attempt_at) WHERE state = 'pending'",
+                "CREATE INDEX service_deliveries_hook ON S.service_deliveries (webhook_id, created_at)",
+            ]
+        ),
     ]
 
     /// Applies every migration `schema` lacks, under an advisory lock.

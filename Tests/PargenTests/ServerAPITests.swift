@@ -8,6 +8,8 @@ import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
 import Pargen
+import PargenPostgres
+import PargenSQLite
 import PargenServer
 import Testing
 import Yams
@@ -17,7 +19,7 @@ import Yams
 struct ServiceFixture {
     let generator: ParallelGenerator
     let server: PargenServer
-    let serviceStore: MemoryServiceStore
+    let serviceStore: any ServiceStore
     /// acme's key for project social.
     let acme: String
     /// acme's admin key (project ops).
@@ -27,7 +29,16 @@ struct ServiceFixture {
     /// globex's admin key (project main).
     let globexAdmin: String
 
-    static func make(configuration: ServerConfiguration = ServerConfiguration()) async throws -> ServiceFixture {
+    /// Where the service keeps jobs and its own records.
+    enum Backend: String, Sendable, CustomTestStringConvertible, CaseIterable {
+        case memory, sqlite, postgres
+        var testDescription: String { rawValue }
+    }
+
+    static func make(
+        _ backend: Backend = .memory,
+        configuration: ServerConfiguration = ServerConfiguration()
+    ) async throws -> ServiceFixture {
         var engine = PargenConfiguration()
         engine.rateLimits.enabled = false
         let slow = LocalProvider(
@@ -38,14 +49,28 @@ struct ServiceFixture {
                 latencyJitter: 0
             )
         )
+        let jobStore: any JobStore
+        let store: any ServiceStore
+        switch backend {
+        case .memory:
+            jobStore = MemoryJobStore()
+            store = MemoryServiceStore()
+        case .sqlite:
+            let path = temporaryDirectory().appendingPathComponent("campaign.sqlite").path
+            jobStore = try SQLiteJobStore(path: path)
+            store = try SQLiteServiceStore(path: path)
+        case .postgres:
+            let postgres = try await TestPostgres.store()
+            jobStore = postgres
+            store = PostgresServiceStore(jobs: postgres)
+        }
         let generator = ParallelGenerator(
             configuration: engine,
             providers: LocalProvider.demoProviders(reliable: true) + [slow],
-            store: MemoryJobStore(),
+            store: jobStore,
             outputDirectory: temporaryDirectory()
         )
         try await generator.start()
-        let store = MemoryServiceStore()
         var keys: [String] = []
         for (tenant, project, admin) in [("acme", "social", false), ("acme", "ops", true), ("globex", "main", false), ("globex", "main", true)] {
             let (secret, record) = try APIKeys.make(tenant: tenant, project: project, admin: admin)
@@ -123,8 +148,9 @@ extension TestResponse {
         }.joined(separator: "/")
     }
 
-    @Test func aJobIsCreatedWaitedForAndDownloadedWithRanges() async throws {
-        let fixture = try await ServiceFixture.make()
+    @Test(arguments: ServiceFixture.Backend.allCases)
+    func aJobIsCreatedWaitedForAndDownloadedWithRanges(_ backend: ServiceFixture.Backend) async throws {
+        let fixture = try await ServiceFixture.make(backend)
         defer { Task { try? await fixture.stop() } }
         let app = Application(router: fixture.server.router())
         try await app.test(.router) { client in
@@ -238,8 +264,9 @@ extension TestResponse {
         }
     }
 
-    @Test func idempotencyKeysFollowStripesRules() async throws {
-        let fixture = try await ServiceFixture.make()
+    @Test(arguments: ServiceFixture.Backend.allCases)
+    func idempotencyKeysFollowStripesRules(_ backend: ServiceFixture.Backend) async throws {
+        let fixture = try await ServiceFixture.make(backend)
         defer { Task { try? await fixture.stop() } }
         let app = Application(router: fixture.server.router())
         try await app.test(.router) { client in
@@ -315,10 +342,11 @@ extension TestResponse {
     }
 
     /// A key never sees, cancels, retries, purges or downloads another tenant's jobs, on any route.
-    @Test func noRouteCrossesTenants() async throws {
+    @Test(arguments: ServiceFixture.Backend.allCases)
+    func noRouteCrossesTenants(_ backend: ServiceFixture.Backend) async throws {
         var configuration = ServerConfiguration()
         configuration.allowPrivateWebhookTargets = true
-        let fixture = try await ServiceFixture.make(configuration: configuration)
+        let fixture = try await ServiceFixture.make(backend, configuration: configuration)
         defer { Task { try? await fixture.stop() } }
         let app = Application(router: fixture.server.router())
         try await app.test(.router) { client in

@@ -3,6 +3,7 @@ import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
 import Pargen
+import PargenPostgres
 import PargenServer
 import PargenTesting
 import Testing
@@ -157,18 +158,19 @@ import Testing
 @Suite struct ServiceStoreConformanceTests {
     struct Factory: Sendable, CustomTestStringConvertible {
         var name: String
-        var make: @Sendable () throws -> any ServiceStore
+        var make: @Sendable () async throws -> any ServiceStore
         var testDescription: String { name }
     }
 
     static let factories: [Factory] = [
         Factory(name: "memory") { MemoryServiceStore() },
         Factory(name: "sqlite") { try SQLiteServiceStore(path: temporaryDirectory().appendingPathComponent("campaign.sqlite").path) },
+        Factory(name: "postgres") { PostgresServiceStore(jobs: try await TestPostgres.store()) },
     ]
 
     @Test(arguments: factories)
     func keysAreFoundByHashOnly(_ factory: Factory) async throws {
-        let store = try factory.make()
+        let store = try await factory.make()
         let (secret, record) = try APIKeys.make(tenant: "acme", project: "social", admin: true)
         try await store.addKey(record)
         #expect(try await store.key(hash: APIKeys.hash(secret)) == record)
@@ -180,7 +182,7 @@ import Testing
 
     @Test(arguments: factories)
     func idempotencyClaimsFollowOneRule(_ factory: Factory) async throws {
-        let store = try factory.make()
+        let store = try await factory.make()
         let start = Date(timeIntervalSince1970: 1_800_000_000)
         func claim(_ key: String, _ fingerprint: String, at seconds: Double) async throws -> IdempotencyClaim {
             try await store.claimIdempotencyKey(
@@ -209,7 +211,7 @@ import Testing
 
     @Test(arguments: factories)
     func dueDeliveriesAreHeldWhileSent(_ factory: Factory) async throws {
-        let store = try factory.make()
+        let store = try await factory.make()
         let now = Date(timeIntervalSince1970: 1_800_000_000)
         let hook = WebhookRecord(id: "wh_1", tenant: "acme", url: "http://127.0.0.1/h", events: ["*"], secret: WebhookSignature.makeSecret(), createdAt: now)
         try await store.addWebhook(hook)
