@@ -55,3 +55,9 @@ run memory-api-only --memory --no-work
 run memory --memory
 run sqlite-api-only --no-work
 run sqlite
+# PostgreSQL: a throwaway cluster on loopback (scripts/postgres.sh), a fresh schema per run.
+pgdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-bench-pg.XXXXXX")
+url=$(bash scripts/postgres.sh start "$pgdir" 2>/dev/null | tail -1)
+trap 'kill $(jobs -p) 2>/dev/null || true; bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true; rm -rf "$work" "$pgdir"' EXIT
+run postgres-api-only --postgres "$url" --postgres-schema bench_api --no-work
+run postgres --postgres "$url" --postgres-schema bench_work
