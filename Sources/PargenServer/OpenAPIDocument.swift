@@ -127,7 +127,10 @@ enum OpenAPIDocument {
                 "404": { $ref: "#/components/responses/Problem" }
           /v1/jobs/{id}/cancel:
             post:
-              summary: Take a queued job out of the queue (it becomes a dead letter with a cancelled error).
+              summary: Cancel a job no provider call has begun for (it becomes a dead letter with a cancelled error).
+              description: |
+                A queued job, or one this server holds waiting for a quota or a slot, is cancelled. A job in a call
+                to its provider is 409: the call runs to its end, since the provider may already bill it.
               parameters: [{ $ref: "#/components/parameters/ID" }, { $ref: "#/components/parameters/IdempotencyKey" }]
               responses:
                 "200": { description: Cancelled., content: { application/json: { schema: { $ref: "#/components/schemas/Job" } } } }

@@ -296,12 +296,18 @@ struct EventPump: Service {
     }
 }
 
-/// Runs the webhook dispatcher beside the HTTP server until shutdown.
+/// Runs the webhook dispatcher beside the HTTP server until shutdown, and forgets idempotency keys older than
+/// their retention (every 10 minutes).
 struct WebhookService: Service {
     let dispatcher: WebhookDispatcher
 
     func run() async throws {
-        await cancelWhenGracefulShutdown { await dispatcher.run() }
+        await cancelWhenGracefulShutdown {
+            await withTaskGroup(of: Void.self) { group in
+                group.addTask { await dispatcher.run() }
+                group.addTask { await dispatcher.pruneIdempotencyKeys() }
+            }
+        }
     }
 }
 

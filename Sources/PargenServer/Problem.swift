@@ -146,7 +146,10 @@ struct ProblemMiddleware: RouterMiddleware {
             )
             .response(from: request, context: context)
         }
-        response.headers[HTTPField.Name("X-Request-ID")!] = context.id
+        // Hummingbird keeps the id in the logger's metadata; a logger whose handler drops metadata has none.
+        if let id = context.logger[metadataKey: "hb.request.id"] {
+            response.headers[HTTPField.Name("X-Request-ID")!] = id.description
+        }
         return response
     }
 }

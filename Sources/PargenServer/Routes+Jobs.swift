@@ -298,28 +298,18 @@ extension PargenServer {
 
     func cancel(_ context: PargenRequestContext, _ principal: Principal) async throws -> Answer {
         let record = try await ownedJob(context, principal)
-        switch record.state {
-        case .available:
-            do {
-                try await generator.store.cancel(record.id)
-            } catch let error as StoreError where error.code == .invalidState {
-                throw Problem(.conflict, "Conflict", "job \(record.id) can no longer be cancelled: \(error.message)")
-            }
-            events.append(
-                type: "job.finished",
-                project: record.request.project,
-                campaign: record.request.campaign,
-                jobID: record.id.rawValue,
-                fields: ["state": .string("cancelled"), "request_id": .string(record.request.id)]
-            )
-        case .running:
+        let cancelled: Bool
+        do {
+            cancelled = try await generator.cancel(record.id)
+        } catch let error as StoreError where error.code == .invalidState {
+            throw Problem(.conflict, "Conflict", "job \(record.id) can no longer be cancelled: \(error.message)")
+        }
+        guard cancelled else {
             throw Problem(
                 .conflict,
                 "Conflict",
-                "job \(record.id) is running; a running job is not cancelled at its provider yet, so it runs to its end"
+                "job \(record.id) is in a call to its provider (or held by another worker); a call that has begun runs to its end, since the provider may bill it"
             )
-        case .succeeded, .deadLettered, .needsReconciliation:
-            throw Problem(.conflict, "Conflict", "job \(record.id) has finished (\(record.state.rawValue))")
         }
         let updated = try await generator.store.job(record.id) ?? record
         return Answer(status: .ok, body: render(updated, principal))

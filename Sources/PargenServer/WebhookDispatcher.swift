@@ -53,6 +53,21 @@ final class WebhookDispatcher: Sendable {
         }
     }
 
+    /// Forgets idempotency keys first used longer ago than their retention, every 10 minutes until cancelled.
+    func pruneIdempotencyKeys() async {
+        while !Task.isCancelled {
+            do {
+                let gone = try await store.pruneIdempotencyKeys(
+                    before: Date().addingTimeInterval(-configuration.idempotencyRetention.seconds)
+                )
+                if gone > 0 { logger.debug("idempotency keys forgotten", metadata: ["count": "\(gone)"]) }
+            } catch {
+                logger.warning("cannot prune idempotency keys", metadata: ["error": "\(error)"])
+            }
+            try? await Task.sleep(for: .seconds(600))
+        }
+    }
+
     // MARK: Events to deliveries
 
     private func follow() async {

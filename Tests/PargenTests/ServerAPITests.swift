@@ -4,6 +4,7 @@ import Foundation
 import HTTPTypes
 import Hummingbird
 import HummingbirdTesting
+import Logging
 import NIOCore
 import NIOFoundationCompat
 import NIOHTTP1
@@ -37,10 +38,13 @@ struct ServiceFixture {
 
     static func make(
         _ backend: Backend = .memory,
-        configuration: ServerConfiguration = ServerConfiguration()
+        configuration: ServerConfiguration = ServerConfiguration(),
+        logger: Logger = ServiceFixture.quietLogger,
+        engine configure: (inout PargenConfiguration) -> Void = { _ in }
     ) async throws -> ServiceFixture {
         var engine = PargenConfiguration()
         engine.rateLimits.enabled = false
+        configure(&engine)
         let slow = LocalProvider(
             configuration: LocalProvider.Configuration(
                 name: "local-slow",
@@ -64,9 +68,19 @@ struct ServiceFixture {
             jobStore = postgres
             store = PostgresServiceStore(jobs: postgres)
         }
+        // One task at a time: a second job pinned to it waits in the engine's backlog, leased, for the slot.
+        let single = LocalProvider(
+            configuration: LocalProvider.Configuration(
+                name: "local-single",
+                submitLatency: .milliseconds(10),
+                latencyPerMediaSecond: .milliseconds(300),
+                latencyJitter: 0,
+                quota: ProviderQuota(requestsPerMinute: 600, concurrentTasks: 1)
+            )
+        )
         let generator = ParallelGenerator(
             configuration: engine,
-            providers: LocalProvider.demoProviders(reliable: true) + [slow],
+            providers: LocalProvider.demoProviders(reliable: true) + [slow, single],
             store: jobStore,
             outputDirectory: temporaryDirectory()
         )
@@ -77,7 +91,7 @@ struct ServiceFixture {
             try await store.addKey(record)
             keys.append(secret)
         }
-        let server = PargenServer(generator: generator, serviceStore: store, configuration: configuration)
+        let server = PargenServer(generator: generator, serviceStore: store, configuration: configuration, logger: logger)
         return ServiceFixture(
             generator: generator,
             server: server,
@@ -90,6 +104,18 @@ struct ServiceFixture {
     }
 
     func stop() async throws { try await generator.stop(immediately: true) }
+
+    /// A logger that keeps metadata (Hummingbird reads the request id from it) and prints only critical lines.
+    static var quietLogger: Logger {
+        var logger = Logger(label: "pargen.server.test") { label in StreamLogHandler.standardError(label: label) }
+        logger.logLevel = .critical
+        return logger
+    }
+
+    /// The routes in an application that logs only critical lines.
+    func app() -> some ApplicationProtocol {
+        Application(router: server.router(), logger: Self.quietLogger)
+    }
 }
 
 extension TestClientProtocol {
@@ -124,7 +150,7 @@ extension TestResponse {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
         let routes = Set(fixture.server.router().routes.map { "\($0.method.rawValue) \(Self.normalize("\($0.path)"))" })
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         let served = try await app.test(.router) { client in
             try await client.call(.get, "/openapi.yaml", key: nil).text
         }
@@ -152,14 +178,14 @@ extension TestResponse {
     func aJobIsCreatedWaitedForAndDownloadedWithRanges(_ backend: ServiceFixture.Backend) async throws {
         let fixture = try await ServiceFixture.make(backend)
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let created = try await client.call(
                 .post,
                 "/v1/jobs",
                 key: fixture.acme,
                 body: #"{"type":"audio","prompt":"Rain on a tin roof","duration":2}"#,
-                headers: [HTTPField.Name("Prefer")!: "wait=20"]
+                headers: [HTTPField.Name("Prefer")!: "wait=60"]
             )
             #expect(created.status == .ok)
             let job = created.json
@@ -201,7 +227,7 @@ extension TestResponse {
     @Test func aBatchCreatesItsValidJobsAndNamesEachBadItemsField() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let response = try await client.call(
                 .post,
@@ -221,7 +247,7 @@ extension TestResponse {
     @Test func badBodiesAreProblemsThatNameTheField() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let cases: [(body: String, status: HTTPResponse.Status, field: String?)] = [
                 (#"{"type":"audio","prompt":"x""#, .badRequest, nil),
@@ -268,7 +294,7 @@ extension TestResponse {
     func idempotencyKeysFollowStripesRules(_ backend: ServiceFixture.Backend) async throws {
         let fixture = try await ServiceFixture.make(backend)
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let body = #"{"type":"audio","prompt":"Once only","duration":1}"#
             let key: HTTPFields = [HTTPField.Name("Idempotency-Key")!: "order-1"]
@@ -348,14 +374,14 @@ extension TestResponse {
         configuration.allowPrivateWebhookTargets = true
         let fixture = try await ServiceFixture.make(backend, configuration: configuration)
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let done = try await client.call(
                 .post,
                 "/v1/jobs",
                 key: fixture.acme,
                 body: #"{"type":"audio","prompt":"acme secret","duration":1,"campaign":"spring"}"#,
-                headers: [HTTPField.Name("Prefer")!: "wait=20"]
+                headers: [HTTPField.Name("Prefer")!: "wait=60"]
             )
             let id = try #require(done.json["id"] as? String)
             _ = try await client.call(.put, "/v1/budgets", key: fixture.acmeAdmin, body: #"{"scope":"campaign","name":"spring","limit":"5"}"#)
@@ -405,7 +431,7 @@ extension TestResponse {
     @Test func listingFiltersAndPagesWithACursor() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let items = (0..<7).map { #"{"type":"audio","prompt":"p\#($0)","user":"u\#($0 % 2)","campaign":"c\#($0 % 3)","duration":1}"# }
             let created = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: "[" + items.joined(separator: ",") + "]")
@@ -430,7 +456,7 @@ extension TestResponse {
     @Test func aCampaignUploadReportsEachBadLineAndRunsTheRest() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let csv = "type,prompt,duration\naudio,Waves,1\nvideo,,2\naudio,\"unterminated,1\n"
             let upload = try await client.call(
@@ -473,7 +499,7 @@ extension TestResponse {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
         try await fixture.generator.stop()  // nothing runs: every job stays queued
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             let created = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"never"}"#)
             let id = try #require(created.json["id"] as? String)
@@ -497,7 +523,7 @@ extension TestResponse {
         configuration.keyLimits = PargenConfiguration.RateLimits(perUserRequestsPerMinute: 3, maxBurst: 1000)
         let fixture = try await ServiceFixture.make(configuration: configuration)
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             for _ in 0..<3 { #expect(try await client.call(.get, "/v1/jobs", key: fixture.acme).status == .ok) }
             let refused = try await client.call(.get, "/v1/jobs", key: fixture.acme)
@@ -511,13 +537,13 @@ extension TestResponse {
     @Test func healthAndReadinessNeedNoKey() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             #expect(try await client.call(.get, "/healthz", key: nil).status == .ok)
             #expect(try await client.call(.get, "/readyz", key: nil).status == .ok)
             let response = try await client.call(.get, "/v1/providers", key: fixture.acme)
             let names = (response.json["data"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
-            #expect(names.sorted() == ["local-cheap", "local-fast", "local-slow", "local-studio"])
+            #expect(names.sorted() == ["local-cheap", "local-fast", "local-single", "local-slow", "local-studio"])
             #expect(response.headers[HTTPField.Name("X-Request-ID")!] != nil)
         }
     }
@@ -623,7 +649,7 @@ extension ServerAPITests {
                 "/v1/jobs",
                 key: fixture.acme,
                 body: "[" + more.joined(separator: ",") + "]",
-                headers: [HTTPField.Name("Prefer")!: "wait=20"]
+                headers: [HTTPField.Name("Prefer")!: "wait=60"]
             )
             let laterIDs = Set((createdLater.json["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String })
             let expected = firstIDs.union(laterIDs).subtracting([firstStream[cut].data["job_id"] as? String ?? ""])
@@ -641,6 +667,69 @@ extension ServerAPITests {
                 finishedJobs(events) == [one]
             }
             #expect(Set(filtered.compactMap { $0.data["job_id"] as? String }) == [one])
+        }
+    }
+}
+
+extension ServerAPITests {
+    /// Each request's log line carries its request id (the one in X-Request-ID) and never the key itself.
+    @Test func logLinesCarryTheRequestIDAndNeverTheKey() async throws {
+        let logs = CapturedLogs()
+        let fixture = try await ServiceFixture.make(logger: logs.logger(level: .info))
+        defer { Task { try? await fixture.stop() } }
+        try await fixture.server.application().test(.router) { client in
+            let listed = try await client.call(.get, "/v1/jobs", key: fixture.acme)
+            let refused = try await client.call(.get, "/v1/jobs", key: fixture.acme + "x")
+            let lines = logs.matching("request")
+            let ids = Set(lines.compactMap { $0.metadata["hb.request.id"] })
+            #expect(ids.contains(listed.headers[HTTPField.Name("X-Request-ID")!] ?? "-"))
+            #expect(ids.contains(refused.headers[HTTPField.Name("X-Request-ID")!] ?? "-"))
+            let ok = try #require(lines.first { $0.metadata["http.status"] == "200" })
+            #expect(ok.metadata["http.path"] == "/v1/jobs")
+            for entry in logs.entries.value {
+                let text = entry.message + entry.metadata.values.joined()
+                #expect(!text.contains(String(fixture.acme.suffix(64))), "a log line shows the key: \(entry)")
+            }
+        }
+    }
+}
+
+extension ServerAPITests {
+    /// A job leased and waiting for its provider's slot is cancelled (no call was made); a job in a provider call
+    /// is not (409): the call runs to its end, and its result stands.
+    @Test func aJobWaitingForAQuotaIsCancelledAndOneInACallIsNot() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        let app = fixture.app()
+        try await app.test(.router) { client in
+            let first = try await client.call(
+                .post,
+                "/v1/jobs",
+                key: fixture.acme,
+                body: #"{"type":"audio","prompt":"in a call","duration":10,"provider":"local-single"}"#
+            )
+            let second = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"held","duration":1,"provider":"local-single"}"#)
+            let calling = try #require(first.json["id"] as? String)
+            let held = try #require(second.json["id"] as? String)
+            // Both leased: the first in its call, the second held for the provider's one slot.
+            try await waitUntil(seconds: 10) {
+                let running = try await fixture.generator.store.counts()[.running]
+                let slots = await fixture.generator.systemStats().resourcePool.providers["local-single"]?.inFlight
+                return running == 2 && slots == 1
+            }
+            let refused = try await client.call(.post, "/v1/jobs/\(calling)/cancel", key: fixture.acme)
+            #expect(refused.status == .conflict, "\(refused.text)")
+            let cancelled = try await client.call(.post, "/v1/jobs/\(held)/cancel", key: fixture.acme)
+            #expect(cancelled.status == .ok, "\(cancelled.text)")
+            #expect(cancelled.json["state"] as? String == "dead_lettered")
+            #expect(cancelled.json["attempts"] as? Int == 0)
+            #expect((cancelled.json["errors"] as? [[String: Any]])?.last?["code"] as? String == "cancelled")
+            // The call in progress finishes and stands; the cancelled job never reaches a provider.
+            let result = await fixture.generator.result(for: JobID(calling))
+            #expect(result.succeeded)
+            #expect(await fixture.generator.result(for: JobID(held)).error?.code == .cancelled)
+            let stats = await fixture.generator.systemStats()
+            #expect(stats.providers.values.reduce(0) { $0 + $1.succeeded } == 1)
         }
     }
 }

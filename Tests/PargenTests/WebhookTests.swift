@@ -37,7 +37,7 @@ import Testing
     @Test func privateTargetsAreRefusedUnlessAllowed() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
-        let app = Application(router: fixture.server.router())
+        let app = fixture.app()
         try await app.test(.router) { client in
             for url in [
                 "http://127.0.0.1:9/hook", "http://localhost/hook", "http://10.1.2.3/", "http://192.168.0.1/",
@@ -56,7 +56,7 @@ import Testing
         configuration.allowPrivateWebhookTargets = true
         let allowed = try await ServiceFixture.make(configuration: configuration)
         defer { Task { try? await allowed.stop() } }
-        try await Application(router: allowed.server.router()).test(.router) { client in
+        try await allowed.app().test(.router) { client in
             let response = try await client.call(.post, "/v1/webhooks", key: allowed.acmeAdmin, body: #"{"url":"http://127.0.0.1:9/hook"}"#)
             #expect(response.status == .created)
             #expect((response.json["secret"] as? String)?.hasPrefix("whsec_") == true)

@@ -511,6 +511,45 @@ public final class ParallelGenerator: Service, Sendable {
     /// Money charged so far.
     public func currentSpend() -> Money { costs.stats().charged }
 
+    /// Cancels a job that no provider call has begun for: one waiting in the store, or one this process holds in
+    /// its admission backlog (leased, waiting for a quota or a slot). It is dead-lettered with a
+    /// ``GenerationError/Code/cancelled`` error (``requeue(_:)`` brings it back), and its waiters are answered.
+    ///
+    /// - Returns: `false` when the job is in a provider call here, or held by another worker: a call that has
+    ///   begun runs to its end (the provider may already bill it), so it is not cancelled.
+    /// - Throws: ``StoreError/Code/notFound`` for an unknown job, ``StoreError/Code/invalidState`` for a
+    ///   finished one.
+    public func cancel(_ id: JobID) async throws -> Bool {
+        let held = state.withLock { $0.waiting.removeValue(forKey: id) }
+        if let held {
+            _ = admission.remove(id)
+            let error = GenerationError(.cancelled, "cancelled by request")
+            if held.isProvisional {
+                // Only looked at (a shared store): it is still waiting in the store.
+                try await store.cancel(id)
+                progress(held.record, .deadLettered, message: error.description)
+                await finish(id)
+            } else {
+                _ = await deadLetter(held, error)
+                state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
+            }
+            storeChanged()
+            return true
+        }
+        guard let record = try await store.job(id) else { throw StoreError(.notFound, "no job \(id)") }
+        switch record.state {
+        case .available:
+            try await store.cancel(id)
+            progress(record, .deadLettered, message: "cancelled by request")
+            await finish(id)
+            storeChanged()
+            return true
+        case .running: return false
+        case .succeeded, .deadLettered, .needsReconciliation:
+            throw StoreError(.invalidState, "job \(id) has finished (\(record.state.rawValue))")
+        }
+    }
+
     /// The budgets, their spending and alerts; ``CostMonitor/setLimit(_:for:)`` changes a limit while running.
     public var costMonitor: CostMonitor { costs }
 
