@@ -127,13 +127,16 @@ enum OpenAPIDocument {
                 "404": { $ref: "#/components/responses/Problem" }
           /v1/jobs/{id}/cancel:
             post:
-              summary: Cancel a job no provider call has begun for (it becomes a dead letter with a cancelled error).
+              summary: Cancel a job (it becomes a dead letter with a cancelled error).
               description: |
-                A queued job, or one this server holds waiting for a quota or a slot, is cancelled. A job in a call
-                to its provider is 409: the call runs to its end, since the provider may already bill it.
+                A queued job, or one this server holds waiting for a quota or a slot, is cancelled at once (200).
+                A job whose task a provider is running is cancelled at the provider where the provider can do
+                that (Runway): 202, and it ends cancelled when its call sees the task stop. Otherwise 409: the call
+                runs to its end.
               parameters: [{ $ref: "#/components/parameters/ID" }, { $ref: "#/components/parameters/IdempotencyKey" }]
               responses:
                 "200": { description: Cancelled., content: { application/json: { schema: { $ref: "#/components/schemas/Job" } } } }
+                "202": { description: Being cancelled at the provider., content: { application/json: { schema: { $ref: "#/components/schemas/Job" } } } }
                 "404": { $ref: "#/components/responses/Problem" }
                 "409": { $ref: "#/components/responses/Problem" }
           /v1/jobs/{id}/artifact:

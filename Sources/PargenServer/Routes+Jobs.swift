@@ -298,21 +298,27 @@ extension PargenServer {
 
     func cancel(_ context: PargenRequestContext, _ principal: Principal) async throws -> Answer {
         let record = try await ownedJob(context, principal)
-        let cancelled: Bool
+        let outcome: CancelOutcome
         do {
-            cancelled = try await generator.cancel(record.id)
+            outcome = try await generator.cancel(record.id)
         } catch let error as StoreError where error.code == .invalidState {
             throw Problem(.conflict, "Conflict", "job \(record.id) can no longer be cancelled: \(error.message)")
         }
-        guard cancelled else {
+        switch outcome {
+        case .cancelled:
+            let updated = try await generator.store.job(record.id) ?? record
+            return Answer(status: .ok, body: render(updated, principal))
+        case .requested:
+            // The provider stops the task; the job ends as cancelled when its call sees that (follow its events).
+            let updated = try await generator.store.job(record.id) ?? record
+            return Answer(status: .accepted, body: render(updated, principal))
+        case .notCancellable(let reason):
             throw Problem(
                 .conflict,
                 "Conflict",
-                "job \(record.id) is in a call to its provider (or held by another worker); a call that has begun runs to its end, since the provider may bill it"
+                "job \(record.id) is in a call to its provider that cannot be stopped (\(reason)); it runs to its end"
             )
         }
-        let updated = try await generator.store.job(record.id) ?? record
-        return Answer(status: .ok, body: render(updated, principal))
     }
 
     // MARK: Artifact

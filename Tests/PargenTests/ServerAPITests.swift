@@ -10,8 +10,10 @@ import NIOFoundationCompat
 import NIOHTTP1
 import Pargen
 import PargenPostgres
+import PargenProviders
 import PargenSQLite
 import PargenServer
+import PargenTesting
 import Testing
 import Yams
 
@@ -40,7 +42,8 @@ struct ServiceFixture {
         _ backend: Backend = .memory,
         configuration: ServerConfiguration = ServerConfiguration(),
         logger: Logger = ServiceFixture.quietLogger,
-        engine configure: (inout PargenConfiguration) -> Void = { _ in }
+        engine configure: (inout PargenConfiguration) -> Void = { _ in },
+        extraProviders: [any GenerationProvider] = []
     ) async throws -> ServiceFixture {
         var engine = PargenConfiguration()
         engine.rateLimits.enabled = false
@@ -80,7 +83,7 @@ struct ServiceFixture {
         )
         let generator = ParallelGenerator(
             configuration: engine,
-            providers: LocalProvider.demoProviders(reliable: true) + [slow, single],
+            providers: LocalProvider.demoProviders(reliable: true) + [slow, single] + extraProviders,
             store: jobStore,
             outputDirectory: temporaryDirectory()
         )
@@ -730,6 +733,35 @@ extension ServerAPITests {
             #expect(await fixture.generator.result(for: JobID(held)).error?.code == .cancelled)
             let stats = await fixture.generator.systemStats()
             #expect(stats.providers.values.reduce(0) { $0 + $1.succeeded } == 1)
+        }
+    }
+}
+
+extension ServerAPITests {
+    /// A video at Runway (whose API can cancel a task) is cancelled at the provider while it renders: 202, the
+    /// fake stops the task, and the job ends dead-lettered as cancelled, submitted once and never retried.
+    @Test func aRunningTaskIsCancelledAtAProviderThatCanCancel() async throws {
+        let bench = try await FakeBench.start(.runway, options: { $0.taskSeconds = 6...6 }, http: sharedTestHTTPClient)
+        defer { Task { await bench.fake.stop() } }
+        let fixture = try await ServiceFixture.make(extraProviders: [bench.provider])
+        defer { Task { try? await fixture.stop() } }
+        try await fixture.app().test(.router) { client in
+            let created = try await client.call(
+                .post,
+                "/v1/jobs",
+                key: fixture.acme,
+                body: #"{"type":"video","prompt":"a long take","duration":5,"provider":"\#(bench.settings.name)"}"#
+            )
+            let id = try #require(created.json["id"] as? String, "\(created.text)")
+            try await waitUntil(seconds: 10) { try await fixture.generator.store.job(JobID(id))?.providerTaskID != nil }
+            let cancelled = try await client.call(.post, "/v1/jobs/\(id)/cancel", key: fixture.acme)
+            #expect(cancelled.status == .accepted, "\(cancelled.text)")
+            let result = await fixture.generator.result(for: JobID(id))
+            #expect(result.error?.code == .cancelled, "\(result.error?.description ?? "succeeded")")
+            #expect(result.errorHistory.count == 1, "no retry, no failover: \(result.errorHistory)")
+            let record = try #require(try await fixture.generator.store.job(JobID(id)))
+            #expect(record.state == .deadLettered && record.ledger.balances && record.ledger.pending == .zero)
+            #expect(bench.fake.state.submissions().filter(\.accepted).count == 1)
         }
     }
 }

@@ -72,6 +72,9 @@ public final class ParallelGenerator: Service, Sendable {
         var suspect: JobID?
         /// Suspects leased while another one runs; they hold their leases (no provider call) until it is done.
         var parkedSuspects: [LeasedJob] = []
+        /// Jobs whose provider was asked to stop their task (``cancel(_:)``): when the call ends in failure they
+        /// are dead-lettered as cancelled, never retried.
+        var cancelRequested: Set<JobID> = []
     }
 
     enum Lifecycle { case idle, running, draining, stopped }
@@ -515,11 +518,15 @@ public final class ParallelGenerator: Service, Sendable {
     /// its admission backlog (leased, waiting for a quota or a slot). It is dead-lettered with a
     /// ``GenerationError/Code/cancelled`` error (``requeue(_:)`` brings it back), and its waiters are answered.
     ///
-    /// - Returns: `false` when the job is in a provider call here, or held by another worker: a call that has
-    ///   begun runs to its end (the provider may already bill it), so it is not cancelled.
+    /// A job in a call here whose provider accepted its task is cancelled at the provider where the provider can
+    /// do that (``GenerationProvider/cancelTask(taskID:)``): ``CancelOutcome/requested``, and the job is
+    /// dead-lettered as cancelled when its call ends (unless the task finished first, when its result stands).
+    ///
+    /// - Returns: ``CancelOutcome/notCancellable(_:)`` when the job's call cannot be stopped (its provider cannot
+    ///   cancel tasks, its task id is not known yet, or another worker holds it): such a call runs to its end.
     /// - Throws: ``StoreError/Code/notFound`` for an unknown job, ``StoreError/Code/invalidState`` for a
     ///   finished one.
-    public func cancel(_ id: JobID) async throws -> Bool {
+    public func cancel(_ id: JobID) async throws -> CancelOutcome {
         let held = state.withLock { $0.waiting.removeValue(forKey: id) }
         if let held {
             _ = admission.remove(id)
@@ -534,7 +541,7 @@ public final class ParallelGenerator: Service, Sendable {
                 state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
             }
             storeChanged()
-            return true
+            return .cancelled
         }
         guard let record = try await store.job(id) else { throw StoreError(.notFound, "no job \(id)") }
         switch record.state {
@@ -543,8 +550,27 @@ public final class ParallelGenerator: Service, Sendable {
             progress(record, .deadLettered, message: "cancelled by request")
             await finish(id)
             storeChanged()
-            return true
-        case .running: return false
+            return .cancelled
+        case .running:
+            guard state.withLock({ $0.inFlight[id] != nil }) else {
+                return .notCancellable("it is held by another worker")
+            }
+            guard record.recoveryPoint == .submitted, let taskID = record.providerTaskID, let name = record.provider,
+                let provider = providers[name]
+            else { return .notCancellable("its call to a provider is under way and its task id is not known yet") }
+            state.withLock { _ = $0.cancelRequested.insert(id) }
+            let stopped: Bool
+            do {
+                stopped = try await provider.cancelTask(taskID: taskID)
+            } catch {
+                state.withLock { _ = $0.cancelRequested.remove(id) }
+                return .notCancellable("\(name) did not cancel task \(taskID): \(error)")
+            }
+            guard stopped else {
+                state.withLock { _ = $0.cancelRequested.remove(id) }
+                return .notCancellable("\(name) cannot cancel tasks")
+            }
+            return .requested
         case .succeeded, .deadLettered, .needsReconciliation:
             throw StoreError(.invalidState, "job \(id) has finished (\(record.state.rawValue))")
         }
@@ -573,7 +599,10 @@ public final class ParallelGenerator: Service, Sendable {
 
     func finishWaiters(_ result: GenerationResult) {
         guard let id = result.jobID else { return }
-        let waiters = state.withLock { $0.waiters.removeValue(forKey: id) ?? [] }
+        let waiters = state.withLock { state in
+            state.cancelRequested.remove(id)
+            return state.waiters.removeValue(forKey: id) ?? []
+        }
         for waiter in waiters { waiter.continuation.resume(returning: result) }
         publish(.finished(result))
     }
@@ -615,6 +644,17 @@ public final class ParallelGenerator: Service, Sendable {
 }
 
 /// Points where tests inject faults into a running engine (crash tests). Each defaults to nothing.
+/// What ``ParallelGenerator/cancel(_:)`` did.
+public enum CancelOutcome: Sendable, Hashable {
+    /// The job was dead-lettered as cancelled; no provider call was made for it.
+    case cancelled
+    /// Its provider was asked to stop its task; the job is dead-lettered as cancelled when the call ends
+    /// (unless the task finished first).
+    case requested
+    /// Its call runs to its end, for this reason.
+    case notCancellable(String)
+}
+
 public struct EngineHooks: Sendable {
     /// Called after a provider accepted a task and before its task id is persisted: the window in which a
     /// crash leaves a job that may have been paid for without a record of it.

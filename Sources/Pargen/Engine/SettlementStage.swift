@@ -42,6 +42,19 @@ extension ParallelGenerator {
             )
             return .retryLater
         }
+        if state.withLock({ $0.cancelRequested.remove(record.id) }) != nil {
+            // The task ended because it was cancelled by request (or failed meanwhile): no retry, no failover.
+            ticket.finish(.failed)
+            balancer.recordNeutral(name, throttled: false)
+            var cancelled = GenerationError(
+                .cancelled,
+                "cancelled by request: \(name) was asked to stop task \(taskID ?? record.providerTaskID ?? "")",
+                provider: name
+            )
+            cancelled.taskID = taskID ?? record.providerTaskID
+            cancelled.charged = (error as? GenerationError)?.charged ?? charged
+            return await deadLetter(job, cancelled)
+        }
         var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
         if classified.provider == nil { classified.provider = name }
         // Each failed attempt is its own record: its key, and the task it used, if the provider accepted one.

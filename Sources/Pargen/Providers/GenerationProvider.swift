@@ -249,9 +249,18 @@ public protocol GenerationProvider: Sendable {
 
     /// Continues a task submitted earlier (after a crash) by polling it; never submits again.
     func resume(taskID: String, request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput
+
+    /// Asks the provider to stop a task it accepted (see the default, which cannot).
+    func cancelTask(taskID: String) async throws -> Bool
 }
 
 extension GenerationProvider {
+    /// Cancels a task the provider accepted. The default cannot: most providers have no such call.
+    ///
+    /// - Returns: `true` when the provider was asked to stop the task (its next poll reports the end), `false`
+    ///   when this provider cannot cancel tasks.
+    public func cancelTask(taskID: String) async throws -> Bool { false }
+
     public func resume(
         taskID: String,
         request: ValidatedRequest,

@@ -177,6 +177,12 @@ public struct RunwayProvider: AccessCheckable {
     /// Reads the organization (credit balance, tier): free, and proves the key.
     public func checkAccess() async -> AccessCheck { await http.checkAccess("/v1/organization", headers: headers) }
 
+    /// The engine's cancellation of a job in a call: `DELETE /v1/tasks/{id}`; the next poll sees `CANCELLED`.
+    public func cancelTask(taskID: String) async throws -> Bool {
+        try await cancel(taskID: taskID)
+        return true
+    }
+
     /// Cancels a running, pending or throttled task (a finished one is deleted).
     public func cancel(taskID: String) async throws {
         let answer = try await http.send(.DELETE, http.url("/v1/tasks/\(taskID)"), headers: headers)
