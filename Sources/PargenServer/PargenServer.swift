@@ -175,7 +175,21 @@ public final class PargenServer: Sendable {
     func pumpEvents() async {
         // Jobs whose status went past `queued`, until they finish.
         var started = Set<JobID>()
+        // When each job's current task was submitted (engine time), for the provider latency histogram.
+        var submitted: [JobID: Duration] = [:]
         for await event in feed {
+            if case .progress(let update) = event, let provider = update.provider {
+                switch update.status {
+                case .submitted: submitted[update.jobID] = update.time
+                case .downloading, .succeeded, .retrying, .failed, .deadLettered:
+                    // The provider's part ends with its answer: the download starts, or the call failed.
+                    if let start = submitted.removeValue(forKey: update.jobID) {
+                        metrics.providerCall(provider: provider, status: update.status, latency: update.time - start)
+                    }
+                default: break
+                }
+            }
+            if case .finished(let result) = event, let id = result.jobID { submitted[id] = nil }
             await record(event, started: &started)
         }
     }

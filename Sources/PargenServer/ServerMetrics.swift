@@ -6,7 +6,7 @@ import Synchronization
 
 /// The service's metrics, through swift-metrics into a Prometheus registry of its own (`GET /metrics`).
 ///
-/// Request and webhook figures are recorded as they happen. The engine's and the store's (jobs by state,
+/// Request, provider latency and webhook figures are recorded as they happen. The engine's and the store's (jobs by state,
 /// admissions and waits per limit, spend, cache hits, provider call latency) are read at each scrape: counters
 /// grow by what the engine counted since the last one.
 final class ServerMetrics: Sendable {
@@ -37,6 +37,16 @@ final class ServerMetrics: Sendable {
 
     func webhookAttempt(outcome: String) {
         Counter(label: "pargen_webhook_deliveries_total", dimensions: [("outcome", outcome)], factory: factory).increment()
+    }
+
+    /// A provider's part of a call: from its submission to its answer (the download's start, or the failure).
+    func providerCall(provider: String, status: ProgressStatus, latency: Duration) {
+        let outcome = status == .downloading || status == .succeeded ? "answered" : "failed"
+        Timer(
+            label: "pargen_provider_latency_seconds",
+            dimensions: [("provider", provider), ("outcome", outcome)],
+            factory: factory
+        ).recordNanoseconds(latency.nanoseconds)
     }
 
     func jobFinished(provider: String?, succeeded: Bool, latency: Duration) {

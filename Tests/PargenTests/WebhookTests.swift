@@ -148,6 +148,9 @@ import Testing
             let finished = lines.filter { $0.hasPrefix("pargen_job_duration_seconds_count{") }
                 .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
             #expect(finished == 4)
+            let answered = lines.filter { $0.hasPrefix("pargen_provider_latency_seconds_count{") && $0.contains("answered") }
+                .compactMap { Double($0.split(separator: " ").last ?? "") }.reduce(0, +)
+            #expect(answered == 4, "a provider latency histogram per provider: \(lines.filter { $0.contains("provider_latency") })")
             #expect(lines.contains { $0.hasPrefix("pargen_spend_dollars_total ") && !$0.hasSuffix(" 0.0") })
             #expect(lines.contains { $0.hasPrefix("pargen_admissions_total") })
         }
