@@ -20,6 +20,7 @@ let package = Package(
         .library(name: "PargenPostgres", targets: ["PargenPostgres"]),
         .library(name: "PargenFuzzing", targets: ["PargenFuzzing"]),
         .library(name: "PargenServer", targets: ["PargenServer"]),
+        .library(name: "PargenS3", targets: ["PargenS3"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -112,6 +113,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "PargenS3",
+            dependencies: [.product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "PargenTesting",
             dependencies: [
                 "Pargen",
@@ -143,6 +149,7 @@ let package = Package(
             dependencies: [
                 "Pargen", "PargenTesting", "PargenSQLite", "PargenPostgres", "PargenProviders", "PargenCLI", "PargenFuzzing",
                 "PargenServer",
+                "PargenS3",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
