@@ -709,13 +709,13 @@ extension ServerAPITests {
                 .post,
                 "/v1/jobs",
                 key: fixture.acme,
-                body: #"{"type":"audio","prompt":"in a call","duration":10,"provider":"local-single"}"#
+                body: #"{"type":"audio","prompt":"in a call","duration":60,"provider":"local-single"}"#
             )
             let second = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"held","duration":1,"provider":"local-single"}"#)
             let calling = try #require(first.json["id"] as? String)
             let held = try #require(second.json["id"] as? String)
-            // Both leased: the first in its call, the second held for the provider's one slot.
-            try await waitUntil(seconds: 10) {
+            // Both leased: the first in its 18 s call, the second held for the provider's one slot.
+            try await waitUntil(seconds: 15) {
                 let running = try await fixture.generator.store.counts()[.running]
                 let slots = await fixture.generator.systemStats().resourcePool.providers["local-single"]?.inFlight
                 return running == 2 && slots == 1
@@ -741,7 +741,9 @@ extension ServerAPITests {
     /// A video at Runway (whose API can cancel a task) is cancelled at the provider while it renders: 202, the
     /// fake stops the task, and the job ends dead-lettered as cancelled, submitted once and never retried.
     @Test func aRunningTaskIsCancelledAtAProviderThatCanCancel() async throws {
-        let bench = try await FakeBench.start(.runway, options: { $0.taskSeconds = 6...6 }, http: sharedTestHTTPClient)
+        // A task long enough that the cancel lands while it runs however loaded the machine (a cancelled task
+        // ends at the next poll, so the test does not wait for it).
+        let bench = try await FakeBench.start(.runway, options: { $0.taskSeconds = 60...60 }, http: sharedTestHTTPClient)
         defer { Task { await bench.fake.stop() } }
         let fixture = try await ServiceFixture.make(extraProviders: [bench.provider])
         defer { Task { try? await fixture.stop() } }
@@ -753,7 +755,7 @@ extension ServerAPITests {
                 body: #"{"type":"video","prompt":"a long take","duration":5,"provider":"\#(bench.settings.name)"}"#
             )
             let id = try #require(created.json["id"] as? String, "\(created.text)")
-            try await waitUntil(seconds: 10) { try await fixture.generator.store.job(JobID(id))?.providerTaskID != nil }
+            try await waitUntil(seconds: 60) { try await fixture.generator.store.job(JobID(id))?.providerTaskID != nil }
             let cancelled = try await client.call(.post, "/v1/jobs/\(id)/cancel", key: fixture.acme)
             #expect(cancelled.status == .accepted, "\(cancelled.text)")
             let result = await fixture.generator.result(for: JobID(id))
