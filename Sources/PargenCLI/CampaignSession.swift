@@ -252,6 +252,35 @@ func makeProviders(
     return providers
 }
 
+/// An engine for a long-running command (`pargen worker`, `pargen serve`) on the configured providers (the local
+/// ones without faults unless asked), with the test hooks the environment names.
+func makeServingGenerator(
+    setup: PargenSetup,
+    options: CampaignOptions,
+    store: any JobStore,
+    out: URL,
+    logger: Logger,
+    http: HTTPClient
+) throws -> ParallelGenerator {
+    let (hooks, submitLog) = TestHooks.fromEnvironment()
+    let providers = try makeProviders(
+        setup: setup,
+        seed: options.seed,
+        injectFaults: options.faultsInjected(demo: false),
+        submitLog: submitLog,
+        http: http
+    )
+    return ParallelGenerator(
+        configuration: setup.configuration,
+        providers: providers,
+        store: store,
+        outputDirectory: out,
+        clock: .continuous,
+        logger: logger,
+        hooks: hooks
+    )
+}
+
 /// The one line for a run that could not write its manifest, and why the engine stopped, if it did.
 private func stoppedMessage(_ error: LocalResourceError, halt: LocalResourceError?) -> String {
     var message = "\(error)"

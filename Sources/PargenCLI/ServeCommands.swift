@@ -110,22 +110,13 @@ struct Serve: AsyncParsableCommand {
             print("key: \(secret)")
         }
         let http = ProviderConnection.makeHTTPClient()
-        let (hooks, submitLog) = TestHooks.fromEnvironment()
-        let providers = try makeProviders(
+        let generator = try makeServingGenerator(
             setup: setup,
-            seed: options.seed,
-            injectFaults: options.faultsInjected(demo: false),
-            submitLog: submitLog,
-            http: http
-        )
-        let generator = ParallelGenerator(
-            configuration: setup.configuration,
-            providers: providers,
+            options: options,
             store: store,
-            outputDirectory: out,
-            clock: .continuous,
+            out: out,
             logger: logger,
-            hooks: hooks
+            http: http
         )
         if !noWork {
             do {

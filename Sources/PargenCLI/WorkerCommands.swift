@@ -44,23 +44,14 @@ struct Worker: AsyncParsableCommand {
         let shared = await SharedStore.open(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema, logger: logger)
         defer { shared.close() }
         let http = ProviderConnection.makeHTTPClient()
-        let (hooks, submitLog) = TestHooks.fromEnvironment()
-        let providers = try makeProviders(
-            setup: setup,
-            seed: options.seed,
-            injectFaults: options.faultsInjected(demo: false),
-            submitLog: submitLog,
-            http: http
-        )
         let configuration = setup.configuration
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: providers,
+        let generator = try makeServingGenerator(
+            setup: setup,
+            options: options,
             store: shared.store,
-            outputDirectory: out,
-            clock: .continuous,
+            out: out,
             logger: logger,
-            hooks: hooks
+            http: http
         )
         let signals = SignalWatcher()
         do {

@@ -73,9 +73,10 @@ enum Resources {
         return .object(object)
     }
 
+    /// ISO 8601 with milliseconds; a value-type style, so nothing is made per call.
+    static let dateStyle = Date.ISO8601FormatStyle(includingFractionalSeconds: true)
+
     static func date(_ sinceEpoch: Duration) -> String {
-        let formatter = ISO8601DateFormatter()
-        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
-        return formatter.string(from: Date(timeIntervalSince1970: sinceEpoch.seconds))
+        Date(timeIntervalSince1970: sinceEpoch.seconds).formatted(dateStyle)
     }
 }
