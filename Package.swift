@@ -21,6 +21,7 @@ let package = Package(
         .library(name: "PargenFuzzing", targets: ["PargenFuzzing"]),
         .library(name: "PargenServer", targets: ["PargenServer"]),
         .library(name: "PargenS3", targets: ["PargenS3"]),
+        .library(name: "PargenRedis", targets: ["PargenRedis"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -112,6 +113,7 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(name: "PargenRedis", swiftSettings: swiftSettings),
         .target(
             name: "PargenS3",
             dependencies: [.product(name: "Crypto", package: "swift-crypto")],
@@ -150,6 +152,7 @@ let package = Package(
                 "Pargen", "PargenTesting", "PargenSQLite", "PargenPostgres", "PargenProviders", "PargenCLI", "PargenFuzzing",
                 "PargenServer",
                 "PargenS3",
+                "PargenRedis",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),
