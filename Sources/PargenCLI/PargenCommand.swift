@@ -13,7 +13,9 @@ struct PargenCommand: AsyncParsableCommand {
             Start with `pargen demo`: about 100 mixed requests through the whole pipeline on the local \
             providers, with no network, credentials or servers. Then `pargen run FILE` for your own campaign, \
             with `--config pargen.yaml` to use OpenAI, ElevenLabs, MiniMax, Runway or Azure (`pargen providers` \
-            lists them; `pargen providers check` tries each key).
+            lists them; `pargen providers check` tries each key). `pargen serve` puts it all behind an HTTP API \
+            with a dashboard (`pargen keys create` makes its keys); `pargen worker` runs jobs from a shared \
+            PostgreSQL store.
             """,
         subcommands: [
             Demo.self, Run.self, Enqueue.self, Worker.self, Serve.self, Keys.self, Simulate.self, Status.self, Jobs.self, DLQ.self,
