@@ -122,7 +122,7 @@ public final class PargenServer: Sendable {
         router.add(middleware: ProblemMiddleware())
         addOperationRoutes(router)
         addDashboardRoutes(router)
-        let api = router.group("v1").add(middleware: AuthenticationMiddleware(keys: keyRing))
+        let api = router.group("v1").add(middleware: AuthenticationMiddleware(server: self))
         addJobRoutes(api)
         addCampaignRoutes(api)
         addAdminRoutes(api)
@@ -325,10 +325,11 @@ struct WebhookService: Service {
     }
 }
 
-/// Finds the caller's key (`Authorization: Bearer KEY`), or answers 401.
+/// Finds the caller's key and takes the request from the key's window and its tenant's bucket (429 when full),
+/// for every /v1 route.
 struct AuthenticationMiddleware: RouterMiddleware {
     typealias Context = PargenRequestContext
-    let keys: KeyRing
+    let server: PargenServer
 
     func handle(
         _ request: Request,
@@ -354,9 +355,10 @@ struct AuthenticationMiddleware: RouterMiddleware {
         } else {
             throw Problem(.unauthorized, "Unauthorized", "send Authorization: Bearer KEY", headers: challenge)
         }
-        guard let principal = try await keys.principal(for: token) else {
+        guard let principal = try await server.keyRing.principal(for: token) else {
             throw Problem(.unauthorized, "Unauthorized", "the API key is not known", headers: challenge)
         }
+        try server.admit(principal)
         var context = context
         context.principal = principal
         context.logger[metadataKey: "pargen.key"] = .string(principal.keyID)

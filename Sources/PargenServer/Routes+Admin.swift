@@ -7,7 +7,6 @@ extension PargenServer {
     func addAdminRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.get("dead-letters") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let project = try self.project(request.uri.queryParameters["project"].map(String.init), principal)
             let records = try await self.generator.store.jobs(
                 matching: JobQuery(
@@ -23,7 +22,6 @@ extension PargenServer {
         }
         api.post("dead-letters/{id}/retry") { _, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let record = try await self.ownedJob(context, principal)
             guard record.state == .deadLettered || record.state == .needsReconciliation else {
                 throw Problem(.conflict, "Conflict", "job \(record.id) is \(record.state.rawValue), not a dead letter")
@@ -34,7 +32,6 @@ extension PargenServer {
         }
         api.delete("dead-letters/{id}") { _, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let record = try await self.ownedJob(context, principal)
             guard principal.admin else {
                 throw Problem(.forbidden, "Forbidden", "purging dead letters takes an admin key")
@@ -46,23 +43,19 @@ extension PargenServer {
             return Response(status: .noContent)
         }
         api.get("providers") { _, context -> Response in
-            try self.admit(try context.requirePrincipal())
             return JSON.response(.ok, await self.providers())
         }
         api.get("stats") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let project = try self.project(request.uri.queryParameters["project"].map(String.init), principal)
             return JSON.response(.ok, try await self.stats(project: project, principal: principal))
         }
         api.get("budgets") { _, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             return JSON.response(.ok, self.budgets(principal))
         }
         api.put("budgets") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             guard principal.admin else { throw Problem(.forbidden, "Forbidden", "setting budgets takes an admin key") }
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxJSONBodyBytes)
@@ -120,15 +113,10 @@ extension PargenServer {
     /// A project's jobs by state and money, and the service's admission figures.
     func stats(project: String, principal: Principal) async throws -> JSONValue {
         let records = try await generator.store.jobs(matching: JobQuery(project: principal.qualified(project)))
+        let summary = CampaignSummary(records)
+        let ledger = summary.ledger
         var counts: [String: JSONValue] = [:]
-        var ledger = CostLedger()
-        for state in JobState.allCases { counts[state.rawValue] = .number(0) }
-        var tally: [JobState: Int] = [:]
-        for record in records {
-            tally[record.state, default: 0] += 1
-            ledger = ledger + record.ledger
-        }
-        for (state, count) in tally { counts[state.rawValue] = .number(Double(count)) }
+        for state in JobState.allCases { counts[state.rawValue] = .number(Double(summary.counts[state, default: 0])) }
         let limiter = await generator.systemStats().rateLimiter
         return .object([
             "object": .string("stats"),

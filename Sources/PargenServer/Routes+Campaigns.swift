@@ -8,7 +8,6 @@ extension PargenServer {
     func addCampaignRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.post("campaigns") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxUploadBytes)
             return try await self.idempotent(request, principal: principal, body: body) {
@@ -17,7 +16,6 @@ extension PargenServer {
         }
         api.get("campaigns/{id}") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let name = try context.parameters.require("id")
             return try await self.campaign(name, request: request, principal: principal).response
         }

@@ -32,7 +32,6 @@ extension PargenServer {
     func addJobRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.post("jobs") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxJSONBodyBytes)
             let wait = self.preferredWait(request)
@@ -42,18 +41,15 @@ extension PargenServer {
         }
         api.get("jobs") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             return try await self.listJobs(request, principal: principal).response
         }
         api.get("jobs/{id}") { _, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let record = try await self.ownedJob(context, principal)
             return JSON.response(.ok, self.render(record, principal))
         }
         api.post("jobs/{id}/cancel") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxJSONBodyBytes)
             return try await self.idempotent(request, principal: principal, body: body) {
@@ -62,7 +58,6 @@ extension PargenServer {
         }
         api.get("jobs/{id}/artifact") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try self.admit(principal)
             let record = try await self.ownedJob(context, principal)
             return try await self.artifact(record, request: request, context: context)
         }

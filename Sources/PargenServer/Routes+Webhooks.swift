@@ -57,7 +57,6 @@ extension PargenServer {
 
     func requireAdmin(_ context: PargenRequestContext, _ what: String) throws -> Principal {
         let principal = try context.requirePrincipal()
-        try admit(principal)
         guard principal.admin else { throw Problem(.forbidden, "Forbidden", "\(what) takes an admin key") }
         return principal
     }

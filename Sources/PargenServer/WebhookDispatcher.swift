@@ -22,6 +22,7 @@ final class WebhookDispatcher: Sendable {
     let http: HTTPClient
     let metrics: ServerMetrics
     private let wakeup = Wakeup()
+    private let clock = PargenClock.continuous
     /// Bumped when webhooks are added or removed, so the follower reads them again.
     private let generation = Atomic<Int>(0)
 
@@ -149,7 +150,7 @@ final class WebhookDispatcher: Sendable {
                 due = []
             }
             if due.isEmpty {
-                await wakeup.wait(timeout: .milliseconds(500))
+                await wakeup.wait(until: clock.now + .milliseconds(500), clock: clock)
                 continue
             }
             let hooks = Dictionary(
@@ -233,38 +234,4 @@ final class WebhookDispatcher: Sendable {
 
 extension TimeAmount {
     init(_ duration: Duration) { self = .nanoseconds(Int64(duration.seconds * 1e9)) }
-}
-
-/// A wake-up signal that is not lost when it comes before the wait.
-final class Wakeup: Sendable {
-    private let state = Mutex<(signalled: Bool, waiter: CheckedContinuation<Void, Never>?)>((false, nil))
-
-    func signal() {
-        let waiter = state.withLock { state -> CheckedContinuation<Void, Never>? in
-            defer { state.waiter = nil }
-            if state.waiter == nil { state.signalled = true }
-            return state.waiter
-        }
-        waiter?.resume()
-    }
-
-    /// Returns at a signal (or at once if one came since the last wait), or after `timeout`.
-    func wait(timeout: Duration) async {
-        let timer = Task {
-            try? await Task.sleep(for: timeout)
-            self.signal()
-        }
-        await withCheckedContinuation { continuation in
-            let now = state.withLock { state -> Bool in
-                if state.signalled {
-                    state.signalled = false
-                    return true
-                }
-                state.waiter = continuation
-                return false
-            }
-            if now { continuation.resume() }
-        }
-        timer.cancel()
-    }
 }

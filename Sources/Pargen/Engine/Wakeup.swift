@@ -1,7 +1,7 @@
 import Synchronization
 
 /// Wakes one waiting loop. A signal sent while nobody waits is remembered once.
-final class Wakeup: Sendable {
+package final class Wakeup: Sendable {
     private struct State {
         var pending = false
         var waiter: (id: UInt64, continuation: CheckedContinuation<Void, Never>)?
@@ -10,7 +10,9 @@ final class Wakeup: Sendable {
 
     private let state = Mutex(State())
 
-    func signal() {
+    package init() {}
+
+    package func signal() {
         let continuation = state.withLock { state -> CheckedContinuation<Void, Never>? in
             if let waiter = state.waiter {
                 state.waiter = nil
@@ -52,7 +54,7 @@ final class Wakeup: Sendable {
     }
 
     /// Waits for a signal or until `deadline` on `clock`, whichever comes first.
-    func wait(until deadline: Duration?, clock: PargenClock) async {
+    package func wait(until deadline: Duration?, clock: PargenClock) async {
         guard let deadline else {
             await wait()
             return
