@@ -74,4 +74,58 @@ import Testing
             #expect(result.actualCost == price)
         }
     }
+
+    /// A synchronous call that was sent and whose answer never came (the client's time-out) may have been made and
+    /// billed, and ElevenLabs has no key to ask it by: it is charged, and not bought again when paying again is
+    /// off. (A loaded CI run once had ElevenLabs accept a line twice this way, with nothing charged for the first.)
+    @Test(arguments: [false, true])
+    func aSentCallThatTimesOutCountsAsBilled(payAgain: Bool) async throws {
+        let bench = try await FakeBench.start(
+            .elevenlabs,
+            options: { $0.latencySeconds = 0.01...0.02 },
+            requestTimeout: .seconds(1),
+            http: http
+        )
+        var configuration = fakeTestConfiguration()
+        configuration.retry.payAgainForLostAnswers = payAgain
+        configuration.retry.baseDelay = .milliseconds(10)
+        let store = MemoryJobStore(clock: .continuous)
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [bench.provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let requests: [GenerationRequest] = [
+            .audio(prompt: "an answer that never comes [[hang]]", duration: .seconds(2)),
+            .audio(prompt: "an answer that comes at once", duration: .seconds(2)),
+        ]
+        let results = try await generator.generate(requests)
+        try await generator.stop()
+        let price = bench.provider.descriptor.pricing.estimate(validated(requests[0]))
+        let accepted = bench.fake.state.submissions().filter(\.accepted).map(\.prompt)
+        let ledger = try await store.ledgerTotals()
+        await bench.fake.stop()
+        #expect(results[1].succeeded)
+        #expect(ledger.balances && ledger.pending == .zero)
+        if payAgain {
+            #expect(results[0].succeeded, "\(results[0].error?.description ?? "")")
+            #expect(accepted.filter { $0 == requests[0].prompt }.count == 2, "bought again, as configured")
+            #expect(results[0].errorHistory.first?.charged == price)
+            #expect(results[0].actualCost == price * 2)
+        } else {
+            let error = try #require(results[0].error)
+            #expect(accepted.filter { $0 == requests[0].prompt }.count == 1, "never bought twice: \(accepted)")
+            #expect(error.charged == price && error.providerCode == "timeout", "\(error)")
+            #expect(error.message.contains("retry.payAgainForLostAnswers is off"), "\(error)")
+            #expect(results[0].actualCost == price)
+        }
+        // Whatever the choice, the ledger holds every call that may have been billed.
+        let prices = Dictionary(uniqueKeysWithValues: requests.map {
+            ($0.prompt, bench.provider.descriptor.pricing.estimate(validated($0)))
+        })
+        #expect(ledger.charged == accepted.reduce(Money.zero) { $0 + prices[$1]! })
+    }
 }

@@ -426,6 +426,10 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
                 $0.taskSeconds = wire == .runway ? 2.0...2.5 : 0.1...0.2
             },
             quota: ProviderQuota(concurrentTasks: 8),
+            // This test is about throttling: a call that a loaded machine leaves unanswered past a short time-out
+            // is a possibly billed answer, bought again by default (BilledAnswerTests), which this test would
+            // count as a prompt accepted twice.
+            requestTimeout: .seconds(60),
             http: http
         )
         let video = wire == .runway

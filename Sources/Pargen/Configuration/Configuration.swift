@@ -182,7 +182,9 @@ public struct PargenConfiguration: Sendable {
         /// (``GenerationError/Code/taskFailed``), within ``maxAttempts``. Default 2, so at most 3 such tasks.
         public var failedTasks: Int
         /// Whether a line whose synchronous answer the provider billed and that was then lost (cut short,
-        /// unusable, or not saved) is requested again, which the provider bills again. Each billed answer is
+        /// unusable, or not saved) is requested again, which the provider bills again. A synchronous call that
+        /// was sent and never answered (a time-out, a connection closed) counts the same way: the provider may
+        /// have made and billed it, and has nothing to ask it by afterwards. Each billed answer is
         /// charged in the ledger either way; when `false` the line is dead-lettered instead, with what it was
         /// charged. Default `true`.
         public var payAgainForLostAnswers: Bool

@@ -80,7 +80,8 @@ extension ParallelGenerator {
             // The provider billed this answer; buying it again is the user's choice, and it is off.
             var kept = failure
             kept.message +=
-                " (\(name) billed this answer, \(charged); retry.payAgainForLostAnswers is off, so it is not bought again)"
+                " (\(name) billed this answer, or may have if it never came: \(charged) is charged;"
+                + " retry.payAgainForLostAnswers is off, so it is not bought again)"
             state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
             return await deadLetter(job, kept)
         }

@@ -131,6 +131,9 @@ package struct ProviderHTTP: Sendable {
     }
 
     /// Maps a transport error (time-out, refused, reset) to a ``GenerationError`` without the URL's query.
+    /// Transport failures that happen before any byte of the request is written.
+    static let neverSentCodes: Set<String> = ["connect_timeout", "connection_refused"]
+
     package func transportError(
         _ error: any Error,
         method: HTTPMethod,
@@ -203,7 +206,17 @@ package struct ProviderHTTP: Sendable {
             response = try await connection.httpClient.execute(request, timeout: .nanoseconds(limit.nanoseconds))
             answered?()
         } catch {
-            throw DownloadFailure.transport(transportError(error, method: method, url: url, ambiguousIsUnsafe: false))
+            let failure = transportError(error, method: method, url: url, ambiguousIsUnsafe: false)
+            // A generation call that went out and got no answer (time-out, connection closed) may have been made
+            // and billed: a synchronous provider has no task or key to ask about it afterwards. It counts as a
+            // billed answer that was lost, so the ledger charges it and buying it again follows
+            // `retry.payAgainForLostAnswers`.
+            if let billed, let generation = failure as? GenerationError, generation.code == .transient,
+                !Self.neverSentCodes.contains(generation.providerCode ?? "")
+            {
+                billed()
+            }
+            throw DownloadFailure.transport(failure)
         }
         guard response.status == .ok else {
             let body = try? await response.body.collect(upTo: 1 << 20)
