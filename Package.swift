@@ -113,7 +113,16 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
-        .target(name: "PargenRedis", swiftSettings: swiftSettings),
+        .target(
+            name: "PargenRedis",
+            dependencies: [
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Crypto", package: "swift-crypto"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .target(
             name: "PargenS3",
             dependencies: [

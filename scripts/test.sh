@@ -30,12 +30,27 @@ fi
 swift build --build-tests
 
 pgdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-pg.XXXXXX")
-stop_postgres() { bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true; rm -rf "$pgdir"; }
-trap stop_postgres EXIT
+redisdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-redis.XXXXXX")
+s3dir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-s3.XXXXXX")
+stop_servers() {
+    bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1 || true
+    bash scripts/redis.sh stop "$redisdir" >/dev/null 2>&1 || true
+    bash scripts/s3.sh stop "$s3dir" >/dev/null 2>&1 || true
+    rm -rf "$pgdir" "$redisdir" "$s3dir"
+}
+trap stop_servers EXIT
 PARGEN_TEST_POSTGRES_URL=$(bash scripts/postgres.sh start "$pgdir")
 export PARGEN_TEST_POSTGRES_URL
 export PARGEN_TEST_POSTGRES_DIR="$pgdir"
 echo "PostgreSQL for the tests: $PARGEN_TEST_POSTGRES_URL"
+# The shared cache tiers: redis-server from Debian's packages and moto's S3-compatible server from PyPI (in a
+# virtual environment under ~/.cache/pargen), both on loopback, both stopped at the end.
+PARGEN_TEST_REDIS_URL=$(bash scripts/redis.sh start "$redisdir")
+export PARGEN_TEST_REDIS_URL
+export PARGEN_TEST_REDIS_DIR="$redisdir"
+PARGEN_TEST_S3_URL=$(bash scripts/s3.sh start "$s3dir")
+export PARGEN_TEST_S3_URL
+echo "Redis for the tests: redis://:***@127.0.0.1:$(cat "$redisdir/port")/0; S3 for the tests: $PARGEN_TEST_S3_URL"
 log="${TMPDIR:-/tmp}/pargen-test.log"
 # Every suite in parallel, except the measurements that other work would confound (resident memory, real-time
 # makespans): SoloTests runs alone afterwards.

@@ -1,0 +1,153 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import PargenRedis
+import Testing
+
+/// The Redis server of the test run: `scripts/test.sh` starts one on loopback (with a password) and names it in
+/// `PARGEN_TEST_REDIS_URL`, and its folder in `PARGEN_TEST_REDIS_DIR` (for restarts).
+enum TestRedis {
+    struct Missing: Error, CustomStringConvertible {
+        var description: String {
+            "PARGEN_TEST_REDIS_URL is not set: run the tests with scripts/test.sh, which starts redis-server on 127.0.0.1 and sets it"
+        }
+    }
+
+    static func configuration() throws -> RedisConfiguration {
+        guard let url = ProcessInfo.processInfo.environment["PARGEN_TEST_REDIS_URL"] else { throw Missing() }
+        return try RedisConfiguration(url: url)
+    }
+
+    /// A key prefix of its own, so tests never see each other's keys.
+    static func prefix() -> String { "t:" + UUID().uuidString.prefix(8) + ":" }
+}
+
+@Suite(.timeLimit(.minutes(2))) struct RedisClientTests {
+    @Test func commandsAndPipelinesAreAnsweredInOrder() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let p = TestRedis.prefix()
+        try await redis.set(p + "a", "one", ttl: .seconds(60))
+        #expect(try await redis.get(p + "a") == "one")
+        #expect(try await redis.get(p + "missing") == nil)
+        // 2,000 commands in one write, then from 16 tasks at once over the pool: every answer matches its command.
+        let answers = try await redis.pipeline((0..<2000).map { ["ECHO", "v\($0)"] })
+        #expect(answers.map(\.string) == (0..<2000).map { "v\($0)" })
+        try await withThrowingTaskGroup(of: Void.self) { group in
+            for task in 0..<16 {
+                group.addTask {
+                    for i in 0..<50 {
+                        let value = "\(task)-\(i)"
+                        let echoed = try await redis.send(["ECHO", value]).string
+                        #expect(echoed == value)
+                    }
+                }
+            }
+            try await group.waitForAll()
+        }
+        let error = await #expect(throws: RedisError.self) { try await redis.send(["NOSUCHCOMMAND"]) }
+        #expect(error?.kind == .server)
+        // The connection that carried the error answer still works.
+        #expect(try await redis.send(["PING"]).string == "PONG")
+        await redis.close()
+    }
+
+    @Test func aWrongPasswordIsRefusedWithoutShowingIt() async throws {
+        var configuration = try TestRedis.configuration()
+        configuration.password = "wrong-password-xyz"
+        let redis = RedisClient(configuration: configuration)
+        let error = await #expect(throws: RedisError.self) { try await redis.send(["PING"]) }
+        #expect(error?.kind == .server, "\(String(describing: error))")
+        #expect(!"\(String(describing: error))".contains("wrong-password-xyz"))
+        #expect(configuration.redacted.contains(":***@") && !configuration.redacted.contains("wrong-password"))
+    }
+
+    @Test func theDatabaseIsSelected() async throws {
+        var one = try TestRedis.configuration()
+        one.database = 3
+        let p = TestRedis.prefix()
+        let three = RedisClient(configuration: one)
+        let zero = RedisClient(configuration: try TestRedis.configuration())
+        try await three.set(p + "db", "three", ttl: .seconds(60))
+        #expect(try await zero.get(p + "db") == nil)
+        #expect(try await three.get(p + "db") == "three")
+    }
+
+    @Test func locksCarryGrowingFencingTokens() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let key = TestRedis.prefix() + "lock"
+        let first = try #require(try await redis.lock(key, ttl: .milliseconds(300)))
+        #expect(try await redis.lock(key, ttl: .seconds(5)) == nil, "held")
+        // The first holder's time runs out; the next holder gets a larger token, and the late first holder's
+        // unlock leaves the new holder's lock alone.
+        try await Task.sleep(for: .milliseconds(400))
+        let second = try #require(try await redis.lock(key, ttl: .seconds(5)))
+        #expect(second.fence > first.fence)
+        #expect(try await redis.unlock(first) == false)
+        #expect(try await redis.lock(key, ttl: .seconds(5)) == nil, "still the second holder's")
+        #expect(try await redis.unlock(second) == true)
+        let third = try #require(try await redis.lock(key, ttl: .seconds(5)))
+        #expect(third.fence > second.fence)
+    }
+
+    @Test func aScriptTheServerForgotIsLoadedAgain() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let script = RedisScript("return ARGV[1] .. '!'")
+        try await redis.send(["SCRIPT", "FLUSH"])
+        #expect(try await redis.evaluate(script, keys: [], arguments: ["hi"]).string == "hi!")
+        #expect(try await redis.send(["SCRIPT", "EXISTS", script.sha1]) == .array([.integer(1)]))
+    }
+
+    @Test func aSlowCommandTimesOutAndTheNextOneWorks() async throws {
+        var configuration = try TestRedis.configuration()
+        configuration.poolSize = 1
+        configuration.commandTimeout = .milliseconds(100)
+        let redis = RedisClient(configuration: configuration)
+        let started = ContinuousClock.now
+        let error = await #expect(throws: RedisError.self) { try await redis.send(["BLPOP", TestRedis.prefix() + "empty", "0.5"]) }
+        #expect(error?.kind == .timeout, "\(String(describing: error))")
+        #expect(ContinuousClock.now - started < .milliseconds(450), "the caller did not wait for the answer")
+        try await Task.sleep(for: .milliseconds(600))
+        #expect(try await redis.send(["PING"]).string == "PONG", "a new connection")
+    }
+
+    @Test func aServerThatIsDownFailsFastDuringTheBackoff() async throws {
+        // A port with nothing listening.
+        let port = try freeLoopbackPort()
+        let redis = RedisClient(
+            configuration: RedisConfiguration(port: port, poolSize: 1, reconnectDelay: .seconds(30))
+        )
+        let first = await #expect(throws: RedisError.self) { try await redis.send(["PING"]) }
+        #expect(first?.kind == .unavailable)
+        let started = ContinuousClock.now
+        let second = await #expect(throws: RedisError.self) { try await redis.send(["PING"]) }
+        #expect(second?.kind == .unavailable && second?.message.contains("trying again") == true)
+        #expect(ContinuousClock.now - started < .milliseconds(50), "refused at once, without a connection attempt")
+    }
+
+    @Test func urlsAreReadAndCheckedWithoutEchoingThem() throws {
+        let configuration = try RedisConfiguration(url: "redis://app:s3cret@cache.internal:6380/2")
+        #expect(configuration.host == "cache.internal" && configuration.port == 6380)
+        #expect(configuration.username == "app" && configuration.password == "s3cret" && configuration.database == 2)
+        #expect(configuration.redacted == "redis://app:***@cache.internal:6380/2")
+        for bad in ["http://x", "redis://", "redis://h/99", "redis://h/x", "rediss://h"] {
+            #expect(throws: RedisError.self, "\(bad)") { try RedisConfiguration(url: bad) }
+        }
+    }
+}
+
+/// A loopback port nothing listens on (the kernel's choice, closed again).
+func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+    }
+    guard bound else { throw RedisError(.unavailable, "no free port") }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
