@@ -22,6 +22,7 @@ let package = Package(
         .library(name: "PargenServer", targets: ["PargenServer"]),
         .library(name: "PargenS3", targets: ["PargenS3"]),
         .library(name: "PargenRedis", targets: ["PargenRedis"]),
+        .library(name: "PargenCacheTiers", targets: ["PargenCacheTiers"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -114,6 +115,11 @@ let package = Package(
             swiftSettings: swiftSettings
         ),
         .target(
+            name: "PargenCacheTiers",
+            dependencies: ["Pargen", "PargenRedis", "PargenS3", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: swiftSettings
+        ),
+        .target(
             name: "PargenRedis",
             dependencies: [
                 .product(name: "NIOCore", package: "swift-nio"),
@@ -154,6 +160,9 @@ let package = Package(
                 "PargenProviders",
                 "PargenTesting",
                 "PargenServer",
+                "PargenCacheTiers",
+                "PargenRedis",
+                "PargenS3",
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
@@ -168,6 +177,7 @@ let package = Package(
                 "PargenServer",
                 "PargenS3",
                 "PargenRedis",
+                "PargenCacheTiers",
                 .product(name: "HummingbirdTesting", package: "hummingbird"),
                 .product(name: "Yams", package: "Yams"),
                 .product(name: "Crypto", package: "swift-crypto"),

@@ -27,6 +27,8 @@ public struct PargenSetup: Sendable {
     public var postgresURL: String?
     /// The PostgreSQL schema for Pargen's tables (`postgres.schema`; default `pargen`).
     public var postgresSchema: String?
+    /// The shared cache tiers (`artifacts.*`, `cache.redis.*`).
+    public var sharedCache = SharedCacheSettings()
 
     public init(
         configuration: PargenConfiguration = .init(),
@@ -126,7 +128,14 @@ extension PargenSetup {
             "maxAPICalls": 0, "maxConcurrentJobs": 0, "maxMemoryMB": 0, "maxStorageGB": 0, "scaleUpThreshold": 0,
             "scaleDownThreshold": 0,
         ],
-        "cache": ["enabled": 0, "memoryCapacity": 0, "timeToLiveSeconds": 0],
+        "cache": [
+            "enabled": 0, "memoryCapacity": 0, "timeToLiveSeconds": 0,
+            "redis": ["url": 0, "passwordEnv": 0, "timeoutMilliseconds": 0, "poolSize": 0, "lockSeconds": 0, "keyPrefix": 0],
+        ],
+        "artifacts": [
+            "endpoint": 0, "bucket": 0, "region": 0, "accessKeyEnv": 0, "secretKeyEnv": 0, "sessionTokenEnv": 0,
+            "prefix": 0, "publicBaseURL": 0, "multipartThresholdMB": 0, "partSizeMB": 0, "lookupTimeoutMilliseconds": 0,
+        ],
         "retry": ["maxAttempts": 0, "baseDelaySeconds": 0, "maxDelaySeconds": 0, "multiplier": 0, "failedTasks": 0,
             "payAgainForLostAnswers": 0, "maxCrashes": 0,
         ],
@@ -213,6 +222,7 @@ extension PargenSetup {
         if let local = reader.bool("localProviders") { setup.includeLocalProviders = local }
         setup.postgresURL = reader.string("postgres.url")
         setup.postgresSchema = reader.string("postgres.schema")
+        setup.sharedCache = reader.readSharedCache()
         problems += reader.problems
         guard problems.isEmpty else { throw ConfigurationFileError(problems: problems) }
         return setup

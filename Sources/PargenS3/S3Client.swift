@@ -85,7 +85,7 @@ public struct S3Error: Error, Sendable, CustomStringConvertible {
 /// failures worth trying again tried again with backoff.
 public struct S3Client: Sendable {
     public let configuration: S3Configuration
-    let http: HTTPClient
+    package let http: HTTPClient
     let signer: SigV4Signer
     let logger: Logger
 
@@ -212,6 +212,37 @@ public struct S3Client: Sendable {
             guard (200..<300).contains(answer.status) else { throw answer.error("head", key: key) }
             let size = answer.headers.first(name: "content-length").flatMap { Int64($0) } ?? 0
             return S3Object(key: key, size: size, etag: answer.etag)
+        }
+    }
+
+    /// Stores a small object from memory (a JSON record), checked by its ETag as ``putObject(key:file:contentType:)``.
+    public func putData(key: String, data: Data, contentType: String) async throws {
+        let md5 = Array(Insecure.MD5.hash(data: data))
+        let md5Hex = SigV4Signer.hex(md5)
+        try await retrying("upload", key: key) {
+            let answer = try await send(
+                "upload",
+                key: key,
+                method: .PUT,
+                url: url(for: key),
+                headers: [("content-type", contentType), ("content-md5", Data(md5).base64EncodedString())],
+                body: .bytes(data)
+            )
+            guard (200..<300).contains(answer.status) else { throw answer.error("upload", key: key) }
+            guard answer.etag == md5Hex else {
+                throw S3Error(operation: "upload", key: key, status: answer.status, code: "etag_mismatch",
+                    message: "stored \(answer.etag), sent \(md5Hex)", retryable: true)
+            }
+        }
+    }
+
+    /// A small object's bytes (up to 4 MiB), or `nil` when there is none.
+    public func getData(key: String) async throws -> Data? {
+        try await retrying("download", key: key) { () async throws -> Data? in
+            let answer = try await send("download", key: key, method: .GET, url: url(for: key), body: .none)
+            if answer.status == 404 { return nil }
+            guard (200..<300).contains(answer.status) else { throw answer.error("download", key: key) }
+            return Data(answer.body.readableBytesView)
         }
     }
 

@@ -21,6 +21,9 @@ public struct CacheStats: Sendable, Hashable, Codable {
     public var expirations: Int
     /// Requests served by another identical request in flight (single-flight), counted by the engine.
     public var deduplicated: Int
+    /// What the jobs served by a cache (any tier) or by an identical request would have cost to generate,
+    /// counted by the engine.
+    public var saved: Money = .zero
     public var hitRatio: Double { hits + misses == 0 ? 0 : Double(hits) / Double(hits + misses) }
 
     public init(

@@ -8,7 +8,7 @@ extension ParallelGenerator {
     // MARK: - One job
 
     /// The execution stage for one job: a job slot, then the job, then its ticket back (however it ended).
-    func processJob(_ job: LeasedJob, ticket: HeldTicket?) async {
+    func processJob(_ job: LeasedJob, ticket: HeldTicket?, shared: SharedArtifact? = nil) async {
         let id = job.record.id
         defer {
             ticket?.finish(.notCalled)
@@ -27,7 +27,7 @@ extension ParallelGenerator {
         }
         defer { pool.release(slot) }
         do {
-            try await runJob(job, ticket: ticket)
+            try await runJob(job, ticket: ticket, shared: shared)
         } catch let error as StoreError where error.code == .leaseLost {
             logger.debug("lease lost", metadata: [LoggingKeys.jobID: "\(id)"])
         } catch {
@@ -50,7 +50,7 @@ extension ParallelGenerator {
         }
     }
 
-    func runJob(_ job: LeasedJob, ticket: HeldTicket?) async throws {
+    func runJob(_ job: LeasedJob, ticket: HeldTicket?, shared: SharedArtifact? = nil) async throws {
         let record = job.record
         let request = record.request
         let id = record.id
@@ -69,13 +69,36 @@ extension ParallelGenerator {
             await finish(id)
             return
         }
+        if let shared, let sharedCache, try await serveShared(shared, job: job, from: sharedCache) != nil {
+            ticket?.finish(.notCalled)
+            return
+        }
         // An identical request is at work: this one will not call a provider, so its admission goes back now.
         if flights.isLeading(request.fingerprint) { ticket?.finish(.notCalled) }
         switch await flights.join(request.fingerprint) {
         case .leader:
             let outcome: FlightOutcome
             if let ticket, !ticket.isFinished {
+                // Across processes, one generates and the others wait for its result in the shared tiers.
+                let claim = await sharedCache?.claim(request.fingerprint) ?? .unavailable
+                if claim == .heldElsewhere {
+                    ticket.finish(.notCalled)
+                    try? await putBack(job, after: Self.sharedFlightPoll)
+                    flights.finish(request.fingerprint, with: .retryLater)
+                    progress(record, .queued, message: "another worker is generating an identical request")
+                    return
+                }
+                // Looked up before the claim: another process may have published it and let go since.
+                if case .leader = claim, let sharedCache, let found = await sharedCache.lookup(request.fingerprint),
+                    let served = try await serveShared(found, job: job, from: sharedCache)
+                {
+                    await sharedCache.release(claim)
+                    ticket.finish(.notCalled)
+                    flights.finish(request.fingerprint, with: .success(served))
+                    return
+                }
                 outcome = await lead(job, ticket: ticket)
+                if case .leader = claim { await sharedCache?.release(claim) }
             } else {
                 // It gave its admission back to follow a leader that has finished since: it queues again.
                 try? await putBack(job, after: .zero)
@@ -98,18 +121,94 @@ extension ParallelGenerator {
         }
     }
 
+    /// How often a job whose identical request another process is generating looks for its result.
+    static let sharedFlightPoll: Duration = .milliseconds(500)
+
     /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
-    /// own copy of the file, at no cost.
+    /// own copy of the file, at no cost; what it would have cost is counted as saved.
     func completeWithShared(_ shared: Artifact, job: LeasedJob, servedFromCache: Bool) async throws {
         let artifact = try artifacts.materialize(shared, job: job.record.id, request: job.record.request)
+        let saved = estimate(job.record.request, shared.provider)
         let outcome = JobOutcome(
             artifact: artifact,
             provider: shared.provider,
             cost: .zero,
             servedFromCache: servedFromCache,
-            deduplicated: !servedFromCache
+            deduplicated: !servedFromCache,
+            saved: saved
         )
         try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
+        state.withLock { $0.saved += saved }
+    }
+
+    /// Completes a job with an artifact another process (or an earlier run) generated: its media is fetched from
+    /// the object store into this run's folder, checked as a provider's would be, and the job is done at no
+    /// cost, saving what it cost then. A fetch that fails is a miss (the job goes on to a provider).
+    ///
+    /// - Returns: The job's artifact, or `nil` when it was not served.
+    @discardableResult
+    func serveShared(_ found: SharedArtifact, job: LeasedJob, from sharedCache: any SharedArtifactCache) async throws
+        -> Artifact?
+    {
+        let record = job.record
+        let staging = artifacts.stagingURL(job: record.id, attempt: record.attempts + 1)
+        var artifact: Artifact
+        do {
+            try await sharedCache.fetch(found, to: staging)
+            artifact = try artifacts.commit(
+                staging: staging,
+                job: record.id,
+                request: record.request,
+                output: ProviderOutput(format: found.format, duration: .milliseconds(Int64(found.durationSeconds * 1000))),
+                provider: found.provider
+            )
+        } catch {
+            artifacts.discard(staging)
+            logger.warning(
+                "a shared artifact could not be fetched; generating instead",
+                metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(error)"]
+            )
+            return nil
+        }
+        guard artifact.sha256 == found.sha256 else {
+            logger.warning("a shared artifact's hash differs from its entry; generating instead",
+                metadata: [LoggingKeys.jobID: "\(record.id)"])
+            return nil
+        }
+        artifact.publicURL = found.publicURL
+        artifact.objectKey = found.key
+        let outcome = JobOutcome(
+            artifact: artifact,
+            provider: found.provider,
+            cost: .zero,
+            servedFromCache: true,
+            saved: found.cost
+        )
+        try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
+        state.withLock { $0.saved += found.cost }
+        await cache.put(record.request.fingerprint, artifact)
+        progress(record, .servedFromCache, provider: found.provider)
+        await finish(record.id)
+        return artifact
+    }
+
+    /// Publishes a newly generated artifact to the shared tiers (the object store's client tries again on its
+    /// own). An upload that still fails leaves the job with its local file: it is not generated again.
+    func publishShared(_ artifact: Artifact, request: ValidatedRequest, cost: Money, job: JobID) async -> Artifact {
+        guard let sharedCache, !request.fingerprint.isEmpty else { return artifact }
+        do {
+            let published = try await sharedCache.publish(artifact, fingerprint: request.fingerprint, cost: cost)
+            var copy = artifact
+            copy.publicURL = published.publicURL
+            copy.objectKey = published.key
+            return copy
+        } catch {
+            logger.error(
+                "the artifact could not be published to the shared tiers; it stays in the local folder",
+                metadata: [LoggingKeys.jobID: "\(job)", LoggingKeys.error: "\(error)"]
+            )
+            return artifact
+        }
     }
 
     /// Makes the provider call the job was admitted for and records its outcome. Never throws: every failure
@@ -214,14 +313,13 @@ extension ParallelGenerator {
             }
             let latency = clock.now - started
             hooks.checkpoint(.downloaded, id)
-            let artifact = try artifacts.commit(
-                staging: staging,
-                job: id,
-                request: request,
-                output: output,
-                provider: name
-            )
             let cost = output.reportedCost ?? estimate
+            let artifact = await publishShared(
+                try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name),
+                request: request,
+                cost: cost,
+                job: id
+            )
             balancer.recordSuccess(name, latency: latency)
             // The slot frees now; the task's time sizes the room kept for slot holders.
             ticket.finish(.succeeded(latency: latency))

@@ -28,6 +28,8 @@ public final class ParallelGenerator: Service, Sendable {
     let pool: ResourcePool
     let balancer: LoadBalancer
     let cache: any GenerationCache
+    /// The tiers shared with other processes and runs (Redis, an object store), after ``cache``.
+    let sharedCache: (any SharedArtifactCache)?
     let costs: CostMonitor
     let batcher: Batcher
     let retryPolicy: RetryPolicy
@@ -56,6 +58,8 @@ public final class ParallelGenerator: Service, Sendable {
         var storeGeneration = 0
         var batcher = BatcherStats()
         var deduplicated = 0
+        /// What the jobs served by a cache or an identical request would have cost to generate.
+        var saved: Money = .zero
         var invalid: [JobID: GenerationResult] = [:]
         /// Requests submitted so far, for the fallback ids of requests that have none.
         var submittedCount = 0
@@ -97,6 +101,8 @@ public final class ParallelGenerator: Service, Sendable {
     ///   - providers: The providers to balance across (names must be unique).
     ///   - store: Where jobs live; `nil` for a ``MemoryJobStore`` on `clock`.
     ///   - cache: The artifact cache; `nil` for a ``MemoryLRUCache`` sized by the configuration.
+    ///   - sharedCache: Cache tiers shared with other processes (Redis, an object store behind a CDN), looked up
+    ///     after `cache`; artifacts this process generates are published to them.
     ///   - outputDirectory: Where media files are written.
     ///   - clock: The clock every wait and expiry uses.
     ///   - logger: A background logger; logs nothing by default.
@@ -105,6 +111,7 @@ public final class ParallelGenerator: Service, Sendable {
         providers: [any GenerationProvider] = LocalProvider.demoProviders(),
         store: (any JobStore)? = nil,
         cache: (any GenerationCache)? = nil,
+        sharedCache: (any SharedArtifactCache)? = nil,
         outputDirectory: URL = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-output"),
         clock: PargenClock = .continuous,
         logger: Logger = Logger(label: "pargen", factory: { _ in SwiftLogNoOpLogHandler() }),
@@ -142,6 +149,7 @@ public final class ParallelGenerator: Service, Sendable {
                 timeToLive: configuration.caching.timeToLive,
                 clock: clock
             )
+        self.sharedCache = configuration.caching.enabled ? sharedCache : nil
         costs = CostMonitor(configuration: configuration.budgets, clock: clock)
         batcher = Batcher(configuration: configuration.batching)
         retryPolicy = RetryPolicy(configuration: configuration.retry)
@@ -486,11 +494,13 @@ public final class ParallelGenerator: Service, Sendable {
     public func systemStats() async -> SystemStats {
         let queue = (try? await store.counts()) ?? [:]
         let cacheStats = await cache.stats()
+        let sharedStats = await sharedCache?.stats()
         var poolStats = pool.stats()
         poolStats.providers = admission.providerStats()
         return state.withLock { state in
             var cacheCopy = cacheStats
             cacheCopy.deduplicated = state.deduplicated
+            cacheCopy.saved = state.saved
             var batcherStats = state.batcher
             batcherStats.batchesInFlight = 0
             var activity = state.providerActivity
@@ -506,7 +516,8 @@ public final class ParallelGenerator: Service, Sendable {
                 costMonitor: costs.stats(),
                 queue: queue,
                 providers: activity,
-                invalid: state.invalid.count
+                invalid: state.invalid.count,
+                sharedCache: sharedStats
             )
         }
     }
@@ -627,7 +638,7 @@ public final class ParallelGenerator: Service, Sendable {
         } else {
             outcome = .failure(record.errors.last ?? GenerationError(.terminal, "the job ended without a result"))
         }
-        return GenerationResult(
+        var result = GenerationResult(
             requestID: record.request.id,
             jobID: record.id,
             outcome: outcome,
@@ -640,6 +651,8 @@ public final class ParallelGenerator: Service, Sendable {
             latency: (record.finishedAt ?? clock.now) - record.enqueuedAt,
             errorHistory: record.errors
         )
+        result.saved = record.outcome?.saved ?? .zero
+        return result
     }
 }
 

@@ -188,6 +188,28 @@ extension ParallelGenerator {
                 return
             }
         }
+        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty {
+            // The shared tiers answer over the network: each lookup runs on its own, and a miss joins the backlog
+            // when it is known (a tier that is down or slow misses within its short time-out).
+            let candidates = names
+            group.addTask {
+                if let found = await sharedCache.lookup(request.fingerprint) {
+                    guard let job = await self.claimUnadmitted(job) else { return }
+                    await self.processJob(job, ticket: nil, shared: found)
+                    return
+                }
+                self.awaitAdmission(job, providers: candidates, submits: true)
+                self.wakeup.signal()
+            }
+            return
+        }
+        awaitAdmission(job, providers: names, submits: !resumes)
+    }
+
+    /// Puts a job in the admission backlog, where it holds nothing but its lease.
+    func awaitAdmission(_ job: LeasedJob, providers names: [String], submits: Bool) {
+        let record = job.record
+        let request = record.request
         state.withLock { $0.waiting[record.id] = job }
         admission.enqueue(
             AdmissionRequest(
@@ -198,7 +220,7 @@ extension ParallelGenerator {
                 project: request.project,
                 kind: request.kind,
                 providers: names,
-                submits: !resumes
+                submits: submits
             )
         )
     }

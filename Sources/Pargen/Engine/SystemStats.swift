@@ -51,4 +51,6 @@ public struct SystemStats: Sendable, Codable {
     public var providers: [String: ProviderActivity]
     /// Requests rejected by validation.
     public var invalid: Int
+    /// The tiers shared with other processes, when configured.
+    public var sharedCache: SharedCacheStats?
 }

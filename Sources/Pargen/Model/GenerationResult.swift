@@ -14,6 +14,11 @@ public struct Artifact: Sendable, Hashable, Codable {
     public var provider: String
     /// The provider's task or request id, where it has one.
     public var providerTaskID: String?
+    /// Where a team's apps fetch it, when it is published to an object store behind a CDN
+    /// (``SharedArtifactCache``).
+    public var publicURL: URL?
+    /// Its key in the object store.
+    public var objectKey: String?
 
     public init(
         url: URL,
@@ -63,6 +68,8 @@ public struct GenerationResult: Sendable {
     public var latency: Duration
     /// Every error met on the way, oldest first.
     public var errorHistory: [GenerationError]
+    /// For a request served by a cache or an identical request: what generating it would have cost.
+    public var saved: Money = .zero
 
     public init(
         requestID: String,

@@ -35,6 +35,10 @@ public struct ManifestRow: Sendable, Hashable, Codable {
     public var tasks: Int = 0
     /// Why the last failed attempt failed, even when a later one succeeded.
     public var lastFailure: String?
+    /// Where a team's apps fetch the media (the CDN URL of its object in the shared store), when published.
+    public var url: String?
+    /// For a line served by a cache or an identical request: what generating it would have cost.
+    public var saved: String?
 
     enum CodingKeys: String, CodingKey {
         case line
@@ -48,18 +52,19 @@ public struct ManifestRow: Sendable, Hashable, Codable {
         case errorField = "error_field"
         case error, tasks
         case lastFailure = "last_failure"
+        case url, saved
     }
 
     static let csvHeader = [
         "line", "request_id", "job_id", "status", "type", "output_path", "provider", "cost", "attempts", "cached",
-        "deduplicated", "sha256", "error_code", "error_field", "error", "tasks", "last_failure",
+        "deduplicated", "sha256", "error_code", "error_field", "error", "tasks", "last_failure", "url", "saved",
     ]
 
     var csvFields: [String] {
         [
             String(line), requestID, jobID ?? "", status.rawValue, type ?? "", outputPath ?? "", provider ?? "", cost,
             String(attempts), String(cached), String(deduplicated), sha256 ?? "", errorCode ?? "", errorField ?? "",
-            error ?? "", String(tasks), lastFailure ?? "",
+            error ?? "", String(tasks), lastFailure ?? "", url ?? "", saved ?? "",
         ]
     }
 }
@@ -168,7 +173,9 @@ public enum CampaignRunner {
             errorField: result.error?.field,
             error: result.error.map(describe),
             tasks: result.tasks,
-            lastFailure: result.lastFailure?.description
+            lastFailure: result.lastFailure?.description,
+            url: result.artifact?.publicURL?.absoluteString,
+            saved: result.saved == .zero ? nil : result.saved.decimalString
         )
     }
 

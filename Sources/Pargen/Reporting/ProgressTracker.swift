@@ -111,6 +111,19 @@ public enum ProgressText {
             "cache: \(cache.hits) hits in \(cache.hits + cache.misses) lookups (hit ratio \(Int((cache.hitRatio * 100).rounded())) %), "
                 + "\(cache.deduplicated) de-duplicated requests served by an identical one in flight"
         )
+        let saved = report.rows.reduce(Money.zero) { $0 + ($1.saved.flatMap(Money.init(parsing:)) ?? .zero) }
+        if let shared = stats.sharedCache {
+            out.append(
+                "shared cache: \(shared.redisHits) Redis hits, \(shared.objectStoreHits) object-store hits, "
+                    + "\(shared.misses) misses, \(shared.lookupErrors) lookups a tier did not answer; "
+                    + "\(shared.uploads) artifacts published (\(shared.uploadFailures) failed), "
+                    + "\(shared.heldElsewhere) waits for another worker's identical request"
+            )
+        }
+        if saved > .zero {
+            let reused = report.rows.filter { $0.saved != nil }.count
+            out.append("saved \(saved) by reusing \(reused) artifacts instead of generating them again")
+        }
         let waits = RateLimiter.LimitKind.allCases.map { kind in
             "\(kind.rawValue) \(seconds(stats.rateLimiter.waitTime[kind] ?? .zero))"
         }

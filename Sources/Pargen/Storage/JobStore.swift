@@ -32,14 +32,18 @@ public struct JobOutcome: Sendable, Hashable, Codable {
     public var cost: Money
     public var servedFromCache: Bool
     public var deduplicated: Bool
+    /// What generating it again would have cost, for a job served by a cache or an identical request.
+    public var saved: Money?
 
     public init(
         artifact: Artifact,
         provider: String,
         cost: Money,
         servedFromCache: Bool = false,
-        deduplicated: Bool = false
+        deduplicated: Bool = false,
+        saved: Money? = nil
     ) {
+        self.saved = saved
         self.artifact = artifact
         self.provider = provider
         self.cost = cost
