@@ -5,7 +5,7 @@
 #
 #   scripts/redis.sh start DIR [PORT]   starts the server; prints its URL (redis://:PASSWORD@127.0.0.1:PORT/0)
 #   scripts/redis.sh stop DIR           stops it
-#   scripts/redis.sh restart DIR        stops and starts it again on the same port (fault tests)
+#   scripts/redis.sh restart DIR        stops and starts it again on the same port (fault tests); prints its URL
 set -euo pipefail
 
 command=${1:?usage: redis.sh start|stop|restart DIR [PORT]}
@@ -38,11 +38,14 @@ stop() {
     if [ -f "$dir/redis.pid" ]; then
         local pid
         pid=$(cat "$dir/redis.pid")
-        kill "$pid" 2>/dev/null || true
+        # SHUTDOWN, not a signal: a server started by a process that blocks SIGTERM (a test runner) inherits
+        # the block and would ignore it. SIGKILL if it is still there after 5 s.
+        redis-cli -p "$(cat "$dir/port")" -a "$(cat "$dir/password")" --no-auth-warning shutdown nosave >/dev/null 2>&1 || true
         for _ in $(seq 1 100); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.05
         done
+        kill -9 "$pid" 2>/dev/null || true
         rm -f "$dir/redis.pid"
     fi
 }
@@ -63,6 +66,7 @@ stop) stop ;;
 restart)
     stop
     start "$(cat "$dir/port")"
+    echo "redis://:$(cat "$dir/password")@127.0.0.1:$(cat "$dir/port")/0"
     ;;
 *) echo "usage: redis.sh start|stop|restart DIR [PORT]" >&2; exit 2 ;;
 esac

@@ -83,7 +83,9 @@ import Testing
         let bench = try await FakeBench.start(
             .elevenlabs,
             options: { $0.latencySeconds = 0.01...0.02 },
-            requestTimeout: .seconds(1),
+            // Long enough that a loaded machine answers the other line (and the retry) in time; the hung call
+            // waits it out once.
+            requestTimeout: .seconds(8),
             http: http
         )
         var configuration = fakeTestConfiguration()

@@ -49,6 +49,9 @@ import Testing
               publicBaseURL: https://cdn.example.test/campaigns/
             cache:
               redis:
+                # A test machine running every suite at once answers slowly: the default 250 ms would make
+                # some lookups and locks misses, and a miss of a lock lets two workers generate one line.
+                timeoutMilliseconds: 3000
                 keyPrefix: "t\(UUID().uuidString.prefix(8)):"
 
             """.utf8

@@ -100,6 +100,9 @@ public struct SharedCacheStats: Sendable, Hashable, Codable {
     public var bytesDownloaded: Int64 = 0
     /// Claims found held by another process (its result was waited for).
     public var heldElsewhere = 0
+    /// Claims Redis did not answer in time: the job went on without the lock, so another process may generate
+    /// the same request at the same time.
+    public var lockErrors = 0
 
     public init() {}
 

@@ -1,0 +1,173 @@
+import Foundation
+import Pargen
+import PargenCacheTiers
+import PargenProviders
+import PargenRedis
+import PargenS3
+import PargenTesting
+import Testing
+
+/// The shared tiers' failure policy, on real servers: an object store that fails a share of its calls or cuts
+/// uploads short, and a Redis that stops mid-campaign and comes back.
+@Suite(.timeLimit(.minutes(4))) struct SharedCacheFaultTests {
+    let http = sharedTestHTTPClient
+
+    static func lines(_ tag: String, _ range: ClosedRange<Int>) -> [GenerationRequest] {
+        range.map { .audio(prompt: "\(tag) line \($0)", duration: .seconds(2)) }
+    }
+
+    func generator(_ provider: any GenerationProvider, _ shared: TieredArtifactCache) -> ParallelGenerator {
+        var configuration = fakeTestConfiguration()
+        configuration.rateLimits.enabled = false
+        configuration.caching.enabled = true
+        return ParallelGenerator(
+            configuration: configuration,
+            providers: [provider],
+            sharedCache: shared,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+    }
+
+    func run(_ generator: ParallelGenerator, _ requests: [GenerationRequest]) async throws -> [GenerationResult] {
+        try await generator.start()
+        let results = try await generator.generate(requests)
+        try await generator.stop()
+        return results
+    }
+
+    @Test func truncatedUploadsAreCaughtAndSentAgain() async throws {
+        let direct = try await TestS3.client(try TestS3.configuration())
+        let proxy = try await FaultyHTTPProxy.start(
+            upstream: direct.configuration.endpoint.absoluteString,
+            faults: .init(truncatedUploads: 2),
+            httpClient: http
+        )
+        var configuration = direct.configuration
+        configuration.endpoint = URL(string: proxy.baseURL)!
+        let s3 = S3Client(configuration: configuration, httpClient: http)
+        let file = try randomFile(200_000, seed: 9)
+        try await s3.putObject(key: "cut/twice.wav", file: file, contentType: "audio/wav")
+        #expect(proxy.seen.truncated == 2, "both cut uploads reached the server")
+        // What the bucket holds is the whole file (read around the proxy).
+        let back = temporaryDirectory().appendingPathComponent("twice.wav")
+        try await direct.getObject(key: "cut/twice.wav", to: back, expectedSHA256: try sha256Hex(file))
+        #expect(try Data(contentsOf: back) == Data(contentsOf: file))
+        await proxy.stop()
+    }
+
+    @Test func anObjectStoreFailingAFifthOfItsCallsLosesNothingAndPaysForNothingTwice() async throws {
+        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
+        let direct = try await TestS3.client(try TestS3.configuration())
+        let proxy = try await FaultyHTTPProxy.start(
+            upstream: direct.configuration.endpoint.absoluteString,
+            faults: .init(errorRate: 0.2, truncatedUploads: 5, seed: 42),
+            httpClient: http
+        )
+        var configuration = direct.configuration
+        configuration.endpoint = URL(string: proxy.baseURL)!
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        func tiers() -> TieredArtifactCache {
+            TieredArtifactCache(
+                objects: S3Client(configuration: configuration, httpClient: http),
+                redis: redis,
+                settings: .init(redisPrefix: TestRedis.prefix(), publicBaseURL: URL(string: "https://cdn.example.test/"))
+            )
+        }
+        let prefixKeyed = tiers()
+        let requests = Self.lines("flaky store", 1...80)
+        let first = try await run(generator(bench.provider, prefixKeyed), requests)
+        #expect(first.allSatisfy { $0.succeeded }, "\(first.compactMap(\.error))")
+        let published = await prefixKeyed.stats()
+        #expect(proxy.seen.errors > 0 && proxy.seen.truncated == 5, "\(proxy.seen)")
+        #expect(published.uploads == 80 && published.uploadFailures == 0, "\(published)")
+        #expect(first.allSatisfy { $0.artifact?.publicURL?.absoluteString.hasPrefix("https://cdn.example.test/media/") == true })
+        // A second process (its own memory, the same Redis and bucket) serves every line from the shared tiers,
+        // fetching each object through the same faults.
+        let second = try await run(generator(bench.provider, prefixKeyed), requests)
+        #expect(second.allSatisfy { $0.succeeded && $0.servedFromCache }, "\(second.compactMap(\.error))")
+        let accepted = bench.fake.state.submissions().filter(\.accepted).map(\.prompt)
+        #expect(accepted.count == 80 && Set(accepted).count == 80, "each line paid for once: \(accepted.count)")
+        for (a, b) in zip(first, second) { #expect(a.artifact?.sha256 == b.artifact?.sha256) }
+        await proxy.stop()
+        await bench.fake.stop()
+    }
+
+    @Test func redisStoppingMidCampaignFailsNoJobAndItsHitsComeBackAfterARestart() async throws {
+        // A Redis of this test's own, to stop and start.
+        let folder = temporaryDirectory().appendingPathComponent("redis")
+        let script = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent("scripts/redis.sh").path
+        // Polled, not waited for: a thread of the test's executor is never blocked.
+        @Sendable func redisScript(_ arguments: [String]) async throws -> String {
+            let output = temporaryDirectory().appendingPathComponent("redis-script.txt")
+            _ = FileManager.default.createFile(atPath: output.path, contents: nil)
+            let handle = try FileHandle(forWritingTo: output)
+            defer { try? handle.close() }
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/bin/bash")
+            process.arguments = [script] + arguments
+            process.standardOutput = handle
+            try process.run()
+            // A started server is a child that outlives the script, and Foundation may see the script as running
+            // for as long as it does: `start` and `restart` are done when they print the URL.
+            let deadline = ContinuousClock.now + .seconds(30)
+            while process.isRunning && ContinuousClock.now < deadline {
+                let text = (try? String(contentsOf: output, encoding: .utf8)) ?? ""
+                if text.hasPrefix("redis://") && text.hasSuffix("\n") { break }
+                try await Task.sleep(for: .milliseconds(20))
+            }
+            return try String(contentsOf: output, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let url = try await redisScript(["start", folder.path])
+        var redisConfiguration = try RedisConfiguration(url: url)
+        redisConfiguration.maxReconnectDelay = .milliseconds(500)
+        let redis = RedisClient(configuration: redisConfiguration)
+        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
+        let s3 = try await TestS3.client(try TestS3.configuration())
+        let tiers = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: "fault:"))
+        let all = Self.lines("redis fault", 1...60)
+        // Generated once, by an earlier process.
+        let generated = try await run(generator(bench.provider, tiers), all)
+        #expect(generated.allSatisfy { $0.succeeded })
+
+        let reader = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: "fault:"))
+        let engine = generator(bench.provider, reader)
+        try await engine.start()
+        func phase(_ range: ClosedRange<Int>) async throws -> (results: [GenerationResult], stats: SharedCacheStats) {
+            let before = await reader.stats()
+            let results = try await engine.generate(Array(all[(range.lowerBound - 1)...(range.upperBound - 1)]))
+            var after = await reader.stats()
+            after.redisHits -= before.redisHits
+            after.objectStoreHits -= before.objectStoreHits
+            after.lookupErrors -= before.lookupErrors
+            return (results, after)
+        }
+        let up = try await phase(1...20)
+        #expect(up.results.allSatisfy { $0.succeeded && $0.servedFromCache })
+        #expect(up.stats.redisHits == 20)
+
+        _ = try await redisScript(["stop", folder.path])
+        let started = ContinuousClock.now
+        let down = try await phase(21...40)
+        #expect(down.results.allSatisfy { $0.succeeded && $0.servedFromCache }, "no job fails")
+        #expect(down.stats.redisHits == 0 && down.stats.objectStoreHits == 20, "\(down.stats)")
+        #expect(down.stats.lookupErrors == 20)
+        #expect(ContinuousClock.now - started < .seconds(15), "no lookup waited on the stopped Redis")
+
+        _ = try await redisScript(["restart", folder.path])
+        // The client tries again within its longest backoff (500 ms here).
+        try await Task.sleep(for: .seconds(1))
+        let back = try await phase(41...60)
+        #expect(back.results.allSatisfy { $0.succeeded && $0.servedFromCache })
+        #expect(back.stats.lookupErrors == 0 && back.stats.objectStoreHits + back.stats.redisHits == 20, "\(back.stats)")
+        // The restarted Redis is empty (nothing is saved to disk): the object store answers, and writes each
+        // record back, so the next lookups are Redis hits again.
+        let again = await reader.lookup(validated(all[40]).fingerprint)
+        #expect(again?.tier == "redis")
+        try await engine.stop()
+        #expect(bench.fake.state.submissions().filter(\.accepted).count == 60, "nothing generated twice")
+        await bench.fake.stop()
+        _ = try await redisScript(["stop", folder.path])
+    }
+}
