@@ -133,6 +133,11 @@ struct Status: AsyncParsableCommand {
             "spend: \(ledger.charged) charged, \(ledger.released) released, \(ledger.pending) pending, \(ledger.reserved) reserved"
         )
         print("ledger balances: \(ledger.balances ? "yes" : "NO")")
+        let reused = try await store.jobs(matching: JobQuery(states: [.succeeded])).compactMap { $0.outcome?.saved }
+            .filter { $0 > .zero }
+        if !reused.isEmpty {
+            print("saved: \(reused.reduce(Money.zero, +)) by reusing \(reused.count) artifacts (caches and identical requests)")
+        }
         let reconcile = try await store.jobs(matching: JobQuery(states: [.needsReconciliation]))
         if !reconcile.isEmpty {
             print(

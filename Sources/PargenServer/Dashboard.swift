@@ -377,10 +377,17 @@ struct CampaignSummary {
     var remaining = 0
     /// Charged and reserved, plus each job still to run at the succeeded jobs' average; `nil` until one succeeded.
     var projected: Money?
+    /// What the jobs served by a cache or an identical request would have cost to generate, and how many.
+    var saved: Money = .zero
+    var reused = 0
 
     init(_ records: [JobRecord]) {
         for record in records {
             counts[record.state, default: 0] += 1
+            if let saved = record.outcome?.saved, saved > .zero {
+                self.saved += saved
+                reused += 1
+            }
             ledger = ledger + record.ledger
             if record.state.isFinal { finished += 1 }
         }

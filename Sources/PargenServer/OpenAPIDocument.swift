@@ -364,7 +364,12 @@ enum OpenAPIDocument {
                 attempts: { type: integer }
                 errors: { type: array, items: { type: object } }
                 cost: { type: object }
-                artifact: { type: [object, "null"] }
+                artifact:
+                  type: [object, "null"]
+                  description: >-
+                    The media: its local url (/v1/jobs/{id}/artifact), content_type, format, bytes, sha256,
+                    duration_seconds, provider, served_from_cache, deduplicated, public_url (the CDN URL when the
+                    object store is configured) and saved (what a cache hit saved).
             JobList:
               type: object
               properties:
@@ -383,6 +388,8 @@ enum OpenAPIDocument {
                 counts: { type: object }
                 progress: { type: number }
                 spent: { type: string }
+                saved: { type: string, description: What the jobs served by a cache (memory, Redis, the object store) or an identical request would have cost. }
+                reused: { type: integer }
                 reserved: { type: string }
                 projected: { type: [string, "null"] }
                 budget: { type: [string, "null"] }

@@ -66,6 +66,8 @@ enum Resources {
                 "provider": .string(outcome.provider),
                 "served_from_cache": .bool(outcome.servedFromCache),
                 "deduplicated": .bool(outcome.deduplicated),
+                "public_url": outcome.artifact.publicURL.map { .string($0.absoluteString) } ?? .null,
+                "saved": outcome.saved.map(money) ?? .null,
             ])
         } else {
             object["artifact"] = .null

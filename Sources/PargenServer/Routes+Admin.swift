@@ -123,6 +123,8 @@ extension PargenServer {
             "project": .string(project),
             "jobs": .object(counts),
             "cost": Resources.ledger(ledger),
+            "saved": Resources.money(summary.saved),
+            "reused": .number(Double(summary.reused)),
             "admissions": .object([
                 "admitted": .number(Double(limiter.admitted)),
                 "waiting": .number(Double(limiter.waiting)),

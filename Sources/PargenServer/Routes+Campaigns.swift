@@ -132,6 +132,8 @@ extension PargenServer {
                 ),
                 "progress": .number(Double(finished) / Double(records.count)),
                 "spent": Resources.money(ledger.charged),
+                "saved": Resources.money(summary.saved),
+                "reused": .number(Double(summary.reused)),
                 "reserved": Resources.money(ledger.pending),
                 "projected": projected,
                 "budget": budget.map(Resources.money) ?? .null,

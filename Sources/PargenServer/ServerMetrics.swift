@@ -80,6 +80,15 @@ final class ServerMetrics: Sendable {
         grow("pargen_cache_hits_total", [], to: Double(stats.cache.hits))
         grow("pargen_cache_misses_total", [], to: Double(stats.cache.misses))
         grow("pargen_cache_deduplicated_total", [], to: Double(stats.cache.deduplicated))
+        grow("pargen_cache_saved_dollars_total", [], to: Double(stats.cache.saved.nanos) / 1e9)
+        if let shared = stats.sharedCache {
+            grow("pargen_cache_shared_hits_total", [("tier", "redis")], to: Double(shared.redisHits))
+            grow("pargen_cache_shared_hits_total", [("tier", "object_store")], to: Double(shared.objectStoreHits))
+            grow("pargen_cache_shared_misses_total", [], to: Double(shared.misses))
+            grow("pargen_cache_shared_lookup_errors_total", [], to: Double(shared.lookupErrors))
+            grow("pargen_cache_shared_uploads_total", [("outcome", "published")], to: Double(shared.uploads))
+            grow("pargen_cache_shared_uploads_total", [("outcome", "failed")], to: Double(shared.uploadFailures))
+        }
         for (name, activity) in stats.providers {
             for (quantile, value) in [("0.5", activity.latency.p50), ("0.95", activity.latency.p95)] {
                 Gauge(

@@ -126,6 +126,8 @@ import Testing
         #expect(paid > .zero && saved == paid, "paid \(paid), saved \(saved)")
         #expect(second.output.contains("saved \(saved) by reusing 500 artifacts"), "\(second.output)")
         #expect(second.output.contains("500 Redis hits"), "\(second.output)")
+        let status = try await pargenAsync(["status", "--out", bench.folder.appendingPathComponent("second").path])
+        #expect(status.output.contains("saved: \(saved) by reusing 500 artifacts"), "\(status.output)")
         await bench.fake.stop()
     }
 
