@@ -21,6 +21,9 @@ let package = Package(
                 .product(name: "PargenPostgres", package: "pargen"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
                 .product(name: "PargenProviders", package: "pargen"),
+                .product(name: "PargenCacheTiers", package: "pargen"),
+                .product(name: "PargenRedis", package: "pargen"),
+                .product(name: "PargenS3", package: "pargen"),
                 .product(name: "AsyncHTTPClient", package: "async-http-client"),
             ],
             path: "Sources/PargenBench"

@@ -6,6 +6,8 @@
 #                                   simulate a campaign of that many lines
 #        scripts/bench.sh workers [jobs=5000]   jobs/s through the durable lifecycle on PostgreSQL with 1, 2 and 3
 #                                   workers (starts a throwaway server on loopback, see scripts/postgres.sh)
+#        scripts/bench.sh cache [lines=1000]   shared cache lookup latency per tier, and a campaign with 90 % of its
+#                                   lines in the shared tiers against none (starts Redis and moto on loopback)
 #        scripts/bench.sh quota [window-seconds=60] [speech|video|mixed|all] [equal]   makespan against the quota
 #                                   bound; "equal" gives every video task the same time (the bound is then reachable)
 set -euo pipefail
@@ -22,6 +24,15 @@ if [ "${1:-}" = "workers" ]; then
     trap 'bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1; rm -rf "$pgdir"' EXIT
     url=$(bash scripts/postgres.sh start "$pgdir")
     Benchmarks/.build/release/PargenBench workers "$url" "${2:-5000}"
+    exit 0
+fi
+if [ "${1:-}" = "cache" ]; then
+    redisdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-bench-redis.XXXXXX")
+    s3dir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-bench-s3.XXXXXX")
+    trap 'bash scripts/redis.sh stop "$redisdir" >/dev/null 2>&1; bash scripts/s3.sh stop "$s3dir" >/dev/null 2>&1; rm -rf "$redisdir" "$s3dir"' EXIT
+    redis=$(bash scripts/redis.sh start "$redisdir")
+    s3=$(bash scripts/s3.sh start "$s3dir")
+    Benchmarks/.build/release/PargenBench cache "$redis" "$s3" "${2:-1000}"
     exit 0
 fi
 if [ "${1:-}" = "matrix" ]; then

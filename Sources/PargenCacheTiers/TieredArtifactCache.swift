@@ -156,11 +156,10 @@ public final class TieredArtifactCache: SharedArtifactCache {
             cost: cost
         )
         do {
-            // Content-addressed: the same bytes under the same key are already there.
-            if try await objects.headObject(key: key)?.size != artifact.byteCount {
-                try await objects.putObject(key: key, file: artifact.url, contentType: artifact.contentType)
-                counters.withLock { $0.bytesUploaded += artifact.byteCount }
-            }
+            // Content-addressed: a second upload of the same key writes the same bytes (no HEAD first: one request
+            // fewer per artifact, and the object store is the slowest part of a miss).
+            try await objects.putObject(key: key, file: artifact.url, contentType: artifact.contentType)
+            counters.withLock { $0.bytesUploaded += artifact.byteCount }
             let record = Record(artifact: shared, createdAt: Date().timeIntervalSince1970)
             let data = try JSONEncoder().encode(record)
             try await objects.putData(key: recordKey(fingerprint), data: data, contentType: "application/json")

@@ -61,6 +61,15 @@ if arguments.count > 1 && arguments[1] == "workers" {
     try await WorkersBench.run(url: arguments[2], jobs: jobs)
     exit(0)
 }
+if arguments.count > 1 && arguments[1] == "cache" {
+    guard arguments.count > 3 else {
+        print("usage: PargenBench cache REDIS_URL S3_ENDPOINT [lines=1000]")
+        exit(2)
+    }
+    let lines = arguments.count > 4 ? Int(arguments[4]) ?? 1_000 : 1_000
+    try await CacheBench.run(redisURL: arguments[2], s3Endpoint: arguments[3], lines: lines)
+    exit(0)
+}
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000

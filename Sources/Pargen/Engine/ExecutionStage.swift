@@ -314,12 +314,7 @@ extension ParallelGenerator {
             let latency = clock.now - started
             hooks.checkpoint(.downloaded, id)
             let cost = output.reportedCost ?? estimate
-            let artifact = await publishShared(
-                try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name),
-                request: request,
-                cost: cost,
-                job: id
-            )
+            let local = try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name)
             balancer.recordSuccess(name, latency: latency)
             // The slot frees now; the task's time sizes the room kept for slot holders.
             ticket.finish(.succeeded(latency: latency))
@@ -328,6 +323,8 @@ extension ParallelGenerator {
                 state.latencies[name, default: []].append(latency)
                 if state.latencies[name]!.count > 20_000 { state.latencies[name]!.removeFirst(10_000) }
             }
+            // After the provider's slot is free: an upload never holds back the next call.
+            let artifact = await publishShared(local, request: request, cost: cost, job: id)
             hooks.checkpoint(.committed, id)
             try await shielded {
                 try await self.store.complete(
