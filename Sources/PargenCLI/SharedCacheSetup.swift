@@ -1,3 +1,4 @@
+import ArgumentParser
 import AsyncHTTPClient
 import Foundation
 import Logging
@@ -9,8 +10,8 @@ import PargenS3
 
 /// The shared cache tiers the configuration asks for (`artifacts.*`, `cache.redis.*`), or `nil`.
 ///
-/// - Throws: ``ConfigurationFileError`` naming a credential variable that is unset or a Redis URL that cannot be
-///   read (with the password left out).
+/// A credential variable that is unset or a Redis URL that cannot be read ends the command (exit 2) with one line
+/// per problem (never a secret).
 func makeSharedCache(
     setup: PargenSetup,
     http: HTTPClient,
@@ -43,7 +44,10 @@ func makeSharedCache(
             problems.append("cache.redis.url: \(error)")
         }
     }
-    guard problems.isEmpty else { throw ConfigurationFileError(problems: problems) }
+    guard problems.isEmpty else {
+        for problem in problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
+        throw ExitCode(2)
+    }
     let token = environment[settings.sessionTokenEnvironment].flatMap { $0.isEmpty ? nil : $0 }
     let objects = S3Client(
         configuration: S3Configuration(

@@ -175,4 +175,62 @@ import Testing
         #expect(made.map(\.descriptor.name) == ["azure"])
         #expect(!String(reflecting: made[0]).contains("secret-azure-key"))
     }
+
+    @Test func theSharedCacheTiersAreReadAndCheckedWithTheirPaths() async throws {
+        let good = try await PargenSetup.load(
+            file: try write(
+                """
+                artifacts:
+                  endpoint: https://acct.r2.cloudflarestorage.com
+                  bucket: team-media
+                  region: auto
+                  prefix: pargen
+                  publicBaseURL: https://cdn.example.com/m
+                  partSizeMB: 16
+                cache:
+                  redis:
+                    url: redis://cache.internal:6380/2
+                    passwordEnv: REDIS_PASSWORD
+                    timeoutMilliseconds: 100
+                    lockSeconds: 30
+                """
+            ),
+            environment: [:]
+        )
+        let tiers = good.sharedCache
+        #expect(tiers.isConfigured && tiers.bucket == "team-media" && tiers.region == "auto")
+        #expect(tiers.endpoint == "https://acct.r2.cloudflarestorage.com" && tiers.objectPrefix == "pargen/")
+        #expect(tiers.publicBaseURL == "https://cdn.example.com/m" && tiers.partSizeMB == 16)
+        #expect(tiers.redisURL == "redis://cache.internal:6380/2" && tiers.redisPasswordEnvironment == "REDIS_PASSWORD")
+        #expect(tiers.redisTimeout == .milliseconds(100) && tiers.lockTimeToLive == .seconds(30))
+        #expect(try await PargenSetup.load(file: try write("retry:\n  maxAttempts: 3\n"), environment: [:]).sharedCache.isConfigured == false)
+
+        let bad = await #expect(throws: ConfigurationFileError.self) {
+            try await PargenSetup.load(
+                file: try write(
+                    """
+                    artifacts:
+                      bucket: Not_A_Bucket
+                      publicBaseURL: ftp://cdn
+                      partSizeMB: 2
+                    cache:
+                      redis:
+                        url: redis://h/0
+                        lockSeconds: -1
+                    """
+                ),
+                environment: [:]
+            )
+        }
+        let text = bad?.description ?? ""
+        #expect(text.contains("artifacts.bucket: expected 3 to 63 lowercase letters"), "\(text)")
+        #expect(text.contains("artifacts.publicBaseURL"), "\(text)")
+        #expect(text.contains("artifacts.partSizeMB"), "\(text)")
+        #expect(text.contains("cache.redis.lockSeconds"), "\(text)")
+        #expect(text.contains("cache.redis.url: needs artifacts.bucket"), "\(text)")
+        let noEndpoint = await #expect(throws: ConfigurationFileError.self) {
+            try await PargenSetup.load(file: try write("artifacts:\n  bucket: media\n"), environment: [:])
+        }
+        #expect(noEndpoint?.description.contains("artifacts.endpoint: required with artifacts.bucket") == true)
+    }
 }
