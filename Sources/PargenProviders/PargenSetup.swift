@@ -135,6 +135,7 @@ extension PargenSetup {
         "artifacts": [
             "endpoint": 0, "bucket": 0, "region": 0, "accessKeyEnv": 0, "secretKeyEnv": 0, "sessionTokenEnv": 0,
             "prefix": 0, "publicBaseURL": 0, "multipartThresholdMB": 0, "partSizeMB": 0, "lookupTimeoutMilliseconds": 0,
+            "publishRetrySeconds": 0,
         ],
         "retry": ["maxAttempts": 0, "baseDelaySeconds": 0, "maxDelaySeconds": 0, "multiplier": 0, "failedTasks": 0,
             "payAgainForLostAnswers": 0, "maxCrashes": 0,
@@ -441,6 +442,7 @@ final class ValueReader {
         if let v = bool("cache.enabled") { configuration.caching.enabled = v }
         if let v = int("cache.memoryCapacity") { configuration.caching.memoryCapacity = v }
         if let v = seconds("cache.timeToLiveSeconds") { configuration.caching.timeToLive = v }
+        if let v = seconds("artifacts.publishRetrySeconds") { configuration.caching.publishRetryHorizon = v }
 
         if let v = double("leaseSeconds", in: 1...3600) { configuration.leaseDuration = .milliseconds(Int64((v * 1000).rounded())) }
 

@@ -71,7 +71,11 @@ import Testing
             TieredArtifactCache(
                 objects: S3Client(configuration: configuration, httpClient: http),
                 redis: redis,
-                settings: .init(redisPrefix: TestRedis.prefix(), publicBaseURL: URL(string: "https://cdn.example.test/"))
+                settings: .init(
+                    redisPrefix: TestRedis.prefix(),
+                    publicBaseURL: URL(string: "https://cdn.example.test/"),
+                    lookupTimeout: .seconds(30)
+                )
             )
         }
         let prefixKeyed = tiers()
@@ -89,6 +93,46 @@ import Testing
         let accepted = bench.fake.state.submissions().filter(\.accepted).map(\.prompt)
         #expect(accepted.count == 80 && Set(accepted).count == 80, "each line paid for once: \(accepted.count)")
         for (a, b) in zip(first, second) { #expect(a.artifact?.sha256 == b.artifact?.sha256) }
+        await proxy.stop()
+        await bench.fake.stop()
+    }
+
+    @Test func aPublishThatFailsIsTriedAgainWithoutPayingTheProviderAgain() async throws {
+        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
+        let direct = try await TestS3.client(try TestS3.configuration())
+        let proxy = try await FaultyHTTPProxy.start(
+            upstream: direct.configuration.endpoint.absoluteString,
+            faults: .init(),
+            httpClient: http
+        )
+        var configuration = direct.configuration
+        configuration.endpoint = URL(string: proxy.baseURL)!
+        // One try per publish in the client: the tries seen here are the engine's settlement trying again.
+        configuration.maxAttempts = 1
+        let tiers = TieredArtifactCache(
+            objects: S3Client(configuration: configuration, httpClient: http),
+            redis: RedisClient(configuration: try TestRedis.configuration()),
+            settings: .init(
+                    redisPrefix: TestRedis.prefix(),
+                    publicBaseURL: URL(string: "https://cdn.example.test/"),
+                    lookupTimeout: .seconds(30)
+                )
+        )
+        // The object store is down when the line is generated, and back 2.5 s later.
+        proxy.setFailing(true)
+        let engine = generator(bench.provider, tiers)
+        try await engine.start()
+        let pending = Task { try await engine.generate(Self.lines("outage", 1...1)) }
+        try await Task.sleep(for: .milliseconds(2500))
+        proxy.setFailing(false)
+        let results = try await pending.value
+        try await engine.stop()
+        let result = try #require(results.first)
+        #expect(result.succeeded, "\(result.error?.description ?? "")")
+        #expect(result.artifact?.publicURL != nil, "published once the store came back")
+        let stats = await tiers.stats()
+        #expect(stats.uploadFailures >= 2 && stats.uploads == 1, "\(stats)")
+        #expect(bench.fake.state.submissions().filter(\.accepted).count == 1, "the provider was paid once")
         await proxy.stop()
         await bench.fake.stop()
     }
@@ -122,16 +166,17 @@ import Testing
         let url = try await redisScript(["start", folder.path])
         var redisConfiguration = try RedisConfiguration(url: url)
         redisConfiguration.maxReconnectDelay = .milliseconds(500)
+        redisConfiguration.commandTimeout = .seconds(30)
         let redis = RedisClient(configuration: redisConfiguration)
         let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
         let s3 = try await TestS3.client(try TestS3.configuration())
-        let tiers = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: "fault:"))
+        let tiers = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: "fault:", lookupTimeout: .seconds(30)))
         let all = Self.lines("redis fault", 1...60)
         // Generated once, by an earlier process.
         let generated = try await run(generator(bench.provider, tiers), all)
         #expect(generated.allSatisfy { $0.succeeded })
 
-        let reader = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: "fault:"))
+        let reader = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: "fault:", lookupTimeout: .seconds(30)))
         let engine = generator(bench.provider, reader)
         try await engine.start()
         func phase(_ range: ClosedRange<Int>) async throws -> (results: [GenerationResult], stats: SharedCacheStats) {

@@ -47,11 +47,13 @@ import Testing
               endpoint: \(objectStoreEndpoint ?? s3Configuration.endpoint.absoluteString)
               bucket: \(bucket)
               publicBaseURL: https://cdn.example.test/campaigns/
+              # A test machine running every suite at once can stall for seconds: the defaults (2 s here, 250 ms
+              # for Redis) would turn some lookups and locks into misses, which this test would count as lines
+              # generated twice. The failure policy itself is SharedCacheFaultTests'.
+              lookupTimeoutMilliseconds: 30000
             cache:
               redis:
-                # A test machine running every suite at once answers slowly: the default 250 ms would make
-                # some lookups and locks misses, and a miss of a lock lets two workers generate one line.
-                timeoutMilliseconds: 3000
+                timeoutMilliseconds: 30000
                 keyPrefix: "t\(UUID().uuidString.prefix(8)):"
 
             """.utf8

@@ -158,6 +158,9 @@ public struct PargenConfiguration: Sendable {
         /// How long an entry stays valid; `nil` keeps it until evicted. Default 24 h.
         public var timeToLive: Duration?
         public var enabled: Bool
+        /// How long a generated artifact's publishing to the shared tiers is tried again before the job completes
+        /// with its local file only. Default 5 minutes.
+        public var publishRetryHorizon: Duration = .seconds(300)
 
         public init(memoryCapacity: Int = 1000, timeToLive: Duration? = .seconds(86_400), enabled: Bool = true) {
             self.memoryCapacity = memoryCapacity

@@ -192,22 +192,38 @@ extension ParallelGenerator {
         return artifact
     }
 
-    /// Publishes a newly generated artifact to the shared tiers (the object store's client tries again on its
-    /// own). An upload that still fails leaves the job with its local file: it is not generated again.
+    /// Publishes a newly generated artifact to the shared tiers. A failed publish fails the job's settlement, not
+    /// the job: it is tried again (1 s, doubling to 60 s, on the engine's clock) while the job keeps its lease,
+    /// for up to ``PargenConfiguration/Caching/publishRetryHorizon``; the provider is never called again for it.
+    /// Past that, or when the engine stops, the job completes with its local file and no URL.
     func publishShared(_ artifact: Artifact, request: ValidatedRequest, cost: Money, job: JobID) async -> Artifact {
         guard let sharedCache, !request.fingerprint.isEmpty else { return artifact }
-        do {
-            let published = try await sharedCache.publish(artifact, fingerprint: request.fingerprint, cost: cost)
-            var copy = artifact
-            copy.publicURL = published.publicURL
-            copy.objectKey = published.key
-            return copy
-        } catch {
-            logger.error(
-                "the artifact could not be published to the shared tiers; it stays in the local folder",
-                metadata: [LoggingKeys.jobID: "\(job)", LoggingKeys.error: "\(error)"]
-            )
-            return artifact
+        let deadline = clock.now + configuration.caching.publishRetryHorizon
+        var delay: Duration = .seconds(1)
+        while true {
+            do {
+                let published = try await sharedCache.publish(artifact, fingerprint: request.fingerprint, cost: cost)
+                var copy = artifact
+                copy.publicURL = published.publicURL
+                copy.objectKey = published.key
+                return copy
+            } catch {
+                let stopping = Task.isCancelled || state.withLock { $0.lifecycle != .running }
+                if stopping || clock.now + delay > deadline {
+                    logger.error(
+                        "the artifact could not be published to the shared tiers; it stays in the local folder",
+                        metadata: [LoggingKeys.jobID: "\(job)", LoggingKeys.error: "\(error)"]
+                    )
+                    return artifact
+                }
+                logger.warning(
+                    "publishing the artifact failed; trying again",
+                    metadata: [LoggingKeys.jobID: "\(job)", LoggingKeys.error: "\(error)",
+                        LoggingKeys.delayMs: "\(delay.milliseconds)"]
+                )
+                try? await clock.sleep(for: delay)
+                delay = min(delay * 2, .seconds(60))
+            }
         }
     }
 

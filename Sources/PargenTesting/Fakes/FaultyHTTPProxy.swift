@@ -35,15 +35,20 @@ public final class FaultyHTTPProxy: Sendable {
     public let port: Int
     public var baseURL: String { "http://127.0.0.1:\(port)" }
     let counts: Locked<Counts>
+    let failing: Locked<Bool>
     let task: Task<Void, any Error>
 
-    init(port: Int, counts: Locked<Counts>, task: Task<Void, any Error>) {
+    init(port: Int, counts: Locked<Counts>, failing: Locked<Bool>, task: Task<Void, any Error>) {
         self.port = port
         self.counts = counts
+        self.failing = failing
         self.task = task
     }
 
     public var seen: Counts { counts.value }
+
+    /// While on, every request is answered `503 SlowDown` (an outage of the service behind the proxy).
+    public func setFailing(_ on: Bool) { failing.withLock { $0 = on } }
 
     public func stop() async {
         task.cancel()
@@ -58,12 +63,13 @@ public final class FaultyHTTPProxy: Sendable {
         lifetime: Duration = .seconds(600)
     ) async throws -> FaultyHTTPProxy {
         let counts = Locked(Counts())
+        let failing = Locked(false)
         let random = Locked(SplitMix64(seed: faults.seed))
         let truncateLeft = Locked(faults.truncatedUploads)
         let router = Router()
         let handler: @Sendable (Request, BasicRequestContext) async throws -> Response = { request, _ in
             let body = try await request.body.collect(upTo: 128 << 20)
-            if random.withLock({ Double($0.next() >> 11) / Double(UInt64(1) << 53) }) < faults.errorRate {
+            if failing.value || random.withLock({ Double($0.next() >> 11) / Double(UInt64(1) << 53) }) < faults.errorRate {
                 let slow = counts.withLock { counts -> Bool in
                     counts.errors += 1
                     return counts.errors % 2 == 1
@@ -128,6 +134,6 @@ public final class FaultyHTTPProxy: Sendable {
             lifetime: lifetime,
             logger: quiet
         )
-        return FaultyHTTPProxy(port: port, counts: counts, task: task)
+        return FaultyHTTPProxy(port: port, counts: counts, failing: failing, task: task)
     }
 }
