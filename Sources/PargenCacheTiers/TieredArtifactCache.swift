@@ -137,8 +137,13 @@ public final class TieredArtifactCache: SharedArtifactCache {
     }
 
     public func fetch(_ shared: SharedArtifact, to file: URL) async throws {
-        let written = try await objects.getObject(key: shared.key, to: file, expectedSHA256: shared.sha256)
-        counters.withLock { $0.bytesDownloaded += written }
+        do {
+            let written = try await objects.getObject(key: shared.key, to: file, expectedSHA256: shared.sha256)
+            counters.withLock { $0.bytesDownloaded += written }
+        } catch {
+            counters.withLock { $0.fetchFailures += 1 }
+            throw error
+        }
     }
 
     public func publish(_ artifact: Artifact, fingerprint: String, cost: Money) async throws -> SharedArtifact {

@@ -161,23 +161,9 @@ public final class RedisClient: Sendable {
     public func pipeline(_ commands: [[String]]) async throws(RedisError) -> [RESPValue] {
         let slot = slots[Int(next.add(1, ordering: .relaxed).oldValue.magnitude % UInt(slots.count))]
         let channel = try await connection(slot)
-        var answers: [RESPValue] = []
-        answers.reserveCapacity(commands.count)
+        let answers: [RESPValue]
         do {
-            let futures = try await channel.eventLoop.submit { () throws -> [EventLoopFuture<RESPValue>] in
-                let promises = commands.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
-                for (command, promise) in zip(commands, promises) {
-                    channel.write(RESPCommand(bytes: RESP.command(command), promise: promise), promise: nil)
-                }
-                channel.flush()
-                return promises.map(\.futureResult)
-            }.get()
-            let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(configuration.commandTimeout.nanoseconds)) {
-                // Later answers could not be matched to their commands: the connection goes.
-                channel.pipeline.fireUserInboundEventTriggered(RESPHandler.TimedOut())
-            }
-            defer { timer.cancel() }
-            for future in futures { answers.append(try await future.get()) }
+            answers = try await Self.exchange(commands, on: channel, within: configuration.commandTimeout)
         } catch let error as RedisError {
             failed(slot, channel, error)
             throw error
@@ -301,6 +287,30 @@ public final class RedisClient: Sendable {
         }
     }
 
+    /// Writes `commands` in one flush and waits for their answers, in order. Past `limit` every command still
+    /// waiting on the connection fails and the connection closes: later answers could not be matched to their
+    /// commands.
+    static func exchange(_ commands: [[String]], on channel: any Channel, within limit: Duration) async throws
+        -> [RESPValue]
+    {
+        let futures = try await channel.eventLoop.submit { () -> [EventLoopFuture<RESPValue>] in
+            let promises = commands.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
+            for (command, promise) in zip(commands, promises) {
+                channel.write(RESPCommand(bytes: RESP.command(command), promise: promise), promise: nil)
+            }
+            channel.flush()
+            return promises.map(\.futureResult)
+        }.get()
+        let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(limit.nanoseconds)) {
+            channel.pipeline.fireUserInboundEventTriggered(RESPHandler.TimedOut())
+        }
+        defer { timer.cancel() }
+        var answers: [RESPValue] = []
+        answers.reserveCapacity(futures.count)
+        for future in futures { answers.append(try await future.get()) }
+        return answers
+    }
+
     func failed(_ slot: Slot, _ channel: any Channel, _ error: RedisError) {
         if error.kind == .server { return }
         slot.state.withLock { state in
@@ -332,20 +342,9 @@ public final class RedisClient: Sendable {
         if let password = configuration.password { hello += ["AUTH", configuration.username ?? "default", password] }
         let setup = configuration.database == 0 ? [hello] : [hello, ["SELECT", String(configuration.database)]]
         do {
-            let promises = try await channel.eventLoop.submit { () -> [EventLoopFuture<RESPValue>] in
-                let promises = setup.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
-                for (command, promise) in zip(setup, promises) {
-                    channel.write(RESPCommand(bytes: RESP.command(command), promise: promise), promise: nil)
-                }
-                channel.flush()
-                return promises.map(\.futureResult)
-            }.get()
-            let timer = channel.eventLoop.scheduleTask(in: .nanoseconds(configuration.connectTimeout.nanoseconds)) {
-                channel.pipeline.fireUserInboundEventTriggered(RESPHandler.TimedOut())
-            }
-            defer { timer.cancel() }
-            for (command, future) in zip(setup, promises) {
-                if let message = try await future.get().error {
+            let answers = try await Self.exchange(setup, on: channel, within: configuration.connectTimeout)
+            for (command, answer) in zip(setup, answers) {
+                if let message = answer.error {
                     // The server's words, never the password (it is in the command, not the answer).
                     throw RedisError(.server, "\(command[0]) refused: \(message)")
                 }

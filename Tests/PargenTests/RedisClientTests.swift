@@ -1,6 +1,3 @@
-#if canImport(Glibc)
-import Glibc
-#endif
 import Foundation
 import PargenRedis
 import Testing
@@ -122,7 +119,7 @@ enum TestRedis {
 
     @Test func aServerThatIsDownFailsFastDuringTheBackoff() async throws {
         // A port with nothing listening.
-        let port = try freeLoopbackPort()
+        let port = try FaultMatrixTests.closedPort()
         let redis = RedisClient(
             configuration: RedisConfiguration(port: port, poolSize: 1, reconnectDelay: .seconds(30))
         )
@@ -143,20 +140,4 @@ enum TestRedis {
             #expect(throws: RedisError.self, "\(bad)") { try RedisConfiguration(url: bad) }
         }
     }
-}
-
-/// A loopback port nothing listens on (the kernel's choice, closed again).
-func freeLoopbackPort() throws -> Int {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) {
-        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
-    }
-    guard bound else { throw RedisError(.unavailable, "no free port") }
-    return Int(UInt16(bigEndian: address.sin_port))
 }

@@ -103,6 +103,8 @@ public struct SharedCacheStats: Sendable, Hashable, Codable {
     /// Claims Redis did not answer in time: the job went on without the lock, so another process may generate
     /// the same request at the same time.
     public var lockErrors = 0
+    /// Fetches of a shared artifact that failed after the object store's tries.
+    public var fetchFailures = 0
 
     public init() {}
 

@@ -89,13 +89,19 @@ extension ParallelGenerator {
                     return
                 }
                 // Looked up before the claim: another process may have published it and let go since.
-                if case .leader = claim, let sharedCache, let found = await sharedCache.lookup(request.fingerprint),
-                    let served = try await serveShared(found, job: job, from: sharedCache)
+                if case .leader = claim, let sharedCache, !sharedFetchGaveUp(request.fingerprint),
+                    let found = await sharedCache.lookup(request.fingerprint)
                 {
-                    await sharedCache.release(claim)
-                    ticket.finish(.notCalled)
-                    flights.finish(request.fingerprint, with: .success(served))
-                    return
+                    let served = try await serveShared(found, job: job, from: sharedCache)
+                    if served != nil || !sharedFetchGaveUp(request.fingerprint) {
+                        // Served, or the artifact exists and its fetch failed: try the fetch again shortly
+                        // rather than pay for the line again.
+                        await sharedCache.release(claim)
+                        ticket.finish(.notCalled)
+                        if served == nil { try? await putBack(job, after: .seconds(1)) }
+                        flights.finish(request.fingerprint, with: served.map { .success($0) } ?? .retryLater)
+                        return
+                    }
                 }
                 outcome = await lead(job, ticket: ticket)
                 if case .leader = claim { await sharedCache?.release(claim) }
@@ -123,6 +129,13 @@ extension ParallelGenerator {
 
     /// How often a job whose identical request another process is generating looks for its result.
     static let sharedFlightPoll: Duration = .milliseconds(500)
+    /// Failed fetches of an existing shared artifact after which its line is generated again.
+    static let sharedFetchTries = 3
+
+    /// Whether the shared artifact of `fingerprint` failed to be fetched ``sharedFetchTries`` times.
+    func sharedFetchGaveUp(_ fingerprint: String) -> Bool {
+        state.withLock { $0.sharedFetchFailures[fingerprint, default: 0] >= Self.sharedFetchTries }
+    }
 
     /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
     /// own copy of the file, at no cost; what it would have cost is counted as saved.
@@ -143,7 +156,8 @@ extension ParallelGenerator {
 
     /// Completes a job with an artifact another process (or an earlier run) generated: its media is fetched from
     /// the object store into this run's folder, checked as a provider's would be, and the job is done at no
-    /// cost, saving what it cost then. A fetch that fails is a miss (the job goes on to a provider).
+    /// cost, saving what it cost then. A fetch that fails is counted: the job is tried again, and its line is
+    /// generated only after ``sharedFetchTries`` failed fetches.
     ///
     /// - Returns: The job's artifact, or `nil` when it was not served.
     @discardableResult
@@ -164,8 +178,9 @@ extension ParallelGenerator {
             )
         } catch {
             artifacts.discard(staging)
+            state.withLock { $0.sharedFetchFailures[record.request.fingerprint, default: 0] += 1 }
             logger.warning(
-                "a shared artifact could not be fetched; generating instead",
+                "a shared artifact could not be fetched",
                 metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(error)"]
             )
             return nil

@@ -60,6 +60,9 @@ public final class ParallelGenerator: Service, Sendable {
         var deduplicated = 0
         /// What the jobs served by a cache or an identical request would have cost to generate.
         var saved: Money = .zero
+        /// Fingerprints whose shared artifact could not be fetched, and how many times: a line whose artifact
+        /// exists is generated again only after ``sharedFetchTries`` failed fetches.
+        var sharedFetchFailures: [String: Int] = [:]
         var invalid: [JobID: GenerationResult] = [:]
         /// Requests submitted so far, for the fallback ids of requests that have none.
         var submittedCount = 0

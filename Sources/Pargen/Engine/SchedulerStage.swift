@@ -188,7 +188,7 @@ extension ParallelGenerator {
                 return
             }
         }
-        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty {
+        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty, !sharedFetchGaveUp(request.fingerprint) {
             // The shared tiers answer over the network: each lookup runs on its own, and a miss joins the backlog
             // when it is known (a tier that is down or slow misses within its short time-out).
             let candidates = names

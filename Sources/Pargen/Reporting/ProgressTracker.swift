@@ -117,7 +117,8 @@ public enum ProgressText {
                 "shared cache: \(shared.redisHits) Redis hits, \(shared.objectStoreHits) object-store hits, "
                     + "\(shared.misses) misses, \(shared.lookupErrors) lookups a tier did not answer; "
                     + "\(shared.uploads) artifacts published (\(shared.uploadFailures) failed), "
-                    + "\(shared.heldElsewhere) waits for another worker's identical request"
+                    + "\(shared.heldElsewhere) waits for another worker's identical request, "
+                    + "\(shared.lockErrors) lock errors, \(shared.fetchFailures) failed fetches"
             )
         }
         if saved > .zero {
