@@ -171,7 +171,19 @@ public final class TieredArtifactCache: SharedArtifactCache {
             counters.withLock { $0.uploads += 1 }
             if let redis {
                 do {
-                    try await redis.set(redisKey(fingerprint), String(decoding: data, as: UTF8.self), ttl: settings.timeToLive)
+                    let text = String(decoding: data, as: UTF8.self)
+                    if let lock = held.withLock({ $0[fingerprint] }) {
+                        // Written under the claim's fencing token: a holder whose lock ran out while it worked
+                        // (and whose line a later holder has recorded since) does not overwrite the later record.
+                        let answer = try await redis.evaluate(
+                            Self.fencedWrite,
+                            keys: [redisKey(fingerprint), redisKey(fingerprint) + ":fence"],
+                            arguments: [text, String(lock.fence), String(max(1, Int64(settings.timeToLive.seconds * 1000)))]
+                        )
+                        if answer != .integer(1) { counters.withLock { $0.staleWritesRefused += 1 } }
+                    } else {
+                        try await redis.set(redisKey(fingerprint), text, ttl: settings.timeToLive)
+                    }
                 } catch {
                     // The object store has it; Redis learns it at the next lookup that reaches the object store.
                     counters.withLock { $0.lookupErrors += 1 }
@@ -183,6 +195,18 @@ public final class TieredArtifactCache: SharedArtifactCache {
             throw error
         }
     }
+
+    /// Sets the record (KEYS[1]) unless a holder with a larger fencing token has set it (KEYS[2] keeps the
+    /// token of the last write); ARGV: the record, the token, the time-to-live in milliseconds.
+    static let fencedWrite = RedisScript(
+        """
+        local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+        if tonumber(ARGV[2]) < last then return 0 end
+        redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[3])
+        return 1
+        """
+    )
 
     public func claim(_ fingerprint: String) async -> SharedFlightClaim {
         guard let redis else { return .unavailable }

@@ -184,6 +184,36 @@ import Testing
         await bench.fake.stop()
     }
 
+    @Test func aHolderWhoseLockRanOutDoesNotOverwriteALaterHoldersRecord() async throws {
+        let s3 = try await TestS3.client(try TestS3.configuration())
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let prefix = TestRedis.prefix()
+        let a = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: prefix, lookupTimeout: .seconds(30)))
+        let b = TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: prefix, lookupTimeout: .seconds(30)))
+        func artifact(_ seed: UInt64, provider: String) throws -> Artifact {
+            let file = try randomFile(5000, seed: seed)
+            return Artifact(url: file, format: .wav, contentType: "audio/wav", byteCount: 5000,
+                sha256: try sha256Hex(file), duration: .seconds(1), provider: provider)
+        }
+        let fingerprint = "fp" + String(UInt32.random(in: 0...UInt32.max))
+        guard case .leader(_, _, let early) = await a.claim(fingerprint) else { Issue.record("a leads"); return }
+        // A's lock runs out while it works (brought forward here), and B claims the line.
+        try await redis.send(["PEXPIRE", prefix + "flight:" + fingerprint, "1"])
+        while try await redis.send(["EXISTS", prefix + "flight:" + fingerprint]) != .integer(0) {
+            try await Task.sleep(for: .milliseconds(5))
+        }
+        let claim = await b.claim(fingerprint)
+        guard case .leader(_, _, let late) = claim else { Issue.record("b leads"); return }
+        #expect(late > early)
+        _ = try await b.publish(try artifact(1, provider: "b"), fingerprint: fingerprint, cost: .cents(1))
+        await b.release(claim)
+        // A finishes late: its record does not replace B's in Redis.
+        _ = try await a.publish(try artifact(2, provider: "a"), fingerprint: fingerprint, cost: .cents(1))
+        #expect(await a.stats().staleWritesRefused == 1)
+        let found = await TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: prefix)).lookup(fingerprint)
+        #expect(found?.provider == "b" && found?.tier == "redis", "\(String(describing: found))")
+    }
+
     @Test func redisStoppingMidCampaignFailsNoJobAndItsHitsComeBackAfterARestart() async throws {
         // A Redis of this test's own, to stop and start.
         let folder = temporaryDirectory().appendingPathComponent("redis")
