@@ -38,6 +38,9 @@ func makeSharedCache(
                 configuration.password = password
             }
             configuration.commandTimeout = settings.redisTimeout
+            // A connection (and its hello) gets at least as long as a command: a loaded machine that takes over a
+            // second to connect would otherwise have Redis marked away and skipped for its backoff.
+            configuration.connectTimeout = max(configuration.connectTimeout, settings.redisTimeout)
             configuration.poolSize = settings.redisPoolSize
             redis = RedisClient(configuration: configuration, logger: logger)
         } catch {

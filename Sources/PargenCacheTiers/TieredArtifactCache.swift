@@ -64,7 +64,7 @@ public final class TieredArtifactCache: SharedArtifactCache {
     public let settings: Settings
     let redis: RedisClient?
     let objects: S3Client
-    /// The same bucket, for lookups: two tries, each within the lookup time-out.
+    /// The same bucket, for lookups: three tries, each within the lookup time-out.
     let lookups: S3Client
     let logger: Logger
     let counters = Mutex(SharedCacheStats())
@@ -77,7 +77,7 @@ public final class TieredArtifactCache: SharedArtifactCache {
         self.settings = settings
         self.logger = logger
         var quick = objects.configuration
-        quick.maxAttempts = 2
+        quick.maxAttempts = 3
         quick.requestTimeout = settings.lookupTimeout
         self.lookups = S3Client(configuration: quick, httpClient: objects.http, logger: logger)
     }

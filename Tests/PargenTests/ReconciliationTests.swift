@@ -48,7 +48,8 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
             FakeProviderOptions(wireProtocol: .runway, apiKey: key, taskSeconds: 0.05...0.1, lifetime: .seconds(150))
         )
         let folder = temporaryDirectory()
-        // The first run waits 3 s for an answer (the lost ones cost that); the run after the person's decision
+        // The first run waits 10 s for an answer (the lost ones cost that, at once; 3 s was too short for the
+        // answered clip on a machine running every suite at once); the run after the person's decision
         // waits up to 20 s, so that a loaded machine cannot turn a slow answer into a second lost one.
         func config(_ name: String, timeout: Int) throws -> URL {
             let url = folder.appendingPathComponent(name)
@@ -64,7 +65,7 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
             ).write(to: url)
             return url
         }
-        let firstConfig = try config("first.yaml", timeout: 3)
+        let firstConfig = try config("first.yaml", timeout: 10)
         let laterConfig = try config("later.yaml", timeout: 20)
         let campaign = folder.appendingPathComponent("campaign.jsonl")
         try Data(
