@@ -337,10 +337,15 @@ import Testing
         let provider = ScriptedProvider(name: "p", quota: ProviderQuota(requestsPerMinute: 3, margin: .zero)) { _, _ in
             .succeed(latency: .seconds(1))
         }
-        let generator = makeGenerator(
-            [provider],
-            configuration: .init(rateLimits: .unlimited, resources: .init(maxConcurrentJobs: 50, minimumFraction: 1))
+        // Leases of a day: on this clock the scheduler's wait for the next window jumps time a minute ahead at
+        // once, and a real-time call still running then would find its 60 s lease expired and rescued (twice in
+        // a day of full test runs, with every suite loading the machine, the test ran past its time limit).
+        var configuration = PargenConfiguration(
+            rateLimits: .unlimited,
+            resources: .init(maxConcurrentJobs: 50, minimumFraction: 1)
         )
+        configuration.leaseDuration = .seconds(86_400)
+        let generator = makeGenerator([provider], configuration: configuration)
         try await generator.start()
         let results = try await generator.generate((0..<15).map { .audio(prompt: "line \($0)") })
         let stats = await generator.systemStats()
