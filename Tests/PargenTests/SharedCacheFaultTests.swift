@@ -34,6 +34,25 @@ import Testing
         )
     }
 
+    /// A fake speech provider, and a bucket reached through a fault proxy: the object store's client
+    /// configuration points at the proxy (`maxAttempts` tries per request; the client's default without it).
+    func faultyStore(
+        _ faults: FaultyHTTPProxy.Faults = .init(),
+        maxAttempts: Int? = nil
+    ) async throws -> (bench: FakeBench, proxy: FaultyHTTPProxy, configuration: S3Configuration) {
+        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
+        let direct = try await TestS3.client(try TestS3.configuration())
+        let proxy = try await FaultyHTTPProxy.start(
+            upstream: direct.configuration.endpoint.absoluteString,
+            faults: faults,
+            httpClient: http
+        )
+        var configuration = direct.configuration
+        configuration.endpoint = URL(string: proxy.baseURL)!
+        if let maxAttempts { configuration.maxAttempts = maxAttempts }
+        return (bench, proxy, configuration)
+    }
+
     func run(_ generator: ParallelGenerator, _ requests: [GenerationRequest]) async throws -> [GenerationResult] {
         try await generator.start()
         let results = try await generator.generate(requests)
@@ -62,15 +81,9 @@ import Testing
     }
 
     @Test func anObjectStoreFailingAFifthOfItsCallsLosesNothingAndPaysForNothingTwice() async throws {
-        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
-        let direct = try await TestS3.client(try TestS3.configuration())
-        let proxy = try await FaultyHTTPProxy.start(
-            upstream: direct.configuration.endpoint.absoluteString,
-            faults: .init(errorRate: 0.2, truncatedUploads: 5, seed: 42),
-            httpClient: http
+        let (bench, proxy, configuration) = try await faultyStore(
+            .init(errorRate: 0.2, truncatedUploads: 5, seed: 42),
         )
-        var configuration = direct.configuration
-        configuration.endpoint = URL(string: proxy.baseURL)!
         let redis = RedisClient(configuration: try TestRedis.configuration())
         func tiers() -> TieredArtifactCache {
             TieredArtifactCache(
@@ -104,17 +117,8 @@ import Testing
     }
 
     @Test func aPublishThatFailsIsTriedAgainWithoutPayingTheProviderAgain() async throws {
-        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
-        let direct = try await TestS3.client(try TestS3.configuration())
-        let proxy = try await FaultyHTTPProxy.start(
-            upstream: direct.configuration.endpoint.absoluteString,
-            faults: .init(),
-            httpClient: http
-        )
-        var configuration = direct.configuration
-        configuration.endpoint = URL(string: proxy.baseURL)!
         // One try per publish in the client: the tries seen here are the engine's settlement trying again.
-        configuration.maxAttempts = 1
+        let (bench, proxy, configuration) = try await faultyStore(maxAttempts: 1)
         let tiers = TieredArtifactCache(
             objects: S3Client(configuration: configuration, httpClient: http),
             redis: RedisClient(configuration: try TestRedis.configuration()),
@@ -149,16 +153,7 @@ import Testing
     }
 
     @Test func anArtifactThatCannotBeFetchedIsTriedThreeTimesBeforeItsLineIsGeneratedAgain() async throws {
-        let bench = try await FakeBench.start(.openai, options: { $0.latencySeconds = 0.005...0.01 }, http: http)
-        let direct = try await TestS3.client(try TestS3.configuration())
-        let proxy = try await FaultyHTTPProxy.start(
-            upstream: direct.configuration.endpoint.absoluteString,
-            faults: .init(),
-            httpClient: http
-        )
-        var configuration = direct.configuration
-        configuration.endpoint = URL(string: proxy.baseURL)!
-        configuration.maxAttempts = 1
+        let (bench, proxy, configuration) = try await faultyStore(maxAttempts: 1)
         let redis = RedisClient(configuration: try TestRedis.configuration())
         let prefix = TestRedis.prefix()
         func tiers() -> TieredArtifactCache {
