@@ -249,10 +249,3 @@ public final class TieredArtifactCache: SharedArtifactCache {
 
     func fresh(_ record: Record, now: Double) -> Bool { now - record.createdAt < settings.timeToLive.seconds }
 }
-
-extension Duration {
-    var seconds: Double {
-        let parts = components
-        return Double(parts.seconds) + Double(parts.attoseconds) / 1e18
-    }
-}

@@ -131,31 +131,15 @@ public struct S3Client: Sendable {
             return try await putMultipart(key: key, file: file, size: size, contentType: contentType)
         }
         let digests = try Self.digests(of: file, offset: 0, length: size, key: key)
-        return try await retrying("upload", key: key) {
-            let answer = try await send(
-                "upload",
-                key: key,
-                method: .PUT,
-                url: url(for: key),
-                headers: [("content-type", contentType), ("content-md5", digests.md5Base64)],
-                body: .file(file, offset: 0, length: size, sha256: digests.sha256Hex)
-            )
-            guard (200..<300).contains(answer.status) else { throw answer.error("upload", key: key) }
-            // The bucket's ETag of a one-request upload is the MD5 of what it stored: a body cut short on the
-            // way is caught here even by a server that ignores Content-MD5.
-            let etag = answer.etag
-            guard etag == digests.md5Hex else {
-                throw S3Error(
-                    operation: "upload",
-                    key: key,
-                    status: answer.status,
-                    code: "etag_mismatch",
-                    message: "stored \(etag.isEmpty ? "no ETag" : etag), sent \(digests.md5Hex)",
-                    retryable: true
-                )
-            }
-            return S3Object(key: key, size: size, etag: etag)
-        }
+        let etag = try await putChecked(
+            "upload",
+            key: key,
+            url: url(for: key),
+            headers: [("content-type", contentType)],
+            body: .file(file, offset: 0, length: size, sha256: digests.sha256Hex),
+            md5: digests.md5
+        )
+        return S3Object(key: key, size: size, etag: etag)
     }
 
     /// Downloads `key` into `file` (through a temporary file next to it, renamed when whole), checking the
@@ -217,23 +201,14 @@ public struct S3Client: Sendable {
 
     /// Stores a small object from memory (a JSON record), checked by its ETag as ``putObject(key:file:contentType:)``.
     public func putData(key: String, data: Data, contentType: String) async throws {
-        let md5 = Array(Insecure.MD5.hash(data: data))
-        let md5Hex = SigV4Signer.hex(md5)
-        try await retrying("upload", key: key) {
-            let answer = try await send(
-                "upload",
-                key: key,
-                method: .PUT,
-                url: url(for: key),
-                headers: [("content-type", contentType), ("content-md5", Data(md5).base64EncodedString())],
-                body: .bytes(data)
-            )
-            guard (200..<300).contains(answer.status) else { throw answer.error("upload", key: key) }
-            guard answer.etag == md5Hex else {
-                throw S3Error(operation: "upload", key: key, status: answer.status, code: "etag_mismatch",
-                    message: "stored \(answer.etag), sent \(md5Hex)", retryable: true)
-            }
-        }
+        _ = try await putChecked(
+            "upload",
+            key: key,
+            url: url(for: key),
+            headers: [("content-type", contentType)],
+            body: .bytes(data),
+            md5: Array(Insecure.MD5.hash(data: data))
+        )
     }
 
     /// A small object's bytes (up to 4 MiB), or `nil` when there is none.
@@ -290,28 +265,14 @@ public struct S3Client: Sendable {
                 let digests = try Self.digests(of: file, offset: offset, length: length, key: key)
                 let partNumber = number
                 let partOffset = offset
-                let etag = try await retrying("upload part \(partNumber)", key: key) {
-                    let answer = try await send(
-                        "upload part \(partNumber)",
-                        key: key,
-                        method: .PUT,
-                        url: url(for: key, query: "partNumber=\(partNumber)&uploadId=\(uploadID)"),
-                        headers: [("content-md5", digests.md5Base64)],
-                        body: .file(file, offset: partOffset, length: length, sha256: digests.sha256Hex)
-                    )
-                    guard (200..<300).contains(answer.status) else { throw answer.error("upload part \(partNumber)", key: key) }
-                    guard answer.etag == digests.md5Hex else {
-                        throw S3Error(
-                            operation: "upload part \(partNumber)",
-                            key: key,
-                            status: answer.status,
-                            code: "etag_mismatch",
-                            message: "stored \(answer.etag), sent \(digests.md5Hex)",
-                            retryable: true
-                        )
-                    }
-                    return answer.etag
-                }
+                let etag = try await putChecked(
+                    "upload part \(partNumber)",
+                    key: key,
+                    url: url(for: key, query: "partNumber=\(partNumber)&uploadId=\(uploadID)"),
+                    headers: [],
+                    body: .file(file, offset: partOffset, length: length, sha256: digests.sha256Hex),
+                    md5: digests.md5
+                )
                 parts.append((partNumber, etag, digests.md5))
                 offset += length
                 number += 1
@@ -363,6 +324,44 @@ public struct S3Client: Sendable {
     }
 
     // MARK: - Requests
+
+    /// One `PUT` that sends its body's MD5 (`Content-MD5`) and compares it with the ETag the bucket answers (the
+    /// MD5 of what it stored, for a one-request upload and for a part): a body cut short on the way is caught even
+    /// by a server that ignores `Content-MD5`. Tried again as ``retrying(_:key:_:)`` does.
+    ///
+    /// - Returns: The ETag.
+    func putChecked(
+        _ operation: String,
+        key: String,
+        url: URL,
+        headers: [(String, String)],
+        body: Body,
+        md5: [UInt8]
+    ) async throws -> String {
+        let md5Hex = SigV4Signer.hex(md5)
+        return try await retrying(operation, key: key) {
+            let answer = try await send(
+                operation,
+                key: key,
+                method: .PUT,
+                url: url,
+                headers: headers + [("content-md5", Data(md5).base64EncodedString())],
+                body: body
+            )
+            guard (200..<300).contains(answer.status) else { throw answer.error(operation, key: key) }
+            guard answer.etag == md5Hex else {
+                throw S3Error(
+                    operation: operation,
+                    key: key,
+                    status: answer.status,
+                    code: "etag_mismatch",
+                    message: "stored \(answer.etag.isEmpty ? "no ETag" : answer.etag), sent \(md5Hex)",
+                    retryable: true
+                )
+            }
+            return answer.etag
+        }
+    }
 
     enum Body {
         case none
@@ -510,8 +509,6 @@ public struct S3Client: Sendable {
     struct Digests {
         var sha256Hex: String
         var md5: [UInt8]
-        var md5Hex: String { SigV4Signer.hex(md5) }
-        var md5Base64: String { Data(md5).base64EncodedString() }
     }
 
     static func size(of file: URL, key: String) throws -> Int64 {
