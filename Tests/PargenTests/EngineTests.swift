@@ -4,7 +4,7 @@ import PargenSQLite
 import PargenTesting
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct EngineTests {
+@Suite(.timeLimit(.minutes(3))) struct EngineTests {
     func makeGenerator(
         _ providers: [any GenerationProvider],
         configuration: PargenConfiguration = .init(),
@@ -251,11 +251,19 @@ import Testing
             defer { done.withLock { $0 = true } }
             return try await generator.generate([.audio(prompt: "a long call")])
         }
-        // Move time on in half seconds, letting the engine act between steps, until the job is done (at most
-        // 200 s of clock time; a loaded machine may take a while to reach the call).
-        for _ in 0..<400 where !done.value {
-            try await Task.sleep(for: .milliseconds(10))
-            clock.advance(by: .milliseconds(500))
+        // Move time on in half seconds until the job is done (at most 200 s of clock time). Time moves only when
+        // the engine is idle: while the call runs, the call and the scheduler's heartbeat sleep on the clock, and a
+        // step that woke the heartbeat waits until it sleeps again (its lease renewed). Stepping on a timer instead
+        // let a loaded machine miss renewals the engine was never given the chance to make.
+        var starved = 0
+        while !done.value && clock.now.offset < .seconds(200) {
+            try await Task.sleep(for: .milliseconds(2))
+            if clock.sleeperCount >= 2 || starved >= 100 {
+                starved = 0
+                clock.advance(by: .milliseconds(500))
+            } else {
+                starved += 1  // Fewer sleepers for 100 polls in a row: the engine waits on the clock alone.
+            }
         }
         #expect(done.value, "the job finished within 200 s of clock time")
         guard done.value else {
@@ -264,9 +272,77 @@ import Testing
             return
         }
         let results = try await run.value
-        try await generator.stop()
+        // Nothing is left running when the one job is done, unless it was run twice: then the other call still
+        // sleeps on the test's clock, and an immediate stop cancels it instead of waiting for time that never comes.
+        try await generator.stop(immediately: true)
         #expect(results[0].succeeded, "\(String(describing: results[0].error))")
         #expect(results[0].attempts == 1)
+        #expect(provider.calls.count == 1, "the provider saw \(provider.calls.count) calls for one job")
+    }
+
+    /// A store that cannot renew a lease for a while (down, or the lease taken): the engine tries again at a set
+    /// pace instead of on every turn of its loop, and once the store answers again the lease is renewed in time,
+    /// so the call still runs once.
+    @Test func aFailingRenewalIsTriedAgainAtAPaceAndTheLeaseIsKept() async throws {
+        let clock = ManualClock()
+        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(10)) }
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        configuration.leaseDuration = .seconds(3)
+        configuration.batching.pacingJitter = .zero
+        let store = RenewalFaultStore(
+            try SQLiteJobStore(
+                path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path,
+                now: { .seconds(1_767_225_600) + clock.now.offset }
+            )
+        )
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock)
+        )
+        try await generator.start()
+        let done = Locked(false)
+        let run = Task {
+            defer { done.withLock { $0 = true } }
+            return try await generator.generate([.audio(prompt: "a call the store loses sight of")])
+        }
+        /// Moves the clock on by `steps` half seconds, each when the engine is idle (as in the test above).
+        func step(_ steps: Int) async throws {
+            var taken = 0
+            var starved = 0
+            while taken < steps && !done.value {
+                try await Task.sleep(for: .milliseconds(2))
+                if clock.sleeperCount >= 2 || starved >= 100 {
+                    starved = 0
+                    taken += 1
+                    clock.advance(by: .milliseconds(500))
+                } else {
+                    starved += 1
+                }
+            }
+        }
+        while provider.calls.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
+        // The store fails every renewal for 1.5 s of clock time (less than the 3 s lease)...
+        store.failing.withLock { $0 = true }
+        try await step(3)
+        store.failing.withLock { $0 = false }
+        let failed = store.failedRenewals.value
+        // ...then answers again, and the call runs to its end.
+        try await step(40)
+        #expect(done.value, "the job finished")
+        guard done.value else {
+            run.cancel()
+            try await generator.stop(immediately: true)
+            return
+        }
+        let results = try await run.value
+        try await generator.stop(immediately: true)
+        // A renewal a tenth of the lease (0.3 s) after each failure: about 5 in 1.5 s, not one per turn of the loop.
+        #expect(failed >= 1, "the failing store was asked")
+        #expect(failed <= 8, "\(failed) renewals tried in 1.5 s of clock time")
+        #expect(results[0].succeeded, "\(String(describing: results[0].error))")
         #expect(provider.calls.count == 1, "the provider saw \(provider.calls.count) calls for one job")
     }
 
@@ -469,4 +545,61 @@ import Testing
         let record = try #require(try await reopened.job(results[0].jobID!))
         #expect(record.outcome?.artifact.sha256 == results[0].artifact?.sha256)
     }
+}
+
+/// A job store that forwards to another, and fails every lease renewal while `failing` is set.
+private final class RenewalFaultStore: JobStore {
+    struct Unavailable: Error {}
+    let base: any JobStore
+    let failing = Locked(false)
+    let failedRenewals = Locked(0)
+
+    init(_ base: any JobStore) { self.base = base }
+
+    var outlivesProcess: Bool { base.outlivesProcess }
+    func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult] { try await base.enqueue(requests) }
+    func lease(
+        limit: Int,
+        owner: String,
+        duration: Duration,
+        excludingUsers: Set<String>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [LeasedJob] {
+        try await base.lease(limit: limit, owner: owner, duration: duration, excludingUsers: excludingUsers, kinds: kinds)
+    }
+    func timeUntilNextDue() async throws -> Duration? { try await base.timeUntilNextDue() }
+    func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
+        if failing.value {
+            failedRenewals.withLock { $0 += 1 }
+            throw Unavailable()
+        }
+        return try await base.heartbeat(lease, duration: duration)
+    }
+    func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
+        async throws
+    {
+        try await base.beginAttempt(lease, provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+    }
+    func recordSubmission(_ lease: JobLease, taskID: String) async throws {
+        try await base.recordSubmission(lease, taskID: taskID)
+    }
+    func complete(_ lease: JobLease, outcome: JobOutcome) async throws { try await base.complete(lease, outcome: outcome) }
+    func retry(_ lease: JobLease, error: GenerationError?, after: Duration, spendAttempt: Bool, failedProvider: String?)
+        async throws
+    {
+        try await base.retry(lease, error: error, after: after, spendAttempt: spendAttempt, failedProvider: failedProvider)
+    }
+    func deadLetter(_ lease: JobLease, error: GenerationError) async throws { try await base.deadLetter(lease, error: error) }
+    func release(_ lease: JobLease) async throws { try await base.release(lease) }
+    func rescueExpiredLeases(maxCrashes: Int) async throws -> Int { try await base.rescueExpiredLeases(maxCrashes: maxCrashes) }
+    func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int {
+        try await base.rescueOrphanedLeases(maxCrashes: maxCrashes)
+    }
+    func purge(_ ids: [JobID]) async throws -> Int { try await base.purge(ids) }
+    func job(_ id: JobID) async throws -> JobRecord? { try await base.job(id) }
+    func jobs(matching query: JobQuery) async throws -> [JobRecord] { try await base.jobs(matching: query) }
+    func requeue(_ id: JobID) async throws { try await base.requeue(id) }
+    func cancel(_ id: JobID) async throws { try await base.cancel(id) }
+    func counts() async throws -> [JobState: Int] { try await base.counts() }
+    func ledgerTotals() async throws -> CostLedger { try await base.ledgerTotals() }
 }

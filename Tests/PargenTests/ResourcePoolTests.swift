@@ -2,7 +2,7 @@ import Pargen
 import PargenTesting
 import Testing
 
-@Suite(.timeLimit(.minutes(1))) struct ResourcePoolTests {
+@Suite(.timeLimit(.minutes(3))) struct ResourcePoolTests {
     func pool(jobs: Int = 4, clock: ManualClock = ManualClock()) -> ResourcePool {
         ResourcePool(
             configuration: .init(

@@ -90,6 +90,15 @@ public final class ParallelGenerator: Service, Sendable {
     struct InFlight {
         var lease: JobLease
         var renewedAt: Duration
+        /// After a renewal failed: when to try again (a store that is down, or a lease another process took, is
+        /// asked again at this pace instead of on every turn of the scheduler's loop).
+        var retryAt: Duration? = nil
+
+        /// When this lease is next due for renewal: a third of its duration after it was last renewed, or the
+        /// retry time after a failure, whichever is later.
+        func renewalDue(leaseDuration: Duration) -> Duration {
+            max(renewedAt + leaseDuration / 3, retryAt ?? .zero)
+        }
     }
 
     /// What a leader's attempt tells the identical requests waiting on it.

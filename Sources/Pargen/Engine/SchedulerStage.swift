@@ -325,16 +325,27 @@ extension ParallelGenerator {
         guard store.outlivesProcess else { return }
         let now = clock.now
         let leaseDuration = configuration.leaseDuration
-        // Renew every lease a third of its duration after it was last renewed (by this process's clock).
+        // Renew every lease a third of its duration after it was last renewed (by this process's clock). A renewal
+        // that fails is tried again a tenth of the lease later (at most a second): the lease may still be saved, and
+        // asking at once again would spin the loop for as long as the store keeps failing.
         let due = state.withLock { state in
-            state.inFlight.values.filter { now - $0.renewedAt >= leaseDuration / 3 }.map(\.lease)
+            state.inFlight.values.filter { $0.renewalDue(leaseDuration: leaseDuration) <= now }.map(\.lease)
         }
         for lease in due {
-            if let renewed = try? await store.heartbeat(lease, duration: leaseDuration) {
+            do {
+                let renewed = try await store.heartbeat(lease, duration: leaseDuration)
                 state.withLock { state in
                     if state.inFlight[lease.jobID] != nil {
                         state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now)
                     }
+                }
+            } catch {
+                logger.debug(
+                    "lease renewal failed",
+                    metadata: [LoggingKeys.jobID: "\(lease.jobID)", LoggingKeys.error: "\(error)"]
+                )
+                state.withLock { state in
+                    state.inFlight[lease.jobID]?.retryAt = now + min(leaseDuration / 10, .seconds(1))
                 }
             }
         }
@@ -352,7 +363,7 @@ extension ParallelGenerator {
         guard store.outlivesProcess else { return nil }
         let leaseDuration = configuration.leaseDuration
         return state.withLock { state in
-            state.inFlight.values.map(\.renewedAt).min().map { $0 + leaseDuration / 3 }
+            state.inFlight.values.map { $0.renewalDue(leaseDuration: leaseDuration) }.min()
         }
     }
 
