@@ -284,6 +284,16 @@ import Testing
     /// pace instead of on every turn of its loop, and once the store answers again the lease is renewed in time,
     /// so the call still runs once.
     @Test func aFailingRenewalIsTriedAgainAtAPaceAndTheLeaseIsKept() async throws {
+        try await renewalFailure(lost: false)
+    }
+
+    /// A store that answers that the lease is lost (it expired and another run holds the job): asking again cannot
+    /// bring it back, so the engine asks once and never again.
+    @Test func aLostLeaseIsNotAskedForAgain() async throws {
+        try await renewalFailure(lost: true)
+    }
+
+    func renewalFailure(lost: Bool) async throws {
         let clock = ManualClock()
         let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(10)) }
         var configuration = PargenConfiguration(rateLimits: .unlimited)
@@ -325,8 +335,20 @@ import Testing
         }
         while provider.calls.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
         // The store fails every renewal for 1.5 s of clock time (less than the 3 s lease)...
+        store.answerLost.withLock { $0 = lost }
         store.failing.withLock { $0 = true }
         try await step(3)
+        if lost {
+            // Lost for good: the rest of the call, and the fenced completion, ask nothing more of the store's leases.
+            try await step(40)
+            // (The store under the fault still lets the lease expire, so the job may be taken again under a new
+            // lease, which is lost in turn: once per lease.)
+            let asked = store.failedPerLease.value
+            #expect(!asked.isEmpty && asked.values.allSatisfy { $0 == 1 }, "renewals asked per lost lease: \(asked.values.sorted())")
+            run.cancel()
+            try await generator.stop(immediately: true)
+            return
+        }
         store.failing.withLock { $0 = false }
         let failed = store.failedRenewals.value
         // ...then answers again, and the call runs to its end.
@@ -552,7 +574,11 @@ private final class RenewalFaultStore: JobStore {
     struct Unavailable: Error {}
     let base: any JobStore
     let failing = Locked(false)
+    /// Whether a failing renewal answers that the lease is lost (another run holds the job) rather than unavailable.
+    let answerLost = Locked(false)
     let failedRenewals = Locked(0)
+    /// Failed renewals per lease (its token): a job taken again after its lease expired has a new one.
+    let failedPerLease = Locked<[String: Int]>([:])
 
     init(_ base: any JobStore) { self.base = base }
 
@@ -571,6 +597,8 @@ private final class RenewalFaultStore: JobStore {
     func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
         if failing.value {
             failedRenewals.withLock { $0 += 1 }
+            failedPerLease.withLock { $0[lease.token, default: 0] += 1 }
+            if answerLost.value { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
             throw Unavailable()
         }
         return try await base.heartbeat(lease, duration: duration)

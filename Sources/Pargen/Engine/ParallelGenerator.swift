@@ -93,11 +93,14 @@ public final class ParallelGenerator: Service, Sendable {
         /// After a renewal failed: when to try again (a store that is down, or a lease another process took, is
         /// asked again at this pace instead of on every turn of the scheduler's loop).
         var retryAt: Duration? = nil
+        /// The store answered that the lease is no longer this process's (it expired and was given to another
+        /// run): it is never renewed again, and what the call brings back is refused by the store's fence.
+        var lost = false
 
         /// When this lease is next due for renewal: a third of its duration after it was last renewed, or the
-        /// retry time after a failure, whichever is later.
-        func renewalDue(leaseDuration: Duration) -> Duration {
-            max(renewedAt + leaseDuration / 3, retryAt ?? .zero)
+        /// retry time after a failure, whichever is later; never for a lease that is lost.
+        func renewalDue(leaseDuration: Duration) -> Duration? {
+            lost ? nil : max(renewedAt + leaseDuration / 3, retryAt ?? .zero)
         }
     }
 

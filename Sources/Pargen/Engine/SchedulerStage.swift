@@ -329,7 +329,8 @@ extension ParallelGenerator {
         // that fails is tried again a tenth of the lease later (at most a second): the lease may still be saved, and
         // asking at once again would spin the loop for as long as the store keeps failing.
         let due = state.withLock { state in
-            state.inFlight.values.filter { $0.renewalDue(leaseDuration: leaseDuration) <= now }.map(\.lease)
+            state.inFlight.values.filter { $0.renewalDue(leaseDuration: leaseDuration).map { $0 <= now } ?? false }
+                .map(\.lease)
         }
         for lease in due {
             do {
@@ -339,6 +340,13 @@ extension ParallelGenerator {
                         state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now)
                     }
                 }
+            } catch let error as StoreError where error.code == .leaseLost {
+                // Asking again cannot bring it back: the job is another run's now.
+                logger.warning(
+                    "lease lost while the job ran here; another run may take the job, and this run's result will not be recorded",
+                    metadata: [LoggingKeys.jobID: "\(lease.jobID)"]
+                )
+                state.withLock { $0.inFlight[lease.jobID]?.lost = true }
             } catch {
                 logger.debug(
                     "lease renewal failed",
@@ -363,7 +371,7 @@ extension ParallelGenerator {
         guard store.outlivesProcess else { return nil }
         let leaseDuration = configuration.leaseDuration
         return state.withLock { state in
-            state.inFlight.values.map { $0.renewalDue(leaseDuration: leaseDuration) }.min()
+            state.inFlight.values.compactMap { $0.renewalDue(leaseDuration: leaseDuration) }.min()
         }
     }
 
