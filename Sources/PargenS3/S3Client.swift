@@ -4,6 +4,7 @@ public import Foundation
 public import Logging
 import NIOCore
 import NIOHTTP1
+import NIOPosix
 
 #if canImport(Glibc)
 import Glibc
@@ -130,7 +131,7 @@ public struct S3Client: Sendable {
         if size > configuration.multipartThreshold {
             return try await putMultipart(key: key, file: file, size: size, contentType: contentType)
         }
-        let digests = try Self.digests(of: file, offset: 0, length: size, key: key)
+        let digests = try await Self.digestsOffThePool(of: file, offset: 0, length: size, key: key)
         let etag = try await putChecked(
             "upload",
             key: key,
@@ -262,7 +263,7 @@ public struct S3Client: Sendable {
             var number = 1
             while offset < size {
                 let length = min(partSize, size - offset)
-                let digests = try Self.digests(of: file, offset: offset, length: length, key: key)
+                let digests = try await Self.digestsOffThePool(of: file, offset: offset, length: length, key: key)
                 let partNumber = number
                 let partOffset = offset
                 let etag = try await putChecked(
@@ -519,6 +520,15 @@ public struct S3Client: Sendable {
                 message: "cannot read \(file.path)", retryable: false)
         }
         return size
+    }
+
+    /// ``digests(of:offset:length:key:)`` on NIO's blocking-I/O thread pool: reading and hashing a video of
+    /// hundreds of megabytes takes seconds, which must not hold a thread of the cooperative pool (on 2 cores it has
+    /// 2, and the engine's scheduler runs on them).
+    static func digestsOffThePool(of file: URL, offset: Int64, length: Int64, key: String) async throws -> Digests {
+        try await NIOThreadPool.singleton.runIfActive {
+            try digests(of: file, offset: offset, length: length, key: key)
+        }
     }
 
     /// SHA-256 and MD5 of `length` bytes of `file` from `offset`, read in 1 MiB pieces.
