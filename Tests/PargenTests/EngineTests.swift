@@ -229,143 +229,52 @@ import Testing
     /// on the test's clock): the engine renews the lease while the call runs, so the rescuer never hands the job
     /// to a second run, and the provider sees one call.
     @Test func aCallThatOutlivesItsLeaseIsNeverRunTwice() async throws {
-        let clock = ManualClock()
-        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(15)) }
-        var configuration = PargenConfiguration(rateLimits: .unlimited)
-        configuration.leaseDuration = .seconds(3)
-        configuration.batching.pacingJitter = .zero
-        let store = try SQLiteJobStore(
-            path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path,
-            now: { .seconds(1_767_225_600) + clock.now.offset }
-        )
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: [provider],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: PargenClock(clock)
-        )
-        try await generator.start()
-        let done = Locked(false)
-        let run = Task {
-            defer { done.withLock { $0 = true } }
-            return try await generator.generate([.audio(prompt: "a long call")])
-        }
-        // Move time on in half seconds until the job is done (at most 200 s of clock time). Time moves only when
-        // the engine is idle: while the call runs, the call and the scheduler's heartbeat sleep on the clock, and a
-        // step that woke the heartbeat waits until it sleeps again (its lease renewed). Stepping on a timer instead
-        // let a loaded machine miss renewals the engine was never given the chance to make.
-        var starved = 0
-        while !done.value && clock.now.offset < .seconds(200) {
-            try await Task.sleep(for: .milliseconds(2))
-            if clock.sleeperCount >= 2 || starved >= 100 {
-                starved = 0
-                clock.advance(by: .milliseconds(500))
-            } else {
-                starved += 1  // Fewer sleepers for 100 polls in a row: the engine waits on the clock alone.
-            }
-        }
-        #expect(done.value, "the job finished within 200 s of clock time")
-        guard done.value else {
-            run.cancel()
-            try await generator.stop(immediately: true)
-            return
-        }
-        let results = try await run.value
-        // Nothing is left running when the one job is done, unless it was run twice: then the other call still
-        // sleeps on the test's clock, and an immediate stop cancels it instead of waiting for time that never comes.
-        try await generator.stop(immediately: true)
+        let scenario = try await LongCallScenario(callTime: .seconds(15))
+        // Half-second steps until the job is done, at most 200 s of clock time.
+        try await scenario.step(400)
+        #expect(scenario.done.value, "the job finished within 200 s of clock time")
+        guard let results = try await scenario.finish() else { return }
         #expect(results[0].succeeded, "\(String(describing: results[0].error))")
         #expect(results[0].attempts == 1)
-        #expect(provider.calls.count == 1, "the provider saw \(provider.calls.count) calls for one job")
+        #expect(scenario.provider.calls.count == 1, "the provider saw \(scenario.provider.calls.count) calls for one job")
     }
 
     /// A store that cannot renew a lease for a while (down, or the lease taken): the engine tries again at a set
     /// pace instead of on every turn of its loop, and once the store answers again the lease is renewed in time,
     /// so the call still runs once.
     @Test func aFailingRenewalIsTriedAgainAtAPaceAndTheLeaseIsKept() async throws {
-        try await renewalFailure(lost: false)
+        let scenario = try await LongCallScenario(callTime: .seconds(10))
+        try await scenario.untilTheCallRuns()
+        // The store fails every renewal for 1.5 s of clock time (less than the 3 s lease)...
+        scenario.store.failing.withLock { $0 = true }
+        try await scenario.step(3)
+        scenario.store.failing.withLock { $0 = false }
+        let failed = scenario.store.failedRenewals.value
+        // ...then answers again, and the call runs to its end.
+        try await scenario.step(40)
+        #expect(scenario.done.value, "the job finished")
+        guard let results = try await scenario.finish() else { return }
+        // A renewal a tenth of the lease (0.3 s) after each failure: about 5 in 1.5 s, not one per turn of the loop.
+        #expect(failed >= 1, "the failing store was asked")
+        #expect(failed <= 8, "\(failed) renewals tried in 1.5 s of clock time")
+        #expect(results[0].succeeded, "\(String(describing: results[0].error))")
+        #expect(scenario.provider.calls.count == 1, "the provider saw \(scenario.provider.calls.count) calls for one job")
     }
 
     /// A store that answers that the lease is lost (it expired and another run holds the job): asking again cannot
     /// bring it back, so the engine asks once and never again.
     @Test func aLostLeaseIsNotAskedForAgain() async throws {
-        try await renewalFailure(lost: true)
-    }
-
-    func renewalFailure(lost: Bool) async throws {
-        let clock = ManualClock()
-        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .seconds(10)) }
-        var configuration = PargenConfiguration(rateLimits: .unlimited)
-        configuration.leaseDuration = .seconds(3)
-        configuration.batching.pacingJitter = .zero
-        let store = RenewalFaultStore(
-            try SQLiteJobStore(
-                path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path,
-                now: { .seconds(1_767_225_600) + clock.now.offset }
-            )
-        )
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: [provider],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: PargenClock(clock)
-        )
-        try await generator.start()
-        let done = Locked(false)
-        let run = Task {
-            defer { done.withLock { $0 = true } }
-            return try await generator.generate([.audio(prompt: "a call the store loses sight of")])
-        }
-        /// Moves the clock on by `steps` half seconds, each when the engine is idle (as in the test above).
-        func step(_ steps: Int) async throws {
-            var taken = 0
-            var starved = 0
-            while taken < steps && !done.value {
-                try await Task.sleep(for: .milliseconds(2))
-                if clock.sleeperCount >= 2 || starved >= 100 {
-                    starved = 0
-                    taken += 1
-                    clock.advance(by: .milliseconds(500))
-                } else {
-                    starved += 1
-                }
-            }
-        }
-        while provider.calls.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
-        // The store fails every renewal for 1.5 s of clock time (less than the 3 s lease)...
-        store.answerLost.withLock { $0 = lost }
-        store.failing.withLock { $0 = true }
-        try await step(3)
-        if lost {
-            // Lost for good: the rest of the call, and the fenced completion, ask nothing more of the store's leases.
-            try await step(40)
-            // (The store under the fault still lets the lease expire, so the job may be taken again under a new
-            // lease, which is lost in turn: once per lease.)
-            let asked = store.failedPerLease.value
-            #expect(!asked.isEmpty && asked.values.allSatisfy { $0 == 1 }, "renewals asked per lost lease: \(asked.values.sorted())")
-            run.cancel()
-            try await generator.stop(immediately: true)
-            return
-        }
-        store.failing.withLock { $0 = false }
-        let failed = store.failedRenewals.value
-        // ...then answers again, and the call runs to its end.
-        try await step(40)
-        #expect(done.value, "the job finished")
-        guard done.value else {
-            run.cancel()
-            try await generator.stop(immediately: true)
-            return
-        }
-        let results = try await run.value
-        try await generator.stop(immediately: true)
-        // A renewal a tenth of the lease (0.3 s) after each failure: about 5 in 1.5 s, not one per turn of the loop.
-        #expect(failed >= 1, "the failing store was asked")
-        #expect(failed <= 8, "\(failed) renewals tried in 1.5 s of clock time")
-        #expect(results[0].succeeded, "\(String(describing: results[0].error))")
-        #expect(provider.calls.count == 1, "the provider saw \(provider.calls.count) calls for one job")
+        let scenario = try await LongCallScenario(callTime: .seconds(10))
+        try await scenario.untilTheCallRuns()
+        scenario.store.answerLost.withLock { $0 = true }
+        scenario.store.failing.withLock { $0 = true }
+        try await scenario.step(43)
+        // The store under the fault still lets the lease expire, so the job may be taken again under a new lease,
+        // which is lost in turn: each lease is asked for once.
+        let asked = scenario.store.failedPerLease.value
+        #expect(!asked.isEmpty && asked.values.allSatisfy { $0 == 1 }, "renewals asked per lost lease: \(asked.values.sorted())")
+        scenario.run.cancel()
+        try await scenario.generator.stop(immediately: true)
     }
 
     @Test func perUserLimitHoldsForEverySubmissionAcrossTheWholePipeline() async throws {
@@ -566,6 +475,84 @@ import Testing
         #expect(try await reopened.counts() == [.succeeded: 8])
         let record = try #require(try await reopened.job(results[0].jobID!))
         #expect(record.outcome?.artifact.sha256 == results[0].artifact?.sha256)
+    }
+}
+
+/// One long provider call on a SQLite store whose leases (3 s) expire by a manual clock, behind a store that can
+/// be told to fail renewals; the test moves the clock only while the engine is idle.
+private struct LongCallScenario {
+    let clock = ManualClock()
+    let provider: ScriptedProvider
+    let store: RenewalFaultStore
+    let generator: ParallelGenerator
+    let done = Locked(false)
+    let run: Task<[GenerationResult], any Error>
+
+    init(callTime: Duration) async throws {
+        let clock = clock
+        provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: callTime) }
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        configuration.leaseDuration = .seconds(3)
+        configuration.batching.pacingJitter = .zero
+        store = RenewalFaultStore(
+            try SQLiteJobStore(
+                path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path,
+                now: { .seconds(1_767_225_600) + clock.now.offset }
+            )
+        )
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock)
+        )
+        self.generator = generator
+        try await generator.start()
+        let done = done
+        run = Task {
+            defer { done.withLock { $0 = true } }
+            return try await generator.generate([.audio(prompt: "a long call")])
+        }
+    }
+
+    /// Waits (in real time) until the provider has the call.
+    func untilTheCallRuns() async throws {
+        while provider.calls.isEmpty { try await Task.sleep(for: .milliseconds(2)) }
+    }
+
+    /// Moves the clock on by `steps` half seconds, or until the job is done. Time moves only when the engine is
+    /// idle: while the call runs, the call and the scheduler's heartbeat sleep on the clock, and a step that woke
+    /// the heartbeat waits until it sleeps again (its lease renewed). Stepping on a timer instead let a loaded
+    /// machine miss renewals the engine was never given the chance to make.
+    func step(_ steps: Int) async throws {
+        var taken = 0
+        var starved = 0
+        while taken < steps && !done.value {
+            try await Task.sleep(for: .milliseconds(2))
+            if clock.sleeperCount >= 2 || starved >= 100 {
+                starved = 0
+                taken += 1
+                clock.advance(by: .milliseconds(500))
+            } else {
+                starved += 1  // Fewer sleepers for 100 polls in a row: the engine waits on the clock alone.
+            }
+        }
+    }
+
+    /// The results if the job is done, after an immediate stop; `nil` (everything cancelled) if it is not.
+    ///
+    /// Nothing is left running when the one job is done, unless it was run twice: then the other call still sleeps
+    /// on the test's clock, and an immediate stop cancels it instead of waiting for time that never comes.
+    func finish() async throws -> [GenerationResult]? {
+        guard done.value else {
+            run.cancel()
+            try await generator.stop(immediately: true)
+            return nil
+        }
+        let results = try await run.value
+        try await generator.stop(immediately: true)
+        return results
     }
 }
 
