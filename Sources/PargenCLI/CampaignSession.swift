@@ -7,6 +7,8 @@ import Pargen
 import PargenPostgres
 import PargenProviders
 import PargenSQLite
+import ServiceLifecycle
+import UnixSignals
 
 /// Where a campaign's jobs are kept.
 enum CampaignStorage {
@@ -131,56 +133,38 @@ enum CampaignSession {
             fail("\(error)")
         }
         let terminal = isatty(STDOUT_FILENO) == 1
+        var progress: (@Sendable () async -> Void)?
+        if !options.noProgress {
+            progress = { @Sendable in
+                // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
+                while !Task.isCancelled {
+                    let line = ProgressText.bar(tracker.snapshot(), spend: generator.currentSpend())
+                    if terminal { print("\r\u{1B}[2K" + line, terminator: "") } else { print(line) }
+                    fflush(nil)
+                    try? await Task.sleep(for: terminal ? .milliseconds(150) : .seconds(2))
+                }
+            }
+        }
+        let wait = CampaignWait(progress: progress, terminal: terminal) {
+            if let file {
+                return try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
+            }
+            return try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
+        }
+        // The first SIGTERM or Ctrl-C shuts the group down gracefully: the wait ends, the runner writes what is done,
+        // and the rest stays pending in the store. The group hears one signal; the watcher hears them all and exits
+        // at the second, however soon it comes.
         let signals = SignalWatcher()
-        enum Step { case report(CampaignReport), interrupted, other }
+        try await ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: wait, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        ).run()
         let finished: CampaignReport
         do {
-            finished = try await withThrowingTaskGroup(of: Step.self) { group in
-                if !options.noProgress {
-                    group.addTask {
-                        // Redraws the bar on a terminal; prints a plain line every 2 s otherwise.
-                        while !Task.isCancelled {
-                            let line = ProgressText.bar(tracker.snapshot(), spend: generator.currentSpend())
-                            if terminal { print("\r\u{1B}[2K" + line, terminator: "") } else { print(line) }
-                            fflush(nil)
-                            try? await Task.sleep(for: terminal ? .milliseconds(150) : .seconds(2))
-                        }
-                        return .other
-                    }
-                }
-                group.addTask {
-                    await signals.first()
-                    return .interrupted
-                }
-                group.addTask {
-                    if let file {
-                        return .report(
-                            try await CampaignRunner.run(file, generator: generator, outputDirectory: out, clock: clock)
-                        )
-                    }
-                    return .report(
-                        try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
-                    )
-                }
-                var report: CampaignReport?
-                while let next = try await group.next() {
-                    switch next {
-                    case .report(let finished):
-                        report = finished
-                        group.cancelAll()
-                    case .interrupted:
-                        // The watcher also returns when it is cancelled after the report: nothing to stop then.
-                        guard report == nil else { break }
-                        // First Ctrl-C or SIGTERM: stop waiting; the runner writes what is done, the rest is pending.
-                        if terminal { print("") }
-                        print("pargen: stopping; press Ctrl-C again to stop at once (nothing is lost either way)")
-                        group.cancelAll()
-                    case .other:
-                        break
-                    }
-                }
-                return report!
-            }
+            finished = try wait.outcome.value!.get()
         } catch let error as LocalResourceError {
             // The manifest could not be written: what is done is in the store, and the next run writes it again.
             try? await generator.stop(immediately: true)
@@ -290,11 +274,66 @@ private func stoppedMessage(_ error: LocalResourceError, halt: LocalResourceErro
     return message + "; what is done is kept in the store: fix this, then run the same command again to continue"
 }
 
-/// Turns SIGINT and SIGTERM into an event the session can await, and makes a second one exit at once.
+/// A campaign's wait for its report, as a service: it ends when the report is written, or, when the group shuts
+/// down gracefully (the first SIGTERM or Ctrl-C), as soon as the runner has written what is done.
+struct CampaignWait: Service {
+    let progress: (@Sendable () async -> Void)?
+    let terminal: Bool
+    let body: @Sendable () async throws -> CampaignReport
+    /// The report, or what the runner threw; set when ``run()`` returns.
+    let outcome = Locked<Result<CampaignReport, any Error>?>(nil)
+
+    init(progress: (@Sendable () async -> Void)?, terminal: Bool, body: @escaping @Sendable () async throws -> CampaignReport) {
+        self.progress = progress
+        self.terminal = terminal
+        self.body = body
+    }
+
+    func run() async {
+        let terminal = terminal
+        let result: Result<CampaignReport, any Error>
+        do {
+            let body = body
+            let progress = progress
+            result = .success(
+                try await withThrowingTaskGroup(of: CampaignReport?.self) { group in
+                    if let progress {
+                        group.addTask {
+                            await progress()
+                            return nil
+                        }
+                    }
+                    group.addTask {
+                        try await withGracefulShutdownHandler {
+                            // Cancelled on graceful shutdown: the runner then writes what is done and returns.
+                            try await cancelWhenGracefulShutdown { try await body() }
+                        } onGracefulShutdown: {
+                            if terminal { print("") }
+                            print("pargen: stopping; press Ctrl-C again to stop at once (nothing is lost either way)")
+                        }
+                    }
+                    var report: CampaignReport?
+                    while let next = try await group.next() {
+                        if let next {
+                            report = next
+                            group.cancelAll()
+                        }
+                    }
+                    return report!
+                }
+            )
+        } catch {
+            result = .failure(error)
+        }
+        outcome.withLock { $0 = result }
+    }
+}
+
+/// Makes the second SIGINT or SIGTERM exit at once (the first is the `ServiceGroup`'s graceful shutdown, which
+/// hears one signal only), or the next one after ``exitOnNextSignal()``.
 // @unchecked: `sources` is written once in init and only kept alive afterwards; the rest is Sendable.
 final class SignalWatcher: @unchecked Sendable {
     private let sources: [any DispatchSourceSignal]
-    private let received = AsyncStream<Int32>.makeStream()
     private let exitNow = Locked(false)
 
     init() {
@@ -306,20 +345,14 @@ final class SignalWatcher: @unchecked Sendable {
         }
         self.sources = sources
         for source in sources {
-            source.setEventHandler { [received, exitNow] in
+            source.setEventHandler { [exitNow] in
                 // Every state change is a committed transaction and the next start rescues orphaned leases,
                 // so leaving at once loses nothing.
                 if exitNow.value { _exit(130) }
                 exitNow.withLock { $0 = true }
-                received.continuation.yield(0)
             }
             source.resume()
         }
-    }
-
-    /// Returns when the first signal arrives (or never).
-    func first() async {
-        for await _ in received.stream { return }
     }
 
     /// From now on, the next signal exits the process at once.

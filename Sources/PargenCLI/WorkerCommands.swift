@@ -9,6 +9,8 @@ import Pargen
 import PargenPostgres
 import PargenProviders
 import PargenSQLite
+import ServiceLifecycle
+import UnixSignals
 
 struct Worker: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -53,25 +55,78 @@ struct Worker: AsyncParsableCommand {
             logger: logger,
             http: http
         )
-        let signals = SignalWatcher()
+        // Started outside the group: the engine's own tasks must not inherit its graceful shutdown, which would
+        // make the engine drain its calls instead of giving every lease back at once (the stop below).
         do {
             try await generator.start()
         } catch {
+            try? await http.shutdown()
             fail("\(error)")
         }
-        let housekeeping = shared.startHousekeeping(for: generator, configuration: configuration, logger: logger)
+        let worker = WorkerService(
+            generator: generator,
+            housekeeper: PostgresHousekeeper(
+                store: shared.store,
+                holder: generator.workerID,
+                interval: configuration.leaseDuration / 3,
+                maxCrashes: configuration.retry.maxCrashes,
+                logger: logger
+            ),
+            shared: shared,
+            stopDeadline: max(configuration.leaseDuration, .seconds(20))
+        )
+        // SIGTERM or Ctrl-C shuts the group down gracefully: the worker stops taking work and gives its leases back.
+        // The group hears one signal; the watcher hears them all and exits at the second, however soon it comes
+        // (nothing is lost: every state change is committed, and a lease not given back expires and is rescued).
+        let signals = SignalWatcher()
+        let group = ServiceGroup(
+            configuration: ServiceGroupConfiguration(
+                services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup)],
+                gracefulShutdownSignals: [.sigterm, .sigint],
+                logger: logger
+            )
+        )
+        try await group.run()
+        signals.exitOnNextSignal()
+        try? await http.shutdown()
+        let stats = await generator.systemStats()
+        let succeeded = stats.providers.values.reduce(0) { $0 + $1.succeeded }
+        print("\(generator.workerID): stopped; this worker's calls succeeded \(succeeded) times and cost \(stats.costMonitor.charged)")
+        if let halt = generator.haltReason {
+            fail("stopped taking work: \(halt)")
+        }
+    }
+}
+
+/// A `pargen worker`'s work as a service: housekeeping runs beside the started engine until the group shuts down
+/// gracefully (SIGTERM or Ctrl-C), then the engine gives every lease back at once. A second signal exits at once.
+struct WorkerService: Service {
+    let generator: ParallelGenerator
+    let housekeeper: PostgresHousekeeper
+    let shared: SharedStore
+    /// How long the stop may take before the process leaves anyway.
+    let stopDeadline: Duration
+
+    func run() async throws {
         print("\(generator.workerID): working on \(shared.location.redacted) (schema \(shared.store.schema)); SIGTERM or Ctrl-C stops it")
         fflush(nil)
-        await signals.first()
-        signals.exitOnNextSignal()
+        await withDiscardingTaskGroup { group in
+            group.addTask { await housekeeper.run() }
+            // Returns when the group shuts down gracefully (or throws when it is cancelled): stop either way.
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
         print("\(generator.workerID): stopping; giving the leases back")
         fflush(nil)
         // A stop that does not end within a lease (the database unreachable, a call that ignores cancellation)
         // ends the process anyway: the leases not given back expire, and housekeeping gives their jobs to the
-        // other workers (a submitted task keeps its id, so it is resumed, never paid twice).
-        let deadline = max(configuration.leaseDuration, .seconds(20))
-        Task.detached {
-            try? await Task.sleep(for: deadline)
+        // other workers (a submitted task keeps its id, so it is resumed, never paid twice). Unstructured on
+        // purpose: it must outlive a stop that never returns.
+        let generator = generator
+        let shared = shared
+        let deadline = stopDeadline
+        let watchdog = Task {
+            try await Task.sleep(for: deadline)
             FileHandle.standardError.write(
                 Data(
                     "pargen: the worker did not stop within \(deadline) (\(generator.stopDiagnostics()); store operations under way: \(shared.store.slowOperations().prefix(5).joined(separator: "; "))); leaving its remaining leases to expire\n"
@@ -80,15 +135,8 @@ struct Worker: AsyncParsableCommand {
             )
             _exit(1)
         }
+        defer { watchdog.cancel() }
         try await generator.stop(immediately: true)
-        housekeeping.cancel()
-        try? await http.shutdown()
-        let stats = await generator.systemStats()
-        let succeeded = stats.providers.values.reduce(0) { $0 + $1.succeeded }
-        print("\(generator.workerID): stopped; this worker's calls succeeded \(succeeded) times and cost \(stats.costMonitor.charged)")
-        if let halt = generator.haltReason {
-            fail("stopped taking work: \(halt)")
-        }
     }
 }
 
