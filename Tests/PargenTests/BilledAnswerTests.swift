@@ -43,6 +43,53 @@ import Testing
         return (results, accepted, price, ledger, stats)
     }
 
+    /// A synchronous call whose answer the provider had made and billed when an immediate stop (Ctrl-C, SIGTERM,
+    /// a full disk halting the run) cut it off: the charge stays in the ledger and the line's history, and the
+    /// next run buys the line under a new key. Given back as if never sent, it went out again under the same key,
+    /// which a provider without idempotency (OpenAI's speech) bills again with no record of the first.
+    @Test func aStopThatCutsOffABilledAnswerKeepsItsChargeAndTheNextCallUsesANewKey() async throws {
+        let store = MemoryJobStore(clock: .continuous)
+        let first = AnswersThenHangs(name: "p")
+        let generator = ParallelGenerator(
+            configuration: PargenConfiguration(rateLimits: .unlimited),
+            providers: [first],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let ids = try await generator.submit([.audio(prompt: "answered, then cut off by a stop")])
+        while first.keys.value.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        // The stop cancels the job's task; the call, shielded until it ends, then fails after its answer was billed.
+        let stopping = Task { try await generator.stop(immediately: true) }
+        try await Task.sleep(for: .milliseconds(100))
+        first.failNow()
+        try await stopping.value
+        let price = first.descriptor.pricing.estimate(validated(.audio(prompt: "answered, then cut off by a stop")))
+        let stopped = try #require(try await store.job(ids[0]))
+        #expect(stopped.state == .available, "\(stopped.state)")
+        #expect(stopped.ledger.charged == price, "charged \(stopped.ledger.charged) for an answer billed at \(price)")
+        #expect(stopped.ledger.balances)
+        #expect(stopped.errors.compactMap(\.charged) == [price], "\(stopped.errors)")
+
+        let second = ScriptedProvider(name: "p")
+        let again = ParallelGenerator(
+            configuration: PargenConfiguration(rateLimits: .unlimited),
+            providers: [second],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await again.start()
+        let result = await again.result(for: ids[0])
+        try await again.stop()
+        #expect(result.succeeded, "\(String(describing: result.error))")
+        #expect(second.calls.map(\.idempotencyKey).allSatisfy { !first.keys.value.contains($0) },
+            "bought again under \(second.calls.map(\.idempotencyKey)) after \(first.keys.value)")
+        let finished = try #require(try await store.job(ids[0]))
+        #expect(finished.ledger.charged == price * 2 && finished.ledger.balances)
+    }
+
     @Test func everyBilledAnswerIsChargedAndARetryOfALostOneIsChargedAgain() async throws {
         let (results, accepted, price, ledger, stats) = try await run(payAgain: true)
         #expect(results.allSatisfy { $0.succeeded }, "\(results.compactMap(\.error))")
@@ -129,5 +176,28 @@ import Testing
             ($0.prompt, bench.provider.descriptor.pricing.estimate(validated($0)))
         })
         #expect(ledger.charged == accepted.reduce(Money.zero) { $0 + prices[$1]! })
+    }
+}
+
+/// A speech provider that answers (and bills) every call, whose answer is then lost (the connection drops before
+/// the body is whole) when the test says so.
+private final class AnswersThenHangs: GenerationProvider, Sendable {
+    let descriptor: ProviderDescriptor
+    /// The idempotency key of every call.
+    let keys = Locked<[String]>([])
+    private let lost = Locked(false)
+
+    init(name: String) {
+        descriptor = ScriptedProvider(name: name, kinds: [.audio]).descriptor
+    }
+
+    /// Ends every call under way (and every later one) with its answer lost.
+    func failNow() { lost.withLock { $0 = true } }
+
+    func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        keys.withLock { $0.append(context.idempotencyKey) }
+        context.reportBilled()
+        while !lost.value { try await Task.sleep(for: .milliseconds(5)) }
+        throw GenerationError(.transient, "the connection closed before the answer was whole")
     }
 }

@@ -22,7 +22,20 @@ extension ParallelGenerator {
         if error is CancellationError || Task.isCancelled {
             ticket.finish(.failed)
             balancer.recordNeutral(name, throttled: false)
-            try? await shielded { try await self.store.release(lease) }
+            if let charged {
+                // The provider made and billed the answer before a stop cut the call off: the charge is kept, and
+                // the next attempt goes out under a new key (the same key at a provider without idempotency, such
+                // as OpenAI's speech, would be bought again without a record of the first).
+                await settleLostAnswer(
+                    job,
+                    provider: name,
+                    because: "a stop cut off the call after it answered",
+                    charged: charged,
+                    attemptKey: attemptKey
+                )
+            } else {
+                try? await shielded { try await self.store.release(lease) }
+            }
             storeChanged()
             return .retryLater
         }
@@ -232,34 +245,41 @@ extension ParallelGenerator {
         attemptKey: String? = nil
     ) async {
         if let charged {
-            var lost = GenerationError(
-                .transient,
-                "the answer \(job.record.provider ?? "the provider") billed could not be saved: \(reason)",
-                provider: job.record.provider
-            )
-            lost.charged = charged
-            lost.attemptKey = attemptKey
-            let error = lost
-            if configuration.retry.payAgainForLostAnswers {
-                // The billed call was a real attempt: the next one goes out under a new key.
-                try? await shielded {
-                    try await self.store.retry(
-                        job.lease,
-                        error: error,
-                        after: .zero,
-                        spendAttempt: true,
-                        failedProvider: nil
-                    )
-                }
-            } else {
-                _ = await deadLetter(job, error)
-            }
+            await settleLostAnswer(job, provider: job.record.provider, because: "\(reason)", charged: charged, attemptKey: attemptKey)
         } else {
             try? await shielded { try await self.store.release(job.lease) }
         }
         storeChanged()
         progress(job.record, .queued, message: "stopped: \(reason)")
         halt(because: reason)
+    }
+
+    /// A synchronous answer the provider billed that this process lost (its disk failed, or a stop cut the call
+    /// off): the job goes back with the charge in its history, or is dead-lettered with it when
+    /// ``PargenConfiguration/Retry/payAgainForLostAnswers`` is off.
+    func settleLostAnswer(
+        _ job: LeasedJob,
+        provider: String?,
+        because reason: String,
+        charged: Money,
+        attemptKey: String?
+    ) async {
+        var lost = GenerationError(
+            .transient,
+            "the answer \(provider ?? "the provider") billed could not be saved: \(reason)",
+            provider: provider
+        )
+        lost.charged = charged
+        lost.attemptKey = attemptKey
+        let error = lost
+        if configuration.retry.payAgainForLostAnswers {
+            // The billed call was a real attempt: the next one goes out under a new key.
+            try? await shielded {
+                try await self.store.retry(job.lease, error: error, after: .zero, spendAttempt: true, failedProvider: nil)
+            }
+        } else {
+            _ = await deadLetter(job, error)
+        }
     }
 
     func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {
