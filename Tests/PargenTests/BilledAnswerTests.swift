@@ -49,14 +49,18 @@ import Testing
     /// which a provider without idempotency (OpenAI's speech) bills again with no record of the first.
     @Test func aStopThatCutsOffABilledAnswerKeepsItsChargeAndTheNextCallUsesANewKey() async throws {
         let store = MemoryJobStore(clock: .continuous)
+        /// An engine on the shared store, as one run of the campaign.
+        func engine(_ provider: any GenerationProvider) -> ParallelGenerator {
+            ParallelGenerator(
+                configuration: PargenConfiguration(rateLimits: .unlimited),
+                providers: [provider],
+                store: store,
+                outputDirectory: temporaryDirectory(),
+                clock: .continuous
+            )
+        }
         let first = AnswersThenHangs(name: "p")
-        let generator = ParallelGenerator(
-            configuration: PargenConfiguration(rateLimits: .unlimited),
-            providers: [first],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let generator = engine(first)
         try await generator.start()
         let ids = try await generator.submit([.audio(prompt: "answered, then cut off by a stop")])
         while first.keys.value.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
@@ -73,17 +77,12 @@ import Testing
         #expect(stopped.errors.compactMap(\.charged) == [price], "\(stopped.errors)")
 
         let second = ScriptedProvider(name: "p")
-        let again = ParallelGenerator(
-            configuration: PargenConfiguration(rateLimits: .unlimited),
-            providers: [second],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let again = engine(second)
         try await again.start()
         let result = await again.result(for: ids[0])
         try await again.stop()
         #expect(result.succeeded, "\(String(describing: result.error))")
+        #expect(second.calls.count == 1)
         #expect(second.calls.map(\.idempotencyKey).allSatisfy { !first.keys.value.contains($0) },
             "bought again under \(second.calls.map(\.idempotencyKey)) after \(first.keys.value)")
         let finished = try #require(try await store.job(ids[0]))
