@@ -283,18 +283,9 @@ struct CampaignWait: Service {
     /// The report, or what the runner threw; set when ``run()`` returns.
     let outcome = Locked<Result<CampaignReport, any Error>?>(nil)
 
-    init(progress: (@Sendable () async -> Void)?, terminal: Bool, body: @escaping @Sendable () async throws -> CampaignReport) {
-        self.progress = progress
-        self.terminal = terminal
-        self.body = body
-    }
-
     func run() async {
-        let terminal = terminal
         let result: Result<CampaignReport, any Error>
         do {
-            let body = body
-            let progress = progress
             result = .success(
                 try await withThrowingTaskGroup(of: CampaignReport?.self) { group in
                     if let progress {

@@ -67,20 +67,29 @@ final class SharedStore: Sendable {
 
     func close() { runner.cancel() }
 
-    /// Runs housekeeping for `generator`'s worker (rescue and pruning, when this worker holds the lead) until the
-    /// returned task is cancelled; a round every third of a lease.
-    func startHousekeeping(
+    /// Housekeeping for `generator`'s worker (rescue and pruning, when this worker holds the lead): a round every
+    /// third of a lease.
+    func housekeeper(
         for generator: ParallelGenerator,
         configuration: PargenConfiguration,
         logger: Logger
-    ) -> Task<Void, Never> {
-        let housekeeper = PostgresHousekeeper(
+    ) -> PostgresHousekeeper {
+        PostgresHousekeeper(
             store: store,
             holder: generator.workerID,
             interval: configuration.leaseDuration / 3,
             maxCrashes: configuration.retry.maxCrashes,
             logger: logger
         )
+    }
+
+    /// Runs ``housekeeper(for:configuration:logger:)`` until the returned task is cancelled.
+    func startHousekeeping(
+        for generator: ParallelGenerator,
+        configuration: PargenConfiguration,
+        logger: Logger
+    ) -> Task<Void, Never> {
+        let housekeeper = housekeeper(for: generator, configuration: configuration, logger: logger)
         return Task { await housekeeper.run() }
     }
 }

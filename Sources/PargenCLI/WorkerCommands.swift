@@ -65,13 +65,7 @@ struct Worker: AsyncParsableCommand {
         }
         let worker = WorkerService(
             generator: generator,
-            housekeeper: PostgresHousekeeper(
-                store: shared.store,
-                holder: generator.workerID,
-                interval: configuration.leaseDuration / 3,
-                maxCrashes: configuration.retry.maxCrashes,
-                logger: logger
-            ),
+            housekeeper: shared.housekeeper(for: generator, configuration: configuration, logger: logger),
             shared: shared,
             stopDeadline: max(configuration.leaseDuration, .seconds(20))
         )
@@ -122,8 +116,6 @@ struct WorkerService: Service {
         // ends the process anyway: the leases not given back expire, and housekeeping gives their jobs to the
         // other workers (a submitted task keeps its id, so it is resumed, never paid twice). Unstructured on
         // purpose: it must outlive a stop that never returns.
-        let generator = generator
-        let shared = shared
         let deadline = stopDeadline
         let watchdog = Task {
             try await Task.sleep(for: deadline)
