@@ -23,6 +23,7 @@ let package = Package(
         .library(name: "PargenS3", targets: ["PargenS3"]),
         .library(name: "PargenRedis", targets: ["PargenRedis"]),
         .library(name: "PargenCacheTiers", targets: ["PargenCacheTiers"]),
+        .library(name: "PargenRuntime", targets: ["PargenRuntime"]),
         .executable(name: "pargen", targets: ["PargenCLI"]),
     ],
     dependencies: [
@@ -154,10 +155,28 @@ let package = Package(
             ],
             swiftSettings: swiftSettings
         ),
+        .target(
+            name: "PargenRuntime",
+            dependencies: [
+                "Pargen",
+                "PargenSQLite",
+                "PargenPostgres",
+                "PargenProviders",
+                "PargenCacheTiers",
+                "PargenRedis",
+                "PargenS3",
+                .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+            ],
+            swiftSettings: swiftSettings
+        ),
         .executableTarget(
             name: "PargenCLI",
             dependencies: [
                 "Pargen",
+                "PargenRuntime",
                 "PargenSQLite",
                 "PargenPostgres",
                 "PargenProviders",
@@ -179,6 +198,7 @@ let package = Package(
             name: "PargenTests",
             dependencies: [
                 "Pargen", "PargenTesting", "PargenSQLite", "PargenPostgres", "PargenProviders", "PargenCLI", "PargenFuzzing",
+                "PargenRuntime",
                 "PargenServer",
                 "PargenS3",
                 "PargenRedis",
@@ -191,6 +211,8 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
                 .product(name: "PostgresNIO", package: "postgres-nio"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                .product(name: "ServiceLifecycleTestKit", package: "swift-service-lifecycle"),
             ],
             swiftSettings: swiftSettings
         ),

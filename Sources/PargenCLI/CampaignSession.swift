@@ -4,131 +4,61 @@ import Dispatch
 import Foundation
 import Logging
 import Pargen
-import PargenPostgres
 import PargenProviders
-import PargenSQLite
+import PargenRuntime
 import ServiceLifecycle
 import UnixSignals
-
-/// Where a campaign's jobs are kept.
-enum CampaignStorage {
-    /// A SQLite file that this process holds alone.
-    case sqlite(path: String)
-    /// A PostgreSQL database shared with other workers.
-    case postgres(url: String, schema: String?)
-}
 
 /// Runs one campaign on the configured providers (the local ones by default) with a live progress display and
 /// a final summary.
 enum CampaignSession {
     static func run(
         file: CampaignFile?,
-        storage: CampaignStorage,
+        storage: GenerationRuntime.StoreLocation,
         setup: PargenSetup,
         options: CampaignOptions,
         injectFaults: Bool,
         out: URL,
         logger: Logger
     ) async throws -> CampaignReport {
-        // One HTTP client for every provider adapter, shut down however the session ends.
-        let http = ProviderConnection.makeHTTPClient()
+        let runtime = await openRuntime(
+            setup: setup,
+            store: storage,
+            options: options,
+            injectFaults: injectFaults,
+            out: out,
+            logger: logger
+        )
         do {
-            let report = try await run(
-                file: file,
-                storage: storage,
-                setup: setup,
-                options: options,
-                injectFaults: injectFaults,
-                out: out,
-                logger: logger,
-                http: http
-            )
-            try? await http.shutdown()
+            let report = try await run(file: file, runtime: runtime, options: options, out: out)
+            await runtime.close()
             return report
         } catch {
-            try? await http.shutdown()
+            await runtime.close()
             throw error
         }
     }
 
     private static func run(
         file: CampaignFile?,
-        storage: CampaignStorage,
-        setup: PargenSetup,
+        runtime: GenerationRuntime,
         options: CampaignOptions,
-        injectFaults: Bool,
-        out: URL,
-        logger: Logger,
-        http: HTTPClient
+        out: URL
     ) async throws -> CampaignReport {
-        let clock = PargenClock.continuous
-        do {
-            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
-        } catch {
-            fail("cannot create the output folder \(out.path): \(reason(error))")
+        let generator = runtime.generator
+        let clock = generator.clock
+        if case .sqlite(let path) = runtime.location, runtime.jobsAtOpen > 0 {
+            print(
+                "continuing the campaign in \(path): \(runtime.jobsAtOpen) jobs known, \(runtime.leasesRescuedAtOpen) taken back from an earlier run"
+            )
         }
-        let store: any JobStore
-        var lock: StoreLock?
-        var shared: SharedStore?
-        var existing = 0
-        switch storage {
-        case .sqlite(let storePath):
-            let sqlite: SQLiteJobStore
-            do {
-                lock = try StoreLock(storePath: storePath)
-                sqlite = try SQLiteJobStore(path: storePath)
-            } catch let error as ValidationError {
-                fail(error.message)
-            } catch {
-                fail("cannot open the campaign store \(storePath): \(reason(error))")
-            }
-            store = sqlite
-            // We hold the store alone: any lease in it belongs to a run that crashed.
-            let orphans = try await sqlite.rescueOrphanedLeases(maxCrashes: setup.configuration.retry.maxCrashes)
-            existing = try await sqlite.counts().values.reduce(0, +)
-            if existing > 0 {
-                print(
-                    "continuing the campaign in \(storePath): \(existing) jobs known, \(orphans) taken back from an earlier run"
-                )
-            }
-        case .postgres(let url, let schema):
-            // Shared with other workers: their leases are theirs; expired ones are rescued by housekeeping.
-            let opened = await SharedStore.open(url: url, schema: schema, logger: logger)
-            shared = opened
-            store = opened.store
-            existing = try await opened.store.counts().values.reduce(0, +)
-        }
-        defer {
-            shared?.close()
-            withExtendedLifetime(lock) {}
-        }
-        let (hooks, submitLog) = TestHooks.fromEnvironment()
-        let providers = try makeProviders(
-            setup: setup,
-            seed: options.seed,
-            injectFaults: injectFaults,
-            submitLog: submitLog,
-            http: http
-        )
-        let configuration = setup.configuration
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: providers,
-            store: store,
-            sharedCache: try makeSharedCache(setup: setup, http: http, logger: logger),
-            outputDirectory: out,
-            clock: clock,
-            logger: logger,
-            hooks: hooks
-        )
-        let housekeeping = shared?.startHousekeeping(for: generator, configuration: configuration, logger: logger)
-        defer { housekeeping?.cancel() }
         let tracker = ProgressTracker(clock: clock)
-        tracker.expect(file?.lines.count ?? existing)
+        tracker.expect(file?.lines.count ?? runtime.jobsAtOpen)
         let token = generator.onEvent { tracker.record($0) }
         defer { generator.removeEventCallback(token) }
+        // Started before the group, so that the campaign's wait can submit at once.
         do {
-            try await generator.start()
+            try await runtime.start()
         } catch {
             fail("\(error)")
         }
@@ -151,28 +81,31 @@ enum CampaignSession {
             }
             return try await CampaignRunner.resume(generator: generator, outputDirectory: out, clock: clock)
         }
-        // The first SIGTERM or Ctrl-C shuts the group down gracefully: the wait ends, the runner writes what is done,
-        // and the rest stays pending in the store. The group hears one signal; the watcher hears them all and exits
-        // at the second, however soon it comes.
+        // The first SIGTERM or Ctrl-C shuts the group down gracefully, in reverse order: the wait ends and the
+        // runner writes what is done (the rest stays pending in the store), then the runtime stops the engine and
+        // gives every lease back. The group hears one signal; the watcher hears them all and exits at the second,
+        // however soon it comes.
         let signals = SignalWatcher()
         try await ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: wait, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [
+                    .init(service: runtime),
+                    .init(service: wait, successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
-                logger: logger
+                logger: runtime.logger
             )
         ).run()
+        signals.exitOnNextSignal()
+        // The engine has stopped; if the group ended otherwise, stop it here (idempotent).
+        try await runtime.stop()
         let finished: CampaignReport
         do {
             finished = try wait.outcome.value!.get()
         } catch let error as LocalResourceError {
             // The manifest could not be written: what is done is in the store, and the next run writes it again.
-            try? await generator.stop(immediately: true)
             fail(stoppedMessage(error, halt: generator.haltReason))
         }
-        signals.exitOnNextSignal()
-        // Stop every job: submissions in progress are persisted first, every lease is given back.
-        try await generator.stop(immediately: finished.pending > 0)
         // Calls that completed while the engine stopped are in the store now: the manifest takes them from there.
         let report: CampaignReport
         do {
@@ -208,63 +141,6 @@ enum CampaignSession {
         }
         return report
     }
-}
-
-/// The configured providers' adapters, and the local ones when the setup includes them; a provider whose key is
-/// missing ends the command (exit 2) with one line per problem.
-func makeProviders(
-    setup: PargenSetup,
-    seed: UInt64,
-    injectFaults: Bool,
-    submitLog: URL?,
-    http: HTTPClient
-) throws -> [any GenerationProvider] {
-    var providers: [any GenerationProvider]
-    do {
-        providers = try PargenSetup(
-            configuration: setup.configuration,
-            providers: setup.providers,
-            includeLocalProviders: false
-        )
-        .makeProviders(httpClient: http)
-    } catch let error as ConfigurationFileError {
-        for problem in error.problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
-        throw ExitCode(2)
-    }
-    if setup.includeLocalProviders {
-        providers += LocalProvider.demoProviders(reliable: !injectFaults, seed: seed, submitLog: submitLog)
-    }
-    return providers
-}
-
-/// An engine for a long-running command (`pargen worker`, `pargen serve`) on the configured providers (the local
-/// ones without faults unless asked), with the test hooks the environment names.
-func makeServingGenerator(
-    setup: PargenSetup,
-    options: CampaignOptions,
-    store: any JobStore,
-    out: URL,
-    logger: Logger,
-    http: HTTPClient
-) throws -> ParallelGenerator {
-    let (hooks, submitLog) = TestHooks.fromEnvironment()
-    let providers = try makeProviders(
-        setup: setup,
-        seed: options.seed,
-        injectFaults: options.faultsInjected(demo: false),
-        submitLog: submitLog,
-        http: http
-    )
-    return ParallelGenerator(
-        configuration: setup.configuration,
-        providers: providers,
-        store: store,
-        sharedCache: try makeSharedCache(setup: setup, http: http, logger: logger),
-        outputDirectory: out,
-        clock: .continuous,
-        logger: logger,
-        hooks: hooks
-    )
 }
 
 /// The one line for a run that could not write its manifest, and why the engine stopped, if it did.

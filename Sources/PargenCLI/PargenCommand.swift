@@ -3,6 +3,7 @@ import Foundation
 import Logging
 import Pargen
 import PargenProviders
+import PargenRuntime
 
 @main
 struct PargenCommand: AsyncParsableCommand {

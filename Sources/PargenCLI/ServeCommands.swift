@@ -8,7 +8,7 @@ import Logging
 import Pargen
 import PargenPostgres
 import PargenProviders
-import PargenSQLite
+import PargenRuntime
 import PargenServer
 
 struct Serve: AsyncParsableCommand {
@@ -62,71 +62,56 @@ struct Serve: AsyncParsableCommand {
         try options.apply(to: &setup.configuration)
         guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535") }
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
-        do {
-            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
-        } catch {
-            fail("cannot create the output folder \(out.path): \(reason(error))")
-        }
-        let store: any JobStore
-        let serviceStore: any ServiceStore
-        var lock: StoreLock?
-        var shared: SharedStore?
-        let storeName: String
-        if let url = storeOptions.postgresURL(setup: setup), !memory {
+        let location: GenerationRuntime.StoreLocation
+        if memory {
+            location = .memory
+        } else if let url = storeOptions.postgresURL(setup: setup) {
             // Shared with other servers and workers: jobs, keys, idempotency keys and webhooks in one schema.
-            let opened = await SharedStore.open(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema, logger: logger)
-            shared = opened
-            store = opened.store
-            serviceStore = PostgresServiceStore(jobs: opened.store)
-            storeName = "\(opened.location.redacted) schema \(opened.store.schema)"
-        } else if memory {
-            store = MemoryJobStore()
-            serviceStore = MemoryServiceStore()
-            storeName = "memory"
+            location = .postgres(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema)
         } else {
-            let path = storeOptions.path(out: out)
+            location = .sqlite(path: storeOptions.path(out: out))
+        }
+        let runtime = await openRuntime(
+            setup: setup,
+            store: location,
+            options: options,
+            injectFaults: options.faultsInjected(demo: false),
+            out: out,
+            logger: logger
+        )
+        let serviceStore: any ServiceStore
+        switch location {
+        case .memory:
+            serviceStore = MemoryServiceStore()
+        case .postgres:
+            serviceStore = PostgresServiceStore(jobs: runtime.postgres!.store)
+        case .sqlite(let path):
             do {
-                lock = try StoreLock(storePath: path)
-                let sqlite = try SQLiteJobStore(path: path)
-                _ = try await sqlite.rescueOrphanedLeases(maxCrashes: setup.configuration.retry.maxCrashes)
-                store = sqlite
                 serviceStore = try SQLiteServiceStore(path: path)
-            } catch let error as ValidationError {
-                fail(error.message)
             } catch {
+                await runtime.close()
                 fail("cannot open the store \(path): \(reason(error))")
             }
-            storeName = path
-        }
-        defer {
-            shared?.close()
-            withExtendedLifetime(lock) {}
         }
         if let printKey {
             let parts = printKey.split(separator: "/", maxSplits: 1).map(String.init)
-            guard parts.count == 2 else { throw ValidationError("--print-key takes TENANT/PROJECT, such as acme/social") }
+            guard parts.count == 2 else {
+                await runtime.close()
+                throw ValidationError("--print-key takes TENANT/PROJECT, such as acme/social")
+            }
             let (secret, record) = try APIKeys.make(tenant: parts[0], project: parts[1], admin: true)
             try await serviceStore.addKey(record)
             print("key: \(secret)")
         }
-        let http = ProviderConnection.makeHTTPClient()
-        let generator = try makeServingGenerator(
-            setup: setup,
-            options: options,
-            store: store,
-            out: out,
-            logger: logger,
-            http: http
-        )
+        let generator = runtime.generator
         if !noWork {
             do {
-                try await generator.start()
+                try await runtime.start()
             } catch {
+                await runtime.close()
                 fail("\(error)")
             }
         }
-        let housekeeping = noWork ? nil : shared?.startHousekeeping(for: generator, configuration: setup.configuration, logger: logger)
-        defer { housekeeping?.cancel() }
         var configuration = ServerConfiguration()
         configuration.host = host
         configuration.port = port
@@ -139,31 +124,30 @@ struct Serve: AsyncParsableCommand {
         if noKeyLimits { configuration.keyLimits.enabled = false }
         let server = PargenServer(generator: generator, serviceStore: serviceStore, configuration: configuration, logger: logger)
         let host = self.host
+        let storeName = runtime.storeDescription
         do {
-            try await server.run { port in
+            // The runtime runs before the server in one group and stops after it: the server stops accepting,
+            // lets requests in flight finish and ends event streams; then the runtime gives every lease back.
+            try await server.run(after: noWork ? [] : [runtime]) { port in
                 print("pargen: serving on http://\(host):\(port) (store \(storeName)); SIGTERM or Ctrl-C stops it")
                 fflush(nil)
             }
         } catch {
             FileHandle.standardError.write(Data("pargen: the server stopped: \(error)\n".utf8))
         }
-        print("pargen: no longer accepting requests; giving the leases back")
+        print("pargen: no longer accepting requests; the leases are given back")
         fflush(nil)
-        let deadline = max(setup.configuration.leaseDuration, .seconds(20))
-        Task.detached {
-            try? await Task.sleep(for: deadline)
-            FileHandle.standardError.write(
-                Data("pargen: the engine did not stop within \(deadline) (\(generator.stopDiagnostics())); leaving its leases to the next run\n".utf8)
+        // The runtime stopped the engine when the group shut down; a group cut short by its grace period may not
+        // have let it finish (idempotent).
+        try await runtime.stop()
+        let counts = try? await runtime.store.counts()
+        await runtime.close()
+        if let counts {
+            print(
+                "pargen: stopped; jobs in the store: "
+                    + JobState.allCases.map { "\($0.rawValue) \(counts[$0, default: 0])" }.joined(separator: ", ")
             )
-            _exit(1)
         }
-        try await generator.stop(immediately: true)
-        try? await http.shutdown()
-        let counts = try await store.counts()
-        print(
-            "pargen: stopped; jobs in the store: "
-                + JobState.allCases.map { "\($0.rawValue) \(counts[$0, default: 0])" }.joined(separator: ", ")
-        )
         if let halt = generator.haltReason { fail("stopped taking work: \(halt)") }
     }
 }
@@ -262,7 +246,7 @@ struct KeysList: AsyncParsableCommand {
 /// --out. Returns the store, its name for messages, and what closes it.
 func openServiceStore(_ options: StoreOptions, out: String?) async throws -> (any ServiceStore, String, @Sendable () -> Void) {
     if let url = options.postgresURL() {
-        let shared = await SharedStore.open(url: url, schema: options.postgresSchema)
+        let shared = await openSharedStore(url: url, schema: options.postgresSchema)
         return (PostgresServiceStore(jobs: shared.store), shared.location.redacted, { shared.close() })
     }
     let path = options.path(out: URL(fileURLWithPath: out ?? "pargen-out"))

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import Pargen
 import PargenProviders
+import PargenRuntime
 import PargenSQLite
 
 #if canImport(Glibc)
@@ -37,7 +38,7 @@ struct StoreOptions: ParsableArguments {
         var setup: PargenSetup?
         if let config { setup = try await loadConfiguredSetup(config) }
         if let url = postgresURL(setup: setup) {
-            let shared = await SharedStore.open(url: url, schema: postgresSchema ?? setup?.postgresSchema)
+            let shared = await openSharedStore(url: url, schema: postgresSchema ?? setup?.postgresSchema)
             return OpenedStore(store: shared.store, shared: shared)
         }
         return OpenedStore(store: try openStore(path(out: out)), shared: nil)
@@ -47,27 +48,9 @@ struct StoreOptions: ParsableArguments {
 /// A store opened by a command, and the PostgreSQL client to stop when the command ends.
 struct OpenedStore {
     var store: any JobStore
-    var shared: SharedStore?
+    var shared: PostgresStoreConnection?
 
     func close() { shared?.close() }
-}
-
-/// Holds `path.lock` with `flock` for the life of the process: one running campaign per store, so every
-/// lease found in the store at start belongs to a run that crashed.
-final class StoreLock {
-    private let descriptor: Int32
-
-    init(storePath: String) throws {
-        let lockPath = storePath + ".lock"
-        descriptor = open(lockPath, O_CREAT | O_RDWR, 0o644)
-        guard descriptor >= 0 else { throw ValidationError("cannot create \(lockPath)") }
-        guard flock(descriptor, LOCK_EX | LOCK_NB) == 0 else {
-            close(descriptor)
-            throw ValidationError("another pargen is running this campaign (\(lockPath) is locked)")
-        }
-    }
-
-    deinit { close(descriptor) }
 }
 
 /// Opens a store for reading or administration (no lock: SQLite's WAL lets a running campaign go on). A store
@@ -92,18 +75,7 @@ func fail(_ message: String) -> Never {
 
 /// A short reason for a file-system or store error: the operating system's words where there are some, never a
 /// dump of the error object.
-func reason(_ error: any Error) -> String {
-    if let store = error as? StoreError { return store.underlying.map(reason) ?? store.message }
-    let ns = error as NSError
-    if let underlying = (ns.userInfo[NSUnderlyingErrorKey] as? any Error).map({ $0 as NSError }),
-        underlying.domain == NSPOSIXErrorDomain
-    {
-        return String(cString: strerror(Int32(underlying.code)))
-    }
-    if ns.domain == NSPOSIXErrorDomain { return String(cString: strerror(Int32(ns.code))) }
-    let text = "\(error)"
-    return text.count > 200 ? String(text.prefix(200)) + "..." : text
-}
+func reason(_ error: any Error) -> String { RuntimeError.reason(error) }
 
 struct Status: AsyncParsableCommand {
     static let configuration = CommandConfiguration(

@@ -6,8 +6,8 @@ import Glibc
 #endif
 import Logging
 import Pargen
-import PargenPostgres
 import PargenProviders
+import PargenRuntime
 import PargenSQLite
 import ServiceLifecycle
 import UnixSignals
@@ -43,46 +43,38 @@ struct Worker: AsyncParsableCommand {
             throw ValidationError("pargen worker needs --postgres URL (or PARGEN_POSTGRES_URL, or postgres.url in --config)")
         }
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
-        let shared = await SharedStore.open(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema, logger: logger)
-        defer { shared.close() }
-        let http = ProviderConnection.makeHTTPClient()
-        let configuration = setup.configuration
-        let generator = try makeServingGenerator(
+        let runtime = await openRuntime(
             setup: setup,
+            store: .postgres(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema),
             options: options,
-            store: shared.store,
+            injectFaults: options.faultsInjected(demo: false),
             out: out,
-            logger: logger,
-            http: http
+            logger: logger
         )
-        // Started outside the group: the engine's own tasks must not inherit its graceful shutdown, which would
-        // make the engine drain its calls instead of giving every lease back at once (the stop below).
-        do {
-            try await generator.start()
-        } catch {
-            try? await http.shutdown()
-            fail("\(error)")
-        }
-        let worker = WorkerService(
-            generator: generator,
-            housekeeper: shared.housekeeper(for: generator, configuration: configuration, logger: logger),
-            shared: shared,
-            stopDeadline: max(configuration.leaseDuration, .seconds(20))
-        )
-        // SIGTERM or Ctrl-C shuts the group down gracefully: the worker stops taking work and gives its leases back.
-        // The group hears one signal; the watcher hears them all and exits at the second, however soon it comes
-        // (nothing is lost: every state change is committed, and a lease not given back expires and is rescued).
+        let generator = runtime.generator
+        // SIGTERM or Ctrl-C shuts the group down gracefully: the runtime stops taking work and gives its leases
+        // back. The group hears one signal; the watcher hears them all and exits at the second, however soon it
+        // comes (nothing is lost: every state change is committed, and a lease not given back expires and is
+        // rescued).
         let signals = SignalWatcher()
         let group = ServiceGroup(
             configuration: ServiceGroupConfiguration(
-                services: [.init(service: worker, successTerminationBehavior: .gracefullyShutdownGroup)],
+                services: [
+                    .init(service: runtime),
+                    .init(service: WorkerAnnouncement(runtime: runtime), successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
                 gracefulShutdownSignals: [.sigterm, .sigint],
                 logger: logger
             )
         )
-        try await group.run()
+        do {
+            try await group.run()
+        } catch {
+            await runtime.close()
+            fail("\(error)")
+        }
         signals.exitOnNextSignal()
-        try? await http.shutdown()
+        await runtime.close()
         let stats = await generator.systemStats()
         let succeeded = stats.providers.values.reduce(0) { $0 + $1.succeeded }
         print("\(generator.workerID): stopped; this worker's calls succeeded \(succeeded) times and cost \(stats.costMonitor.charged)")
@@ -92,43 +84,19 @@ struct Worker: AsyncParsableCommand {
     }
 }
 
-/// A `pargen worker`'s work as a service: housekeeping runs beside the started engine until the group shuts down
-/// gracefully (SIGTERM or Ctrl-C), then the engine gives every lease back at once. A second signal exits at once.
-struct WorkerService: Service {
-    let generator: ParallelGenerator
-    let housekeeper: PostgresHousekeeper
-    let shared: SharedStore
-    /// How long the stop may take before the process leaves anyway.
-    let stopDeadline: Duration
+/// Says what a `pargen worker` works on, waits for the group's graceful shutdown (SIGTERM or Ctrl-C), then says
+/// that it stops; the runtime before it in the group then gives every lease back.
+struct WorkerAnnouncement: Service {
+    let runtime: GenerationRuntime
 
     func run() async throws {
-        print("\(generator.workerID): working on \(shared.location.redacted) (schema \(shared.store.schema)); SIGTERM or Ctrl-C stops it")
+        let worker = runtime.generator.workerID
+        print("\(worker): working on \(runtime.storeDescription); SIGTERM or Ctrl-C stops it")
         fflush(nil)
-        await withDiscardingTaskGroup { group in
-            group.addTask { await housekeeper.run() }
-            // Returns when the group shuts down gracefully (or throws when it is cancelled): stop either way.
-            try? await gracefulShutdown()
-            group.cancelAll()
-        }
-        print("\(generator.workerID): stopping; giving the leases back")
+        // Returns when the group shuts down gracefully (or throws when it is cancelled).
+        try? await gracefulShutdown()
+        print("\(worker): stopping; giving the leases back")
         fflush(nil)
-        // A stop that does not end within a lease (the database unreachable, a call that ignores cancellation)
-        // ends the process anyway: the leases not given back expire, and housekeeping gives their jobs to the
-        // other workers (a submitted task keeps its id, so it is resumed, never paid twice). Unstructured on
-        // purpose: it must outlive a stop that never returns.
-        let deadline = stopDeadline
-        let watchdog = Task {
-            try await Task.sleep(for: deadline)
-            FileHandle.standardError.write(
-                Data(
-                    "pargen: the worker did not stop within \(deadline) (\(generator.stopDiagnostics()); store operations under way: \(shared.store.slowOperations().prefix(5).joined(separator: "; "))); leaving its remaining leases to expire\n"
-                        .utf8
-                )
-            )
-            _exit(1)
-        }
-        defer { watchdog.cancel() }
-        try await generator.stop(immediately: true)
     }
 }
 
@@ -167,9 +135,9 @@ struct Enqueue: AsyncParsableCommand {
         try options.apply(to: &setup.configuration)
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")
         let store: any JobStore
-        var shared: SharedStore?
+        var shared: PostgresStoreConnection?
         if let url = storeOptions.postgresURL(setup: setup) {
-            shared = await SharedStore.open(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema, logger: logger)
+            shared = await openSharedStore(url: url, schema: storeOptions.postgresSchema ?? setup.postgresSchema, logger: logger)
             store = shared!.store
         } else {
             do {
@@ -182,7 +150,18 @@ struct Enqueue: AsyncParsableCommand {
         defer { shared?.close() }
         let http = ProviderConnection.makeHTTPClient()
         // The providers decide which lines can run at all (a pinned provider must be configured).
-        let providers = try makeProviders(setup: setup, seed: options.seed, injectFaults: false, submitLog: nil, http: http)
+        let providers: [any GenerationProvider]
+        do {
+            providers = try GenerationRuntime.makeProviders(
+                setup: setup,
+                options: GenerationRuntime.Options(outputDirectory: out),
+                httpClient: http
+            )
+        } catch {
+            try? await http.shutdown()
+            for problem in error.problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
+            throw ExitCode(2)
+        }
         let generator = ParallelGenerator(
             configuration: setup.configuration,
             providers: providers,

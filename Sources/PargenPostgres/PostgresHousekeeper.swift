@@ -1,5 +1,5 @@
 public import Logging
-import Pargen
+public import Pargen
 
 /// Housekeeping of a shared store, done by one worker at a time: takes back the jobs of workers whose leases
 /// expired (a crash, a kill, a lost network) and deletes finished jobs older than the retention period.
@@ -15,6 +15,8 @@ public struct PostgresHousekeeper: Sendable {
     public var retention: Duration
     public var maxCrashes: Int
     public var logger: Logger
+    /// The clock the rounds are timed on (a test's manual clock, or the real one).
+    public var clock: PargenClock
 
     public init(
         store: PostgresJobStore,
@@ -22,7 +24,8 @@ public struct PostgresHousekeeper: Sendable {
         interval: Duration = .seconds(10),
         retention: Duration = .seconds(7 * 24 * 3600),
         maxCrashes: Int = 5,
-        logger: Logger
+        logger: Logger,
+        clock: PargenClock = .continuous
     ) {
         self.store = store
         self.holder = holder
@@ -30,6 +33,7 @@ public struct PostgresHousekeeper: Sendable {
         self.retention = retention
         self.maxCrashes = maxCrashes
         self.logger = logger
+        self.clock = clock
     }
 
     /// One round: `true` if this worker led it.
@@ -52,7 +56,7 @@ public struct PostgresHousekeeper: Sendable {
             } catch {
                 logger.debug("housekeeping round failed", metadata: ["pargen.error": "\(error)"])
             }
-            try? await Task.sleep(for: interval)
+            try? await clock.sleep(for: interval)
         }
     }
 }

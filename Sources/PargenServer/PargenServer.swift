@@ -5,7 +5,7 @@ public import Hummingbird
 public import Logging
 import NIOCore
 public import Pargen
-import ServiceLifecycle
+public import ServiceLifecycle
 import UnixSignals
 import Synchronization
 
@@ -148,13 +148,20 @@ public final class PargenServer: Sendable {
     }
 
     /// Serves until SIGTERM or SIGINT: then it stops accepting connections, lets requests in flight finish and
-    /// ends event streams. Stopping the generator (giving leases back) is the caller's, after this returns.
+    /// ends event streams.
+    ///
+    /// - Parameter services: Services the server depends on, run before it in the same group and shut down after
+    ///   it (a `GenerationRuntime`, which then stops the engine and gives its leases back). Without one, stopping
+    ///   the generator is the caller's, after this returns.
     ///
     /// Requests still running after ``ServerConfiguration/shutdownGrace`` are cancelled (a client that stopped
     /// reading an event stream cannot hold the shutdown).
-    public func run(onListening: @escaping @Sendable (Int) async -> Void = { _ in }) async throws {
+    public func run(
+        after services: [any Service] = [],
+        onListening: @escaping @Sendable (Int) async -> Void = { _ in }
+    ) async throws {
         var group = ServiceGroupConfiguration(
-            services: [application(onListening: onListening)],
+            services: services.map { .init(service: $0) } + [.init(service: application(onListening: onListening))],
             gracefulShutdownSignals: [.sigterm, .sigint],
             logger: logger
         )

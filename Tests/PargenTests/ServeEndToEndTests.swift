@@ -120,7 +120,7 @@ extension SoloTests {
         }
         try await stop(server, log: log)
         let text = try String(contentsOf: log, encoding: .utf8)
-        #expect(text.contains("giving the leases back"))
+        #expect(text.contains("the leases are given back"))
         // Cut mid-campaign, with no lease left behind.
         let store = try SQLiteJobStore(path: out.appendingPathComponent("campaign.sqlite").path)
         let counts = try await store.counts()

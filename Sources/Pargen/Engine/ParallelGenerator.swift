@@ -186,8 +186,10 @@ public final class ParallelGenerator: Service, Sendable {
             return true
         }
         guard started else { return }
-        // An unstructured task bridges the seed's start()/stop() API onto the dispatcher; stop() awaits it.
-        let task = Task { try await self.runDispatcher() }
+        // An unstructured task bridges the seed's start()/stop() API onto the dispatcher; stop() awaits it. It does
+        // not follow the caller's graceful shutdown (started inside a `ServiceGroup`'s service, it would otherwise
+        // drain when the group shuts down): an engine started here ends with stop(), which says how.
+        let task = Task { try await self.runDispatcher(followingGracefulShutdown: false) }
         state.withLock { $0.runTask = task }
     }
 
@@ -209,12 +211,12 @@ public final class ParallelGenerator: Service, Sendable {
     /// Runs the dispatcher until graceful shutdown or cancellation.
     public func run() async throws {
         try artifacts.prepare()
-        try await runDispatcher()
+        try await runDispatcher(followingGracefulShutdown: true)
     }
 
     /// The body of ``run()`` once the artifact folders are prepared (``start()`` prepares them itself, so a
     /// bad output folder throws from `start()`).
-    private func runDispatcher() async throws {
+    private func runDispatcher(followingGracefulShutdown: Bool) async throws {
         state.withLock { state in
             // A stop() that came before this task started leaves `draining`, and the loop ends at once.
             if state.lifecycle == .idle || state.lifecycle == .stopped { state.lifecycle = .running }
@@ -236,6 +238,12 @@ public final class ParallelGenerator: Service, Sendable {
             }
         }
         defer { watchers?.cancel() }
+        guard followingGracefulShutdown else {
+            await withDiscardingTaskGroup { group in
+                await dispatchLoop(group: &group)
+            }
+            return
+        }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
                 await dispatchLoop(group: &group)

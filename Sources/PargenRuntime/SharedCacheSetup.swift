@@ -1,23 +1,22 @@
-import ArgumentParser
-import AsyncHTTPClient
-import Foundation
-import Logging
-import Pargen
+public import AsyncHTTPClient
+public import Foundation
+public import Logging
+public import Pargen
 import PargenCacheTiers
-import PargenProviders
+public import PargenProviders
 import PargenRedis
 import PargenS3
 
 /// The shared cache tiers the configuration asks for (`artifacts.*`, `cache.redis.*`), or `nil`.
 ///
-/// A credential variable that is unset or a Redis URL that cannot be read ends the command (exit 2) with one line
-/// per problem (never a secret).
-func makeSharedCache(
+/// A credential variable that is unset or a Redis URL that cannot be read throws ``RuntimeError`` with one line per
+/// problem (never a secret).
+public func makeSharedCache(
     setup: PargenSetup,
     http: HTTPClient,
     logger: Logger,
     environment: [String: String] = ProcessInfo.processInfo.environment
-) throws -> (any SharedArtifactCache)? {
+) throws(RuntimeError) -> (any SharedArtifactCache)? {
     let settings = setup.sharedCache
     guard setup.configuration.caching.enabled, let bucket = settings.bucket, let endpointText = settings.endpoint,
         let endpoint = URL(string: endpointText)
@@ -47,10 +46,7 @@ func makeSharedCache(
             problems.append("cache.redis.url: \(error)")
         }
     }
-    guard problems.isEmpty else {
-        for problem in problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
-        throw ExitCode(2)
-    }
+    guard problems.isEmpty else { throw RuntimeError(.configuration, problems) }
     let token = environment[settings.sessionTokenEnvironment].flatMap { $0.isEmpty ? nil : $0 }
     let objects = S3Client(
         configuration: S3Configuration(

@@ -1,0 +1,98 @@
+public import Logging
+public import Pargen
+public import PargenPostgres
+public import PostgresNIO
+import Foundation
+
+/// A PostgreSQL job store and the client pool under it.
+///
+/// The pool runs in a task of its own from ``open(url:schema:logger:poolLogLevel:timeout:)`` until ``close()``:
+/// the store must be reachable (and migrated) before anything else starts, so its client cannot wait for a
+/// service group to run it.
+public final class PostgresStoreConnection: Sendable {
+    public let client: PostgresClient
+    public let store: PostgresJobStore
+    /// Where the server is; its ``PostgresLocation/redacted`` form is what messages show (never the password).
+    public let location: PostgresLocation
+    private let runner: Task<Void, Never>
+
+    private init(client: PostgresClient, store: PostgresJobStore, location: PostgresLocation, runner: Task<Void, Never>) {
+        self.client = client
+        self.store = store
+        self.location = location
+        self.runner = runner
+    }
+
+    /// Connects and applies migrations. Throws ``RuntimeError`` naming the server without its password if the URL
+    /// is bad or the server cannot be reached within `timeout`.
+    ///
+    /// - Parameter poolLogLevel: The level of the pool's own log (connections made and lost), apart from
+    ///   `logger`'s; `logger`'s level when `nil`.
+    public static func open(
+        url: String,
+        schema: String?,
+        logger: Logger = Logger(label: "pargen.postgres"),
+        poolLogLevel: Logger.Level? = nil,
+        timeout: Duration = .seconds(30)
+    ) async throws(RuntimeError) -> PostgresStoreConnection {
+        let location: PostgresLocation
+        do {
+            location = try PostgresLocation(url: url)
+        } catch {
+            throw RuntimeError(.configuration, "\(error)")
+        }
+        var poolLogger = Logger(label: "pargen.postgres.pool")
+        poolLogger.logLevel = poolLogLevel ?? logger.logLevel
+        let client = PostgresClient(configuration: location.clientConfiguration(), backgroundLogger: poolLogger)
+        // Unstructured: the pool must run before (and while) the store is opened, and until close().
+        let runner = Task { await client.run() }
+        let schemaName = schema ?? "pargen"
+        let opened: Result<PostgresJobStore, any Error> = await withTaskGroup(of: Result<PostgresJobStore, any Error>?.self) { group in
+            group.addTask {
+                do {
+                    return .success(try await PostgresJobStore(client: client, schema: schemaName, logger: logger))
+                } catch {
+                    return .failure(error)
+                }
+            }
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                return nil
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            return first ?? .failure(StoreError(.unavailable, "no answer within \(timeout)"))
+        }
+        switch opened {
+        case .success(let store):
+            return PostgresStoreConnection(client: client, store: store, location: location, runner: runner)
+        case .failure(let error):
+            runner.cancel()
+            throw RuntimeError(
+                .store,
+                "cannot open the job store in PostgreSQL at \(location.redacted): \(RuntimeError.reason(error))"
+            )
+        }
+    }
+
+    /// Stops the pool: every connection is closed.
+    public func close() { runner.cancel() }
+
+    /// Housekeeping for the worker `holder` (rescue and pruning, when it holds the lead): a round every third of
+    /// a lease.
+    public func housekeeper(
+        holder: String,
+        configuration: PargenConfiguration,
+        logger: Logger,
+        clock: PargenClock = .continuous
+    ) -> PostgresHousekeeper {
+        PostgresHousekeeper(
+            store: store,
+            holder: holder,
+            interval: configuration.leaseDuration / 3,
+            maxCrashes: configuration.retry.maxCrashes,
+            logger: logger,
+            clock: clock
+        )
+    }
+}
