@@ -79,6 +79,27 @@ import Testing
         #expect(jobs == ["job-11", "job-0", "job-10", "job-1"])
     }
 
+    /// Turns carry over between rounds: with room for one job a round, three users are served in turn, not the
+    /// first user every round (which starved the last users of a project whose bucket bound, and left them the
+    /// campaign's last calls a minute later, when their user windows reopened).
+    @Test func usersTakeTurnsAcrossRoundsNotOnlyWithinOne() {
+        var state = Self.state([Self.mixed("a", rate: 100, slots: 10)])
+        var owner: [String: String] = [:]
+        for (index, user) in ["ann", "ben", "cat"].enumerated() {
+            for n in 0..<3 {
+                let number = index * 10 + n
+                state.enqueue(Self.request(number, .audio, ["a"], user: user), at: .zero)
+                owner["job-\(number)"] = user
+            }
+        }
+        var served: [String] = []
+        for round in 0..<9 {
+            let grants = state.schedule(at: .seconds(round), jobSlots: 1).grants
+            served += grants.map { owner[$0.job.rawValue]! }
+        }
+        #expect(served == ["ann", "ben", "cat", "ann", "ben", "cat", "ann", "ben", "cat"])
+    }
+
     @Test func aResumedTaskTakesASlotButNoWindowRoom() {
         var state = Self.state([Self.mixed("a", rate: 1, slots: 2)])
         state.enqueue(Self.request(0, .audio, ["a"]), at: .zero)

@@ -297,12 +297,17 @@ public struct AdmissionState: Sendable {
 
     /// Walks a lane in fair order (users in turn, each user's oldest first), skipping jobs no longer waiting,
     /// until `body` stops it; then drops the dead entries from the front of each user's queue.
+    ///
+    /// The turns carry over from one walk to the next: a user whose job was admitted goes to the back of the
+    /// lane, so the next walk starts with the users served least recently. A round with room for fewer jobs
+    /// than there are users thus serves the others next, instead of the same first users every round.
     private mutating func walk(holders: Bool, level: Int, _ body: (inout AdmissionState, Waiter) -> Step) {
         // The walk changes waiters and providers, never the lanes: the lane is taken out and put back.
         var lane = holders ? holderLanes[level] : lanes[level]
         defer { if holders { holderLanes[level] = lane } else { lanes[level] = lane } }
         var cursors: [String: Int] = [:]
         var active = lane.users
+        var served: [String] = []
         var stopped = false
         while !active.isEmpty && !stopped {
             var still: [String] = []
@@ -320,7 +325,10 @@ public struct AdmissionState: Sendable {
                 }
                 guard let waiter = found else { continue }
                 cursors[user] = index + 1
-                switch body(&self, waiter) {
+                let step = body(&self, waiter)
+                // Admitted: no longer waiting.
+                if waiters[waiter.request.job] == nil, !served.contains(user) { served.append(user) }
+                switch step {
                 case .next: still.append(user)
                 case .skipUser: break
                 case .stop: stopped = true
@@ -335,6 +343,10 @@ public struct AdmissionState: Sendable {
                 lane.jobs[user]!.removeFirst()
             }
             if lane.jobs[user]?.isEmpty == true { lane.jobs[user] = nil }
+        }
+        if !served.isEmpty {
+            let servedSet = Set(served)
+            lane.users = lane.users.filter { !servedSet.contains($0) } + served
         }
         lane.users.removeAll { lane.jobs[$0] == nil }
     }
