@@ -265,6 +265,92 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         }
     }
 
+    public func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool,
+        within budgets: [Budget]
+    ) async throws -> [BudgetScope: Money] {
+        let clock = injectedNow
+        let keys = Set(budgets.map { "pargen-budget:\(schema):\($0.scope.kind.rawValue):\($0.scope.name)" }).sorted()
+        let checked = try await run("begin an attempt within budgets") { [quoted] in
+            try await self.transaction { connection -> Result<[BudgetScope: Money], BudgetRefusal> in
+                // Every reservation in a budget's scope takes the scope's lock (in key order, so two cannot
+                // deadlock) until it commits: the sums below see every reservation committed before, whichever
+                // worker made it.
+                for key in keys {
+                    try await connection.allRows("SELECT pg_advisory_xact_lock(hashtextextended(\(key), 0))", logger: self.logger)
+                }
+                var loaded: StoredJob?
+                for row in try await connection.allRows(
+                    """
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    FROM \(unescaped: quoted).jobs WHERE id = \(lease.jobID.rawValue) FOR UPDATE
+                    """,
+                    logger: self.logger
+                ).decode(StoredJob.TimedRow.self) {
+                    loaded = try StoredJob.timed(row).job
+                }
+                guard var job = loaded else { throw StoreError(.notFound, "no job \(lease.jobID)") }
+                guard job.record.isHeld(by: lease) else {
+                    throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+                }
+                job.record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+                var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
+                for budget in budgets {
+                    let sums = "COALESCE(SUM(charged + pending), 0)::bigint, COALESCE(SUM(pending), 0)::bigint"
+                    let query: PostgresQuery =
+                        switch budget.scope.kind {
+                        case .global:
+                            "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE id <> \(lease.jobID.rawValue)"
+                        case .project:
+                            "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE project = \(budget.scope.name) AND id <> \(lease.jobID.rawValue)"
+                        case .campaign:
+                            "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE campaign = \(budget.scope.name) AND id <> \(lease.jobID.rawValue)"
+                        }
+                    for (committed, pending) in try await connection.allRows(query, logger: self.logger).decode((Int64, Int64).self) {
+                        others[budget.scope] = (Money(nanos: committed), Money(nanos: pending))
+                    }
+                }
+                let ledger = job.record.ledger
+                let result = Budget.check(budgets, others: others, own: ledger.charged + ledger.pending)
+                if case .success = result {
+                    guard try await self.save(job, on: connection) else {
+                        throw StoreError(.unavailable, "job \(lease.jobID) changed while its row was locked")
+                    }
+                }
+                return result
+            }
+        }
+        return try checked.get()
+    }
+
+    public func ledger(in scope: BudgetScope) async throws -> CostLedger {
+        return try await run("sum a budget's ledger") { [quoted] in
+            var totals = CostLedger()
+            let sums = """
+                COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
+                COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint
+                """
+            let query: PostgresQuery =
+                switch scope.kind {
+                case .global: "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs"
+                case .project: "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE project = \(scope.name)"
+                case .campaign: "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE campaign = \(scope.name)"
+                }
+            for (reserved, charged, released, pending) in try await self.allRows(query, logger: self.logger)
+                .decode((Int64, Int64, Int64, Int64).self)
+            {
+                totals.reserved = Money(nanos: reserved)
+                totals.charged = Money(nanos: charged)
+                totals.released = Money(nanos: released)
+                totals.pending = Money(nanos: pending)
+            }
+            return totals
+        }
+    }
+
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
         try await withHeld(lease, "record a submission") { record, _ in record.recordSubmission(taskID: taskID) }
     }

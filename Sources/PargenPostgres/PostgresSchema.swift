@@ -168,6 +168,16 @@ enum PostgresSchema {
                 "CREATE INDEX service_deliveries_hook ON S.service_deliveries (webhook_id, created_at)",
             ]
         ),
+        Migration(
+            version: 4,
+            name: "budget-sums",
+            statements: [
+                // Budgets are checked against the jobs' own ledgers: a scope's charged and pending, summed from
+                // indexes that cover them.
+                "CREATE INDEX jobs_project_money ON S.jobs (project) INCLUDE (charged, pending)",
+                "CREATE INDEX jobs_campaign_money ON S.jobs (campaign) INCLUDE (charged, pending)",
+            ]
+        ),
     ]
 
     /// Applies every migration `schema` lacks, under an advisory lock.

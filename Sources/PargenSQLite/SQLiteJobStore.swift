@@ -136,6 +136,16 @@ public final class SQLiteJobStore: JobStore {
                     """
             )
         }
+        migrator.registerMigration("v3-budget-sums") { db in
+            // Budgets are checked against the jobs' own ledgers: a scope's charged and pending, summed from an
+            // index that covers them (the global sum scans the narrower of the two).
+            try db.execute(
+                sql: """
+                    CREATE INDEX jobs_project_money ON jobs(project, charged, pending);
+                    CREATE INDEX jobs_campaign_money ON jobs(campaign, charged, pending);
+                    """
+            )
+        }
         do {
             try migrator.migrate(writer)
         } catch {
@@ -260,6 +270,77 @@ public final class SQLiteJobStore: JobStore {
     {
         try await withHeld(lease) {
             $0.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+        }
+    }
+
+    public func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool,
+        within budgets: [Budget]
+    ) async throws -> [BudgetScope: Money] {
+        // One write: the sums and the reservation commit together, and the store's single writer orders them.
+        let checked = try await write { db -> Result<[BudgetScope: Money], BudgetRefusal> in
+            var record = try Self.load(db, lease.jobID)
+            guard record.isHeld(by: lease) else {
+                throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+            }
+            let before = record.ledger
+            record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+            var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
+            for budget in budgets {
+                let total = try Self.scopeSums(db, budget.scope)
+                // Every job but this one: its own stored ledger comes off the scope's sum.
+                others[budget.scope] = (
+                    total.committed - (before.charged + before.pending),
+                    total.pending - before.pending
+                )
+            }
+            let result = Budget.check(budgets, others: others, own: record.ledger.charged + record.ledger.pending)
+            if case .success = result { try Self.save(db, record) }
+            return result
+        }
+        return try checked.get()
+    }
+
+    public func ledger(in scope: BudgetScope) async throws -> CostLedger {
+        try await read { db in
+            let (filter, arguments) = Self.filter(scope)
+            var totals = CostLedger()
+            if let row = try Row.fetchOne(
+                db,
+                sql: "SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM jobs" + filter,
+                arguments: arguments
+            ) {
+                totals.reserved = Money(nanos: row["r"] ?? 0)
+                totals.charged = Money(nanos: row["c"] ?? 0)
+                totals.released = Money(nanos: row["l"] ?? 0)
+                totals.pending = Money(nanos: row["p"] ?? 0)
+            }
+            return totals
+        }
+    }
+
+    /// A scope's `charged + pending` and `pending`, summed over its jobs.
+    private static func scopeSums(_ db: Database, _ scope: BudgetScope) throws -> (committed: Money, pending: Money) {
+        let (filter, arguments) = filter(scope)
+        guard
+            let row = try Row.fetchOne(
+                db,
+                sql: "SELECT COALESCE(SUM(charged + pending), 0) AS c, COALESCE(SUM(pending), 0) AS p FROM jobs" + filter,
+                arguments: arguments
+            )
+        else { return (.zero, .zero) }
+        return (Money(nanos: row["c"] ?? 0), Money(nanos: row["p"] ?? 0))
+    }
+
+    /// The `WHERE` clause that picks a scope's jobs.
+    private static func filter(_ scope: BudgetScope) -> (String, StatementArguments) {
+        switch scope.kind {
+        case .global: ("", [])
+        case .project: (" WHERE project = ?", [scope.name])
+        case .campaign: (" WHERE campaign = ?", [scope.name])
         }
     }
 

@@ -52,7 +52,7 @@ extension PargenServer {
         }
         api.get("budgets") { _, context -> Response in
             let principal = try context.requirePrincipal()
-            return JSON.response(.ok, self.budgets(principal))
+            return JSON.response(.ok, await self.budgets(principal))
         }
         api.put("budgets") { request, context -> Response in
             let principal = try context.requirePrincipal()
@@ -60,7 +60,7 @@ extension PargenServer {
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxJSONBodyBytes)
             try self.setBudget(body, principal: principal)
-            return JSON.response(.ok, self.budgets(principal))
+            return JSON.response(.ok, await self.budgets(principal))
         }
     }
 
@@ -136,9 +136,9 @@ extension PargenServer {
     }
 
     /// The tenant's budgets (its projects' and campaigns'), with what is charged and reserved against each.
-    func budgets(_ principal: Principal) -> JSONValue {
+    func budgets(_ principal: Principal) async -> JSONValue {
         let monitor = generator.costMonitor
-        let usage = Dictionary(uniqueKeysWithValues: monitor.stats().budgets.map { ($0.scope, $0) })
+        let usage = Dictionary(uniqueKeysWithValues: await generator.budgetUsage().map { ($0.scope, $0) })
         var scopes = Set(monitor.limits().keys)
         scopes.formUnion(usage.keys)
         var items: [JSONValue] = []

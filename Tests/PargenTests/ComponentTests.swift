@@ -326,75 +326,48 @@ import Testing
 }
 
 @Suite struct CostMonitorTests {
-    @Test func reservesSettlesAndReleasesWithABalancedLedger() {
-        let clock = ManualClock()
-        let monitor = CostMonitor(
-            configuration: .init(perProject: ["p": .dollars(10)]),
-            clock: PargenClock(clock)
-        )
+    @Test func theBudgetsOfAJobAreItsScopesThatHaveALimit() {
+        let monitor = CostMonitor(configuration: .init(global: .dollars(100), defaultPerProject: .dollars(10)))
+        let request = validated(.audio(prompt: "x", project: "p", campaign: "spring"))
         #expect(
-            monitor.reserve(.dollars(4), for: JobID("a"), project: "p", campaign: "c", provider: "x").0
-                == .reserved
+            monitor.budgets(for: request)
+                == [Budget(scope: .global, limit: .dollars(100)), Budget(scope: .project("p"), limit: .dollars(10))]
         )
+        monitor.setLimit(.dollars(5), for: .campaign("spring"))
+        monitor.setLimit(nil, for: .global)
         #expect(
-            monitor.reserve(.dollars(4), for: JobID("b"), project: "p", campaign: "c", provider: "x").0
-                == .reserved
-        )
-        let (held, _) = monitor.reserve(
-            .dollars(4),
-            for: JobID("c"),
-            project: "p",
-            campaign: "c",
-            provider: "x"
-        )
-        #expect(
-            held
-                == .held(scope: .project("p"), limit: .dollars(10), committed: .dollars(8), canFree: true)
-        )
-        monitor.settle(JobID("a"), actual: .dollars(3))
-        monitor.release(JobID("b"))
-        let stats = monitor.stats()
-        #expect(stats.charged == .dollars(3))
-        #expect(stats.released == .dollars(5))
-        #expect(stats.reserved == .dollars(8))
-        #expect(stats.outstanding == .zero)
-        #expect(stats.ledgerBalances)
-        #expect(
-            monitor.reserve(.dollars(7), for: JobID("c"), project: "p", campaign: "c", provider: "x").0
-                == .reserved
-        )
-        #expect(
-            monitor.reserve(.cents(1), for: JobID("d"), project: "p", campaign: "c", provider: "x").0
-                == .held(scope: .project("p"), limit: .dollars(10), committed: .dollars(10), canFree: true)
+            monitor.budgets(for: request)
+                == [Budget(scope: .project("p"), limit: .dollars(10)), Budget(scope: .campaign("spring"), limit: .dollars(5))]
         )
     }
 
-    @Test func alertsOnceAtTheThresholdAndOnExhaustion() {
+    @Test func alertsOnceAtTheThresholdAndOnceWhenTheLimitIsReached() {
         let monitor = CostMonitor(
             configuration: .init(global: .dollars(10), alertThreshold: 0.8),
             clock: PargenClock(ManualClock())
         )
-        #expect(
-            monitor.reserve(.dollars(7), for: JobID("a"), project: "p", campaign: "c", provider: "x").1
-                .isEmpty
-        )
-        let alerts = monitor.reserve(
-            .dollars(1),
-            for: JobID("b"),
-            project: "p",
-            campaign: "c",
-            provider: "x"
-        ).1
-        #expect(alerts.map(\.scope) == [.global])
-        #expect(
-            monitor.reserve(.dollars(1), for: JobID("c"), project: "p", campaign: "c", provider: "x").1
-                .isEmpty
-        )
-        monitor.settle(JobID("a"), actual: .dollars(7))
-        monitor.settle(JobID("b"), actual: .dollars(1))
-        let exhausted = monitor.settle(JobID("c"), actual: .dollars(2))
-        #expect(exhausted.map(\.exhausted) == [true], "an overrun is charged and exhausts the budget")
-        #expect(monitor.stats().ledgerBalances)
+        #expect(monitor.reserved([.global: .dollars(7)]).isEmpty)
+        #expect(monitor.reserved([.global: .dollars(8)]).map(\.exhausted) == [false])
+        #expect(monitor.reserved([.global: .dollars(9)]).isEmpty, "once")
+        #expect(monitor.reserved([.global: .dollars(10)]).map(\.exhausted) == [true])
+        let refusal = BudgetRefusal(scope: .global, limit: .dollars(10), committed: .dollars(10), needed: .dollars(1), canFree: true)
+        #expect(monitor.refused(refusal).isEmpty, "already exhausted")
+        #expect(monitor.stats().budgets.first { $0.scope == .global }?.held == 1)
+        // A new limit may alert again.
+        monitor.setLimit(.dollars(20), for: .global)
+        #expect(monitor.reserved([.global: .dollars(16)]).map(\.exhausted) == [false])
+        #expect(monitor.refused(refusal).map(\.exhausted) == [true])
+    }
+
+    @Test func aProviderThatBillsAboveItsEstimateIsExpectedToCostMoreFromThenOn() {
+        let monitor = CostMonitor(configuration: .init())
+        #expect(monitor.expectedCost(.dollars(1), provider: "x") == .dollars(1))
+        monitor.charged(.dollars(3), provider: "x", estimate: .dollars(2))
+        #expect(monitor.expectedCost(.dollars(1), provider: "x") == .cents(150))
+        #expect(monitor.expectedCost(.dollars(1), provider: "y") == .dollars(1))
+        monitor.charged(.dollars(1), provider: "x", estimate: .dollars(2))
+        #expect(monitor.expectedCost(.dollars(1), provider: "x") == .cents(150), "never down")
+        #expect(monitor.chargedHere == .dollars(4))
     }
 
     @Test func trendComparesTheHalvesOfTheWindow() {
@@ -404,14 +377,7 @@ import Testing
             clock: PargenClock(clock)
         )
         for i in 0..<6 {
-            _ = monitor.reserve(
-                .dollars(1),
-                for: JobID("\(i)"),
-                project: "p",
-                campaign: "c",
-                provider: "x"
-            )
-            monitor.settle(JobID("\(i)"), actual: .dollars(i < 2 ? 1 : 3))
+            monitor.charged(.dollars(i < 2 ? 1 : 3), provider: "x", estimate: .dollars(1))
             clock.advance(by: .seconds(10))
         }
         #expect(monitor.stats().trend == .increasing)

@@ -595,6 +595,22 @@ private final class RenewalFaultStore: JobStore {
     {
         try await base.beginAttempt(lease, provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
     }
+    func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool,
+        within budgets: [Budget]
+    ) async throws -> [BudgetScope: Money] {
+        try await base.beginAttempt(
+            lease,
+            provider: provider,
+            reserving: estimate,
+            idempotentSubmission: idempotentSubmission,
+            within: budgets
+        )
+    }
+    func ledger(in scope: BudgetScope) async throws -> CostLedger { try await base.ledger(in: scope) }
     func recordSubmission(_ lease: JobLease, taskID: String) async throws {
         try await base.recordSubmission(lease, taskID: taskID)
     }

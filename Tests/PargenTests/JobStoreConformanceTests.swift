@@ -40,6 +40,85 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         try await store.lease(limit: limit, owner: owner, duration: .seconds(60), excludingUsers: excluding)
     }
 
+    /// Budgets are checked against the job records' own ledgers, in the transition that reserves.
+    @Test(arguments: factories)
+    func aReservationFitsItsBudgetsByTheJobLedgersOrIsRefused(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let requests = ["a", "b", "c"].map { validated(.audio(prompt: $0, project: "p"), id: $0) }
+            + [validated(.audio(prompt: "d", project: "q"), id: "d")]
+        _ = try await store.enqueue(requests)
+        let leased = try await lease(store, 4)
+        let byID = Dictionary(uniqueKeysWithValues: leased.map { ($0.record.request.id, $0.lease) })
+        let budgets = [Budget(scope: .global, limit: .dollars(100)), Budget(scope: .project("p"), limit: .dollars(10))]
+        func begin(_ id: String, _ amount: Money, _ budgets: [Budget]) async throws -> [BudgetScope: Money] {
+            try await store.beginAttempt(byID[id]!, provider: "x", reserving: amount, idempotentSubmission: false, within: budgets)
+        }
+        #expect(try await begin("a", .dollars(4), budgets) == [.global: .dollars(4), .project("p"): .dollars(4)])
+        #expect(try await begin("b", .dollars(4), budgets) == [.global: .dollars(8), .project("p"): .dollars(8)])
+        let refusal = await #expect(throws: BudgetRefusal.self) { try await begin("c", .dollars(4), budgets) }
+        #expect(
+            refusal == BudgetRefusal(scope: .project("p"), limit: .dollars(10), committed: .dollars(8), needed: .dollars(4), canFree: true)
+        )
+        // Refused: nothing reserved, no attempt begun.
+        let c = try #require(try await store.job(byID["c"]!.jobID))
+        #expect(c.ledger == CostLedger() && c.attempts == 0, "\(c.ledger) \(c.attempts)")
+        // Another project's job counts against the global budget only.
+        #expect(
+            try await begin("d", .dollars(4), [Budget(scope: .global, limit: .dollars(100)), Budget(scope: .project("q"), limit: .dollars(4))])
+                == [.global: .dollars(12), .project("q"): .dollars(4)]
+        )
+        // a is charged less than it reserved, b's call failed: c now fits (3 charged + 4).
+        var outcome = self.outcome
+        outcome.cost = .dollars(3)
+        try await store.complete(byID["a"]!, outcome: outcome)
+        try await store.retry(byID["b"]!, error: nil, after: .seconds(60), spendAttempt: true, failedProvider: nil)
+        #expect(try await begin("c", .dollars(4), budgets) == [.global: .dollars(11), .project("p"): .dollars(7)])
+        let p = try await store.ledger(in: .project("p"))
+        #expect(p.charged == .dollars(3) && p.pending == .dollars(4) && p.released == .dollars(5) && p.balances, "\(p)")
+        #expect(try await store.ledger(in: .global).pending == .dollars(8))
+        let campaign = try await store.ledger(in: .campaign(requests[0].campaign))
+        #expect(campaign.reserved == .dollars(12), "a, b and c (d is of another campaign): \(campaign)")
+        // With nothing pending in the scope, a refusal says that nothing can free it.
+        _ = try await store.enqueue([validated(.audio(prompt: "e", project: "r"), id: "e")])
+        let e = try #require(try await lease(store, 1).first)
+        let final = await #expect(throws: BudgetRefusal.self) {
+            try await store.beginAttempt(
+                e.lease,
+                provider: "x",
+                reserving: .dollars(2),
+                idempotentSubmission: false,
+                within: [Budget(scope: .project("r"), limit: .dollars(1))]
+            )
+        }
+        #expect(final?.canFree == false)
+    }
+
+    /// Reservations made at once never take a budget past its limit: on PostgreSQL, from many connections.
+    @Test(arguments: factories)
+    func reservationsMadeAtOnceNeverExceedTheBudget(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let count = 40
+        _ = try await store.enqueue((0..<count).map { validated(.audio(prompt: "line \($0)", project: "p"), id: "j\($0)") })
+        let leases = try await lease(store, count).map(\.lease)
+        #expect(leases.count == count)
+        let budgets = [Budget(scope: .project("p"), limit: .dollars(10))]
+        let admitted = try await withThrowingTaskGroup(of: Bool.self) { group in
+            for lease in leases {
+                group.addTask {
+                    do {
+                        _ = try await store.beginAttempt(lease, provider: "x", reserving: .dollars(1), idempotentSubmission: false, within: budgets)
+                        return true
+                    } catch is BudgetRefusal {
+                        return false
+                    }
+                }
+            }
+            return try await group.reduce(0) { $0 + ($1 ? 1 : 0) }
+        }
+        #expect(admitted == 10)
+        #expect(try await store.ledger(in: .project("p")).pending == .dollars(10))
+    }
+
     @Test(arguments: factories)
     func leasesByPriorityThenRoundRobinAcrossUsers(_ factory: StoreFactory) async throws {
         let store = try await factory.make(ManualClock())

@@ -48,6 +48,56 @@ import Testing
         #expect(try await store.counts() == [.running: 600])
     }
 
+    /// A budget is kept by the store's ledger, so two workers on one campaign spend it together, exactly: 30 lines
+    /// at $0.50 against a $5 campaign budget buy 10 lines between them, never more, whichever worker buys them.
+    @Test func twoWorkersShareOneBudgetExactly() async throws {
+        let schema = TestPostgres.freshSchema()
+        var configuration = PargenConfiguration()
+        configuration.rateLimits = .unlimited
+        configuration.caching.enabled = false
+        configuration.budgets.perCampaign["launch"] = .dollars(5)
+        configuration.retry.baseDelay = .milliseconds(20)
+        configuration.retry.maxDelay = .milliseconds(200)
+        // Two calls at a time each, so that neither worker takes the whole campaign alone.
+        configuration.resources.maxConcurrentJobs = 2
+        var workers: [ParallelGenerator] = []
+        for _ in 0..<2 {
+            // Each with its own store object, as separate processes have.
+            workers.append(
+                ParallelGenerator(
+                    configuration: configuration,
+                    providers: [
+                        ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .cents(50))) { _, _ in
+                            .succeed(latency: .milliseconds(200))
+                        }
+                    ],
+                    store: try await TestPostgres.store(schema: schema),
+                    outputDirectory: temporaryDirectory(),
+                    clock: .continuous
+                )
+            )
+        }
+        for worker in workers { try await worker.start() }
+        // Each worker brings half the campaign; both take from the one queue.
+        var ids = try await workers[0].submit((0..<15).map { .audio(prompt: "line \($0)", campaign: "launch") })
+        ids += try await workers[1].submit((15..<30).map { .audio(prompt: "line \($0)", campaign: "launch") })
+        let lines = ids.count
+        let store = try await TestPostgres.store(schema: schema)
+        // Every line ends: bought, or dead-lettered once nothing pending can free the budget.
+        try await waitUntil(seconds: 60) {
+            let counts = try await store.counts()
+            return counts[.succeeded, default: 0] + counts[.deadLettered, default: 0] == lines
+        }
+        for worker in workers { try await worker.stop() }
+        let counts = try await store.counts()
+        #expect(counts[.succeeded, default: 0] == 10, "\(counts)")
+        let ledger = try await store.ledger(in: .campaign("launch"))
+        #expect(ledger.charged == .dollars(5) && ledger.pending == .zero && ledger.balances, "\(ledger)")
+        let bought = workers.map { $0.currentSpend() }
+        #expect(bought.reduce(.zero, +) == .dollars(5), "what the two workers paid: \(bought)")
+        #expect(bought.allSatisfy { $0 > .zero }, "both workers bought lines: \(bought)")
+    }
+
     @Test func processesStartingTogetherApplyEachMigrationOnce() async throws {
         let schema = TestPostgres.freshSchema()
         try await withThrowingTaskGroup(of: Void.self) { group in

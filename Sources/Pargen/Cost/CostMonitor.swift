@@ -28,27 +28,15 @@ public struct BudgetAlert: Sendable, Hashable, Codable {
 /// Spending direction over the trend window.
 public enum CostTrend: String, Sendable, Hashable, Codable { case increasing, decreasing, stable }
 
-/// Estimates, reservations against budgets, settlement and release, with an exact ledger.
+/// Budgets, what providers are expected to cost, alerts and spending figures.
 ///
-/// Every job's estimate is reserved in every scope it belongs to (global, its project, its campaign) before
-/// the provider is called. Success settles the actual charge (releasing the difference); failure releases the
-/// whole reservation. At every quiescent point `reserved == charged + released`.
+/// It keeps no money of its own: the ledger is the job records' (``CostLedger``, in the job store), and a call's
+/// reservation is checked against each budget by the store, in the transaction that makes it
+/// (``JobStore/beginAttempt(_:provider:reserving:idempotentSubmission:within:)``). The monitor says which budgets
+/// a job must fit in (``budgets(for:)``, with limits set while running), how much to reserve for a provider that
+/// bills above its price list (``expectedCost(_:provider:)``), raises alerts from the totals the store returns,
+/// and keeps this process's spending per provider and its trend.
 public final class CostMonitor: Sendable {
-    public enum Reservation: Sendable, Hashable {
-        case reserved
-        /// A budget would be exceeded. `canFree` says whether reservations in flight in that scope may come
-        /// back; when not, the job cannot run under this budget.
-        case held(scope: BudgetScope, limit: Money, committed: Money, canFree: Bool)
-    }
-
-    struct Open {
-        var amount: Money
-        /// The provider's price-list estimate that `amount` was scaled from.
-        var estimate: Money
-        var scopes: [BudgetScope]
-        var provider: String
-    }
-
     /// The largest charge-to-estimate ratio a provider has billed, as the pair of amounts.
     struct Overrun {
         var actual: Int64
@@ -56,8 +44,6 @@ public final class CostMonitor: Sendable {
     }
 
     struct ScopeBook {
-        var charged = Money.zero
-        var outstanding = Money.zero
         var alerted = false
         var exhaustedAlerted = false
         var held = 0
@@ -70,12 +56,8 @@ public final class CostMonitor: Sendable {
     }
 
     struct State {
-        var open: [JobID: Open] = [:]
         var scopes: [BudgetScope: ScopeBook] = [:]
         var providers: [String: ProviderBook] = [:]
-        var reserved = Money.zero
-        var charged = Money.zero
-        var released = Money.zero
         var settlements: Deque<(time: Duration, amount: Money)> = []
         var alerts: [BudgetAlert] = []
         var overruns: [String: Overrun] = [:]
@@ -127,6 +109,12 @@ public final class CostMonitor: Sendable {
         return limits
     }
 
+    /// The budgets a job of `request` must fit in: those of its scopes (global, its project, its campaign) that
+    /// have a limit, in that order.
+    public func budgets(for request: ValidatedRequest) -> [Budget] {
+        BudgetScope.scopes(of: request).compactMap { scope in limit(of: scope).map { Budget(scope: scope, limit: $0) } }
+    }
+
     /// What a call estimated at `estimate` is expected to cost at `provider`: the estimate, scaled up by the
     /// largest charge-to-estimate ratio the provider has billed so far (never down). Once a provider is seen to
     /// bill more than its price list says, every later reservation for it is of the higher amount, so a budget
@@ -143,107 +131,109 @@ public final class CostMonitor: Sendable {
         return Money(nanos: remainder > 0 && quotient < .max ? quotient + 1 : quotient)
     }
 
-    /// Reserves the expected cost (``expectedCost(_:provider:)``) of a call estimated at `amount` for `job` in
-    /// its global, project and campaign scopes, all or nothing. Reserving again replaces the job's own
-    /// reservation: the engine reserves once when it picks the provider, and again right before the call, when
-    /// the provider's overruns seen meanwhile are known.
-    ///
-    /// - Returns: ``Reservation/reserved``, or ``Reservation/held(scope:limit:committed:canFree:)`` naming
-    ///   the first budget that would be exceeded. Returns the alerts this reservation raised.
-    public func reserve(
-        _ amount: Money,
-        for job: JobID,
-        project: String,
-        campaign: String,
-        provider: String
-    ) -> (Reservation, [BudgetAlert]) {
-        let scopes: [BudgetScope] = [.global, .project(project), .campaign(campaign)]
-        return state.withLock { state in
-            let estimate = amount
-            let amount = Self.scaled(estimate, by: state.overruns[provider])
-            if let existing = state.open.removeValue(forKey: job) {
-                // Idempotent: the same job reserving again replaces its own reservation.
-                Self.drop(existing, from: &state)
-                state.reserved = state.reserved - existing.amount
-            }
-            for scope in scopes {
-                guard let limit = limit(of: scope) else { continue }
-                let book = state.scopes[scope, default: ScopeBook()]
-                let committed = book.charged + book.outstanding
-                if committed + amount > limit {
-                    state.scopes[scope, default: ScopeBook()].held += 1
-                    return (
-                        .held(scope: scope, limit: limit, committed: committed, canFree: book.outstanding > .zero), []
+    /// Takes note of what the store says each budget's scope has committed once a reservation was made, and
+    /// returns the alerts that raised: the alert threshold crossed, or the limit reached (each once per scope,
+    /// again after its limit changes).
+    public func reserved(_ committed: [BudgetScope: Money]) -> [BudgetAlert] {
+        state.withLock { state in
+            var raised: [BudgetAlert] = []
+            for (scope, amount) in committed.sorted(by: { $0.key.description < $1.key.description }) {
+                guard let limit = limit(of: scope), limit > .zero else { continue }
+                var book = state.scopes[scope, default: ScopeBook()]
+                let fraction = amount.ratio(to: limit)
+                if fraction >= configuration.alertThreshold, !book.alerted {
+                    book.alerted = true
+                    raised.append(
+                        BudgetAlert(scope: scope, limit: limit, committed: amount, fraction: fraction, exhausted: false)
                     )
                 }
+                if amount >= limit, !book.exhaustedAlerted {
+                    book.exhaustedAlerted = true
+                    raised.append(
+                        BudgetAlert(scope: scope, limit: limit, committed: amount, fraction: fraction, exhausted: true)
+                    )
+                }
+                state.scopes[scope] = book
             }
-            state.open[job] = Open(amount: amount, estimate: estimate, scopes: scopes, provider: provider)
-            state.reserved = state.reserved + amount
-            for scope in scopes {
-                let outstanding = state.scopes[scope]?.outstanding ?? .zero
-                state.scopes[scope, default: ScopeBook()].outstanding = outstanding + amount
-            }
-            return (.reserved, raiseAlerts(&state, scopes: scopes))
+            state.alerts.append(contentsOf: raised)
+            return raised
         }
     }
 
-    /// Settles `job`'s reservation at the `actual` charge. An overrun tops the reservation up first.
-    @discardableResult
-    public func settle(_ job: JobID, actual: Money, mediaDuration: Duration = .zero) -> [BudgetAlert] {
+    /// Takes note of a reservation the store refused (the job is held back or dead-lettered), and returns the
+    /// alert that the budget is exhausted, once per scope.
+    public func refused(_ refusal: BudgetRefusal) -> [BudgetAlert] {
+        state.withLock { state in
+            var book = state.scopes[refusal.scope, default: ScopeBook()]
+            book.held += 1
+            var raised: [BudgetAlert] = []
+            if !book.exhaustedAlerted {
+                book.exhaustedAlerted = true
+                book.alerted = true
+                raised.append(
+                    BudgetAlert(
+                        scope: refusal.scope,
+                        limit: refusal.limit,
+                        committed: refusal.committed,
+                        fraction: refusal.committed.ratio(to: refusal.limit),
+                        exhausted: true
+                    )
+                )
+            }
+            state.scopes[refusal.scope] = book
+            state.alerts.append(contentsOf: raised)
+            return raised
+        }
+    }
+
+    /// Records a call's charge: this process's spending per provider and its trend, and the provider's
+    /// charge-to-`estimate` ratio when it billed above its price list (see ``expectedCost(_:provider:)``).
+    public func charged(_ actual: Money, provider: String, estimate: Money, mediaDuration: Duration = .zero) {
         let now = clock.now
-        return state.withLock { state in
-            guard let open = state.open.removeValue(forKey: job) else { return [] }
-            Self.drop(open, from: &state)
-            if actual > open.amount { state.reserved = state.reserved + (actual - open.amount) }
-            if actual > open.estimate, open.estimate > .zero {
-                let worst = state.overruns[open.provider]
+        state.withLock { state in
+            if actual > estimate, estimate > .zero {
+                let worst = state.overruns[provider]
                 // actual / estimate > worst.actual / worst.estimate, compared without division or overflow.
                 let larger =
                     worst.map {
                         actual.nanos.multipliedFullWidth(by: $0.estimate)
-                            > open.estimate.nanos.multipliedFullWidth(by: $0.actual)
+                            > estimate.nanos.multipliedFullWidth(by: $0.actual)
                     } ?? true
-                if larger { state.overruns[open.provider] = Overrun(actual: actual.nanos, estimate: open.estimate.nanos) }
+                if larger { state.overruns[provider] = Overrun(actual: actual.nanos, estimate: estimate.nanos) }
             }
-            state.charged = state.charged + actual
-            state.released = state.released + max(.zero, open.amount - actual)
-            for scope in open.scopes {
-                let charged = state.scopes[scope]?.charged ?? .zero
-                state.scopes[scope, default: ScopeBook()].charged = charged + actual
-            }
-            let providerCharged = state.providers[open.provider]?.charged ?? .zero
-            state.providers[open.provider, default: ProviderBook()].charged = providerCharged + actual
-            state.providers[open.provider]!.jobs += 1
-            state.providers[open.provider]!.mediaMilliseconds += mediaDuration.milliseconds
+            let providerCharged = state.providers[provider]?.charged ?? .zero
+            state.providers[provider, default: ProviderBook()].charged = providerCharged + actual
+            state.providers[provider]!.jobs += 1
+            state.providers[provider]!.mediaMilliseconds += mediaDuration.milliseconds
             state.settlements.append((now, actual))
             while let first = state.settlements.first, now - first.time > configuration.trendWindow {
                 state.settlements.removeFirst()
             }
-            return raiseAlerts(&state, scopes: open.scopes)
         }
     }
 
-    /// Releases `job`'s whole reservation (the call failed or was never made).
-    public func release(_ job: JobID) {
-        state.withLock { state in
-            guard let open = state.open.removeValue(forKey: job) else { return }
-            Self.drop(open, from: &state)
-            state.released = state.released + open.amount
-        }
+    /// What this process's calls have been charged.
+    public var chargedHere: Money {
+        state.withLock { $0.providers.values.reduce(.zero) { $0 + $1.charged } }
     }
 
-    public func stats() -> CostStats {
+    /// The figures, with the ledger (``CostStats/reserved`` and the rest) and each limited budget's use as the job
+    /// store sums them from the job records.
+    public func stats(ledger: CostLedger = CostLedger(), usage: [BudgetScope: CostLedger] = [:]) -> CostStats {
         let now = clock.now
+        let limits = limits()
         return state.withLock { state in
             var budgets: [BudgetUsage] = []
-            for (scope, book) in state.scopes.sorted(by: { $0.key.description < $1.key.description }) {
+            let scopes = Set(limits.keys).union(usage.keys).union(state.scopes.keys)
+            for scope in scopes.sorted(by: { $0.description < $1.description }) {
+                let used = usage[scope] ?? CostLedger()
                 budgets.append(
                     BudgetUsage(
                         scope: scope,
-                        limit: limit(of: scope),
-                        charged: book.charged,
-                        reserved: book.outstanding,
-                        held: book.held
+                        limit: limits[scope],
+                        charged: used.charged,
+                        reserved: used.pending,
+                        held: state.scopes[scope]?.held ?? 0
                     )
                 )
             }
@@ -260,48 +250,16 @@ public final class CostMonitor: Sendable {
                 )
             }.sorted { $0.provider < $1.provider }
             return CostStats(
-                reserved: state.reserved,
-                charged: state.charged,
-                released: state.released,
-                outstanding: state.open.values.reduce(.zero) { $0 + $1.amount },
+                reserved: ledger.reserved,
+                charged: ledger.charged,
+                released: ledger.released,
+                outstanding: ledger.pending,
                 budgets: budgets,
                 alerts: state.alerts,
                 trend: Self.trend(state.settlements, now: now, window: configuration.trendWindow),
                 providers: providers
             )
         }
-    }
-
-    private static func drop(_ open: Open, from state: inout State) {
-        for scope in open.scopes {
-            if let outstanding = state.scopes[scope]?.outstanding {
-                state.scopes[scope]!.outstanding = outstanding - open.amount
-            }
-        }
-    }
-
-    private func raiseAlerts(_ state: inout State, scopes: [BudgetScope]) -> [BudgetAlert] {
-        var raised: [BudgetAlert] = []
-        for scope in scopes {
-            guard let limit = limit(of: scope), limit > .zero, var book = state.scopes[scope] else { continue }
-            let committed = book.charged + book.outstanding
-            let fraction = committed.ratio(to: limit)
-            if fraction >= configuration.alertThreshold, !book.alerted {
-                book.alerted = true
-                raised.append(
-                    BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: false)
-                )
-            }
-            if book.charged >= limit, !book.exhaustedAlerted {
-                book.exhaustedAlerted = true
-                raised.append(
-                    BudgetAlert(scope: scope, limit: limit, committed: committed, fraction: fraction, exhausted: true)
-                )
-            }
-            state.scopes[scope] = book
-        }
-        state.alerts.append(contentsOf: raised)
-        return raised
     }
 
     /// Compares spending in the older and newer halves of the window: ±20 % is a trend.
@@ -342,6 +300,7 @@ public struct ProviderSpend: Sendable, Hashable, Codable {
     public var perMediaMinute: Money?
 }
 
+/// Spending figures. The ledger amounts are the job store's (every job in it), summed from the job records.
 public struct CostStats: Sendable, Hashable, Codable {
     /// Everything ever reserved (with overrun top-ups).
     public var reserved: Money

@@ -275,18 +275,33 @@ extension ParallelGenerator {
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
             if resumeTaskID == nil {
                 // Reserve right before the call: budgets see what this call is now expected to cost, so only the
-                // calls already under way can overrun a budget.
-                if let held = await reserveBudget(job, estimate: estimate, provider: name) {
-                    ticket.finish(.notCalled)
-                    balancer.recordNeutral(name, throttled: false)
-                    return held
+                // calls already under way can overrun a budget. The store checks the budgets against the job
+                // records' ledgers in the transaction that reserves.
+                let expected = costs.expectedCost(estimate, provider: name)
+                let budgets = costs.budgets(for: request)
+                if budgets.isEmpty {
+                    try await store.beginAttempt(
+                        lease,
+                        provider: name,
+                        reserving: expected,
+                        idempotentSubmission: descriptor.idempotentSubmission
+                    )
+                } else {
+                    do {
+                        let committed = try await store.beginAttempt(
+                            lease,
+                            provider: name,
+                            reserving: expected,
+                            idempotentSubmission: descriptor.idempotentSubmission,
+                            within: budgets
+                        )
+                        for alert in costs.reserved(committed) { publish(.budgetAlert(alert)) }
+                    } catch let refusal as BudgetRefusal {
+                        ticket.finish(.notCalled)
+                        balancer.recordNeutral(name, throttled: false)
+                        return await budgetRefused(job, refusal, estimate: estimate, provider: name)
+                    }
                 }
-                try await store.beginAttempt(
-                    lease,
-                    provider: name,
-                    reserving: costs.expectedCost(estimate, provider: name),
-                    idempotentSubmission: descriptor.idempotentSubmission
-                )
             }
             if let resumeTaskID {
                 // Marks the call as under way, so that a crash while the task is polled counts against this job.
@@ -363,9 +378,7 @@ extension ParallelGenerator {
                     outcome: JobOutcome(artifact: artifact, provider: name, cost: cost)
                 )
             }
-            for alert in costs.settle(id, actual: cost, mediaDuration: output.duration) {
-                publish(.budgetAlert(alert))
-            }
+            costs.charged(cost, provider: name, estimate: estimate, mediaDuration: output.duration)
             if configuration.caching.enabled { await cache.put(request.fingerprint, artifact) }
             progress(record, .succeeded, provider: name, fraction: 1)
             await finish(id)
@@ -374,13 +387,11 @@ extension ParallelGenerator {
             // A synchronous answer the provider billed is charged, even though it was lost after it was made.
             let charged: Money? = billed.value && taskSeen.value == nil ? estimate : nil
             if let charged {
-                for alert in costs.settle(id, actual: charged) { publish(.budgetAlert(alert)) }
+                costs.charged(charged, provider: name, estimate: estimate)
                 state.withLock { state in
                     state.providerActivity[name, default: ProviderActivity()].billedAnswersLost += 1
                     state.providerActivity[name, default: ProviderActivity()].billedAnswersLostCost += charged
                 }
-            } else {
-                costs.release(id)
             }
             return await handleFailure(
                 error,

@@ -518,6 +518,9 @@ public final class ParallelGenerator: Service, Sendable {
         let queue = (try? await store.counts()) ?? [:]
         let cacheStats = await cache.stats()
         let sharedStats = await sharedCache?.stats()
+        // The money is the job records': the store sums it, for everything and for each limited budget.
+        let ledger = (try? await store.ledgerTotals()) ?? CostLedger()
+        let budgets = await budgetUsage()
         var poolStats = pool.stats()
         poolStats.providers = admission.providerStats()
         return state.withLock { state in
@@ -536,7 +539,11 @@ public final class ParallelGenerator: Service, Sendable {
                 batcher: batcherStats,
                 loadBalancer: balancer.stats(),
                 cache: cacheCopy,
-                costMonitor: costs.stats(),
+                costMonitor: {
+                    var figures = costs.stats(ledger: ledger)
+                    figures.budgets = budgets
+                    return figures
+                }(),
                 queue: queue,
                 providers: activity,
                 invalid: state.invalid.count,
@@ -545,8 +552,19 @@ public final class ParallelGenerator: Service, Sendable {
         }
     }
 
-    /// Money charged so far.
-    public func currentSpend() -> Money { costs.stats().charged }
+    /// Each budget with a limit, and what its scope's jobs have been charged and have reserved, as the job store
+    /// sums them from the job records' ledgers (every process's jobs).
+    public func budgetUsage() async -> [BudgetUsage] {
+        var usage: [BudgetScope: CostLedger] = [:]
+        for scope in costs.limits().keys {
+            if let used = try? await store.ledger(in: scope) { usage[scope] = used }
+        }
+        return costs.stats(usage: usage).budgets
+    }
+
+    /// Money this process's calls have been charged so far (the store's ledger, for every process, is in
+    /// ``systemStats()``).
+    public func currentSpend() -> Money { costs.chargedHere }
 
     /// Cancels a job that no provider call has begun for: one waiting in the store, or one this process holds in
     /// its admission backlog (leased, waiting for a quota or a slot). It is dead-lettered with a

@@ -192,25 +192,13 @@ extension ParallelGenerator {
         }
     }
 
-    /// Reserves what a call to `provider` is expected to cost (its estimate, scaled by the provider's overruns so
-    /// far) in the job's budgets. Returns `nil` when it fits; otherwise holds the job back for a while (when
-    /// reservations in flight may free the budget) or dead-letters it as `budget_exceeded`, and returns that.
-    func reserveBudget(_ job: LeasedJob, estimate: Money, provider: String) async -> FlightOutcome? {
-        let request = job.record.request
-        let (reservation, alerts) = costs.reserve(
-            estimate,
-            for: job.record.id,
-            project: request.project,
-            campaign: request.campaign,
-            provider: provider
-        )
-        for alert in alerts { publish(.budgetAlert(alert)) }
-        guard case .held(let scope, let limit, let committed, let canFree) = reservation else { return nil }
-        let expected = costs.expectedCost(estimate, provider: provider)
+    /// A reservation the store refused for a budget: holds the job back for a while when reservations in flight
+    /// in that budget may come back, or dead-letters it as `budget_exceeded` when none can.
+    func budgetRefused(_ job: LeasedJob, _ refusal: BudgetRefusal, estimate: Money, provider: String) async -> FlightOutcome {
+        for alert in costs.refused(refusal) { publish(.budgetAlert(alert)) }
         let message =
-            "\(scope) budget of \(limit) would be exceeded: \(committed) committed, this job needs \(expected)"
-            + (expected > estimate ? " (\(provider) bills above its estimate of \(estimate))" : "")
-        guard canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
+            "\(refusal)" + (refusal.needed > estimate ? " (\(provider) bills above its estimate of \(estimate))" : "")
+        guard refusal.canFree else { return await deadLetter(job, GenerationError(.budgetExceeded, message)) }
         progress(job.record, .heldByBudget, message: message)
         try? await putBack(job)
         return .retryLater

@@ -289,6 +289,26 @@ public protocol JobStore: Sendable {
     )
         async throws
 
+    /// Begins an attempt as ``beginAttempt(_:provider:reserving:idempotentSubmission:)`` does, if the reservation
+    /// fits every budget in `budgets`: what the jobs of each budget's scope have been charged plus what they have
+    /// reserved and not yet settled (the job records' own ledgers), with this job's reservation, may not exceed
+    /// the budget's limit. The check and the reservation are one transaction, so a budget holds exactly however
+    /// many engines share the store.
+    ///
+    /// - Returns: What each budget's scope has committed (charged plus pending) once the reservation is made.
+    /// - Throws: ``BudgetRefusal`` for the first budget that would be exceeded (nothing reserved, the attempt not
+    ///   begun); ``StoreError/Code/leaseLost`` as the other transitions.
+    func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool,
+        within budgets: [Budget]
+    ) async throws -> [BudgetScope: Money]
+
+    /// The ledgers of the jobs in `scope`, summed.
+    func ledger(in scope: BudgetScope) async throws -> CostLedger
+
     /// Records the provider's task id right after submission, before polling.
     func recordSubmission(_ lease: JobLease, taskID: String) async throws
 

@@ -199,6 +199,44 @@ public final class MemoryJobStore: JobStore {
         }
     }
 
+    public func beginAttempt(
+        _ lease: JobLease,
+        provider: String,
+        reserving estimate: Money,
+        idempotentSubmission: Bool,
+        within budgets: [Budget]
+    ) async throws -> [BudgetScope: Money] {
+        let checked = try withHeld(lease) { state -> Result<[BudgetScope: Money], BudgetRefusal> in
+            var trial = state.jobs[lease.jobID]!
+            trial.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+            var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
+            for budget in budgets { others[budget.scope] = (.zero, .zero) }
+            for record in state.jobs.values where record.id != lease.jobID {
+                for budget in budgets where budget.scope.contains(record.request) {
+                    let sum = others[budget.scope]!
+                    others[budget.scope] = (
+                        sum.committed + record.ledger.charged + record.ledger.pending,
+                        sum.pending + record.ledger.pending
+                    )
+                }
+            }
+            let result = Budget.check(budgets, others: others, own: trial.ledger.charged + trial.ledger.pending)
+            if case .success = result {
+                state.transition(lease.jobID, now: clock.now) {
+                    $0.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+                }
+            }
+            return result
+        }
+        return try checked.get()
+    }
+
+    public func ledger(in scope: BudgetScope) async throws -> CostLedger {
+        state.withLock { state in
+            state.jobs.values.reduce(CostLedger()) { scope.contains($1.request) ? $0 + $1.ledger : $0 }
+        }
+    }
+
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {
         try withHeld(lease) { state in
             state.transition(lease.jobID, now: clock.now) { $0.recordSubmission(taskID: taskID) }
