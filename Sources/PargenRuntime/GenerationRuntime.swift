@@ -288,20 +288,15 @@ public final class GenerationRuntime: Service, Sendable {
     /// ``Options/onStopTimeout``.
     public func stop() async throws {
         let deadline = options.stopDeadline ?? max(generator.configuration.leaseDuration, .seconds(20))
-        let onTimeout = options.onStopTimeout
-        let generator = generator
-        let clock = options.clock
-        let logger = logger
-        let postgres = postgres
         // Unstructured on purpose: the watchdog must outlive a stop that never returns.
         let watchdog = Task {
-            try await clock.sleep(for: deadline)
+            try await options.clock.sleep(for: deadline)
             var diagnostics = "the engine did not stop within \(deadline) (\(generator.stopDiagnostics())"
             if let slow = postgres?.store.slowOperations().prefix(5), !slow.isEmpty {
                 diagnostics += "; store operations under way: \(slow.joined(separator: "; "))"
             }
             diagnostics += ")"
-            if let onTimeout {
+            if let onTimeout = options.onStopTimeout {
                 onTimeout(diagnostics)
             } else {
                 logger.error("\(diagnostics)")

@@ -520,7 +520,7 @@ public final class ParallelGenerator: Service, Sendable {
         let sharedStats = await sharedCache?.stats()
         // The money is the job records': the store sums it, for everything and for each limited budget.
         let ledger = (try? await store.ledgerTotals()) ?? CostLedger()
-        let budgets = await budgetUsage()
+        let budgets = await budgetLedgers()
         var poolStats = pool.stats()
         poolStats.providers = admission.providerStats()
         return state.withLock { state in
@@ -539,11 +539,7 @@ public final class ParallelGenerator: Service, Sendable {
                 batcher: batcherStats,
                 loadBalancer: balancer.stats(),
                 cache: cacheCopy,
-                costMonitor: {
-                    var figures = costs.stats(ledger: ledger)
-                    figures.budgets = budgets
-                    return figures
-                }(),
+                costMonitor: costs.stats(ledger: ledger, usage: budgets),
                 queue: queue,
                 providers: activity,
                 invalid: state.invalid.count,
@@ -555,11 +551,16 @@ public final class ParallelGenerator: Service, Sendable {
     /// Each budget with a limit, and what its scope's jobs have been charged and have reserved, as the job store
     /// sums them from the job records' ledgers (every process's jobs).
     public func budgetUsage() async -> [BudgetUsage] {
+        costs.stats(usage: await budgetLedgers()).budgets
+    }
+
+    /// The store's ledger of each scope that has a budget.
+    private func budgetLedgers() async -> [BudgetScope: CostLedger] {
         var usage: [BudgetScope: CostLedger] = [:]
         for scope in costs.limits().keys {
             if let used = try? await store.ledger(in: scope) { usage[scope] = used }
         }
-        return costs.stats(usage: usage).budgets
+        return usage
     }
 
     /// Money this process's calls have been charged so far (the store's ledger, for every process, is in
