@@ -26,11 +26,16 @@ extension PostgresJobStore: AdmittingJobStore {
         return try await run("look at the queue") { [quoted] in
             let rows = try await self.allRows(
                 """
-                WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now)
+                WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now),
+                served AS (
+                    SELECT user_name, COUNT(*) AS calls FROM \(unescaped: quoted).admissions, clock
+                    WHERE admitted_at > clock.now - 60000000000 GROUP BY user_name
+                )
                 SELECT \(unescaped: StoredJob.columns) FROM (
-                    SELECT j.*, ROW_NUMBER() OVER (PARTITION BY priority, user_name ORDER BY seq) AS turn,
+                    SELECT j.*, ROW_NUMBER() OVER (PARTITION BY priority, user_name ORDER BY seq)
+                                + COALESCE(served.calls, 0) AS turn,
                            MIN(seq) OVER (PARTITION BY priority, user_name) AS first_seq
-                    FROM \(unescaped: quoted).jobs j, clock
+                    FROM \(unescaped: quoted).jobs j CROSS JOIN clock LEFT JOIN served USING (user_name)
                     WHERE state = 'available' AND run_at <= clock.now
                       AND kind = ANY(\(kindNames)::text[]) AND NOT (user_name = ANY(\(excluded)::text[]))
                       AND NOT (id = ANY(\(skipped)::text[])) AND NOT (project = ANY(\(projects)::text[]))

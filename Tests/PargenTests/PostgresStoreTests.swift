@@ -61,15 +61,24 @@ import Testing
         // Two calls at a time each, so that neither worker takes the whole campaign alone.
         configuration.resources.maxConcurrentJobs = 2
         var workers: [ParallelGenerator] = []
-        for _ in 0..<2 {
+        // No call ends before both workers have one under way: both spend from the budget, however the machine
+        // schedules them.
+        let started = Locked(Set<Int>())
+        for index in 0..<2 {
             // Each with its own store object, as separate processes have.
             workers.append(
                 ParallelGenerator(
                     configuration: configuration,
                     providers: [
-                        ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .cents(50))) { _, _ in
-                            .succeed(latency: .milliseconds(200))
-                        }
+                        GatedProvider(
+                            base: ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .cents(50))) { _, _ in
+                                .succeed(latency: .milliseconds(20))
+                            },
+                            open: {
+                                started.withLock { _ = $0.insert(index) }
+                                return started.value.count == 2
+                            }
+                        )
                     ],
                     store: try await TestPostgres.store(schema: schema),
                     outputDirectory: temporaryDirectory(),
@@ -96,6 +105,37 @@ import Testing
         let bought = workers.map { $0.currentSpend() }
         #expect(bought.reduce(.zero, +) == .dollars(5), "what the two workers paid: \(bought)")
         #expect(bought.allSatisfy { $0 > .zero }, "both workers bought lines: \(bought)")
+    }
+
+    /// Workers look at the queue least-served user first: a user with more calls admitted in the last minute (by
+    /// any worker) comes after users with fewer, whatever the jobs' order. (Each worker also takes its users in
+    /// turn; this spreads the turns across workers, so that no user of a busy project is left last in every
+    /// worker's turn.)
+    @Test func theQueueIsSeenLeastServedUserFirst() async throws {
+        let schema = TestPostgres.freshSchema()
+        let store = try await TestPostgres.store(schema: schema)
+        // ann's jobs are older than ben's.
+        let requests = (0..<3).map { validated(.audio(prompt: "a\($0)", user: "ann"), id: "a\($0)") }
+            + (0..<3).map { validated(.audio(prompt: "b\($0)", user: "ben"), id: "b\($0)") }
+        _ = try await store.enqueue(requests)
+        func firstUsers() async throws -> [String] {
+            try await store.peek(limit: 3, excludingUsers: [], excludingProjects: [], excludingJobs: [], kinds: [.audio])
+                .map(\.request.user)
+        }
+        #expect(try await firstUsers() == ["ann", "ben", "ann"], "in turn, oldest first")
+        // Two calls of ann's admitted in the last minute (by another worker, say).
+        let client = try TestPostgres.requireClient()
+        let table = "\"" + schema + "\".admissions"
+        let now = "\"" + schema + "\".now_ns()"
+        for job in ["x1", "x2"] {
+            try await client.query(
+                """
+                INSERT INTO \(unescaped: table) (job_id, worker, provider, user_name, project, holds_slot, submits, admitted_at)
+                VALUES (\(job), 'w', 'p', 'ann', 'default', false, true, \(unescaped: now))
+                """
+            )
+        }
+        #expect(try await firstUsers() == ["ben", "ben", "ann"], "ben is two calls behind")
     }
 
     @Test func processesStartingTogetherApplyEachMigrationOnce() async throws {
@@ -247,5 +287,19 @@ extension JobOutcome {
         for output in [enqueued.output, run.output, status.output, jobs.output, refused.output] {
             #expect(!output.contains("Sup3rSecret"))
         }
+    }
+}
+
+/// A provider whose calls wait (up to 60 s) until `open` says so, then go to `base`.
+private struct GatedProvider: GenerationProvider {
+    let base: ScriptedProvider
+    let open: @Sendable () -> Bool
+
+    var descriptor: ProviderDescriptor { base.descriptor }
+
+    func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        let deadline = ContinuousClock.now + .seconds(60)
+        while !open(), ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
+        return try await base.generate(request, context: context)
     }
 }
