@@ -170,12 +170,14 @@ enum PostgresSchema {
         ),
         Migration(
             version: 4,
-            name: "budget-sums",
+            name: "budget-sums-and-recent-admissions",
             statements: [
                 // Budgets are checked against the jobs' own ledgers: a scope's charged and pending, summed from
                 // indexes that cover them.
                 "CREATE INDEX jobs_project_money ON S.jobs (project) INCLUDE (charged, pending)",
                 "CREATE INDEX jobs_campaign_money ON S.jobs (campaign) INCLUDE (charged, pending)",
+                // The queue is looked at least-served user first: the last minute's admissions per user.
+                "CREATE INDEX admissions_recent ON S.admissions (admitted_at) INCLUDE (user_name)",
             ]
         ),
     ]
