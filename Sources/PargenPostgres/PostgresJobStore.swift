@@ -327,7 +327,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
     }
 
     public func ledger(in scope: BudgetScope) async throws -> CostLedger {
-        return try await run("sum a budget's ledger") { [quoted] in
+        return try await run("sum the ledger") { [quoted] in
             var totals = CostLedger()
             let sums = """
                 COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
@@ -537,25 +537,7 @@ public final class PostgresJobStore: JobStore, JobNotifying {
         }
     }
 
-    public func ledgerTotals() async throws -> CostLedger {
-        try await run("sum the ledger") { [quoted] in
-            var totals = CostLedger()
-            for (reserved, charged, released, pending) in try await self.allRows(
-                """
-                SELECT COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
-                       COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint
-                FROM \(unescaped: quoted).jobs
-                """,
-                logger: self.logger
-            ).decode((Int64, Int64, Int64, Int64).self) {
-                totals.reserved = Money(nanos: reserved)
-                totals.charged = Money(nanos: charged)
-                totals.released = Money(nanos: released)
-                totals.pending = Money(nanos: pending)
-            }
-            return totals
-        }
-    }
+    public func ledgerTotals() async throws -> CostLedger { try await ledger(in: .global) }
 
     // MARK: - Wake-ups
 

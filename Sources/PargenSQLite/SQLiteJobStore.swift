@@ -492,21 +492,7 @@ public final class SQLiteJobStore: JobStore {
         }
     }
 
-    public func ledgerTotals() async throws -> CostLedger {
-        try await read { db in
-            var totals = CostLedger()
-            if let row = try Row.fetchOne(
-                db,
-                sql: "SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM jobs"
-            ) {
-                totals.reserved = Money(nanos: row["r"] ?? 0)
-                totals.charged = Money(nanos: row["c"] ?? 0)
-                totals.released = Money(nanos: row["l"] ?? 0)
-                totals.pending = Money(nanos: row["p"] ?? 0)
-            }
-            return totals
-        }
-    }
+    public func ledgerTotals() async throws -> CostLedger { try await ledger(in: .global) }
 
     // MARK: - Helpers
 

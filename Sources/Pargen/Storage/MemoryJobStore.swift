@@ -221,11 +221,7 @@ public final class MemoryJobStore: JobStore {
                 }
             }
             let result = Budget.check(budgets, others: others, own: trial.ledger.charged + trial.ledger.pending)
-            if case .success = result {
-                state.transition(lease.jobID, now: clock.now) {
-                    $0.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
-                }
-            }
+            if case .success = result { state.transition(lease.jobID, now: clock.now) { $0 = trial } }
             return result
         }
         return try checked.get()
@@ -340,9 +336,7 @@ public final class MemoryJobStore: JobStore {
 
     public func counts() async throws -> [JobState: Int] { state.withLock { $0.counts.filter { $0.value > 0 } } }
 
-    public func ledgerTotals() async throws -> CostLedger {
-        state.withLock { state in state.jobs.values.reduce(CostLedger()) { $0 + $1.ledger } }
-    }
+    public func ledgerTotals() async throws -> CostLedger { try await ledger(in: .global) }
 
     // MARK: - Helpers
 
