@@ -6,6 +6,7 @@ import NIOHTTP1
 import Pargen
 import PargenProviders
 import PargenTesting
+import Synchronization
 import Testing
 
 /// A fake provider on 127.0.0.1 and the adapter pointed at it.
@@ -372,6 +373,31 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         await close()
     }
 
+    /// The engine brings a batch's members to the adapter slowly (here 200 ms apart, as on a loaded machine,
+    /// where the adapter used to guess a batch from calls arriving within 150 ms of each other): the adapter
+    /// waits for the batch the engine admitted, and makes one synthesis of its ten lines.
+    @Test func aBatchIsOneSynthesisHoweverSlowlyItsMembersArrive() async throws {
+        let bench = try await FakeBench.start(.azure, options: { $0.taskSeconds = 0.1...0.2 }, http: http)
+        let lines = (0..<10).map { "Slow batch line \($0)" }
+        var configuration = fakeTestConfiguration()
+        configuration.batching.maxJobsPerBatch = 10
+        configuration.resources.minimumFraction = 1
+        let (results, stats) = try await runAgainstFakes(
+            [StaggeredProvider(base: bench.provider, spacing: .milliseconds(200))],
+            lines.map { GenerationRequest.audio(prompt: $0, format: .wav) },
+            configuration: configuration
+        )
+        #expect(stats.batcher.largestBatch == 10)
+        #expect(results.allSatisfy { $0.succeeded && $0.attempts == 1 }, "\(results.compactMap { $0.error?.description })")
+        #expect(bench.fake.state.submissions().filter(\.accepted).count == 1, "one synthesis")
+        for (line, result) in zip(lines, results) {
+            let data = try Data(contentsOf: try #require(result.artifact).url)
+            #expect(data.dropFirst(16).starts(with: Array(line.utf8)))
+        }
+        await bench.fake.stop()
+        await close()
+    }
+
     /// A job rescued after a crash with task id `SYNTHESIS#N` polls that synthesis and takes file N.
     @Test func azureResumesAMemberOfABatchSynthesis() async throws {
         let bench = try await FakeBench.start(.azure, http: http)
@@ -623,6 +649,29 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         )
         #expect(bench.fake.state.submissions().count == 5)
         await bench.fake.stop()
+    }
+}
+
+/// Passes each call on to `base` a `spacing` later than the call before it, as a loaded engine might.
+private final class StaggeredProvider: GenerationProvider {
+    let base: any GenerationProvider
+    let spacing: Duration
+    private let calls = Mutex(0)
+
+    init(base: any GenerationProvider, spacing: Duration) {
+        self.base = base
+        self.spacing = spacing
+    }
+
+    var descriptor: ProviderDescriptor { base.descriptor }
+
+    func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        let order = calls.withLock { calls in
+            defer { calls += 1 }
+            return calls
+        }
+        try await Task.sleep(for: spacing * order)
+        return try await base.generate(request, context: context)
     }
 }
 

@@ -320,6 +320,7 @@ extension ParallelGenerator {
                 attempt: attempt,
                 idempotencyKey: "\(id):\(attempt)",
                 logger: logger,
+                batch: state.withLock { $0.batchOf.removeValue(forKey: id) },
                 submitted: { taskID in
                     taskSeen.withLock { $0 = taskID }
                     ticket.arrived()

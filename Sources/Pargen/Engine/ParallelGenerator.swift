@@ -57,6 +57,8 @@ public final class ParallelGenerator: Service, Sendable {
         /// Counts the jobs this process added to or put back in the store, so the scheduler knows when to look.
         var storeGeneration = 0
         var batcher = BatcherStats()
+        /// The batch each admitted job was admitted in (several compatible jobs to one provider), until its call.
+        var batchOf: [JobID: BatchMembership] = [:]
         var deduplicated = 0
         /// What the jobs served by a cache or an identical request would have cost to generate.
         var saved: Money = .zero

@@ -240,12 +240,26 @@ extension ParallelGenerator {
                 return job
             }
         }
-        let formed = batcher.makeBatches(
-            zip(grants, jobs).compactMap { ticket, job in
-                job.map { BatchCandidate(jobID: $0.record.id, request: $0.record.request, estimatedCost: estimate($0.record.request, ticket.provider)) }
-            }
-        )
+        // Batches are formed per provider: the members of one go to the same provider at once, and each call
+        // carries its batch (``BatchMembership``) so that an adapter can make them one request.
+        var byProvider: [String: [BatchCandidate]] = [:]
+        for (ticket, job) in zip(grants, jobs) {
+            guard let job else { continue }
+            byProvider[ticket.provider, default: []].append(
+                BatchCandidate(
+                    jobID: job.record.id,
+                    request: job.record.request,
+                    estimatedCost: estimate(job.record.request, ticket.provider)
+                )
+            )
+        }
+        let formed = byProvider.keys.sorted().flatMap { batcher.makeBatches(byProvider[$0]!) }
         state.withLock { state in
+            let first = state.batcher.batchesFormed + 1
+            for (index, batch) in formed.enumerated() where batch.members.count > 1 {
+                let membership = BatchMembership(id: "batch-\(first + index)", size: batch.members.count)
+                for member in batch.members { state.batchOf[member.jobID] = membership }
+            }
             state.batcher.batchesFormed += formed.count
             state.batcher.jobsBatched += formed.reduce(0) { $0 + $1.members.count }
             state.batcher.duplicatesCollapsed += formed.reduce(0) { $0 + $1.duplicates.count }
@@ -276,7 +290,10 @@ extension ParallelGenerator {
                     job = claimed
                 }
                 await self.processJob(job, ticket: held)
-                self.state.withLock { $0.running -= 1 }
+                self.state.withLock { state in
+                    state.running -= 1
+                    state.batchOf[job.record.id] = nil
+                }
             }
         }
     }

@@ -184,6 +184,10 @@ public struct ProviderCallContext: Sendable {
     /// Deterministic per job and attempt: send it where the provider supports idempotency.
     public var idempotencyKey: String
     public var logger: Logger
+    /// The batch the engine admitted this call with, when it admitted several compatible calls to this provider
+    /// together (``Batcher``): an adapter that can make one provider request of several lines (Azure's batch
+    /// synthesis) waits for the batch's other members instead of guessing from when the calls arrive.
+    public var batch: BatchMembership?
     private let submitted: @Sendable (String) async throws -> Void
     private let progress: @Sendable (Double) -> Void
     private let downloading: @Sendable () -> Void
@@ -197,6 +201,7 @@ public struct ProviderCallContext: Sendable {
         attempt: Int,
         idempotencyKey: String,
         logger: Logger,
+        batch: BatchMembership? = nil,
         submitted: @escaping @Sendable (String) async throws -> Void = { _ in },
         progress: @escaping @Sendable (Double) -> Void = { _ in },
         downloading: @escaping @Sendable () -> Void = {},
@@ -212,6 +217,7 @@ public struct ProviderCallContext: Sendable {
         self.attempt = attempt
         self.idempotencyKey = idempotencyKey
         self.logger = logger
+        self.batch = batch
         self.submitted = submitted
         self.progress = progress
         self.downloading = downloading
@@ -234,6 +240,19 @@ public struct ProviderCallContext: Sendable {
     /// The provider accepted the task but holds it back for load (Runway `THROTTLED`): the engine lowers its
     /// concurrency towards this provider without failing the call.
     public func reportThrottled(retryAfter: Duration? = nil) { throttled(retryAfter) }
+}
+
+/// A call's place in a batch the engine admitted to one provider at once.
+public struct BatchMembership: Sendable, Hashable {
+    /// The same for every member of the batch, and different from every other batch of this process.
+    public var id: String
+    /// How many calls the batch has, this one included.
+    public var size: Int
+
+    public init(id: String, size: Int) {
+        self.id = id
+        self.size = size
+    }
 }
 
 /// A media generation backend: a commercial API adapter, a local synthesizer, or a test double.
