@@ -18,6 +18,8 @@ public final class SQLiteJobStore: JobStore {
     private let committer: GroupCommitter
     private let now: @Sendable () -> Duration
     private let idPrefix: String
+    /// Records already decoded, by the text they were decoded from.
+    private let records = DecodedRecords()
     /// The database file (`:memory:` for a store in memory).
     public let path: String
 
@@ -189,7 +191,7 @@ public final class SQLiteJobStore: JobStore {
                     arguments: [
                         sequence, record.id.rawValue, record.state.rawValue, request.priority.rawValue, request.user,
                         request.project, request.campaign, nil, request.idempotencyKey, record.runAt.nanoseconds,
-                        nil, try Self.encode(record), request.kind.rawValue,
+                        nil, try self.encode(record), request.kind.rawValue,
                     ]
                 )
                 results.append(EnqueueResult(jobID: record.id, existing: false))
@@ -231,14 +233,14 @@ public final class SQLiteJobStore: JobStore {
             )
             var leased: [LeasedJob] = []
             for id in ids {
-                var record = try Self.load(db, JobID(id))
+                var record = try self.load(db, JobID(id))
                 let lease = JobLease(
                     jobID: record.id,
                     token: "\(owner):\(UUID().uuidString)",
                     expiresAt: now + duration
                 )
                 record.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
-                try Self.save(db, record)
+                try self.save(db, record)
                 leased.append(LeasedJob(record: record, lease: lease))
             }
             return leased
@@ -282,7 +284,7 @@ public final class SQLiteJobStore: JobStore {
     ) async throws -> [BudgetScope: Money] {
         // One write: the sums and the reservation commit together, and the store's single writer orders them.
         let checked = try await write { db -> Result<[BudgetScope: Money], BudgetRefusal> in
-            var record = try Self.load(db, lease.jobID)
+            var record = try self.load(db, lease.jobID)
             guard record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
             }
@@ -298,7 +300,7 @@ public final class SQLiteJobStore: JobStore {
                 )
             }
             let result = Budget.check(budgets, others: others, own: record.ledger.charged + record.ledger.pending)
-            if case .success = result { try Self.save(db, record) }
+            if case .success = result { try self.save(db, record) }
             return result
         }
         return try checked.get()
@@ -400,9 +402,9 @@ public final class SQLiteJobStore: JobStore {
         try await write { db in
             let ids = try String.fetchAll(db, sql: sql, arguments: arguments)
             for id in ids {
-                var record = try Self.load(db, JobID(id))
+                var record = try self.load(db, JobID(id))
                 record.rescue(now: now, maxCrashes: maxCrashes)
-                try Self.save(db, record)
+                try self.save(db, record)
             }
             return ids.count
         }
@@ -425,9 +427,9 @@ public final class SQLiteJobStore: JobStore {
 
     public func job(_ id: JobID) async throws -> JobRecord? {
         try await read { db in
-            try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map(
-                Self.decode
-            )
+            try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map {
+                try self.records.decode(id.rawValue, $0)
+            }
         }
     }
 
@@ -451,7 +453,7 @@ public final class SQLiteJobStore: JobStore {
             clauses.append("seq > ?")
             arguments += [after]
         }
-        var sql = "SELECT record FROM jobs"
+        var sql = "SELECT id, record FROM jobs"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY seq"
         if let limit = query.limit {
@@ -460,25 +462,28 @@ public final class SQLiteJobStore: JobStore {
         }
         let finalSQL = sql
         let finalArguments = arguments
-        return try await read { db in try String.fetchAll(db, sql: finalSQL, arguments: finalArguments).map(Self.decode)
+        return try await read { db in
+            try Row.fetchAll(db, sql: finalSQL, arguments: finalArguments).map { row in
+                try self.records.decode(row["id"], row["record"], remember: false)
+            }
         }
     }
 
     public func requeue(_ id: JobID) async throws {
         let now = now()
         try await write { db in
-            var record = try Self.load(db, id)
+            var record = try self.load(db, id)
             try record.requeue(now: now)
-            try Self.save(db, record)
+            try self.save(db, record)
         }
     }
 
     public func cancel(_ id: JobID) async throws {
         let now = now()
         try await write { db in
-            var record = try Self.load(db, id)
+            var record = try self.load(db, id)
             try record.cancel(now: now)
-            try Self.save(db, record)
+            try self.save(db, record)
         }
     }
 
@@ -498,24 +503,24 @@ public final class SQLiteJobStore: JobStore {
 
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
         try await write { db in
-            var record = try Self.load(db, lease.jobID)
+            var record = try self.load(db, lease.jobID)
             guard record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
             }
             change(&record)
-            try Self.save(db, record)
+            try self.save(db, record)
         }
     }
 
-    private static func load(_ db: Database, _ id: JobID) throws -> JobRecord {
+    private func load(_ db: Database, _ id: JobID) throws -> JobRecord {
         guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue])
         else {
             throw StoreError(.notFound, "no job \(id)")
         }
-        return try decode(text)
+        return try records.decode(id.rawValue, text)
     }
 
-    private static func save(_ db: Database, _ record: JobRecord) throws {
+    private func save(_ db: Database, _ record: JobRecord) throws {
         try db.execute(
             sql: """
                 UPDATE jobs SET state = ?, provider = ?, run_at = ?, lease_expires_at = ?,
@@ -530,16 +535,11 @@ public final class SQLiteJobStore: JobStore {
         )
     }
 
-    private static func encode(_ record: JobRecord) throws -> String {
-        String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
-    }
-
-    private static func decode(_ text: String) throws -> JobRecord {
-        do {
-            return try JSONDecoder().decode(JobRecord.self, from: Data(text.utf8))
-        } catch {
-            throw StoreError(.invalidState, "a stored job could not be read", underlying: error)
-        }
+    /// The record's JSON, remembered with the record (it is read back at the job's next step).
+    private func encode(_ record: JobRecord) throws -> String {
+        let text = String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
+        records.remember(record.id.rawValue, text, record)
+        return text
     }
 
     /// Runs a write transaction, mapping database errors to ``StoreError``.

@@ -347,6 +347,30 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(resumed.record.providerTaskID == "task-9" && resumed.record.attempts == 1)
     }
 
+    /// The SQLite store keeps the records it decoded: a record another process changed is read as it is now,
+    /// never as this store last saw it, and a transition on it starts from the changed record.
+    @Test func sqliteReadsARecordAnotherStoreChangedAsItIsNow() async throws {
+        let clock = ManualClock()
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        let now: @Sendable () -> Duration = { .seconds(1_767_225_600) + clock.now.offset }
+        let mine = try SQLiteJobStore(path: path, now: now)
+        let other = try SQLiteJobStore(path: path, now: now)
+        let id = try await mine.enqueue([validated(.audio(prompt: "shared"))])[0].jobID
+        #expect(try await mine.job(id)?.state == .available)
+        // The other store (another process on the file) leases the job and starts its call.
+        let job = try await other.lease(limit: 1, owner: "other", duration: .seconds(60), excludingUsers: [])[0]
+        try await other.beginAttempt(job.lease, provider: "p", reserving: .cents(5), idempotentSubmission: true)
+        let seen = try #require(try await mine.job(id))
+        #expect(seen.state == .running && seen.attempts == 1 && seen.ledger.pending == .cents(5))
+        #expect(try await mine.jobs(matching: JobQuery(states: [.running])).map(\.id) == [id])
+        // This store's transitions start from the stored record too: its rescue, once the other's lease has
+        // expired, gives back the other's reservation (its call was cut off before a task id, under a key).
+        clock.advance(by: .seconds(61))
+        #expect(try await mine.rescueExpiredLeases() == 1)
+        let rescued = try #require(try await mine.job(id))
+        #expect(rescued.state == .available && rescued.ledger.pending == .zero && rescued.ledger.released == .cents(5))
+    }
+
     @Test(arguments: factories)
     func theLedgerMovesWithEveryTransitionAndBalances(_ factory: StoreFactory) async throws {
         let clock = ManualClock()
