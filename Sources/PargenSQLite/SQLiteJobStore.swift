@@ -10,7 +10,7 @@ public import Pargen
 /// share one transaction and so one fsync (group commit), and each returns only once that transaction has
 /// committed. Times are wall-clock nanoseconds since the
 /// Unix epoch, so leases and due times survive a restart.
-public final class SQLiteJobStore: JobStore {
+public final class SQLiteJobStore: ClaimingJobStore {
     public var outlivesProcess: Bool { true }
 
     private let writer: any DatabaseWriter
@@ -244,6 +244,62 @@ public final class SQLiteJobStore: JobStore {
                 leased.append(LeasedJob(record: record, lease: lease))
             }
             return leased
+        }
+    }
+
+    public func peek(
+        limit: Int,
+        excludingUsers: Set<String>,
+        excludingProjects: Set<String>,
+        excludingJobs: Set<JobID>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [JobRecord] {
+        guard limit > 0, !kinds.isEmpty else { return [] }
+        let now = now()
+        let encoder = JSONEncoder()
+        let users = String(decoding: try encoder.encode(excludingUsers.sorted()), as: UTF8.self)
+        let projects = String(decoding: try encoder.encode(excludingProjects.sorted()), as: UTF8.self)
+        let jobs = String(decoding: try encoder.encode(excludingJobs.map(\.rawValue)), as: UTF8.self)
+        let wanted = String(decoding: try encoder.encode(kinds.map(\.rawValue).sorted()), as: UTF8.self)
+        return try await read { db in
+            // The lease's order: highest priority first, then round-robin across users, each user's oldest first.
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT id, record FROM (
+                        SELECT id, record, priority,
+                               ROW_NUMBER() OVER (PARTITION BY priority, user ORDER BY seq) AS turn,
+                               MIN(seq) OVER (PARTITION BY priority, user) AS first_seq
+                        FROM jobs
+                        WHERE state = 'available' AND run_at <= ?
+                          AND kind IN (SELECT value FROM json_each(?))
+                          AND user NOT IN (SELECT value FROM json_each(?))
+                          AND project NOT IN (SELECT value FROM json_each(?))
+                          AND id NOT IN (SELECT value FROM json_each(?))
+                    )
+                    ORDER BY priority DESC, turn, first_seq
+                    LIMIT ?
+                    """,
+                arguments: [now.nanoseconds, wanted, users, projects, jobs, limit]
+            ).map { row in try self.records.decode(row["id"], row["record"]) }
+        }
+    }
+
+    public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
+        let now = now()
+        return try await write { db in
+            guard
+                let text = try String.fetchOne(
+                    db,
+                    sql: "SELECT record FROM jobs WHERE id = ? AND state = 'available' AND run_at <= ?",
+                    arguments: [id.rawValue, now.nanoseconds]
+                )
+            else { return nil }
+            var record = try self.records.decode(id.rawValue, text)
+            let lease = JobLease(jobID: id, token: "\(owner):\(UUID().uuidString)", expiresAt: now + duration)
+            record.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
+            try self.save(db, record)
+            return LeasedJob(record: record, lease: lease)
         }
     }
 

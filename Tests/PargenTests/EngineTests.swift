@@ -371,6 +371,35 @@ import Testing
         #expect(stats.rateLimiter.waitTime[.providerQuota, default: .zero] > .zero)
     }
 
+    /// On the SQLite store a job is taken only when its call is admitted: the jobs waiting for the provider's
+    /// window stay available in the store (no lease to renew, nothing for a crash to leave behind), and the
+    /// three admitted are the only ones ever taken.
+    @Test func aJobWaitingForAQuotaIsNotTakenFromTheSQLiteStore() async throws {
+        let clock = ManualClock()
+        let provider = ScriptedProvider(
+            name: "p",
+            quota: ProviderQuota(requestsPerMinute: 3, window: .seconds(60), margin: .zero)
+        ) { _, _ in .succeed(latency: .zero) }
+        let generator = try ParallelGenerator(
+            configuration: .init(rateLimits: .unlimited),
+            providers: [provider],
+            store: .sqlite(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
+            outputDirectory: temporaryDirectory(),
+            clock: PargenClock(clock)
+        )
+        try await generator.start()
+        let ids = try await generator.submit((0..<12).map { .audio(prompt: "line \($0)") })
+        for id in ids.prefix(3) { _ = await generator.result(for: id) }
+        // The first window's three are done; give the scheduler a moment (real time) to take anything more.
+        try await Task.sleep(for: .milliseconds(300))
+        let counts = try await generator.store.counts()
+        #expect(provider.calls.count == 3)
+        #expect(counts[.succeeded] == 3)
+        #expect(counts[.available] == 9, "\(counts)")
+        #expect(counts[.running, default: 0] == 0, "jobs waiting for the window were taken: \(counts)")
+        try await generator.stop(immediately: true)
+    }
+
     /// The store is chosen at the call site, as the design shows: `.memory` or `.sqlite(path:)`.
     @Test func theStoreIsChosenAtTheCallSite() async throws {
         let folder = temporaryDirectory()

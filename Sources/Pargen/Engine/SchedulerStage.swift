@@ -9,7 +9,8 @@ extension ParallelGenerator {
     /// so that work late in a campaign is seen as early as work near its top), asks the admission state machine
     /// what to start now and where, and starts it; until draining is complete or the task is cancelled.
     ///
-    /// A job waiting for admission holds its lease and nothing else: no job slot, no provider slot, no memory.
+    /// A job waiting for admission holds no job slot, no provider slot and no memory; on a ``ClaimingJobStore``
+    /// (SQLite, PostgreSQL) not even a lease: it is looked at, and taken when its call is admitted.
     func dispatchLoop(group: inout DiscardingTaskGroup) async {
         let lookahead = backlogLookahead
         // Per kind: when its queue last ran dry (the store generation then) and until when to leave it.
@@ -39,11 +40,11 @@ extension ParallelGenerator {
                 }
                 let leased: [LeasedJob]
                 do {
-                    if let admitting = store as? any AdmittingJobStore {
-                        // A shared store: look without taking; each job is claimed when its call is admitted.
+                    if let claiming = store as? any ClaimingJobStore {
+                        // Look without taking; each job is claimed when its call is admitted.
                         let known = state.withLock { Set($0.waiting.keys).union($0.inFlight.keys) }
                         let projects = state.withLock { Set($0.sharedProjectBlocks.keys) }
-                        leased = try await admitting.peek(
+                        leased = try await claiming.peek(
                             limit: want,
                             excludingUsers: blocked.users,
                             excludingProjects: projects,
@@ -123,6 +124,13 @@ extension ParallelGenerator {
     /// Takes a leased job into the backlog: a cache hit is served at once; a job no provider can take is
     /// dead-lettered; the rest wait for admission.
     func take(_ job: LeasedJob, group: inout DiscardingTaskGroup) async {
+        var job = job
+        if job.isProvisional, (job.record.crashes ?? 0) > 0, !(store is any AdmittingJobStore) {
+            // A job whose call has brought a process down runs alone, one such suspect at a time: it is taken now,
+            // so that it is known as the suspect (or parked behind the one running) while it waits.
+            guard let claimed = await claimUnadmitted(job) else { return }
+            job = claimed
+        }
         let record = job.record
         let request = record.request
         let now = clock.now
@@ -206,7 +214,7 @@ extension ParallelGenerator {
         awaitAdmission(job, providers: names, submits: !resumes)
     }
 
-    /// Puts a job in the admission backlog, where it holds nothing but its lease.
+    /// Puts a job in the admission backlog, where it holds nothing (on the memory store, its lease).
     func awaitAdmission(_ job: LeasedJob, providers names: [String], submits: Bool) {
         let record = job.record
         let request = record.request
@@ -413,8 +421,12 @@ extension ParallelGenerator {
     func claimAdmitted(_ job: LeasedJob, ticket: AdmissionTicket, held: HeldTicket) async -> LeasedJob? {
         guard let admitting = store as? any AdmittingJobStore, let descriptor = providers[ticket.provider]?.descriptor
         else {
-            held.finish(.notCalled)
-            return nil
+            // A store of this process's alone: the local admission decided; the job is taken now.
+            guard let claimed = await claimUnadmitted(job) else {
+                held.finish(.notCalled)
+                return nil
+            }
+            return claimed
         }
         let request = job.record.request
         let call = SharedCall(
@@ -487,14 +499,23 @@ extension ParallelGenerator {
     /// dead-letter); a job already held is returned as it is.
     func claimUnadmitted(_ job: LeasedJob) async -> LeasedJob? {
         guard job.isProvisional else { return job }
-        guard let admitting = store as? any AdmittingJobStore,
-            case .claimed(let claimed) = try? await admitting.claim(
+        let claimed: LeasedJob?
+        do {
+            claimed = try await (store as? any ClaimingJobStore)?.claim(
                 job.record.id,
                 owner: workerID,
-                duration: configuration.leaseDuration,
-                for: nil
+                duration: configuration.leaseDuration
             )
-        else { return nil }
+        } catch {
+            logger.debug("claim failed", metadata: [LoggingKeys.jobID: "\(job.record.id)", LoggingKeys.error: "\(error)"])
+            if let local = LocalResourceError.classify(error, path: artifacts.root, operation: "claim") {
+                halt(because: local)
+            }
+            claimed = nil
+        }
+        // Gone (another process took it, or it was cancelled), or the store failed: the next look at the queue
+        // shows it again if it is still there.
+        guard let claimed else { return nil }
         let now = clock.now
         state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
         return claimed

@@ -162,14 +162,9 @@ public enum ClaimDecision: Sendable, Hashable {
     case wait(Duration, limit: SharedLimitState.Limit)
 }
 
-/// A store that keeps the admission state that several workers share (provider windows, slots and cooldowns, user
-/// windows, project buckets and bursts) and claims a job only in the same transaction that admits its call.
-///
-/// A worker on such a store never holds a job it cannot submit: it looks at the queue without taking
-/// (``peek(limit:excludingUsers:excludingProjects:excludingJobs:kinds:)``), decides locally what to try, and claims each job with the
-/// call it would make (``claim(_:owner:duration:for:)``). The local admission state is a first guess; the shared
-/// state, read and written under row locks, decides.
-public protocol AdmittingJobStore: JobStore {
+/// A store whose jobs the engine looks at without taking, and takes one at a time when it starts it: a job
+/// waiting for a quota is not held by anyone (no lease to renew, nothing to rescue after a crash).
+public protocol ClaimingJobStore: JobStore {
     /// Due available jobs in claim order (priority, round-robin across users, age), without claiming them.
     func peek(
         limit: Int,
@@ -179,6 +174,19 @@ public protocol AdmittingJobStore: JobStore {
         kinds: Set<GenerationKind>
     ) async throws -> [JobRecord]
 
+    /// Leases job `id` to `owner` for `duration` if it is still available and due; `nil` if it is not (another
+    /// process took it, it was cancelled, or it is not due).
+    func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob?
+}
+
+/// A store that keeps the admission state that several workers share (provider windows, slots and cooldowns, user
+/// windows, project buckets and bursts) and claims a job only in the same transaction that admits its call.
+///
+/// A worker on such a store never holds a job it cannot submit: it looks at the queue without taking
+/// (``ClaimingJobStore/peek(limit:excludingUsers:excludingProjects:excludingJobs:kinds:)``), decides locally what
+/// to try, and claims each job with the call it would make (``claim(_:owner:duration:for:)``). The local
+/// admission state is a first guess; the shared state, read and written under row locks, decides.
+public protocol AdmittingJobStore: ClaimingJobStore {
     /// Claims job `id` for `owner` if it is still available and due and, for a `call`, every shared limit admits
     /// the call now; counts the call in every limit in the same transaction. `call: nil` claims without a
     /// provider call (a cache hit, a job to dead-letter).
@@ -186,4 +194,12 @@ public protocol AdmittingJobStore: JobStore {
 
     /// Holds every worker's calls to `provider` back for `duration` (it throttled a call).
     func coolDown(provider: String, for duration: Duration) async throws
+}
+
+extension AdmittingJobStore {
+    /// Claims without a provider call.
+    public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
+        guard case .claimed(let job) = try await claim(id, owner: owner, duration: duration, for: nil) else { return nil }
+        return job
+    }
 }
