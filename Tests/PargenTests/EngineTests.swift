@@ -400,6 +400,30 @@ import Testing
         try await generator.stop(immediately: true)
     }
 
+    /// A job only looked at (not claimed) stays in view while its shared-cache lookup runs: the next look at the
+    /// queue does not bring it again, so each line is looked up once and taken once. (A lookup slower than the
+    /// scheduler's second between looks brought every line back, looked it up again and queued it twice; under
+    /// a loaded machine's slow lookups, `pargen run` with shared tiers hung.)
+    @Test func aJobBeingLookedUpInTheSharedCacheIsNotLookedAtAgain() async throws {
+        let cache = SlowMissingCache(delay: .milliseconds(1500))
+        let provider = ScriptedProvider(name: "p")
+        let generator = try ParallelGenerator(
+            configuration: .init(rateLimits: .unlimited),
+            providers: [provider],
+            store: SQLiteJobStore(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
+            sharedCache: cache,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let results = try await generator.generate((0..<20).map { .audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect(provider.calls.count == 20)
+        let lookups = cache.lookups.value
+        #expect(lookups.count == 20 && lookups.values.allSatisfy { $0 == 1 }, "lookups per line: \(lookups.values.sorted())")
+    }
+
     /// The store is chosen at the call site, as the design shows: `.memory` or `.sqlite(path:)`.
     @Test func theStoreIsChosenAtTheCallSite() async throws {
         let folder = temporaryDirectory()
@@ -662,4 +686,39 @@ private final class RenewalFaultStore: JobStore {
     func cancel(_ id: JobID) async throws { try await base.cancel(id) }
     func counts() async throws -> [JobState: Int] { try await base.counts() }
     func ledgerTotals() async throws -> CostLedger { try await base.ledgerTotals() }
+}
+
+/// Shared tiers that never have anything and answer each lookup late; they count the lookups per fingerprint.
+private final class SlowMissingCache: SharedArtifactCache {
+    let delay: Duration
+    let lookups = Locked([String: Int]())
+
+    init(delay: Duration) { self.delay = delay }
+
+    func lookup(_ fingerprint: String) async -> SharedArtifact? {
+        lookups.withLock { $0[fingerprint, default: 0] += 1 }
+        try? await Task.sleep(for: delay)
+        return nil
+    }
+
+    func fetch(_ shared: SharedArtifact, to file: URL) async throws { throw CancellationError() }
+
+    func publish(_ artifact: Artifact, fingerprint: String, cost: Money) async throws -> SharedArtifact {
+        SharedArtifact(
+            fingerprint: fingerprint,
+            key: "media/\(fingerprint)",
+            publicURL: nil,
+            format: artifact.format,
+            contentType: artifact.contentType,
+            byteCount: Int64(artifact.byteCount),
+            sha256: artifact.sha256,
+            durationSeconds: 0,
+            provider: artifact.provider,
+            cost: cost
+        )
+    }
+
+    func claim(_ fingerprint: String) async -> SharedFlightClaim { .unavailable }
+    func release(_ claim: SharedFlightClaim) async {}
+    func stats() async -> SharedCacheStats { SharedCacheStats() }
 }

@@ -48,6 +48,9 @@ public final class ParallelGenerator: Service, Sendable {
         var inFlight: [JobID: InFlight] = [:]
         /// Jobs taken from the store that wait for admission, holding nothing but their lease.
         var waiting: [JobID: LeasedJob] = [:]
+        /// Jobs only looked at (not claimed) that are between the look and the backlog or their claim (a shared
+        /// cache lookup, a cache hit, a dead letter): in view, so that the next look does not bring them again.
+        var lookedAt: Set<JobID> = []
         /// Users the shared admission state held back, until when (a shared store only).
         var sharedBlocks: [String: Duration] = [:]
         /// Projects the shared admission state held back (their bucket or burst), until when.

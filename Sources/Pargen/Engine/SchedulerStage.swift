@@ -42,7 +42,7 @@ extension ParallelGenerator {
                 do {
                     if let claiming = store as? any ClaimingJobStore {
                         // Look without taking; each job is claimed when its call is admitted.
-                        let known = state.withLock { Set($0.waiting.keys).union($0.inFlight.keys) }
+                        let known = state.withLock { Set($0.waiting.keys).union($0.inFlight.keys).union($0.lookedAt) }
                         let projects = state.withLock { Set($0.sharedProjectBlocks.keys) }
                         leased = try await claiming.peek(
                             limit: want,
@@ -125,6 +125,8 @@ extension ParallelGenerator {
     /// dead-lettered; the rest wait for admission.
     func take(_ job: LeasedJob, group: inout DiscardingTaskGroup) async {
         var job = job
+        // In view until it joins the backlog or is claimed (awaitAdmission, claimUnadmitted).
+        if job.isProvisional { state.withLock { _ = $0.lookedAt.insert(job.record.id) } }
         if job.isProvisional, (job.record.crashes ?? 0) > 0, !(store is any AdmittingJobStore) {
             // A job whose call has brought a process down runs alone, one such suspect at a time: it is taken now,
             // so that it is known as the suspect (or parked behind the one running) while it waits.
@@ -218,7 +220,10 @@ extension ParallelGenerator {
     func awaitAdmission(_ job: LeasedJob, providers names: [String], submits: Bool) {
         let record = job.record
         let request = record.request
-        state.withLock { $0.waiting[record.id] = job }
+        state.withLock { state in
+            state.waiting[record.id] = job
+            state.lookedAt.remove(record.id)
+        }
         admission.enqueue(
             AdmissionRequest(
                 job: record.id,
@@ -499,6 +504,7 @@ extension ParallelGenerator {
     /// dead-letter); a job already held is returned as it is.
     func claimUnadmitted(_ job: LeasedJob) async -> LeasedJob? {
         guard job.isProvisional else { return job }
+        defer { state.withLock { _ = $0.lookedAt.remove(job.record.id) } }
         let claimed: LeasedJob?
         do {
             claimed = try await (store as? any ClaimingJobStore)?.claim(
