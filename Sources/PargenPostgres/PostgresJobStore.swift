@@ -22,7 +22,7 @@ public import PostgresNIO
 ///   ``watchForWork(_:)`` listens on a dedicated connection.
 ///
 /// The client must be running (`client.run()`, or a `ServiceGroup` that runs it) for as long as the store is used.
-public final class PostgresJobStore: JobStore, JobNotifying {
+public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     public var outlivesProcess: Bool { true }
 
     public let client: PostgresClient
@@ -348,6 +348,36 @@ public final class PostgresJobStore: JobStore, JobNotifying {
                 totals.pending = Money(nanos: pending)
             }
             return totals
+        }
+    }
+
+    // MARK: - Budget limits
+
+    public func budgetLimits() async throws -> [BudgetScope: Money?] {
+        try await run("read the budget limits") { [quoted] in
+            var limits: [BudgetScope: Money?] = [:]
+            for (kind, name, nanos) in try await self.allRows(
+                "SELECT kind, name, limit_nanos FROM \(unescaped: quoted).budget_limits",
+                logger: self.logger
+            ).decode((String, String, Int64?).self) {
+                guard let kind = BudgetScope.Kind(rawValue: kind) else { continue }
+                limits[BudgetScope(kind: kind, name: name)] = .some(nanos.map { Money(nanos: $0) })
+            }
+            return limits
+        }
+    }
+
+    public func setBudgetLimit(_ limit: Money?, for scope: BudgetScope) async throws {
+        let nanos = limit?.nanos
+        _ = try await run("set a budget limit") { [quoted] in
+            try await self.allRows(
+                """
+                INSERT INTO \(unescaped: quoted).budget_limits (kind, name, limit_nanos)
+                VALUES (\(scope.kind.rawValue), \(scope.name), \(nanos))
+                ON CONFLICT (kind, name) DO UPDATE SET limit_nanos = EXCLUDED.limit_nanos, updated_at = now()
+                """,
+                logger: self.logger
+            )
         }
     }
 

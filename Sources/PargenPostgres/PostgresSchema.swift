@@ -180,6 +180,22 @@ enum PostgresSchema {
                 "CREATE INDEX admissions_recent ON S.admissions (admitted_at) INCLUDE (user_name)",
             ]
         ),
+        Migration(
+            version: 5,
+            name: "budget-limits",
+            statements: [
+                // Limits set while running (PUT /v1/budgets), for every worker: a NULL limit is one removed.
+                """
+                CREATE TABLE S.budget_limits (
+                    kind text NOT NULL,
+                    name text NOT NULL,
+                    limit_nanos bigint,
+                    updated_at timestamptz NOT NULL DEFAULT now(),
+                    PRIMARY KEY (kind, name)
+                )
+                """
+            ]
+        ),
     ]
 
     /// Applies every migration `schema` lacks, under an advisory lock.

@@ -10,7 +10,7 @@ public import Pargen
 /// share one transaction and so one fsync (group commit), and each returns only once that transaction has
 /// committed. Times are wall-clock nanoseconds since the
 /// Unix epoch, so leases and due times survive a restart.
-public final class SQLiteJobStore: ClaimingJobStore {
+public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     public var outlivesProcess: Bool { true }
 
     private let writer: any DatabaseWriter
@@ -145,6 +145,19 @@ public final class SQLiteJobStore: ClaimingJobStore {
                 sql: """
                     CREATE INDEX jobs_project_money ON jobs(project, charged, pending);
                     CREATE INDEX jobs_campaign_money ON jobs(campaign, charged, pending);
+                    """
+            )
+        }
+        migrator.registerMigration("v4-budget-limits") { db in
+            // Limits set while running (PUT /v1/budgets), kept for the next run: a NULL limit is one removed.
+            try db.execute(
+                sql: """
+                    CREATE TABLE budget_limits (
+                        kind TEXT NOT NULL,
+                        name TEXT NOT NULL,
+                        limit_nanos INTEGER,
+                        PRIMARY KEY (kind, name)
+                    )
                     """
             )
         }
@@ -554,6 +567,34 @@ public final class SQLiteJobStore: ClaimingJobStore {
     }
 
     public func ledgerTotals() async throws -> CostLedger { try await ledger(in: .global) }
+
+    // MARK: - Budget limits
+
+    public func budgetLimits() async throws -> [BudgetScope: Money?] {
+        try await read { db in
+            var limits: [BudgetScope: Money?] = [:]
+            for row in try Row.fetchAll(db, sql: "SELECT kind, name, limit_nanos FROM budget_limits") {
+                guard let kind = BudgetScope.Kind(rawValue: row["kind"]) else { continue }
+                let name: String = row["name"]
+                let nanos: Int64? = row["limit_nanos"]
+                limits[BudgetScope(kind: kind, name: name)] = .some(nanos.map { Money(nanos: $0) })
+            }
+            return limits
+        }
+    }
+
+    public func setBudgetLimit(_ limit: Money?, for scope: BudgetScope) async throws {
+        let nanos = limit?.nanos
+        try await write { db in
+            try db.execute(
+                sql: """
+                    INSERT INTO budget_limits (kind, name, limit_nanos) VALUES (?, ?, ?)
+                    ON CONFLICT (kind, name) DO UPDATE SET limit_nanos = excluded.limit_nanos
+                    """,
+                arguments: [scope.kind.rawValue, scope.name, nanos]
+            )
+        }
+    }
 
     // MARK: - Helpers
 

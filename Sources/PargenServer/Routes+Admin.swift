@@ -59,7 +59,7 @@ extension PargenServer {
             guard principal.admin else { throw Problem(.forbidden, "Forbidden", "setting budgets takes an admin key") }
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxJSONBodyBytes)
-            try self.setBudget(body, principal: principal)
+            try await self.setBudget(body, principal: principal)
             return JSON.response(.ok, await self.budgets(principal))
         }
     }
@@ -163,7 +163,7 @@ extension PargenServer {
     }
 
     /// `PUT /v1/budgets` with `{"scope": "project" | "campaign", "name": N, "limit": "12.50" | null}`.
-    func setBudget(_ body: ByteBuffer, principal: Principal) throws {
+    func setBudget(_ body: ByteBuffer, principal: Principal) async throws {
         guard case .object(let object) = try JSON.parse(body) else {
             throw Problem.invalid("the body must be a JSON object with scope, name and limit")
         }
@@ -193,6 +193,6 @@ extension PargenServer {
             throw Problem.invalid("limit is required: an amount in dollars such as \"12.50\", or null", field: "limit")
         }
         let qualified = principal.qualified(name)
-        generator.costMonitor.setLimit(limit, for: kind == "project" ? .project(qualified) : .campaign(qualified))
+        try await generator.setBudgetLimit(limit, for: kind == "project" ? .project(qualified) : .campaign(qualified))
     }
 }

@@ -186,6 +186,33 @@ import Testing
         #expect(stats.costMonitor.alerts.contains { $0.scope == .project("ads") })
     }
 
+    /// A limit set while running is kept in the SQLite store: the next run on the file applies it, with no
+    /// limit in its configuration, and removing it is kept too.
+    @Test func aBudgetLimitSetWhileRunningIsKeptForTheNextRun() async throws {
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        func run(_ lines: Range<Int>, setting limit: Money?? = nil) async throws -> [GenerationResult] {
+            let generator = try ParallelGenerator(
+                configuration: .init(rateLimits: .unlimited),
+                providers: [ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .cents(50)))],
+                store: .sqlite(path: path),
+                outputDirectory: temporaryDirectory(),
+                clock: PargenClock(ImmediateClock())
+            )
+            try await generator.start()
+            if let limit { try await generator.setBudgetLimit(limit, for: .campaign("spring")) }
+            let results = try await generator.generate(lines.map { .audio(prompt: "line \($0)", campaign: "spring") })
+            try await generator.stop()
+            return results
+        }
+        _ = try await run(0..<0, setting: .some(.dollars(1)))
+        // A new run: its configuration has no budget, the store's $1 holds ($0.50 a line: two lines).
+        let limited = try await run(0..<4)
+        #expect(limited.filter(\.succeeded).count == 2)
+        #expect(limited.filter { $0.error?.code == .budgetExceeded }.count == 2)
+        _ = try await run(0..<0, setting: .some(nil))
+        #expect(try await run(4..<8).allSatisfy { $0.succeeded }, "the limit removed is kept removed")
+    }
+
     /// On a clock the test moves by hand, the provider's own call log shows each user at most 5 calls until a
     /// minute has passed, and the rest right after. (Pargen's own event times on a clock that jumps could agree
     /// with a broken limiter.)

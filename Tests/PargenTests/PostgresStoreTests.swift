@@ -107,6 +107,42 @@ import Testing
         #expect(bought.allSatisfy { $0 > .zero }, "both workers bought lines: \(bought)")
     }
 
+    /// A budget limit set on one worker (as `PUT /v1/budgets` on one server does) holds on every worker of the
+    /// store within a second: the other worker, whose configuration has no budget, buys two $0.50 lines against
+    /// the $1 the first one set.
+    @Test func aBudgetLimitSetOnOneWorkerHoldsOnEveryWorker() async throws {
+        let schema = TestPostgres.freshSchema()
+        var configuration = PargenConfiguration()
+        configuration.rateLimits = .unlimited
+        configuration.caching.enabled = false
+        var workers: [ParallelGenerator] = []
+        for _ in 0..<2 {
+            workers.append(
+                ParallelGenerator(
+                    configuration: configuration,
+                    providers: [ScriptedProvider(name: "p", pricing: ProviderPricing(perRequest: .cents(50)))],
+                    store: try await TestPostgres.store(schema: schema),
+                    outputDirectory: temporaryDirectory(),
+                    clock: .continuous
+                )
+            )
+        }
+        for worker in workers { try await worker.start() }
+        // Both are running (each read the store's limits as it started: none) before the limit is set.
+        for worker in workers { #expect(try await worker.generate([.audio(prompt: "warm-up")]).allSatisfy { $0.succeeded }) }
+        try await workers[0].setBudgetLimit(.dollars(1), for: .campaign("launch"))
+        let follower = workers[1]
+        try await waitUntil(seconds: 30) { follower.costMonitor.limit(of: .campaign("launch")) == .dollars(1) }
+        // Only the second worker runs the lines: what it applies is what it read from the store.
+        try await workers[0].stop()
+        let results = try await workers[1].generate((0..<4).map { .audio(prompt: "line \($0)", campaign: "launch") })
+        try await workers[1].stop()
+        #expect(results.filter(\.succeeded).count == 2, "\(results.map { $0.error.map { "\($0.code)" } ?? "ok" })")
+        #expect(results.filter { $0.error?.code == .budgetExceeded }.count == 2)
+        let ledger = try await TestPostgres.store(schema: schema).ledger(in: .campaign("launch"))
+        #expect(ledger.charged == .dollars(1) && ledger.balances)
+    }
+
     /// Workers look at the queue least-served user first: a user with more calls admitted in the last minute (by
     /// any worker) comes after users with fewer, whatever the jobs' order. (Each worker also takes its users in
     /// turn; this spreads the turns across workers, so that no user of a busy project is left last in every
@@ -151,7 +187,7 @@ import Testing
         ).decode(Int.self) {
             versions.append(version)
         }
-        #expect(versions == [1, 2, 3, 4])
+        #expect(versions == [1, 2, 3, 4, 5])
     }
 
     @Test func leasesExpireByTheDatabaseClock() async throws {

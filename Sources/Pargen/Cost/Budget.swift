@@ -86,3 +86,14 @@ extension Budget {
         return .success(committed)
     }
 }
+
+/// A store that keeps the budget limits set while running (``ParallelGenerator/setBudgetLimit(_:for:)``,
+/// `PUT /v1/budgets`), so that every process on the store applies them, and so does the next run.
+public protocol BudgetLimitStore: JobStore {
+    /// The limits set, by scope: `.some(nil)` for a limit removed (no limit, whatever the configuration says).
+    /// A scope that was never set is absent, and keeps the configuration's limit.
+    func budgetLimits() async throws -> [BudgetScope: Money?]
+
+    /// Sets a scope's limit (`nil` removes it), over the configuration's, for every process on the store.
+    func setBudgetLimit(_ limit: Money?, for scope: BudgetScope) async throws
+}

@@ -7,6 +7,11 @@ public struct BudgetScope: Sendable, Hashable, Codable, CustomStringConvertible 
     public var kind: Kind
     public var name: String
 
+    public init(kind: Kind, name: String) {
+        self.kind = kind
+        self.name = kind == .global ? "*" : name
+    }
+
     public static let global = BudgetScope(kind: .global, name: "*")
     public static func project(_ name: String) -> BudgetScope { BudgetScope(kind: .project, name: name) }
     public static func campaign(_ name: String) -> BudgetScope { BudgetScope(kind: .campaign, name: name) }
@@ -97,6 +102,13 @@ public final class CostMonitor: Sendable {
                 state.scopes[scope] = book
             }
         }
+    }
+
+    /// Applies the limits a store keeps (``BudgetLimitStore/budgetLimits()``): each one that differs from this
+    /// monitor's is set as by ``setLimit(_:for:)``.
+    public func apply(storedLimits: [BudgetScope: Money?]) {
+        let current = overrides.withLock { $0 }
+        for (scope, limit) in storedLimits where current[scope] != .some(limit) { setLimit(limit, for: scope) }
     }
 
     /// The scopes with a limit: the configuration's and those set while running.

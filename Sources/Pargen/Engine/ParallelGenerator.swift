@@ -243,6 +243,20 @@ public final class ParallelGenerator: Service, Sendable {
             }
         }
         defer { watchers?.cancel() }
+        // Budget limits set while running live in the store when it keeps them: this run starts from them, and on a
+        // store that other processes share follows what they set (checked every second).
+        let limitStore = store as? any BudgetLimitStore
+        if let limitStore { await refreshBudgetLimits(from: limitStore) }
+        let limitsWatcher: Task<Void, Never>? = limitStore.flatMap { limitStore in
+            guard store is any JobNotifying else { return nil }
+            return Task {
+                // Real time, like the store's notifications: it follows other processes, not this engine's clock.
+                while (try? await Task.sleep(for: .seconds(1))) != nil {
+                    await self.refreshBudgetLimits(from: limitStore)
+                }
+            }
+        }
+        defer { limitsWatcher?.cancel() }
         guard followingGracefulShutdown else {
             await withDiscardingTaskGroup { group in
                 await dispatchLoop(group: &group)
@@ -634,8 +648,28 @@ public final class ParallelGenerator: Service, Sendable {
         }
     }
 
-    /// The budgets, their spending and alerts; ``CostMonitor/setLimit(_:for:)`` changes a limit while running.
+    /// The budgets, their spending and alerts. ``setBudgetLimit(_:for:)`` changes a limit while running.
     public var costMonitor: CostMonitor { costs }
+
+    /// Sets a budget's limit from now on (`nil` removes it), over the configuration's. A store that keeps limits
+    /// (``BudgetLimitStore``: SQLite, PostgreSQL) keeps it, so the next run applies it too, and every worker on a
+    /// shared store applies it within a second; jobs refused by the old limit stay where they are.
+    ///
+    /// - Throws: ``StoreError`` when the store cannot keep it (nothing changes then).
+    public func setBudgetLimit(_ limit: Money?, for scope: BudgetScope) async throws {
+        if let limitStore = store as? any BudgetLimitStore { try await limitStore.setBudgetLimit(limit, for: scope) }
+        costs.setLimit(limit, for: scope)
+        wakeup.signal()
+    }
+
+    /// Applies the limits the store keeps; a store that does not answer keeps the limits known.
+    func refreshBudgetLimits(from limitStore: any BudgetLimitStore) async {
+        do {
+            costs.apply(storedLimits: try await limitStore.budgetLimits())
+        } catch {
+            logger.debug("budget limits not read", metadata: [LoggingKeys.error: "\(error)"])
+        }
+    }
 
     /// The providers this engine balances across: capabilities, prices and quotas.
     public var providerDescriptors: [ProviderDescriptor] {
