@@ -47,6 +47,20 @@ final class DecodedRecords: Sendable {
         generations.withLock { Self.insert(Entry(text: text, record: record), id, into: &$0, capacity: capacity) }
     }
 
+    /// The record last remembered for `id`, with its text, if any.
+    func known(_ id: String) -> (text: String, record: JobRecord)? {
+        generations.withLock { generations in
+            (generations.current[id] ?? generations.previous[id]).map { ($0.text, $0.record) }
+        }
+    }
+
+    /// Byte equality (String's `==` compares canonical equivalence, which is not what was stored).
+    static func same(_ a: String, _ b: String) -> Bool {
+        var a = a
+        var b = b
+        return a.withUTF8 { a in b.withUTF8 { b in a.count == b.count && (a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0) } }
+    }
+
     /// How many records are remembered (both generations; an id in both counts twice).
     var count: Int { generations.withLock { $0.current.count + $0.previous.count } }
 
@@ -66,10 +80,4 @@ final class DecodedRecords: Sendable {
         generations.current[id] = entry
     }
 
-    /// Byte equality (String's `==` compares canonical equivalence, which is not what was stored).
-    private static func same(_ a: String, _ b: String) -> Bool {
-        var a = a
-        var b = b
-        return a.withUTF8 { a in b.withUTF8 { b in a.count == b.count && (a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0) } }
-    }
 }

@@ -599,10 +599,29 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     // MARK: - Helpers
 
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
+        // The transition is prepared here, from the record this store last wrote, so that its encoding (most of a
+        // transition's work) runs on the caller's thread and not on the one writer. The writer uses it only if the
+        // stored text is still the one it was prepared from; otherwise it starts again from what is stored.
+        let id = lease.jobID
+        let prepared = records.known(id.rawValue).flatMap { known -> (from: String, record: JobRecord, text: String)? in
+            var record = known.record
+            guard record.isHeld(by: lease) else { return nil }
+            change(&record)
+            guard let text = try? Self.json(record) else { return nil }
+            return (known.text, record, text)
+        }
         try await write { db in
-            var record = try self.load(db, lease.jobID)
+            guard let stored = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue])
+            else {
+                throw StoreError(.notFound, "no job \(id)")
+            }
+            if let prepared, DecodedRecords.same(stored, prepared.from) {
+                try self.save(db, prepared.record, text: prepared.text)
+                return
+            }
+            var record = try self.records.decode(id.rawValue, stored)
             guard record.isHeld(by: lease) else {
-                throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+                throw StoreError(.leaseLost, "the lease on \(id) is no longer held")
             }
             change(&record)
             try self.save(db, record)
@@ -617,7 +636,11 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         return try records.decode(id.rawValue, text)
     }
 
-    private func save(_ db: Database, _ record: JobRecord) throws {
+    private func save(_ db: Database, _ record: JobRecord, text: String? = nil) throws {
+        let text = try text.map { text in
+            records.remember(record.id.rawValue, text, record)
+            return text
+        } ?? encode(record)
         try db.execute(
             sql: """
                 UPDATE jobs SET state = ?, provider = ?, run_at = ?, lease_expires_at = ?,
@@ -627,14 +650,18 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
             arguments: [
                 record.state.rawValue, record.provider, record.runAt.nanoseconds, record.leaseExpiresAt?.nanoseconds,
                 record.ledger.reserved.nanos, record.ledger.charged.nanos, record.ledger.released.nanos,
-                record.ledger.pending.nanos, try encode(record), record.id.rawValue,
+                record.ledger.pending.nanos, text, record.id.rawValue,
             ]
         )
     }
 
+    private static func json(_ record: JobRecord) throws -> String {
+        String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
+    }
+
     /// The record's JSON, remembered with the record (it is read back at the job's next step).
     private func encode(_ record: JobRecord) throws -> String {
-        let text = String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
+        let text = try Self.json(record)
         records.remember(record.id.rawValue, text, record)
         return text
     }

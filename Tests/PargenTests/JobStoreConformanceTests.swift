@@ -371,6 +371,26 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(rescued.state == .available && rescued.ledger.pending == .zero && rescued.ledger.released == .cents(5))
     }
 
+    /// A transition the SQLite store prepares from the record it last wrote is used only if the row is still that
+    /// record: a lease that expired and that another process rescued and took is refused (fencing), although this
+    /// store last saw it held.
+    @Test func sqliteRefusesALeaseAnotherStoreTookOverThoughItLastSawItHeld() async throws {
+        let clock = ManualClock()
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        let now: @Sendable () -> Duration = { .seconds(1_767_225_600) + clock.now.offset }
+        let mine = try SQLiteJobStore(path: path, now: now)
+        let other = try SQLiteJobStore(path: path, now: now)
+        let id = try await mine.enqueue([validated(.audio(prompt: "fenced"))])[0].jobID
+        let stale = try await mine.lease(limit: 1, owner: "mine", duration: .seconds(60), excludingUsers: [])[0]
+        clock.advance(by: .seconds(61))
+        #expect(try await other.rescueExpiredLeases() == 1)
+        let taken = try await other.lease(limit: 1, owner: "other", duration: .seconds(60), excludingUsers: [])[0]
+        await #expect(throws: StoreError.self) { try await mine.recordSubmission(stale.lease, taskID: "stale") }
+        try await other.recordSubmission(taken.lease, taskID: "fresh")
+        let record = try #require(try await mine.job(id))
+        #expect(record.providerTaskID == "fresh" && record.leaseOwner == "other")
+    }
+
     @Test(arguments: factories)
     func theLedgerMovesWithEveryTransitionAndBalances(_ factory: StoreFactory) async throws {
         let clock = ManualClock()
