@@ -222,31 +222,9 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     ) async throws -> [LeasedJob] {
         guard limit > 0, !kinds.isEmpty else { return [] }
         let now = now()
-        let excluded = String(decoding: try JSONEncoder().encode(Array(excludingUsers)), as: UTF8.self)
-        let wanted = String(decoding: try JSONEncoder().encode(kinds.map(\.rawValue).sorted()), as: UTF8.self)
         return try await write { db in
-            // Highest priority first; within a priority, round-robin across users (each user's oldest first,
-            // users ordered by their oldest waiting job).
-            let ids = try String.fetchAll(
-                db,
-                sql: """
-                    SELECT id FROM (
-                        SELECT id, priority,
-                               ROW_NUMBER() OVER (PARTITION BY priority, user ORDER BY seq) AS turn,
-                               MIN(seq) OVER (PARTITION BY priority, user) AS first_seq
-                        FROM jobs
-                        WHERE state = 'available' AND run_at <= ?
-                          AND kind IN (SELECT value FROM json_each(?))
-                          AND user NOT IN (SELECT value FROM json_each(?))
-                    )
-                    ORDER BY priority DESC, turn, first_seq
-                    LIMIT ?
-                    """,
-                arguments: [now.nanoseconds, wanted, excluded, limit]
-            )
             var leased: [LeasedJob] = []
-            for id in ids {
-                var record = try self.load(db, JobID(id))
+            for var record in try self.dueInClaimOrder(db, now: now, kinds: kinds, excludingUsers: excludingUsers, limit: limit) {
                 let lease = JobLease(
                     jobID: record.id,
                     token: "\(owner):\(UUID().uuidString)",
@@ -269,33 +247,55 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     ) async throws -> [JobRecord] {
         guard limit > 0, !kinds.isEmpty else { return [] }
         let now = now()
-        let encoder = JSONEncoder()
-        let users = String(decoding: try encoder.encode(excludingUsers.sorted()), as: UTF8.self)
-        let projects = String(decoding: try encoder.encode(excludingProjects.sorted()), as: UTF8.self)
-        let jobs = String(decoding: try encoder.encode(excludingJobs.map(\.rawValue)), as: UTF8.self)
-        let wanted = String(decoding: try encoder.encode(kinds.map(\.rawValue).sorted()), as: UTF8.self)
         return try await read { db in
-            // The lease's order: highest priority first, then round-robin across users, each user's oldest first.
-            try Row.fetchAll(
+            try self.dueInClaimOrder(
                 db,
-                sql: """
-                    SELECT id, record FROM (
-                        SELECT id, record, priority,
-                               ROW_NUMBER() OVER (PARTITION BY priority, user ORDER BY seq) AS turn,
-                               MIN(seq) OVER (PARTITION BY priority, user) AS first_seq
-                        FROM jobs
-                        WHERE state = 'available' AND run_at <= ?
-                          AND kind IN (SELECT value FROM json_each(?))
-                          AND user NOT IN (SELECT value FROM json_each(?))
-                          AND project NOT IN (SELECT value FROM json_each(?))
-                          AND id NOT IN (SELECT value FROM json_each(?))
-                    )
-                    ORDER BY priority DESC, turn, first_seq
-                    LIMIT ?
-                    """,
-                arguments: [now.nanoseconds, wanted, users, projects, jobs, limit]
-            ).map { row in try self.records.decode(row["id"], row["record"]) }
+                now: now,
+                kinds: kinds,
+                excludingUsers: excludingUsers,
+                excludingProjects: excludingProjects,
+                excludingJobs: excludingJobs,
+                limit: limit
+            )
         }
+    }
+
+    /// Due available jobs of `kinds` in claim order: highest priority first; within a priority, round-robin
+    /// across users (each user's oldest first, users ordered by their oldest waiting job).
+    private func dueInClaimOrder(
+        _ db: Database,
+        now: Duration,
+        kinds: Set<GenerationKind>,
+        excludingUsers: Set<String>,
+        excludingProjects: Set<String> = [],
+        excludingJobs: Set<JobID> = [],
+        limit: Int
+    ) throws -> [JobRecord] {
+        func list(_ values: [String]) throws -> String {
+            String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
+        }
+        return try Row.fetchAll(
+            db,
+            sql: """
+                SELECT id, record FROM (
+                    SELECT id, record, priority,
+                           ROW_NUMBER() OVER (PARTITION BY priority, user ORDER BY seq) AS turn,
+                           MIN(seq) OVER (PARTITION BY priority, user) AS first_seq
+                    FROM jobs
+                    WHERE state = 'available' AND run_at <= ?
+                      AND kind IN (SELECT value FROM json_each(?))
+                      AND user NOT IN (SELECT value FROM json_each(?))
+                      AND project NOT IN (SELECT value FROM json_each(?))
+                      AND id NOT IN (SELECT value FROM json_each(?))
+                )
+                ORDER BY priority DESC, turn, first_seq
+                LIMIT ?
+                """,
+            arguments: [
+                now.nanoseconds, try list(kinds.map(\.rawValue)), try list(Array(excludingUsers)),
+                try list(Array(excludingProjects)), try list(excludingJobs.map(\.rawValue)), limit,
+            ]
+        ).map { row in try self.records.decode(row["id"], row["record"]) }
     }
 
     public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
@@ -611,10 +611,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
             return (known.text, record, text)
         }
         try await write { db in
-            guard let stored = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue])
-            else {
-                throw StoreError(.notFound, "no job \(id)")
-            }
+            let stored = try self.storedText(db, id)
             if let prepared, DecodedRecords.same(stored, prepared.from) {
                 try self.save(db, prepared.record, text: prepared.text)
                 return
@@ -629,11 +626,16 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     }
 
     private func load(_ db: Database, _ id: JobID) throws -> JobRecord {
+        try records.decode(id.rawValue, try storedText(db, id))
+    }
+
+    /// The record's JSON as stored.
+    private func storedText(_ db: Database, _ id: JobID) throws -> String {
         guard let text = try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue])
         else {
             throw StoreError(.notFound, "no job \(id)")
         }
-        return try records.decode(id.rawValue, text)
+        return text
     }
 
     private func save(_ db: Database, _ record: JobRecord, text: String? = nil) throws {
