@@ -223,18 +223,9 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         guard limit > 0, !kinds.isEmpty else { return [] }
         let now = now()
         return try await write { db in
-            var leased: [LeasedJob] = []
-            for var record in try self.dueInClaimOrder(db, now: now, kinds: kinds, excludingUsers: excludingUsers, limit: limit) {
-                let lease = JobLease(
-                    jobID: record.id,
-                    token: "\(owner):\(UUID().uuidString)",
-                    expiresAt: now + duration
-                )
-                record.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
-                try self.save(db, record)
-                leased.append(LeasedJob(record: record, lease: lease))
+            try self.dueInClaimOrder(db, now: now, kinds: kinds, excludingUsers: excludingUsers, limit: limit).map {
+                try self.grant($0, to: owner, until: now + duration, db)
             }
-            return leased
         }
     }
 
@@ -308,12 +299,17 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     arguments: [id.rawValue, now.nanoseconds]
                 )
             else { return nil }
-            var record = try self.records.decode(id.rawValue, text)
-            let lease = JobLease(jobID: id, token: "\(owner):\(UUID().uuidString)", expiresAt: now + duration)
-            record.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
-            try self.save(db, record)
-            return LeasedJob(record: record, lease: lease)
+            return try self.grant(try self.records.decode(id.rawValue, text), to: owner, until: now + duration, db)
         }
+    }
+
+    /// Leases `record` to `owner` until `expiresAt` under a new token, and saves it.
+    private func grant(_ record: JobRecord, to owner: String, until expiresAt: Duration, _ db: Database) throws -> LeasedJob {
+        var record = record
+        let lease = JobLease(jobID: record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: expiresAt)
+        record.grantLease(token: lease.token, owner: owner, expiresAt: expiresAt)
+        try save(db, record)
+        return LeasedJob(record: record, lease: lease)
     }
 
     public func timeUntilNextDue() async throws -> Duration? {
