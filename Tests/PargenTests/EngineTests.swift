@@ -427,6 +427,28 @@ import Testing
         try await generator.stop(immediately: true)
     }
 
+    /// Ten lines admitted to one provider as one batch, with a budget for nine: the member the budget refuses
+    /// never calls, and the engine says so to the batch (``BatchMembership/departed``), so the nine that call,
+    /// each waiting for the batch's other members as Azure's adapter does, go on at once instead of waiting for a
+    /// member that will never come.
+    @Test func aMemberThatLeavesItsBatchWithoutCallingIsCountedAsGone() async throws {
+        let provider = BatchGatheringProvider(
+            base: ScriptedProvider(name: "p", kinds: [.audio], pricing: ProviderPricing(perRequest: .dollars(1)))
+        )
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        configuration.budgets.global = Money(parsing: "9.50")
+        configuration.batching.maxJobsPerBatch = 10
+        configuration.resources.minimumFraction = 1
+        let generator = makeGenerator([provider], configuration: configuration)
+        try await generator.start()
+        let results = try await generator.generate((0..<10).map { GenerationRequest.audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.filter(\.succeeded).count == 9, "\(results.compactMap { $0.error?.description })")
+        #expect(results.filter { $0.error?.code == .budgetExceeded }.count == 1)
+        let batches = provider.batches.value
+        #expect(batches.count == 9 && batches.allSatisfy { $0?.size == 10 }, "the nine calls were one batch of ten: \(batches)")
+    }
+
     /// A job only looked at (not claimed) stays in view while its shared-cache lookup runs: the next look at the
     /// queue does not bring it again, so each line is looked up once and taken once. (A lookup slower than the
     /// scheduler's second between looks brought every line back, looked it up again and queued it twice; under
@@ -748,4 +770,36 @@ private final class SlowMissingCache: SharedArtifactCache {
     func claim(_ fingerprint: String) async -> SharedFlightClaim { .unavailable }
     func release(_ claim: SharedFlightClaim) async {}
     func stats() async -> SharedCacheStats { SharedCacheStats() }
+}
+
+/// A provider that, like Azure's batch synthesis, makes a batched call wait until every other member of its batch
+/// has called or left the batch (for at most 10 s of real time, then it fails the call), then answers as `base`.
+private final class BatchGatheringProvider: GenerationProvider {
+    let base: ScriptedProvider
+    /// The batch of each call, in call order.
+    let batches = Locked<[BatchMembership?]>([])
+    private let arrivals = Locked<[String: Int]>([:])
+
+    init(base: ScriptedProvider) { self.base = base }
+
+    var descriptor: ProviderDescriptor { base.descriptor }
+
+    func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        batches.withLock { $0.append(context.batch) }
+        if let batch = context.batch {
+            arrivals.withLock { $0[batch.id, default: 0] += 1 }
+            let deadline = ContinuousClock.now + .seconds(10)
+            while arrivals.withLock({ $0[batch.id]! }) + batch.departed < batch.size {
+                guard ContinuousClock.now < deadline else {
+                    throw GenerationError(.terminal, "batch \(batch.id) waited 10 s for a member that never came")
+                }
+                try await Task.sleep(for: .milliseconds(10))
+            }
+        }
+        return try await base.generate(request, context: context)
+    }
+
+    func resume(taskID: String, request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        try await base.resume(taskID: taskID, request: request, context: context)
+    }
 }

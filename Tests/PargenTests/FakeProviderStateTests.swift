@@ -34,6 +34,23 @@ import Testing
         #expect(state.submissions().map(\.refusal) == [nil, "throttled"])
     }
 
+    /// With `throttledTasksWaitForAPoll`, a task that waited over the cap is seen THROTTLED by the first poll even
+    /// when its slot freed before that poll; without it, that poll finds it started.
+    @Test(arguments: [true, false])
+    func aWaitingTaskCanBeHeldUntilAPollSeesItWaiting(_ hold: Bool) {
+        var options = FakeProviderOptions(wireProtocol: .runway, concurrentTasks: 1, taskSeconds: 0...0)
+        options.throttledTasksWaitForAPoll = hold
+        let state = FakeProviderState(options: options)
+        _ = state.admit(endpoint: "t", key: "a:1", user: nil, prompt: "a", sync: false, queueOverConcurrency: true)
+        _ = state.admit(endpoint: "t", key: "b:1", user: nil, prompt: "b", sync: false, queueOverConcurrency: true)
+        _ = state.createTask(prompt: "a", video: true, prefix: "")
+        let waiting = state.createTask(prompt: "b", video: true, prefix: "")
+        #expect(waiting.startedAt == nil, "b was let in over the cap, so it waits")
+        // a took no time: its slot is free before b is first polled.
+        #expect((state.task(waiting.id)?.startedAt == nil) == hold)
+        #expect(state.task(waiting.id)?.startedAt != nil, "the next poll finds it started")
+    }
+
     /// A policy refusal after admission gives its reserved slot back.
     @Test func aRefusedSubmissionGivesItsSlotBack() {
         let state = FakeProviderState(options: FakeProviderOptions(wireProtocol: .openai, concurrentTasks: 1))

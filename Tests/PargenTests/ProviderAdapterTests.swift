@@ -24,6 +24,7 @@ struct FakeBench {
         quota: ProviderQuota? = nil,
         requestTimeout: Duration = .seconds(10),
         downloadTimeout: Duration? = nil,
+        settings configure: (inout ProviderSettings) -> Void = { _ in },
         http: HTTPClient
     ) async throws -> FakeBench {
         var fakeOptions = FakeProviderOptions(
@@ -44,6 +45,7 @@ struct FakeBench {
         settings.quota = quota ?? ProviderQuota()
         // The Azure fake serves batch synthesis too.
         if wire == .azure { settings.batchBaseURL = fake.baseURL }
+        configure(&settings)
         var connection = settings.connection(apiKey: APIKey(clientKey), httpClient: http)
         if let downloadTimeout { connection.downloadTimeout = downloadTimeout }
         return FakeBench(
@@ -398,6 +400,38 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         await close()
     }
 
+    /// Ten lines admitted as one batch, with a budget for nine: the member the budget refuses never calls, the
+    /// engine tells the batch so, and the adapter makes its synthesis of the nine at once instead of waiting its
+    /// backstop (30 s) for a member that will never come.
+    @Test func aMemberRefusedItsBudgetDoesNotHoldItsBatchBack() async throws {
+        let bench = try await FakeBench.start(
+            .azure,
+            options: { $0.taskSeconds = 0.1...0.2 },
+            settings: { $0.batchThreshold = 5 },
+            http: http
+        )
+        let lines = (0..<10).map { "Departing batch line \($0)" }
+        var configuration = fakeTestConfiguration()
+        configuration.batching.maxJobsPerBatch = 10
+        configuration.resources.minimumFraction = 1
+        let line = bench.settings.pricing.perCharacter * Int64(lines[0].count)
+        configuration.budgets.global = Money(nanos: line.nanos * 19 / 2)
+        let started = ContinuousClock.now
+        let (results, stats) = try await runAgainstFakes(
+            [bench.provider],
+            lines.map { GenerationRequest.audio(prompt: $0, format: .wav) },
+            configuration: configuration
+        )
+        let elapsed = ContinuousClock.now - started
+        #expect(stats.batcher.largestBatch == 10)
+        #expect(results.filter(\.succeeded).count == 9, "\(results.compactMap { $0.error?.description })")
+        #expect(results.filter { $0.error?.code == .budgetExceeded }.count == 1)
+        #expect(bench.fake.state.submissions().filter(\.accepted).count == 1, "one synthesis of the nine")
+        #expect(elapsed < .seconds(25), "the nine went before the backstop: \(elapsed)")
+        await bench.fake.stop()
+        await close()
+    }
+
     /// A job rescued after a crash with task id `SYNTHESIS#N` polls that synthesis and takes file N.
     @Test func azureResumesAMemberOfABatchSynthesis() async throws {
         let bench = try await FakeBench.start(.azure, http: http)
@@ -449,9 +483,10 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
                 $0.window = .seconds(3)
                 $0.concurrentTasks = wire == .runway || wire == .elevenlabs ? 2 : nil
                 $0.latencySeconds = 0.02...0.05
-                // Runway's tasks run long enough that a task waiting THROTTLED is seen so by a poll, however late
-                // a loaded machine makes the poll.
-                $0.taskSeconds = wire == .runway ? 2.0...2.5 : 0.1...0.2
+                // A Runway task waiting THROTTLED starts only once a poll has seen it so: a loaded machine's polls
+                // came late enough that every waiting task had started before one was polled.
+                $0.throttledTasksWaitForAPoll = true
+                $0.taskSeconds = wire == .runway ? 1.0...1.5 : 0.1...0.2
             },
             quota: ProviderQuota(concurrentTasks: 8),
             // This test is about throttling: a call that a loaded machine leaves unanswered past a short time-out

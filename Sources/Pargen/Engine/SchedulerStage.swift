@@ -295,18 +295,20 @@ extension ParallelGenerator {
             balancer.recordCall(ticket.provider, at: now)
             group.addTask {
                 var job = job
-                if job.isProvisional {
-                    guard let claimed = await self.claimAdmitted(job, ticket: ticket, held: held) else {
-                        self.state.withLock { $0.running -= 1 }
-                        return
+                defer {
+                    // A member still in its batch here never called its provider (the call takes its membership):
+                    // it tells the batch, whose other members may be waiting for it.
+                    let left = self.state.withLock { state in
+                        state.running -= 1
+                        return state.batchOf.removeValue(forKey: job.record.id)
                     }
+                    left?.memberLeft()
+                }
+                if job.isProvisional {
+                    guard let claimed = await self.claimAdmitted(job, ticket: ticket, held: held) else { return }
                     job = claimed
                 }
                 await self.processJob(job, ticket: held)
-                self.state.withLock { state in
-                    state.running -= 1
-                    state.batchOf[job.record.id] = nil
-                }
             }
         }
     }

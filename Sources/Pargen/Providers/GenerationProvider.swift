@@ -243,15 +243,66 @@ public struct ProviderCallContext: Sendable {
 }
 
 /// A call's place in a batch the engine admitted to one provider at once.
+///
+/// The engine keeps one promise about a batch: each member either calls its provider or leaves the batch
+/// without calling (its budget refused it, its lease was lost, the engine stopped), and a member that leaves is
+/// counted in ``departed`` and reported to ``whenMemberLeaves(_:)``. So an adapter that waits for a batch's
+/// members can wait for exactly `size - departed` calls, however long a loaded machine takes to bring them.
 public struct BatchMembership: Sendable, Hashable {
     /// The same for every member of the batch, and different from every other batch of this process.
     public var id: String
     /// How many calls the batch has, this one included.
     public var size: Int
+    private let departures: BatchDepartures
 
     public init(id: String, size: Int) {
         self.id = id
         self.size = size
+        self.departures = BatchDepartures()
+    }
+
+    /// Members that have left the batch without calling their provider, so far.
+    public var departed: Int { departures.count }
+
+    /// Calls `body` each time a member leaves the batch without calling its provider from now on (never for
+    /// departures that ``departed`` already counts).
+    public func whenMemberLeaves(_ body: @escaping @Sendable () -> Void) {
+        departures.observe(body)
+    }
+
+    /// Tells the batch that one of its members will not call its provider. The engine does this; once per member.
+    public func memberLeft() {
+        departures.leave()
+    }
+
+    public static func == (lhs: Self, rhs: Self) -> Bool { lhs.id == rhs.id && lhs.size == rhs.size }
+    public func hash(into hasher: inout Hasher) {
+        hasher.combine(id)
+        hasher.combine(size)
+    }
+}
+
+/// The departures of one batch, shared by its members' copies of ``BatchMembership``.
+private final class BatchDepartures: Sendable {
+    private struct State {
+        var count = 0
+        var observers: [@Sendable () -> Void] = []
+    }
+    private let state = Locked(State())
+
+    var count: Int { state.withLock { $0.count } }
+
+    func observe(_ body: @escaping @Sendable () -> Void) {
+        state.withLock { $0.observers.append(body) }
+    }
+
+    func leave() {
+        let observers = state.withLock { state in
+            state.count += 1
+            return state.observers
+        }
+        // Outside the lock: an observer may read ``count``.
+        for observer in observers { observer() }
     }
 }
 

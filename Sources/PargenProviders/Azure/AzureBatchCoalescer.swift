@@ -6,9 +6,10 @@ import Pargen
 /// go real-time.
 ///
 /// Lines the engine admitted as one batch (``ProviderCallContext/batch``) are grouped by that batch: the group is
-/// made as soon as every member has arrived, however long the engine took to bring them (on a loaded machine,
-/// seconds), and after `memberWait` with the members that came if one never does (it was refused a budget, or its
-/// lease was lost). Lines without a batch are grouped by voice and format for `gather` after the first.
+/// made as soon as every member has either arrived or left the batch without calling (the engine reports each
+/// departure: a budget refused it, its lease was lost), however long the engine took to bring them (on a loaded
+/// machine, seconds). `memberWait` is only a backstop for a member that neither comes nor is reported gone.
+/// Lines without a batch are grouped by voice and format for `gather` after the first.
 ///
 /// The synthesis id is chosen here (Azure lets the client choose it), derived from the members' idempotency
 /// keys, and each member's task id is `ID#N`, the N-th file of the result, so a job resumed after a crash
@@ -40,6 +41,8 @@ actor AzureBatchCoalescer {
     private var groups: [String: Group] = [:]
     /// Members of each engine batch that have arrived so far, in any of its groups.
     private var arrived: [String: Int] = [:]
+    /// Engine batches whose departures this coalescer listens to.
+    private var listening: Set<String> = []
     private var nextToken: UInt64 = 0
 
     init(
@@ -47,7 +50,7 @@ actor AzureBatchCoalescer {
         threshold: Int,
         maxInputs: Int = 1000,
         gather: Duration = .milliseconds(150),
-        memberWait: Duration = .seconds(3)
+        memberWait: Duration = .seconds(30)
     ) {
         self.batch = batch
         self.threshold = threshold
@@ -84,14 +87,25 @@ actor AzureBatchCoalescer {
             if groups[key]!.members.count >= maxInputs { flush(key, token: groups[key]!.token) }
             if let engineBatch {
                 arrived[engineBatch.id, default: 0] += 1
-                if arrived[engineBatch.id]! >= engineBatch.size {
-                    // Every member is here: the batch's groups (one per voice and format) go now.
-                    arrived[engineBatch.id] = nil
-                    for (other, group) in groups where other.hasPrefix(engineBatch.id + "|") {
-                        flush(other, token: group.token)
-                    }
+                if listening.insert(engineBatch.id).inserted {
+                    engineBatch.whenMemberLeaves { Task { await self.memberLeft(engineBatch) } }
                 }
+                flushIfComplete(engineBatch)
             }
+        }
+    }
+
+    private func memberLeft(_ engineBatch: BatchMembership) {
+        flushIfComplete(engineBatch)
+    }
+
+    /// Once every member of the engine batch has arrived or left, its groups (one per voice and format) go.
+    private func flushIfComplete(_ engineBatch: BatchMembership) {
+        guard let count = arrived[engineBatch.id], count + engineBatch.departed >= engineBatch.size else { return }
+        arrived[engineBatch.id] = nil
+        listening.remove(engineBatch.id)
+        for (other, group) in groups where other.hasPrefix(engineBatch.id + "|") {
+            flush(other, token: group.token)
         }
     }
 
@@ -100,6 +114,7 @@ actor AzureBatchCoalescer {
         groups[key] = nil
         if let id = group.members.first?.context.batch?.id, !groups.keys.contains(where: { $0.hasPrefix(id + "|") }) {
             arrived[id] = nil
+            listening.remove(id)
         }
         let members = group.members
         guard members.count >= threshold else {

@@ -18,6 +18,10 @@ public struct FakeProviderOptions: Sendable {
     public var window: Duration
     /// Tasks (and synchronous calls) running at once; `nil` for none.
     public var concurrentTasks: Int?
+    /// A task waiting over ``concurrentTasks`` (Runway's `THROTTLED`) starts only after a status poll has seen it
+    /// waiting, so that a client's poll, however late a loaded machine makes it, sees the throttling. Runway may
+    /// hold a task back as long as it likes; by default the fake starts it as soon as a slot is free.
+    public var throttledTasksWaitForAPoll = false
     /// Whether synchronous calls (speech) take a concurrency slot too: ElevenLabs and Azure count every
     /// request, OpenAI and MiniMax only their video tasks.
     public var syncCallsHoldSlots: Bool
@@ -163,6 +167,8 @@ struct FakeTask: Sendable {
     var failure: FakeFailure?
     var fails: Bool { failure != nil }
     var cancelled = false
+    /// A status poll has seen it waiting (``FakeProviderOptions/throttledTasksWaitForAPoll``).
+    var seenWaiting = false
     var linkUses = 0
     var faults = 0
 
@@ -313,6 +319,7 @@ public final class FakeProviderState: Sendable {
     private func promote(_ state: inout State, now: Double) {
         guard let cap = options.concurrentTasks else { return }
         for id in state.taskOrder where state.tasks[id]?.startedAt == nil && state.tasks[id]?.cancelled == false {
+            if options.throttledTasksWaitForAPoll && !state.tasks[id]!.seenWaiting { break }
             // The earliest moment a slot is free: now, if one is.
             if Self.running(state, now: now) < cap {
                 state.tasks[id]!.startedAt = now
@@ -473,7 +480,10 @@ public final class FakeProviderState: Sendable {
         return state.withLock { state in
             state.pollCount += 1
             promote(&state, now: now)
-            return state.tasks[id]
+            guard let task = state.tasks[id] else { return nil }
+            // This poll sees it waiting (THROTTLED).
+            if task.startedAt == nil { state.tasks[id]!.seenWaiting = true }
+            return task
         }
     }
 
