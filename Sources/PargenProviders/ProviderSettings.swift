@@ -34,6 +34,10 @@ public struct ProviderSettings: Sendable, Hashable {
     public var batchBaseURL: String?
     /// Azure only: batch synthesis is used for groups of at least this many compatible speech lines.
     public var batchThreshold: Int
+    /// Azure only: how long a batch synthesis waits for members of an engine batch that have neither called nor
+    /// left it. The engine reports every member that leaves without calling (``BatchMembership``), so this is
+    /// only a backstop; by default 2 minutes.
+    public var batchMemberWait: Duration = .seconds(120)
 
     public init(
         name: String,

@@ -351,7 +351,9 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         let bench = try await FakeBench.start(
             .azure,
             options: { $0.taskSeconds = 0.1...0.2 },
-            requestTimeout: .seconds(2),
+            // Long enough that no answer but the lost one times out on a loaded machine (with 2 s, the full
+            // parallel run timed out polls and downloads too, and the lines were bought again one by one).
+            requestTimeout: .seconds(10),
             http: http
         )
         var lines = (0..<10).map { "Conflict batch line \($0)" }
@@ -401,13 +403,16 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
     }
 
     /// Ten lines admitted as one batch, with a budget for nine: the member the budget refuses never calls, the
-    /// engine tells the batch so, and the adapter makes its synthesis of the nine at once instead of waiting its
-    /// backstop (30 s) for a member that will never come.
+    /// engine tells the batch so, and the adapter makes its synthesis of the nine at once. Its backstop is an hour
+    /// here, so an adapter waiting for a member that will never come fails the test on its time limit.
     @Test func aMemberRefusedItsBudgetDoesNotHoldItsBatchBack() async throws {
         let bench = try await FakeBench.start(
             .azure,
             options: { $0.taskSeconds = 0.1...0.2 },
-            settings: { $0.batchThreshold = 5 },
+            settings: {
+                $0.batchThreshold = 5
+                $0.batchMemberWait = .seconds(3600)
+            },
             http: http
         )
         let lines = (0..<10).map { "Departing batch line \($0)" }
@@ -416,18 +421,15 @@ let sharedTestHTTPClient = ProviderConnection.makeHTTPClient()
         configuration.resources.minimumFraction = 1
         let line = bench.settings.pricing.perCharacter * Int64(lines[0].count)
         configuration.budgets.global = Money(nanos: line.nanos * 19 / 2)
-        let started = ContinuousClock.now
         let (results, stats) = try await runAgainstFakes(
             [bench.provider],
             lines.map { GenerationRequest.audio(prompt: $0, format: .wav) },
             configuration: configuration
         )
-        let elapsed = ContinuousClock.now - started
         #expect(stats.batcher.largestBatch == 10)
         #expect(results.filter(\.succeeded).count == 9, "\(results.compactMap { $0.error?.description })")
         #expect(results.filter { $0.error?.code == .budgetExceeded }.count == 1)
         #expect(bench.fake.state.submissions().filter(\.accepted).count == 1, "one synthesis of the nine")
-        #expect(elapsed < .seconds(25), "the nine went before the backstop: \(elapsed)")
         await bench.fake.stop()
         await close()
     }

@@ -50,7 +50,7 @@ actor AzureBatchCoalescer {
         threshold: Int,
         maxInputs: Int = 1000,
         gather: Duration = .milliseconds(150),
-        memberWait: Duration = .seconds(30)
+        memberWait: Duration = .seconds(120)
     ) {
         self.batch = batch
         self.threshold = threshold

@@ -25,7 +25,11 @@ public struct AzureSpeechProvider: AccessCheckable {
                 apiKey: connection.apiKey
             )
             batch = client
-            coalescer = AzureBatchCoalescer(batch: client, threshold: max(2, settings.batchThreshold))
+            coalescer = AzureBatchCoalescer(
+                batch: client,
+                threshold: max(2, settings.batchThreshold),
+                memberWait: settings.batchMemberWait
+            )
         } else {
             batch = nil
             coalescer = nil
