@@ -114,12 +114,15 @@ public struct S3Client: Sendable {
 
     // MARK: - Operations
 
-    /// Creates the bucket; one that exists already is fine.
+    /// Creates the bucket; one that exists already is fine. Tried again as ``retrying(_:key:_:)`` does: a second
+    /// try of a create that reached the server is answered "already owned by you", which is success.
     public func createBucket() async throws {
-        let answer = try await send("create bucket", key: "", method: .PUT, url: url(for: ""), body: .none)
-        if (200..<300).contains(answer.status) { return }
-        if answer.code == "BucketAlreadyOwnedByYou" || answer.code == "BucketAlreadyExists" { return }
-        throw answer.error("create bucket", key: "")
+        try await retrying("create bucket", key: "") {
+            let answer = try await send("create bucket", key: "", method: .PUT, url: url(for: ""), body: .none)
+            if (200..<300).contains(answer.status) { return }
+            if answer.code == "BucketAlreadyOwnedByYou" || answer.code == "BucketAlreadyExists" { return }
+            throw answer.error("create bucket", key: "")
+        }
     }
 
     /// Uploads `file` as `key`, in one request or in parts by its size, and checks what the bucket stored.
