@@ -398,10 +398,11 @@ import Testing
         #expect(stats.rateLimiter.waitTime[.providerQuota, default: .zero] > .zero)
     }
 
-    /// On the SQLite store a job is taken only when its call is admitted: the jobs waiting for the provider's
-    /// window stay available in the store (no lease to renew, nothing for a crash to leave behind), and the
-    /// three admitted are the only ones ever taken.
-    @Test func aJobWaitingForAQuotaIsNotTakenFromTheSQLiteStore() async throws {
+    /// On the SQLite store and the in-memory one a job is taken only when its call is admitted: the jobs waiting
+    /// for the provider's window stay available in the store (no lease to renew, nothing for a crash to leave
+    /// behind, and a cancel finds them there), and the three admitted are the only ones ever taken.
+    @Test(arguments: ["sqlite", "memory"])
+    func aJobWaitingForAQuotaIsNotTakenFromTheStore(_ kind: String) async throws {
         let clock = ManualClock()
         let provider = ScriptedProvider(
             name: "p",
@@ -410,7 +411,7 @@ import Testing
         let generator = try ParallelGenerator(
             configuration: .init(rateLimits: .unlimited),
             providers: [provider],
-            store: .sqlite(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
+            store: kind == "memory" ? .memory : .sqlite(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
             outputDirectory: temporaryDirectory(),
             clock: PargenClock(clock)
         )
@@ -658,19 +659,12 @@ private struct LongCallScenario {
     }
 }
 
-/// A job store that forwards to another, and fails every lease renewal while `failing` is set.
-private final class RenewalFaultStore: JobStore {
-    struct Unavailable: Error {}
-    let base: any JobStore
-    let failing = Locked(false)
-    /// Whether a failing renewal answers that the lease is lost (another run holds the job) rather than unavailable.
-    let answerLost = Locked(false)
-    let failedRenewals = Locked(0)
-    /// Failed renewals per lease (its token): a job taken again after its lease expired has a new one.
-    let failedPerLease = Locked<[String: Int]>([:])
+/// A job store that forwards every call to `base`; a test's store overrides the calls it studies.
+private protocol ForwardingJobStore: JobStore {
+    var base: any JobStore { get }
+}
 
-    init(_ base: any JobStore) { self.base = base }
-
+extension ForwardingJobStore {
     var outlivesProcess: Bool { base.outlivesProcess }
     func enqueue(_ requests: [ValidatedRequest]) async throws -> [EnqueueResult] { try await base.enqueue(requests) }
     func lease(
@@ -684,13 +678,7 @@ private final class RenewalFaultStore: JobStore {
     }
     func timeUntilNextDue() async throws -> Duration? { try await base.timeUntilNextDue() }
     func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
-        if failing.value {
-            failedRenewals.withLock { $0 += 1 }
-            failedPerLease.withLock { $0[lease.token, default: 0] += 1 }
-            if answerLost.value { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
-            throw Unavailable()
-        }
-        return try await base.heartbeat(lease, duration: duration)
+        try await base.heartbeat(lease, duration: duration)
     }
     func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money, idempotentSubmission: Bool)
         async throws
@@ -735,6 +723,30 @@ private final class RenewalFaultStore: JobStore {
     func cancel(_ id: JobID) async throws { try await base.cancel(id) }
     func counts() async throws -> [JobState: Int] { try await base.counts() }
     func ledgerTotals() async throws -> CostLedger { try await base.ledgerTotals() }
+}
+
+/// A job store that forwards to another, and fails every lease renewal while `failing` is set.
+private final class RenewalFaultStore: ForwardingJobStore {
+    struct Unavailable: Error {}
+    let base: any JobStore
+    let failing = Locked(false)
+    /// Whether a failing renewal answers that the lease is lost (another run holds the job) rather than unavailable.
+    let answerLost = Locked(false)
+    let failedRenewals = Locked(0)
+    /// Failed renewals per lease (its token): a job taken again after its lease expired has a new one.
+    let failedPerLease = Locked<[String: Int]>([:])
+
+    init(_ base: any JobStore) { self.base = base }
+
+    func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
+        if failing.value {
+            failedRenewals.withLock { $0 += 1 }
+            failedPerLease.withLock { $0[lease.token, default: 0] += 1 }
+            if answerLost.value { throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held") }
+            throw Unavailable()
+        }
+        return try await base.heartbeat(lease, duration: duration)
+    }
 }
 
 /// Shared tiers that never have anything and answer each lookup late; they count the lookups per fingerprint.

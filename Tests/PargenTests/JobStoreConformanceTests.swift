@@ -166,6 +166,54 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(record.state == .available && record.attempts == 0)
     }
 
+    /// A store that hands jobs over only when their calls are admitted: `peek` shows the due available jobs in
+    /// claim order (priority, then round-robin across users, each user's oldest first) without taking them, and
+    /// `claim` takes one that is still available and due, once.
+    @Test(arguments: factories)
+    func peekShowsWithoutTakingAndClaimTakesOnce(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try #require(try await factory.make(clock) as? any ClaimingJobStore)
+        let specs: [(String, String, String, GenerationPriority)] = [
+            ("a1", "a", "p", .normal), ("a2", "a", "p", .normal), ("a3", "a", "p", .normal), ("b1", "b", "p", .normal),
+            ("u1", "c", "p", .urgent), ("h1", "d", "held", .normal),
+        ]
+        let ids = try await store.enqueue(
+            specs.map { validated(.audio(prompt: $0.0, priority: $0.3, user: $0.1, project: $0.2), id: $0.0) }
+        ).map(\.jobID)
+        let byName = Dictionary(uniqueKeysWithValues: zip(specs.map(\.0), ids))
+        func peek(users: Set<String> = [], projects: Set<String> = [], jobs: Set<String> = []) async throws -> [String] {
+            try await store.peek(
+                limit: 10,
+                excludingUsers: users,
+                excludingProjects: projects,
+                excludingJobs: Set(jobs.map { byName[$0]! }),
+                kinds: [.audio]
+            ).map(\.request.id)
+        }
+        #expect(try await peek() == ["u1", "a1", "b1", "h1", "a2", "a3"])
+        #expect(try await peek() == ["u1", "a1", "b1", "h1", "a2", "a3"], "looking takes nothing")
+        #expect(try await store.counts() == [.available: 6])
+        #expect(try await peek(users: ["b"], projects: ["held"], jobs: ["a1"]) == ["u1", "a2", "a3"])
+        #expect(try await store.peek(limit: 2, excludingUsers: [], excludingProjects: [], excludingJobs: [], kinds: [.video]).isEmpty)
+
+        let claimed = try #require(try await store.claim(byName["a1"]!, owner: "w1", duration: .seconds(60)))
+        #expect(claimed.record.state == .running && claimed.record.leaseOwner == "w1")
+        #expect(try await store.claim(byName["a1"]!, owner: "w2", duration: .seconds(60)) == nil, "claimed once")
+        #expect(try await peek() == ["u1", "a2", "b1", "h1", "a3"])
+        // A job put back for later is neither shown nor claimable until it is due.
+        let b1 = try #require(try await store.claim(byName["b1"]!, owner: "w1", duration: .seconds(60)))
+        try await store.retry(b1.lease, error: nil, after: .seconds(30), spendAttempt: false, failedProvider: nil)
+        #expect(try await peek() == ["u1", "a2", "h1", "a3"])
+        #expect(try await store.claim(byName["b1"]!, owner: "w1", duration: .seconds(60)) == nil, "not due")
+        clock.advance(by: .seconds(31))
+        // Due again (where b's turn falls among the users is the store's to choose).
+        let due = try await peek()
+        #expect(due.first == "u1" && Set(due) == ["u1", "a2", "b1", "h1", "a3"] && due.count == 5, "\(due)")
+        #expect(try await store.claim(byName["b1"]!, owner: "w1", duration: .seconds(60)) != nil)
+        // Leasing takes in the same order, and skips what was claimed.
+        #expect(try await lease(store, 10).map(\.record.request.id) == ["u1", "a2", "h1", "a3"])
+    }
+
     @Test(arguments: factories)
     func completionIsFencedByTheLeaseToken(_ factory: StoreFactory) async throws {
         let clock = ManualClock()

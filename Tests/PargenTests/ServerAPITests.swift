@@ -699,8 +699,9 @@ extension ServerAPITests {
 }
 
 extension ServerAPITests {
-    /// A job leased and waiting for its provider's slot is cancelled (no call was made); a job in a provider call
-    /// is not (409): the call runs to its end, and its result stands.
+    /// A job waiting for its provider's slot is cancelled (no call was made; it was never taken from the store,
+    /// which hands a job over only when its call is admitted); a job in a provider call is not (409): the call
+    /// runs to its end, and its result stands.
     @Test func aJobWaitingForAQuotaIsCancelledAndOneInACallIsNot() async throws {
         let fixture = try await ServiceFixture.make()
         defer { Task { try? await fixture.stop() } }
@@ -715,11 +716,11 @@ extension ServerAPITests {
             let second = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"held","duration":1,"provider":"local-single"}"#)
             let calling = try #require(first.json["id"] as? String)
             let held = try #require(second.json["id"] as? String)
-            // Both leased: the first in its 18 s call, the second held for the provider's one slot.
+            // The first in its 18 s call, the second waiting for the provider's one slot, still in the store.
             try await waitUntil(seconds: 15) {
-                let running = try await fixture.generator.store.counts()[.running]
+                let counts = try await fixture.generator.store.counts()
                 let slots = await fixture.generator.systemStats().resourcePool.providers["local-single"]?.inFlight
-                return running == 2 && slots == 1
+                return counts[.running] == 1 && counts[.available] == 1 && slots == 1
             }
             let refused = try await client.call(.post, "/v1/jobs/\(calling)/cancel", key: fixture.acme)
             #expect(refused.status == .conflict, "\(refused.text)")

@@ -6,7 +6,7 @@ import Synchronization
 ///
 /// Ready jobs sit in one queue per priority and user, served round-robin across users; jobs waiting for a
 /// time sit in a heap. Leasing, completion and requeueing are O(log n) or better.
-public final class MemoryJobStore: JobStore {
+public final class MemoryJobStore: ClaimingJobStore {
     private struct UserQueues {
         var order: Deque<String> = []
         var queues: [String: Deque<JobID>] = [:]
@@ -17,6 +17,16 @@ public final class MemoryJobStore: JobStore {
                 order.append(user)
             }
             if front { queues[user]!.prepend(id) } else { queues[user]!.append(id) }
+        }
+
+        /// Takes `id` out of its user's queue (claimed out of turn); the users' order is kept.
+        mutating func remove(_ id: JobID, user: String) {
+            guard let index = queues[user]?.firstIndex(of: id) else { return }
+            queues[user]!.remove(at: index)
+            if queues[user]!.isEmpty {
+                queues[user] = nil
+                if let position = order.firstIndex(of: user) { order.remove(at: position) }
+            }
         }
     }
 
@@ -70,6 +80,24 @@ public final class MemoryJobStore: JobStore {
         var counts: [JobState: Int] = [:]
         var sequence: Int64 = 0
         var tokens: UInt64 = 0
+
+        /// Moves the scheduled jobs that are due by `now` to the front of their ready queues.
+        mutating func promoteDue(now: Duration) {
+            while let first = scheduled.min, first.runAt <= now {
+                let entry = scheduled.removeMin()
+                guard let job = jobs[entry.id], job.state == .available, job.runAt == entry.runAt else { continue }
+                ready[job.request.priority.rawValue][job.request.kind.index]
+                    .push(entry.id, user: job.request.user, front: true)
+            }
+        }
+
+        /// Leases job `id` to `owner` (it is available).
+        mutating func grant(_ id: JobID, owner: String, duration: Duration, now: Duration) -> LeasedJob {
+            tokens += 1
+            let lease = JobLease(jobID: id, token: "\(owner):\(tokens)", expiresAt: now + duration)
+            transition(id, now: now) { $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt) }
+            return LeasedJob(record: jobs[id]!, lease: lease)
+        }
 
         /// Applies a transition to a job and keeps the counts, the running set and the queues in step.
         mutating func transition(_ id: JobID, now: Duration, _ change: (inout JobRecord) -> Void) {
@@ -134,14 +162,7 @@ public final class MemoryJobStore: JobStore {
     ) async throws -> [LeasedJob] {
         let now = clock.now
         return state.withLock { state in
-            while let first = state.scheduled.min, first.runAt <= now {
-                let entry = state.scheduled.removeMin()
-                guard let job = state.jobs[entry.id], job.state == .available, job.runAt == entry.runAt else {
-                    continue
-                }
-                state.ready[job.request.priority.rawValue][job.request.kind.index]
-                    .push(entry.id, user: job.request.user, front: true)
-            }
+            state.promoteDue(now: now)
             var leased: [LeasedJob] = []
             for priority in stride(from: state.ready.count - 1, through: 0, by: -1) where leased.count < limit {
                 for kind in GenerationKind.allCases where kinds.contains(kind) && leased.count < limit {
@@ -157,17 +178,69 @@ public final class MemoryJobStore: JobStore {
                         let id = queues.queues[user]!.removeFirst()
                         if queues.queues[user]!.isEmpty { queues.queues[user] = nil } else { queues.order.append(user) }
                         guard state.jobs[id]?.state == .available else { continue }
-                        state.tokens += 1
-                        let lease = JobLease(jobID: id, token: "\(owner):\(state.tokens)", expiresAt: now + duration)
-                        state.transition(id, now: now) {
-                            $0.grantLease(token: lease.token, owner: owner, expiresAt: lease.expiresAt)
-                        }
-                        leased.append(LeasedJob(record: state.jobs[id]!, lease: lease))
+                        leased.append(state.grant(id, owner: owner, duration: duration, now: now))
                     }
                     state.ready[priority][kind.index] = queues
                 }
             }
             return leased
+        }
+    }
+
+    /// Due available jobs in the order ``lease(limit:owner:duration:excludingUsers:kinds:)`` would take them
+    /// (highest priority first; within a priority and kind, round-robin across users, each user's oldest first),
+    /// without taking them.
+    public func peek(
+        limit: Int,
+        excludingUsers: Set<String>,
+        excludingProjects: Set<String>,
+        excludingJobs: Set<JobID>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [JobRecord] {
+        guard limit > 0, !kinds.isEmpty else { return [] }
+        let now = clock.now
+        return state.withLock { state in
+            state.promoteDue(now: now)
+            var found: [JobRecord] = []
+            // A job cancelled while queued and then requeued can stand twice in its user's queue.
+            var seen: Set<JobID> = []
+            for priority in stride(from: state.ready.count - 1, through: 0, by: -1) where found.count < limit {
+                for kind in GenerationKind.allCases where kinds.contains(kind) && found.count < limit {
+                    let queues = state.ready[priority][kind.index]
+                    // One turn per user per round, as leasing serves them; a user leaves the rounds when their
+                    // queue has nothing more to offer.
+                    var turns = queues.order.filter { !excludingUsers.contains($0) }.map { ($0, 0) }
+                    while found.count < limit, !turns.isEmpty {
+                        var next: [(String, Int)] = []
+                        for (user, start) in turns where found.count < limit {
+                            let queue = queues.queues[user]!
+                            var position = start
+                            while position < queue.count {
+                                let id = queue[position]
+                                position += 1
+                                guard let job = state.jobs[id], job.state == .available, !excludingJobs.contains(id),
+                                    !excludingProjects.contains(job.request.project), seen.insert(id).inserted
+                                else { continue }
+                                found.append(job)
+                                break
+                            }
+                            if position < queue.count { next.append((user, position)) }
+                        }
+                        turns = next
+                    }
+                }
+            }
+            return found
+        }
+    }
+
+    /// Leases job `id` if it is still available and due.
+    public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
+        let now = clock.now
+        return state.withLock { state in
+            guard let job = state.jobs[id], job.state == .available, job.runAt <= now else { return nil }
+            state.ready[job.request.priority.rawValue][job.request.kind.index].remove(id, user: job.request.user)
+            return state.grant(id, owner: owner, duration: duration, now: now)
         }
     }
 
