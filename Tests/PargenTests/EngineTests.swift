@@ -474,6 +474,28 @@ import Testing
         #expect(lookups.count == 20 && lookups.values.allSatisfy { $0 == 1 }, "lookups per line: \(lookups.values.sorted())")
     }
 
+    /// A job admitted but not yet claimed stays in view while its claim runs: the next look at the queue does not
+    /// bring it again. (It did, between the round that admitted it and the claim's answer: a slow claim had each
+    /// job shown, and queued for admission, twice.)
+    @Test func aJobBeingClaimedIsNotLookedAtAgain() async throws {
+        let store = SlowClaimStore(delay: .milliseconds(1500))
+        let provider = ScriptedProvider(name: "p")
+        let generator = ParallelGenerator(
+            configuration: .init(rateLimits: .unlimited),
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let results = try await generator.generate((0..<5).map { .audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect(provider.calls.count == 5)
+        let shown = store.shown.value
+        #expect(shown.count == 5 && shown.values.allSatisfy { $0 == 1 }, "times each job was shown: \(shown.values.sorted())")
+    }
+
     /// The store is chosen at the call site, as the design shows: `.memory` or `.sqlite(path:)`.
     @Test func theStoreIsChosenAtTheCallSite() async throws {
         let folder = temporaryDirectory()
@@ -746,6 +768,43 @@ private final class RenewalFaultStore: ForwardingJobStore {
             throw Unavailable()
         }
         return try await base.heartbeat(lease, duration: duration)
+    }
+}
+
+/// A claiming store (an in-memory one underneath) whose claims answer late, as a loaded database's do; it counts
+/// how often each job was shown by `peek`.
+private final class SlowClaimStore: ForwardingJobStore, ClaimingJobStore {
+    let memory: MemoryJobStore
+    let delay: Duration
+    let shown = Locked([JobID: Int]())
+    var base: any JobStore { memory }
+
+    init(delay: Duration) {
+        self.memory = MemoryJobStore()
+        self.delay = delay
+    }
+
+    func peek(
+        limit: Int,
+        excludingUsers: Set<String>,
+        excludingProjects: Set<String>,
+        excludingJobs: Set<JobID>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [JobRecord] {
+        let found = try await memory.peek(
+            limit: limit,
+            excludingUsers: excludingUsers,
+            excludingProjects: excludingProjects,
+            excludingJobs: excludingJobs,
+            kinds: kinds
+        )
+        shown.withLock { for record in found { $0[record.id, default: 0] += 1 } }
+        return found
+    }
+
+    func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
+        try await Task.sleep(for: delay)
+        return try await memory.claim(id, owner: owner, duration: duration)
     }
 }
 

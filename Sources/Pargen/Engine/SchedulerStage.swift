@@ -250,6 +250,9 @@ extension ParallelGenerator {
             grants.map { ticket -> LeasedJob? in
                 guard let job = state.waiting.removeValue(forKey: ticket.job) else { return nil }
                 state.running += 1
+                // Still in view until its claim answers (the claim puts it in flight): the next look at the queue,
+                // which can come first, must not bring it again.
+                if job.isProvisional { state.lookedAt.insert(ticket.job) }
                 return job
             }
         }
@@ -305,7 +308,9 @@ extension ParallelGenerator {
                     left?.memberLeft()
                 }
                 if job.isProvisional {
-                    guard let claimed = await self.claimAdmitted(job, ticket: ticket, held: held) else { return }
+                    let claimed = await self.claimAdmitted(job, ticket: ticket, held: held)
+                    self.state.withLock { _ = $0.lookedAt.remove(job.record.id) }
+                    guard let claimed else { return }
                     job = claimed
                 }
                 await self.processJob(job, ticket: held)
