@@ -2,6 +2,7 @@
 # Pipeline throughput and queued-job memory, each against a baseline in the same process.
 # Usage: scripts/bench.sh [jobs=20000] [queued=100000]
 #        scripts/bench.sh store [jobs=20000] [campaign=100000]   durable store throughput and resume time
+#        scripts/bench.sh store-grouped [jobs=20000]   only the SQLite lifecycle with 100 jobs in flight (to profile)
 #        scripts/bench.sh matrix [lines=100000]   the scheduling matrix through the simulator, and the time to
 #                                   simulate a campaign of that many lines
 #        scripts/bench.sh workers [jobs=5000]   jobs/s through the durable lifecycle on PostgreSQL with 1, 2 and 3
@@ -37,6 +38,9 @@ if [ "${1:-}" = "cache" ]; then
 fi
 if [ "${1:-}" = "matrix" ]; then
     exec Benchmarks/.build/release/PargenBench matrix "${2:-100000}"
+fi
+if [ "${1:-}" = "store-grouped" ]; then
+    exec Benchmarks/.build/release/PargenBench store-grouped "${2:-20000}"
 fi
 if [ "${1:-}" = "store" ]; then
     exec Benchmarks/.build/release/PargenBench store "${2:-20000}" "${3:-100000}"

@@ -214,6 +214,100 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await lease(store, 10).map(\.record.request.id) == ["u1", "a2", "h1", "a3"])
     }
 
+    /// On random backlogs (priorities, users, projects, kinds, and what the caller leaves out), every store
+    /// shows and leases the due jobs in the claim order, computed here from the backlog: highest priority first;
+    /// within a priority turn by turn, each user's oldest job, users in the order of their oldest due job.
+    /// The memory store keeps each kind's queue apart and a user's place from their first job even when the
+    /// caller leaves that job out, so it is held to the order on one kind with only users left out (what the
+    /// engine asks of it); SQLite and PostgreSQL to all of it.
+    @Test(arguments: factories)
+    func theClaimOrderHoldsOnRandomBacklogs(_ factory: StoreFactory) async throws {
+        var random = SplitMix64(seed: 20_261_201)
+        let priorities: [GenerationPriority] = [.low, .normal, .high, .urgent]
+        for round in 0..<12 {
+            let store = try #require(try await factory.make(ManualClock()) as? any ClaimingJobStore)
+            let whole = !(store is MemoryJobStore)
+            let users = (0..<Int.random(in: 1...6, using: &random)).map { "u\($0)" }
+            struct Spec {
+                var id: String
+                var priority: GenerationPriority
+                var user: String
+                var project: String
+                var kind: GenerationKind
+            }
+            let specs = (0..<Int.random(in: 0...70, using: &random)).map { index in
+                Spec(
+                    id: "r\(round)-\(index)",
+                    priority: priorities.randomElement(using: &random)!,
+                    user: users.randomElement(using: &random)!,
+                    project: ["p", "q", "r"].randomElement(using: &random)!,
+                    kind: Int.random(in: 0..<4, using: &random) == 0 ? .video : .audio
+                )
+            }
+            let ids = try await store.enqueue(
+                specs.map { spec in
+                    switch spec.kind {
+                    case .video:
+                        validated(.video(prompt: spec.id, priority: spec.priority, user: spec.user, project: spec.project), id: spec.id)
+                    default:
+                        validated(.audio(prompt: spec.id, priority: spec.priority, user: spec.user, project: spec.project), id: spec.id)
+                    }
+                }
+            ).map(\.jobID)
+            let jobIDs = Dictionary(uniqueKeysWithValues: zip(specs.map(\.id), ids))
+            for look in 0..<4 {
+                let kinds: Set<GenerationKind> = look % 2 == 0 || !whole ? [.audio] : [.audio, .video]
+                let leftOutUsers = Set(users.filter { _ in Int.random(in: 0..<4, using: &random) == 0 })
+                var leftOutProjects: Set<String> = Int.random(in: 0..<3, using: &random) == 0 ? ["q"] : []
+                var leftOutJobs = Set(specs.map(\.id).filter { _ in Int.random(in: 0..<5, using: &random) == 0 })
+                if !whole {
+                    leftOutProjects = []
+                    leftOutJobs = []
+                }
+                let limit = Int.random(in: 1...80, using: &random)
+                // The reference: the due jobs in enqueue order, numbered within (priority, user).
+                let due = specs.filter {
+                    kinds.contains($0.kind) && !leftOutUsers.contains($0.user) && !leftOutProjects.contains($0.project)
+                        && !leftOutJobs.contains($0.id)
+                }
+                var turn: [String: Int] = [:]
+                var first: [String: Int] = [:]
+                var queued: [String: Int] = [:]
+                for (index, spec) in due.enumerated() {
+                    let queue = "\(spec.priority.rawValue)/\(spec.user)"
+                    queued[queue, default: 0] += 1
+                    turn[spec.id] = queued[queue]!
+                    if first[queue] == nil { first[queue] = index }
+                }
+                let expected = due.sorted {
+                    let a = ($0.priority.rawValue, -turn[$0.id]!, -first["\($0.priority.rawValue)/\($0.user)"]!)
+                    let b = ($1.priority.rawValue, -turn[$1.id]!, -first["\($1.priority.rawValue)/\($1.user)"]!)
+                    return a > b
+                }.prefix(limit).map(\.id)
+                let shown = try await store.peek(
+                    limit: limit,
+                    excludingUsers: leftOutUsers,
+                    excludingProjects: leftOutProjects,
+                    excludingJobs: Set(leftOutJobs.map { jobIDs[$0]! }),
+                    kinds: kinds
+                ).map(\.request.id)
+                #expect(shown == expected, "round \(round), look \(look): \(specs.count) jobs, limit \(limit)")
+            }
+            // Leasing takes in the same order.
+            let all = specs.filter { $0.kind == .audio }
+            let expected = all.sorted { a, b in
+                func key(_ spec: Spec) -> (Int, Int, Int) {
+                    let mine = all.filter { $0.priority == spec.priority && $0.user == spec.user }
+                    let first = all.firstIndex { $0.priority == spec.priority && $0.user == spec.user }!
+                    return (spec.priority.rawValue, -(mine.firstIndex { $0.id == spec.id }! + 1), -first)
+                }
+                return key(a) > key(b)
+            }.map(\.id)
+            let leased = try await store.lease(limit: 100, owner: "w", duration: .seconds(60), excludingUsers: [], kinds: [.audio])
+            #expect(leased.map(\.record.request.id) == expected, "round \(round): lease")
+        }
+    }
+
     @Test(arguments: factories)
     func completionIsFencedByTheLeaseToken(_ factory: StoreFactory) async throws {
         let clock = ManualClock()

@@ -60,6 +60,17 @@ enum StoreBench {
         cost: .cents(1)
     )
 
+    /// The SQLite store (synchronous FULL) with 100 jobs in flight, against the memory store the same way.
+    static func runGrouped(jobs: Int, scratch: URL) async throws {
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        let store = try SQLiteJobStore(path: scratch.appendingPathComponent("grouped.sqlite").path, durability: .full)
+        let seconds = try await lifecycle(store, jobs: jobs, concurrent: true)
+        let memorySeconds = try await lifecycle(MemoryJobStore(), jobs: jobs, concurrent: true)
+        print("store: \(jobs) jobs enqueued, leased, begun, submitted and completed, 100 leased at a time and in flight")
+        print(String(format: "  sqlite    %8.0f jobs/s  (%.2f s)  synchronous FULL", Double(jobs) / seconds, seconds))
+        print(String(format: "  memory    %8.0f jobs/s  (%.2f s)", Double(jobs) / memorySeconds, memorySeconds))
+    }
+
     static func run(jobs: Int, campaign: Int, scratch: URL) async throws {
         try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
         let memorySeconds = try await lifecycle(MemoryJobStore(), jobs: jobs)

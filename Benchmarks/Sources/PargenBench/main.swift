@@ -70,6 +70,14 @@ if arguments.count > 1 && arguments[1] == "cache" {
     try await CacheBench.run(redisURL: arguments[2], s3Endpoint: arguments[3], lines: lines)
     exit(0)
 }
+if arguments.count > 1 && arguments[1] == "store-grouped" {
+    // The durable lifecycle with 100 jobs in flight only (for a profiler: `perf record` around this).
+    let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-store-bench-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: scratch) }
+    try await StoreBench.runGrouped(jobs: jobs, scratch: scratch)
+    exit(0)
+}
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000
