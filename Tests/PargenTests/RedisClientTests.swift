@@ -1,5 +1,7 @@
 import Foundation
-import PargenRedis
+import NIOCore
+import Pargen
+@testable import PargenRedis
 import Testing
 
 /// The Redis server of the test run: `scripts/test.sh` starts one on loopback (with a password) and names it in
@@ -118,6 +120,32 @@ enum TestRedis {
         #expect(error?.kind == .timeout, "\(String(describing: error))")
         #expect(ContinuousClock.now - started < .seconds(20), "the caller did not wait for the answer")
         #expect(try await redis.send(["PING"]).string == "PONG", "a new connection")
+    }
+
+    /// A command sent on a connection that closed after it was picked (the server stopped between the check
+    /// and the write) fails at once. It waited before: a command written in the moment after the close waited
+    /// for its whole time-out, and one written once the connection's handlers were gone waited for ever (a
+    /// stopped Redis held a campaign's lookups for 30 s each under load).
+    @Test func aCommandOnAConnectionThatJustClosedFailsAtOnce() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let channel = try await redis.open()
+        try await channel.close()
+        let started = ContinuousClock.now
+        // Not awaited in a task group: a command that waits for ever must fail this test, not hang it.
+        let outcome = Locked<String?>(nil)
+        Task {
+            do {
+                _ = try await RedisClient.exchange([["PING"]], on: channel, within: .seconds(60))
+                outcome.withLock { $0 = "answered" }
+            } catch let error as RedisError {
+                outcome.withLock { $0 = "\(error.kind)" }
+            }
+        }
+        while outcome.value == nil, ContinuousClock.now - started < .seconds(20) {
+            try await Task.sleep(for: .milliseconds(20))
+        }
+        #expect(outcome.value == "connectionClosed", "after \(ContinuousClock.now - started)")
+        #expect(ContinuousClock.now - started < .seconds(10))
     }
 
     @Test func aServerThatIsDownFailsFastDuringTheBackoff() async throws {
