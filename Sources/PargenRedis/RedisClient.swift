@@ -296,8 +296,9 @@ public final class RedisClient: Sendable {
         let futures = try await channel.eventLoop.submit { () -> [EventLoopFuture<RESPValue>] in
             let promises = commands.map { _ in channel.eventLoop.makePromise(of: RESPValue.self) }
             for (command, promise) in zip(commands, promises) {
-                // A connection that closed after it was picked has no handler left to answer (or fail) the
-                // command, and its time-out would go nowhere: a write that fails fails the command at once.
+                // A connection that closed after it was picked cannot answer the command, and once its handlers
+                // are gone its time-out goes nowhere: a write that fails (on a closed channel, at once) fails
+                // the command.
                 let written = channel.eventLoop.makePromise(of: Void.self)
                 written.futureResult.whenFailure { error in
                     promise.fail(RedisError(.connectionClosed, "the command could not be sent: \(error)"))
@@ -384,17 +385,10 @@ final class RESPHandler: ChannelDuplexHandler {
     var bytes: [UInt8] = []
     var start = 0
     var waiting = CircularBuffer<EventLoopPromise<RESPValue>>()
-    /// Set when the connection closed: a command written after that is failed, not queued for an answer that
-    /// cannot come.
-    var closed = false
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         let command = unwrapOutboundIn(data)
-        guard !closed else {
-            command.promise.fail(RedisError(.connectionClosed, "the connection closed"))
-            promise?.fail(ChannelError.ioOnClosedChannel)
-            return
-        }
+        // A write after the close fails its write promise, which fails the command (`exchange`).
         waiting.append(command.promise)
         context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: command.bytes)), promise: promise)
     }
@@ -440,7 +434,6 @@ final class RESPHandler: ChannelDuplexHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        closed = true
         failAll(RedisError(.connectionClosed, "the connection closed"))
         context.fireChannelInactive()
     }
