@@ -496,6 +496,30 @@ import Testing
         #expect(shown.count == 5 && shown.values.allSatisfy { $0 == 1 }, "times each job was shown: \(shown.values.sorted())")
     }
 
+    /// A job admitted takes its job slot with the admission, not once its claim answers: the rounds that run while
+    /// claims are slow see the slot taken, so this process never holds more jobs than it has slots. (Before, each
+    /// round read the free slots before the claims had taken them; with one slot and claims 1.2 s long, all three
+    /// jobs were claimed, two of them only to wait for the slot, out of other workers' reach.)
+    @Test func aJobIsClaimedOnlyWithASlotToRunIn() async throws {
+        let store = SlowClaimStore(delay: .milliseconds(1200))
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        configuration.resources.maxConcurrentJobs = 1
+        let provider = ScriptedProvider(name: "p")
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let results = try await generator.generate((0..<3).map { .audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect(provider.calls.count == 3)
+        #expect(store.mostRunning.value == 1, "most jobs claimed at once with one job slot: \(store.mostRunning.value)")
+    }
+
     /// The store is chosen at the call site, as the design shows: `.memory` or `.sqlite(path:)`.
     @Test func theStoreIsChosenAtTheCallSite() async throws {
         let folder = temporaryDirectory()
@@ -802,9 +826,15 @@ private final class SlowClaimStore: ForwardingJobStore, ClaimingJobStore {
         return found
     }
 
+    /// The most jobs the store had running just after a claim answered.
+    let mostRunning = Locked(0)
+
     func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
         try await Task.sleep(for: delay)
-        return try await memory.claim(id, owner: owner, duration: duration)
+        let claimed = try await memory.claim(id, owner: owner, duration: duration)
+        let running = try await memory.counts()[.running, default: 0]
+        mostRunning.withLock { $0 = max($0, running) }
+        return claimed
     }
 }
 

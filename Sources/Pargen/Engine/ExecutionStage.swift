@@ -7,8 +7,9 @@ import Synchronization
 extension ParallelGenerator {
     // MARK: - One job
 
-    /// The execution stage for one job: a job slot, then the job, then its ticket back (however it ended).
-    func processJob(_ job: LeasedJob, ticket: HeldTicket?, shared: SharedArtifact? = nil) async {
+    /// The execution stage for one job: a job slot (the one its admission took, `taken`, or one it waits for
+    /// here), then the job, then its ticket back (however it ended).
+    func processJob(_ job: LeasedJob, ticket: HeldTicket?, shared: SharedArtifact? = nil, slot taken: ResourceLease? = nil) async {
         let id = job.record.id
         defer {
             ticket?.finish(.notCalled)
@@ -17,9 +18,7 @@ extension ParallelGenerator {
         }
         let slot: ResourceLease
         do {
-            slot = try await pool.acquire(
-                ResourceRequest(amounts: [.jobSlots: 1], priority: job.record.request.priority)
-            )
+            if let taken { slot = taken } else { slot = try await pool.acquire(Self.jobSlot(for: job)) }
         } catch {
             try? await shielded { try await self.store.release(job.lease) }
             storeChanged()
@@ -48,6 +47,11 @@ extension ParallelGenerator {
                 try? await putBack(job, error: GenerationError(.transient, "internal error: \(error)"))
             }
         }
+    }
+
+    /// The job slot a job runs in.
+    static func jobSlot(for job: LeasedJob) -> ResourceRequest {
+        ResourceRequest(amounts: [.jobSlots: 1], priority: job.record.request.priority)
     }
 
     func runJob(_ job: LeasedJob, ticket: HeldTicket?, shared: SharedArtifact? = nil) async throws {

@@ -296,9 +296,21 @@ extension ParallelGenerator {
                 continue
             }
             balancer.recordCall(ticket.provider, at: now)
+            // The job slot is taken with the grant, so the next round counts it at once: a round that read the
+            // free slots before this job's claim answered would admit (and claim) more jobs than there are slots,
+            // and they would sit claimed, out of other workers' reach, waiting for a slot here. (Another path, a
+            // cache hit, can take a slot between the round and now; this job then waits for one in `processJob`.)
+            let slot = pool.tryAcquire(Self.jobSlot(for: job))
             group.addTask {
                 var job = job
+                var slot = slot
                 defer {
+                    // A slot not handed to the job (its claim did not take it) goes back, and the scheduler may
+                    // fill it.
+                    if let slot {
+                        self.pool.release(slot)
+                        self.wakeup.signal()
+                    }
                     // A member still in its batch here never called its provider (the call takes its membership):
                     // it tells the batch, whose other members may be waiting for it.
                     let left = self.state.withLock { state in
@@ -313,7 +325,9 @@ extension ParallelGenerator {
                     guard let claimed else { return }
                     job = claimed
                 }
-                await self.processJob(job, ticket: held)
+                let taken = slot
+                slot = nil
+                await self.processJob(job, ticket: held, slot: taken)
             }
         }
     }

@@ -102,14 +102,7 @@ public final class ResourcePool: Sendable {
                     // The cancellation flag is set before `onCancel` runs, so checking it under the lock closes
                     // the race between registering and being cancelled.
                     if Task.isCancelled { return .failure(CancellationError()) }
-                    // Only jump the queue when nobody of equal or higher priority waits for the same things: a
-                    // waiter blocked on job slots must not hold up a request for memory or call slots.
-                    let queued = state.waiters.contains {
-                        $0.request.priority >= request.priority && Self.competes($0.request, request)
-                    }
-                    if !queued, Self.fits(request, in: state) {
-                        Self.take(request, in: &state)
-                        Self.autoscale(&state, now: now, configuration: configuration)
+                    if Self.takeNow(request, in: &state, now: now, configuration: configuration) {
                         return .success(ResourceLease(id: id, request: request))
                     }
                     let position =
@@ -129,6 +122,17 @@ public final class ResourcePool: Sendable {
             waiter?.continuation.resume(throwing: CancellationError())
             // A cancelled waiter may have been blocking others behind it.
             if waiter != nil { self.grantWaiters() }
+        }
+    }
+
+    /// Takes the whole request now if it fits and nobody of equal or higher priority waits for the same
+    /// things (the rule ``acquire(_:)`` follows); `nil`, with nothing taken, otherwise.
+    public func tryAcquire(_ request: ResourceRequest) -> ResourceLease? {
+        let now = clock.now
+        return state.withLock { state -> ResourceLease? in
+            guard Self.takeNow(request, in: &state, now: now, configuration: configuration) else { return nil }
+            state.nextID += 1
+            return ResourceLease(id: state.nextID, request: request)
         }
     }
 
@@ -201,6 +205,23 @@ public final class ResourcePool: Sendable {
             return ready
         }
         for (continuation, lease) in ready { continuation.resume(returning: lease) }
+    }
+
+    /// Takes `request` if it fits and no waiter of equal or higher priority competes for it: a waiter blocked on
+    /// job slots must not hold up a request for memory or call slots, and nobody jumps a queue they belong in.
+    private static func takeNow(
+        _ request: ResourceRequest,
+        in state: inout State,
+        now: Duration,
+        configuration: PargenConfiguration.Resources
+    ) -> Bool {
+        let queued = state.waiters.contains {
+            $0.request.priority >= request.priority && Self.competes($0.request, request)
+        }
+        guard !queued, Self.fits(request, in: state) else { return false }
+        Self.take(request, in: &state)
+        Self.autoscale(&state, now: now, configuration: configuration)
+        return true
     }
 
     /// Whether two requests want any of the same resources (a kind both need).
