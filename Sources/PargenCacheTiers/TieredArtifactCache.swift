@@ -167,20 +167,23 @@ public final class TieredArtifactCache: SharedArtifactCache {
             counters.withLock { $0.bytesUploaded += artifact.byteCount }
             let record = Record(artifact: shared, createdAt: Date().timeIntervalSince1970)
             let data = try JSONEncoder().encode(record)
-            try await objects.putData(key: recordKey(fingerprint), data: data, contentType: "application/json")
-            counters.withLock { $0.uploads += 1 }
+            // Redis first when this process holds the line's claim: a holder whose lock ran out while it worked,
+            // and whose line a later holder has recorded since, writes neither record, so Redis and the object
+            // store name the same artifact. (Its media stays: content-addressed, no record points to it.)
             if let redis {
                 do {
                     let text = String(decoding: data, as: UTF8.self)
                     if let lock = held.withLock({ $0[fingerprint] }) {
-                        // Written under the claim's fencing token: a holder whose lock ran out while it worked
-                        // (and whose line a later holder has recorded since) does not overwrite the later record.
+                        // Written under the claim's fencing token.
                         let answer = try await redis.evaluate(
                             Self.fencedWrite,
                             keys: [redisKey(fingerprint), redisKey(fingerprint) + ":fence"],
                             arguments: [text, String(lock.fence), String(max(1, Int64(settings.timeToLive.seconds * 1000)))]
                         )
-                        if answer != .integer(1) { counters.withLock { $0.staleWritesRefused += 1 } }
+                        if answer != .integer(1) {
+                            counters.withLock { $0.staleWritesRefused += 1 }
+                            return shared
+                        }
                     } else {
                         try await redis.set(redisKey(fingerprint), text, ttl: settings.timeToLive)
                     }
@@ -189,6 +192,8 @@ public final class TieredArtifactCache: SharedArtifactCache {
                     counters.withLock { $0.lookupErrors += 1 }
                 }
             }
+            try await objects.putData(key: recordKey(fingerprint), data: data, contentType: "application/json")
+            counters.withLock { $0.uploads += 1 }
             return shared
         } catch {
             counters.withLock { $0.uploadFailures += 1 }

@@ -238,11 +238,15 @@ import Testing
         #expect(late > early)
         _ = try await b.publish(try artifact(1, provider: "b"), fingerprint: fingerprint, cost: .cents(1))
         await b.release(claim)
-        // A finishes late: its record does not replace B's in Redis.
+        // A finishes late: its record replaces B's neither in Redis nor in the object store.
         _ = try await a.publish(try artifact(2, provider: "a"), fingerprint: fingerprint, cost: .cents(1))
-        #expect(await a.stats().staleWritesRefused == 1)
-        let found = await TieredArtifactCache(objects: s3, redis: redis, settings: .init(redisPrefix: prefix)).lookup(fingerprint)
-        #expect(found?.provider == "b" && found?.tier == "redis", "\(String(describing: found))")
+        let (statsA, statsB) = (await a.stats(), await b.stats())
+        #expect(statsA.staleWritesRefused == 1, "A: \(statsA); B: \(statsB)")
+        let settings = TieredArtifactCache.Settings(redisPrefix: prefix, lookupTimeout: .seconds(30))
+        let found = await TieredArtifactCache(objects: s3, redis: redis, settings: settings).lookup(fingerprint)
+        #expect(found?.provider == "b" && found?.tier == "redis", "\(String(describing: found)); A: \(statsA); B: \(statsB)")
+        let stored = await TieredArtifactCache(objects: s3, redis: nil, settings: settings).lookup(fingerprint)
+        #expect(stored?.provider == "b" && stored?.tier == "object-store", "\(String(describing: stored))")
     }
 
     @Test func redisStoppingMidCampaignFailsNoJobAndItsHitsComeBackAfterARestart() async throws {

@@ -105,7 +105,8 @@ public struct SharedCacheStats: Sendable, Hashable, Codable {
     public var lockErrors = 0
     /// Fetches of a shared artifact that failed after the object store's tries.
     public var fetchFailures = 0
-    /// Records not written to Redis because a holder with a later fencing token had written its line since.
+    /// Publishes whose records were not written (to Redis or the object store) because a holder with a later
+    /// fencing token had recorded the line since.
     public var staleWritesRefused = 0
 
     public init() {}
