@@ -303,14 +303,7 @@ extension ParallelGenerator {
             let slot = pool.tryAcquire(Self.jobSlot(for: job))
             group.addTask {
                 var job = job
-                var slot = slot
                 defer {
-                    // A slot not handed to the job (its claim did not take it) goes back, and the scheduler may
-                    // fill it.
-                    if let slot {
-                        self.pool.release(slot)
-                        self.wakeup.signal()
-                    }
                     // A member still in its batch here never called its provider (the call takes its membership):
                     // it tells the batch, whose other members may be waiting for it.
                     let left = self.state.withLock { state in
@@ -322,12 +315,17 @@ extension ParallelGenerator {
                 if job.isProvisional {
                     let claimed = await self.claimAdmitted(job, ticket: ticket, held: held)
                     self.state.withLock { _ = $0.lookedAt.remove(job.record.id) }
-                    guard let claimed else { return }
+                    guard let claimed else {
+                        // Its slot goes back, and the scheduler may fill it.
+                        if let slot {
+                            self.pool.release(slot)
+                            self.wakeup.signal()
+                        }
+                        return
+                    }
                     job = claimed
                 }
-                let taken = slot
-                slot = nil
-                await self.processJob(job, ticket: held, slot: taken)
+                await self.processJob(job, ticket: held, slot: slot)
             }
         }
     }
