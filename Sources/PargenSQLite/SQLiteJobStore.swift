@@ -4,9 +4,10 @@ public import Pargen
 
 /// A durable job store in one SQLite file (WAL mode), through GRDB: the default store of the command line.
 ///
-/// Every row holds the whole ``JobRecord`` as JSON next to the columns that leasing and queries use. Every
-/// transition loads the record, checks the lease token (fencing), applies the same transition functions the
-/// memory store applies, and saves it, in a savepoint of a write transaction; transitions that arrive together
+/// A row holds the job's request as JSON, written once at enqueue, and every field that changes in a column of its
+/// own (see ``JobRow``). Every transition reads the row, checks the lease token (fencing), applies the same
+/// transition functions the memory store applies, and writes the changed columns back, in a savepoint of a write
+/// transaction; transitions that arrive together
 /// share one transaction and so one fsync (group commit), and each returns only once that transaction has
 /// committed. Times are wall-clock nanoseconds since the
 /// Unix epoch, so leases and due times survive a restart.
@@ -18,8 +19,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     private let committer: GroupCommitter
     private let now: @Sendable () -> Duration
     private let idPrefix: String
-    /// Records already decoded, by the text they were decoded from.
-    private let records = DecodedRecords()
+    /// Requests already decoded, by the text they were decoded from.
+    private let requests = DecodedRequests()
     /// The database file (`:memory:` for a store in memory).
     public let path: String
 
@@ -172,6 +173,55 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     """
             )
         }
+        migrator.registerMigration("v6-columns") { db in
+            // Each field a transition changes in a column of its own, and the request (which never changes) as
+            // JSON: a transition no longer decodes and encodes the whole record, which was most of its cost.
+            try db.execute(
+                sql: """
+                    ALTER TABLE jobs ADD COLUMN request TEXT NOT NULL DEFAULT '';
+                    ALTER TABLE jobs ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN snoozes INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN enqueued_at INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN finished_at INTEGER;
+                    ALTER TABLE jobs ADD COLUMN lease_token TEXT;
+                    ALTER TABLE jobs ADD COLUMN lease_owner TEXT;
+                    ALTER TABLE jobs ADD COLUMN recovery_point TEXT;
+                    ALTER TABLE jobs ADD COLUMN idempotent_submission INTEGER NOT NULL DEFAULT 0;
+                    ALTER TABLE jobs ADD COLUMN provider_task_id TEXT;
+                    ALTER TABLE jobs ADD COLUMN failed_providers TEXT;
+                    ALTER TABLE jobs ADD COLUMN errors TEXT;
+                    ALTER TABLE jobs ADD COLUMN outcome TEXT;
+                    ALTER TABLE jobs ADD COLUMN crashes INTEGER;
+                    ALTER TABLE jobs ADD COLUMN in_call INTEGER;
+                    """
+            )
+            // The jobs of a store written before move into the columns, a page at a time.
+            var after: Int64 = 0
+            while true {
+                let page = try Row.fetchAll(
+                    db,
+                    sql: "SELECT seq, id, record FROM jobs WHERE seq > ? ORDER BY seq LIMIT 1000",
+                    arguments: [after]
+                )
+                guard let last = page.last else { break }
+                after = try last.decode(atIndex: 0)
+                for row in page {
+                    let id: String = try row.decode(atIndex: 1)
+                    let record: JobRecord
+                    do {
+                        record = try JSONDecoder().decode(JobRecord.self, from: Data((try row.decode(String.self, atIndex: 2)).utf8))
+                    } catch {
+                        throw StoreError(.invalidState, "the stored job \(id) could not be read", underlying: error)
+                    }
+                    try db.execute(sql: JobRow.update, arguments: try JobRow(new: record).updateArguments())
+                    try db.execute(
+                        sql: "UPDATE jobs SET request = ?, enqueued_at = ? WHERE id = ?",
+                        arguments: [try Self.json(record.request), record.enqueuedAt.nanoseconds, id]
+                    )
+                }
+            }
+            try db.execute(sql: "ALTER TABLE jobs DROP COLUMN record")
+        }
         do {
             try migrator.migrate(writer)
         } catch {
@@ -205,17 +255,19 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     sequence: sequence,
                     now: now
                 )
+                let text = try Self.json(request)
+                self.requests.remember(record.id.rawValue, text, request)
                 try db.cachedStatement(
                     sql: """
-                        INSERT INTO jobs (seq, id, state, priority, user, project, campaign, provider, idempotency_key,
-                                          run_at, lease_expires_at, record, kind)
-                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+                        INSERT INTO jobs (seq, id, state, priority, user, project, campaign, idempotency_key, run_at,
+                                          enqueued_at, kind, request)
+                        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
                         """
                 ).execute(
                     arguments: [
                         sequence, record.id.rawValue, record.state.rawValue, request.priority.rawValue, request.user,
-                        request.project, request.campaign, nil, request.idempotencyKey, record.runAt.nanoseconds,
-                        nil, try self.encode(record), request.kind.rawValue,
+                        request.project, request.campaign, request.idempotencyKey, record.runAt.nanoseconds,
+                        record.enqueuedAt.nanoseconds, request.kind.rawValue, text,
                     ]
                 )
                 results.append(EnqueueResult(jobID: record.id, existing: false))
@@ -258,7 +310,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                 excludingProjects: excludingProjects,
                 excludingJobs: excludingJobs,
                 limit: limit
-            )
+            ).map(\.record)
         }
     }
 
@@ -272,7 +324,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         excludingProjects: Set<String> = [],
         excludingJobs: Set<JobID> = [],
         limit: Int
-    ) throws -> [JobRecord] {
+    ) throws -> [JobRow] {
         func list(_ values: [String]) throws -> String {
             String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
         }
@@ -302,41 +354,43 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         ).map { ClaimOrder.Queue(priority: $0["priority"], user: $0["user"], firstSequence: $0["first_seq"], due: $0["due"]) }
         let first = try db.cachedStatement(
             sql: """
-                SELECT id, record FROM jobs INDEXED BY jobs_due
+                SELECT \(JobRow.columns) FROM jobs INDEXED BY jobs_due
                 WHERE \(filter) AND priority = ? AND user = ? ORDER BY seq LIMIT ?
                 """
         )
-        var chosen: [(position: ClaimOrder.Position, id: String, text: String)] = []
+        var chosen: [(position: ClaimOrder.Position, job: JobRow)] = []
         for (queue, count) in ClaimOrder.turns(queues, limit: limit) {
             var queueArguments = arguments
             queueArguments += [queue.priority, queue.user, count]
             for (index, row) in try Row.fetchAll(first, arguments: queueArguments).enumerated() {
-                chosen.append((ClaimOrder.Position(queue: queue, turn: index + 1), row["id"], row["record"]))
+                chosen.append((ClaimOrder.Position(queue: queue, turn: index + 1), try JobRow(row, requests: requests)))
             }
         }
-        return try chosen.sorted { $0.position < $1.position }.map { try self.records.decode($0.id, $0.text) }
+        return chosen.sorted { $0.position < $1.position }.map(\.job)
     }
 
     public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
         let now = now()
         return try await write { db in
             guard
-                let text = try String.fetchOne(
-                    db.cachedStatement(sql: "SELECT record FROM jobs WHERE id = ? AND state = 'available' AND run_at <= ?"),
+                let row = try Row.fetchOne(
+                    db.cachedStatement(
+                        sql: "SELECT \(JobRow.columns) FROM jobs WHERE id = ? AND state = 'available' AND run_at <= ?"
+                    ),
                     arguments: [id.rawValue, now.nanoseconds]
                 )
             else { return nil }
-            return try self.grant(try self.records.decode(id.rawValue, text), to: owner, until: now + duration, db)
+            return try self.grant(try JobRow(row, requests: self.requests), to: owner, until: now + duration, db)
         }
     }
 
-    /// Leases `record` to `owner` until `expiresAt` under a new token, and saves it.
-    private func grant(_ record: JobRecord, to owner: String, until expiresAt: Duration, _ db: Database) throws -> LeasedJob {
-        var record = record
-        let lease = JobLease(jobID: record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: expiresAt)
-        record.grantLease(token: lease.token, owner: owner, expiresAt: expiresAt)
-        try save(db, record)
-        return LeasedJob(record: record, lease: lease)
+    /// Leases the job to `owner` until `expiresAt` under a new token, and saves it.
+    private func grant(_ job: JobRow, to owner: String, until expiresAt: Duration, _ db: Database) throws -> LeasedJob {
+        var job = job
+        let lease = JobLease(jobID: job.record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: expiresAt)
+        job.record.grantLease(token: lease.token, owner: owner, expiresAt: expiresAt)
+        try save(db, job)
+        return LeasedJob(record: job.record, lease: lease)
     }
 
     public func timeUntilNextDue() async throws -> Duration? {
@@ -376,12 +430,12 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     ) async throws -> [BudgetScope: Money] {
         // One write: the sums and the reservation commit together, and the store's single writer orders them.
         let checked = try await write { db -> Result<[BudgetScope: Money], BudgetRefusal> in
-            var record = try self.load(db, lease.jobID)
-            guard record.isHeld(by: lease) else {
+            var job = try self.load(db, lease.jobID)
+            guard job.record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
             }
-            let before = record.ledger
-            record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
+            let before = job.record.ledger
+            job.record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
             var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
             for budget in budgets {
                 let total = try Self.scopeSums(db, budget.scope)
@@ -391,8 +445,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     total.pending - before.pending
                 )
             }
-            let result = Budget.check(budgets, others: others, own: record.ledger.charged + record.ledger.pending)
-            if case .success = result { try self.save(db, record) }
+            let result = Budget.check(budgets, others: others, own: job.record.ledger.charged + job.record.ledger.pending)
+            if case .success = result { try self.save(db, job) }
             return result
         }
         return try checked.get()
@@ -494,9 +548,9 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         try await write { db in
             let ids = try String.fetchAll(db, sql: sql, arguments: arguments)
             for id in ids {
-                var record = try self.load(db, JobID(id))
-                record.rescue(now: now, maxCrashes: maxCrashes)
-                try self.save(db, record)
+                var job = try self.load(db, JobID(id))
+                job.record.rescue(now: now, maxCrashes: maxCrashes)
+                try self.save(db, job)
             }
             return ids.count
         }
@@ -519,9 +573,10 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     public func job(_ id: JobID) async throws -> JobRecord? {
         try await read { db in
-            try String.fetchOne(db, sql: "SELECT record FROM jobs WHERE id = ?", arguments: [id.rawValue]).map {
-                try self.records.decode(id.rawValue, $0)
-            }
+            try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT \(JobRow.columns) FROM jobs WHERE id = ?"),
+                arguments: [id.rawValue]
+            ).map { try JobRow($0, requests: self.requests).record }
         }
     }
 
@@ -545,7 +600,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
             clauses.append("seq > ?")
             arguments += [after]
         }
-        var sql = "SELECT id, record FROM jobs"
+        var sql = "SELECT \(JobRow.columns) FROM jobs"
         if !clauses.isEmpty { sql += " WHERE " + clauses.joined(separator: " AND ") }
         sql += " ORDER BY seq"
         if let limit = query.limit {
@@ -556,7 +611,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         let finalArguments = arguments
         return try await read { db in
             try Row.fetchAll(db, sql: finalSQL, arguments: finalArguments).map { row in
-                try self.records.decode(row["id"], row["record"], remember: false)
+                try JobRow(row, requests: self.requests, remember: false).record
             }
         }
     }
@@ -564,18 +619,18 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     public func requeue(_ id: JobID) async throws {
         let now = now()
         try await write { db in
-            var record = try self.load(db, id)
-            try record.requeue(now: now)
-            try self.save(db, record)
+            var job = try self.load(db, id)
+            try job.record.requeue(now: now)
+            try self.save(db, job)
         }
     }
 
     public func cancel(_ id: JobID) async throws {
         let now = now()
         try await write { db in
-            var record = try self.load(db, id)
-            try record.cancel(now: now)
-            try self.save(db, record)
+            var job = try self.load(db, id)
+            try job.record.cancel(now: now)
+            try self.save(db, job)
         }
     }
 
@@ -622,80 +677,36 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     // MARK: - Helpers
 
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
-        // The transition is prepared here, from the record this store last wrote, so that its encoding (most of a
-        // transition's work) runs on the caller's thread and not on the one writer. The writer uses it only if the
-        // stored text is still the one it was prepared from; otherwise it starts again from what is stored.
-        let id = lease.jobID
-        let prepared = records.known(id.rawValue).flatMap { known -> (from: String, record: JobRecord, text: String)? in
-            var record = known.record
-            guard record.isHeld(by: lease) else { return nil }
-            change(&record)
-            guard let text = try? Self.json(record) else { return nil }
-            return (known.text, record, text)
-        }
         try await write { db in
-            let stored = try self.storedText(db, id)
-            if let prepared, DecodedRecords.same(stored, prepared.from) {
-                try self.save(db, prepared.record, text: prepared.text)
-                return
+            var job = try self.load(db, lease.jobID)
+            guard job.record.isHeld(by: lease) else {
+                throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
             }
-            var record = try self.records.decode(id.rawValue, stored)
-            guard record.isHeld(by: lease) else {
-                throw StoreError(.leaseLost, "the lease on \(id) is no longer held")
-            }
-            change(&record)
-            try self.save(db, record)
+            change(&job.record)
+            try self.save(db, job)
         }
     }
 
-    private func load(_ db: Database, _ id: JobID) throws -> JobRecord {
-        try records.decode(id.rawValue, try storedText(db, id))
-    }
-
-    /// The record's JSON as stored.
-    private func storedText(_ db: Database, _ id: JobID) throws -> String {
+    private func load(_ db: Database, _ id: JobID) throws -> JobRow {
         guard
-            let text = try String.fetchOne(
-                db.cachedStatement(sql: "SELECT record FROM jobs WHERE id = ?"),
+            let row = try Row.fetchOne(
+                db.cachedStatement(sql: "SELECT \(JobRow.columns) FROM jobs WHERE id = ?"),
                 arguments: [id.rawValue]
             )
         else {
             throw StoreError(.notFound, "no job \(id)")
         }
-        return text
+        return try JobRow(row, requests: requests)
     }
 
-    private func save(_ db: Database, _ record: JobRecord, text: String? = nil) throws {
-        let text = try text.map { text in
-            records.remember(record.id.rawValue, text, record)
-            return text
-        } ?? encode(record)
+    private func save(_ db: Database, _ job: JobRow) throws {
         // Prepared once per connection: a transition is a read and this write, and preparing (parsing, GRDB's
         // authorizer) cost as much as running them.
-        try db.cachedStatement(
-            sql: """
-                UPDATE jobs SET state = ?, provider = ?, run_at = ?, lease_expires_at = ?,
-                                reserved = ?, charged = ?, released = ?, pending = ?, record = ?
-                WHERE id = ?
-                """
-        ).execute(
-            arguments: [
-                record.state.rawValue, record.provider, record.runAt.nanoseconds, record.leaseExpiresAt?.nanoseconds,
-                record.ledger.reserved.nanos, record.ledger.charged.nanos, record.ledger.released.nanos,
-                record.ledger.pending.nanos, text, record.id.rawValue,
-            ]
-        )
+        try db.cachedStatement(sql: JobRow.update).execute(arguments: try job.updateArguments())
     }
 
-    private static func json(_ record: JobRecord) throws -> String {
-        String(decoding: try JSONEncoder().encode(record), as: UTF8.self)
-    }
-
-    /// The record's JSON, remembered with the record (it is read back at the job's next step).
-    private func encode(_ record: JobRecord) throws -> String {
-        let text = try Self.json(record)
-        records.remember(record.id.rawValue, text, record)
-        return text
+    private static func json(_ value: some Encodable) throws -> String {
+        String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
     }
 
     /// Runs a write transaction, mapping database errors to ``StoreError``.

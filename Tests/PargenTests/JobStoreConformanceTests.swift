@@ -489,8 +489,8 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(resumed.record.providerTaskID == "task-9" && resumed.record.attempts == 1)
     }
 
-    /// The SQLite store keeps the records it decoded: a record another process changed is read as it is now,
-    /// never as this store last saw it, and a transition on it starts from the changed record.
+    /// The SQLite store keeps the requests it decoded: a job another process changed is read as it is now, never
+    /// as this store last saw it, and a transition on it starts from the changed job.
     @Test func sqliteReadsARecordAnotherStoreChangedAsItIsNow() async throws {
         let clock = ManualClock()
         let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
@@ -513,9 +513,8 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(rescued.state == .available && rescued.ledger.pending == .zero && rescued.ledger.released == .cents(5))
     }
 
-    /// A transition the SQLite store prepares from the record it last wrote is used only if the row is still that
-    /// record: a lease that expired and that another process rescued and took is refused (fencing), although this
-    /// store last saw it held.
+    /// A transition is fenced by the row as stored, not by what this store last wrote: a lease that expired and that
+    /// another process rescued and took is refused, although this store last saw it held.
     @Test func sqliteRefusesALeaseAnotherStoreTookOverThoughItLastSawItHeld() async throws {
         let clock = ManualClock()
         let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path

@@ -1,0 +1,119 @@
+import Foundation
+import GRDB
+import Pargen
+
+/// How a job lies in its row: the request, which never changes, as JSON written once at enqueue; every field
+/// that a transition changes in a column of its own, so that a transition reads and writes a few integers and
+/// short strings instead of decoding and encoding the whole record. The fields that are lists or structures
+/// (failed providers, errors, the outcome) are JSON, `NULL` when empty; the failed providers and the outcome are
+/// encoded again only when they change.
+struct JobRow {
+    /// The columns a record is read from, in the order ``init(_:requests:)`` reads them.
+    static let columns = """
+        id, seq, state, request, attempts, snoozes, run_at, enqueued_at, finished_at, lease_token, lease_owner,
+        lease_expires_at, recovery_point, idempotent_submission, provider, provider_task_id, failed_providers,
+        errors, outcome, reserved, charged, released, pending, crashes, in_call
+        """
+
+    /// What a transition writes: every changing column, by the job's id.
+    static let update = """
+        UPDATE jobs SET state = ?, attempts = ?, snoozes = ?, run_at = ?, finished_at = ?, lease_token = ?,
+                        lease_owner = ?, lease_expires_at = ?, recovery_point = ?, idempotent_submission = ?,
+                        provider = ?, provider_task_id = ?, failed_providers = ?, errors = ?, outcome = ?,
+                        reserved = ?, charged = ?, released = ?, pending = ?, crashes = ?, in_call = ?
+        WHERE id = ?
+        """
+
+    var record: JobRecord
+    /// The JSON columns as they were read, reused on the next write when their values are unchanged.
+    private var stored: (failedProviders: String?, outcome: String?)
+    private var storedValues: (failedProviders: [String], outcome: JobOutcome?)
+
+    /// A new job's row.
+    init(new record: JobRecord) {
+        self.record = record
+        stored = (nil, nil)
+        storedValues = ([], nil)
+    }
+
+    /// Reads a row of ``columns``; the request is decoded once per job and then remembered by `requests`.
+    init(_ row: Row, requests: DecodedRequests, remember: Bool = true) throws {
+        do {
+            let id: String = try row.decode(atIndex: 0)
+            let stateText: String = try row.decode(atIndex: 2)
+            guard let state = JobState(rawValue: stateText) else {
+                throw StoreError(.invalidState, "job \(id) has an unknown state \(stateText)")
+            }
+            var record = JobRecord(
+                id: JobID(id),
+                request: try requests.decode(id, try row.decode(atIndex: 3), remember: remember),
+                sequence: try row.decode(atIndex: 1),
+                now: .nanoseconds(try row.decode(Int64.self, atIndex: 7))
+            )
+            record.state = state
+            record.attempts = try row.decode(atIndex: 4)
+            record.snoozes = try row.decode(atIndex: 5)
+            record.runAt = .nanoseconds(try row.decode(Int64.self, atIndex: 6))
+            record.finishedAt = try row.decode(Int64?.self, atIndex: 8).map { .nanoseconds($0) }
+            record.leaseToken = try row.decode(atIndex: 9)
+            record.leaseOwner = try row.decode(atIndex: 10)
+            record.leaseExpiresAt = try row.decode(Int64?.self, atIndex: 11).map { .nanoseconds($0) }
+            if let point = try row.decode(String?.self, atIndex: 12) {
+                guard let recoveryPoint = RecoveryPoint(rawValue: point) else {
+                    throw StoreError(.invalidState, "job \(id) has an unknown recovery point \(point)")
+                }
+                record.recoveryPoint = recoveryPoint
+            }
+            record.idempotentSubmission = try row.decode(Bool.self, atIndex: 13)
+            record.provider = try row.decode(atIndex: 14)
+            record.providerTaskID = try row.decode(atIndex: 15)
+            let failedProviders: String? = try row.decode(atIndex: 16)
+            let errors: String? = try row.decode(atIndex: 17)
+            let outcome: String? = try row.decode(atIndex: 18)
+            record.failedProviders = try failedProviders.map { try Self.decode([String].self, $0) } ?? []
+            record.errors = try errors.map { try Self.decode([GenerationError].self, $0) } ?? []
+            record.outcome = try outcome.map { try Self.decode(JobOutcome.self, $0) }
+            record.ledger.reserved = Money(nanos: try row.decode(atIndex: 19))
+            record.ledger.charged = Money(nanos: try row.decode(atIndex: 20))
+            record.ledger.released = Money(nanos: try row.decode(atIndex: 21))
+            record.ledger.pending = Money(nanos: try row.decode(atIndex: 22))
+            record.crashes = try row.decode(atIndex: 23)
+            record.inCall = try row.decode(Bool?.self, atIndex: 24)
+            self.record = record
+            stored = (failedProviders, outcome)
+            storedValues = (record.failedProviders, record.outcome)
+        } catch let error as StoreError {
+            throw error
+        } catch {
+            throw StoreError(.invalidState, "a stored job could not be read", underlying: error)
+        }
+    }
+
+    /// The arguments of ``update`` for the record as it is now.
+    func updateArguments() throws -> StatementArguments {
+        let failedProviders =
+            record.failedProviders == storedValues.failedProviders
+            ? stored.failedProviders : try Self.encode(record.failedProviders, emptyAsNull: record.failedProviders.isEmpty)
+        // Errors compare by their code alone, so a changed message would look unchanged: written whenever any.
+        let errors = try Self.encode(record.errors, emptyAsNull: record.errors.isEmpty)
+        let outcome =
+            record.outcome == storedValues.outcome
+            ? stored.outcome : try record.outcome.map { try Self.encode($0, emptyAsNull: false) } ?? nil
+        return [
+            record.state.rawValue, record.attempts, record.snoozes, record.runAt.nanoseconds,
+            record.finishedAt?.nanoseconds, record.leaseToken, record.leaseOwner, record.leaseExpiresAt?.nanoseconds,
+            record.recoveryPoint?.rawValue, record.idempotentSubmission, record.provider, record.providerTaskID,
+            failedProviders, errors, outcome, record.ledger.reserved.nanos, record.ledger.charged.nanos,
+            record.ledger.released.nanos, record.ledger.pending.nanos, record.crashes, record.inCall,
+            record.id.rawValue,
+        ]
+    }
+
+    private static func decode<T: Decodable>(_ type: T.Type, _ text: String) throws -> T {
+        try JSONDecoder().decode(type, from: Data(text.utf8))
+    }
+
+    private static func encode<T: Encodable>(_ value: T, emptyAsNull: Bool) throws -> String? {
+        emptyAsNull ? nil : String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
+    }
+}
