@@ -79,7 +79,7 @@ public final class TieredArtifactCache: SharedArtifactCache {
         var quick = objects.configuration
         quick.maxAttempts = 3
         quick.requestTimeout = settings.lookupTimeout
-        self.lookups = S3Client(configuration: quick, httpClient: objects.http, logger: logger)
+        self.lookups = S3Client(configuration: quick, httpClient: objects.http, logger: logger, sleep: objects.sleep)
     }
 
     func redisKey(_ fingerprint: String) -> String { settings.redisPrefix + "cache:" + fingerprint }

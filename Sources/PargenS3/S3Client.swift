@@ -89,12 +89,23 @@ public struct S3Client: Sendable {
     package let http: HTTPClient
     let signer: SigV4Signer
     let logger: Logger
+    /// How the client waits between tries: the real clock unless a test injects another.
+    package let sleep: @Sendable (Duration) async throws -> Void
 
-    public init(configuration: S3Configuration, httpClient: HTTPClient, logger: Logger = Logger(label: "pargen.s3")) {
+    /// - Parameters:
+    ///   - sleep: Waits out a backoff delay (throws `CancellationError` when cancelled); `Task.sleep` unless a
+    ///     test drives time itself.
+    public init(
+        configuration: S3Configuration,
+        httpClient: HTTPClient,
+        logger: Logger = Logger(label: "pargen.s3"),
+        sleep: @escaping @Sendable (Duration) async throws -> Void = { try await Task.sleep(for: $0) }
+    ) {
         self.configuration = configuration
         self.http = httpClient
         self.signer = SigV4Signer(credentials: configuration.credentials, region: configuration.region)
         self.logger = logger
+        self.sleep = sleep
     }
 
     var requestTimeout: TimeAmount { .nanoseconds(Int64(configuration.requestTimeout.seconds * 1e9)) }
@@ -502,7 +513,7 @@ public struct S3Client: Sendable {
                     metadata: ["operation": "\(operation)", "key": "\(key)", "error": "\(error.code)",
                         "attempt": "\(attempt)", "delay_ms": "\(Int(wait * 1000))"]
                 )
-                try await Task.sleep(for: .milliseconds(Int(wait * 1000)))
+                try await sleep(.milliseconds(Int(wait * 1000)))
                 attempt += 1
             }
         }

@@ -1,7 +1,9 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
+import Glibc
 import PargenS3
+import Synchronization
 import Testing
 
 /// The S3-compatible server of the test run: `scripts/test.sh` starts moto's server on loopback and names it in
@@ -106,4 +108,54 @@ func sha256Hex(_ url: URL) throws -> String {
         #expect(error?.code == "NoSuchBucket", "\(String(describing: error))")
         #expect(!"\(String(describing: error))".contains("test-secret-not-real"))
     }
+}
+
+/// The client waits between tries on the clock it is given, not on the real one: a test (or a simulation) drives
+/// its backoff without sleeping.
+@Suite struct S3ClientBackoffTests {
+    @Test func aFailingRequestWaitsOutItsBackoffOnTheInjectedClock() async throws {
+        // A loopback port that nothing listens on: every try fails with a transport error (retryable) once the
+        // HTTP client has given up connecting, at the request's deadline.
+        let configuration = S3Configuration(
+            endpoint: URL(string: "http://127.0.0.1:\(try unusedLoopbackPort())")!,
+            bucket: "b",
+            credentials: AWSCredentials(accessKeyID: "AKIDTEST", secretAccessKey: "test-secret-not-real"),
+            maxAttempts: 4,
+            baseDelay: .seconds(2),
+            requestTimeout: .milliseconds(300)
+        )
+        let waits = Mutex<[Duration]>([])
+        let client = S3Client(configuration: configuration, httpClient: sharedTestHTTPClient) { delay in
+            waits.withLock { $0.append(delay) }
+        }
+        let started = ContinuousClock.now
+        let error = await #expect(throws: S3Error.self) { _ = try await client.headObject(key: "k") }
+        #expect(error?.code == "transport")
+        // Three waits between four tries, each in the upper half of its doubling ceiling, none of them spent for
+        // real.
+        let seen = waits.withLock { $0 }
+        #expect(seen.count == 3)
+        for (wait, ceiling) in zip(seen, [Duration.seconds(2), .seconds(4), .seconds(8)]) {
+            #expect(wait >= ceiling / 2 && wait <= ceiling)
+        }
+        // The waits add up to at least 7 s; four tries of 0.3 s took far less than that.
+        #expect(ContinuousClock.now - started < .seconds(7))
+    }
+}
+
+/// A loopback TCP port that was free a moment ago (bound, read and closed): a connection to it is refused.
+func unusedLoopbackPort() throws -> Int {
+    let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard socket >= 0 else { throw POSIXError(.EMFILE) }
+    defer { close(socket) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    address.sin_port = 0
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    let bound = withUnsafeMutablePointer(to: &address) { pointer in
+        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
+    }
+    guard bound else { throw POSIXError(.EADDRINUSE) }
+    return Int(UInt16(bigEndian: address.sin_port))
 }
