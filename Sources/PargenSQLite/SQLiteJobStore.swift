@@ -371,7 +371,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
         let now = now()
-        return try await write { db in
+        return try await write(.singleWrite) { db in
             guard
                 let row = try Row.fetchOne(
                     db.cachedStatement(
@@ -429,7 +429,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         within budgets: [Budget]
     ) async throws -> [BudgetScope: Money] {
         // One write: the sums and the reservation commit together, and the store's single writer orders them.
-        let checked = try await write { db -> Result<[BudgetScope: Money], BudgetRefusal> in
+        // Reads, then writes once (``save`` is the last step).
+        let checked = try await write(.singleWrite) { db -> Result<[BudgetScope: Money], BudgetRefusal> in
             var job = try self.load(db, lease.jobID)
             guard job.record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
@@ -677,7 +678,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     // MARK: - Helpers
 
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
-        try await write { db in
+        // Reads, then writes once (``save`` is the last step).
+        try await write(.singleWrite) { db in
             var job = try self.load(db, lease.jobID)
             guard job.record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
@@ -710,9 +712,12 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     }
 
     /// Runs a write transaction, mapping database errors to ``StoreError``.
-    private func write<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
+    private func write<T: Sendable>(
+        _ isolation: GroupCommitter.Isolation = .savepoint,
+        _ body: @escaping @Sendable (Database) throws -> T
+    ) async throws -> T {
         do {
-            return try await committer.write(body)
+            return try await committer.write(isolation, body)
         } catch let error as StoreError {
             throw error
         } catch {
