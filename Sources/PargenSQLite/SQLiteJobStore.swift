@@ -316,6 +316,12 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     /// Due available jobs of `kinds` in claim order: highest priority first; within a priority, round-robin
     /// across users (each user's oldest first, users ordered by their oldest waiting job).
+    ///
+    /// Everything before the last step reads only the due-jobs index (a partial index of the available jobs that
+    /// covers every column filtered on), and only the `limit` jobs chosen are read from the table. With up to
+    /// ``queueScanLimit`` (kind, priority, user) queues waiting, it costs a seek per queue and at most `limit`
+    /// index entries per queue, whatever the backlog (see ``dueByQueue``); with more, one pass over the due jobs
+    /// counts each queue (see ``dueByGrouping``). Both give the same order.
     private func dueInClaimOrder(
         _ db: Database,
         now: Duration,
@@ -325,48 +331,187 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         excludingJobs: Set<JobID> = [],
         limit: Int
     ) throws -> [JobRow] {
-        func list(_ values: [String]) throws -> String {
-            String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
+        let due = try DueFilter(
+            now: now,
+            kinds: kinds,
+            excludingUsers: excludingUsers,
+            excludingProjects: excludingProjects,
+            excludingJobs: excludingJobs
+        )
+        let chosen =
+            try dueByQueue(db, due, limit: limit) ?? dueByGrouping(db, due, limit: limit)
+        let read = try db.cachedStatement(sql: "SELECT \(JobRow.columns) FROM jobs WHERE seq = ?")
+        var jobs: [JobRow] = []
+        jobs.reserveCapacity(chosen.count)
+        for sequence in chosen {
+            guard let row = try Row.fetchOne(read, arguments: [sequence]) else { continue }
+            jobs.append(try JobRow(row, requests: requests))
         }
-        // Two steps, each on the due-jobs index: how many jobs each (priority, user) queue has due, then, for each
-        // queue that gets a turn, its first jobs. Only the `limit` jobs chosen are read from the table. (One query
-        // that numbered every due job with window functions and sorted them took 60 to 360 ms a lease with 20,000
-        // jobs queued: it was most of the durable store's time.)
-        let filter = """
+        return jobs
+    }
+
+    /// What makes an available job due for a lease or a look.
+    private struct DueFilter {
+        var now: Int64
+        var kinds: Set<String>
+        var excludingUsers: Set<String>
+        /// The rest of the filter, checked on the index: due time, projects and jobs left out.
+        var sql = """
             state = 'available' AND run_at <= ?
-              AND kind IN (SELECT value FROM json_each(?))
-              AND user NOT IN (SELECT value FROM json_each(?))
               AND project NOT IN (SELECT value FROM json_each(?))
               AND id NOT IN (SELECT value FROM json_each(?))
             """
-        let arguments: StatementArguments = [
-            now.nanoseconds, try list(kinds.map(\.rawValue)), try list(Array(excludingUsers)),
-            try list(Array(excludingProjects)), try list(excludingJobs.map(\.rawValue)),
+        var arguments: StatementArguments
+
+        init(
+            now: Duration,
+            kinds: Set<GenerationKind>,
+            excludingUsers: Set<String>,
+            excludingProjects: Set<String>,
+            excludingJobs: Set<JobID>
+        ) throws {
+            func list(_ values: [String]) throws -> String {
+                String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
+            }
+            self.now = now.nanoseconds
+            self.kinds = Set(kinds.map(\.rawValue))
+            self.excludingUsers = excludingUsers
+            arguments = [now.nanoseconds, try list(Array(excludingProjects)), try list(excludingJobs.map(\.rawValue))]
+        }
+    }
+
+    /// The most (kind, priority, user) queues ``dueByQueue`` visits before it leaves the choice to
+    /// ``dueByGrouping``.
+    static let queueScanLimit = 512
+
+    /// The sequence numbers of the first `limit` due jobs in claim order, found queue by queue; `nil` when more
+    /// than ``queueScanLimit`` queues wait.
+    ///
+    /// The queues are found by skipping through the index (one seek each). Each (priority, user) queue first
+    /// gives up to `limit / queues` of its due jobs; a queue that gave all it was asked for and would give more
+    /// in the claim order is asked again for up to `limit`. A queue's count is used only up to the point where
+    /// it is known whole (across kinds, up to the lowest last job of a kind cut short), so the round-robin over
+    /// the counts is the same as over the whole backlog.
+    private func dueByQueue(_ db: Database, _ due: DueFilter, limit: Int) throws -> [Int64]? {
+        struct Key: Hashable {
+            var priority: Int
+            var user: String
+        }
+        let next = try db.cachedStatement(
+            sql: """
+                SELECT kind, priority, user FROM jobs INDEXED BY jobs_due
+                WHERE state = 'available' AND (kind, priority, user) > (?, ?, ?)
+                ORDER BY kind, priority, user LIMIT 1
+                """
+        )
+        var kindsOf: [Key: [String]] = [:]
+        var cursor: (String, Int, String) = ("", Int.min, "")
+        var visited = 0
+        while let row = try Row.fetchOne(next, arguments: [cursor.0, cursor.1, cursor.2]) {
+            visited += 1
+            if visited > Self.queueScanLimit { return nil }
+            cursor = (try row.decode(atIndex: 0), try row.decode(atIndex: 1), try row.decode(atIndex: 2))
+            guard due.kinds.contains(cursor.0), !due.excludingUsers.contains(cursor.2) else { continue }
+            kindsOf[Key(priority: cursor.1, user: cursor.2), default: []].append(cursor.0)
+        }
+        guard !kindsOf.isEmpty else { return [] }
+        let first = try db.cachedStatement(
+            sql: """
+                SELECT seq FROM jobs INDEXED BY jobs_due
+                WHERE \(due.sql) AND kind = ? AND priority = ? AND user = ? ORDER BY seq LIMIT ?
+                """
+        )
+        /// A queue's first due jobs, up to `cap` of each kind, as far as they are known whole; `cut` when a kind
+        /// had more.
+        func fetch(_ key: Key, cap: Int) throws -> (sequences: [Int64], cut: Bool) {
+            var merged: [Int64] = []
+            var bound = Int64.max
+            for kind in kindsOf[key] ?? [] {
+                var arguments = due.arguments
+                arguments += [kind, key.priority, key.user, cap]
+                let sequences = try Int64.fetchAll(first, arguments: arguments)
+                if sequences.count == cap, let last = sequences.last { bound = min(bound, last) }
+                merged += sequences
+            }
+            merged.sort()
+            return bound == .max ? (merged, false) : (merged.filter { $0 <= bound }, true)
+        }
+        let share = max(1, (limit + kindsOf.count - 1) / kindsOf.count)
+        var fetched: [Key: (sequences: [Int64], cut: Bool, cap: Int)] = [:]
+        for key in kindsOf.keys {
+            let (sequences, cut) = try fetch(key, cap: share)
+            if !sequences.isEmpty { fetched[key] = (sequences, cut, share) }
+        }
+        while true {
+            let queues = fetched.map { key, value in
+                ClaimOrder.Queue(
+                    priority: key.priority,
+                    user: key.user,
+                    firstSequence: value.sequences[0],
+                    due: value.sequences.count
+                )
+            }
+            let turns = ClaimOrder.turns(queues, limit: limit)
+            // A queue cut short that gives every job it was asked for may have more to give: ask it again, whole.
+            let short = turns.compactMap { queue, count -> Key? in
+                let key = Key(priority: queue.priority, user: queue.user)
+                guard let value = fetched[key], value.cut, value.cap < limit, count == value.sequences.count else {
+                    return nil
+                }
+                return key
+            }
+            if short.isEmpty {
+                return ClaimOrder.order(turns) { queue, count in
+                    Array(fetched[Key(priority: queue.priority, user: queue.user)]!.sequences.prefix(count))
+                }
+            }
+            for key in short {
+                let (sequences, cut) = try fetch(key, cap: limit)
+                fetched[key] = (sequences, cut, limit)
+            }
+        }
+    }
+
+    /// The sequence numbers of the first `limit` due jobs in claim order, from one pass over the due jobs that
+    /// counts each (priority, user) queue: for backlogs of many queues.
+    private func dueByGrouping(_ db: Database, _ due: DueFilter, limit: Int) throws -> [Int64] {
+        let filter = """
+            \(due.sql)
+              AND kind IN (SELECT value FROM json_each(?))
+              AND user NOT IN (SELECT value FROM json_each(?))
+            """
+        var arguments = due.arguments
+        arguments += [
+            String(decoding: try JSONEncoder().encode(due.kinds.sorted()), as: UTF8.self),
+            String(decoding: try JSONEncoder().encode(due.excludingUsers.sorted()), as: UTF8.self),
         ]
         let queues = try Row.fetchAll(
             db.cachedStatement(
                 sql: """
-                    SELECT priority, user, MIN(seq) AS first_seq, COUNT(*) AS due
+                    SELECT priority, user, MIN(seq), COUNT(*)
                     FROM jobs INDEXED BY jobs_due WHERE \(filter) GROUP BY priority, user
                     """
             ),
             arguments: arguments
-        ).map { ClaimOrder.Queue(priority: $0["priority"], user: $0["user"], firstSequence: $0["first_seq"], due: $0["due"]) }
+        ).map {
+            ClaimOrder.Queue(
+                priority: try $0.decode(atIndex: 0),
+                user: try $0.decode(atIndex: 1),
+                firstSequence: try $0.decode(atIndex: 2),
+                due: try $0.decode(atIndex: 3)
+            )
+        }
         let first = try db.cachedStatement(
             sql: """
-                SELECT \(JobRow.columns) FROM jobs INDEXED BY jobs_due
+                SELECT seq FROM jobs INDEXED BY jobs_due
                 WHERE \(filter) AND priority = ? AND user = ? ORDER BY seq LIMIT ?
                 """
         )
-        var chosen: [(position: ClaimOrder.Position, job: JobRow)] = []
-        for (queue, count) in ClaimOrder.turns(queues, limit: limit) {
+        return try ClaimOrder.order(ClaimOrder.turns(queues, limit: limit)) { queue, count in
             var queueArguments = arguments
             queueArguments += [queue.priority, queue.user, count]
-            for (index, row) in try Row.fetchAll(first, arguments: queueArguments).enumerated() {
-                chosen.append((ClaimOrder.Position(queue: queue, turn: index + 1), try JobRow(row, requests: requests)))
-            }
+            return try Int64.fetchAll(first, arguments: queueArguments)
         }
-        return chosen.sorted { $0.position < $1.position }.map(\.job)
     }
 
     public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
@@ -801,6 +946,20 @@ enum ClaimOrder {
             if a.turn != b.turn { return a.turn < b.turn }
             return a.queue.firstSequence < b.queue.firstSequence
         }
+    }
+
+    /// The jobs that `turns` gives, in claim order: `first(queue, count)` names a queue's first `count` due jobs.
+    static func order(
+        _ turns: [(Queue, Int)],
+        first: (Queue, Int) throws -> [Int64]
+    ) rethrows -> [Int64] {
+        var chosen: [(position: Position, sequence: Int64)] = []
+        for (queue, count) in turns {
+            for (index, sequence) in try first(queue, count).enumerated() {
+                chosen.append((Position(queue: queue, turn: index + 1), sequence))
+            }
+        }
+        return chosen.sorted { $0.position < $1.position }.map(\.sequence)
     }
 
     /// How many jobs each queue gives to the first `limit` of the claim order (queues that give none are left

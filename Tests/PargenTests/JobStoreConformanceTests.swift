@@ -220,6 +220,35 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
     /// The memory store keeps each kind's queue apart and a user's place from their first job even when the
     /// caller leaves that job out, so it is held to the order on one kind with only users left out (what the
     /// engine asks of it); SQLite and PostgreSQL to all of it.
+    /// A user with many jobs of two kinds, against a user with one: the claim order takes the first user's jobs
+    /// oldest first across both kinds, although a store that reads each kind's queue a part at a time sees the
+    /// video jobs before it has seen every audio job.
+    @Test(arguments: [StoreFactory.sqlite, .postgres])
+    func aUsersJobsOfTwoKindsAreTakenOldestFirstAcrossKinds(_ factory: StoreFactory) async throws {
+        let store = try #require(try await factory.make(ManualClock()) as? any ClaimingJobStore)
+        let requests =
+            (1...4).map { validated(.audio(prompt: "a\($0)", user: "a"), id: "a\($0)") }
+            + (1...4).map { validated(.video(prompt: "v\($0)", user: "a"), id: "v\($0)") }
+            + [validated(.audio(prompt: "b1", user: "b"), id: "b1")]
+        _ = try await store.enqueue(requests)
+        let shown = try await store.peek(
+            limit: 6,
+            excludingUsers: [],
+            excludingProjects: [],
+            excludingJobs: [],
+            kinds: [.audio, .video]
+        ).map(\.request.id)
+        #expect(shown == ["a1", "b1", "a2", "a3", "a4", "v1"])
+        let leased = try await store.lease(
+            limit: 6,
+            owner: "w",
+            duration: .seconds(60),
+            excludingUsers: [],
+            kinds: [.audio, .video]
+        ).map(\.record.request.id)
+        #expect(leased == ["a1", "b1", "a2", "a3", "a4", "v1"])
+    }
+
     @Test(arguments: factories)
     func theClaimOrderHoldsOnRandomBacklogs(_ factory: StoreFactory) async throws {
         var random = SplitMix64(seed: 20_261_201)
