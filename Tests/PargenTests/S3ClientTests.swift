@@ -1,7 +1,6 @@
 import AsyncHTTPClient
 import Crypto
 import Foundation
-import Glibc
 import PargenS3
 import Synchronization
 import Testing
@@ -117,7 +116,7 @@ func sha256Hex(_ url: URL) throws -> String {
         // A loopback port that nothing listens on: every try fails with a transport error (retryable) once the
         // HTTP client has given up connecting, at the request's deadline.
         let configuration = S3Configuration(
-            endpoint: URL(string: "http://127.0.0.1:\(try unusedLoopbackPort())")!,
+            endpoint: URL(string: "http://127.0.0.1:\(try FaultMatrixTests.closedPort())")!,
             bucket: "b",
             credentials: AWSCredentials(accessKeyID: "AKIDTEST", secretAccessKey: "test-secret-not-real"),
             maxAttempts: 4,
@@ -141,21 +140,4 @@ func sha256Hex(_ url: URL) throws -> String {
         // The waits add up to at least 7 s; four tries of 0.3 s took far less than that.
         #expect(ContinuousClock.now - started < .seconds(7))
     }
-}
-
-/// A loopback TCP port that was free a moment ago (bound, read and closed): a connection to it is refused.
-func unusedLoopbackPort() throws -> Int {
-    let socket = Glibc.socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard socket >= 0 else { throw POSIXError(.EMFILE) }
-    defer { close(socket) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    address.sin_port = 0
-    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let bound = withUnsafeMutablePointer(to: &address) { pointer in
-        pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(socket, $0, length) == 0 && getsockname(socket, $0, &length) == 0 }
-    }
-    guard bound else { throw POSIXError(.EADDRINUSE) }
-    return Int(UInt16(bigEndian: address.sin_port))
 }
