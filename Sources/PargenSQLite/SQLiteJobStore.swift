@@ -363,7 +363,6 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     /// What makes an available job due for a lease or a look.
     private struct DueFilter {
-        var now: Int64
         var kinds: Set<String>
         var excludingUsers: Set<String>
         /// The rest of the filter, checked on the index: due time, projects and jobs left out.
@@ -381,13 +380,16 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
             excludingProjects: Set<String>,
             excludingJobs: Set<JobID>
         ) throws {
-            func list(_ values: [String]) throws -> String {
-                String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
-            }
-            self.now = now.nanoseconds
             self.kinds = Set(kinds.map(\.rawValue))
             self.excludingUsers = excludingUsers
-            arguments = [now.nanoseconds, try list(Array(excludingProjects)), try list(excludingJobs.map(\.rawValue))]
+            arguments = [
+                now.nanoseconds, try Self.list(excludingProjects), try Self.list(Set(excludingJobs.map(\.rawValue))),
+            ]
+        }
+
+        /// `values` as a JSON array, for `json_each`.
+        static func list(_ values: Set<String>) throws -> String {
+            String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
         }
     }
 
@@ -492,10 +494,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
               AND user NOT IN (SELECT value FROM json_each(?))
             """
         var arguments = due.arguments
-        arguments += [
-            String(decoding: try JSONEncoder().encode(due.kinds.sorted()), as: UTF8.self),
-            String(decoding: try JSONEncoder().encode(due.excludingUsers.sorted()), as: UTF8.self),
-        ]
+        arguments += [try DueFilter.list(due.kinds), try DueFilter.list(due.excludingUsers)]
         let queues = try Row.fetchAll(
             db.cachedStatement(
                 sql: """
