@@ -6,11 +6,10 @@ public import Pargen
 ///
 /// A row holds the job's request as JSON, written once at enqueue, and every field that changes in a column of its
 /// own (see ``JobRow``). Every transition reads the row, checks the lease token (fencing), applies the same
-/// transition functions the memory store applies, and writes the changed columns back, in a savepoint of a write
-/// transaction; transitions that arrive together
-/// share one transaction and so one fsync (group commit), and each returns only once that transaction has
-/// committed. Times are wall-clock nanoseconds since the
-/// Unix epoch, so leases and due times survive a restart.
+/// transition functions the memory store applies, and writes the changed columns back. Transitions that arrive
+/// together share one write transaction and so one fsync (group commit), each undone alone if it fails (in a
+/// savepoint of its own when it writes with more than one statement), and each returns only once that transaction
+/// has committed. Times are wall-clock nanoseconds since the Unix epoch, so leases and due times survive a restart.
 public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     public var outlivesProcess: Bool { true }
 
