@@ -114,6 +114,11 @@ struct JobRow {
     }
 
     private static func encode<T: Encodable>(_ value: T, emptyAsNull: Bool) throws -> String? {
-        emptyAsNull ? nil : String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
+        emptyAsNull ? nil : try json(value)
+    }
+
+    /// `value` as JSON text, the form of the request and the list columns.
+    static func json(_ value: some Encodable) throws -> String {
+        String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
     }
 }

@@ -212,10 +212,10 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     } catch {
                         throw StoreError(.invalidState, "the stored job \(id) could not be read", underlying: error)
                     }
-                    try db.execute(sql: JobRow.update, arguments: try JobRow(new: record).updateArguments())
-                    try db.execute(
-                        sql: "UPDATE jobs SET request = ?, enqueued_at = ? WHERE id = ?",
-                        arguments: [try Self.json(record.request), record.enqueuedAt.nanoseconds, id]
+                    // Prepared once for the whole conversion, not parsed again for every job.
+                    try db.cachedStatement(sql: JobRow.update).execute(arguments: try JobRow(new: record).updateArguments())
+                    try db.cachedStatement(sql: "UPDATE jobs SET request = ?, enqueued_at = ? WHERE id = ?").execute(
+                        arguments: [try JobRow.json(record.request), record.enqueuedAt.nanoseconds, id]
                     )
                 }
             }
@@ -265,7 +265,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     sequence: sequence,
                     now: now
                 )
-                let text = try Self.json(request)
+                let text = try JobRow.json(request)
                 self.requests.remember(record.id.rawValue, text, request)
                 try db.cachedStatement(
                     sql: """
@@ -387,9 +387,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         }
 
         /// `values` as a JSON array, for `json_each`.
-        static func list(_ values: Set<String>) throws -> String {
-            String(decoding: try JSONEncoder().encode(values.sorted()), as: UTF8.self)
-        }
+        static func list(_ values: Set<String>) throws -> String { try JobRow.json(values.sorted()) }
     }
 
     /// The most (kind, priority, user) queues ``dueByQueue`` visits before it leaves the choice to
@@ -731,10 +729,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     public func job(_ id: JobID) async throws -> JobRecord? {
         try await read { db in
-            try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT \(JobRow.columns) FROM jobs WHERE id = ?"),
-                arguments: [id.rawValue]
-            ).map { try JobRow($0, requests: self.requests).record }
+            try self.find(db, id)?.record
         }
     }
 
@@ -846,26 +841,23 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         }
     }
 
+    /// The job `id`, which must exist.
     private func load(_ db: Database, _ id: JobID) throws -> JobRow {
-        guard
-            let row = try Row.fetchOne(
-                db.cachedStatement(sql: "SELECT \(JobRow.columns) FROM jobs WHERE id = ?"),
-                arguments: [id.rawValue]
-            )
-        else {
-            throw StoreError(.notFound, "no job \(id)")
-        }
-        return try JobRow(row, requests: requests)
+        guard let job = try find(db, id) else { throw StoreError(.notFound, "no job \(id)") }
+        return job
+    }
+
+    private func find(_ db: Database, _ id: JobID) throws -> JobRow? {
+        try Row.fetchOne(
+            db.cachedStatement(sql: "SELECT \(JobRow.columns) FROM jobs WHERE id = ?"),
+            arguments: [id.rawValue]
+        ).map { try JobRow($0, requests: requests) }
     }
 
     private func save(_ db: Database, _ job: JobRow) throws {
         // Prepared once per connection: a transition is a read and this write, and preparing (parsing, GRDB's
         // authorizer) cost as much as running them.
         try db.cachedStatement(sql: JobRow.update).execute(arguments: try job.updateArguments())
-    }
-
-    private static func json(_ value: some Encodable) throws -> String {
-        String(decoding: try JSONEncoder().encode(value), as: UTF8.self)
     }
 
     /// Runs a write transaction, mapping database errors to ``StoreError``.

@@ -1,17 +1,13 @@
 import Foundation
 import GRDB
 import Pargen
-import PargenSQLite
+@testable import PargenSQLite
 import Testing
 
 /// The SQLite store keeps each changing field in a column of its own. A store written by an earlier version, with
 /// every job's whole record as JSON, is converted when it is opened, and no field of any job is lost on the way.
 @Suite struct SQLiteLayoutTests {
     static let start: Duration = .seconds(1_767_225_600)
-
-    static func nanoseconds(_ time: Duration) -> Int64 {
-        time.components.seconds * 1_000_000_000 + time.components.attoseconds / 1_000_000_000
-    }
 
     /// A job with every field set: one step into a second attempt, held by a lease.
     static func busyRecord() -> JobRecord {
@@ -95,7 +91,7 @@ import Testing
                     arguments: [
                         record.sequence, record.id.rawValue, record.state.rawValue, record.request.priority.rawValue,
                         record.request.user, record.request.project, record.request.campaign, record.provider,
-                        Self.nanoseconds(record.runAt), record.leaseExpiresAt.map(Self.nanoseconds), record.ledger.reserved.nanos,
+                        record.runAt.nanoseconds, record.leaseExpiresAt?.nanoseconds, record.ledger.reserved.nanos,
                         record.ledger.charged.nanos, record.ledger.released.nanos, record.ledger.pending.nanos,
                         String(decoding: try JSONEncoder().encode(record), as: UTF8.self), record.request.kind.rawValue,
                     ]
