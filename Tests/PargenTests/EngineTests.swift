@@ -581,7 +581,12 @@ import Testing
         )
         try await generator.start()
         _ = try await generator.submit((0..<3).map { .audio(prompt: "line \($0)", voice: "same") })
-        await clock.waitForSleepers(3)
+        // Every call has reported its task (the provider reports it, then waits out its latency). Three sleepers
+        // on the clock did not say so: another part of the engine may be one of them, and a loaded machine once
+        // stopped the run while the third call had not reported yet.
+        try await waitUntil(seconds: 120) {
+            try await store.jobs(matching: JobQuery()).filter { $0.providerTaskID != nil }.count == 3
+        }
         try await generator.stop(immediately: true)
         let jobs = try await store.jobs(matching: JobQuery())
         #expect(jobs.count == 3)
