@@ -387,6 +387,28 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(try await lease(store).isEmpty, "never resubmitted blindly")
     }
 
+    /// A call given back before it went out (a stop) leaves no trace of it: the next holder that is lost before
+    /// it begins a call of its own (a lease taken and left to expire) gives the job back to the queue, and it is
+    /// never set aside as a call that may have reached its provider.
+    @Test(arguments: factories)
+    func aCallGivenBackBeforeItWentOutIsNotReconciledLater(_ factory: StoreFactory) async throws {
+        let clock = ManualClock()
+        let store = try await factory.make(clock)
+        _ = try await store.enqueue([validated(.audio(prompt: "x"))])
+        let first = try await lease(store)[0]
+        try await store.beginAttempt(first.lease, provider: "p", reserving: .cents(5))
+        try await store.release(first.lease)
+        let released = try #require(try await store.job(first.record.id))
+        #expect(released.recoveryPoint == nil)
+        #expect(released.attempts == 0)
+        let second = try await lease(store)[0]
+        #expect(second.record.id == first.record.id)
+        clock.advance(by: .seconds(61))
+        #expect(try await store.rescueExpiredLeases() == 1)
+        #expect(try await store.job(first.record.id)?.state == .available)
+        #expect(try await lease(store).map(\.record.id) == [first.record.id])
+    }
+
     @Test(arguments: factories)
     func retriesSnoozesDeadLettersAndRequeues(_ factory: StoreFactory) async throws {
         let clock = ManualClock()

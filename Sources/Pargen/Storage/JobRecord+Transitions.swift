@@ -103,12 +103,14 @@ extension JobRecord {
         finish(.deadLettered, now: now)
     }
 
-    /// Gives the job back unjudged. A call that was about to go out gives its attempt back; a submitted task
-    /// keeps its id so the next lease resumes it.
+    /// Gives the job back unjudged. A call that was about to go out gives its attempt back and leaves no trace
+    /// (a later holder lost before its own call must not be taken for one that may have reached the provider);
+    /// a submitted task keeps its id so the next lease resumes it.
     public mutating func release(now: Duration) {
         if recoveryPoint == .submitting {
             attempts = max(0, attempts - 1)
             releasePending()
+            recoveryPoint = nil
         }
         makeAvailable(at: now)
     }
