@@ -216,6 +216,24 @@ extension SoloTests {
         @Sendable func held(by owner: String) async throws -> [JobID] {
             try await jobs.jobs(matching: JobQuery(states: [.running])).filter { $0.leaseOwner?.hasPrefix(owner) == true }.map(\.id)
         }
+        /// What a failed expectation needs to be understood: each job's record, and the workers' log lines that
+        /// name it (a worker logs them at LOG_LEVEL=debug).
+        func describe(_ ids: [JobID]) async throws -> String {
+            var text = ""
+            for id in ids {
+                guard let record = try await jobs.job(id) else { continue }
+                text += "\n\(id): \(record.state.rawValue), owner \(record.leaseOwner ?? "none"), attempts \(record.attempts), "
+                text += "recovery point \(record.recoveryPoint?.rawValue ?? "none"), in call \(record.inCall ?? false), "
+                text += "errors \(record.errors.map(\.description))"
+                for index in 0..<3 {
+                    let log = (try? String(contentsOf: folder.appendingPathComponent("worker\(index).out"), encoding: .utf8)) ?? ""
+                    for line in log.split(separator: "\n") where line.contains("=\(id) ") || line.contains("=\(id)\n") {
+                        text += "\n  worker\(index): \(line)"
+                    }
+                }
+            }
+            return text
+        }
         func workerID(_ index: Int) throws -> String {
             let text = try String(contentsOf: folder.appendingPathComponent("worker\(index).out"), encoding: .utf8)
             let line = text.split(separator: "\n").first { $0.contains(": working on") } ?? ""
@@ -263,7 +281,9 @@ extension SoloTests {
         try await CrashRecoveryTests.waitForExit(workers[1], within: .seconds(30))
         let stopTime = ContinuousClock.now - stopping
         #expect(workers[1].terminationStatus == 0)
-        #expect(try await held(by: stoppedID).isEmpty, "a stopped worker holds no lease")
+        let stillHeld = try await held(by: stoppedID)
+        let stillHeldText = try await describe(stillHeld)
+        #expect(stillHeld.isEmpty, "a stopped worker holds no lease: \(stillHeldText)")
 
         // 4. Worker 2 finishes the campaign alone.
         try await waitUntil(seconds: 240) { try await finished() == lines }
@@ -286,7 +306,9 @@ extension SoloTests {
         // (OpenAI has no idempotency key, so it is never made again blindly); its submitted video tasks were
         // resumed by the others; everything else succeeded.
         let unreconciled = try await jobs.jobs(matching: JobQuery(states: [.needsReconciliation])).map(\.id)
-        #expect(Set(unreconciled).isSubset(of: Set(orphans)))
+        let unexpected = Array(Set(unreconciled).subtracting(orphans)).sorted { $0.rawValue < $1.rawValue }
+        let unexpectedText = try await describe(unexpected)
+        #expect(unexpected.isEmpty, "only the killed worker's calls wait for reconciliation: \(unexpectedText)")
         #expect(counts[.succeeded, default: 0] + unreconciled.count == lines)
         #expect(counts[.deadLettered, default: 0] == 0)
         let ledger = try await jobs.ledgerTotals()
