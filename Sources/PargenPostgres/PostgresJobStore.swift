@@ -422,9 +422,19 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         try await rescue(expiredOnly: false, maxCrashes: maxCrashes)
     }
 
-    /// Applies the rescue transition to every running job (whose lease expired, with `expiredOnly`), in one
-    /// transaction; rows another worker is changing right now are skipped (they are not abandoned).
-    private func rescue(expiredOnly: Bool, maxCrashes: Int) async throws -> Int {
+    /// Takes back at once, as a rescue does, every lease that `owner` still holds: a stopped worker's engine has
+    /// given back every job it knew of, so a lease left here is one whose answer it lost (a claim or a transition
+    /// that committed while its reply did not arrive). Without this the job would wait for its lease to expire.
+    ///
+    /// - Returns: How many leases were taken back.
+    public func rescueLeases(heldBy owner: String, maxCrashes: Int) async throws -> Int {
+        try await rescue(expiredOnly: false, owner: owner, maxCrashes: maxCrashes)
+    }
+
+    /// Applies the rescue transition to every running job (whose lease expired, with `expiredOnly`; held by
+    /// `owner`, when given), in one transaction; rows another worker is changing right now are skipped (they are
+    /// not abandoned).
+    private func rescue(expiredOnly: Bool, owner: String? = nil, maxCrashes: Int) async throws -> Int {
         let clock = injectedNow
         return try await run("rescue leases") { [quoted, channel] in
             try await self.transaction { connection in
@@ -434,6 +444,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     FROM \(unescaped: quoted).jobs
                     WHERE state = 'running'
                       AND (NOT \(expiredOnly) OR lease_expires_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()))
+                      AND (\(owner)::text IS NULL OR lease_owner = \(owner))
                     FOR UPDATE SKIP LOCKED
                     """,
                     logger: self.logger

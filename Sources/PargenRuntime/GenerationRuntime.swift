@@ -304,6 +304,28 @@ public final class GenerationRuntime: Service, Sendable {
         }
         defer { watchdog.cancel() }
         try await generator.stop(immediately: true)
+        // Every job the engine knew of is back in the store. A lease still held in this worker's name is one
+        // whose answer never arrived (a claim that committed as the stop cut its reply off): it goes back now
+        // rather than when it expires.
+        if let postgres {
+            do {
+                let rescued = try await postgres.store.rescueLeases(
+                    heldBy: generator.workerID,
+                    maxCrashes: generator.configuration.retry.maxCrashes
+                )
+                if rescued > 0 {
+                    logger.warning(
+                        "gave back leases the engine had lost track of",
+                        metadata: ["pargen.count": "\(rescued)"]
+                    )
+                }
+            } catch {
+                logger.warning(
+                    "could not give back the leases left in this worker's name; they expire and are rescued",
+                    metadata: ["pargen.error": "\(error)"]
+                )
+            }
+        }
     }
 
     /// Releases what the runtime holds: the HTTP client, the PostgreSQL pool, the SQLite store's lock. Call it

@@ -207,6 +207,26 @@ import Testing
         #expect(renewed.expiresAt > long.lease.expiresAt)
     }
 
+    /// A stopped worker takes back what is still in its name, live leases included, and nobody else's: a claim
+    /// that committed after its caller stopped listening goes back at the stop, not when its lease expires.
+    @Test func aStoppingWorkerTakesBackOnlyItsOwnLeases() async throws {
+        let store = try await TestPostgres.store()
+        _ = try await store.enqueue([
+            validated(.audio(prompt: "a"), id: "a"), validated(.audio(prompt: "b"), id: "b"),
+            validated(.audio(prompt: "c"), id: "c"),
+        ])
+        let mine = try await store.lease(limit: 2, owner: "w1", duration: .seconds(3600), excludingUsers: [])
+        let theirs = try #require(try await store.lease(limit: 1, owner: "w2", duration: .seconds(3600), excludingUsers: []).first)
+        #expect(mine.count == 2)
+        // One of mine had begun its call: it is rescued as a crash would be, and set aside for reconciliation.
+        try await store.beginAttempt(mine[1].lease, provider: "p", reserving: .cents(5))
+        #expect(try await store.rescueLeases(heldBy: "w1", maxCrashes: 5) == 2)
+        #expect(try await store.job(mine[0].record.id)?.state == .available)
+        #expect(try await store.job(mine[1].record.id)?.state == .needsReconciliation)
+        #expect(try await store.job(theirs.record.id)?.state == .running)
+        #expect(try await store.rescueLeases(heldBy: "w1", maxCrashes: 5) == 0)
+    }
+
     @Test func aJobThatBecomesAvailableWakesTheOtherWorkers() async throws {
         let schema = TestPostgres.freshSchema()
         let listener = try await TestPostgres.store(schema: schema)

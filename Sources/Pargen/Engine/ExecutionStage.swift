@@ -278,6 +278,8 @@ extension ParallelGenerator {
             defer { pool.release(resources) }
             // A resumed task already has its attempt and reservation; beginning again would forget its task id.
             if resumeTaskID == nil {
+                // Stopped at once before the call began: it never goes out (the job is given back below).
+                try Task.checkCancellation()
                 // Reserve right before the call: budgets see what this call is now expected to cost, so only the
                 // calls already under way can overrun a budget. The store checks the budgets against the job
                 // records' ledgers in the transaction that reserves.

@@ -104,6 +104,12 @@ extension ParallelGenerator {
                     logger.debug("admitted", metadata: metadata)
                 }
             }
+            if Task.isCancelled || state.withLock({ $0.lifecycle != .running }) {
+                // A stop came while this round was decided: nothing new starts. The admissions go back unused, and
+                // the jobs are given back with the rest of the backlog.
+                for ticket in round.grants { HeldTicket(ticket, controller: admission, onThrottled: nil).finish(.notCalled) }
+                continue
+            }
             start(round.grants, group: &group)
             // Look again when the admission state says room comes, a job comes due, a blocked user has room, or a
             // lease needs renewing; or sooner, when a call ends or a job comes back (the wake-up is signalled).
@@ -313,7 +319,9 @@ extension ParallelGenerator {
                     left?.memberLeft()
                 }
                 if job.isProvisional {
-                    let claimed = await self.claimAdmitted(job, ticket: ticket, held: held)
+                    // Cancelled (an immediate stop) before its claim: the job stays in the store, untaken.
+                    let claimed = Task.isCancelled ? nil : await self.claimAdmitted(job, ticket: ticket, held: held)
+                    if claimed == nil { held.finish(.notCalled) }
                     self.state.withLock { _ = $0.lookedAt.remove(job.record.id) }
                     guard let claimed else {
                         // Its slot goes back, and the scheduler may fill it.
