@@ -319,9 +319,14 @@ extension ParallelGenerator {
                     left?.memberLeft()
                 }
                 if job.isProvisional {
-                    // Cancelled (an immediate stop) before its claim: the job stays in the store, untaken.
-                    let claimed = Task.isCancelled ? nil : await self.claimAdmitted(job, ticket: ticket, held: held)
-                    if claimed == nil { held.finish(.notCalled) }
+                    let claimed: LeasedJob?
+                    if Task.isCancelled {
+                        // An immediate stop came before its claim: the job stays in the store, untaken.
+                        held.finish(.notCalled)
+                        claimed = nil
+                    } else {
+                        claimed = await self.claimAdmitted(job, ticket: ticket, held: held)
+                    }
                     self.state.withLock { _ = $0.lookedAt.remove(job.record.id) }
                     guard let claimed else {
                         // Its slot goes back, and the scheduler may fill it.
