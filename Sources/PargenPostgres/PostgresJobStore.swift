@@ -386,7 +386,13 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
-        try await withHeld(lease, "complete a job") { record, now in record.complete(outcome, now: now) }
+        try await complete(lease, outcome: outcome, answeredAgo: .zero)
+    }
+
+    public func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws {
+        try await withHeld(lease, "complete a job", answeredAgo: answeredAgo) { record, now in
+            record.complete(outcome, now: now)
+        }
     }
 
     public func retry(
@@ -630,9 +636,10 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     private func withHeld(
         _ lease: JobLease,
         _ operation: String,
+        answeredAgo: Duration = .zero,
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
     ) async throws {
-        try await self.change(lease.jobID, operation, lease: lease, change)
+        try await self.change(lease.jobID, operation, lease: lease, answeredAgo: answeredAgo, change)
     }
 
     /// Reads a job, applies `change` and writes it back if nobody changed it in between (else reads again).
@@ -640,6 +647,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         _ id: JobID,
         _ operation: String,
         lease: JobLease?,
+        answeredAgo: Duration = .zero,
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
     ) async throws {
         let clock = injectedNow
@@ -662,18 +670,22 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
                 }
                 try change(&job.record, now)
-                if try await self.client.withConnection({ try await self.save(job, on: $0) }) { return }
+                if try await self.client.withConnection({ try await self.save(job, on: $0, answeredAgo: answeredAgo) }) {
+                    return
+                }
             }
             throw StoreError(.unavailable, "job \(id) kept changing while this worker tried to \(operation)")
         }
     }
 
     /// Writes `job` back if its version is still the one read; announces it when it became available.
-    private func save(_ job: StoredJob, on connection: PostgresConnection) async throws -> Bool {
+    private func save(_ job: StoredJob, on connection: PostgresConnection, answeredAgo: Duration = .zero) async throws -> Bool {
         let record = job.record
         let text = try StoredJob.encode(record)
         let ends = record.state != .running
         let answered = record.providerTaskID != nil
+        // Never later than now, and never before the call was admitted.
+        let ago = max(answeredAgo, .zero).nanoseconds
         let rows = try await connection.allRows(
             """
             WITH saved AS (
@@ -689,10 +701,14 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
             ),
             announced AS (SELECT pg_notify(\(channel), 'available') FROM saved WHERE state = 'available'),
             -- The shared admission of the job's call: dated by the provider's answer (a recorded task id, or the
-            -- end of the call), and finished, freeing its slot, when the call ends.
+            -- end of the call, less how long before it the answer came), and finished, freeing its slot, when the
+            -- call ends.
             dated AS (
                 UPDATE \(unescaped: quoted).admissions
-                SET arrived_at = COALESCE(arrived_at, COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns())),
+                SET arrived_at = COALESCE(
+                        arrived_at,
+                        GREATEST(admitted_at, COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns()) - \(ago))
+                    ),
                     finished_at = CASE WHEN \(ends) THEN COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns()) END
                 WHERE job_id = \(record.id.rawValue) AND finished_at IS NULL AND (\(ends) OR \(answered))
                   AND EXISTS (SELECT 1 FROM saved)

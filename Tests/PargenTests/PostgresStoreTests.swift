@@ -207,6 +207,43 @@ import Testing
         #expect(renewed.expiresAt > long.lease.expiresAt)
     }
 
+    /// A provider's shared window frees a window after the provider answered, not a window after the job's
+    /// completion was written: a worker that took 2 s to save the answer says so, and the next call goes 2 s
+    /// sooner than it would otherwise, and not sooner than the answer allows.
+    @Test func aWindowPlaceIsDatedByTheAnswerNotByTheWrite() async throws {
+        let clock = ManualClock()
+        let store = try await TestPostgres.store(clock: clock)
+        var limits = PargenConfiguration.RateLimits()
+        limits.enabled = false
+        let call = SharedCall(
+            provider: "p", user: "u", project: "j", submits: true, holdsSlot: false,
+            quota: ProviderQuota(requestsPerMinute: 1, window: .seconds(10), margin: .zero), limits: limits
+        )
+        let ids = try await store.enqueue([
+            validated(.audio(prompt: "a"), id: "a"), validated(.audio(prompt: "b"), id: "b"),
+        ]).map(\.jobID)
+        guard case .claimed(let first) = try await store.claim(ids[0], owner: "w", duration: .seconds(60), for: call) else {
+            Issue.record("the first call is admitted")
+            return
+        }
+        try await store.beginAttempt(first.lease, provider: "p", reserving: .zero)
+        // Answered at 1 s, written at 3 s.
+        clock.advance(by: .seconds(3))
+        try await store.complete(first.lease, outcome: .test, answeredAgo: .seconds(2))
+        clock.advance(by: .milliseconds(7_900))  // 10.9 s: within a window of the answer
+        guard case .wait(let wait, let limit) = try await store.claim(ids[1], owner: "w", duration: .seconds(60), for: call) else {
+            Issue.record("the window is full until 11 s")
+            return
+        }
+        #expect(limit == .providerWindow)
+        #expect(wait == .milliseconds(100), "room comes a window after the answer (11 s), not after the write (13 s)")
+        clock.advance(by: .milliseconds(100))
+        guard case .claimed = try await store.claim(ids[1], owner: "w", duration: .seconds(60), for: call) else {
+            Issue.record("the second call is admitted at 11 s")
+            return
+        }
+    }
+
     /// A stopped worker takes back what is still in its name, live leases included, and nobody else's: a claim
     /// that committed after its caller stopped listening goes back at the stop, not when its lease expires.
     @Test func aStoppingWorkerTakesBackOnlyItsOwnLeases() async throws {

@@ -264,6 +264,8 @@ extension ParallelGenerator {
         let taskSeen = Locked<String?>(resumeTaskID)
         // Set when a synchronous call's answer is media the provider made and billed.
         let billed = Locked(false)
+        // When the provider first answered: a shared store dates the call's window place by it.
+        let answeredAt = Locked<Duration?>(nil)
         do {
             // Then this machine's resources: a job admitted to a provider never waits on another provider's quota.
             let resources = try await pool.acquire(
@@ -344,7 +346,10 @@ extension ParallelGenerator {
                     self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
                     self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
                 },
-                answered: { ticket.arrived() },
+                answered: {
+                    answeredAt.withLock { $0 = $0 ?? self.clock.now }
+                    ticket.arrived()
+                },
                 billed: { billed.withLock { $0 = true } }
             )
             let started = clock.now
@@ -379,11 +384,14 @@ extension ParallelGenerator {
             // After the provider's slot is free: an upload never holds back the next call.
             let artifact = await publishShared(local, request: request, cost: cost, job: id)
             hooks.checkpoint(.committed, id)
+            let outcome = JobOutcome(artifact: artifact, provider: name, cost: cost)
+            let answeredAgo = answeredAt.value.map { clock.now - $0 } ?? .zero
             try await shielded {
-                try await self.store.complete(
-                    lease,
-                    outcome: JobOutcome(artifact: artifact, provider: name, cost: cost)
-                )
+                if let admitting = self.store as? any AdmittingJobStore {
+                    try await admitting.complete(lease, outcome: outcome, answeredAgo: answeredAgo)
+                } else {
+                    try await self.store.complete(lease, outcome: outcome)
+                }
             }
             costs.charged(cost, provider: name, estimate: estimate, mediaDuration: output.duration)
             if configuration.caching.enabled { await cache.put(request.fingerprint, artifact) }

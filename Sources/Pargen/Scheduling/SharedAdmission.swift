@@ -194,6 +194,13 @@ public protocol AdmittingJobStore: ClaimingJobStore {
 
     /// Holds every worker's calls to `provider` back for `duration` (it throttled a call).
     func coolDown(provider: String, for duration: Duration) async throws
+
+    /// Finishes a job successfully (``JobStore/complete(_:outcome:)``) whose provider answered `answeredAgo`
+    /// before this call: its place in the provider's shared window is dated by that answer, not by this write,
+    /// so that the window frees as soon as the provider's own does. The time is a duration on the caller's
+    /// clock, not an instant: workers' clocks need not agree with the store's. An answer is never before the
+    /// provider received the call, so a window dated by it is never shorter than the provider's.
+    func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws
 }
 
 extension AdmittingJobStore {
