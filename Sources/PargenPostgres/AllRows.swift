@@ -1,6 +1,7 @@
 package import Logging
 package import NIOCore
 package import PostgresNIO
+import Synchronization
 
 // Every query's rows are read whole, through postgres-nio's `EventLoopFuture` API (`PSQLRowStream.all()`), which
 // asks for more rows as soon as rows arrive. A row stream read through the async sequence waits for its consumer
@@ -90,6 +91,9 @@ extension PostgresJobStore {
                 throw error
             }
             try await connection.allRows("COMMIT", logger: logger)
+            if commitRepliesToLose.load(ordering: .relaxed) > 0, commitRepliesToLose.subtract(1, ordering: .relaxed).newValue >= 0 {
+                throw QueryDeadlineExceeded()
+            }
             return value
         }
     }

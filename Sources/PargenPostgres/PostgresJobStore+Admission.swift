@@ -53,6 +53,9 @@ extension PostgresJobStore: AdmittingJobStore {
 
     public func claim(_ id: JobID, owner: String, duration: Duration, for call: SharedCall?) async throws -> ClaimDecision {
         let clock = injectedNow
+        // One token for every try of this claim: a try that finds the job already under it is looking at its own
+        // earlier try, which committed while its reply was lost, and takes that claim instead of calling it gone.
+        let token = "\(owner):\(UUID().uuidString)"
         return try await run("claim a job") { [quoted] in
             try await self.transaction { connection in
                 // The job first, skipping it if another worker is claiming it right now.
@@ -61,8 +64,9 @@ extension PostgresJobStore: AdmittingJobStore {
                     """
                     SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                     FROM \(unescaped: quoted).jobs
-                    WHERE id = \(id.rawValue) AND state = 'available'
-                      AND run_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    WHERE id = \(id.rawValue)
+                      AND (state = 'available' AND run_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                           OR state = 'running' AND lease_token = \(token))
                     FOR UPDATE SKIP LOCKED
                     """,
                     logger: self.logger
@@ -70,6 +74,10 @@ extension PostgresJobStore: AdmittingJobStore {
                     found = try StoredJob.timed(row)
                 }
                 guard let (stored, nowNanos) = found else { return ClaimDecision.gone }
+                if stored.record.state == .running, let expires = stored.record.leaseExpiresAt {
+                    // Claimed by an earlier try of this call, its admission counted then.
+                    return ClaimDecision.claimed(LeasedJob(record: stored.record, lease: JobLease(jobID: id, token: token, expiresAt: expires)))
+                }
                 let now = Duration.nanoseconds(nowNanos)
                 if let call, !call.hasSharedLimits {
                     // Nothing to count: only a provider's cooldown (from a 429 seen by any worker) holds it back.
@@ -112,7 +120,6 @@ extension PostgresJobStore: AdmittingJobStore {
                         )
                     }
                 }
-                let token = "\(owner):\(UUID().uuidString)"
                 let expires = nowNanos + duration.nanoseconds
                 try await connection.allRows(
                     """

@@ -35,6 +35,15 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     private let now: (@Sendable () -> Duration)?
     /// The channel `NOTIFY` uses for this schema.
     let channel: String
+    /// Tests: how many of the next transactions commit and then fail as if the server's reply to COMMIT had been
+    /// lost (``loseCommitReplies(_:)``).
+    let commitRepliesToLose = Atomic<Int>(0)
+
+    /// Tests: the next `count` transactions commit and then fail as if the server's reply to COMMIT had been lost
+    /// (the ambiguous outcome that a dropped connection or a query deadline gives); the store tries them again.
+    package func loseCommitReplies(_ count: Int) {
+        commitRepliesToLose.store(count, ordering: .relaxed)
+    }
     /// Operations under way, for a worker that cannot stop to say what it waits for.
     private let inProgress = Mutex((next: 0, operations: [Int: (name: String, since: ContinuousClock.Instant, tries: Int)]()))
 

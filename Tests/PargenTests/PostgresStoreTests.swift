@@ -244,6 +244,38 @@ import Testing
         }
     }
 
+    /// A claim that committed while its reply was lost (a dropped connection, a query deadline) is tried again,
+    /// and the try finds its own claim: the job is this worker's, counted once in the shared limits, instead of
+    /// being reported gone while it sits in the worker's name until its lease expires.
+    @Test func aClaimWhoseCommitReplyIsLostIsStillAClaim() async throws {
+        let schema = TestPostgres.freshSchema()
+        let store = try await TestPostgres.store(schema: schema)
+        var limits = PargenConfiguration.RateLimits()
+        limits.enabled = false
+        let call = SharedCall(
+            provider: "p", user: "u", project: "j", submits: true, holdsSlot: false,
+            quota: ProviderQuota(requestsPerMinute: 10, window: .seconds(10)), limits: limits
+        )
+        let id = try await store.enqueue([validated(.audio(prompt: "a"), id: "a")])[0].jobID
+        store.loseCommitReplies(1)
+        guard case .claimed(let job) = try await store.claim(id, owner: "w", duration: .seconds(60), for: call) else {
+            Issue.record("the claim that committed is this worker's")
+            return
+        }
+        // The lease it returns is the one the store holds: the job's next transition goes through.
+        try await store.beginAttempt(job.lease, provider: "p", reserving: .zero)
+        try await store.complete(job.lease, outcome: .test)
+        #expect(try await store.job(id)?.state == .succeeded)
+        let client = try TestPostgres.requireClient()
+        var admissions = 0
+        for try await count in try await client.query(
+            "SELECT count(*) FROM \(unescaped: "\"" + schema + "\"").admissions WHERE job_id = \(id.rawValue)"
+        ).decode(Int.self) {
+            admissions = count
+        }
+        #expect(admissions == 1, "counted once in the provider's window")
+    }
+
     /// A stopped worker takes back what is still in its name, live leases included, and nobody else's: a claim
     /// that committed after its caller stopped listening goes back at the stop, not when its lease expires.
     @Test func aStoppingWorkerTakesBackOnlyItsOwnLeases() async throws {
