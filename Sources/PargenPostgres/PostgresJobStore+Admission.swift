@@ -58,36 +58,36 @@ extension PostgresJobStore: AdmittingJobStore {
         let token = "\(owner):\(UUID().uuidString)"
         return try await run("claim a job") { [quoted] in
             try await self.transaction { connection in
-                // The job first, skipping it if another worker is claiming it right now.
-                var found: (StoredJob, Int64)?
+                // The job first, skipping it if another worker is claiming it right now; with it, the provider's
+                // cooldown, which is all that a call without shared limits waits for.
+                var found: (StoredJob, Int64, Int64?)?
                 for row in try await connection.allRows(
                     """
-                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()),
+                        (SELECT cooldown_until FROM \(unescaped: quoted).limit_keys WHERE key = \("provider:" + (call?.provider ?? "")))
                     FROM \(unescaped: quoted).jobs
                     WHERE id = \(id.rawValue)
                       AND (state = 'available' AND run_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                            OR state = 'running' AND lease_token = \(token))
-                    FOR UPDATE SKIP LOCKED
+                    FOR UPDATE OF jobs SKIP LOCKED
                     """,
                     logger: self.logger
-                ).decode(StoredJob.TimedRow.self) {
-                    found = try StoredJob.timed(row)
+                ).decode((String, String, String?, String?, Int64?, Int64, Int64, Int64?).self) {
+                    let (timed, cooldown) = ((row.0, row.1, row.2, row.3, row.4, row.5, row.6), row.7)
+                    let (job, now) = try StoredJob.timed(timed)
+                    found = (job, now, cooldown)
                 }
-                guard let (stored, nowNanos) = found else { return ClaimDecision.gone }
+                guard let (stored, nowNanos, cooldown) = found else { return ClaimDecision.gone }
                 if stored.record.state == .running, let expires = stored.record.leaseExpiresAt {
                     // Claimed by an earlier try of this call, its admission counted then.
                     return ClaimDecision.claimed(LeasedJob(record: stored.record, lease: JobLease(jobID: id, token: token, expiresAt: expires)))
                 }
                 let now = Duration.nanoseconds(nowNanos)
+                // What the admission moves: the project bucket, and the call's row in the admissions log.
+                var tat: Duration?
+                var admitted = false
                 if let call, !call.hasSharedLimits {
                     // Nothing to count: only a provider's cooldown (from a 429 seen by any worker) holds it back.
-                    var cooldown: Int64?
-                    for row in try await connection.allRows(
-                        "SELECT cooldown_until FROM \(unescaped: quoted).limit_keys WHERE key = \("provider:" + call.provider)",
-                        logger: self.logger
-                    ) {
-                        cooldown = try row.decode(Int64?.self)
-                    }
                     if let cooldown, cooldown > nowNanos {
                         return ClaimDecision.wait(.nanoseconds(cooldown - nowNanos), limit: .providerCooldown)
                     }
@@ -102,27 +102,26 @@ extension PostgresJobStore: AdmittingJobStore {
                             )
                         }
                         return ClaimDecision.wait(wait, limit: limit)
-                    case .admit(let tat):
-                        if let tat {
-                            try await connection.allRows(
-                                "UPDATE \(unescaped: quoted).limit_keys SET tat = \(tat.nanoseconds) WHERE key = \("project:" + call.project)",
-                                logger: self.logger
-                            )
-                        }
-                        try await connection.allRows(
-                            """
-                            INSERT INTO \(unescaped: quoted).admissions
-                                (job_id, worker, provider, user_name, project, holds_slot, submits, admitted_at)
-                            VALUES (\(id.rawValue), \(owner), \(call.provider), \(call.user), \(call.project),
-                                    \(call.holdsSlot), \(call.submits), \(nowNanos))
-                            """,
-                            logger: self.logger
-                        )
+                    case .admit(let moved):
+                        tat = moved
+                        admitted = true
                     }
                 }
+                // The bucket, the admission and the lease in one statement.
                 let expires = nowNanos + duration.nanoseconds
                 try await connection.allRows(
                     """
+                    WITH bucket AS (
+                        UPDATE \(unescaped: quoted).limit_keys SET tat = \(tat?.nanoseconds)
+                        WHERE key = \("project:" + (call?.project ?? "")) AND \(tat?.nanoseconds)::bigint IS NOT NULL
+                    ),
+                    admission AS (
+                        INSERT INTO \(unescaped: quoted).admissions
+                            (job_id, worker, provider, user_name, project, holds_slot, submits, admitted_at)
+                        SELECT \(id.rawValue), \(owner), \(call?.provider ?? ""), \(call?.user ?? ""), \(call?.project ?? ""),
+                               \(call?.holdsSlot ?? false), \(call?.submits ?? false), \(nowNanos)
+                        WHERE \(admitted)
+                    )
                     UPDATE \(unescaped: quoted).jobs
                     SET state = 'running', lease_owner = \(owner), lease_token = \(token), lease_expires_at = \(expires),
                         version = version + 1
@@ -141,15 +140,19 @@ extension PostgresJobStore: AdmittingJobStore {
     /// Locks the call's limit keys (creating them on first use) and reads the counts its decision needs.
     private func readLimits(_ call: SharedCall, now: Int64, on connection: PostgresConnection) async throws -> SharedLimitState {
         let keys = ["provider:" + call.provider, "user:" + call.user, "project:" + call.project, "burst:" + call.project].sorted()
-        try await connection.allRows(
-            "INSERT INTO \(unescaped: quoted).limit_keys (key) SELECT unnest(\(keys)::text[]) ON CONFLICT (key) DO NOTHING",
-            logger: logger
-        )
+        let lock: PostgresQuery =
+            "SELECT key, cooldown_until, tat FROM \(unescaped: quoted).limit_keys WHERE key = ANY(\(keys)::text[]) ORDER BY key FOR UPDATE"
+        var locked = try await connection.allRows(lock, logger: logger)
+        if locked.count < keys.count {
+            // A key's first use: create the missing rows, then lock them all (in key order, as every claim does).
+            try await connection.allRows(
+                "INSERT INTO \(unescaped: quoted).limit_keys (key) SELECT unnest(\(keys)::text[]) ON CONFLICT (key) DO NOTHING",
+                logger: logger
+            )
+            locked = try await connection.allRows(lock, logger: logger)
+        }
         var state = SharedLimitState()
-        for (key, cooldown, tat) in try await connection.allRows(
-            "SELECT key, cooldown_until, tat FROM \(unescaped: quoted).limit_keys WHERE key = ANY(\(keys)::text[]) ORDER BY key FOR UPDATE",
-            logger: logger
-        ).decode((String, Int64?, Int64?).self) {
+        for (key, cooldown, tat) in try locked.decode((String, Int64?, Int64?).self) {
             if key.hasPrefix("provider:") { state.providerCooldownUntil = cooldown.map { .nanoseconds($0) } }
             if key.hasPrefix("burst:") { state.burstCooldownUntil = cooldown.map { .nanoseconds($0) } }
             if key.hasPrefix("project:") { state.projectTAT = tat.map { .nanoseconds($0) } }

@@ -244,6 +244,49 @@ import Testing
         }
     }
 
+    /// The claim's decisions on PostgreSQL, at explicit times: the project bucket admits its capacity and then one
+    /// call per emission interval (its arrival time moves with each admission), and a provider's cooldown holds
+    /// back a call that counts nothing else.
+    @Test func claimsFollowTheBucketAndTheCooldown() async throws {
+        let clock = ManualClock()
+        let store = try await TestPostgres.store(clock: clock)
+        var limits = PargenConfiguration.RateLimits()
+        limits.perUserRequestsPerMinute = 1_000
+        limits.perProjectRequestsPerMinute = 60
+        limits.tokenBucketCapacity = 2
+        limits.maxBurst = 1_000
+        let bucketed = SharedCall(
+            provider: "p", user: "u", project: "j", submits: true, holdsSlot: false, quota: ProviderQuota(), limits: limits
+        )
+        var off = limits
+        off.enabled = false
+        let plain = SharedCall(provider: "q", user: "u", project: "j", submits: true, holdsSlot: false, quota: ProviderQuota(), limits: off)
+        #expect(!plain.hasSharedLimits)
+        let ids = try await store.enqueue((0..<5).map { validated(.audio(prompt: "\($0)"), id: "\($0)") }).map(\.jobID)
+        func claim(_ index: Int, _ call: SharedCall) async throws -> ClaimDecision {
+            try await store.claim(ids[index], owner: "w", duration: .seconds(60), for: call)
+        }
+        guard case .claimed = try await claim(0, bucketed), case .claimed = try await claim(1, bucketed) else {
+            Issue.record("the bucket's capacity is admitted at once")
+            return
+        }
+        #expect(try await claim(2, bucketed) == .wait(.seconds(1), limit: .projectBucket))
+        clock.advance(by: .seconds(1))
+        guard case .claimed = try await claim(2, bucketed) else {
+            Issue.record("a call is admitted an emission interval later")
+            return
+        }
+        #expect(try await claim(3, bucketed) == .wait(.seconds(1), limit: .projectBucket))
+        // A provider's cooldown, from any worker, holds back even a call that counts nothing.
+        try await store.coolDown(provider: "q", for: .seconds(5))
+        #expect(try await claim(4, plain) == .wait(.seconds(5), limit: .providerCooldown))
+        clock.advance(by: .seconds(5))
+        guard case .claimed = try await claim(4, plain) else {
+            Issue.record("the cooldown ends")
+            return
+        }
+    }
+
     /// A claim that committed while its reply was lost (a dropped connection, a query deadline) is tried again,
     /// and the try finds its own claim: the job is this worker's, counted once in the shared limits, instead of
     /// being reported gone while it sits in the worker's name until its lease expires.
