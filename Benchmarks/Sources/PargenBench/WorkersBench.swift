@@ -6,25 +6,35 @@ import PostgresNIO
 /// Jobs per second through the whole durable lifecycle on one PostgreSQL, with 1, 2 and 3 workers in this process,
 /// each with a connection pool of its own (as separate processes have), on an instant provider.
 ///
-/// Two ways of taking work are timed on the same server: `claim` is what a worker on the shared store does (look
+/// Three ways of taking work are timed on the same server: `claim` is what a worker on the shared store does (look
 /// at the queue, then claim each job in the transaction that admits its call; several workers look at the same
-/// jobs, so some claims find the job gone); `lease` takes 100 jobs per statement with SKIP LOCKED (what a store
-/// without shared admission does), the baseline. Each job then begins its attempt, records its task id and
+/// jobs, so some claims find the job gone), for a provider without quotas; `claim, limits` is the same for calls
+/// that every shared limit counts (a provider window, user windows, project buckets and bursts, none of them
+/// binding: the claim locks the limit rows, counts and logs the admission); `lease` takes 100 jobs per statement
+/// with SKIP LOCKED (what a store without shared admission does), the baseline. Each job then begins its attempt, records its task id and
 /// completes, 100 at a time in flight per worker, as the engine runs them.
 enum WorkersBench {
     static func run(url: String, jobs: Int) async throws {
         let location = try PostgresLocation(url: url)
         print("workers: \(jobs) jobs per run on \(location.redacted), instant provider")
-        print("| workers | claim (shared admission) jobs/s | lease (SKIP LOCKED batch) jobs/s |")
-        print("|---|---|---|")
+        print("| workers | claim (shared admission) jobs/s | claim, limits counted jobs/s | lease (SKIP LOCKED batch) jobs/s |")
+        print("|---|---|---|---|")
         for workers in 1...3 {
-            let claimed = try await measure(location: location, jobs: jobs, workers: workers, claiming: true)
-            let leased = try await measure(location: location, jobs: jobs, workers: workers, claiming: false)
-            print("| \(workers) | \(Int(claimed)) | \(Int(leased)) |")
+            let claimed = try await measure(location: location, jobs: jobs, workers: workers, mode: .claim)
+            let counted = try await measure(location: location, jobs: jobs, workers: workers, mode: .claimWithLimits)
+            let leased = try await measure(location: location, jobs: jobs, workers: workers, mode: .lease)
+            print("| \(workers) | \(Int(claimed)) | \(Int(counted)) | \(Int(leased)) |")
         }
     }
 
-    static func measure(location: PostgresLocation, jobs: Int, workers: Int, claiming: Bool) async throws -> Double {
+    /// How a worker takes its jobs.
+    enum Mode {
+        case claim
+        case claimWithLimits
+        case lease
+    }
+
+    static func measure(location: PostgresLocation, jobs: Int, workers: Int, mode: Mode) async throws -> Double {
         let schema = "bench_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)
         let clients = (0..<workers).map { _ in PostgresClient(configuration: location.clientConfiguration(maximumConnections: 40)) }
         let runners = clients.map { client in Task { await client.run() } }
@@ -37,7 +47,7 @@ enum WorkersBench {
         let start = ContinuousClock.now
         try await withThrowingTaskGroup(of: Void.self) { group in
             for (index, store) in stores.enumerated() {
-                group.addTask { try await work(store, owner: "bench-\(index)", claiming: claiming) }
+                group.addTask { try await work(store, owner: "bench-\(index)", mode: mode) }
             }
             try await group.waitForAll()
         }
@@ -48,17 +58,26 @@ enum WorkersBench {
         return Double(jobs) / seconds
     }
 
-    static let quota = ProviderQuota()
-
-    static func work(_ store: PostgresJobStore, owner: String, claiming: Bool) async throws {
-        let limits: PargenConfiguration.RateLimits = {
-            var limits = PargenConfiguration.RateLimits()
+    /// The client limits and the provider's quota a mode's calls are counted in.
+    static func settings(_ mode: Mode) -> (PargenConfiguration.RateLimits, ProviderQuota) {
+        var limits = PargenConfiguration.RateLimits()
+        guard mode == .claimWithLimits else {
             limits.enabled = false
-            return limits
-        }()
+            return (limits, ProviderQuota())
+        }
+        // Counted everywhere, binding nowhere.
+        limits.perUserRequestsPerMinute = 1_000_000
+        limits.perProjectRequestsPerMinute = 1_000_000
+        limits.tokenBucketCapacity = 1_000_000
+        limits.maxBurst = 1_000_000
+        return (limits, ProviderQuota(requestsPerMinute: 1_000_000))
+    }
+
+    static func work(_ store: PostgresJobStore, owner: String, mode: Mode) async throws {
+        let (limits, quota) = settings(mode)
         while true {
             var held: [LeasedJob] = []
-            if claiming {
+            if mode != .lease {
                 let seen = try await store.peek(
                     limit: 100,
                     excludingUsers: [],
