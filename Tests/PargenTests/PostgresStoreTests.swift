@@ -287,6 +287,61 @@ import Testing
         }
     }
 
+    /// Several claims in one transaction decide as the same claims one after the other would: the bucket admits
+    /// its capacity, the next call waits for it, a job another worker holds is gone; what was admitted is counted
+    /// once, and a batch whose COMMIT reply is lost comes back whole when it is tried again.
+    @Test func aBatchOfClaimsDecidesAsClaimsOneAfterTheOther() async throws {
+        let clock = ManualClock()
+        let schema = TestPostgres.freshSchema()
+        let store = try await TestPostgres.store(clock: clock, schema: schema)
+        var limits = PargenConfiguration.RateLimits()
+        limits.perUserRequestsPerMinute = 1_000
+        limits.perProjectRequestsPerMinute = 60
+        limits.tokenBucketCapacity = 2
+        limits.maxBurst = 1_000
+        func call(_ project: String) -> SharedCall {
+            SharedCall(provider: "p", user: "u", project: project, submits: true, holdsSlot: false, quota: ProviderQuota(), limits: limits)
+        }
+        let ids = try await store.enqueue((0..<5).map { validated(.audio(prompt: "\($0)"), id: "\($0)") }).map(\.jobID)
+        guard case .claimed = try await store.claim(ids[4], owner: "other", duration: .seconds(60), for: nil) else {
+            Issue.record("another worker holds job 4")
+            return
+        }
+        store.loseCommitReplies(1)
+        let decisions = try await store.claim(
+            [
+                ClaimRequest(id: ids[0], call: call("j")), ClaimRequest(id: ids[1], call: call("j")),
+                ClaimRequest(id: ids[2], call: call("j")), ClaimRequest(id: ids[3], call: call("k")),
+                ClaimRequest(id: ids[4], call: call("k")),
+            ],
+            owner: "w",
+            duration: .seconds(60)
+        )
+        #expect(decisions.count == 5)
+        let claimed = decisions.compactMap { if case .claimed(let job) = $0 { job.record.id } else { nil } }
+        #expect(claimed == [ids[0], ids[1], ids[3]])
+        #expect(decisions[2] == .wait(.seconds(1), limit: .projectBucket))
+        #expect(decisions[4] == .gone)
+        // The leases returned are the ones the store holds.
+        for case .claimed(let job) in decisions {
+            try await store.beginAttempt(job.lease, provider: "p", reserving: .zero)
+        }
+        let client = try TestPostgres.requireClient()
+        var admitted: [String] = []
+        for try await id in try await client.query(
+            "SELECT job_id FROM \(unescaped: "\"" + schema + "\"").admissions ORDER BY job_id"
+        ).decode(String.self) {
+            admitted.append(id)
+        }
+        #expect(admitted == claimed.map(\.rawValue).sorted(), "each admitted call counted once")
+        // The bucket moved twice: the next call of project j waits its emission interval from now.
+        clock.advance(by: .seconds(1))
+        guard case .claimed = try await store.claim(ids[2], owner: "w", duration: .seconds(60), for: call("j")) else {
+            Issue.record("project j's bucket has room a second later")
+            return
+        }
+    }
+
     /// A claim that committed while its reply was lost (a dropped connection, a query deadline) is tried again,
     /// and the try finds its own claim: the job is this worker's, counted once in the shared limits, instead of
     /// being reported gone while it sits in the worker's name until its lease expires.

@@ -82,4 +82,32 @@ import Testing
         #expect(SharedLimitState(userUsed: 99, burstUsed: 99).decide(off, at: .seconds(1)) == .admit(projectTAT: nil))
         #expect(!SharedCall(provider: "p", user: "u", project: "j", submits: true, holdsSlot: false, quota: ProviderQuota(), limits: off.limits).hasSharedLimits)
     }
+
+    /// A batch decides as the same calls claimed one at a time would: each admitted call is counted before the
+    /// next is decided.
+    @Test func aBookCountsEachAdmittedCallBeforeTheNext() {
+        let now = Duration.seconds(100)
+        var book = SharedLimitBook()
+        // The user window (5 a minute) binds after five calls of one user; another user of the same project
+        // meets the bucket (3, then one a second) first.
+        let decisions = (0..<4).map { _ in book.decide(call(), at: now) }
+        #expect(decisions.prefix(3).allSatisfy { if case .admit = $0 { true } else { false } })
+        #expect(decisions[3] == .wait(.seconds(1), limit: .projectBucket, startsBurstCooldown: false))
+        #expect(book.users["u"]?.used == 3)
+        #expect(book.users["u"]?.oldest == now)
+        #expect(book.providers["p"]?.windowUsed == 3)
+        #expect(book.projects["j"]?.burstUsed == 3)
+        // A second later the bucket has room; the burst (4 in 1 s) is not used up, and the fourth call goes.
+        let later = now + .seconds(1)
+        guard case .admit = book.decide(call(), at: later) else {
+            Issue.record("the bucket has room a second later")
+            return
+        }
+        // The provider's window (10) and slots (2) count only the calls that take them.
+        var slots = SharedLimitBook()
+        #expect(slots.decide(call(holdsSlot: true), at: now) != .wait(SharedLimitState.recheck, limit: .providerSlots, startsBurstCooldown: false))
+        _ = slots.decide(call(holdsSlot: true), at: now)
+        #expect(slots.providers["p"]?.slotsUsed == 2)
+        #expect(slots.decide(call(holdsSlot: true), at: now) == .wait(SharedLimitState.recheck, limit: .providerSlots, startsBurstCooldown: false))
+    }
 }

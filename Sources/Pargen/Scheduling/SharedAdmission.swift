@@ -152,6 +152,17 @@ public struct SharedLimitState: Sendable, Hashable {
     }
 }
 
+/// A job to claim and the call it would make (`nil`: a claim without a provider call).
+public struct ClaimRequest: Sendable, Hashable {
+    public var id: JobID
+    public var call: SharedCall?
+
+    public init(id: JobID, call: SharedCall?) {
+        self.id = id
+        self.call = call
+    }
+}
+
 /// The answer of a shared store to a claim.
 public enum ClaimDecision: Sendable, Hashable {
     /// The job is this worker's, and the call is admitted and counted in every shared limit.
@@ -192,6 +203,11 @@ public protocol AdmittingJobStore: ClaimingJobStore {
     /// provider call (a cache hit, a job to dead-letter).
     func claim(_ id: JobID, owner: String, duration: Duration, for call: SharedCall?) async throws -> ClaimDecision
 
+    /// Claims several jobs in one transaction, deciding their calls in the order given as
+    /// ``claim(_:owner:duration:for:)`` would one after the other (``SharedLimitBook``); one decision per request,
+    /// in the same order.
+    func claim(_ requests: [ClaimRequest], owner: String, duration: Duration) async throws -> [ClaimDecision]
+
     /// Holds every worker's calls to `provider` back for `duration` (it throttled a call).
     func coolDown(provider: String, for duration: Duration) async throws
 
@@ -208,5 +224,81 @@ extension AdmittingJobStore {
     public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
         guard case .claimed(let job) = try await claim(id, owner: owner, duration: duration, for: nil) else { return nil }
         return job
+    }
+}
+
+/// The shared limits' counts for calls decided together, one after the other in a given order: each admitted
+/// call is counted before the next is decided, so a batch decides exactly as the same calls claimed one at a
+/// time, in that order, would (``SharedLimitState/decide(_:at:)`` for each).
+///
+/// A shared store reads these counts once for a batch, under the locks of every key the batch uses.
+public struct SharedLimitBook: Sendable, Hashable {
+    /// A provider's window places, task slots and cooldown.
+    public struct ProviderCounts: Sendable, Hashable {
+        public var windowUsed = 0
+        public var oldestDated: Duration?
+        public var slotsUsed = 0
+        public var cooldownUntil: Duration?
+        public init() {}
+    }
+
+    /// A user's calls admitted in the last minute, and the oldest of them.
+    public struct UserCounts: Sendable, Hashable {
+        public var used = 0
+        public var oldest: Duration?
+        public init() {}
+    }
+
+    /// A project's calls in the burst window, its burst cooldown and its bucket's arrival time.
+    public struct ProjectCounts: Sendable, Hashable {
+        public var burstUsed = 0
+        public var burstCooldownUntil: Duration?
+        public var tat: Duration?
+        public init() {}
+    }
+
+    public var providers: [String: ProviderCounts] = [:]
+    public var users: [String: UserCounts] = [:]
+    public var projects: [String: ProjectCounts] = [:]
+
+    public init() {}
+
+    /// What the limits say about `call` now, from the counts (keys never seen count nothing).
+    public func state(for call: SharedCall) -> SharedLimitState {
+        let provider = providers[call.provider] ?? ProviderCounts()
+        let user = users[call.user] ?? UserCounts()
+        let project = projects[call.project] ?? ProjectCounts()
+        return SharedLimitState(
+            providerCooldownUntil: provider.cooldownUntil,
+            providerWindowUsed: provider.windowUsed,
+            providerOldestDated: provider.oldestDated,
+            slotsUsed: provider.slotsUsed,
+            userUsed: user.used,
+            userOldest: user.oldest,
+            burstUsed: project.burstUsed,
+            burstCooldownUntil: project.burstCooldownUntil,
+            projectTAT: project.tat
+        )
+    }
+
+    /// Decides `call` at `now` and counts what the decision takes: an admitted call's place in its provider's
+    /// window (if it submits) and slot (if it holds one), in its user's window and its project's burst, and its
+    /// project bucket's move; a burst found used up starts the project's cooldown.
+    public mutating func decide(_ call: SharedCall, at now: Duration) -> SharedLimitState.Decision {
+        let decision = state(for: call).decide(call, at: now)
+        switch decision {
+        case .admit(let tat):
+            if call.submits { providers[call.provider, default: ProviderCounts()].windowUsed += 1 }
+            if call.holdsSlot { providers[call.provider, default: ProviderCounts()].slotsUsed += 1 }
+            users[call.user, default: UserCounts()].used += 1
+            users[call.user, default: UserCounts()].oldest = min(users[call.user]?.oldest ?? now, now)
+            projects[call.project, default: ProjectCounts()].burstUsed += 1
+            if let tat { projects[call.project, default: ProjectCounts()].tat = tat }
+        case .wait(_, _, let startsBurst):
+            if startsBurst {
+                projects[call.project, default: ProjectCounts()].burstCooldownUntil = now + call.limits.burstCooldown
+            }
+        }
+        return decision
     }
 }
