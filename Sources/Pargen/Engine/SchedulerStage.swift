@@ -294,6 +294,9 @@ extension ParallelGenerator {
                 Task { try? await admitting.coolDown(provider: provider, for: wait) }
             }
         }
+        let admitting = store as? any AdmittingJobStore
+        // On a shared store, the round's jobs that were only looked at are claimed together, in one transaction.
+        var claims: [Granted] = []
         for (ticket, job) in zip(grants, jobs) {
             let held = HeldTicket(ticket, controller: admission, onThrottled: onThrottled)
             guard let job else {
@@ -306,41 +309,86 @@ extension ParallelGenerator {
             // free slots before this job's claim answered would admit (and claim) more jobs than there are slots,
             // and they would sit claimed, out of other workers' reach, waiting for a slot here. (Another path, a
             // cache hit, can take a slot between the round and now; this job then waits for one in `processJob`.)
-            let slot = pool.tryAcquire(Self.jobSlot(for: job))
+            let granted = Granted(job: job, ticket: ticket, held: held, slot: pool.tryAcquire(Self.jobSlot(for: job)))
+            if admitting != nil, job.isProvisional {
+                claims.append(granted)
+                continue
+            }
             group.addTask {
-                var job = job
-                defer {
-                    // A member still in its batch here never called its provider (the call takes its membership):
-                    // it tells the batch, whose other members may be waiting for it.
-                    let left = self.state.withLock { state in
-                        state.running -= 1
-                        return state.batchOf.removeValue(forKey: job.record.id)
-                    }
-                    left?.memberLeft()
-                }
-                if job.isProvisional {
-                    let claimed: LeasedJob?
-                    if Task.isCancelled {
-                        // An immediate stop came before its claim: the job stays in the store, untaken.
-                        held.finish(.notCalled)
-                        claimed = nil
-                    } else {
-                        claimed = await self.claimAdmitted(job, ticket: ticket, held: held)
-                    }
-                    self.state.withLock { _ = $0.lookedAt.remove(job.record.id) }
-                    guard let claimed else {
-                        // Its slot goes back, and the scheduler may fill it.
-                        if let slot {
-                            self.pool.release(slot)
-                            self.wakeup.signal()
-                        }
-                        return
-                    }
-                    job = claimed
-                }
-                await self.processJob(job, ticket: held, slot: slot)
+                await self.runGranted(granted) { await self.claimAdmitted(job, ticket: ticket, held: held) }
             }
         }
+        guard let admitting, !claims.isEmpty else { return }
+        let requests = claims.map { ClaimRequest(id: $0.job.record.id, call: sharedCall(for: $0.job, ticket: $0.ticket)) }
+        group.addTask {
+            var results: [Result<ClaimDecision, any Error>]?
+            if !Task.isCancelled {
+                do {
+                    let decisions = try await admitting.claim(requests, owner: self.workerID, duration: self.configuration.leaseDuration)
+                    results = decisions.map { .success($0) }
+                } catch {
+                    results = claims.map { _ in .failure(error) }
+                }
+            }
+            await withDiscardingTaskGroup { jobs in
+                for (index, granted) in claims.enumerated() {
+                    let result = results?[index]
+                    jobs.addTask {
+                        await self.runGranted(granted) {
+                            guard let result else {
+                                granted.held.finish(.notCalled)
+                                return nil
+                            }
+                            return self.settleClaim(result, job: granted.job, ticket: granted.ticket, held: granted.held)
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// A job a scheduling round admitted, with its admission and the job slot taken with it.
+    struct Granted: Sendable {
+        var job: LeasedJob
+        var ticket: AdmissionTicket
+        var held: HeldTicket
+        var slot: ResourceLease?
+    }
+
+    /// Runs one granted job: takes it from the store if it was only looked at (`claim` says how, `nil` if it
+    /// was not taken), then processes it in its slot.
+    func runGranted(_ granted: Granted, claim: @Sendable () async -> LeasedJob?) async {
+        var job = granted.job
+        defer {
+            // A member still in its batch here never called its provider (the call takes its membership): it
+            // tells the batch, whose other members may be waiting for it.
+            let left = state.withLock { state in
+                state.running -= 1
+                return state.batchOf.removeValue(forKey: granted.job.record.id)
+            }
+            left?.memberLeft()
+        }
+        if job.isProvisional {
+            let claimed: LeasedJob?
+            if Task.isCancelled {
+                // An immediate stop came before its claim: the job stays in the store, untaken.
+                granted.held.finish(.notCalled)
+                claimed = nil
+            } else {
+                claimed = await claim()
+            }
+            state.withLock { _ = $0.lookedAt.remove(job.record.id) }
+            guard let claimed else {
+                // Its slot goes back, and the scheduler may fill it.
+                if let slot = granted.slot {
+                    pool.release(slot)
+                    wakeup.signal()
+                }
+                return
+            }
+            job = claimed
+        }
+        await processJob(job, ticket: granted.held, slot: granted.slot)
     }
 
     /// Notes that this process put a job back in the store (or added one): the scheduler looks at the queues again.
@@ -456,8 +504,7 @@ extension ParallelGenerator {
     /// admits the call and hands over the job in one transaction, or says to wait (nothing taken) or that the
     /// job is gone (another worker has it). `nil` unless claimed; the ticket is then given back unused.
     func claimAdmitted(_ job: LeasedJob, ticket: AdmissionTicket, held: HeldTicket) async -> LeasedJob? {
-        guard let admitting = store as? any AdmittingJobStore, let descriptor = providers[ticket.provider]?.descriptor
-        else {
+        guard let admitting = store as? any AdmittingJobStore, let call = sharedCall(for: job, ticket: ticket) else {
             // A store of this process's alone: the local admission decided; the job is taken now.
             guard let claimed = await claimUnadmitted(job) else {
                 held.finish(.notCalled)
@@ -465,8 +512,22 @@ extension ParallelGenerator {
             }
             return claimed
         }
+        let result: Result<ClaimDecision, any Error>
+        do {
+            result = .success(
+                try await admitting.claim(job.record.id, owner: workerID, duration: configuration.leaseDuration, for: call)
+            )
+        } catch {
+            result = .failure(error)
+        }
+        return settleClaim(result, job: job, ticket: ticket, held: held)
+    }
+
+    /// The call a granted job would make, as the shared limits count it (`nil` if its provider is unknown).
+    func sharedCall(for job: LeasedJob, ticket: AdmissionTicket) -> SharedCall? {
+        guard let descriptor = providers[ticket.provider]?.descriptor else { return nil }
         let request = job.record.request
-        let call = SharedCall(
+        return SharedCall(
             provider: ticket.provider,
             user: request.user,
             project: request.project,
@@ -475,15 +536,23 @@ extension ParallelGenerator {
             quota: descriptor.quota,
             limits: configuration.rateLimits
         )
+    }
+
+    /// Acts on a shared store's answer to a claim: a claimed job goes in flight; a job gone or held back gives its
+    /// admission back, and a wait holds back what the limit holds back (the provider, or the user's or project's
+    /// other jobs here). `nil` unless claimed.
+    func settleClaim(
+        _ result: Result<ClaimDecision, any Error>,
+        job: LeasedJob,
+        ticket: AdmissionTicket,
+        held: HeldTicket
+    ) -> LeasedJob? {
+        let request = job.record.request
         let decision: ClaimDecision
-        do {
-            decision = try await admitting.claim(
-                job.record.id,
-                owner: workerID,
-                duration: configuration.leaseDuration,
-                for: call
-            )
-        } catch {
+        switch result {
+        case .success(let answer):
+            decision = answer
+        case .failure(let error):
             // The store is unreachable: the job stays where it is, and the scheduler looks again in a moment.
             logger.debug("claim failed", metadata: [LoggingKeys.jobID: "\(job.record.id)", LoggingKeys.error: "\(error)"])
             held.finish(.notCalled)
