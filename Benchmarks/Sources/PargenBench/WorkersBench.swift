@@ -10,20 +10,22 @@ import PostgresNIO
 /// at the queue, then claim each job in the transaction that admits its call; several workers look at the same
 /// jobs, so some claims find the job gone), for a provider without quotas; `claim, limits` is the same for calls
 /// that every shared limit counts (a provider window, user windows, project buckets and bursts, none of them
-/// binding: the claim locks the limit rows, counts and logs the admission); `lease` takes 100 jobs per statement
-/// with SKIP LOCKED (what a store without shared admission does), the baseline. Each job then begins its attempt, records its task id and
+/// binding: the claim locks the limit rows, counts and logs the admission), one transaction per job, and `batch`
+/// the same 100 at a time in one transaction (as the engine claims a scheduling round's jobs); `lease` takes 100
+/// jobs per statement with SKIP LOCKED (what a store without shared admission does), the baseline. Each job then begins its attempt, records its task id and
 /// completes, 100 at a time in flight per worker, as the engine runs them.
 enum WorkersBench {
     static func run(url: String, jobs: Int) async throws {
         let location = try PostgresLocation(url: url)
         print("workers: \(jobs) jobs per run on \(location.redacted), instant provider")
-        print("| workers | claim (shared admission) jobs/s | claim, limits counted jobs/s | lease (SKIP LOCKED batch) jobs/s |")
-        print("|---|---|---|---|")
+        print("| workers | claim (shared admission) jobs/s | claim, limits counted jobs/s | batch of 100, limits counted jobs/s | lease (SKIP LOCKED batch) jobs/s |")
+        print("|---|---|---|---|---|")
         for workers in 1...3 {
             let claimed = try await measure(location: location, jobs: jobs, workers: workers, mode: .claim)
             let counted = try await measure(location: location, jobs: jobs, workers: workers, mode: .claimWithLimits)
+            let batched = try await measure(location: location, jobs: jobs, workers: workers, mode: .batchWithLimits)
             let leased = try await measure(location: location, jobs: jobs, workers: workers, mode: .lease)
-            print("| \(workers) | \(Int(claimed)) | \(Int(counted)) | \(Int(leased)) |")
+            print("| \(workers) | \(Int(claimed)) | \(Int(counted)) | \(Int(batched)) | \(Int(leased)) |")
         }
     }
 
@@ -31,6 +33,7 @@ enum WorkersBench {
     enum Mode {
         case claim
         case claimWithLimits
+        case batchWithLimits
         case lease
     }
 
@@ -61,7 +64,7 @@ enum WorkersBench {
     /// The client limits and the provider's quota a mode's calls are counted in.
     static func settings(_ mode: Mode) -> (PargenConfiguration.RateLimits, ProviderQuota) {
         var limits = PargenConfiguration.RateLimits()
-        guard mode == .claimWithLimits else {
+        guard mode == .claimWithLimits || mode == .batchWithLimits else {
             limits.enabled = false
             return (limits, ProviderQuota())
         }
@@ -86,27 +89,38 @@ enum WorkersBench {
                     kinds: Set(GenerationKind.allCases)
                 )
                 if seen.isEmpty { return }
-                held = try await withThrowingTaskGroup(of: LeasedJob?.self) { group in
-                    for record in seen {
-                        group.addTask {
-                            let call = SharedCall(
-                                provider: "p",
-                                user: record.request.user,
-                                project: record.request.project,
-                                submits: true,
-                                holdsSlot: false,
-                                quota: quota,
-                                limits: limits
-                            )
-                            if case .claimed(let job) = try await store.claim(record.id, owner: owner, duration: .seconds(60), for: call) {
-                                return job
+                func call(_ record: JobRecord) -> SharedCall {
+                    SharedCall(
+                        provider: "p",
+                        user: record.request.user,
+                        project: record.request.project,
+                        submits: true,
+                        holdsSlot: false,
+                        quota: quota,
+                        limits: limits
+                    )
+                }
+                if mode == .batchWithLimits {
+                    let decisions = try await store.claim(
+                        seen.map { ClaimRequest(id: $0.id, call: call($0)) },
+                        owner: owner,
+                        duration: .seconds(60)
+                    )
+                    held = decisions.compactMap { if case .claimed(let job) = $0 { job } else { nil } }
+                } else {
+                    held = try await withThrowingTaskGroup(of: LeasedJob?.self) { group in
+                        for record in seen {
+                            group.addTask {
+                                if case .claimed(let job) = try await store.claim(record.id, owner: owner, duration: .seconds(60), for: call(record)) {
+                                    return job
+                                }
+                                return nil
                             }
-                            return nil
                         }
+                        var jobs: [LeasedJob] = []
+                        for try await job in group { if let job { jobs.append(job) } }
+                        return jobs
                     }
-                    var jobs: [LeasedJob] = []
-                    for try await job in group { if let job { jobs.append(job) } }
-                    return jobs
                 }
             } else {
                 held = try await store.lease(limit: 100, owner: owner, duration: .seconds(60), excludingUsers: [])
