@@ -315,7 +315,14 @@ extension ParallelGenerator {
                 continue
             }
             group.addTask {
-                await self.runGranted(granted) { await self.claimAdmitted(job, ticket: ticket, held: held) }
+                await self.runGranted(granted) {
+                    // A store of this process's alone: the local admission decided; the job is taken now.
+                    guard let claimed = await self.claimUnadmitted(job) else {
+                        held.finish(.notCalled)
+                        return nil
+                    }
+                    return claimed
+                }
             }
         }
         guard let admitting, !claims.isEmpty else { return }
@@ -498,29 +505,6 @@ extension ParallelGenerator {
                 .compactMap { $0 }.min()
             return (local.users.union(state.sharedBlocks.keys), until)
         }
-    }
-
-    /// Claims a job that this process only looked at, for a call the local admission granted: the shared store
-    /// admits the call and hands over the job in one transaction, or says to wait (nothing taken) or that the
-    /// job is gone (another worker has it). `nil` unless claimed; the ticket is then given back unused.
-    func claimAdmitted(_ job: LeasedJob, ticket: AdmissionTicket, held: HeldTicket) async -> LeasedJob? {
-        guard let admitting = store as? any AdmittingJobStore, let call = sharedCall(for: job, ticket: ticket) else {
-            // A store of this process's alone: the local admission decided; the job is taken now.
-            guard let claimed = await claimUnadmitted(job) else {
-                held.finish(.notCalled)
-                return nil
-            }
-            return claimed
-        }
-        let result: Result<ClaimDecision, any Error>
-        do {
-            result = .success(
-                try await admitting.claim(job.record.id, owner: workerID, duration: configuration.leaseDuration, for: call)
-            )
-        } catch {
-            result = .failure(error)
-        }
-        return settleClaim(result, job: job, ticket: ticket, held: held)
     }
 
     /// The call a granted job would make, as the shared limits count it (`nil` if its provider is unknown).
