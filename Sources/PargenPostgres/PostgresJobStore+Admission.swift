@@ -4,11 +4,13 @@ import PostgresNIO
 
 /// The shared admission state: claim a job only in the transaction that admits its call.
 ///
-/// Exactness: each limit key (a provider, a user, a project) has a row in `limit_keys`; a claim locks the rows of
-/// its call's keys (in key order, so two claims cannot deadlock), reads the counts from `admissions`, decides with
-/// ``SharedLimitState/decide(_:at:)``, and inserts its admission before it commits. Two workers admitting calls
-/// that share a key are thereby serialised, and every decision sees every admission committed before it: no
-/// window, slot, bucket or burst is exceeded by calls that workers admit together. All times are the database's.
+/// Exactness: each limit key (a provider, a user, a project) has a row in `limit_keys`; a claim (of one job or of
+/// a batch) locks the rows of its calls' keys (in key order, so two claims cannot deadlock), reads the counts from
+/// `admissions`, decides each call in turn with ``SharedLimitBook`` (``SharedLimitState/decide(_:at:)`` on counts
+/// that include the calls admitted before it), and inserts the admissions before it commits. Two workers
+/// admitting calls that share a key are thereby serialised, and every decision sees every admission committed
+/// before it: no window, slot, bucket or burst is exceeded by calls that workers admit together. All times are
+/// the database's.
 extension PostgresJobStore: AdmittingJobStore {
     public func peek(
         limit: Int,
