@@ -316,8 +316,9 @@ extension ParallelGenerator {
             }
             group.addTask {
                 await self.runGranted(granted) {
-                    // A store of this process's alone: the local admission decided; the job is taken now.
-                    guard let claimed = await self.claimUnadmitted(job) else {
+                    // A store of this process's alone: the local admission decided; the job is taken now, unless an
+                    // immediate stop came first (it then stays in the store, untaken).
+                    guard !Task.isCancelled, let claimed = await self.claimUnadmitted(job) else {
                         held.finish(.notCalled)
                         return nil
                     }
@@ -363,7 +364,8 @@ extension ParallelGenerator {
     }
 
     /// Runs one granted job: takes it from the store if it was only looked at (`claim` says how, `nil` if it
-    /// was not taken), then processes it in its slot.
+    /// was not taken), then processes it in its slot. A job claimed before an immediate stop is processed too, so
+    /// that its lease goes back (the processing gives it back when it finds the stop).
     func runGranted(_ granted: Granted, claim: @Sendable () async -> LeasedJob?) async {
         var job = granted.job
         defer {
@@ -376,14 +378,7 @@ extension ParallelGenerator {
             left?.memberLeft()
         }
         if job.isProvisional {
-            let claimed: LeasedJob?
-            if Task.isCancelled {
-                // An immediate stop came before its claim: the job stays in the store, untaken.
-                granted.held.finish(.notCalled)
-                claimed = nil
-            } else {
-                claimed = await claim()
-            }
+            let claimed = await claim()
             state.withLock { _ = $0.lookedAt.remove(job.record.id) }
             guard let claimed else {
                 // Its slot goes back, and the scheduler may fill it.
