@@ -91,10 +91,15 @@ extension PostgresJobStore {
                 throw error
             }
             try await connection.allRows("COMMIT", logger: logger)
-            if commitRepliesToLose.load(ordering: .relaxed) > 0, commitRepliesToLose.subtract(1, ordering: .relaxed).newValue >= 0 {
-                throw QueryDeadlineExceeded()
-            }
+            try loseReplyIfAsked()
             return value
+        }
+    }
+
+    /// Tests (``loseCommitReplies(_:)``): fails a write that has committed as if its reply had been lost.
+    func loseReplyIfAsked() throws {
+        if commitRepliesToLose.load(ordering: .relaxed) > 0, commitRepliesToLose.subtract(1, ordering: .relaxed).newValue >= 0 {
+            throw QueryDeadlineExceeded()
         }
     }
 }

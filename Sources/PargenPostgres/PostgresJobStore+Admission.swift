@@ -167,6 +167,7 @@ extension PostgresJobStore: AdmittingJobStore {
                     )
                     UPDATE \(unescaped: quoted).jobs j
                     SET state = 'running', lease_owner = \(owner), lease_token = l.token, lease_expires_at = \(expires),
+                        lease_nanos = \(duration.nanoseconds),
                         version = j.version + 1
                     FROM unnest(\(leased.map(\.id))::text[], \(leased.map(\.token))::text[]) AS l(id, token)
                     WHERE j.id = l.id

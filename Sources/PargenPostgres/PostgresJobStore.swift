@@ -39,6 +39,15 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     /// lost (``loseCommitReplies(_:)``).
     let commitRepliesToLose = Atomic<Int>(0)
 
+    /// Tests on an injected clock: when, on that clock, the server last started (``serverStarted(at:)``).
+    let injectedServerStart = Mutex<Duration?>(nil)
+
+    /// Tests on an injected clock: the server started at `time` on that clock, so leases that ran out before
+    /// `time` plus their length are not yet taken back.
+    package func serverStarted(at time: Duration) {
+        injectedServerStart.withLock { $0 = time }
+    }
+
     /// Tests: the next `count` transactions commit and then fail as if the server's reply to COMMIT had been lost
     /// (the ambiguous outcome that a dropped connection or a query deadline gives); the store tries them again.
     package func loseCommitReplies(_ count: Int) {
@@ -210,7 +219,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 UPDATE \(unescaped: quoted).jobs j
                 SET state = 'running', lease_owner = \(owner),
                     lease_token = \(owner) || ':' || gen_random_uuid()::text,
-                    lease_expires_at = clock.now + \(nanos), version = j.version + 1
+                    lease_expires_at = clock.now + \(nanos), lease_nanos = \(nanos), version = j.version + 1
                 FROM picked, clock
                 WHERE j.seq = picked.seq
                 RETURNING j.record::text, j.state, j.lease_token, j.lease_owner, j.lease_expires_at, j.version,
@@ -252,7 +261,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
             let rows = try await self.allRows(
                 """
                 UPDATE \(unescaped: quoted).jobs
-                SET lease_expires_at = COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) + \(nanos)
+                SET lease_expires_at = COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) + \(nanos), lease_nanos = \(nanos)
                 WHERE id = \(lease.jobID.rawValue) AND state = 'running' AND lease_token = \(lease.token)
                 RETURNING lease_expires_at
                 """,
@@ -449,8 +458,15 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     /// Applies the rescue transition to every running job (whose lease expired, with `expiredOnly`; held by
     /// `owner`, when given), in one transaction; rows another worker is changing right now are skipped (they are
     /// not abandoned).
+    ///
+    /// A lease counts as expired only once the server has also been up for the lease's length: a holder cannot
+    /// renew while the server is away, so a restart or a crash of PostgreSQL does not take every lease that ran
+    /// out meanwhile from a worker that is alive (a call of those would wait for reconciliation). A promoted
+    /// replica reports when it started, not when it was promoted, so a failover gets no such grace.
     private func rescue(expiredOnly: Bool, owner: String? = nil, maxCrashes: Int) async throws -> Int {
         let clock = injectedNow
+        // With an injected clock the server's own start is on another clock: a test says when it "restarted".
+        let serverStart: Int64? = clock == nil ? nil : (injectedServerStart.withLock { $0 }?.nanoseconds ?? 0)
         return try await run("rescue leases") { [quoted, channel] in
             try await self.transaction { connection in
                 let rows = try await connection.allRows(
@@ -458,7 +474,15 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                     FROM \(unescaped: quoted).jobs
                     WHERE state = 'running'
-                      AND (NOT \(expiredOnly) OR lease_expires_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()))
+                      AND (NOT \(expiredOnly) OR (
+                          lease_expires_at <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                          -- A holder cannot renew while the server is away: a lease is not taken back until the
+                          -- server has been up for the lease's length (a restart or crash pauses its clock).
+                          AND COALESCE(
+                              \(serverStart)::bigint,
+                              (extract(epoch FROM pg_postmaster_start_time()) * 1000000000)::bigint
+                          ) + COALESCE(lease_nanos, 0) <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                      ))
                       AND (\(owner)::text IS NULL OR lease_owner = \(owner))
                     FOR UPDATE SKIP LOCKED
                     """,
@@ -472,7 +496,16 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     now = .nanoseconds(time)
                 }
                 for var job in rescued {
+                    let holder = job.record.leaseOwner ?? "none"
+                    let expired = job.record.leaseExpiresAt.map { "\(now - $0) ago" } ?? "never"
                     job.record.rescue(now: now, maxCrashes: maxCrashes)
+                    self.logger.debug(
+                        "took back a lease",
+                        metadata: [
+                            "pargen.job.id": "\(job.record.id)", "pargen.holder": "\(holder)",
+                            "pargen.expired": "\(expired)", "pargen.state": "\(job.record.state.rawValue)",
+                        ]
+                    )
                     guard try await self.save(job, on: connection) else {
                         throw StoreError(.invalidState, "job \(job.record.id) changed while it was locked")
                     }
@@ -660,26 +693,36 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
     ) async throws {
         let clock = injectedNow
+        // Made once per change: a try that finds it on the job knows an earlier try committed, though its reply
+        // was lost (a dropped connection, a query deadline), and does not apply the change a second time.
+        let token = UUID().uuidString
         try await run(operation) { [quoted] in
             for _ in 0..<16 {
                 var loaded: (StoredJob, Duration)?
+                var applied = false
                 for row in try await self.allRows(
                     """
-                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()),
+                           last_change IS NOT DISTINCT FROM \(token)
                     FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)
                     """,
                     logger: self.logger
-                ).decode(StoredJob.TimedRow.self) {
-                    let (job, time) = try StoredJob.timed(row)
+                ).decode((String, String, String?, String?, Int64?, Int64, Int64, Bool).self) {
+                    let (job, time) = try StoredJob.timed((row.0, row.1, row.2, row.3, row.4, row.5, row.6))
                     loaded = (job, .nanoseconds(time))
+                    applied = row.7
                 }
                 guard let (stored, now) = loaded else { throw StoreError(.notFound, "no job \(id)") }
+                if applied { return }
                 var job = stored
                 if let lease, !job.record.isHeld(by: lease) {
                     throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
                 }
                 try change(&job.record, now)
-                if try await self.client.withConnection({ try await self.save(job, on: $0, answeredAgo: answeredAgo) }) {
+                if try await self.client.withConnection({
+                    try await self.save(job, on: $0, answeredAgo: answeredAgo, change: token)
+                }) {
+                    try self.loseReplyIfAsked()
                     return
                 }
             }
@@ -687,8 +730,14 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
-    /// Writes `job` back if its version is still the one read; announces it when it became available.
-    private func save(_ job: StoredJob, on connection: PostgresConnection, answeredAgo: Duration = .zero) async throws -> Bool {
+    /// Writes `job` back if its version is still the one read; announces it when it became available. `change`
+    /// names the change it applies (``change(_:_:lease:answeredAgo:_:)``), so that a retry can find it applied.
+    private func save(
+        _ job: StoredJob,
+        on connection: PostgresConnection,
+        answeredAgo: Duration = .zero,
+        change: String? = nil
+    ) async throws -> Bool {
         let record = job.record
         let text = try StoredJob.encode(record)
         let ends = record.state != .running
@@ -704,7 +753,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     lease_expires_at = \(record.leaseExpiresAt?.nanoseconds), finished_at = \(record.finishedAt?.nanoseconds),
                     reserved = \(record.ledger.reserved.nanos), charged = \(record.ledger.charged.nanos),
                     released = \(record.ledger.released.nanos), pending = \(record.ledger.pending.nanos),
-                    record = \(text)::jsonb, version = version + 1
+                    record = \(text)::jsonb, last_change = \(change), version = version + 1
                 WHERE id = \(record.id.rawValue) AND version = \(job.version)
                 RETURNING state
             ),
@@ -734,9 +783,11 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     ///
     /// An operation that failed because the server went away (a restart, a failover, a dropped connection) or
     /// because of a serialisation conflict is run again, with backoff, for up to ``outageTolerance``: work pauses
-    /// while PostgreSQL is away and resumes when it is back. Running a transition again is safe: it reads the
-    /// record afresh, so one that did commit before its answer was lost finds the job changed (a finished job's
-    /// lease is gone, and the worker hears `leaseLost`).
+    /// while PostgreSQL is away and resumes when it is back. Running an operation again is safe: a job's
+    /// transition that did commit before its answer was lost finds its own change on the job and is not applied
+    /// twice, a claim finds its own leases, and a renewal or a rescue sets what it sets whatever was there. An
+    /// enqueue whose reply was lost is enqueued again: its jobs with idempotency keys (every campaign line has
+    /// one) are found, and any without are added a second time.
     package func run<T: Sendable>(_ operation: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let started = ContinuousClock.now
         let ticket = inProgress.withLock { state -> Int in

@@ -196,6 +196,18 @@ enum PostgresSchema {
                 """
             ]
         ),
+        Migration(
+            version: 6,
+            name: "lease-lengths-and-changes",
+            statements: [
+                // The length of each lease at its last grant or renewal. A lease that ran out while the server was
+                // away is not taken back until its holder has had that long with the server up to renew it.
+                "ALTER TABLE S.jobs ADD COLUMN lease_nanos bigint",
+                // The change a record was last written by: a retry whose earlier try committed, but whose reply
+                // was lost, finds its own change there and does not apply it again.
+                "ALTER TABLE S.jobs ADD COLUMN last_change text",
+            ]
+        ),
     ]
 
     /// Applies every migration `schema` lacks, under an advisory lock.

@@ -187,7 +187,7 @@ import Testing
         ).decode(Int.self) {
             versions.append(version)
         }
-        #expect(versions == [1, 2, 3, 4, 5])
+        #expect(versions == [1, 2, 3, 4, 5, 6])
     }
 
     @Test func leasesExpireByTheDatabaseClock() async throws {
@@ -372,6 +372,56 @@ import Testing
             admissions = count
         }
         #expect(admissions == 1, "counted once in the provider's window")
+    }
+
+    /// A holder cannot renew while the server is away, so time the server was down does not use up a lease: after
+    /// a restart, a lease that ran out is taken back only once the server has been up for the lease's length
+    /// (the holder renews within that, a dead holder does not). A lease that ran out with the server up goes back
+    /// as before.
+    @Test func aLeaseIsNotTakenBackUntilItsHolderHasHadTheServerForALease() async throws {
+        let clock = ManualClock()
+        let store = try await TestPostgres.store(clock: clock)
+        _ = try await store.enqueue([
+            validated(.audio(prompt: "a"), id: "a"), validated(.audio(prompt: "b"), id: "b"),
+        ])
+        let early = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(6), excludingUsers: []).first)
+        let zero = early.lease.expiresAt - .seconds(6)
+        clock.advance(by: .seconds(1))
+        let late = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(6), excludingUsers: []).first)
+        // The early call was on the wire: taken back, it would wait for a person.
+        try await store.beginAttempt(early.lease, provider: "p", reserving: .cents(5))
+        // The server is away from 2 s to 5 s; both leases run out while it is (at 6 s and 7 s) or just after.
+        store.serverStarted(at: zero + .seconds(5))
+        clock.advance(by: .seconds(9))  // 10 s: up for 5 s, less than a lease
+        #expect(try await store.rescueExpiredLeases() == 0, "the holders have not had a lease's length to renew")
+        // The late holder renews in time; the early one has died.
+        let renewed = try await store.heartbeat(late.lease, duration: .seconds(6))
+        clock.advance(by: .seconds(1))  // 11 s: up for a lease
+        #expect(try await store.rescueExpiredLeases() == 1)
+        #expect(try await store.job(early.record.id)?.state == .needsReconciliation)
+        #expect(try await store.job(late.record.id)?.state == .running)
+        // With the server up, a lease that runs out goes back when it does.
+        clock.advance(by: .seconds(5))  // 16 s: the renewed lease ran out at 16 s
+        #expect(renewed.expiresAt == zero + .seconds(16))
+        #expect(try await store.rescueExpiredLeases() == 1)
+        #expect(try await store.job(late.record.id)?.state == .available)
+    }
+
+    /// A job's transition whose reply was lost after it committed is tried again by the store, and that try
+    /// finds the change already made: an attempt begun is counted once, and a completion is not taken for a lost
+    /// lease (which would have the worker say its result was not recorded).
+    @Test func aTransitionWhoseCommitReplyIsLostIsAppliedOnce() async throws {
+        let store = try await TestPostgres.store()
+        _ = try await store.enqueue([validated(.audio(prompt: "a"), id: "a")])
+        let leased = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []).first)
+        store.loseCommitReplies(1)
+        try await store.beginAttempt(leased.lease, provider: "p", reserving: .cents(5))
+        let begun = try #require(try await store.job(leased.record.id))
+        #expect(begun.attempts == 1)
+        #expect(begun.ledger.reserved == .cents(5))
+        store.loseCommitReplies(1)
+        try await store.complete(leased.lease, outcome: .test)
+        #expect(try await store.job(leased.record.id)?.state == .succeeded)
     }
 
     /// A stopped worker takes back what is still in its name, live leases included, and nobody else's: a claim

@@ -194,7 +194,8 @@ extension SoloTests {
         }
         let campaignFile = folder.appendingPathComponent("campaign.jsonl")
         try campaign.write(to: campaignFile, atomically: true, encoding: .utf8)
-        let environment = ["FAKE_API_KEY": "test-key", "PARGEN_POSTGRES_URL": url]
+        // Debug logs name each job a worker handles, for the failure messages below.
+        let environment = ["FAKE_API_KEY": "test-key", "PARGEN_POSTGRES_URL": url, "LOG_LEVEL": "debug"]
         let store = ["--postgres-schema", schema, "--config", config.path]
         let enqueue = try launch(["enqueue", campaignFile.path] + store, output: folder.appendingPathComponent("enqueue.out"), environment: environment)
         try await CrashRecoveryTests.waitForExit(enqueue, within: .seconds(60))
