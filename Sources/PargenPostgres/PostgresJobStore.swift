@@ -292,6 +292,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     ) async throws -> [BudgetScope: Money] {
         let clock = injectedNow
         let keys = Set(budgets.map { "pargen-budget:\(schema):\($0.scope.kind.rawValue):\($0.scope.name)" }).sorted()
+        // As in ``change(_:_:lease:answeredAgo:_:)``: a retry whose earlier try committed finds its own change.
+        let token = UUID().uuidString
         let checked = try await run("begin an attempt within budgets") { [quoted] in
             try await self.transaction { connection -> Result<[BudgetScope: Money], BudgetRefusal> in
                 // Every reservation in a budget's scope takes the scope's lock (in key order, so two cannot
@@ -301,31 +303,54 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     try await connection.allRows("SELECT pg_advisory_xact_lock(hashtextextended(\(key), 0))", logger: self.logger)
                 }
                 var loaded: StoredJob?
+                var applied = false
                 for row in try await connection.allRows(
                     """
-                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()),
+                           last_change IS NOT DISTINCT FROM \(token)
                     FROM \(unescaped: quoted).jobs WHERE id = \(lease.jobID.rawValue) FOR UPDATE
                     """,
                     logger: self.logger
-                ).decode(StoredJob.TimedRow.self) {
+                ).decode(StoredJob.ChangedRow.self) {
                     loaded = try StoredJob.timed(row).job
+                    applied = row.7
                 }
                 guard var job = loaded else { throw StoreError(.notFound, "no job \(lease.jobID)") }
+                // Begun by an earlier try whose reply was lost (what the budgets had left is not known again).
+                if applied { return .success([:]) }
                 guard job.record.isHeld(by: lease) else {
                     throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
                 }
                 job.record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
                 var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
                 for budget in budgets {
+                    // The scope's other jobs, and the jobs pruned or purged from it.
                     let sums = "COALESCE(SUM(charged + pending), 0)::bigint, COALESCE(SUM(pending), 0)::bigint"
+                    let id = lease.jobID.rawValue
+                    let name = budget.scope.name
                     let query: PostgresQuery =
                         switch budget.scope.kind {
                         case .global:
-                            "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE id <> \(lease.jobID.rawValue)"
+                            """
+                            SELECT \(unescaped: sums) FROM (
+                                SELECT charged, pending FROM \(unescaped: quoted).jobs WHERE id <> \(id)
+                                UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers
+                            ) AS scope
+                            """
                         case .project:
-                            "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE project = \(budget.scope.name) AND id <> \(lease.jobID.rawValue)"
+                            """
+                            SELECT \(unescaped: sums) FROM (
+                                SELECT charged, pending FROM \(unescaped: quoted).jobs WHERE project = \(name) AND id <> \(id)
+                                UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers WHERE project = \(name)
+                            ) AS scope
+                            """
                         case .campaign:
-                            "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE campaign = \(budget.scope.name) AND id <> \(lease.jobID.rawValue)"
+                            """
+                            SELECT \(unescaped: sums) FROM (
+                                SELECT charged, pending FROM \(unescaped: quoted).jobs WHERE campaign = \(name) AND id <> \(id)
+                                UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers WHERE campaign = \(name)
+                            ) AS scope
+                            """
                         }
                     for (committed, pending) in try await connection.allRows(query, logger: self.logger).decode((Int64, Int64).self) {
                         others[budget.scope] = (Money(nanos: committed), Money(nanos: pending))
@@ -334,7 +359,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 let ledger = job.record.ledger
                 let result = Budget.check(budgets, others: others, own: ledger.charged + ledger.pending)
                 if case .success = result {
-                    guard try await self.save(job, on: connection) else {
+                    guard try await self.save(job, on: connection, change: token) else {
                         throw StoreError(.unavailable, "job \(lease.jobID) changed while its row was locked")
                     }
                 }
@@ -351,11 +376,31 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
                 COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint
                 """
+            // The scope's jobs, and the jobs pruned or purged from it.
+            let money = "reserved, charged, released, pending"
             let query: PostgresQuery =
                 switch scope.kind {
-                case .global: "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs"
-                case .project: "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE project = \(scope.name)"
-                case .campaign: "SELECT \(unescaped: sums) FROM \(unescaped: quoted).jobs WHERE campaign = \(scope.name)"
+                case .global:
+                    """
+                    SELECT \(unescaped: sums) FROM (
+                        SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs
+                        UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers
+                    ) AS scope
+                    """
+                case .project:
+                    """
+                    SELECT \(unescaped: sums) FROM (
+                        SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs WHERE project = \(scope.name)
+                        UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers WHERE project = \(scope.name)
+                    ) AS scope
+                    """
+                case .campaign:
+                    """
+                    SELECT \(unescaped: sums) FROM (
+                        SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs WHERE campaign = \(scope.name)
+                        UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers WHERE campaign = \(scope.name)
+                    ) AS scope
+                    """
                 }
             for (reserved, charged, released, pending) in try await self.allRows(query, logger: self.logger)
                 .decode((Int64, Int64, Int64, Int64).self)
@@ -522,6 +567,25 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
+    /// What a deleted job's row gives ``keepPurgedMoney(_:)``.
+    static let purgedMoney = "project, campaign, reserved, charged, released, pending"
+
+    /// A common table expression, after one named `gone` that deletes jobs returning ``purgedMoney``, that adds
+    /// their money to `purged_ledgers`: what they charged was spent, and what they still reserve may be billed, so
+    /// the budgets and the totals keep counting it.
+    static func keepPurgedMoney(_ quoted: String) -> String {
+        """
+        kept AS (
+            INSERT INTO \(quoted).purged_ledgers AS p (project, campaign, reserved, charged, released, pending)
+            SELECT project, campaign, SUM(reserved), SUM(charged), SUM(released), SUM(pending)
+            FROM gone GROUP BY project, campaign
+            ON CONFLICT (project, campaign) DO UPDATE SET
+                reserved = p.reserved + EXCLUDED.reserved, charged = p.charged + EXCLUDED.charged,
+                released = p.released + EXCLUDED.released, pending = p.pending + EXCLUDED.pending
+        )
+        """
+    }
+
     public func purge(_ ids: [JobID]) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
         return try await run("purge jobs") { [quoted] in
@@ -531,8 +595,9 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     DELETE FROM \(unescaped: quoted).jobs
                     WHERE id = ANY(\(ids.map(\.rawValue))::text[])
                       AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')
-                    RETURNING 1
-                )
+                    RETURNING \(unescaped: Self.purgedMoney)
+                ),
+                \(unescaped: Self.keepPurgedMoney(quoted))
                 SELECT count(*) FROM gone
                 """,
                 logger: self.logger
@@ -542,7 +607,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     /// Deletes succeeded and dead-lettered jobs that finished more than `age` ago, and the admissions that no
-    /// window looks at any more (housekeeping); returns how many jobs went.
+    /// window looks at any more (housekeeping); returns how many jobs went. Their money stays counted in the
+    /// budgets and the totals (``keepPurgedMoney(_:)``).
     public func prune(finishedBefore age: Duration, admissionsBefore window: Duration) async throws -> Int {
         let clock = injectedNow
         return try await run("prune finished jobs") { [quoted] in
@@ -560,8 +626,9 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     DELETE FROM \(unescaped: quoted).jobs
                     WHERE state IN ('succeeded', 'dead_lettered')
                       AND finished_at < COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) - \(age.nanoseconds)
-                    RETURNING 1
-                )
+                    RETURNING \(unescaped: Self.purgedMoney)
+                ),
+                \(unescaped: Self.keepPurgedMoney(quoted))
                 SELECT count(*) FROM gone
                 """,
                 logger: self.logger
@@ -707,8 +774,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)
                     """,
                     logger: self.logger
-                ).decode((String, String, String?, String?, Int64?, Int64, Int64, Bool).self) {
-                    let (job, time) = try StoredJob.timed((row.0, row.1, row.2, row.3, row.4, row.5, row.6))
+                ).decode(StoredJob.ChangedRow.self) {
+                    let (job, time) = try StoredJob.timed(row)
                     loaded = (job, .nanoseconds(time))
                     applied = row.7
                 }
@@ -846,9 +913,17 @@ struct StoredJob {
     typealias TimedRow = (String, String, String?, String?, Int64?, Int64, Int64)
     static let columns = "record::text, state, lease_token, lease_owner, lease_expires_at, version"
 
+    /// ``TimedRow`` followed by whether the job's last change is the one a write is trying again.
+    typealias ChangedRow = (String, String, String?, String?, Int64?, Int64, Int64, Bool)
+
     /// A row of ``columns`` and the store's time, in nanoseconds since the Unix epoch.
     static func timed(_ row: TimedRow) throws -> (job: StoredJob, now: Int64) {
         (try StoredJob((row.0, row.1, row.2, row.3, row.4, row.5)), row.6)
+    }
+
+    /// A ``ChangedRow``: its job and the store's time.
+    static func timed(_ row: ChangedRow) throws -> (job: StoredJob, now: Int64) {
+        try timed((row.0, row.1, row.2, row.3, row.4, row.5, row.6))
     }
 
     var record: JobRecord

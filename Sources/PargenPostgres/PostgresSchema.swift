@@ -198,7 +198,7 @@ enum PostgresSchema {
         ),
         Migration(
             version: 6,
-            name: "lease-lengths-and-changes",
+            name: "lease-lengths-changes-and-purged-ledgers",
             statements: [
                 // The length of each lease at its last grant or renewal. A lease that ran out while the server was
                 // away is not taken back until its holder has had that long with the server up to renew it.
@@ -206,6 +206,19 @@ enum PostgresSchema {
                 // The change a record was last written by: a retry whose earlier try committed, but whose reply
                 // was lost, finds its own change there and does not apply it again.
                 "ALTER TABLE S.jobs ADD COLUMN last_change text",
+                // What pruned and purged jobs reserved, charged and released, per project and campaign: money
+                // spent stays in the budgets and the totals after its jobs are gone.
+                """
+                CREATE TABLE S.purged_ledgers (
+                    project text NOT NULL,
+                    campaign text NOT NULL,
+                    reserved bigint NOT NULL,
+                    charged bigint NOT NULL,
+                    released bigint NOT NULL,
+                    pending bigint NOT NULL,
+                    PRIMARY KEY (project, campaign)
+                )
+                """,
             ]
         ),
     ]

@@ -232,6 +232,23 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     """
             )
         }
+        migrator.registerMigration("v8-purged-ledgers") { db in
+            // What purged jobs reserved, charged and released, per project and campaign: money spent stays in
+            // the budgets and the totals after its jobs are gone.
+            try db.execute(
+                sql: """
+                    CREATE TABLE purged_ledgers (
+                        project TEXT NOT NULL,
+                        campaign TEXT NOT NULL,
+                        reserved INTEGER NOT NULL,
+                        charged INTEGER NOT NULL,
+                        released INTEGER NOT NULL,
+                        pending INTEGER NOT NULL,
+                        PRIMARY KEY (project, campaign)
+                    )
+                    """
+            )
+        }
         do {
             try migrator.migrate(writer)
         } catch {
@@ -614,8 +631,13 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
             var totals = CostLedger()
             if let row = try Row.fetchOne(
                 db,
-                sql: "SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM jobs" + filter,
-                arguments: arguments
+                sql: """
+                    SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM (
+                        SELECT reserved, charged, released, pending FROM jobs\(filter)
+                        UNION ALL SELECT reserved, charged, released, pending FROM purged_ledgers\(filter)
+                    )
+                    """,
+                arguments: arguments + arguments
             ) {
                 totals.reserved = Money(nanos: row["r"] ?? 0)
                 totals.charged = Money(nanos: row["c"] ?? 0)
@@ -626,14 +648,19 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         }
     }
 
-    /// A scope's `charged + pending` and `pending`, summed over its jobs.
+    /// A scope's `charged + pending` and `pending`, summed over its jobs and the ledgers of those purged.
     private static func scopeSums(_ db: Database, _ scope: BudgetScope) throws -> (committed: Money, pending: Money) {
         let (filter, arguments) = filter(scope)
         guard
             let row = try Row.fetchOne(
                 db,
-                sql: "SELECT COALESCE(SUM(charged + pending), 0) AS c, COALESCE(SUM(pending), 0) AS p FROM jobs" + filter,
-                arguments: arguments
+                sql: """
+                    SELECT COALESCE(SUM(charged + pending), 0) AS c, COALESCE(SUM(pending), 0) AS p FROM (
+                        SELECT charged, pending FROM jobs\(filter)
+                        UNION ALL SELECT charged, pending FROM purged_ledgers\(filter)
+                    )
+                    """,
+                arguments: arguments + arguments
             )
         else { return (.zero, .zero) }
         return (Money(nanos: row["c"] ?? 0), Money(nanos: row["p"] ?? 0))
@@ -715,12 +742,20 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     public func purge(_ ids: [JobID]) async throws -> Int {
         try await write { db in
             var removed = 0
+            let finished = "id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')"
             for id in ids {
+                // Its money stays counted: what it charged was spent, and what it still reserves may be billed.
                 try db.execute(
-                    sql:
-                        "DELETE FROM jobs WHERE id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')",
+                    sql: """
+                        INSERT INTO purged_ledgers (project, campaign, reserved, charged, released, pending)
+                        SELECT project, campaign, reserved, charged, released, pending FROM jobs WHERE \(finished)
+                        ON CONFLICT (project, campaign) DO UPDATE SET
+                            reserved = reserved + excluded.reserved, charged = charged + excluded.charged,
+                            released = released + excluded.released, pending = pending + excluded.pending
+                        """,
                     arguments: [id.rawValue]
                 )
+                try db.execute(sql: "DELETE FROM jobs WHERE \(finished)", arguments: [id.rawValue])
                 removed += db.changesCount
             }
             return removed

@@ -93,6 +93,41 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(final?.canFree == false)
     }
 
+    /// A purged job's money stays counted: in the ledger of every scope it was in, and against the budgets a later
+    /// reservation must fit in. Purging a campaign's finished jobs does not give its budget back.
+    @Test(arguments: factories)
+    func aPurgedJobsMoneyStaysInItsBudgets(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let requests = ["a", "b", "c"].map { validated(.audio(prompt: $0, project: "p", campaign: "k"), id: $0) }
+        _ = try await store.enqueue(requests)
+        let leased = try await lease(store, 3)
+        let byID = Dictionary(uniqueKeysWithValues: leased.map { ($0.record.request.id, $0) })
+        let budget = [Budget(scope: .project("p"), limit: .dollars(10))]
+        // a is charged $6; b's answer was lost, so its $3 stays reserved (it may be billed).
+        for (id, amount) in [("a", Money.dollars(6)), ("b", .dollars(3))] {
+            _ = try await store.beginAttempt(byID[id]!.lease, provider: "x", reserving: amount, idempotentSubmission: false, within: budget)
+        }
+        var outcome = self.outcome
+        outcome.cost = .dollars(6)
+        try await store.complete(byID["a"]!.lease, outcome: outcome)
+        try await store.deadLetter(byID["b"]!.lease, error: GenerationError(.needsReconciliation, "answer lost"))
+        let before = try await store.ledger(in: .project("p"))
+        #expect(before.charged == .dollars(6) && before.pending == .dollars(3), "\(before)")
+
+        #expect(try await store.purge([byID["a"]!.record.id, byID["b"]!.record.id]) == 2)
+        #expect(try await store.job(byID["a"]!.record.id) == nil)
+        for scope in [BudgetScope.project("p"), .campaign("k"), .global] {
+            let after = try await store.ledger(in: scope)
+            #expect(after == before && after.balances, "\(scope): \(after)")
+        }
+        #expect(try await store.ledger(in: .project("q")) == CostLedger())
+        // $9 of $10 is still committed: c's $2 does not fit.
+        let refusal = await #expect(throws: BudgetRefusal.self) {
+            try await store.beginAttempt(byID["c"]!.lease, provider: "x", reserving: .dollars(2), idempotentSubmission: false, within: budget)
+        }
+        #expect(refusal?.committed == .dollars(9))
+    }
+
     /// Reservations made at once never take a budget past its limit: on PostgreSQL, from many connections.
     @Test(arguments: factories)
     func reservationsMadeAtOnceNeverExceedTheBudget(_ factory: StoreFactory) async throws {

@@ -422,6 +422,39 @@ import Testing
         store.loseCommitReplies(1)
         try await store.complete(leased.lease, outcome: .test)
         #expect(try await store.job(leased.record.id)?.state == .succeeded)
+
+        // An attempt begun within a budget is reserved once, and the retry is not refused by its own reservation.
+        _ = try await store.enqueue([validated(.audio(prompt: "b", project: "r"), id: "b")])
+        let second = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []).first)
+        store.loseCommitReplies(1)
+        _ = try await store.beginAttempt(
+            second.lease,
+            provider: "p",
+            reserving: .cents(60),
+            idempotentSubmission: false,
+            within: [Budget(scope: .project("r"), limit: .dollars(1))]
+        )
+        let reserved = try #require(try await store.job(second.record.id))
+        #expect(reserved.attempts == 1)
+        #expect(reserved.ledger.reserved == .cents(60))
+    }
+
+    /// Housekeeping prunes jobs that finished a week ago; what they charged stays in their project's ledger and
+    /// budget (pruning used to give a long-running project its budget back every week).
+    @Test func aPrunedJobsMoneyStaysCounted() async throws {
+        let clock = ManualClock()
+        let store = try await TestPostgres.store(clock: clock)
+        _ = try await store.enqueue([validated(.audio(prompt: "a", project: "p"), id: "a")])
+        let leased = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []).first)
+        try await store.beginAttempt(leased.lease, provider: "p", reserving: .cents(5))
+        try await store.complete(leased.lease, outcome: .test)
+        let before = try await store.ledger(in: .project("p"))
+        #expect(before.charged == .cents(3))
+        clock.advance(by: .seconds(8 * 86_400))
+        #expect(try await store.prune(finishedBefore: .seconds(7 * 86_400), admissionsBefore: .seconds(3600)) == 1)
+        #expect(try await store.job(leased.record.id) == nil)
+        #expect(try await store.ledger(in: .project("p")) == before)
+        #expect(try await store.ledgerTotals() == before)
     }
 
     /// A stopped worker takes back what is still in its name, live leases included, and nobody else's: a claim

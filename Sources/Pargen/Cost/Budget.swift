@@ -43,10 +43,15 @@ public struct BudgetRefusal: Error, Sendable, Hashable, CustomStringConvertible 
 extension BudgetScope {
     /// Whether a job of `request` counts against this scope.
     public func contains(_ request: ValidatedRequest) -> Bool {
+        contains(project: request.project, campaign: request.campaign)
+    }
+
+    /// Whether a job of `project` and `campaign` counts against this scope.
+    public func contains(project: String, campaign: String) -> Bool {
         switch kind {
         case .global: true
-        case .project: request.project == name
-        case .campaign: request.campaign == name
+        case .project: project == name
+        case .campaign: campaign == name
         }
     }
 

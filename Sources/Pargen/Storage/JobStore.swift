@@ -342,7 +342,9 @@ public protocol JobStore: Sendable {
     /// dead-lettered.
     func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int
 
-    /// Deletes finished jobs (succeeded, dead-lettered or needing reconciliation); returns how many.
+    /// Deletes finished jobs (succeeded, dead-lettered or needing reconciliation); returns how many. Their money
+    /// stays counted in ``ledger(in:)`` and in budget checks: what they charged was spent, and what a job needing
+    /// reconciliation still reserves may yet be billed.
     func purge(_ ids: [JobID]) async throws -> Int
 
     func job(_ id: JobID) async throws -> JobRecord?

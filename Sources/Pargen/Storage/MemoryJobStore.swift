@@ -67,6 +67,11 @@ public final class MemoryJobStore: ClaimingJobStore {
         var values: [JobRecord] { records.compactMap { $0 } }
     }
 
+    private struct PurgedScope: Hashable {
+        var project: String
+        var campaign: String
+    }
+
     private struct State {
         var jobs: JobTable
         /// Ready jobs by priority, then kind (its index in `GenerationKind.allCases`).
@@ -78,6 +83,8 @@ public final class MemoryJobStore: ClaimingJobStore {
         var idempotency: [String: JobID] = [:]
         var running: Set<JobID> = []
         var counts: [JobState: Int] = [:]
+        /// The ledgers of purged jobs, per project and campaign: what they charged still counts in budgets.
+        var purged: [PurgedScope: CostLedger] = [:]
         var sequence: Int64 = 0
         var tokens: UInt64 = 0
 
@@ -284,13 +291,13 @@ public final class MemoryJobStore: ClaimingJobStore {
             trial.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
             var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
             for budget in budgets { others[budget.scope] = (.zero, .zero) }
-            for record in state.jobs.values where record.id != lease.jobID {
-                for budget in budgets where budget.scope.contains(record.request) {
+            let ledgers = state.jobs.values.lazy.filter { $0.id != lease.jobID }
+                .map { (project: $0.request.project, campaign: $0.request.campaign, ledger: $0.ledger) }
+            let purged = state.purged.lazy.map { (project: $0.key.project, campaign: $0.key.campaign, ledger: $0.value) }
+            for (project, campaign, ledger) in [AnySequence(ledgers), AnySequence(purged)].joined() {
+                for budget in budgets where budget.scope.contains(project: project, campaign: campaign) {
                     let sum = others[budget.scope]!
-                    others[budget.scope] = (
-                        sum.committed + record.ledger.charged + record.ledger.pending,
-                        sum.pending + record.ledger.pending
-                    )
+                    others[budget.scope] = (sum.committed + ledger.charged + ledger.pending, sum.pending + ledger.pending)
                 }
             }
             let result = Budget.check(budgets, others: others, own: trial.ledger.charged + trial.ledger.pending)
@@ -302,7 +309,10 @@ public final class MemoryJobStore: ClaimingJobStore {
 
     public func ledger(in scope: BudgetScope) async throws -> CostLedger {
         state.withLock { state in
-            state.jobs.values.reduce(CostLedger()) { scope.contains($1.request) ? $0 + $1.ledger : $0 }
+            let live = state.jobs.values.reduce(CostLedger()) { scope.contains($1.request) ? $0 + $1.ledger : $0 }
+            return state.purged.reduce(live) {
+                scope.contains(project: $1.key.project, campaign: $1.key.campaign) ? $0 + $1.value : $0
+            }
         }
     }
 
@@ -372,6 +382,8 @@ public final class MemoryJobStore: ClaimingJobStore {
                 guard let job = state.jobs[id], job.state.isFinal else { continue }
                 state.jobs[id] = nil
                 state.counts[job.state, default: 0] -= 1
+                let scope = PurgedScope(project: job.request.project, campaign: job.request.campaign)
+                state.purged[scope, default: CostLedger()] = state.purged[scope, default: CostLedger()] + job.ledger
                 if let key = job.request.idempotencyKey { state.idempotency["\(job.request.project)\u{0}\(key)"] = nil }
                 removed += 1
             }
