@@ -108,8 +108,17 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         guard !requests.isEmpty else { return [] }
         let prefix = idPrefix
         let clock = injectedNow
+        // Made once per call: a try that finds it knows an earlier try committed, though its reply was lost, and
+        // answers as that try did instead of adding the jobs again.
+        let token = UUID().uuidString
         return try await run("enqueue") { [quoted, channel] in
             try await self.transaction { connection in
+                for (ids, existing) in try await connection.allRows(
+                    "SELECT job_ids, existing FROM \(unescaped: quoted).enqueues WHERE token = \(token)",
+                    logger: self.logger
+                ).decode(([String], [Bool]).self) {
+                    return zip(ids, existing).map { EnqueueResult(jobID: JobID($0), existing: $1) }
+                }
                 var stamp: Int64 = 0
                 var sequences: [Int64] = []
                 sequences.reserveCapacity(requests.count)
@@ -176,6 +185,13 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 if !inserted.isEmpty {
                     try await connection.allRows("SELECT pg_notify(\(channel), 'enqueued')", logger: self.logger)
                 }
+                try await connection.allRows(
+                    """
+                    INSERT INTO \(unescaped: quoted).enqueues (token, job_ids, existing, at)
+                    VALUES (\(token), \(results.map(\.jobID.rawValue)), \(results.map(\.existing)), \(stamp))
+                    """,
+                    logger: self.logger
+                )
                 return results
             }
         }
@@ -607,11 +623,18 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     /// Deletes succeeded and dead-lettered jobs that finished more than `age` ago, and the admissions that no
-    /// window looks at any more (housekeeping); returns how many jobs went. Their money stays counted in the
+    /// window looks at any more, with the enqueues' answers as old (housekeeping); returns how many jobs went. Their money stays counted in the
     /// budgets and the totals (``keepPurgedMoney(_:)``).
     public func prune(finishedBefore age: Duration, admissionsBefore window: Duration) async throws -> Int {
         let clock = injectedNow
         return try await run("prune finished jobs") { [quoted] in
+            try await self.allRows(
+                """
+                DELETE FROM \(unescaped: quoted).enqueues
+                WHERE at < COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) - \(window.nanoseconds)
+                """,
+                logger: self.logger
+            )
             try await self.allRows(
                 """
                 DELETE FROM \(unescaped: quoted).admissions

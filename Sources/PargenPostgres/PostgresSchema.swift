@@ -198,7 +198,7 @@ enum PostgresSchema {
         ),
         Migration(
             version: 6,
-            name: "lease-lengths-changes-and-purged-ledgers",
+            name: "lease-lengths-changes-enqueues-and-purged-ledgers",
             statements: [
                 // The length of each lease at its last grant or renewal. A lease that ran out while the server was
                 // away is not taken back until its holder has had that long with the server up to renew it.
@@ -206,8 +206,18 @@ enum PostgresSchema {
                 // The change a record was last written by: a retry whose earlier try committed, but whose reply
                 // was lost, finds its own change there and does not apply it again.
                 "ALTER TABLE S.jobs ADD COLUMN last_change text",
+                // Each enqueue's answer, for an hour: an enqueue tried again after its reply was lost finds it
+                // instead of adding its jobs a second time (jobs without idempotency keys would be).
                 // What pruned and purged jobs reserved, charged and released, per project and campaign: money
                 // spent stays in the budgets and the totals after its jobs are gone.
+                """
+                CREATE TABLE S.enqueues (
+                    token text PRIMARY KEY,
+                    job_ids text[] NOT NULL,
+                    existing boolean[] NOT NULL,
+                    at bigint NOT NULL
+                )
+                """,
                 """
                 CREATE TABLE S.purged_ledgers (
                     project text NOT NULL,

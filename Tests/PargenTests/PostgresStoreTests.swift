@@ -439,6 +439,20 @@ import Testing
         #expect(reserved.ledger.reserved == .cents(60))
     }
 
+    /// An enqueue whose reply was lost after it committed is tried again by the store, and the try answers as the
+    /// first did: jobs without idempotency keys (a request to the service may have none) are not added twice.
+    @Test func anEnqueueWhoseCommitReplyIsLostAddsItsJobsOnce() async throws {
+        let store = try await TestPostgres.store()
+        store.loseCommitReplies(1)
+        let results = try await store.enqueue([
+            validated(.audio(prompt: "a"), id: "a"), validated(.audio(prompt: "b"), id: "b"),
+        ])
+        #expect(try await store.counts() == [.available: 2])
+        let stored = try await store.jobs(matching: JobQuery()).map(\.id)
+        #expect(Set(results.map(\.jobID)) == Set(stored))
+        #expect(results.allSatisfy { !$0.existing })
+    }
+
     /// Housekeeping prunes jobs that finished a week ago; what they charged stays in their project's ledger and
     /// budget (pruning used to give a long-running project its budget back every week).
     @Test func aPrunedJobsMoneyStaysCounted() async throws {
