@@ -875,9 +875,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     /// because of a serialisation conflict is run again, with backoff, for up to ``outageTolerance``: work pauses
     /// while PostgreSQL is away and resumes when it is back. Running an operation again is safe: a job's
     /// transition that did commit before its answer was lost finds its own change on the job and is not applied
-    /// twice, a claim finds its own leases, and a renewal or a rescue sets what it sets whatever was there. An
-    /// enqueue whose reply was lost is enqueued again: its jobs with idempotency keys (every campaign line has
-    /// one) are found, and any without are added a second time.
+    /// twice, a claim finds its own leases, an enqueue finds its own answer, and a renewal or a rescue sets what it
+    /// sets whatever was there.
     package func run<T: Sendable>(_ operation: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
         let started = ContinuousClock.now
         let ticket = inProgress.withLock { state -> Int in
