@@ -25,7 +25,7 @@ extension PostgresJobStore: AdmittingJobStore {
         let excluded = excludingUsers.sorted()
         let skipped = excludingJobs.map(\.rawValue)
         let projects = excludingProjects.sorted()
-        return try await run("look at the queue") { [quoted] in
+        return try await run("look at the queue", abandonedOnCancel: true) { [quoted] in
             let rows = try await self.allRows(
                 """
                 WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now),
@@ -64,7 +64,7 @@ extension PostgresJobStore: AdmittingJobStore {
         // at its own earlier try, which committed while its reply was lost, and takes that claim instead of calling
         // the job gone.
         let tokens = requests.map { _ in "\(owner):\(UUID().uuidString)" }
-        return try await run("claim jobs") { [quoted] in
+        return try await run("claim jobs", abandonedOnCancel: true) { [quoted] in
             try await self.transaction { connection in
                 // The jobs first, skipping those another worker is claiming right now.
                 var found: [JobID: StoredJob] = [:]

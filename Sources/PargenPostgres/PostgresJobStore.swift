@@ -209,7 +209,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         let kindNames = kinds.map(\.rawValue).sorted()
         let excluded = excludingUsers.sorted()
         let nanos = duration.nanoseconds
-        return try await run("claim jobs") { [quoted] in
+        return try await run("claim jobs", abandonedOnCancel: true) { [quoted] in
             // Highest priority first; within a priority, round-robin across users (each user's oldest first,
             // users ordered by their oldest waiting job). The ranked rows are locked with SKIP LOCKED, so two
             // workers claiming at once split the jobs instead of queueing behind each other's locks.
@@ -257,7 +257,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
 
     public func timeUntilNextDue() async throws -> Duration? {
         let clock = injectedNow
-        return try await run("find the next due job") { [quoted] in
+        return try await run("find the next due job", abandonedOnCancel: true) { [quoted] in
             let rows = try await self.allRows(
                 """
                 SELECT MIN(run_at) - COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
@@ -273,7 +273,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     public func heartbeat(_ lease: JobLease, duration: Duration) async throws -> JobLease {
         let clock = injectedNow
         let nanos = duration.nanoseconds
-        return try await run("renew a lease") { [quoted] in
+        return try await run("renew a lease", abandonedOnCancel: true) { [quoted] in
             let rows = try await self.allRows(
                 """
                 UPDATE \(unescaped: quoted).jobs
@@ -386,7 +386,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     public func ledger(in scope: BudgetScope) async throws -> CostLedger {
-        return try await run("sum the ledger") { [quoted] in
+        return try await run("sum the ledger", abandonedOnCancel: true) { [quoted] in
             var totals = CostLedger()
             let sums = """
                 COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
@@ -433,7 +433,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     // MARK: - Budget limits
 
     public func budgetLimits() async throws -> [BudgetScope: Money?] {
-        try await run("read the budget limits") { [quoted] in
+        try await run("read the budget limits", abandonedOnCancel: true) { [quoted] in
             var limits: [BudgetScope: Money?] = [:]
             for (kind, name, nanos) in try await self.allRows(
                 "SELECT kind, name, limit_nanos FROM \(unescaped: quoted).budget_limits",
@@ -661,7 +661,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     public func job(_ id: JobID) async throws -> JobRecord? {
-        try await run("read a job") { [quoted] in
+        try await run("read a job", abandonedOnCancel: true) { [quoted] in
             let rows = try await self.allRows(
                 "SELECT \(unescaped: StoredJob.columns) FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)",
                 logger: self.logger
@@ -674,7 +674,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
 
     public func jobs(matching query: JobQuery) async throws -> [JobRecord] {
         let states = query.states.map { $0.map(\.rawValue).sorted() }
-        return try await run("read jobs") { [quoted] in
+        return try await run("read jobs", abandonedOnCancel: true) { [quoted] in
             let rows = try await self.allRows(
                 """
                 SELECT \(unescaped: StoredJob.columns) FROM \(unescaped: quoted).jobs
@@ -704,7 +704,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     public func counts() async throws -> [JobState: Int] {
-        try await run("count jobs") { [quoted] in
+        try await run("count jobs", abandonedOnCancel: true) { [quoted] in
             var counts: [JobState: Int] = [:]
             for (state, count) in try await self.allRows(
                 "SELECT state, count(*) FROM \(unescaped: quoted).jobs GROUP BY state",
@@ -877,7 +877,19 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     /// transition that did commit before its answer was lost finds its own change on the job and is not applied
     /// twice, a claim finds its own leases, an enqueue finds its own answer, and a renewal or a rescue sets what it
     /// sets whatever was there.
-    package func run<T: Sendable>(_ operation: String, _ body: @escaping @Sendable () async throws -> T) async throws -> T {
+    ///
+    /// The operation runs in a task of its own, shielded from the caller's cancellation: a transaction cut off
+    /// between BEGIN and COMMIT would go back to the pool still open, holding its row locks. A caller that is
+    /// cancelled waits for it to end, unless `abandonedOnCancel` (reads, claims and renewals, which a stopping
+    /// worker need not wait for): it then stops waiting at once, and the operation ends on its own. An abandoned
+    /// claim either never commits (the process exits first, and the server rolls it back) or commits into the
+    /// stopping worker's name, where the stop's ``rescueLeases(heldBy:maxCrashes:)`` or, at worst, the lease's
+    /// expiry takes it back.
+    package func run<T: Sendable>(
+        _ operation: String,
+        abandonedOnCancel: Bool = false,
+        _ body: @escaping @Sendable () async throws -> T
+    ) async throws -> T {
         let started = ContinuousClock.now
         let ticket = inProgress.withLock { state -> Int in
             state.next += 1
@@ -889,10 +901,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         while true {
             inProgress.withLock { $0.operations[ticket]?.tries += 1 }
             do {
-                // Shielded from the caller's cancellation: a transaction cut off between BEGIN and COMMIT by a
-                // cancelled task (a worker stopping) would go back to the pool still open, holding its row locks,
-                // and every claim on those limit keys would wait for it.
-                return try await Task { try await body() }.value
+                return try await Self.shielded(body, abandonedOnCancel: abandonedOnCancel)
             } catch let error as StoreError {
                 throw error
             } catch {
@@ -906,6 +915,24 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 try? await Task.sleep(for: delay)
                 delay = min(delay * 2, .seconds(2))
             }
+        }
+    }
+
+    /// Runs `body` in a task of its own, which the caller's cancellation does not reach; the caller waits for its
+    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first.
+    static func shielded<T: Sendable>(
+        _ body: @escaping @Sendable () async throws -> T,
+        abandonedOnCancel: Bool
+    ) async throws -> T {
+        guard abandonedOnCancel else { return try await Task { try await body() }.value }
+        let race = FirstOutcome<T>()
+        Task {
+            do { race.settle(.success(try await body())) } catch { race.settle(.failure(error)) }
+        }
+        return try await withTaskCancellationHandler {
+            try await withCheckedThrowingContinuation { race.await($0) }
+        } onCancel: {
+            race.settle(.failure(CancellationError()))
         }
     }
 
@@ -925,6 +952,32 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         default:
             return false
         }
+    }
+}
+
+/// The first of several outcomes, handed to one waiting continuation exactly once (whether it waits before or
+/// after the outcome comes).
+final class FirstOutcome<T: Sendable>: Sendable {
+    private let state = Mutex<(waiting: CheckedContinuation<T, any Error>?, outcome: Result<T, any Error>?)>((nil, nil))
+
+    /// Settles with `outcome` unless an earlier outcome did.
+    func settle(_ outcome: Result<T, any Error>) {
+        let waiting = state.withLock { state -> CheckedContinuation<T, any Error>? in
+            guard state.outcome == nil else { return nil }
+            state.outcome = outcome
+            defer { state.waiting = nil }
+            return state.waiting
+        }
+        waiting?.resume(with: outcome)
+    }
+
+    /// Hands the outcome to `continuation`, now if it has come, else when it comes.
+    func await(_ continuation: CheckedContinuation<T, any Error>) {
+        let outcome = state.withLock { state -> Result<T, any Error>? in
+            if state.outcome == nil { state.waiting = continuation }
+            return state.outcome
+        }
+        if let outcome { continuation.resume(with: outcome) }
     }
 }
 

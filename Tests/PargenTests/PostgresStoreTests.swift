@@ -453,6 +453,62 @@ import Testing
         #expect(results.allSatisfy { !$0.existing })
     }
 
+    /// A worker that stops does not wait for a claim the server is holding up (a lock, or a connection that a
+    /// restart left unanswered, until the query deadline): the cancelled caller stops waiting at once. The claim
+    /// goes on by itself; here it commits once the lock goes, into the stopping worker's name, where the stop's
+    /// rescue takes it back.
+    @Test func aCancelledClaimIsNotWaitedFor() async throws {
+        let store = try await TestPostgres.store()
+        let job = try #require(try await store.enqueue([validated(.audio(prompt: "a"), id: "a")]).first).jobID
+        let client = try TestPostgres.requireClient()
+        let logger = Logger(label: "test")
+        let table = "\"" + store.schema + "\".jobs"
+        // Another session locks the jobs table, so a claim waits, until released (at the latest after 4 s).
+        let (locked, lockedSignal) = AsyncStream<Void>.makeStream()
+        let (released, release) = AsyncStream<Void>.makeStream()
+        let holder = Task {
+            try await client.withConnection { connection in
+                try await connection.query("BEGIN", logger: logger)
+                try await connection.query("LOCK TABLE \(unescaped: table) IN EXCLUSIVE MODE", logger: logger)
+                lockedSignal.yield()
+                for await _ in released { break }
+                try await connection.query("ROLLBACK", logger: logger)
+            }
+        }
+        let fallback = Task {
+            try? await Task.sleep(for: .seconds(4))
+            release.yield()
+        }
+        defer { fallback.cancel() }
+        for await _ in locked { break }
+        let claiming = Task { try await store.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []) }
+        // The claim is waiting for the lock.
+        try await waitUntil(seconds: 10) {
+            var waiting = 0
+            for try await count in try await client.query(
+                """
+                SELECT count(*)::int FROM pg_stat_activity
+                WHERE wait_event_type = 'Lock' AND query LIKE '%FOR UPDATE OF j SKIP LOCKED%' AND query LIKE \("%" + store.schema + "%")
+                """
+            ).decode(Int.self) {
+                waiting = count
+            }
+            return waiting > 0
+        }
+        let cancelled = ContinuousClock.now
+        claiming.cancel()
+        let outcome = await claiming.result
+        let waited = ContinuousClock.now - cancelled
+        #expect(waited < .seconds(2), "the cancelled caller waited \(waited) for the lock")
+        #expect(throws: StoreError.self) { try outcome.get() }
+        release.yield()
+        try await holder.value
+        // The abandoned claim went on and committed; the stop's rescue gives the job back.
+        try await waitUntil(seconds: 10) { try await store.job(job)?.state == .running }
+        #expect(try await store.rescueLeases(heldBy: "w", maxCrashes: 5) == 1)
+        #expect(try await store.job(job)?.state == .available)
+    }
+
     /// Housekeeping prunes jobs that finished a week ago; what they charged stays in their project's ledger and
     /// budget (pruning used to give a long-running project its budget back every week).
     @Test func aPrunedJobsMoneyStaysCounted() async throws {
