@@ -520,6 +520,33 @@ import Testing
         #expect(store.mostRunning.value == 1, "most jobs claimed at once with one job slot: \(store.mostRunning.value)")
     }
 
+    /// On a shared store, a process has one claim in flight at a time: the jobs admitted while it is out go
+    /// together in the next. (Claims started for every round at once queued behind each other's row locks in
+    /// PostgreSQL, one or two jobs each: 981 waits of 40 ms to 2.6 s for 2,000 jobs, and the 3-worker makespan
+    /// 1.07 to 1.10 times its bound on a loaded machine.)
+    @Test func aSharedStoreIsClaimedOneBatchAtATime() async throws {
+        let store = SlowAdmittingStore(delay: .milliseconds(100))
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        configuration.resources.maxConcurrentJobs = 8
+        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .milliseconds(30)) }
+        let generator = ParallelGenerator(
+            configuration: configuration,
+            providers: [provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let results = try await generator.generate((0..<40).map { .audio(prompt: "line \($0)") })
+        try await generator.stop()
+        #expect(results.allSatisfy { $0.succeeded })
+        #expect(provider.calls.count == 40)
+        #expect(store.mostClaiming.value == 1, "claims in flight at once: \(store.mostClaiming.value)")
+        let batches = store.batches.value
+        #expect(batches.reduce(0, +) == 40)
+        #expect(batches.contains { $0 > 1 }, "jobs admitted during a claim go together: \(batches)")
+    }
+
     /// The store is chosen at the call site, as the design shows: `.memory` or `.sqlite(path:)`.
     @Test func theStoreIsChosenAtTheCallSite() async throws {
         let folder = temporaryDirectory()
@@ -840,6 +867,62 @@ private final class SlowClaimStore: ForwardingJobStore, ClaimingJobStore {
         let running = try await memory.counts()[.running, default: 0]
         mostRunning.withLock { $0 = max($0, running) }
         return claimed
+    }
+}
+
+/// A shared store stand-in over the memory store: every batch claim takes `delay`, and it counts the claims in
+/// flight at once and each batch's size. Every call is admitted (it keeps no shared limits).
+private final class SlowAdmittingStore: ForwardingJobStore, AdmittingJobStore {
+    let memory = MemoryJobStore()
+    let delay: Duration
+    let claiming = Locked(0)
+    let mostClaiming = Locked(0)
+    let batches = Locked([Int]())
+    var base: any JobStore { memory }
+
+    init(delay: Duration) { self.delay = delay }
+
+    func peek(
+        limit: Int,
+        excludingUsers: Set<String>,
+        excludingProjects: Set<String>,
+        excludingJobs: Set<JobID>,
+        kinds: Set<GenerationKind>
+    ) async throws -> [JobRecord] {
+        try await memory.peek(
+            limit: limit,
+            excludingUsers: excludingUsers,
+            excludingProjects: excludingProjects,
+            excludingJobs: excludingJobs,
+            kinds: kinds
+        )
+    }
+
+    func claim(_ id: JobID, owner: String, duration: Duration, for call: SharedCall?) async throws -> ClaimDecision {
+        try await claim([ClaimRequest(id: id, call: call)], owner: owner, duration: duration)[0]
+    }
+
+    func claim(_ requests: [ClaimRequest], owner: String, duration: Duration) async throws -> [ClaimDecision] {
+        let now = claiming.withLock { $0 += 1; return $0 }
+        mostClaiming.withLock { $0 = max($0, now) }
+        batches.withLock { $0.append(requests.count) }
+        defer { claiming.withLock { $0 -= 1 } }
+        try await Task.sleep(for: delay)
+        var decisions: [ClaimDecision] = []
+        for request in requests {
+            if let job = try await memory.claim(request.id, owner: owner, duration: duration) {
+                decisions.append(.claimed(job))
+            } else {
+                decisions.append(.gone)
+            }
+        }
+        return decisions
+    }
+
+    func coolDown(provider: String, for duration: Duration) async throws {}
+
+    func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws {
+        try await memory.complete(lease, outcome: outcome)
     }
 }
 

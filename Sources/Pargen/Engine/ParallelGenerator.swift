@@ -57,6 +57,10 @@ public final class ParallelGenerator: Service, Sendable {
         var sharedProjectBlocks: [String: Duration] = [:]
         /// Jobs admitted and running.
         var running = 0
+        /// Admitted jobs waiting for the shared-store claim in flight to end, to be claimed together in the next.
+        var pendingClaims: [(granted: Granted, request: ClaimRequest)] = []
+        /// Whether a task is claiming ``pendingClaims`` (one at a time per process).
+        var claiming = false
         /// Counts the jobs this process added to or put back in the store, so the scheduler knows when to look.
         var storeGeneration = 0
         var batcher = BatcherStats()

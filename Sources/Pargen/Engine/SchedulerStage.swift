@@ -327,19 +327,47 @@ extension ParallelGenerator {
             }
         }
         guard let admitting, !claims.isEmpty else { return }
-        let requests = claims.map { ClaimRequest(id: $0.job.record.id, call: sharedCall(for: $0.job, ticket: $0.ticket)) }
-        group.addTask {
-            var results: [Result<ClaimDecision, any Error>]?
-            if !Task.isCancelled {
-                do {
-                    let decisions = try await admitting.claim(requests, owner: self.workerID, duration: self.configuration.leaseDuration)
-                    results = decisions.map { .success($0) }
-                } catch {
-                    results = claims.map { _ in .failure(error) }
-                }
+        let startsLane = state.withLock { state -> Bool in
+            state.pendingClaims += claims.map {
+                ($0, ClaimRequest(id: $0.job.record.id, call: sharedCall(for: $0.job, ticket: $0.ticket)))
             }
-            await withDiscardingTaskGroup { jobs in
-                for (index, granted) in claims.enumerated() {
+            guard !state.claiming else { return false }
+            state.claiming = true
+            return true
+        }
+        if startsLane { group.addTask { await self.claimPending(admitting) } }
+    }
+
+    /// Claims the admitted jobs of ``EngineState/pendingClaims`` in batches, one transaction at a time, until none
+    /// is left; each claimed job then runs in a task of its own.
+    ///
+    /// One claim in flight per process: the jobs admitted while it is out go together in the next. Claims that
+    /// each took the shared limits' row locks (every claim on a provider, a project or a user waits for the one
+    /// before) queued behind each other in PostgreSQL, holding connections, in batches of one or two jobs.
+    func claimPending(_ admitting: any AdmittingJobStore) async {
+        await withDiscardingTaskGroup { jobs in
+            while true {
+                let batch = state.withLock { state -> [(granted: Granted, request: ClaimRequest)] in
+                    let batch = state.pendingClaims
+                    state.pendingClaims = []
+                    if batch.isEmpty { state.claiming = false }
+                    return batch
+                }
+                guard !batch.isEmpty else { return }
+                var results: [Result<ClaimDecision, any Error>]?
+                if !Task.isCancelled {
+                    do {
+                        let decisions = try await admitting.claim(
+                            batch.map(\.request),
+                            owner: workerID,
+                            duration: configuration.leaseDuration
+                        )
+                        results = decisions.map { .success($0) }
+                    } catch {
+                        results = batch.map { _ in .failure(error) }
+                    }
+                }
+                for (index, granted) in batch.map(\.granted).enumerated() {
                     let result = results?[index]
                     jobs.addTask {
                         await self.runGranted(granted) {
