@@ -291,15 +291,16 @@ public final class MemoryJobStore: ClaimingJobStore {
             trial.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
             var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
             for budget in budgets { others[budget.scope] = (.zero, .zero) }
-            let ledgers = state.jobs.values.lazy.filter { $0.id != lease.jobID }
-                .map { (project: $0.request.project, campaign: $0.request.campaign, ledger: $0.ledger) }
-            let purged = state.purged.lazy.map { (project: $0.key.project, campaign: $0.key.campaign, ledger: $0.value) }
-            for (project, campaign, ledger) in [AnySequence(ledgers), AnySequence(purged)].joined() {
+            func count(_ ledger: CostLedger, project: String, campaign: String) {
                 for budget in budgets where budget.scope.contains(project: project, campaign: campaign) {
                     let sum = others[budget.scope]!
                     others[budget.scope] = (sum.committed + ledger.charged + ledger.pending, sum.pending + ledger.pending)
                 }
             }
+            for record in state.jobs.values where record.id != lease.jobID {
+                count(record.ledger, project: record.request.project, campaign: record.request.campaign)
+            }
+            for (scope, ledger) in state.purged { count(ledger, project: scope.project, campaign: scope.campaign) }
             let result = Budget.check(budgets, others: others, own: trial.ledger.charged + trial.ledger.pending)
             if case .success = result { state.transition(lease.jobID, now: clock.now) { $0 = trial } }
             return result
