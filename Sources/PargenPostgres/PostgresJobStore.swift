@@ -341,33 +341,15 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
                 for budget in budgets {
                     // The scope's other jobs, and the jobs pruned or purged from it.
-                    let sums = "COALESCE(SUM(charged + pending), 0)::bigint, COALESCE(SUM(pending), 0)::bigint"
-                    let id = lease.jobID.rawValue
-                    let name = budget.scope.name
-                    let query: PostgresQuery =
-                        switch budget.scope.kind {
-                        case .global:
-                            """
-                            SELECT \(unescaped: sums) FROM (
-                                SELECT charged, pending FROM \(unescaped: quoted).jobs WHERE id <> \(id)
-                                UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers
-                            ) AS scope
-                            """
-                        case .project:
-                            """
-                            SELECT \(unescaped: sums) FROM (
-                                SELECT charged, pending FROM \(unescaped: quoted).jobs WHERE project = \(name) AND id <> \(id)
-                                UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers WHERE project = \(name)
-                            ) AS scope
-                            """
-                        case .campaign:
-                            """
-                            SELECT \(unescaped: sums) FROM (
-                                SELECT charged, pending FROM \(unescaped: quoted).jobs WHERE campaign = \(name) AND id <> \(id)
-                                UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers WHERE campaign = \(name)
-                            ) AS scope
-                            """
-                        }
+                    let column = Self.scopeColumn(budget.scope)
+                    let query: PostgresQuery = """
+                        SELECT COALESCE(SUM(charged + pending), 0)::bigint, COALESCE(SUM(pending), 0)::bigint FROM (
+                            SELECT charged, pending FROM \(unescaped: quoted).jobs
+                            WHERE \(unescaped: column) = \(budget.scope.name) AND id <> \(lease.jobID.rawValue)
+                            UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers
+                            WHERE \(unescaped: column) = \(budget.scope.name)
+                        ) AS scope
+                        """
                     for (committed, pending) in try await connection.allRows(query, logger: self.logger).decode((Int64, Int64).self) {
                         others[budget.scope] = (Money(nanos: committed), Money(nanos: pending))
                     }
@@ -394,30 +376,14 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 """
             // The scope's jobs, and the jobs pruned or purged from it.
             let money = "reserved, charged, released, pending"
-            let query: PostgresQuery =
-                switch scope.kind {
-                case .global:
-                    """
-                    SELECT \(unescaped: sums) FROM (
-                        SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs
-                        UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers
-                    ) AS scope
-                    """
-                case .project:
-                    """
-                    SELECT \(unescaped: sums) FROM (
-                        SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs WHERE project = \(scope.name)
-                        UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers WHERE project = \(scope.name)
-                    ) AS scope
-                    """
-                case .campaign:
-                    """
-                    SELECT \(unescaped: sums) FROM (
-                        SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs WHERE campaign = \(scope.name)
-                        UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers WHERE campaign = \(scope.name)
-                    ) AS scope
-                    """
-                }
+            let column = Self.scopeColumn(scope)
+            let query: PostgresQuery = """
+                SELECT \(unescaped: sums) FROM (
+                    SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs WHERE \(unescaped: column) = \(scope.name)
+                    UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers
+                    WHERE \(unescaped: column) = \(scope.name)
+                ) AS scope
+                """
             for (reserved, charged, released, pending) in try await self.allRows(query, logger: self.logger)
                 .decode((Int64, Int64, Int64, Int64).self)
             {
@@ -583,6 +549,16 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
+    /// The column that a scope's name is compared with, in the jobs table and in `purged_ledgers`: the global
+    /// scope's name (`*`) is compared with itself, which the planner reads as no filter.
+    static func scopeColumn(_ scope: BudgetScope) -> String {
+        switch scope.kind {
+        case .global: "'*'"
+        case .project: "project"
+        case .campaign: "campaign"
+        }
+    }
+
     /// What a deleted job's row gives ``keepPurgedMoney(_:)``.
     static let purgedMoney = "project, campaign, reserved, charged, released, pending"
 
@@ -623,8 +599,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     /// Deletes succeeded and dead-lettered jobs that finished more than `age` ago, and the admissions that no
-    /// window looks at any more, with the enqueues' answers as old (housekeeping); returns how many jobs went. Their money stays counted in the
-    /// budgets and the totals (``keepPurgedMoney(_:)``).
+    /// window looks at any more, with the enqueues' answers as old (housekeeping); returns how many jobs went.
+    /// Their money stays counted in the budgets and the totals (``keepPurgedMoney(_:)``).
     public func prune(finishedBefore age: Duration, admissionsBefore window: Duration) async throws -> Int {
         let clock = injectedNow
         return try await run("prune finished jobs") { [quoted] in
