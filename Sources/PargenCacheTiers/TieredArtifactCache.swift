@@ -18,9 +18,10 @@ import Synchronization
 ///   store and written back.
 ///
 /// Failure policy: a lookup asks Redis within its command time-out (250 ms by default) and the object store within
-/// ``Settings/lookupTimeout``; a tier that fails, is slow or is down is a miss, counted in ``SharedCacheStats/lookupErrors``,
-/// and Redis's client refuses at once while it waits to reconnect. No lookup throws; nothing waits on a tier that
-/// is away. Claims on a Redis that is away answer ``SharedFlightClaim/unavailable`` (the job goes on alone).
+/// ``Settings/lookupTimeout`` (three tries); a Redis that fails, is slow or is down is passed over, and an object
+/// store that does too makes the lookup ``SharedLookup/unanswered`` (both counted in
+/// ``SharedCacheStats/lookupErrors``). Redis's client refuses at once while it waits to reconnect. No lookup
+/// throws; none waits past those time-outs. Claims on a Redis that is away answer ``SharedFlightClaim/unavailable`` (the job goes on alone).
 public final class TieredArtifactCache: SharedArtifactCache {
     public struct Settings: Sendable {
         /// Records older than this are misses (and Redis drops them by itself). Default 24 h.
@@ -99,7 +100,9 @@ public final class TieredArtifactCache: SharedArtifactCache {
 
     // MARK: - SharedArtifactCache
 
-    public func lookup(_ fingerprint: String) async -> SharedArtifact? {
+    /// Redis first, then the object store, which is the one that can say a record is absent (Redis may have
+    /// evicted it): a lookup whose object store call failed is ``SharedLookup/unanswered``.
+    public func lookup(_ fingerprint: String) async -> SharedLookup {
         let now = Date().timeIntervalSince1970
         if let redis {
             do {
@@ -109,31 +112,36 @@ public final class TieredArtifactCache: SharedArtifactCache {
                     counters.withLock { $0.redisHits += 1 }
                     var found = record.artifact
                     found.tier = "redis"
-                    return found
+                    return .found(found)
                 }
             } catch {
                 counters.withLock { $0.lookupErrors += 1 }
             }
         }
+        let data: Data?
         do {
-            if let data = try await lookups.getData(key: recordKey(fingerprint)), let record = decode(data),
-                fresh(record, now: now)
-            {
-                counters.withLock { $0.objectStoreHits += 1 }
-                // Back into Redis for the next process that asks, for the rest of its lifetime.
-                if let redis, let text = String(data: (try? JSONEncoder().encode(record)) ?? Data(), encoding: .utf8) {
-                    let left = settings.timeToLive.seconds - (now - record.createdAt)
-                    if left > 1 { try? await redis.set(redisKey(fingerprint), text, ttl: .milliseconds(Int64(left * 1000))) }
-                }
-                var found = record.artifact
-                found.tier = "object-store"
-                return found
-            }
+            data = try await lookups.getData(key: recordKey(fingerprint))
         } catch {
-            counters.withLock { $0.lookupErrors += 1 }
+            counters.withLock {
+                $0.lookupErrors += 1
+                $0.unansweredLookups += 1
+                $0.misses += 1
+            }
+            return .unanswered
+        }
+        if let data, let record = decode(data), fresh(record, now: now) {
+            counters.withLock { $0.objectStoreHits += 1 }
+            // Back into Redis for the next process that asks, for the rest of its lifetime.
+            if let redis, let text = String(data: (try? JSONEncoder().encode(record)) ?? Data(), encoding: .utf8) {
+                let left = settings.timeToLive.seconds - (now - record.createdAt)
+                if left > 1 { try? await redis.set(redisKey(fingerprint), text, ttl: .milliseconds(Int64(left * 1000))) }
+            }
+            var found = record.artifact
+            found.tier = "object-store"
+            return .found(found)
         }
         counters.withLock { $0.misses += 1 }
-        return nil
+        return .absent
     }
 
     public func fetch(_ shared: SharedArtifact, to file: URL) async throws {

@@ -86,6 +86,7 @@ final class ServerMetrics: Sendable {
             grow("pargen_cache_shared_hits_total", [("tier", "object_store")], to: Double(shared.objectStoreHits))
             grow("pargen_cache_shared_misses_total", [], to: Double(shared.misses))
             grow("pargen_cache_shared_lookup_errors_total", [], to: Double(shared.lookupErrors))
+            grow("pargen_cache_shared_unanswered_lookups_total", [], to: Double(shared.unansweredLookups))
             grow("pargen_cache_shared_uploads_total", [("outcome", "published")], to: Double(shared.uploads))
             grow("pargen_cache_shared_uploads_total", [("outcome", "failed")], to: Double(shared.uploadFailures))
         }

@@ -94,15 +94,15 @@ enum CacheBench {
             _ = await memory.get(fingerprint)
             samples["memory LRU", default: []].append(ContinuousClock.now - t)
             t = ContinuousClock.now
-            let viaRedis = await tiers.lookup(fingerprint)
+            let viaRedis = await tiers.lookup(fingerprint).artifact
             samples["Redis hit", default: []].append(ContinuousClock.now - t)
             t = ContinuousClock.now
-            let viaObjects = await objectOnly.lookup(fingerprint)
+            let viaObjects = await objectOnly.lookup(fingerprint).artifact
             samples["object-store hit", default: []].append(ContinuousClock.now - t)
             t = ContinuousClock.now
             let missing = await tiers.lookup("0000\(i)")
             samples["miss (Redis, then object store)", default: []].append(ContinuousClock.now - t)
-            guard viaRedis?.tier == "redis", viaObjects?.tier == "object-store", missing == nil else {
+            guard viaRedis?.tier == "redis", viaObjects?.tier == "object-store", missing == .absent else {
                 print("lookup \(i) answered from the wrong tier")
                 return
             }

@@ -3,13 +3,15 @@ public import Foundation
 /// The cache tiers shared between processes and between runs (Redis, then an object store behind a CDN), which
 /// the engine consults after its memory LRU. `PargenCacheTiers` implements it on Redis and S3-compatible storage.
 ///
-/// Its failure policy is the engine's: a lookup never throws and never waits past the tier's short time-out (a
-/// tier that is down or slow is a miss), so no job fails or waits because a cache is away; only
+/// Its failure policy is the engine's: a lookup never throws and never waits past the tier's short time-out, so
+/// no job fails because a cache is away. A lookup says whether the tiers answered: a line they answered is
+/// absent is generated; a line no tier could answer for may exist, so the engine asks again shortly, and pays
+/// for it only after ``ParallelGenerator/sharedTierTries`` unanswered lookups and failed fetches. Only
 /// ``publish(_:fingerprint:cost:)`` and ``fetch(_:to:)`` report errors, and the engine decides what they mean.
 public protocol SharedArtifactCache: Sendable {
-    /// The artifact generated for `fingerprint` by any process, or `nil` (a miss, or a tier that did not answer
-    /// in time).
-    func lookup(_ fingerprint: String) async -> SharedArtifact?
+    /// What the tiers hold for `fingerprint`: the artifact any process generated, that they hold none, or that
+    /// none of them could say (errors or time-outs).
+    func lookup(_ fingerprint: String) async -> SharedLookup
 
     /// Fetches the shared artifact's media into `file`, checked against its length and SHA-256.
     func fetch(_ shared: SharedArtifact, to file: URL) async throws
@@ -25,6 +27,23 @@ public protocol SharedArtifactCache: Sendable {
     func release(_ claim: SharedFlightClaim) async
 
     func stats() async -> SharedCacheStats
+}
+
+/// What the shared tiers answered about one fingerprint.
+public enum SharedLookup: Sendable, Equatable {
+    /// The artifact some process generated for it.
+    case found(SharedArtifact)
+    /// The tiers answered that no process has recorded it (the durable tier said so; a record evicted from a
+    /// faster tier alone is not absent).
+    case absent
+    /// No tier could say (each erred or timed out): it may exist.
+    case unanswered
+
+    /// The artifact, when one was found.
+    public var artifact: SharedArtifact? {
+        if case .found(let artifact) = self { return artifact }
+        return nil
+    }
 }
 
 /// One artifact in the shared tiers.
@@ -92,8 +111,11 @@ public struct SharedCacheStats: Sendable, Hashable, Codable {
     public var redisHits = 0
     public var objectStoreHits = 0
     public var misses = 0
-    /// Lookups a tier did not answer in time or answered with an error (counted as misses too).
+    /// Calls to a tier that did not answer in time or answered with an error: lookups (one per tier asked) and
+    /// writes of records to Redis.
     public var lookupErrors = 0
+    /// Lookups no tier could answer (counted in ``misses`` too): the line may exist, so the engine asked again.
+    public var unansweredLookups = 0
     public var uploads = 0
     public var uploadFailures = 0
     public var bytesUploaded: Int64 = 0

@@ -93,16 +93,25 @@ extension ParallelGenerator {
                     return
                 }
                 // Looked up before the claim: another process may have published it and let go since.
-                if case .leader = claim, let sharedCache, !sharedFetchGaveUp(request.fingerprint),
-                    let found = await sharedCache.lookup(request.fingerprint)
-                {
-                    let served = try await serveShared(found, job: job, from: sharedCache)
-                    if served != nil || !sharedFetchGaveUp(request.fingerprint) {
-                        // Served, or the artifact exists and its fetch failed: try the fetch again shortly
+                if case .leader = claim, let sharedCache, !sharedTiersGaveUp(request.fingerprint) {
+                    var served: Artifact?
+                    let mayExist: Bool
+                    switch await sharedCache.lookup(request.fingerprint) {
+                    case .found(let found):
+                        served = try await serveShared(found, job: job, from: sharedCache)
+                        mayExist = true
+                    case .unanswered:
+                        countSharedTierFailure(request.fingerprint)
+                        mayExist = true
+                    case .absent:
+                        mayExist = false
+                    }
+                    if served != nil || mayExist && !sharedTiersGaveUp(request.fingerprint) {
+                        // Served, or the line may exist (its fetch failed, or no tier answered): ask again shortly
                         // rather than pay for the line again.
                         await sharedCache.release(claim)
                         ticket.finish(.notCalled)
-                        if served == nil { try? await putBack(job, after: .seconds(1)) }
+                        if served == nil { try? await putBack(job, after: Self.sharedTierPause) }
                         flights.finish(request.fingerprint, with: served.map { .success($0) } ?? .retryLater)
                         return
                     }
@@ -133,12 +142,20 @@ extension ParallelGenerator {
 
     /// How often a job whose identical request another process is generating looks for its result.
     static let sharedFlightPoll: Duration = .milliseconds(500)
-    /// Failed fetches of an existing shared artifact after which its line is generated again.
-    static let sharedFetchTries = 3
+    /// Failures of the shared tiers to serve a line that may exist there (lookups no tier answered, fetches of
+    /// its artifact that failed) after which the line is generated: the provider is paid again only after this
+    /// many, each a second apart.
+    public static let sharedTierTries = 3
+    /// The wait before a line the shared tiers failed to serve is looked for again.
+    static let sharedTierPause: Duration = .seconds(1)
 
-    /// Whether the shared artifact of `fingerprint` failed to be fetched ``sharedFetchTries`` times.
-    func sharedFetchGaveUp(_ fingerprint: String) -> Bool {
-        state.withLock { $0.sharedFetchFailures[fingerprint, default: 0] >= Self.sharedFetchTries }
+    /// Whether the shared tiers failed ``sharedTierTries`` times to serve `fingerprint`.
+    func sharedTiersGaveUp(_ fingerprint: String) -> Bool {
+        state.withLock { $0.sharedTierFailures[fingerprint, default: 0] >= Self.sharedTierTries }
+    }
+
+    func countSharedTierFailure(_ fingerprint: String) {
+        state.withLock { $0.sharedTierFailures[fingerprint, default: 0] += 1 }
     }
 
     /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
@@ -161,7 +178,7 @@ extension ParallelGenerator {
     /// Completes a job with an artifact another process (or an earlier run) generated: its media is fetched from
     /// the object store into this run's folder, checked as a provider's would be, and the job is done at no
     /// cost, saving what it cost then. A fetch that fails is counted: the job is tried again, and its line is
-    /// generated only after ``sharedFetchTries`` failed fetches.
+    /// generated only after ``sharedTierTries`` failures of the tiers.
     ///
     /// - Returns: The job's artifact, or `nil` when it was not served.
     @discardableResult
@@ -182,7 +199,7 @@ extension ParallelGenerator {
             )
         } catch {
             artifacts.discard(staging)
-            state.withLock { $0.sharedFetchFailures[record.request.fingerprint, default: 0] += 1 }
+            countSharedTierFailure(record.request.fingerprint)
             logger.warning(
                 "a shared artifact could not be fetched",
                 metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(error)"]
@@ -190,7 +207,8 @@ extension ParallelGenerator {
             return nil
         }
         guard artifact.sha256 == found.sha256 else {
-            logger.warning("a shared artifact's hash differs from its entry; generating instead",
+            countSharedTierFailure(record.request.fingerprint)
+            logger.warning("a shared artifact's hash differs from its entry",
                 metadata: [LoggingKeys.jobID: "\(record.id)"])
             return nil
         }

@@ -69,9 +69,9 @@ public final class ParallelGenerator: Service, Sendable {
         var deduplicated = 0
         /// What the jobs served by a cache or an identical request would have cost to generate.
         var saved: Money = .zero
-        /// Fingerprints whose shared artifact could not be fetched, and how many times: a line whose artifact
-        /// exists is generated again only after ``sharedFetchTries`` failed fetches.
-        var sharedFetchFailures: [String: Int] = [:]
+        /// Fingerprints the shared tiers failed to serve, and how many times (lookups no tier answered, fetches
+        /// that failed): a line that may exist there is generated only after ``sharedTierTries`` failures.
+        var sharedTierFailures: [String: Int] = [:]
         var invalid: [JobID: GenerationResult] = [:]
         /// Requests submitted so far, for the fallback ids of requests that have none.
         var submittedCount = 0

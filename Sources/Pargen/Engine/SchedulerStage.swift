@@ -204,15 +204,28 @@ extension ParallelGenerator {
                 return
             }
         }
-        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty, !sharedFetchGaveUp(request.fingerprint) {
+        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty, !sharedTiersGaveUp(request.fingerprint) {
             // The shared tiers answer over the network: each lookup runs on its own, and a miss joins the backlog
-            // when it is known (a tier that is down or slow misses within its short time-out).
+            // when it is known. A lookup no tier answered (each is down or slow past its short time-out) is asked
+            // again a moment later, until the tiers have failed ``sharedTierTries`` times: the line may be there.
             let candidates = names
             group.addTask {
-                if let found = await sharedCache.lookup(request.fingerprint) {
+                switch await sharedCache.lookup(request.fingerprint) {
+                case .found(let found):
                     guard let job = await self.claimUnadmitted(job) else { return }
                     await self.processJob(job, ticket: nil, shared: found)
                     return
+                case .unanswered:
+                    self.countSharedTierFailure(request.fingerprint)
+                    if !self.sharedTiersGaveUp(request.fingerprint) {
+                        guard let job = await self.claimUnadmitted(job) else { return }
+                        try? await self.putBack(job, after: Self.sharedTierPause)
+                        self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
+                        self.wakeup.signal()
+                        return
+                    }
+                case .absent:
+                    break
                 }
                 self.awaitAdmission(job, providers: candidates, submits: true)
                 self.wakeup.signal()

@@ -115,7 +115,8 @@ public enum ProgressText {
         if let shared = stats.sharedCache {
             out.append(
                 "shared cache: \(shared.redisHits) Redis hits, \(shared.objectStoreHits) object-store hits, "
-                    + "\(shared.misses) misses, \(shared.lookupErrors) lookups a tier did not answer; "
+                    + "\(shared.misses) misses, \(shared.lookupErrors) tier errors, "
+                    + "\(shared.unansweredLookups) lookups no tier answered (asked again); "
                     + "\(shared.uploads) artifacts published (\(shared.uploadFailures) failed), "
                     + "\(shared.heldElsewhere) waits for another worker's identical request, "
                     + "\(shared.lockErrors) lock errors, \(shared.fetchFailures) failed fetches"
