@@ -249,11 +249,82 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     """
             )
         }
+        migrator.registerMigration("v9-scope-money") { db in
+            // Each scope's money as a running total, kept by triggers in the transaction that changes a job's
+            // ledger: a reservation within a budget reads one row instead of summing the scope's jobs (which cost
+            // a scan of the scope per reservation, inside the single writer). A deleted (purged) job's money stays
+            // counted, as it did through `purged_ledgers`; the two indexes the sums read go.
+            var sql = """
+                CREATE TABLE scope_money (
+                    kind TEXT NOT NULL,
+                    name TEXT NOT NULL,
+                    reserved INTEGER NOT NULL,
+                    charged INTEGER NOT NULL,
+                    released INTEGER NOT NULL,
+                    pending INTEGER NOT NULL,
+                    PRIMARY KEY (kind, name)
+                ) WITHOUT ROWID;
+                """
+            let money = "SELECT project, campaign, reserved, charged, released, pending FROM jobs UNION ALL "
+                + "SELECT project, campaign, reserved, charged, released, pending FROM purged_ledgers"
+            for (kind, name) in [("global", "'*'"), ("project", "project"), ("campaign", "campaign")] {
+                sql += """
+                    INSERT INTO scope_money (kind, name, reserved, charged, released, pending)
+                    SELECT '\(kind)', \(name), SUM(reserved), SUM(charged), SUM(released), SUM(pending)
+                    FROM (\(money)) GROUP BY 2;
+
+                    """
+            }
+            sql += """
+                CREATE TRIGGER jobs_money_insert AFTER INSERT ON jobs
+                WHEN NEW.reserved <> 0 OR NEW.charged <> 0 OR NEW.released <> 0 OR NEW.pending <> 0
+                BEGIN
+                \(Self.addMoney(
+                    project: "NEW.project", campaign: "NEW.campaign",
+                    reserved: "NEW.reserved", charged: "NEW.charged", released: "NEW.released", pending: "NEW.pending"
+                ))
+                END;
+                CREATE TRIGGER jobs_money_update AFTER UPDATE OF reserved, charged, released, pending ON jobs
+                WHEN NEW.reserved <> OLD.reserved OR NEW.charged <> OLD.charged OR NEW.released <> OLD.released
+                    OR NEW.pending <> OLD.pending
+                BEGIN
+                \(Self.addMoney(
+                    project: "NEW.project", campaign: "NEW.campaign",
+                    reserved: "NEW.reserved - OLD.reserved", charged: "NEW.charged - OLD.charged",
+                    released: "NEW.released - OLD.released", pending: "NEW.pending - OLD.pending"
+                ))
+                END;
+                DROP INDEX jobs_project_money;
+                DROP INDEX jobs_campaign_money;
+                """
+            try db.execute(sql: sql)
+        }
         do {
             try migrator.migrate(writer)
         } catch {
             throw StoreError(.unavailable, "cannot prepare the job store's tables", underlying: error)
         }
+    }
+
+    /// The statements of a trigger that add amounts (SQL expressions) to the global scope's, the project's
+    /// and the campaign's totals in `scope_money`.
+    static func addMoney(
+        project: String,
+        campaign: String,
+        reserved: String,
+        charged: String,
+        released: String,
+        pending: String
+    ) -> String {
+        [("'global'", "'*'"), ("'project'", project), ("'campaign'", campaign)].map { kind, name in
+            """
+            INSERT INTO scope_money (kind, name, reserved, charged, released, pending)
+            VALUES (\(kind), \(name), \(reserved), \(charged), \(released), \(pending))
+            ON CONFLICT (kind, name) DO UPDATE SET
+                reserved = reserved + excluded.reserved, charged = charged + excluded.charged,
+                released = released + excluded.released, pending = pending + excluded.pending;
+            """
+        }.joined(separator: "\n")
     }
 
     // MARK: - JobStore
@@ -627,52 +698,36 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     public func ledger(in scope: BudgetScope) async throws -> CostLedger {
         try await read { db in
-            let (filter, arguments) = Self.filter(scope)
             var totals = CostLedger()
             if let row = try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT SUM(reserved) AS r, SUM(charged) AS c, SUM(released) AS l, SUM(pending) AS p FROM (
-                        SELECT reserved, charged, released, pending FROM jobs\(filter)
-                        UNION ALL SELECT reserved, charged, released, pending FROM purged_ledgers\(filter)
-                    )
-                    """,
-                arguments: arguments + arguments
+                db.cachedStatement(
+                    sql: "SELECT reserved, charged, released, pending FROM scope_money WHERE kind = ? AND name = ?"
+                ),
+                arguments: Self.key(scope)
             ) {
-                totals.reserved = Money(nanos: row["r"] ?? 0)
-                totals.charged = Money(nanos: row["c"] ?? 0)
-                totals.released = Money(nanos: row["l"] ?? 0)
-                totals.pending = Money(nanos: row["p"] ?? 0)
+                totals.reserved = Money(nanos: try row.decode(atIndex: 0))
+                totals.charged = Money(nanos: try row.decode(atIndex: 1))
+                totals.released = Money(nanos: try row.decode(atIndex: 2))
+                totals.pending = Money(nanos: try row.decode(atIndex: 3))
             }
             return totals
         }
     }
 
-    /// A scope's `charged + pending` and `pending`, summed over its jobs and the ledgers of those purged.
+    /// A scope's `charged + pending` and `pending`: its jobs', and those of the jobs purged from it.
     private static func scopeSums(_ db: Database, _ scope: BudgetScope) throws -> (committed: Money, pending: Money) {
-        let (filter, arguments) = filter(scope)
         guard
             let row = try Row.fetchOne(
-                db,
-                sql: """
-                    SELECT COALESCE(SUM(charged + pending), 0) AS c, COALESCE(SUM(pending), 0) AS p FROM (
-                        SELECT charged, pending FROM jobs\(filter)
-                        UNION ALL SELECT charged, pending FROM purged_ledgers\(filter)
-                    )
-                    """,
-                arguments: arguments + arguments
+                db.cachedStatement(sql: "SELECT charged + pending, pending FROM scope_money WHERE kind = ? AND name = ?"),
+                arguments: key(scope)
             )
         else { return (.zero, .zero) }
-        return (Money(nanos: row["c"] ?? 0), Money(nanos: row["p"] ?? 0))
+        return (Money(nanos: try row.decode(atIndex: 0)), Money(nanos: try row.decode(atIndex: 1)))
     }
 
-    /// The `WHERE` clause that picks a scope's jobs.
-    private static func filter(_ scope: BudgetScope) -> (String, StatementArguments) {
-        switch scope.kind {
-        case .global: ("", [])
-        case .project: (" WHERE project = ?", [scope.name])
-        case .campaign: (" WHERE campaign = ?", [scope.name])
-        }
+    /// A scope's row in `scope_money` (the global scope is `*`, whatever its name says).
+    private static func key(_ scope: BudgetScope) -> StatementArguments {
+        [scope.kind.rawValue, scope.kind == .global ? "*" : scope.name]
     }
 
     public func recordSubmission(_ lease: JobLease, taskID: String) async throws {

@@ -108,9 +108,16 @@ import Testing
             #expect(read.errors.map(\.description) == record.errors.map(\.description))
             #expect(read.outcome?.artifact == record.outcome?.artifact)
         }
+        // The budgets' totals are the jobs' ledgers, summed when the file was converted.
+        #expect(try await store.ledger(in: .project("p")) == busy.ledger)
+        #expect(try await store.ledger(in: .project("q")) == done.ledger)
+        #expect(try await store.ledger(in: .global).charged == busy.ledger.charged + done.ledger.charged)
+        #expect(try await store.ledger(in: .global).pending == busy.ledger.pending && busy.ledger.pending > .zero)
         // The converted jobs go on: the held one completes under its lease, the queued one is leased.
         let lease = JobLease(jobID: busy.id, token: "w:2", expiresAt: Self.start + .seconds(600))
         try await store.complete(lease, outcome: JobOutcome.test)
+        #expect(try await store.ledger(in: .project("p")).pending == .zero)
+        #expect(try await store.ledger(in: .global).charged == done.ledger.charged + .cents(3) + busy.ledger.charged)
         let finished = try #require(try await store.job(busy.id))
         #expect(finished.state == .succeeded && finished.ledger.balances)
         #expect(finished.ledger.charged == .cents(3) && finished.ledger.released == .cents(72))
@@ -149,5 +156,87 @@ import Testing
         #expect(record.errors.first?.retryAfter == .seconds(3))
         #expect(record.ledger.reserved == .cents(10) && record.ledger.released == .cents(7) && record.ledger.pending == .cents(3))
         #expect(record.attempts == 1 && record.enqueuedAt == Self.start)
+    }
+}
+
+/// Budgets read each scope's money from running totals that triggers keep: after any mix of transitions and
+/// purges, each total is what summing the jobs' ledgers (and the purged ones') gives.
+@Suite struct SQLiteScopeMoneyTests {
+    @Test(arguments: [1, 2, 3])
+    func everyScopesTotalIsTheSumOfItsJobsLedgers(seed: UInt64) async throws {
+        let path = temporaryDirectory().appendingPathComponent("money.sqlite").path
+        let store = try SQLiteJobStore(path: path)
+        var random = SplitMix64(seed: seed)
+        let requests = (0..<60).map { i in
+            validated(
+                .audio(prompt: "line \(i)", user: "u\(i % 4)", project: "p\(i % 3)", campaign: "c\(i % 2)"),
+                id: "r\(i)"
+            )
+        }
+        _ = try await store.enqueue(requests)
+        var finished: [JobID] = []
+        for round in 0..<12 {
+            for job in try await store.lease(limit: 8, owner: "w", duration: .seconds(60), excludingUsers: []) {
+                try await store.beginAttempt(
+                    job.lease, provider: "p", reserving: .cents(Int.random(in: 1...50, using: &random))
+                )
+                switch Int.random(in: 0..<5, using: &random) {
+                case 0, 1:
+                    var outcome = JobOutcome.test
+                    outcome.cost = .cents(Int.random(in: 0...80, using: &random))
+                    try await store.complete(job.lease, outcome: outcome)
+                    finished.append(job.record.id)
+                case 2:
+                    try await store.retry(
+                        job.lease, error: GenerationError(.transient, "503"), after: .zero,
+                        spendAttempt: true, failedProvider: nil
+                    )
+                case 3:
+                    try await store.deadLetter(job.lease, error: GenerationError(.invalidRequest, "no"))
+                    finished.append(job.record.id)
+                default:
+                    // Its call went out and its answer is awaited: the reservation stays pending.
+                    try await store.recordSubmission(job.lease, taskID: "t-\(round)")
+                }
+            }
+            if round % 4 == 3, !finished.isEmpty {
+                _ = try await store.purge(Array(finished.prefix(3)))
+                finished.removeFirst(min(3, finished.count))
+            }
+            try await expectTotalsMatch(store, path: path)
+        }
+        #expect(try await store.ledger(in: .global).charged > .zero)
+    }
+
+    /// Each scope's ledger from the store against a sum over the file's jobs and purged ledgers.
+    func expectTotalsMatch(_ store: SQLiteJobStore, path: String) async throws {
+        let file = try DatabaseQueue(path: path, configuration: { var c = Configuration(); c.readonly = true; return c }())
+        let sums = try await file.read { db in
+            try Row.fetchAll(
+                db,
+                sql: """
+                    SELECT kind, name, SUM(reserved), SUM(charged), SUM(released), SUM(pending) FROM (
+                        SELECT 'global' AS kind, '*' AS name, reserved, charged, released, pending FROM jobs
+                        UNION ALL SELECT 'global', '*', reserved, charged, released, pending FROM purged_ledgers
+                        UNION ALL SELECT 'project', project, reserved, charged, released, pending FROM jobs
+                        UNION ALL SELECT 'project', project, reserved, charged, released, pending FROM purged_ledgers
+                        UNION ALL SELECT 'campaign', campaign, reserved, charged, released, pending FROM jobs
+                        UNION ALL SELECT 'campaign', campaign, reserved, charged, released, pending FROM purged_ledgers
+                    ) GROUP BY kind, name
+                    """
+            ).map { row -> (BudgetScope, CostLedger) in
+                var ledger = CostLedger()
+                ledger.reserved = Money(nanos: row[2])
+                ledger.charged = Money(nanos: row[3])
+                ledger.released = Money(nanos: row[4])
+                ledger.pending = Money(nanos: row[5])
+                return (BudgetScope(kind: BudgetScope.Kind(rawValue: row[0])!, name: row[1]), ledger)
+            }
+        }
+        try file.close()
+        #expect(sums.count == 1 + 3 + 2)
+        for (scope, summed) in sums {
+            #expect(try await store.ledger(in: scope) == summed, "\(scope)")
+        }
     }
 }

@@ -18,7 +18,12 @@ enum StoreBench {
 
     /// Enqueue then lease, begin, record the task id and complete every job, 100 leased at a time: one job after
     /// the other, or (`concurrent`) the 100 at once, as the engine runs them.
-    static func lifecycle(_ store: any JobStore, jobs: Int, concurrent: Bool = false) async throws -> Double {
+    static func lifecycle(
+        _ store: any JobStore,
+        jobs: Int,
+        concurrent: Bool = false,
+        within budgets: [Budget] = []
+    ) async throws -> Double {
         let start = ContinuousClock.now
         for batch in stride(from: 0, to: jobs, by: 1000) {
             _ = try await store.enqueue((batch..<min(jobs, batch + 1000)).map(request))
@@ -28,20 +33,28 @@ enum StoreBench {
             let leased = try await store.lease(limit: 100, owner: "bench", duration: .seconds(60), excludingUsers: [])
             if concurrent {
                 try await withThrowingTaskGroup(of: Void.self) { group in
-                    for job in leased { group.addTask { try await finish(job, in: store) } }
+                    for job in leased { group.addTask { try await finish(job, in: store, within: budgets) } }
                     try await group.waitForAll()
                 }
             } else {
-                for job in leased { try await finish(job, in: store) }
+                for job in leased { try await finish(job, in: store, within: budgets) }
             }
             done += leased.count
         }
         return (ContinuousClock.now - start).seconds
     }
 
-    /// A leased job's call on an instant provider: begin, record the task id, complete.
-    static func finish(_ job: LeasedJob, in store: any JobStore) async throws {
-        try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
+    /// A leased job's call on an instant provider: begin (within `budgets`, when there are any), record the
+    /// task id, complete.
+    static func finish(_ job: LeasedJob, in store: any JobStore, within budgets: [Budget] = []) async throws {
+        if budgets.isEmpty {
+            try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(1))
+        } else {
+            let refused = try await store.beginAttempt(
+                job.lease, provider: "p", reserving: .cents(1), idempotentSubmission: false, within: budgets
+            )
+            precondition(refused.isEmpty, "the benchmark's budgets never bind")
+        }
         try await store.recordSubmission(job.lease, taskID: "t")
         try await store.complete(job.lease, outcome: outcome)
     }
@@ -69,6 +82,32 @@ enum StoreBench {
         print("store: \(jobs) jobs enqueued, leased, begun, submitted and completed, 100 leased at a time and in flight")
         print(String(format: "  sqlite    %8.0f jobs/s  (%.2f s)  synchronous FULL", Double(jobs) / seconds, seconds))
         print(String(format: "  memory    %8.0f jobs/s  (%.2f s)", Double(jobs) / memorySeconds, memorySeconds))
+    }
+
+    /// The SQLite lifecycle with 100 in flight, each reservation within a global and a project budget (which
+    /// never bind), against the same without budgets, at two sizes: a reservation's cost must not grow with the
+    /// jobs already in its scope.
+    static func runBudgets(jobs: Int, scratch: URL) async throws {
+        try FileManager.default.createDirectory(at: scratch, withIntermediateDirectories: true)
+        let budgets = [Budget(scope: .global, limit: .dollars(1_000_000)), Budget(scope: .project("p"), limit: .dollars(1_000_000))]
+        print("store: the SQLite lifecycle, 100 in flight, synchronous FULL, each reservation within budgets or not")
+        for size in [jobs / 10, jobs] {
+            let plain = try SQLiteJobStore(path: scratch.appendingPathComponent("plain-\(size).sqlite").path)
+            let plainSeconds = try await lifecycle(plain, jobs: size, concurrent: true)
+            let budgeted = try SQLiteJobStore(path: scratch.appendingPathComponent("budgets-\(size).sqlite").path)
+            let budgetSeconds = try await lifecycle(budgeted, jobs: size, concurrent: true, within: budgets)
+            let ledger = try await budgeted.ledger(in: .project("p"))
+            precondition(ledger.charged == .cents(size), "every job charged once: \(ledger)")
+            print(
+                String(
+                    format: "  %6d jobs: within budgets %8.0f jobs/s, without %8.0f jobs/s, ratio %.3f",
+                    size,
+                    Double(size) / budgetSeconds,
+                    Double(size) / plainSeconds,
+                    plainSeconds / budgetSeconds
+                )
+            )
+        }
     }
 
     static func run(jobs: Int, campaign: Int, scratch: URL) async throws {

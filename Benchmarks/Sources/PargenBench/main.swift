@@ -78,6 +78,13 @@ if arguments.count > 1 && arguments[1] == "store-grouped" {
     try await StoreBench.runGrouped(jobs: jobs, scratch: scratch)
     exit(0)
 }
+if arguments.count > 1 && arguments[1] == "store-budgets" {
+    let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
+    let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-store-bench-\(getpid())")
+    defer { try? FileManager.default.removeItem(at: scratch) }
+    try await StoreBench.runBudgets(jobs: jobs, scratch: scratch)
+    exit(0)
+}
 if arguments.count > 1 && arguments[1] == "store" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let campaign = arguments.count > 3 ? Int(arguments[3]) ?? 100_000 : 100_000
