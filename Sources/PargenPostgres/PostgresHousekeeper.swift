@@ -2,7 +2,8 @@ public import Logging
 public import Pargen
 
 /// Housekeeping of a shared store, done by one worker at a time: takes back the jobs of workers whose leases
-/// expired (a crash, a kill, a lost network) and deletes finished jobs older than the retention period.
+/// expired (a crash, a kill, a lost network), deletes finished jobs older than the retention period, and folds
+/// the jobs' money changes into each budget scope's total.
 ///
 /// Every worker runs one; the one that holds the `housekeeping` lead row does the work, renewing its term on
 /// each round. When it stops, its term runs out and another worker's housekeeper takes over within one term.
@@ -44,6 +45,8 @@ public struct PostgresHousekeeper: Sendable {
         if rescued > 0 { logger.info("rescued expired leases", metadata: ["pargen.count": "\(rescued)"]) }
         let pruned = try await store.prune(finishedBefore: retention, admissionsBefore: .seconds(3600))
         if pruned > 0 { logger.info("pruned finished jobs", metadata: ["pargen.count": "\(pruned)"]) }
+        let folded = try await store.foldMoneyChanges()
+        logger.debug("folded money changes into the scopes' totals", metadata: ["pargen.count": "\(folded)"])
         return true
     }
 

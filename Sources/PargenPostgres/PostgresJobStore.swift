@@ -337,21 +337,19 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 guard job.record.isHeld(by: lease) else {
                     throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
                 }
+                let before = job.record.ledger
                 job.record.beginAttempt(provider: provider, reserving: estimate, idempotentSubmission: idempotentSubmission)
                 var others: [BudgetScope: (committed: Money, pending: Money)] = [:]
                 for budget in budgets {
-                    // The scope's other jobs, and the jobs pruned or purged from it.
-                    let column = Self.scopeColumn(budget.scope)
-                    let query: PostgresQuery = """
-                        SELECT COALESCE(SUM(charged + pending), 0)::bigint, COALESCE(SUM(pending), 0)::bigint FROM (
-                            SELECT charged, pending FROM \(unescaped: quoted).jobs
-                            WHERE \(unescaped: column) = \(budget.scope.name) AND id <> \(lease.jobID.rawValue)
-                            UNION ALL SELECT charged, pending FROM \(unescaped: quoted).purged_ledgers
-                            WHERE \(unescaped: column) = \(budget.scope.name)
-                        ) AS scope
-                        """
-                    for (committed, pending) in try await connection.allRows(query, logger: self.logger).decode((Int64, Int64).self) {
-                        others[budget.scope] = (Money(nanos: committed), Money(nanos: pending))
+                    // The scope's money but this job's stored ledger.
+                    for (_, charged, _, pending) in try await connection.allRows(
+                        Self.scopeMoney(in: budget.scope, quoted),
+                        logger: self.logger
+                    ).decode((Int64, Int64, Int64, Int64).self) {
+                        others[budget.scope] = (
+                            Money(nanos: charged + pending) - (before.charged + before.pending),
+                            Money(nanos: pending) - before.pending
+                        )
                     }
                 }
                 let ledger = job.record.ledger
@@ -370,29 +368,68 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     public func ledger(in scope: BudgetScope) async throws -> CostLedger {
         return try await run("sum the ledger", abandonedOnCancel: true) { [quoted] in
             var totals = CostLedger()
-            let sums = """
-                COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
-                COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint
-                """
-            // The scope's jobs, and the jobs pruned or purged from it.
-            let money = "reserved, charged, released, pending"
-            let column = Self.scopeColumn(scope)
-            let query: PostgresQuery = """
-                SELECT \(unescaped: sums) FROM (
-                    SELECT \(unescaped: money) FROM \(unescaped: quoted).jobs WHERE \(unescaped: column) = \(scope.name)
-                    UNION ALL SELECT \(unescaped: money) FROM \(unescaped: quoted).purged_ledgers
-                    WHERE \(unescaped: column) = \(scope.name)
-                ) AS scope
-                """
-            for (reserved, charged, released, pending) in try await self.allRows(query, logger: self.logger)
-                .decode((Int64, Int64, Int64, Int64).self)
-            {
+            for (reserved, charged, released, pending) in try await self.allRows(
+                Self.scopeMoney(in: scope, quoted),
+                logger: self.logger
+            ).decode((Int64, Int64, Int64, Int64).self) {
                 totals.reserved = Money(nanos: reserved)
                 totals.charged = Money(nanos: charged)
                 totals.released = Money(nanos: released)
                 totals.pending = Money(nanos: pending)
             }
             return totals
+        }
+    }
+
+    /// A scope's reserved, charged, released and pending money: its folded total and its changes since, in one
+    /// statement (one snapshot, so a fold that commits meanwhile is seen whole or not at all).
+    static func scopeMoney(in scope: BudgetScope, _ quoted: String) -> PostgresQuery {
+        let name = scope.kind == .global ? "*" : scope.name
+        return """
+            SELECT COALESCE(SUM(reserved), 0)::bigint, COALESCE(SUM(charged), 0)::bigint,
+                   COALESCE(SUM(released), 0)::bigint, COALESCE(SUM(pending), 0)::bigint FROM (
+                SELECT reserved, charged, released, pending FROM \(unescaped: quoted).scope_money
+                WHERE kind = \(scope.kind.rawValue) AND name = \(name)
+                UNION ALL SELECT reserved, charged, released, pending FROM \(unescaped: quoted).money_changes
+                WHERE \(unescaped: scopeColumn(scope)) = \(name)
+            ) AS scope
+            """
+    }
+
+    /// A query of `(kind, name, reserved, charged, released, pending)` per scope (the global scope, each project,
+    /// each campaign) over the rows of `source`, which has a project, a campaign and the four amounts.
+    static func scopeSums(_ source: String) -> String {
+        let sums = "SUM(reserved), SUM(charged), SUM(released), SUM(pending)"
+        return """
+            SELECT * FROM (
+                SELECT 'global', '*', \(sums) FROM \(source) HAVING count(*) > 0
+                UNION ALL SELECT 'project', project, \(sums) FROM \(source) GROUP BY project
+                UNION ALL SELECT 'campaign', campaign, \(sums) FROM \(source) GROUP BY campaign
+            ) AS sums
+            """
+    }
+
+    /// Folds the money changes the jobs' trigger appended into each scope's total, in one statement (it moves
+    /// what it sees, so a retry after a lost reply moves only what came since); returns how many changes went.
+    /// Housekeeping runs it, so a scope's changes since its last fold stay few.
+    public func foldMoneyChanges() async throws -> Int {
+        try await run("fold money changes") { [quoted] in
+            try await self.allRows(
+                """
+                WITH moved AS (
+                    DELETE FROM \(unescaped: quoted).money_changes
+                    RETURNING project, campaign, reserved, charged, released, pending
+                ), folded AS (
+                    INSERT INTO \(unescaped: quoted).scope_money AS m (kind, name, reserved, charged, released, pending)
+                    \(unescaped: Self.scopeSums("moved"))
+                    ON CONFLICT (kind, name) DO UPDATE SET
+                        reserved = m.reserved + EXCLUDED.reserved, charged = m.charged + EXCLUDED.charged,
+                        released = m.released + EXCLUDED.released, pending = m.pending + EXCLUDED.pending
+                )
+                SELECT count(*)::bigint FROM moved
+                """,
+                logger: self.logger
+            ).decode(Int64.self).last.map(Int.init) ?? 0
         }
     }
 
@@ -549,8 +586,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
-    /// The column that a scope's name is compared with, in the jobs table and in `purged_ledgers`: the global
-    /// scope's name (`*`) is compared with itself, which the planner reads as no filter.
+    /// The column that a scope's name is compared with, in `money_changes`: the global scope's name (`*`) is
+    /// compared with itself, which the planner reads as no filter.
     static func scopeColumn(_ scope: BudgetScope) -> String {
         switch scope.kind {
         case .global: "'*'"

@@ -231,6 +231,74 @@ enum PostgresSchema {
                 """,
             ]
         ),
+        Migration(
+            version: 7,
+            name: "scope-money",
+            statements: [
+                // Each scope's money (global, each project, each campaign) without summing its jobs: folded totals,
+                // and the changes since the last fold. A trigger appends every change of a job's ledger to
+                // `money_changes` (an insert, so workers never queue on a shared row); housekeeping folds them
+                // into `scope_money` in one statement. A scope's money is its folded row plus its changes since,
+                // read in one statement (one snapshot). A deleted (pruned or purged) job's money stays counted.
+                """
+                CREATE TABLE S.scope_money (
+                    kind text NOT NULL,
+                    name text NOT NULL,
+                    reserved bigint NOT NULL,
+                    charged bigint NOT NULL,
+                    released bigint NOT NULL,
+                    pending bigint NOT NULL,
+                    PRIMARY KEY (kind, name)
+                )
+                """,
+                """
+                CREATE TABLE S.money_changes (
+                    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+                    project text NOT NULL,
+                    campaign text NOT NULL,
+                    reserved bigint NOT NULL,
+                    charged bigint NOT NULL,
+                    released bigint NOT NULL,
+                    pending bigint NOT NULL
+                )
+                """,
+                """
+                CREATE FUNCTION S.record_money_change() RETURNS trigger LANGUAGE plpgsql AS $$
+                BEGIN
+                    IF TG_OP = 'INSERT' THEN
+                        IF NEW.reserved <> 0 OR NEW.charged <> 0 OR NEW.released <> 0 OR NEW.pending <> 0 THEN
+                            INSERT INTO S.money_changes (project, campaign, reserved, charged, released, pending)
+                            VALUES (NEW.project, NEW.campaign, NEW.reserved, NEW.charged, NEW.released, NEW.pending);
+                        END IF;
+                    ELSIF (NEW.reserved, NEW.charged, NEW.released, NEW.pending)
+                        IS DISTINCT FROM (OLD.reserved, OLD.charged, OLD.released, OLD.pending)
+                    THEN
+                        INSERT INTO S.money_changes (project, campaign, reserved, charged, released, pending)
+                        VALUES (NEW.project, NEW.campaign, NEW.reserved - OLD.reserved, NEW.charged - OLD.charged,
+                                NEW.released - OLD.released, NEW.pending - OLD.pending);
+                    END IF;
+                    RETURN NULL;
+                END
+                $$
+                """,
+                // Creating the trigger locks the jobs table against writes until this migration commits, so the
+                // totals below see every change committed before it and the trigger every change after.
+                """
+                CREATE TRIGGER jobs_money AFTER INSERT OR UPDATE OF reserved, charged, released, pending ON S.jobs
+                FOR EACH ROW EXECUTE FUNCTION S.record_money_change()
+                """,
+                """
+                INSERT INTO S.scope_money (kind, name, reserved, charged, released, pending)
+                WITH money AS (
+                    SELECT project, campaign, reserved, charged, released, pending FROM S.jobs
+                    UNION ALL SELECT project, campaign, reserved, charged, released, pending FROM S.purged_ledgers
+                )
+                \(PostgresJobStore.scopeSums("money"))
+                """,
+                "DROP INDEX S.jobs_project_money",
+                "DROP INDEX S.jobs_campaign_money",
+            ]
+        ),
     ]
 
     /// Applies every migration `schema` lacks, under an advisory lock.

@@ -128,6 +128,66 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(refusal?.committed == .dollars(9))
     }
 
+    /// Each scope's money (which the SQL stores keep as running totals, not sums) is what its jobs' ledgers and
+    /// its purged jobs' ledgers add up to, after any mix of transitions, purges and (on PostgreSQL) folds.
+    @Test(arguments: factories.flatMap { factory in [1, 2, 3].map { (factory, UInt64($0)) } })
+    func everyScopesMoneyIsTheSumOfItsJobsLedgers(_ factory: StoreFactory, seed: UInt64) async throws {
+        let store = try await factory.make(ManualClock())
+        var random = SplitMix64(seed: seed)
+        _ = try await store.enqueue(
+            (0..<60).map { i in
+                validated(.audio(prompt: "line \(i)", user: "u\(i % 4)", project: "p\(i % 3)", campaign: "c\(i % 2)"), id: "r\(i)")
+            }
+        )
+        var purged: [BudgetScope: CostLedger] = [:]
+        var finished: [JobID] = []
+        for round in 0..<12 {
+            for job in try await lease(store, 8) {
+                try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(Int.random(in: 1...50, using: &random)))
+                switch Int.random(in: 0..<5, using: &random) {
+                case 0, 1:
+                    var outcome = self.outcome
+                    outcome.cost = .cents(Int.random(in: 0...80, using: &random))
+                    try await store.complete(job.lease, outcome: outcome)
+                    finished.append(job.record.id)
+                case 2:
+                    try await store.retry(job.lease, error: GenerationError(.transient, "503"), after: .zero, spendAttempt: true, failedProvider: nil)
+                case 3:
+                    try await store.deadLetter(job.lease, error: GenerationError(.invalidRequest, "refused"))
+                    finished.append(job.record.id)
+                default:
+                    // Its call went out and its answer is awaited: the reservation stays pending.
+                    try await store.recordSubmission(job.lease, taskID: "t-\(round)")
+                }
+            }
+            if round % 4 == 3 {
+                let gone = Array(finished.prefix(3))
+                finished.removeFirst(gone.count)
+                for id in gone {
+                    let record = try #require(try await store.job(id))
+                    for scope in Self.scopes(of: record) { purged[scope, default: CostLedger()] = purged[scope, default: CostLedger()] + record.ledger }
+                }
+                #expect(try await store.purge(gone) == gone.count)
+            }
+            if let postgres = store as? PostgresJobStore, Bool.random(using: &random) {
+                _ = try await postgres.foldMoneyChanges()
+            }
+            var expected = purged
+            for record in try await store.jobs(matching: JobQuery()) {
+                for scope in Self.scopes(of: record) { expected[scope, default: CostLedger()] = expected[scope, default: CostLedger()] + record.ledger }
+            }
+            #expect(expected.count == 1 + 3 + 2)
+            for (scope, sum) in expected {
+                #expect(try await store.ledger(in: scope) == sum, "round \(round), \(scope)")
+            }
+        }
+        #expect(try await store.ledger(in: .global).charged > .zero)
+    }
+
+    static func scopes(of record: JobRecord) -> [BudgetScope] {
+        [.global, .project(record.request.project), .campaign(record.request.campaign)]
+    }
+
     /// Reservations made at once never take a budget past its limit: on PostgreSQL, from many connections.
     @Test(arguments: factories)
     func reservationsMadeAtOnceNeverExceedTheBudget(_ factory: StoreFactory) async throws {

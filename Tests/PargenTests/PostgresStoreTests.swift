@@ -187,7 +187,45 @@ import Testing
         ).decode(Int.self) {
             versions.append(version)
         }
-        #expect(versions == [1, 2, 3, 4, 5, 6])
+        #expect(versions == [1, 2, 3, 4, 5, 6, 7])
+    }
+
+    /// A schema written before the scopes' totals (version 6) gets them from its jobs and purged jobs when a
+    /// newer worker opens it, and keeps them from then on.
+    @Test func aSchemaFromBeforeTheTotalsGetsThemFromItsJobs() async throws {
+        let schema = TestPostgres.freshSchema()
+        let quoted = "\"" + schema + "\""
+        let old = try await TestPostgres.store(schema: schema)
+        _ = try await old.enqueue(["a", "b", "c"].map { validated(.audio(prompt: $0, project: "p", campaign: "k"), id: $0) })
+        let leased = try await old.lease(limit: 3, owner: "w", duration: .seconds(60), excludingUsers: [])
+        for job in leased { try await old.beginAttempt(job.lease, provider: "x", reserving: .dollars(2)) }
+        var outcome = JobOutcome.test
+        outcome.cost = .dollars(1)
+        try await old.complete(leased[0].lease, outcome: outcome)
+        try await old.complete(leased[1].lease, outcome: outcome)
+        #expect(try await old.purge([leased[0].record.id]) == 1)
+        let expected = try await old.ledger(in: .project("p"))
+        #expect(expected.charged == .dollars(2) && expected.pending == .dollars(2), "\(expected)")
+        // Back to version 6, as that version left it.
+        let client = try TestPostgres.requireClient()
+        for statement in [
+            "DROP TABLE \(quoted).scope_money, \(quoted).money_changes",
+            "DROP FUNCTION \(quoted).record_money_change() CASCADE",
+            "CREATE INDEX jobs_project_money ON \(quoted).jobs (project) INCLUDE (charged, pending)",
+            "CREATE INDEX jobs_campaign_money ON \(quoted).jobs (campaign) INCLUDE (charged, pending)",
+            "DELETE FROM \(quoted).schema_migrations WHERE version = 7",
+        ] {
+            _ = try await client.query(PostgresQuery(unsafeSQL: statement))
+        }
+        let new = try await TestPostgres.store(schema: schema)
+        for scope in [BudgetScope.global, .project("p"), .campaign("k")] {
+            #expect(try await new.ledger(in: scope) == expected, "\(scope)")
+        }
+        // The trigger is back: the third job's charge reaches the totals.
+        try await new.complete(leased[2].lease, outcome: outcome)
+        #expect(try await new.ledger(in: .project("p")).charged == .dollars(3))
+        #expect(try await new.foldMoneyChanges() == 1)
+        #expect(try await new.ledger(in: .global).charged == .dollars(3))
     }
 
     @Test func leasesExpireByTheDatabaseClock() async throws {
