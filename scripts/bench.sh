@@ -3,8 +3,9 @@
 # Usage: scripts/bench.sh [jobs=20000] [queued=100000]
 #        scripts/bench.sh store [jobs=20000] [campaign=100000]   durable store throughput and resume time
 #        scripts/bench.sh store-grouped [jobs=20000]   only the SQLite lifecycle with 100 jobs in flight (to profile)
-#        scripts/bench.sh store-budgets [jobs=20000]   the SQLite lifecycle with each reservation within a global and
-#                                   a project budget, against none, at a tenth of the jobs and at all of them
+#        scripts/bench.sh store-budgets [jobs=20000]   the SQLite, then the PostgreSQL, lifecycle with each reservation
+#                                   within a global and a project budget, against none, at a tenth of the jobs and at
+#                                   all of them (starts a throwaway PostgreSQL on loopback)
 #        scripts/bench.sh matrix [lines=100000]   the scheduling matrix through the simulator, and the time to
 #                                   simulate a campaign of that many lines
 #        scripts/bench.sh workers [jobs=5000]   jobs/s through the durable lifecycle on PostgreSQL with 1, 2 and 3
@@ -45,7 +46,12 @@ if [ "${1:-}" = "store-grouped" ]; then
     exec Benchmarks/.build/release/PargenBench store-grouped "${2:-20000}"
 fi
 if [ "${1:-}" = "store-budgets" ]; then
-    exec Benchmarks/.build/release/PargenBench store-budgets "${2:-20000}"
+    Benchmarks/.build/release/PargenBench store-budgets "${2:-20000}"
+    pgdir=$(mktemp -d "${TMPDIR:-/tmp}/pargen-bench-pg.XXXXXX")
+    trap 'bash scripts/postgres.sh stop "$pgdir" >/dev/null 2>&1; rm -rf "$pgdir"' EXIT
+    url=$(bash scripts/postgres.sh start "$pgdir")
+    Benchmarks/.build/release/PargenBench store-budgets "${2:-20000}" "$url"
+    exit 0
 fi
 if [ "${1:-}" = "store" ]; then
     exec Benchmarks/.build/release/PargenBench store "${2:-20000}" "${3:-100000}"

@@ -25,6 +25,8 @@ struct JobRow {
         """
 
     var record: JobRecord
+    /// The ledger as it was read (zero for a new row): what a write adds to the money totals is the change.
+    let storedLedger: CostLedger
     /// The JSON columns as they were read, reused on the next write when their values are unchanged.
     private var stored: (failedProviders: String?, outcome: String?)
     private var storedValues: (failedProviders: [String], outcome: JobOutcome?)
@@ -32,6 +34,7 @@ struct JobRow {
     /// A new job's row.
     init(new record: JobRecord) {
         self.record = record
+        storedLedger = CostLedger()
         stored = (nil, nil)
         storedValues = ([], nil)
     }
@@ -80,6 +83,7 @@ struct JobRow {
             record.crashes = try row.decode(atIndex: 23)
             record.inCall = try row.decode(Bool?.self, atIndex: 24)
             self.record = record
+            storedLedger = record.ledger
             stored = (failedProviders, outcome)
             storedValues = (record.failedProviders, record.outcome)
         } catch let error as StoreError {

@@ -82,7 +82,7 @@ if arguments.count > 1 && arguments[1] == "store-budgets" {
     let jobs = arguments.count > 2 ? Int(arguments[2]) ?? 20_000 : 20_000
     let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("pargen-store-bench-\(getpid())")
     defer { try? FileManager.default.removeItem(at: scratch) }
-    try await StoreBench.runBudgets(jobs: jobs, scratch: scratch)
+    try await StoreBench.runBudgets(jobs: jobs, scratch: scratch, postgres: arguments.count > 3 ? arguments[3] : nil)
     exit(0)
 }
 if arguments.count > 1 && arguments[1] == "store" {
