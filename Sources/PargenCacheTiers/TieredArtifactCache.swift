@@ -156,18 +156,7 @@ public final class TieredArtifactCache: SharedArtifactCache {
 
     public func publish(_ artifact: Artifact, fingerprint: String, cost: Money) async throws -> SharedArtifact {
         let key = mediaKey(fingerprint: fingerprint, sha256: artifact.sha256, format: artifact.format)
-        let shared = SharedArtifact(
-            fingerprint: fingerprint,
-            key: key,
-            publicURL: publicURL(for: key),
-            format: artifact.format,
-            contentType: artifact.contentType,
-            byteCount: artifact.byteCount,
-            sha256: artifact.sha256,
-            durationSeconds: artifact.duration.seconds,
-            provider: artifact.provider,
-            cost: cost
-        )
+        let shared = SharedArtifact(artifact, fingerprint: fingerprint, key: key, publicURL: publicURL(for: key), cost: cost)
         do {
             // Content-addressed: a second upload of the same key writes the same bytes (no HEAD first: one request
             // fewer per artifact, and the object store is the slowest part of a miss).

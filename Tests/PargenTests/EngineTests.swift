@@ -450,6 +450,18 @@ import Testing
         #expect(batches.count == 9 && batches.allSatisfy { $0?.size == 10 }, "the nine calls were one batch of ten: \(batches)")
     }
 
+    /// An engine on a fresh SQLite store and the real clock, with shared tiers and no rate limits.
+    static func onSQLite(_ provider: ScriptedProvider, sharedCache: any SharedArtifactCache) throws -> ParallelGenerator {
+        ParallelGenerator(
+            configuration: .init(rateLimits: .unlimited),
+            providers: [provider],
+            store: try SQLiteJobStore(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
+            sharedCache: sharedCache,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+    }
+
     /// A job only looked at (not claimed) stays in view while its shared-cache lookup runs: the next look at the
     /// queue does not bring it again, so each line is looked up once and taken once. (A lookup slower than the
     /// scheduler's second between looks brought every line back, looked it up again and queued it twice; under
@@ -457,14 +469,7 @@ import Testing
     @Test func aJobBeingLookedUpInTheSharedCacheIsNotLookedAtAgain() async throws {
         let cache = SlowMissingCache(delay: .milliseconds(1500))
         let provider = ScriptedProvider(name: "p")
-        let generator = try ParallelGenerator(
-            configuration: .init(rateLimits: .unlimited),
-            providers: [provider],
-            store: SQLiteJobStore(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
-            sharedCache: cache,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let generator = try Self.onSQLite(provider, sharedCache: cache)
         try await generator.start()
         let results = try await generator.generate((0..<20).map { .audio(prompt: "line \($0)") })
         try await generator.stop()
@@ -484,14 +489,7 @@ import Testing
         let requests = (0..<5).map { GenerationRequest.audio(prompt: "line \($0)") }
         func run(_ tiers: MemorySharedTiers) async throws -> (results: [GenerationResult], calls: Int) {
             let provider = ScriptedProvider(name: "p")
-            let generator = try ParallelGenerator(
-                configuration: .init(rateLimits: .unlimited),
-                providers: [provider],
-                store: SQLiteJobStore(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
-                sharedCache: tiers,
-                outputDirectory: temporaryDirectory(),
-                clock: .continuous
-            )
+            let generator = try Self.onSQLite(provider, sharedCache: tiers)
             try await generator.start()
             let results = try await generator.generate(requests)
             try await generator.stop()
@@ -982,18 +980,7 @@ private final class SlowMissingCache: SharedArtifactCache {
     func fetch(_ shared: SharedArtifact, to file: URL) async throws { throw CancellationError() }
 
     func publish(_ artifact: Artifact, fingerprint: String, cost: Money) async throws -> SharedArtifact {
-        SharedArtifact(
-            fingerprint: fingerprint,
-            key: "media/\(fingerprint)",
-            publicURL: nil,
-            format: artifact.format,
-            contentType: artifact.contentType,
-            byteCount: Int64(artifact.byteCount),
-            sha256: artifact.sha256,
-            durationSeconds: 0,
-            provider: artifact.provider,
-            cost: cost
-        )
+        SharedArtifact(artifact, fingerprint: fingerprint, key: "media/\(fingerprint)", publicURL: nil, cost: cost)
     }
 
     func claim(_ fingerprint: String) async -> SharedFlightClaim { .unavailable }
@@ -1066,18 +1053,7 @@ private final class MemorySharedTiers: SharedArtifactCache {
     }
 
     func publish(_ artifact: Artifact, fingerprint: String, cost: Money) async throws -> SharedArtifact {
-        let shared = SharedArtifact(
-            fingerprint: fingerprint,
-            key: "media/\(fingerprint)/\(artifact.sha256)",
-            publicURL: nil,
-            format: artifact.format,
-            contentType: artifact.contentType,
-            byteCount: artifact.byteCount,
-            sha256: artifact.sha256,
-            durationSeconds: artifact.duration.seconds,
-            provider: artifact.provider,
-            cost: cost
-        )
+        let shared = SharedArtifact(artifact, fingerprint: fingerprint, key: "media/\(fingerprint)/\(artifact.sha256)", publicURL: nil, cost: cost)
         let bytes = try Data(contentsOf: artifact.url)
         published.withLock { $0[fingerprint] = (shared, bytes) }
         return shared

@@ -90,6 +90,22 @@ public struct SharedArtifact: Sendable, Hashable, Codable {
         self.tier = tier
     }
 
+    /// The shared record of a generated artifact, stored under `key`.
+    public init(_ artifact: Artifact, fingerprint: String, key: String, publicURL: URL?, cost: Money) {
+        self.init(
+            fingerprint: fingerprint,
+            key: key,
+            publicURL: publicURL,
+            format: artifact.format,
+            contentType: artifact.contentType,
+            byteCount: artifact.byteCount,
+            sha256: artifact.sha256,
+            durationSeconds: artifact.duration.seconds,
+            provider: artifact.provider,
+            cost: cost
+        )
+    }
+
     /// `media/<fingerprint>/<sha256>.<format>`.
     public static func key(fingerprint: String, sha256: String, format: MediaFormat) -> String {
         "media/\(fingerprint)/\(sha256).\(format.name)"
