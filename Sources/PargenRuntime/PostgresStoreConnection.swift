@@ -78,8 +78,8 @@ public final class PostgresStoreConnection: Sendable {
     /// Stops the pool: every connection is closed.
     public func close() { runner.cancel() }
 
-    /// Housekeeping for the worker `holder` (rescue and pruning, when it holds the lead): a round every third of
-    /// a lease.
+    /// Housekeeping for the worker `holder` (rescue, pruning and folding the money changes into the budgets'
+    /// totals, when it holds the lead): a round every third of a lease.
     public func housekeeper(
         holder: String,
         configuration: PargenConfiguration,
