@@ -596,25 +596,6 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
-    /// What a deleted job's row gives ``keepPurgedMoney(_:)``.
-    static let purgedMoney = "project, campaign, reserved, charged, released, pending"
-
-    /// A common table expression, after one named `gone` that deletes jobs returning ``purgedMoney``, that adds
-    /// their money to `purged_ledgers`: what they charged was spent, and what they still reserve may be billed, so
-    /// the budgets and the totals keep counting it.
-    static func keepPurgedMoney(_ quoted: String) -> String {
-        """
-        kept AS (
-            INSERT INTO \(quoted).purged_ledgers AS p (project, campaign, reserved, charged, released, pending)
-            SELECT project, campaign, SUM(reserved), SUM(charged), SUM(released), SUM(pending)
-            FROM gone GROUP BY project, campaign
-            ON CONFLICT (project, campaign) DO UPDATE SET
-                reserved = p.reserved + EXCLUDED.reserved, charged = p.charged + EXCLUDED.charged,
-                released = p.released + EXCLUDED.released, pending = p.pending + EXCLUDED.pending
-        )
-        """
-    }
-
     public func purge(_ ids: [JobID]) async throws -> Int {
         guard !ids.isEmpty else { return 0 }
         return try await run("purge jobs") { [quoted] in
@@ -624,9 +605,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     DELETE FROM \(unescaped: quoted).jobs
                     WHERE id = ANY(\(ids.map(\.rawValue))::text[])
                       AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')
-                    RETURNING \(unescaped: Self.purgedMoney)
-                ),
-                \(unescaped: Self.keepPurgedMoney(quoted))
+                    RETURNING 1
+                )
                 SELECT count(*) FROM gone
                 """,
                 logger: self.logger
@@ -637,7 +617,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
 
     /// Deletes succeeded and dead-lettered jobs that finished more than `age` ago, and the admissions that no
     /// window looks at any more, with the enqueues' answers as old (housekeeping); returns how many jobs went.
-    /// Their money stays counted in the budgets and the totals (``keepPurgedMoney(_:)``).
+    /// Their money stays in the budgets' totals (`scope_money` and `money_changes`, which deletions leave alone).
     public func prune(finishedBefore age: Duration, admissionsBefore window: Duration) async throws -> Int {
         let clock = injectedNow
         return try await run("prune finished jobs") { [quoted] in
@@ -662,9 +642,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     DELETE FROM \(unescaped: quoted).jobs
                     WHERE state IN ('succeeded', 'dead_lettered')
                       AND finished_at < COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) - \(age.nanoseconds)
-                    RETURNING \(unescaped: Self.purgedMoney)
-                ),
-                \(unescaped: Self.keepPurgedMoney(quoted))
+                    RETURNING 1
+                )
                 SELECT count(*) FROM gone
                 """,
                 logger: self.logger

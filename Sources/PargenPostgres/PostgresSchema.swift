@@ -198,7 +198,7 @@ enum PostgresSchema {
         ),
         Migration(
             version: 6,
-            name: "lease-lengths-changes-enqueues-and-purged-ledgers",
+            name: "lease-lengths-changes-and-enqueues",
             statements: [
                 // The length of each lease at its last grant or renewal. A lease that ran out while the server was
                 // away is not taken back until its holder has had that long with the server up to renew it.
@@ -208,25 +208,12 @@ enum PostgresSchema {
                 "ALTER TABLE S.jobs ADD COLUMN last_change text",
                 // Each enqueue's answer, for an hour: an enqueue tried again after its reply was lost finds it
                 // instead of adding its jobs a second time (jobs without idempotency keys would be).
-                // What pruned and purged jobs reserved, charged and released, per project and campaign: money
-                // spent stays in the budgets and the totals after its jobs are gone.
                 """
                 CREATE TABLE S.enqueues (
                     token text PRIMARY KEY,
                     job_ids text[] NOT NULL,
                     existing boolean[] NOT NULL,
                     at bigint NOT NULL
-                )
-                """,
-                """
-                CREATE TABLE S.purged_ledgers (
-                    project text NOT NULL,
-                    campaign text NOT NULL,
-                    reserved bigint NOT NULL,
-                    charged bigint NOT NULL,
-                    released bigint NOT NULL,
-                    pending bigint NOT NULL,
-                    PRIMARY KEY (project, campaign)
                 )
                 """,
             ]
@@ -289,11 +276,7 @@ enum PostgresSchema {
                 """,
                 """
                 INSERT INTO S.scope_money (kind, name, reserved, charged, released, pending)
-                WITH money AS (
-                    SELECT project, campaign, reserved, charged, released, pending FROM S.jobs
-                    UNION ALL SELECT project, campaign, reserved, charged, released, pending FROM S.purged_ledgers
-                )
-                \(PostgresJobStore.scopeSums("money"))
+                \(PostgresJobStore.scopeSums("S.jobs"))
                 """,
                 "DROP INDEX S.jobs_project_money",
                 "DROP INDEX S.jobs_campaign_money",

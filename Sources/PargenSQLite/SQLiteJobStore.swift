@@ -232,30 +232,14 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     """
             )
         }
-        migrator.registerMigration("v8-purged-ledgers") { db in
-            // What purged jobs reserved, charged and released, per project and campaign: money spent stays in
-            // the budgets and the totals after its jobs are gone.
-            try db.execute(
-                sql: """
-                    CREATE TABLE purged_ledgers (
-                        project TEXT NOT NULL,
-                        campaign TEXT NOT NULL,
-                        reserved INTEGER NOT NULL,
-                        charged INTEGER NOT NULL,
-                        released INTEGER NOT NULL,
-                        pending INTEGER NOT NULL,
-                        PRIMARY KEY (project, campaign)
-                    )
-                    """
-            )
-        }
-        migrator.registerMigration("v9-money-totals") { db in
+        migrator.registerMigration("v8-money-totals") { db in
             // The money of each project and campaign pair as a running total, which every write of a job's row
             // that changes its ledger updates in the same transaction (``save(_:_:)``, one upsert): a reservation
             // within budgets sums a scope's pairs (few: one per campaign) instead of the scope's jobs, which cost a
-            // scan of the scope per reservation inside the single writer. A deleted (purged) job's money stays
-            // counted, as it did through `purged_ledgers`; the two indexes the sums read go. (Triggers did the
-            // same, but slowed every transition by 15 to 20 %, money or not.)
+            // scan of the scope per reservation inside the single writer. Deleting (purging) a job leaves its
+            // money in the totals: what it charged was spent, and what it still reserves may be billed. The two
+            // indexes the sums read go. (Triggers did the same, but slowed every transition by 15 to 20 %, money
+            // or not.)
             try db.execute(
                 sql: """
                     CREATE TABLE money_totals (
@@ -268,10 +252,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                         PRIMARY KEY (project, campaign)
                     ) WITHOUT ROWID;
                     INSERT INTO money_totals (project, campaign, reserved, charged, released, pending)
-                    SELECT project, campaign, SUM(reserved), SUM(charged), SUM(released), SUM(pending) FROM (
-                        SELECT project, campaign, reserved, charged, released, pending FROM jobs
-                        UNION ALL SELECT project, campaign, reserved, charged, released, pending FROM purged_ledgers
-                    ) GROUP BY project, campaign;
+                    SELECT project, campaign, SUM(reserved), SUM(charged), SUM(released), SUM(pending) FROM jobs
+                    GROUP BY project, campaign;
                     DROP INDEX jobs_project_money;
                     DROP INDEX jobs_campaign_money;
                     """
@@ -773,20 +755,14 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     public func purge(_ ids: [JobID]) async throws -> Int {
         try await write { db in
             var removed = 0
-            let finished = "id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')"
             for id in ids {
-                // Its money stays counted: what it charged was spent, and what it still reserves may be billed.
+                // Its money stays in `money_totals`: what it charged was spent, and what it still reserves may be
+                // billed.
                 try db.execute(
-                    sql: """
-                        INSERT INTO purged_ledgers (project, campaign, reserved, charged, released, pending)
-                        SELECT project, campaign, reserved, charged, released, pending FROM jobs WHERE \(finished)
-                        ON CONFLICT (project, campaign) DO UPDATE SET
-                            reserved = reserved + excluded.reserved, charged = charged + excluded.charged,
-                            released = released + excluded.released, pending = pending + excluded.pending
-                        """,
+                    sql:
+                        "DELETE FROM jobs WHERE id = ? AND state IN ('succeeded', 'dead_lettered', 'needs_reconciliation')",
                     arguments: [id.rawValue]
                 )
-                try db.execute(sql: "DELETE FROM jobs WHERE \(finished)", arguments: [id.rawValue])
                 removed += db.changesCount
             }
             return removed

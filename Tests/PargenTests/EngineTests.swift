@@ -450,15 +450,31 @@ import Testing
         #expect(batches.count == 9 && batches.allSatisfy { $0?.size == 10 }, "the nine calls were one batch of ten: \(batches)")
     }
 
-    /// An engine on a fresh SQLite store and the real clock, with shared tiers and no rate limits.
-    static func onSQLite(_ provider: ScriptedProvider, sharedCache: any SharedArtifactCache) throws -> ParallelGenerator {
-        ParallelGenerator(
-            configuration: .init(rateLimits: .unlimited),
+    /// An engine on `store` and the real clock, without rate limits.
+    static func engine(
+        _ provider: ScriptedProvider,
+        store: any JobStore,
+        sharedCache: (any SharedArtifactCache)? = nil,
+        maxConcurrentJobs: Int? = nil
+    ) -> ParallelGenerator {
+        var configuration = PargenConfiguration(rateLimits: .unlimited)
+        if let maxConcurrentJobs { configuration.resources.maxConcurrentJobs = maxConcurrentJobs }
+        return ParallelGenerator(
+            configuration: configuration,
             providers: [provider],
-            store: try SQLiteJobStore(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
+            store: store,
             sharedCache: sharedCache,
             outputDirectory: temporaryDirectory(),
             clock: .continuous
+        )
+    }
+
+    /// An engine on a fresh SQLite store and the real clock, with shared tiers and no rate limits.
+    static func onSQLite(_ provider: ScriptedProvider, sharedCache: any SharedArtifactCache) throws -> ParallelGenerator {
+        engine(
+            provider,
+            store: try SQLiteJobStore(path: temporaryDirectory().appendingPathComponent("jobs.sqlite").path),
+            sharedCache: sharedCache
         )
     }
 
@@ -540,16 +556,8 @@ import Testing
     /// jobs were claimed, two of them only to wait for the slot, out of other workers' reach.)
     @Test func aJobIsClaimedOnlyWithASlotToRunIn() async throws {
         let store = SlowClaimStore(delay: .milliseconds(1200))
-        var configuration = PargenConfiguration(rateLimits: .unlimited)
-        configuration.resources.maxConcurrentJobs = 1
         let provider = ScriptedProvider(name: "p")
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: [provider],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let generator = Self.engine(provider, store: store, maxConcurrentJobs: 1)
         try await generator.start()
         let results = try await generator.generate((0..<3).map { .audio(prompt: "line \($0)") })
         try await generator.stop()
@@ -564,16 +572,8 @@ import Testing
     /// 1.07 to 1.10 times its bound on a loaded machine.)
     @Test func aSharedStoreIsClaimedOneBatchAtATime() async throws {
         let store = SlowAdmittingStore(delay: .milliseconds(100))
-        var configuration = PargenConfiguration(rateLimits: .unlimited)
-        configuration.resources.maxConcurrentJobs = 8
         let provider = ScriptedProvider(name: "p") { _, _ in .succeed(latency: .milliseconds(30)) }
-        let generator = ParallelGenerator(
-            configuration: configuration,
-            providers: [provider],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let generator = Self.engine(provider, store: store, maxConcurrentJobs: 8)
         try await generator.start()
         let results = try await generator.generate((0..<40).map { .audio(prompt: "line \($0)") })
         try await generator.stop()
