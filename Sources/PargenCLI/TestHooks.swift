@@ -41,8 +41,16 @@ enum TestHooks {
             // Before killing itself, the process names the job it dies on (one write to an O_APPEND file), so the
             // crash test can tell a kill inside the submit-to-persist window from any other death.
             let marker = environment["PARGEN_TEST_CRASH_MARKER"]
+            // Once per process: two calls accepted at the same moment could otherwise both name their job before
+            // the signal lands, and the test would count two crashes for one (a red run: 3 names for 2 runs).
+            let fired = Locked(false)
             hooks.afterProviderAccepted = { job in
                 guard Double.random(in: 0..<1) < probability else { return }
+                let first = fired.withLock { fired -> Bool in
+                    defer { fired = true }
+                    return !fired
+                }
+                guard first else { return }
                 if let marker { append("\(job)\n", to: marker) }
                 kill(getpid(), SIGKILL)
             }
