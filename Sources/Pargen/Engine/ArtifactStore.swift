@@ -52,16 +52,24 @@ public struct ArtifactStore: Sendable {
         output: ProviderOutput,
         provider: String
     ) throws -> Artifact {
-        let (size, hash) = try Self.checkedDigest(staging, format: output.format, provider: provider)
         let destination = finalURL(job: job, request: request, format: output.format)
+        // One descriptor checks, hashes and flushes the file: the bytes reach the disk before the name does, and
+        // the name before the job is recorded as done, so after a power cut a job the store calls succeeded has
+        // its whole file.
+        let descriptor = open(staging.path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else {
+            throw GenerationError(.artifactInvalid, "the provider produced no file", provider: provider)
+        }
+        let handle = FileHandle(fileDescriptor: descriptor, closeOnDealloc: true)
+        let (size, hash) = try Self.checkedDigest(handle, format: output.format, provider: provider)
         do {
-            // The bytes reach the disk before the name does, and the name before the job is recorded as done:
-            // after a power cut, a job the store calls succeeded has its whole file.
-            try Self.flush(staging)
-            if FileManager.default.fileExists(atPath: destination.path) {
-                try FileManager.default.removeItem(at: destination)
+            guard fsync(descriptor) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
+            try? handle.close()
+            // rename(2) replaces a file left at the destination (a run that crashed after the rename and before
+            // its record) in one step.
+            guard rename(staging.path, destination.path) == 0 else {
+                throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO)
             }
-            try FileManager.default.moveItem(at: staging, to: destination)
             try Self.flush(destination.deletingLastPathComponent(), directory: true)
         } catch {
             throw LocalResourceError.classify(error, path: destination, operation: "move the media into place")
@@ -113,12 +121,13 @@ public struct ArtifactStore: Sendable {
 
     /// Hex SHA-256 of a file's bytes, read in 1 MiB chunks.
     public static func sha256(of url: URL) throws -> String {
-        try scan(FileHandle(forReadingFrom: url)).sha256
+        let handle = try FileHandle(forReadingFrom: url)
+        defer { try? handle.close() }
+        return scan(handle).sha256
     }
 
     /// Size, first 16 bytes and SHA-256 of everything `handle` reads, in 1 MiB chunks.
     private static func scan(_ handle: FileHandle) -> (size: Int64, head: Data, sha256: String) {
-        defer { try? handle.close() }
         var hasher = SHA256Hasher()
         var size: Int64 = 0
         var head = Data()
@@ -132,15 +141,13 @@ public struct ArtifactStore: Sendable {
 
     func discard(_ staging: URL) { try? FileManager.default.removeItem(at: staging) }
 
-    /// Size and SHA-256 of a finished file, after checking it is a non-empty file of the right format.
+    /// Size and SHA-256 of what `handle` reads (a finished file, from its start), after checking that it is
+    /// non-empty and of the right format. The handle stays open.
     static func checkedDigest(
-        _ url: URL,
+        _ handle: FileHandle,
         format: MediaFormat,
         provider: String
     ) throws(GenerationError) -> (Int64, String) {
-        guard let handle = try? FileHandle(forReadingFrom: url) else {
-            throw GenerationError(.artifactInvalid, "the provider produced no file", provider: provider)
-        }
         let (size, head, hash) = scan(handle)
         guard size > 0 else {
             throw GenerationError(.artifactInvalid, "the provider produced an empty file", provider: provider)
