@@ -89,7 +89,7 @@ enum TestHooks {
     #if DEBUG
     /// One `write` on an `O_APPEND` descriptor: lines from processes killed at any moment never interleave.
     private static func append(_ line: String, to path: String) {
-        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        let descriptor = open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { return }
         var bytes = Array(line.utf8)
         _ = write(descriptor, &bytes, bytes.count)

@@ -10,7 +10,7 @@ public final class StoreLock: Sendable {
     /// Takes the lock, or throws ``RuntimeError/Code-swift.struct/storeBusy`` if another process holds it.
     public init(storePath: String) throws(RuntimeError) {
         let lockPath = storePath + ".lock"
-        let opened = open(lockPath, O_CREAT | O_RDWR, 0o644)
+        let opened = open(lockPath, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
         guard opened >= 0 else { throw RuntimeError(.store, "cannot create \(lockPath)") }
         guard flock(opened, LOCK_EX | LOCK_NB) == 0 else {
             // Closed here, before the instance is whole, so deinit never closes it a second time.

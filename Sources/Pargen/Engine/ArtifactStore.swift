@@ -113,7 +113,7 @@ public struct ArtifactStore: Sendable {
 
     /// `fsync` of a file, or of a folder (which makes a rename in it durable).
     static func flush(_ url: URL, directory: Bool = false) throws {
-        let descriptor = open(url.path, directory ? O_RDONLY | O_DIRECTORY : O_RDONLY)
+        let descriptor = open(url.path, (directory ? O_RDONLY | O_DIRECTORY : O_RDONLY) | O_CLOEXEC)
         guard descriptor >= 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }
         defer { close(descriptor) }
         guard fsync(descriptor) == 0 else { throw POSIXError(POSIXErrorCode(rawValue: errno) ?? .EIO) }

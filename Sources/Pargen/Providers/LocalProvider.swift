@@ -255,7 +255,7 @@ public struct LocalProvider: GenerationProvider {
     /// Appends a line with one `write` on an `O_APPEND` descriptor, so lines from processes killed at any
     /// moment never interleave.
     private static func append(_ line: String, to url: URL) {
-        let descriptor = open(url.path, O_WRONLY | O_APPEND | O_CREAT, 0o644)
+        let descriptor = open(url.path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { return }
         defer { close(descriptor) }
         var bytes = Array(line.utf8)
