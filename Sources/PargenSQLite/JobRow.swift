@@ -8,25 +8,36 @@ import Pargen
 /// (failed providers, errors, the outcome) are JSON, `NULL` when empty; the failed providers and the outcome are
 /// encoded again only when they change.
 struct JobRow {
-    /// The columns a record is read from, in the order ``init(_:requests:)`` reads them.
+    /// The columns a record is read from, in the order ``init(_:requests:remember:)`` reads them.
     static let columns = """
         id, seq, state, request, attempts, snoozes, run_at, enqueued_at, finished_at, lease_token, lease_owner,
         lease_expires_at, recovery_point, idempotent_submission, provider, provider_task_id, failed_providers,
-        errors, outcome, reserved, charged, released, pending, crashes, in_call
+        errors, outcome, reserved, charged, released, pending, crashes, in_call, change_token
         """
 
-    /// What a transition writes: every changing column, by the job's id.
-    static let update = """
+    /// Every changing column that a transition writes.
+    private static let changing = """
         UPDATE jobs SET state = ?, attempts = ?, snoozes = ?, run_at = ?, finished_at = ?, lease_token = ?,
                         lease_owner = ?, lease_expires_at = ?, recovery_point = ?, idempotent_submission = ?,
                         provider = ?, provider_task_id = ?, failed_providers = ?, errors = ?, outcome = ?,
                         reserved = ?, charged = ?, released = ?, pending = ?, crashes = ?, in_call = ?
-        WHERE id = ?
         """
+
+    /// What a transition writes: every changing column and a fresh change token, by the job's id.
+    static let update = changing + ", change_token = ? WHERE id = ?"
+
+    /// ``update``, only if the row's change token is still the one given last: the row is then exactly as it was
+    /// written with that token, and a transition can be made from a copy of it without reading it.
+    static let updateIfUnchanged = changing + ", change_token = ? WHERE id = ? AND change_token = ?"
+
+    /// The write of migration `v6-columns`, from before the change token (frozen: later migrations add columns).
+    static let updateBeforeTokens = changing + " WHERE id = ?"
 
     var record: JobRecord
     /// The ledger as it was read (zero for a new row): what a write adds to the money totals is the change.
-    let storedLedger: CostLedger
+    private(set) var storedLedger: CostLedger
+    /// The change token the row was read or written with (0 for a row never written since its enqueue).
+    private(set) var changeToken: Int64
     /// The JSON columns as they were read, reused on the next write when their values are unchanged.
     private var stored: (failedProviders: String?, outcome: String?)
     private var storedValues: (failedProviders: [String], outcome: JobOutcome?)
@@ -35,6 +46,7 @@ struct JobRow {
     init(new record: JobRecord) {
         self.record = record
         storedLedger = CostLedger()
+        changeToken = 0
         stored = (nil, nil)
         storedValues = ([], nil)
     }
@@ -84,6 +96,7 @@ struct JobRow {
             record.inCall = try row.decode(Bool?.self, atIndex: 24)
             self.record = record
             storedLedger = record.ledger
+            changeToken = try row.decode(atIndex: 25)
             stored = (failedProviders, outcome)
             storedValues = (record.failedProviders, record.outcome)
         } catch let error as StoreError {
@@ -93,8 +106,15 @@ struct JobRow {
         }
     }
 
-    /// The arguments of ``update`` for the record as it is now.
-    func updateArguments() throws -> StatementArguments {
+    /// The JSON columns of the record as it is now: those unchanged since the row was read or written are not
+    /// encoded again.
+    struct Encoded {
+        var failedProviders: String?
+        var errors: String?
+        var outcome: String?
+    }
+
+    func encoded() throws -> Encoded {
         let failedProviders =
             record.failedProviders == storedValues.failedProviders
             ? stored.failedProviders : try Self.encode(record.failedProviders, emptyAsNull: record.failedProviders.isEmpty)
@@ -103,14 +123,41 @@ struct JobRow {
         let outcome =
             record.outcome == storedValues.outcome
             ? stored.outcome : try record.outcome.map { try Self.encode($0, emptyAsNull: false) } ?? nil
-        return [
+        return Encoded(failedProviders: failedProviders, errors: errors, outcome: outcome)
+    }
+
+    /// The arguments of ``update`` (with `token`), or of ``updateBeforeTokens`` (without), for the record as it is
+    /// now; ``updateIfUnchanged`` takes the row's ``changeToken`` after them.
+    func updateArguments(_ encoded: Encoded, token: Int64?) -> StatementArguments {
+        var arguments: StatementArguments = [
             record.state.rawValue, record.attempts, record.snoozes, record.runAt.nanoseconds,
             record.finishedAt?.nanoseconds, record.leaseToken, record.leaseOwner, record.leaseExpiresAt?.nanoseconds,
             record.recoveryPoint?.rawValue, record.idempotentSubmission, record.provider, record.providerTaskID,
-            failedProviders, errors, outcome, record.ledger.reserved.nanos, record.ledger.charged.nanos,
-            record.ledger.released.nanos, record.ledger.pending.nanos, record.crashes, record.inCall,
-            record.id.rawValue,
+            encoded.failedProviders, encoded.errors, encoded.outcome, record.ledger.reserved.nanos,
+            record.ledger.charged.nanos, record.ledger.released.nanos, record.ledger.pending.nanos, record.crashes,
+            record.inCall,
         ]
+        if let token { arguments += [token] }
+        arguments += [record.id.rawValue]
+        return arguments
+    }
+
+    /// The row as it stands once written with `encoded` and `token`: what the next transition starts from.
+    func written(_ encoded: Encoded, token: Int64) -> JobRow {
+        var row = self
+        row.storedLedger = record.ledger
+        row.changeToken = token
+        row.stored = (encoded.failedProviders, encoded.outcome)
+        row.storedValues = (record.failedProviders, record.outcome)
+        return row
+    }
+
+    /// A fresh change token: random, so that a row deleted and made again under the same id never matches a copy
+    /// of the one before (0 is the token of a row never written since its enqueue).
+    static func newToken() -> Int64 {
+        var token: Int64 = 0
+        while token == 0 { token = Int64.random(in: .min ... .max) }
+        return token
     }
 
     private static func decode<T: Decodable>(_ type: T.Type, _ text: String) throws -> T {

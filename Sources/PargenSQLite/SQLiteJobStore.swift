@@ -20,6 +20,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     private let idPrefix: String
     /// Requests already decoded, by the text they were decoded from.
     private let requests = DecodedRequests()
+    /// The rows of the jobs under way as this store last wrote them (see ``withHeld(_:_:)``).
+    private let recent = RecentRows()
     /// The database file (`:memory:` for a store in memory).
     public let path: String
 
@@ -213,7 +215,10 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                         throw StoreError(.invalidState, "the stored job \(id) could not be read", underlying: error)
                     }
                     // Prepared once for the whole conversion, not parsed again for every job.
-                    try db.cachedStatement(sql: JobRow.update).execute(arguments: try JobRow(new: record).updateArguments())
+                    let row = JobRow(new: record)
+                    try db.cachedStatement(sql: JobRow.updateBeforeTokens).execute(
+                        arguments: row.updateArguments(try row.encoded(), token: nil)
+                    )
                     try db.cachedStatement(sql: "UPDATE jobs SET request = ?, enqueued_at = ? WHERE id = ?").execute(
                         arguments: [try JobRow.json(record.request), record.enqueuedAt.nanoseconds, id]
                     )
@@ -258,6 +263,12 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                     DROP INDEX jobs_campaign_money;
                     """
             )
+        }
+        migrator.registerMigration("v9-change-tokens") { db in
+            // Every write of a job's row sets a fresh random token, so that a transition can be made from the copy
+            // this store kept of its last write and applied only if the row still has that token (``RecentRows``):
+            // the single writer then neither reads nor decodes the row.
+            try db.execute(sql: "ALTER TABLE jobs ADD COLUMN change_token INTEGER NOT NULL DEFAULT 0")
         }
         do {
             try migrator.migrate(writer)
@@ -330,11 +341,13 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     ) async throws -> [LeasedJob] {
         guard limit > 0, !kinds.isEmpty else { return [] }
         let now = now()
-        return try await write { db in
+        let granted = try await write { db in
             try self.dueInClaimOrder(db, now: now, kinds: kinds, excludingUsers: excludingUsers, limit: limit).map {
                 try self.grant($0, to: owner, until: now + duration, db)
             }
         }
+        for (_, row) in granted { recent.keep(row) }
+        return granted.map(\.leased)
     }
 
     public func peek(
@@ -558,7 +571,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     public func claim(_ id: JobID, owner: String, duration: Duration) async throws -> LeasedJob? {
         let now = now()
-        return try await write(.singleWrite) { db in
+        let granted = try await write(.singleWrite) { db -> (leased: LeasedJob, row: JobRow)? in
             guard
                 let row = try Row.fetchOne(
                     db.cachedStatement(
@@ -569,15 +582,23 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
             else { return nil }
             return try self.grant(try JobRow(row, requests: self.requests), to: owner, until: now + duration, db)
         }
+        if let granted { recent.keep(granted.row) }
+        return granted?.leased
     }
 
-    /// Leases the job to `owner` until `expiresAt` under a new token, and saves it.
-    private func grant(_ job: JobRow, to owner: String, until expiresAt: Duration, _ db: Database) throws -> LeasedJob {
+    /// Leases the job to `owner` until `expiresAt` under a new token, and saves it; returns the row as written too,
+    /// to keep once the transaction has committed.
+    private func grant(
+        _ job: JobRow,
+        to owner: String,
+        until expiresAt: Duration,
+        _ db: Database
+    ) throws -> (leased: LeasedJob, row: JobRow) {
         var job = job
         let lease = JobLease(jobID: job.record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: expiresAt)
         job.record.grantLease(token: lease.token, owner: owner, expiresAt: expiresAt)
-        try save(db, job)
-        return LeasedJob(record: job.record, lease: lease)
+        let written = try save(db, job)
+        return (LeasedJob(record: job.record, lease: lease), written)
     }
 
     public func timeUntilNextDue() async throws -> Duration? {
@@ -620,7 +641,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     ) async throws -> [BudgetScope: Money] {
         // One write: the sums and the reservation commit together, and the store's single writer orders them.
         // Reads, then writes once (``save`` is the last step).
-        let checked = try await write(.singleWrite) { db -> Result<[BudgetScope: Money], BudgetRefusal> in
+        let checked = try await write(.singleWrite) { db -> (Result<[BudgetScope: Money], BudgetRefusal>, JobRow?) in
             var job = try self.load(db, lease.jobID)
             guard job.record.isHeld(by: lease) else {
                 throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
@@ -637,10 +658,11 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                 )
             }
             let result = Budget.check(budgets, others: others, own: job.record.ledger.charged + job.record.ledger.pending)
-            if case .success = result { try self.save(db, job) }
-            return result
+            guard case .success = result else { return (result, nil) }
+            return (result, try self.save(db, job))
         }
-        return try checked.get()
+        if let written = checked.1 { recent.keep(written) }
+        return try checked.0.get()
     }
 
     public func ledger(in scope: BudgetScope) async throws -> CostLedger {
@@ -871,15 +893,46 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     // MARK: - Helpers
 
+    /// Applies `change` to the job `lease` holds, in one write.
+    ///
+    /// When this store kept the row as it last wrote it (``RecentRows``), the change is made on that copy and
+    /// encoded before the write, which only checks the row's change token and updates it: the single writer
+    /// neither reads nor decodes the row. A row changed since by anyone else is read as before.
     private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
-        // Reads, then writes once (``save`` is the last step).
-        try await write(.singleWrite) { db in
-            var job = try self.load(db, lease.jobID)
-            guard job.record.isHeld(by: lease) else {
-                throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+        let id = lease.jobID.rawValue
+        var guess: (row: JobRow, encoded: JobRow.Encoded, token: Int64, arguments: StatementArguments)?
+        if var row = recent.row(id), row.record.isHeld(by: lease) {
+            let kept = row.changeToken
+            change(&row.record)
+            let encoded = try row.encoded()
+            let token = JobRow.newToken()
+            var arguments = row.updateArguments(encoded, token: token)
+            arguments += [kept]
+            guess = (row, encoded, token, arguments)
+        }
+        let prepared = guess
+        do {
+            // Reads (when it must), then writes: the row's update is the last statement that can refuse the
+            // transition (the money total after it only adds).
+            let written = try await write(.singleWrite) { db -> JobRow in
+                if let prepared {
+                    try db.cachedStatement(sql: JobRow.updateIfUnchanged).execute(arguments: prepared.arguments)
+                    if db.changesCount == 1 {
+                        try self.addToTotals(db, prepared.row)
+                        return prepared.row.written(prepared.encoded, token: prepared.token)
+                    }
+                }
+                var job = try self.load(db, lease.jobID)
+                guard job.record.isHeld(by: lease) else {
+                    throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
+                }
+                change(&job.record)
+                return try self.save(db, job)
             }
-            change(&job.record)
-            try self.save(db, job)
+            recent.keep(written)
+        } catch {
+            recent.forget(id)
+            throw error
         }
     }
 
@@ -898,10 +951,21 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
 
     /// Writes a job's row, and the change of its ledger since it was read to its pair's money total: every
     /// transition writes through here, so the totals are the jobs' ledgers (plus the purged jobs').
-    private func save(_ db: Database, _ job: JobRow) throws {
+    ///
+    /// - Returns: The row as written, to keep once the transaction has committed.
+    @discardableResult
+    private func save(_ db: Database, _ job: JobRow) throws -> JobRow {
+        let encoded = try job.encoded()
+        let token = JobRow.newToken()
         // Prepared once per connection: a transition is a read and this write, and preparing (parsing, GRDB's
         // authorizer) cost as much as running them.
-        try db.cachedStatement(sql: JobRow.update).execute(arguments: try job.updateArguments())
+        try db.cachedStatement(sql: JobRow.update).execute(arguments: job.updateArguments(encoded, token: token))
+        try addToTotals(db, job)
+        return job.written(encoded, token: token)
+    }
+
+    /// Adds the change of `job`'s ledger since it was read (or last written) to its pair's money total.
+    private func addToTotals(_ db: Database, _ job: JobRow) throws {
         let (now, then) = (job.record.ledger, job.storedLedger)
         guard now != then else { return }
         try db.cachedStatement(sql: Self.addToTotals).execute(
