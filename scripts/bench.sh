@@ -2,7 +2,8 @@
 # Pipeline throughput and queued-job memory, each against a baseline in the same process.
 # Usage: scripts/bench.sh [jobs=20000] [queued=100000]
 #        scripts/bench.sh store [jobs=20000] [campaign=100000]   durable store throughput and resume time
-#        scripts/bench.sh store-grouped [jobs=20000]   only the SQLite lifecycle with 100 jobs in flight (to profile)
+#        scripts/bench.sh store-grouped [jobs=20000]   the SQLite lifecycle with 100 jobs in flight: leased 100 at a time, and
+#                                   looked at and claimed one by one as the engine takes them (to profile)
 #        scripts/bench.sh store-budgets [jobs=20000]   the SQLite, then the PostgreSQL, lifecycle with each reservation
 #                                   within a global and a project budget, against none, at a tenth of the jobs and at
 #                                   all of them (starts a throwaway PostgreSQL on loopback)
