@@ -8,7 +8,9 @@ import Synchronization
 /// durable as before: on disk with `synchronous = FULL`), and a transition that throws (a lost lease) is rolled
 /// back alone while the others commit: a transition of several statements runs in a savepoint of its own; one
 /// that writes with a single statement, as its last step, needs none, since SQLite undoes a failed statement by
-/// itself (a savepoint cost a quarter of the writer's time). While one transaction is
+/// itself (a savepoint cost a quarter of the writer's time); a database error in such a transition (which may
+/// have written a first statement, such as a row before its money total) rolls the whole transaction back, and
+/// every transition in it gets the error. While one transaction is
 /// being written, the transitions that arrive meanwhile queue up and go together in the next: under load the
 /// batches grow by themselves; alone, a transition commits at once.
 final class GroupCommitter: Sendable {
@@ -16,7 +18,8 @@ final class GroupCommitter: Sendable {
     enum Isolation: Sendable {
         /// A savepoint around the transition: it may write with several statements.
         case savepoint
-        /// Nothing: the transition writes with at most one statement, after which it cannot fail.
+        /// Nothing: the transition refuses (throws an error of ours) only before its first write; a database
+        /// error once it writes rolls back the whole group transaction.
         case singleWrite
     }
 
@@ -83,6 +86,12 @@ final class GroupCommitter: Sendable {
                                 }
                                 outcomes.append(.success(value!))
                             }
+                        } catch let error as DatabaseError where pending.isolation == .singleWrite {
+                            // A statement failed after others of the same transition may have written (a row,
+                            // then its money total): nothing isolates them, so the whole group is rolled back and
+                            // every transition in it is told. Refusals (a lost lease) are ours, thrown before
+                            // any write, and stay with their transition.
+                            throw error
                         } catch {
                             outcomes.append(.failure(error))
                         }

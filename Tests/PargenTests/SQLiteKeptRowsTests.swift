@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Pargen
 import PargenSQLite
 import Testing
@@ -54,5 +55,59 @@ import Testing
         #expect(finished.state == .succeeded)
         #expect(finished.providerTaskID == "t")
         #expect(try await second.ledger(in: .project("p")).charged == done.ledger.charged + finished.ledger.charged)
+    }
+
+    /// A transition writes its row and then its money total: when the second statement fails (here a trigger
+    /// refuses it, as a full disk would), the first must not stay written. The whole group transaction is rolled
+    /// back and every transition in it is told, so the row, the total and the caller agree.
+    @Test func aTransitionWhoseMoneyTotalFailsLeavesNoRowWritten() async throws {
+        let path = temporaryDirectory().appendingPathComponent("jobs.sqlite").path
+        let store = try SQLiteJobStore(path: path)
+        _ = try await store.enqueue((0..<4).map { validated(.audio(prompt: "line \($0)", project: "p"), id: "l\($0)") })
+        let held = try await store.lease(limit: 4, owner: "w", duration: .seconds(60), excludingUsers: [])
+        #expect(held.count == 4)
+        let other = try DatabaseQueue(path: path)
+        try await other.write { db in
+            try db.execute(
+                sql: """
+                    CREATE TRIGGER refuse_money_insert BEFORE INSERT ON money_totals BEGIN SELECT RAISE(ABORT, 'no room'); END;
+                    CREATE TRIGGER refuse_money_update BEFORE UPDATE ON money_totals BEGIN SELECT RAISE(ABORT, 'no room'); END;
+                    """
+            )
+        }
+        // One transition that moves money, among three that do not, all at once (one group transaction).
+        let outcomes = await withTaskGroup(of: (Int, Bool).self) { group in
+            for (index, job) in held.enumerated() {
+                group.addTask {
+                    do {
+                        if index == 0 {
+                            try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5))
+                        } else {
+                            _ = try await store.heartbeat(job.lease, duration: .seconds(60))
+                        }
+                        return (index, true)
+                    } catch {
+                        return (index, false)
+                    }
+                }
+            }
+            return await group.reduce(into: [Int: Bool]()) { $0[$1.0] = $1.1 }
+        }
+        #expect(outcomes[0] == false, "the transition whose total failed is refused")
+        let first = try #require(try await store.job(held[0].record.id))
+        #expect(first.attempts == 0, "its row is as before")
+        #expect(first.ledger == CostLedger())
+        #expect(try await store.ledger(in: .project("p")) == CostLedger())
+        // Whatever the others were told, their rows say the same.
+        for index in 1..<4 {
+            let job = try #require(try await store.job(held[index].record.id))
+            #expect((job.leaseExpiresAt != held[index].lease.expiresAt) == outcomes[index], "job \(index)")
+        }
+        try await other.write { db in
+            try db.execute(sql: "DROP TRIGGER refuse_money_insert; DROP TRIGGER refuse_money_update")
+        }
+        // The store goes on.
+        try await store.beginAttempt(held[0].lease, provider: "p", reserving: .cents(5))
+        #expect(try await store.ledger(in: .project("p")).reserved == .cents(5))
     }
 }
