@@ -8,9 +8,9 @@ import Synchronization
 /// durable as before: on disk with `synchronous = FULL`), and a transition that throws (a lost lease) is rolled
 /// back alone while the others commit: a transition of several statements runs in a savepoint of its own; one
 /// that writes with a single statement, as its last step, needs none, since SQLite undoes a failed statement by
-/// itself (a savepoint cost a quarter of the writer's time); a database error in such a transition (which may
-/// have written a first statement, such as a row before its money total) rolls the whole transaction back, and
-/// every transition in it gets the error. While one transaction is
+/// itself (a savepoint cost a quarter of the writer's time); such a transition whose later statement fails after
+/// a first one wrote (a row, then its money total) throws ``PartlyWritten``, which rolls the whole transaction
+/// back, and every transition in it gets the error. While one transaction is
 /// being written, the transitions that arrive meanwhile queue up and go together in the next: under load the
 /// batches grow by themselves; alone, a transition commits at once.
 final class GroupCommitter: Sendable {
@@ -18,9 +18,15 @@ final class GroupCommitter: Sendable {
     enum Isolation: Sendable {
         /// A savepoint around the transition: it may write with several statements.
         case savepoint
-        /// Nothing: the transition refuses (throws an error of ours) only before its first write; a database
-        /// error once it writes rolls back the whole group transaction.
+        /// Nothing: the transition throws only from its first write or before it (a failed statement undoes
+        /// itself), or throws ``PartlyWritten`` from a later one, which rolls back the whole group transaction.
         case singleWrite
+    }
+
+    /// Thrown by a transition without a savepoint when a statement fails after another of its statements wrote:
+    /// the group transaction is rolled back whole, since nothing can undo the first write alone.
+    struct PartlyWritten: Error {
+        let underlying: any Error
     }
 
     private struct Pending: Sendable {
@@ -86,12 +92,13 @@ final class GroupCommitter: Sendable {
                                 }
                                 outcomes.append(.success(value!))
                             }
-                        } catch let error as DatabaseError where pending.isolation == .singleWrite {
-                            // A statement failed after others of the same transition may have written (a row,
-                            // then its money total): nothing isolates them, so the whole group is rolled back and
-                            // every transition in it is told. Refusals (a lost lease) are ours, thrown before
-                            // any write, and stay with their transition.
-                            throw error
+                        } catch let error as PartlyWritten {
+                            // A statement failed after another of the same transition had written (a row, then
+                            // its money total). In a savepoint, that was undone with the rest of the transition;
+                            // without one nothing isolates them, so the whole group is rolled back and every
+                            // transition in it is told.
+                            guard pending.isolation == .savepoint else { throw error.underlying }
+                            outcomes.append(.failure(error.underlying))
                         } catch {
                             outcomes.append(.failure(error))
                         }

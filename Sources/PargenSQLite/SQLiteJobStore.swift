@@ -918,7 +918,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                 if let prepared {
                     try db.cachedStatement(sql: JobRow.updateIfUnchanged).execute(arguments: prepared.arguments)
                     if db.changesCount == 1 {
-                        try self.addToTotals(db, prepared.row)
+                        try self.addToTotals(afterWriting: db, prepared.row)
                         return prepared.row.written(prepared.encoded, token: prepared.token)
                     }
                 }
@@ -960,21 +960,27 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         // Prepared once per connection: a transition is a read and this write, and preparing (parsing, GRDB's
         // authorizer) cost as much as running them.
         try db.cachedStatement(sql: JobRow.update).execute(arguments: job.updateArguments(encoded, token: token))
-        try addToTotals(db, job)
+        try addToTotals(afterWriting: db, job)
         return job.written(encoded, token: token)
     }
 
-    /// Adds the change of `job`'s ledger since it was read (or last written) to its pair's money total.
-    private func addToTotals(_ db: Database, _ job: JobRow) throws {
+    /// Adds the change of `job`'s ledger since it was read (or last written) to its pair's money total, after the
+    /// job's row was written: a failure throws ``GroupCommitter/PartlyWritten``, which rolls back the whole group
+    /// transaction (the row's write cannot be undone alone).
+    private func addToTotals(afterWriting db: Database, _ job: JobRow) throws {
         let (now, then) = (job.record.ledger, job.storedLedger)
         guard now != then else { return }
-        try db.cachedStatement(sql: Self.addToTotals).execute(
-            arguments: [
-                job.record.request.project, job.record.request.campaign,
-                (now.reserved - then.reserved).nanos, (now.charged - then.charged).nanos,
-                (now.released - then.released).nanos, (now.pending - then.pending).nanos,
-            ]
-        )
+        do {
+            try db.cachedStatement(sql: Self.addToTotals).execute(
+                arguments: [
+                    job.record.request.project, job.record.request.campaign,
+                    (now.reserved - then.reserved).nanos, (now.charged - then.charged).nanos,
+                    (now.released - then.released).nanos, (now.pending - then.pending).nanos,
+                ]
+            )
+        } catch {
+            throw GroupCommitter.PartlyWritten(underlying: error)
+        }
     }
 
     /// Runs a write transaction, mapping database errors to ``StoreError``.
