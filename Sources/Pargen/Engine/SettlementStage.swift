@@ -3,8 +3,12 @@ import Logging
 import Synchronization
 
 /// The settlement stage: every way a job's call ends becomes one fenced store transition (retry, snooze, dead
-/// letter), its outcome goes back to admission and the balancer, and waiters and progress are told.
+/// letter), decided by ``Settlement`` before anything is written; its outcome goes back to admission and the
+/// balancer, and waiters and progress are told.
 extension ParallelGenerator {
+    /// Settles a call that produced no artifact: ``Settlement/decide(_:record:provider:attemptKey:taskID:charged:stopping:outputRoot:retry:policy:cancelRequested:hasAlternative:unit:)``
+    /// says how, and this carries it out (the ticket, the balancer, the counters, one fenced store transition,
+    /// waiters and progress).
     func handleFailure(
         _ error: any Error,
         job: LeasedJob,
@@ -19,96 +23,41 @@ extension ParallelGenerator {
         let lease = job.lease
         let now = clock.now
         let name = ticket.provider
-        if error is CancellationError || Task.isCancelled {
-            ticket.finish(.failed)
-            balancer.recordNeutral(name, throttled: false)
-            if let charged {
-                // The provider made and billed the answer before a stop cut the call off: the charge is kept, and
-                // the next attempt goes out under a new key (the same key at a provider without idempotency, such
-                // as OpenAI's speech, would be bought again without a record of the first).
-                await settleLostAnswer(
-                    job,
-                    provider: name,
-                    because: "a stop cut off the call after it answered",
-                    charged: charged,
-                    attemptKey: attemptKey
-                )
-            } else {
-                try? await shielded { try await self.store.release(lease) }
-            }
-            storeChanged()
-            return .retryLater
-        }
-        if let local = LocalResourceError.classify(error, path: artifacts.root, operation: "write") {
-            // This machine, not the provider, failed: another provider or attempt cannot help.
-            ticket.finish(.notCalled)
-            balancer.recordNeutral(name, throttled: false)
-            await giveBack(job, haltingFor: local, charged: charged, attemptKey: attemptKey)
-            return .retryLater
-        }
-        if let storeError = error as? StoreError {
-            ticket.finish(.failed)
-            balancer.recordNeutral(name, throttled: false)
-            logger.debug(
-                "store refused a transition",
-                metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(storeError)"]
-            )
-            return .retryLater
-        }
-        if state.withLock({ $0.cancelRequested.remove(record.id) }) != nil {
-            // The task ended because it was cancelled by request (or failed meanwhile): no retry, no failover.
-            ticket.finish(.failed)
-            balancer.recordNeutral(name, throttled: false)
-            var cancelled = GenerationError(
-                .cancelled,
-                "cancelled by request: \(name) was asked to stop task \(taskID ?? record.providerTaskID ?? "")",
-                provider: name
-            )
-            cancelled.taskID = taskID ?? record.providerTaskID
-            cancelled.charged = (error as? GenerationError)?.charged ?? charged
-            return await deadLetter(job, cancelled)
-        }
-        var classified = (error as? GenerationError) ?? GenerationError(.transient, "\(error)")
-        if classified.provider == nil { classified.provider = name }
-        // Each failed attempt is its own record: its key, and the task it used, if the provider accepted one.
-        classified.attemptKey = classified.attemptKey ?? attemptKey
-        classified.taskID = classified.taskID ?? taskID
-        classified.charged = classified.charged ?? charged
-        let failure = classified
-        switch failure.code {
-        case .rateLimited:
-            ticket.finish(.throttled(retryAfter: failure.retryAfter))
-            balancer.recordNeutral(name, throttled: true)
-            state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
-        case .transient, .artifactInvalid, .taskFailed:
-            balancer.recordFailure(name, at: now)
-            ticket.finish(failure.providerCode == "timeout" ? .timedOut : .failed)
-            state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
-        default:
-            ticket.finish(.failed)
-            balancer.recordNeutral(name, throttled: false)
-            state.withLock { $0.providerActivity[name, default: ProviderActivity()].failedCalls += 1 }
-        }
-        if let charged = failure.charged, failure.code.isRetryable, !configuration.retry.payAgainForLostAnswers {
-            // The provider billed this answer; buying it again is the user's choice, and it is off.
-            var kept = failure
-            kept.message +=
-                " (\(name) billed this answer, or may have if it never came: \(charged) is charged;"
-                + " retry.payAgainForLostAnswers is off, so it is not bought again)"
-            state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
-            return await deadLetter(job, kept)
-        }
-        let attempts = record.attempts + 1
-        let failedTasks =
-            record.errors.filter { $0.code == .taskFailed }.count + (failure.code == .taskFailed ? 1 : 0)
-        let disposition = retryPolicy.disposition(
-            for: failure,
-            attempts: attempts,
-            snoozes: record.snoozes,
-            failedTasks: failedTasks,
-            unit: random.unit()
+        let settlement = Settlement.decide(
+            error,
+            record: record,
+            provider: name,
+            attemptKey: attemptKey,
+            taskID: taskID,
+            charged: charged,
+            stopping: Task.isCancelled,
+            outputRoot: artifacts.root,
+            retry: configuration.retry,
+            policy: retryPolicy,
+            cancelRequested: { self.state.withLock { $0.cancelRequested.remove(record.id) } != nil },
+            hasAlternative: {
+                self.balancer.hasAlternative(for: record.request, excluding: Set(record.failedProviders + [name]), at: now)
+            },
+            unit: { self.random.unit() }
         )
-        if logger.logLevel <= .debug {
+        ticket.finish(settlement.ticket)
+        switch settlement.health {
+        case .neutral(let throttled): balancer.recordNeutral(name, throttled: throttled)
+        case .failure: balancer.recordFailure(name, at: now)
+        }
+        if !settlement.counted.isEmpty {
+            state.withLock { state in
+                for counter in settlement.counted {
+                    switch counter {
+                    case .throttled: state.providerActivity[name, default: ProviderActivity()].throttled += 1
+                    case .failedCalls: state.providerActivity[name, default: ProviderActivity()].failedCalls += 1
+                    case .deadLettered: state.providerActivity[name, default: ProviderActivity()].deadLettered += 1
+                    case .retries: state.providerActivity[name, default: ProviderActivity()].retries += 1
+                    }
+                }
+            }
+        }
+        if let failure = settlement.failure, let disposition = settlement.disposition, logger.logLevel <= .debug {
             var metadata: Logger.Metadata = [
                 LoggingKeys.jobID: "\(record.id)", LoggingKeys.provider: "\(name)",
                 LoggingKeys.code: "\(failure.code)", LoggingKeys.error: "\(failure.message)",
@@ -127,16 +76,36 @@ extension ParallelGenerator {
             }
             logger.debug("provider call failed", metadata: metadata)
         }
-        switch disposition {
-        case .snooze(let wait):
+        switch settlement.transition {
+        case .release:
+            try? await shielded { try await self.store.release(lease) }
+            storeChanged()
+            return .retryLater
+        case .lostAnswer(let charged):
+            await settleLostAnswer(
+                job,
+                provider: name,
+                because: "a stop cut off the call after it answered",
+                charged: charged,
+                attemptKey: attemptKey
+            )
+            storeChanged()
+            return .retryLater
+        case .giveBack(let local):
+            await giveBack(job, haltingFor: local, charged: charged, attemptKey: attemptKey)
+            return .retryLater
+        case .none:
+            logger.debug(
+                "store refused a transition",
+                metadata: [LoggingKeys.jobID: "\(record.id)", LoggingKeys.error: "\(error)"]
+            )
+            return .retryLater
+        case .deadLetter(let failure, let endsFlight):
+            let outcome = await deadLetter(job, failure)
+            return endsFlight ? outcome : .retryLater
+        case .snooze(let failure, let wait):
             try? await shielded {
-                try await self.store.retry(
-                    lease,
-                    error: failure,
-                    after: wait,
-                    spendAttempt: false,
-                    failedProvider: nil
-                )
+                try await self.store.retry(lease, error: failure, after: wait, spendAttempt: false, failedProvider: nil)
             }
             storeChanged()
             progress(
@@ -146,49 +115,16 @@ extension ParallelGenerator {
                 message: "\(name) throttled: retrying in \(wait.seconds.formatted1) s"
             )
             return .retryLater
-        case .retry(let delay):
-            let failover = balancer.hasAlternative(
-                for: record.request,
-                excluding: Set(record.failedProviders + [name]),
-                at: now
-            )
+        case .retry(let failure, let delay):
             try? await shielded {
-                try await self.store.retry(
-                    lease,
-                    error: failure,
-                    after: failover ? .zero : delay,
-                    spendAttempt: true,
-                    failedProvider: name
-                )
+                try await self.store.retry(lease, error: failure, after: delay, spendAttempt: true, failedProvider: name)
             }
             storeChanged()
-            state.withLock { $0.providerActivity[name, default: ProviderActivity()].retries += 1 }
             let paidAgain = failure.charged.map {
                 "; \(name) billed the lost answer (\($0)) and the retry is billed again (retry.payAgainForLostAnswers)"
             }
             progress(record, .retrying, provider: name, message: failure.description + (paidAgain ?? ""))
             return .retryLater
-        case .deadLetter:
-            state.withLock { $0.providerActivity[name, default: ProviderActivity()].deadLettered += 1 }
-            if failure.code.isRetryable {
-                let reason =
-                    failure.code == .taskFailed && attempts < configuration.retry.maxAttempts
-                    ? "gave up after \(failedTasks) tasks that failed for a reason \(name) did not name (retry.failedTasks is \(configuration.retry.failedTasks))"
-                    : "gave up after \(attempts) attempts"
-                // The last attempt's own record (its key, task and cost) stays in the history, under this code.
-                var exhausted = GenerationError(
-                    .attemptsExhausted,
-                    "\(reason): \(failure.message)",
-                    provider: name,
-                    providerCode: failure.providerCode
-                )
-                exhausted.attemptKey = failure.attemptKey
-                exhausted.taskID = failure.taskID
-                exhausted.charged = failure.charged
-                _ = await deadLetter(job, exhausted)
-                return .retryLater
-            }
-            return await deadLetter(job, failure)
         }
     }
 
