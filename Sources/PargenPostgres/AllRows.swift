@@ -90,6 +90,7 @@ extension PostgresJobStore {
                 _ = try? await connection.allRows("ROLLBACK", logger: logger)
                 throw error
             }
+            if let delay = commitDelay.withLock({ $0 }) { try await Task.sleep(for: delay) }
             try await connection.allRows("COMMIT", logger: logger)
             try loseReplyIfAsked()
             return value

@@ -53,7 +53,34 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     package func loseCommitReplies(_ count: Int) {
         commitRepliesToLose.store(count, ordering: .relaxed)
     }
+
+    /// Tests: how long every transaction waits before its COMMIT (``delayCommits(by:)``).
+    let commitDelay = Mutex<Duration?>(nil)
+
+    /// Tests: every transaction from now on waits `delay` before its COMMIT (a server slow to answer).
+    package func delayCommits(by delay: Duration?) {
+        commitDelay.withLock { $0 = delay }
+    }
     /// Operations under way, for a worker that cannot stop to say what it waits for.
+    /// Database operations running now, including those whose caller stopped waiting (an abandoned claim).
+    private let bodiesRunning = Atomic<Int>(0)
+
+    /// Waits, up to `limit`, until no database operation of this store is running, including those whose callers
+    /// stopped waiting: a stopping worker's claim that was abandoned may still commit into its name, and the
+    /// stop's ``rescueLeases(heldBy:maxCrashes:)`` must come after it to take it back. Each query has a deadline
+    /// (``PostgresConnection/queryDeadline``), so an operation cannot run for ever.
+    ///
+    /// - Returns: Whether every operation had ended.
+    @discardableResult
+    public func waitForAbandonedOperations(upTo limit: Duration) async -> Bool {
+        let deadline = ContinuousClock.now + limit
+        while bodiesRunning.load(ordering: .sequentiallyConsistent) > 0 {
+            guard ContinuousClock.now < deadline else { return false }
+            try? await Task.sleep(for: .milliseconds(10))
+        }
+        return true
+    }
+
     private let inProgress = Mutex((next: 0, operations: [Int: (name: String, since: ContinuousClock.Instant, tries: Int)]()))
 
     /// The operations under way that began more than a second ago: name, age and tries.
@@ -893,7 +920,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         while true {
             inProgress.withLock { $0.operations[ticket]?.tries += 1 }
             do {
-                return try await Self.shielded(body, abandonedOnCancel: abandonedOnCancel)
+                return try await shielded(body, abandonedOnCancel: abandonedOnCancel)
             } catch let error as StoreError {
                 throw error
             } catch {
@@ -911,15 +938,21 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     /// Runs `body` in a task of its own, which the caller's cancellation does not reach; the caller waits for its
-    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first.
-    static func shielded<T: Sendable>(
+    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first. Every such task is counted
+    /// until it ends, whether its caller still waits or not (``waitForAbandonedOperations(upTo:)``).
+    func shielded<T: Sendable>(
         _ body: @escaping @Sendable () async throws -> T,
         abandonedOnCancel: Bool
     ) async throws -> T {
-        guard abandonedOnCancel else { return try await Task { try await body() }.value }
+        bodiesRunning.add(1, ordering: .sequentiallyConsistent)
+        let counted: @Sendable () async throws -> T = {
+            defer { self.bodiesRunning.subtract(1, ordering: .sequentiallyConsistent) }
+            return try await body()
+        }
+        guard abandonedOnCancel else { return try await Task { try await counted() }.value }
         let race = FirstOutcome<T>()
         Task {
-            do { race.settle(.success(try await body())) } catch { race.settle(.failure(error)) }
+            do { race.settle(.success(try await counted())) } catch { race.settle(.failure(error)) }
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { race.await($0) }

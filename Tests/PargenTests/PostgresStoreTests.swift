@@ -444,6 +444,26 @@ import Testing
         #expect(try await store.job(late.record.id)?.state == .available)
     }
 
+    /// A claim that a stopping worker stopped waiting for may still commit into its name: the stop waits for
+    /// every operation still running before it takes back the leases left in that name, so the late claim is
+    /// taken back too (a red run: a worker stopped just after a restart left such leases held).
+    @Test func aClaimAbandonedByAStopIsWaitedForSoTheStopTakesItsLeaseBack() async throws {
+        let store = try await TestPostgres.store()
+        let id = try #require(try await store.enqueue([validated(.audio(prompt: "a"), id: "a")]).first?.jobID)
+        store.delayCommits(by: .milliseconds(800))
+        let claiming = Task { try await store.claim(id, owner: "w", duration: .seconds(60), for: nil) }
+        // The stop: the claim's caller stops waiting at once, and its transaction goes on to commit.
+        claiming.cancel()
+        _ = try? await claiming.value
+        let waited = ContinuousClock.now
+        #expect(await store.waitForAbandonedOperations(upTo: .seconds(10)))
+        #expect(ContinuousClock.now - waited >= .milliseconds(500), "the wait lasted until the late commit")
+        #expect(try await store.job(id)?.leaseOwner == "w", "the abandoned claim committed")
+        #expect(try await store.rescueLeases(heldBy: "w", maxCrashes: 5) == 1)
+        store.delayCommits(by: nil)
+        #expect(try await store.job(id)?.state == .available)
+    }
+
     /// A job's transition whose reply was lost after it committed is tried again by the store, and that try
     /// finds the change already made: an attempt begun is counted once, and a completion is not taken for a lost
     /// lease (which would have the worker say its result was not recorded).
