@@ -15,25 +15,18 @@ final class DecodedRequests: Sendable {
         var request: ValidatedRequest
     }
 
-    private struct Generations {
-        var current: [String: Entry] = [:]
-        var previous: [String: Entry] = [:]
-    }
-
-    private let generations = Mutex(Generations())
-    private let capacity: Int
+    private let generations: Mutex<Generations<Entry>>
 
     init(capacity: Int = 4096) {
-        self.capacity = max(1, capacity)
+        generations = Mutex(Generations(capacity: capacity))
     }
 
     /// The request stored as `text` for the job `id`; remembered unless `remember` is false (a listing of many
     /// jobs, which would push out the requests of the jobs under way).
     func decode(_ id: String, _ text: String, remember: Bool = true) throws -> ValidatedRequest {
         let known = generations.withLock { generations -> ValidatedRequest? in
-            if let entry = generations.current[id] { return Self.same(entry.text, text) ? entry.request : nil }
-            guard let entry = generations.previous[id], Self.same(entry.text, text) else { return nil }
-            Self.insert(entry, id, into: &generations, capacity: capacity)
+            guard let (entry, current) = generations.find(id), Self.same(entry.text, text) else { return nil }
+            if !current { generations.insert(entry, for: id) }
             return entry.request
         }
         if let known { return known }
@@ -44,7 +37,7 @@ final class DecodedRequests: Sendable {
 
     /// Notes that the job `id`'s request is stored as `text`.
     func remember(_ id: String, _ text: String, _ request: ValidatedRequest) {
-        generations.withLock { Self.insert(Entry(text: text, request: request), id, into: &$0, capacity: capacity) }
+        generations.withLock { $0.insert(Entry(text: text, request: request), for: id) }
     }
 
     /// Byte equality (String's `==` compares canonical equivalence, which is not what was stored).
@@ -54,13 +47,5 @@ final class DecodedRequests: Sendable {
         return a.withUTF8 { a in
             b.withUTF8 { b in a.count == b.count && (a.count == 0 || memcmp(a.baseAddress!, b.baseAddress!, a.count) == 0) }
         }
-    }
-
-    private static func insert(_ entry: Entry, _ id: String, into generations: inout Generations, capacity: Int) {
-        if generations.current[id] == nil, generations.current.count >= capacity {
-            generations.previous = generations.current
-            generations.current = [:]
-        }
-        generations.current[id] = entry
     }
 }

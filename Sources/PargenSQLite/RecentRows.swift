@@ -11,21 +11,15 @@ import Synchronization
 /// A row is kept only once the transaction that wrote it has committed, and dropped when its job is final.
 /// Bounded: two generations of at most `capacity` rows each.
 final class RecentRows: Sendable {
-    private struct Generations {
-        var current: [String: JobRow] = [:]
-        var previous: [String: JobRow] = [:]
-    }
-
-    private let generations = Mutex(Generations())
-    private let capacity: Int
+    private let rows: Mutex<Generations<JobRow>>
 
     init(capacity: Int = 4096) {
-        self.capacity = max(1, capacity)
+        rows = Mutex(Generations(capacity: capacity))
     }
 
     /// The row of job `id` as last written here, if kept.
     func row(_ id: String) -> JobRow? {
-        generations.withLock { $0.current[id] ?? $0.previous[id] }
+        rows.withLock { $0.find(id)?.value }
     }
 
     /// Keeps `row` (just committed) in place of any other copy, unless its job is final. Two transitions of one job
@@ -33,25 +27,13 @@ final class RecentRows: Sendable {
     /// next transition a read.
     func keep(_ row: JobRow) {
         let id = row.record.id.rawValue
-        generations.withLock { generations in
-            generations.previous[id] = nil
-            guard !row.record.state.isFinal else {
-                generations.current[id] = nil
-                return
-            }
-            if generations.current[id] == nil, generations.current.count >= capacity {
-                generations.previous = generations.current
-                generations.current = [:]
-            }
-            generations.current[id] = row
+        rows.withLock { rows in
+            if row.record.state.isFinal { rows.remove(id) } else { rows.insert(row, for: id) }
         }
     }
 
     /// Forgets job `id`'s row (a write whose outcome is not known).
     func forget(_ id: String) {
-        generations.withLock { generations in
-            generations.current[id] = nil
-            generations.previous[id] = nil
-        }
+        rows.withLock { $0.remove(id) }
     }
 }

@@ -913,7 +913,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         let prepared = guess
         do {
             // Reads (when it must), then writes: the row's update is the last statement that can refuse the
-            // transition (the money total after it only adds).
+            // transition alone (a money total that fails after it rolls back the whole group).
             let written = try await write(.singleWrite) { db -> JobRow in
                 if let prepared {
                     try db.cachedStatement(sql: JobRow.updateIfUnchanged).execute(arguments: prepared.arguments)
