@@ -62,11 +62,11 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         commitDelay.withLock { $0 = delay }
     }
     /// Operations under way, for a worker that cannot stop to say what it waits for.
-    /// Database operations running now, including those whose caller stopped waiting (an abandoned claim).
-    private let bodiesRunning = Atomic<Int>(0)
+    /// Database operations still running whose callers stopped waiting for them (an abandoned claim).
+    private let abandonedRunning = Atomic<Int>(0)
 
-    /// Waits, up to `limit`, until no database operation of this store is running, including those whose callers
-    /// stopped waiting: a stopping worker's claim that was abandoned may still commit into its name, and the
+    /// Waits, up to `limit`, until no database operation whose caller stopped waiting for it is still running: a
+    /// stopping worker's claim that was abandoned may still commit into its name, and the
     /// stop's ``rescueLeases(heldBy:maxCrashes:)`` must come after it to take it back. Each query has a deadline
     /// (``PostgresConnection/queryDeadline``), so an operation cannot run for ever.
     ///
@@ -74,7 +74,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     @discardableResult
     public func waitForAbandonedOperations(upTo limit: Duration) async -> Bool {
         let deadline = ContinuousClock.now + limit
-        while bodiesRunning.load(ordering: .sequentiallyConsistent) > 0 {
+        while abandonedRunning.load(ordering: .sequentiallyConsistent) > 0 {
             guard ContinuousClock.now < deadline else { return false }
             try? await Task.sleep(for: .milliseconds(10))
         }
@@ -938,25 +938,34 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     /// Runs `body` in a task of its own, which the caller's cancellation does not reach; the caller waits for its
-    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first. Every such task is counted
-    /// until it ends, whether its caller still waits or not (``waitForAbandonedOperations(upTo:)``).
+    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first. A task its caller stopped
+    /// waiting for is counted until it ends (``waitForAbandonedOperations(upTo:)``).
     func shielded<T: Sendable>(
         _ body: @escaping @Sendable () async throws -> T,
         abandonedOnCancel: Bool
     ) async throws -> T {
-        bodiesRunning.add(1, ordering: .sequentiallyConsistent)
-        let counted: @Sendable () async throws -> T = {
-            defer { self.bodiesRunning.subtract(1, ordering: .sequentiallyConsistent) }
-            return try await body()
-        }
-        guard abandonedOnCancel else { return try await Task { try await counted() }.value }
+        guard abandonedOnCancel else { return try await Task { try await body() }.value }
         let race = FirstOutcome<T>()
+        // Set by whichever comes second, the body's end or the caller's cancellation: the count goes up only for
+        // a body still running when its caller leaves, and down when that body ends.
+        let state = Mutex((ended: false, abandoned: false))
         Task {
-            do { race.settle(.success(try await counted())) } catch { race.settle(.failure(error)) }
+            do { race.settle(.success(try await body())) } catch { race.settle(.failure(error)) }
+            let wasAbandoned = state.withLock { state -> Bool in
+                state.ended = true
+                return state.abandoned
+            }
+            if wasAbandoned { self.abandonedRunning.subtract(1, ordering: .sequentiallyConsistent) }
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { race.await($0) }
         } onCancel: {
+            let running = state.withLock { state -> Bool in
+                guard !state.ended, !state.abandoned else { return false }
+                state.abandoned = true
+                return true
+            }
+            if running { self.abandonedRunning.add(1, ordering: .sequentiallyConsistent) }
             race.settle(.failure(CancellationError()))
         }
     }
