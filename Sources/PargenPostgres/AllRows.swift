@@ -90,8 +90,16 @@ extension PostgresJobStore {
                 _ = try? await connection.allRows("ROLLBACK", logger: logger)
                 throw error
             }
-            if let delay = commitDelay.withLock({ $0 }) { try await Task.sleep(for: delay) }
+            if let delay = commitDelay.withLock({ $0.before }) { try await Task.sleep(for: delay) }
+            // An operation whose caller has left rolls back here rather than commit (a stopping worker's claim).
+            do {
+                try Abandonment.current?.beginCommit()
+            } catch {
+                _ = try? await connection.allRows("ROLLBACK", logger: logger)
+                throw error
+            }
             try await connection.allRows("COMMIT", logger: logger)
+            if let delay = commitDelay.withLock({ $0.after }) { try? await Task.sleep(for: delay) }
             try loseReplyIfAsked()
             return value
         }

@@ -54,33 +54,87 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         commitRepliesToLose.store(count, ordering: .relaxed)
     }
 
-    /// Tests: how long every transaction waits before its COMMIT (``delayCommits(by:)``).
-    let commitDelay = Mutex<Duration?>(nil)
+    /// Tests: how long every transaction waits before its COMMIT, and after it (``delayCommits(by:)``,
+    /// ``delayCommitReplies(by:)``).
+    let commitDelay = Mutex<(before: Duration?, after: Duration?)>((nil, nil))
 
     /// Tests: every transaction from now on waits `delay` before its COMMIT (a server slow to answer).
     package func delayCommits(by delay: Duration?) {
-        commitDelay.withLock { $0 = delay }
+        commitDelay.withLock { $0.before = delay }
     }
-    /// Operations under way, for a worker that cannot stop to say what it waits for.
-    /// Database operations still running whose callers stopped waiting for them (an abandoned claim).
-    private let abandonedRunning = Atomic<Int>(0)
 
-    /// Waits, up to `limit`, until no database operation whose caller stopped waiting for it is still running: a
-    /// stopping worker's claim that was abandoned may still commit into its name, and the
-    /// stop's ``rescueLeases(heldBy:maxCrashes:)`` must come after it to take it back. Each query has a deadline
-    /// (``PostgresConnection/queryDeadline``), so an operation cannot run for ever.
+    /// Tests: every transaction from now on waits `delay` after its COMMIT has been sent, before its reply is
+    /// read (a reply slow to come back).
+    package func delayCommitReplies(by delay: Duration?) {
+        commitDelay.withLock { $0.after = delay }
+    }
+    /// Abandoned operations that had begun to commit when their callers stopped waiting (a claim whose COMMIT
+    /// was sent): they may still commit into a stopping worker's name.
+    private let abandonedCommitting = Atomic<Int>(0)
+
+    /// Waits, up to `limit`, until no operation that its caller abandoned while it was committing is still
+    /// running: such a claim may still commit into a stopping worker's name, and the stop's
+    /// ``rescueLeases(heldBy:maxCrashes:)`` must come after it to take it back. An operation abandoned before it
+    /// began to commit never commits (``Abandonment``), so it is not waited for; and each query has a deadline
+    /// (``PostgresConnection/queryDeadline``), so none runs for ever.
     ///
-    /// - Returns: Whether every operation had ended.
+    /// - Returns: Whether every such operation had ended.
     @discardableResult
-    public func waitForAbandonedOperations(upTo limit: Duration) async -> Bool {
+    public func waitForAbandonedCommits(upTo limit: Duration) async -> Bool {
         let deadline = ContinuousClock.now + limit
-        while abandonedRunning.load(ordering: .sequentiallyConsistent) > 0 {
+        while abandonedCommitting.load(ordering: .sequentiallyConsistent) > 0 {
             guard ContinuousClock.now < deadline else { return false }
             try? await Task.sleep(for: .milliseconds(10))
         }
         return true
     }
 
+    /// Whether the caller of an operation run with `abandonedOnCancel` has stopped waiting for it, and whether
+    /// the operation has begun to commit; the operation reads it through ``current`` (a task-local value).
+    ///
+    /// A transaction asks ``beginCommit()`` right before its COMMIT: once its caller has left, it rolls back
+    /// instead, so that a stopping worker's claim does not take jobs after the stop gave its leases back. One that
+    /// began to commit first is counted (``waitForAbandonedCommits(upTo:)``) until it ends.
+    final class Abandonment: Sendable {
+        @TaskLocal static var current: Abandonment?
+
+        private let state = Mutex((abandoned: false, committing: false, ended: false, counted: false))
+        private let store: PostgresJobStore
+
+        init(_ store: PostgresJobStore) { self.store = store }
+
+        /// Called right before the operation's COMMIT (or its one auto-committed statement). Throws
+        /// `CancellationError` if the caller has left; the transaction then rolls back.
+        func beginCommit() throws {
+            let abandoned = state.withLock { state -> Bool in
+                if !state.abandoned { state.committing = true }
+                return state.abandoned
+            }
+            if abandoned { throw CancellationError() }
+        }
+
+        /// The caller stopped waiting.
+        func abandon() {
+            let counts = state.withLock { state -> Bool in
+                guard !state.ended, !state.abandoned else { return false }
+                state.abandoned = true
+                state.counted = state.committing
+                return state.counted
+            }
+            if counts { store.abandonedCommitting.add(1, ordering: .sequentiallyConsistent) }
+        }
+
+        /// The operation ended (however).
+        func end() {
+            let counted = state.withLock { state -> Bool in
+                state.ended = true
+                return state.counted
+            }
+            if counted { store.abandonedCommitting.subtract(1, ordering: .sequentiallyConsistent) }
+        }
+    }
+
+    /// Operations under way, for a worker that cannot stop to say what it waits for.
     private let inProgress = Mutex((next: 0, operations: [Int: (name: String, since: ContinuousClock.Instant, tries: Int)]()))
 
     /// The operations under way that began more than a second ago: name, age and tries.
@@ -237,6 +291,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         let excluded = excludingUsers.sorted()
         let nanos = duration.nanoseconds
         return try await run("claim jobs", abandonedOnCancel: true) { [quoted] in
+            // One statement, committed as it runs: a caller that has left gets no claim started for it.
+            try Abandonment.current?.beginCommit()
             // Highest priority first; within a priority, round-robin across users (each user's oldest first,
             // users ordered by their oldest waiting job). The ranked rows are locked with SKIP LOCKED, so two
             // workers claiming at once split the jobs instead of queueing behind each other's locks.
@@ -938,34 +994,29 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     }
 
     /// Runs `body` in a task of its own, which the caller's cancellation does not reach; the caller waits for its
-    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first. A task its caller stopped
-    /// waiting for is counted until it ends (``waitForAbandonedOperations(upTo:)``).
+    /// result or, `abandonedOnCancel`, for its own cancellation, whichever comes first. An abandoned body that has
+    /// not begun to commit rolls back (``Abandonment``); one that has is counted until it ends
+    /// (``waitForAbandonedCommits(upTo:)``).
     func shielded<T: Sendable>(
         _ body: @escaping @Sendable () async throws -> T,
         abandonedOnCancel: Bool
     ) async throws -> T {
         guard abandonedOnCancel else { return try await Task { try await body() }.value }
         let race = FirstOutcome<T>()
-        // Set by whichever comes second, the body's end or the caller's cancellation: the count goes up only for
-        // a body still running when its caller leaves, and down when that body ends.
-        let state = Mutex((ended: false, abandoned: false))
+        let abandonment = Abandonment(self)
         Task {
-            do { race.settle(.success(try await body())) } catch { race.settle(.failure(error)) }
-            let wasAbandoned = state.withLock { state -> Bool in
-                state.ended = true
-                return state.abandoned
+            do {
+                let value = try await Abandonment.$current.withValue(abandonment) { try await body() }
+                race.settle(.success(value))
+            } catch {
+                race.settle(.failure(error))
             }
-            if wasAbandoned { self.abandonedRunning.subtract(1, ordering: .sequentiallyConsistent) }
+            abandonment.end()
         }
         return try await withTaskCancellationHandler {
             try await withCheckedThrowingContinuation { race.await($0) }
         } onCancel: {
-            let running = state.withLock { state -> Bool in
-                guard !state.ended, !state.abandoned else { return false }
-                state.abandoned = true
-                return true
-            }
-            if running { self.abandonedRunning.add(1, ordering: .sequentiallyConsistent) }
+            abandonment.abandon()
             race.settle(.failure(CancellationError()))
         }
     }

@@ -308,10 +308,11 @@ public final class GenerationRuntime: Service, Sendable {
         // whose answer never arrived (a claim that committed as the stop cut its reply off): it goes back now
         // rather than when it expires.
         if let postgres {
-            // A claim the stop abandoned may still commit into this worker's name: it is waited for (each of its
-            // queries has a 5 s deadline), so that the rescue below sees it.
-            if await !postgres.store.waitForAbandonedOperations(upTo: .seconds(15)) {
-                logger.warning("a database operation was still running after 15 s; its leases expire and are rescued")
+            // A claim the stop abandoned rolls back unless its COMMIT was already sent; such a claim may still
+            // commit into this worker's name, and is waited for (its COMMIT has a 5 s deadline) so that the rescue
+            // below sees it. Usually none is.
+            if await !postgres.store.waitForAbandonedCommits(upTo: .seconds(15)) {
+                logger.warning("a claim's COMMIT was still unanswered after 15 s; its leases expire and are rescued")
             }
             do {
                 let rescued = try await postgres.store.rescueLeases(

@@ -444,23 +444,45 @@ import Testing
         #expect(try await store.job(late.record.id)?.state == .available)
     }
 
-    /// A claim that a stopping worker stopped waiting for may still commit into its name: the stop waits for
-    /// every operation still running before it takes back the leases left in that name, so the late claim is
-    /// taken back too (a red run: a worker stopped just after a restart left such leases held).
-    @Test func aClaimAbandonedByAStopIsWaitedForSoTheStopTakesItsLeaseBack() async throws {
+    /// A claim that a stopping worker stopped waiting for before it began to commit rolls back: the job stays
+    /// available, and the stop has nothing to wait for (a red run: a stop waited 6.7 s for a claim that hung
+    /// after a restart).
+    @Test func aClaimAbandonedBeforeItsCommitRollsBack() async throws {
         let store = try await TestPostgres.store()
         let id = try #require(try await store.enqueue([validated(.audio(prompt: "a"), id: "a")]).first?.jobID)
         store.delayCommits(by: .milliseconds(800))
         let claiming = Task { try await store.claim(id, owner: "w", duration: .seconds(60), for: nil) }
-        // The stop: the claim's caller stops waiting at once, and its transaction goes on to commit.
+        // The stop: the claim's caller stops waiting at once, before the transaction's COMMIT.
+        claiming.cancel()
+        _ = try? await claiming.value
+        #expect(await store.waitForAbandonedCommits(upTo: .zero), "nothing abandoned had begun to commit")
+        // The transaction reaches its COMMIT after 800 ms and rolls back instead; its row locks go with it.
+        try await Task.sleep(for: .seconds(1))
+        store.delayCommits(by: nil)
+        try await waitUntil(seconds: 10) {
+            if case .claimed = try await store.claim(id, owner: "v", duration: .seconds(60), for: nil) { return true }
+            return false
+        }
+        #expect(try await store.job(id)?.leaseOwner == "v", "the abandoned claim never committed")
+    }
+
+    /// A claim whose COMMIT was sent when its caller stopped waiting may still commit into the stopping worker's
+    /// name: the stop waits for it before it takes back the leases left in that name, so the late claim is taken
+    /// back too (a red run: a worker stopped just after a restart left such leases held).
+    @Test func aClaimAbandonedWhileItCommitsIsWaitedForSoTheStopTakesItsLeaseBack() async throws {
+        let store = try await TestPostgres.store()
+        let id = try #require(try await store.enqueue([validated(.audio(prompt: "a"), id: "a")]).first?.jobID)
+        store.delayCommitReplies(by: .milliseconds(800))
+        let claiming = Task { try await store.claim(id, owner: "w", duration: .seconds(60), for: nil) }
+        // The COMMIT is sent (the job is in "w"'s name), and its reply is slow: the caller stops waiting then.
+        try await waitUntil(seconds: 10) { try await store.job(id)?.leaseOwner == "w" }
         claiming.cancel()
         _ = try? await claiming.value
         let waited = ContinuousClock.now
-        #expect(await store.waitForAbandonedOperations(upTo: .seconds(10)))
-        #expect(ContinuousClock.now - waited >= .milliseconds(500), "the wait lasted until the late commit")
-        #expect(try await store.job(id)?.leaseOwner == "w", "the abandoned claim committed")
+        #expect(await store.waitForAbandonedCommits(upTo: .seconds(10)))
+        #expect(ContinuousClock.now - waited >= .milliseconds(300), "the wait lasted until the late reply")
+        store.delayCommitReplies(by: nil)
         #expect(try await store.rescueLeases(heldBy: "w", maxCrashes: 5) == 1)
-        store.delayCommits(by: nil)
         #expect(try await store.job(id)?.state == .available)
     }
 
