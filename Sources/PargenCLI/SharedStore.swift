@@ -55,7 +55,9 @@ func openRuntime(
         _exit(1)
     }
     do {
-        return try await GenerationRuntime.open(setup: setup, store: store, options: runtimeOptions, logger: logger)
+        let runtime = try await GenerationRuntime.open(setup: setup, store: store, options: runtimeOptions, logger: logger)
+        TestHooks.attach(store: runtime.store)
+        return runtime
     } catch {
         for problem in error.problems { FileHandle.standardError.write(Data("pargen: \(problem)\n".utf8)) }
         Foundation.exit(2)

@@ -1,5 +1,6 @@
 import Foundation
 import Pargen
+import PargenSQLite
 
 /// Fault injection for the crash tests, read from the environment by debug builds only: a release build of
 /// `pargen` has no such path, whatever its environment says.
@@ -16,6 +17,8 @@ enum TestHooks {
     /// - `PARGEN_TEST_KILL_AT=CHECKPOINT:N`: the N-th time a call reaches CHECKPOINT (`call_begun`, `submitted`,
     ///   `downloaded`, `committed`), the process names the job in `PARGEN_TEST_CRASH_MARKER` and kills itself.
     /// - `PARGEN_TEST_TERM_AT=CHECKPOINT:N`: the same, with SIGTERM (a graceful stop) instead.
+    /// - `PARGEN_TEST_FILL_STORE=N`: at the N-th provider call, the SQLite job store stops growing (SQLite's own
+    ///   `SQLITE_FULL` on the next write that needs a page, as on a full disk; see ``attach(store:)``).
     /// - `PARGEN_LOCAL_SUBMIT_LOG=FILE`: the local providers log every task they accept and what they bill.
     /// With `PARGEN_TEST_EXIT_WITH_PARENT=1` (debug builds), the process exits when the process that started it
     /// ends (a test that timed out or crashed), so that a long-running `pargen worker` never outlives its test.
@@ -57,10 +60,19 @@ enum TestHooks {
         }
         let breaking = environment["PARGEN_TEST_BREAK_STAGING"].map(breakStaging)
         let poison = environment["PARGEN_TEST_KILL_ON_PROMPT"].flatMap { $0.isEmpty ? nil : $0 }
+        let fillAt = environment["PARGEN_TEST_FILL_STORE"].flatMap { Int($0) }
+        let calls = Locked(0)
         hooks.beforeProviderCall = { request, staging in
             // A call that brings the process down, on every run: the crash-loop case.
             if let poison, request.prompt.contains(poison) { kill(getpid(), SIGKILL) }
             breaking?(staging)
+            if let fillAt, calls.withLock({ count -> Bool in
+                count += 1
+                return count == fillAt
+            }), let store = storeToFill.withLock({ $0 }) {
+                // The writes from here on may or may not need a page; the run stops at the first that does.
+                Task { try? await store.stopGrowing() }
+            }
         }
         for (variable, signal) in [("PARGEN_TEST_KILL_AT", SIGKILL), ("PARGEN_TEST_TERM_AT", SIGTERM)] {
             let parts = environment[variable]?.split(separator: ":") ?? []
@@ -83,6 +95,16 @@ enum TestHooks {
         return (hooks, submitLog)
         #else
         return (EngineHooks(), nil)
+        #endif
+    }
+
+    /// The SQLite store `PARGEN_TEST_FILL_STORE` fills (debug builds).
+    private static let storeToFill = Locked<SQLiteJobStore?>(nil)
+
+    /// Tells the hooks which store the command runs on (`PARGEN_TEST_FILL_STORE`); a release build ignores it.
+    static func attach(store: any JobStore) {
+        #if DEBUG
+        storeToFill.withLock { $0 = store as? SQLiteJobStore }
         #endif
     }
 

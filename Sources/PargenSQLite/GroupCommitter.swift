@@ -75,6 +75,10 @@ final class GroupCommitter: Sendable {
                 return batch
             }
             guard !batch.isEmpty else { return }
+            // The first error a statement of this group raised: when it made SQLite roll the whole transaction
+            // back (SQLITE_FULL, SQLITE_IOERR), the commit fails only with "transaction was aborted", and the
+            // callers are told the cause instead (a full disk is this machine's fault, not the store's).
+            let firstFailure = Mutex<(any Error)?>(nil)
             do {
                 let outcomes = try await writer.write { db -> [Result<any Sendable, any Error>] in
                     var outcomes: [Result<any Sendable, any Error>] = []
@@ -97,9 +101,11 @@ final class GroupCommitter: Sendable {
                             // its money total). In a savepoint, that was undone with the rest of the transition;
                             // without one nothing isolates them, so the whole group is rolled back and every
                             // transition in it is told.
+                            firstFailure.withLock { $0 = $0 ?? error.underlying }
                             guard pending.isolation == .savepoint else { throw error.underlying }
                             outcomes.append(.failure(error.underlying))
                         } catch {
+                            firstFailure.withLock { $0 = $0 ?? error }
                             outcomes.append(.failure(error))
                         }
                     }
@@ -108,7 +114,14 @@ final class GroupCommitter: Sendable {
                 for (pending, outcome) in zip(batch, outcomes) { pending.done.resume(with: outcome) }
             } catch {
                 // The transaction itself failed (a full disk, an I/O error): nothing in it was committed.
-                for pending in batch { pending.done.resume(throwing: error) }
+                var cause = error
+                if let database = error as? DatabaseError, database.resultCode == ResultCode.SQLITE_ABORT,
+                    let first = firstFailure.withLock({ $0 }) as? DatabaseError,
+                    first.resultCode != ResultCode.SQLITE_ABORT
+                {
+                    cause = first
+                }
+                for pending in batch { pending.done.resume(throwing: cause) }
             }
         }
     }

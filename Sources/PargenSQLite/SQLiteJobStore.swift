@@ -742,6 +742,16 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         try await withHeld(lease) { $0.release(now: now) }
     }
 
+    /// Tests: from now on the database file can grow no more, as on a full disk. A write that needs a new page
+    /// fails with SQLite's own `SQLITE_FULL` (`PRAGMA max_page_count` on the writer connection, set to the
+    /// file's size now); a store opened afresh on the file has no such limit.
+    package func stopGrowing() async throws {
+        try await writer.write { db in
+            let pages = try Int.fetchOne(db, sql: "PRAGMA page_count") ?? 0
+            try db.execute(sql: "PRAGMA max_page_count = \(max(pages, 1))")
+        }
+    }
+
     public func rescueExpiredLeases(maxCrashes: Int) async throws -> Int {
         let now = now()
         return try await rescue(

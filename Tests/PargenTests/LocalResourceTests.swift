@@ -100,6 +100,47 @@ import Testing
         #expect(Set(billed).count == billed.count, "a line was billed twice: \(billed)")
     }
 
+    /// The job store's own disk fills: from the 4th provider call on, the SQLite file can grow no more, and the
+    /// next write that needs a page fails with SQLite's own `SQLITE_FULL` (not a trigger, not a mock). The run
+    /// stops taking work naming the store, exits 2, and what it tells and what the store says agree; the next run,
+    /// with room, finishes the campaign and no task is bought twice.
+    @Test func aJobStoreThatCanGrowNoMoreStopsTheRunAndTheNextRunFinishesWithoutPayingAgain() async throws {
+        let folder = temporaryDirectory()
+        let file = try campaign(in: folder, count: 60)
+        let out = folder.appendingPathComponent("out")
+        let log = folder.appendingPathComponent("submits.log")
+        let full = try await pargen(
+            ["run", file.path, "--out", out.path, "--no-progress"],
+            environment: ["PARGEN_TEST_FILL_STORE": "4", "PARGEN_LOCAL_SUBMIT_LOG": log.path]
+        )
+        let store = out.appendingPathComponent("campaign.sqlite").path
+        #expect(full.status == 2, "\(full.output)")
+        #expect(full.output.contains("pargen: stopped taking work: cannot write the job store \(store)"), "\(full.output)")
+        #expect(full.output.contains("No space left on device"), "\(full.output)")
+        #expect(full.seconds < 60, "took \(full.seconds) s")
+        let statuses = try manifestStatuses(out)
+        #expect(statuses.count == 60)
+        #expect(statuses.allSatisfy { $0 == "succeeded" || $0 == "pending" }, "\(statuses)")
+        #expect(statuses.contains("pending"))
+        // The manifest says what the store says (read by a new process, with room to write).
+        let status = try await pargen(["status", "--out", out.path])
+        let storeSucceeded = status.output.split(separator: "\n")
+            .first { $0.trimmingCharacters(in: .whitespaces).hasPrefix("succeeded ") }
+            .flatMap { Int($0.split(separator: " ").last ?? "") }
+        #expect(storeSucceeded == statuses.filter { $0 == "succeeded" }.count, "\(status.output)")
+        #expect(!status.output.contains("dead_lettered"), "\(status.output)")
+
+        let again = try await pargen(
+            ["run", file.path, "--out", out.path, "--no-progress"],
+            environment: ["PARGEN_LOCAL_SUBMIT_LOG": log.path]
+        )
+        #expect(again.status == 0, "\(again.output)")
+        #expect(try manifestStatuses(out) == Array(repeating: "succeeded", count: 60))
+        let billed = try billedRequests(log)
+        #expect(Set(billed).count == billed.count, "a line was billed twice: \(billed)")
+        #expect(billed.count == 60, "\(billed.count) tasks billed for 60 lines")
+    }
+
     @Test func anUnusableStagingFolderStopsTheRunAndTheNextRunNamesItUntilItIsFixed() async throws {
         let folder = temporaryDirectory()
         let file = try campaign(in: folder, count: 12)
