@@ -581,8 +581,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         try await withHeld(lease, "dead-letter a job") { record, now in record.deadLetter(error, now: now) }
     }
 
-    public func release(_ lease: JobLease) async throws {
-        try await withHeld(lease, "release a job") { record, now in record.release(now: now) }
+    public func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
+        try await withHeld(lease, "release a job") { record, now in record.release(now: now, leaving: trace) }
     }
 
     public func rescueExpiredLeases(maxCrashes: Int) async throws -> Int {

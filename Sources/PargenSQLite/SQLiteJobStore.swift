@@ -737,9 +737,9 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         try await withHeld(lease) { $0.deadLetter(error, now: now) }
     }
 
-    public func release(_ lease: JobLease) async throws {
+    public func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
         let now = now()
-        try await withHeld(lease) { $0.release(now: now) }
+        try await withHeld(lease) { $0.release(now: now, leaving: trace) }
     }
 
     /// Tests: from now on the database file can grow no more, as on a full disk. A write that needs a new page

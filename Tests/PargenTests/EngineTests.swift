@@ -783,7 +783,7 @@ private struct LongCallScenario {
 }
 
 /// A job store that forwards every call to `base`; a test's store overrides the calls it studies.
-private protocol ForwardingJobStore: JobStore {
+protocol ForwardingJobStore: JobStore {
     var base: any JobStore { get }
 }
 
@@ -834,7 +834,9 @@ extension ForwardingJobStore {
         try await base.retry(lease, error: error, after: after, spendAttempt: spendAttempt, failedProvider: failedProvider)
     }
     func deadLetter(_ lease: JobLease, error: GenerationError) async throws { try await base.deadLetter(lease, error: error) }
-    func release(_ lease: JobLease) async throws { try await base.release(lease) }
+    func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
+        try await base.release(lease, leaving: trace)
+    }
     func rescueExpiredLeases(maxCrashes: Int) async throws -> Int { try await base.rescueExpiredLeases(maxCrashes: maxCrashes) }
     func rescueOrphanedLeases(maxCrashes: Int) async throws -> Int {
         try await base.rescueOrphanedLeases(maxCrashes: maxCrashes)

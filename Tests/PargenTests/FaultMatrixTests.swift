@@ -258,6 +258,51 @@ import Testing
         await bench.fake.stop()
     }
 
+    /// The job store's disk fills right as a provider accepts a video task: the task id cannot be recorded, and
+    /// the run stops. The job goes back with the id it was given, so the next run fetches that task instead of
+    /// buying the video again (OpenAI's video submissions take no idempotency key: a new call is a new bill).
+    @Test func aTaskAcceptedWhileTheStoreCannotRecordItIsResumedNotBoughtAgain() async throws {
+        let bench = try await Self.bench { _ in }
+        let folder = temporaryDirectory()
+        let out = folder.appendingPathComponent("out")
+        let storePath = folder.appendingPathComponent("jobs.sqlite").path
+        let store = try SQLiteJobStore(path: storePath)
+        // Speech is synchronous: only the video tasks are recorded; the second one meets a full disk.
+        let failing = SubmissionFaultStore(store, failingFrom: 2, path: storePath)
+        let configuration = fakeTestConfiguration()
+        let first = ParallelGenerator(
+            configuration: configuration,
+            providers: [bench.provider],
+            store: failing,
+            outputDirectory: out,
+            clock: .continuous
+        )
+        try await first.start()
+        let stopped = try await CampaignRunner.run(Self.campaign, generator: first, outputDirectory: out)
+        try await first.stop(immediately: true)
+        let halt = try #require(first.haltReason, "the run did not stop")
+        #expect(halt.errorNumber == ENOSPC && halt.path == storePath, "\(halt)")
+        #expect(stopped.rows.allSatisfy { $0.status == .succeeded || $0.status == .pending })
+        let refused = try #require(failing.refusedTask.value, "no task id was refused")
+        let held = try await store.jobs(matching: JobQuery()).filter { $0.providerTaskID == refused }
+        #expect(held.count == 1 && held.first?.recoveryPoint == .submitted, "\(held.map(\.recoveryPoint))")
+
+        let second = ParallelGenerator(
+            configuration: configuration,
+            providers: [bench.provider],
+            store: store,
+            outputDirectory: out,
+            clock: .continuous
+        )
+        try await second.start()
+        let report = try await CampaignRunner.run(Self.campaign, generator: second, outputDirectory: out)
+        try await second.stop()
+        #expect(report.succeeded == 10, "\(report.rows.filter { $0.status != .succeeded }.map { $0.error ?? "" })")
+        let videos = bench.fake.state.submissions().filter { $0.accepted && $0.endpoint == "videos" }
+        #expect(videos.count == 3, "\(videos.count) video tasks for 3 videos")
+        await bench.fake.stop()
+    }
+
     /// The OpenAI protocol fake with short tasks and small videos, and `fault` on top.
     static func bench(
         _ fault: @escaping @Sendable (inout FakeProviderOptions) -> Void,
@@ -349,5 +394,36 @@ import Testing
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(descriptor, $0, &length) }
         }
         return Int(UInt16(bigEndian: address.sin_port))
+    }
+}
+
+/// A job store whose disk is full for recording task ids: from the `failingFrom`-th submission on, recording
+/// one fails as SQLite's `SQLITE_FULL` does, as a local storage error naming the store.
+private final class SubmissionFaultStore: ForwardingJobStore {
+    let base: any JobStore
+    let failingFrom: Int
+    let path: String
+    let submissions = Locked(0)
+    /// The task id the first failing record was for.
+    let refusedTask = Locked<String?>(nil)
+
+    init(_ base: any JobStore, failingFrom: Int, path: String) {
+        self.base = base
+        self.failingFrom = failingFrom
+        self.path = path
+    }
+
+    func recordSubmission(_ lease: JobLease, taskID: String) async throws {
+        let count = submissions.withLock { count -> Int in
+            count += 1
+            return count
+        }
+        guard count >= failingFrom else { return try await base.recordSubmission(lease, taskID: taskID) }
+        refusedTask.withLock { $0 = $0 ?? taskID }
+        throw StoreError(
+            .unavailable,
+            "database or disk is full",
+            underlying: LocalResourceError(path: path, operation: "write the job store", errorNumber: ENOSPC)
+        )
     }
 }

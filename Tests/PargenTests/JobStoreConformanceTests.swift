@@ -561,6 +561,40 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(submitted.attempts == 1 && submitted.providerTaskID == "t" && submitted.state == .available)
     }
 
+    /// A call given back after it went out (a stop, or the store failing to record its task id) is never made
+    /// again where the provider could bill it twice: an accepted task is resumed, a call to a provider that
+    /// de-duplicates by key is made again there under the same key, and only a call that never went out, or one
+    /// no task is known for at a provider without keys, gives its attempt back.
+    @Test(arguments: factories)
+    func releaseKeepsWhatTheCallLeftAtItsProvider(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        let ids = try await store.enqueue((0..<4).map { validated(.audio(prompt: "r\($0)")) }).map(\.jobID)
+        let jobs = try await lease(store, 4)
+        let byID = Dictionary(uniqueKeysWithValues: jobs.map { ($0.record.id, $0) })
+        let traces: [CallTrace] = [.notSent, .accepted(taskID: "t-1"), .sent, .sent]
+        for (index, id) in ids.enumerated() {
+            try await store.beginAttempt(
+                byID[id]!.lease,
+                provider: "p",
+                reserving: .cents(5),
+                idempotentSubmission: index != 3
+            )
+            try await store.release(byID[id]!.lease, leaving: traces[index])
+        }
+        var records: [JobRecord] = []
+        for id in ids { records.append(try #require(try await store.job(id))) }
+        #expect(records.allSatisfy { $0.state == .available })
+        // Never sent: no trace, the reservation goes back.
+        #expect(records[0].attempts == 0 && records[0].recoveryPoint == nil && records[0].ledger.pending == .zero)
+        // Accepted: the task is resumed where it is, and may still charge.
+        #expect(records[1].attempts == 1 && records[1].recoveryPoint == .submitted)
+        #expect(records[1].providerTaskID == "t-1" && records[1].provider == "p" && records[1].ledger.pending == .cents(5))
+        // Sent to a provider with keys: the next call reuses the key (the same attempt number) at the same provider.
+        #expect(records[2].attempts == 0 && records[2].recoveryPoint == .cutOff && records[2].provider == "p")
+        // Sent to a provider without keys, no task known: nothing to resume or to call again under.
+        #expect(records[3].attempts == 0 && records[3].recoveryPoint == nil)
+    }
+
     @Test(arguments: factories)
     func queriesByCampaignStateUserAndProvider(_ factory: StoreFactory) async throws {
         let store = try await factory.make(ManualClock())

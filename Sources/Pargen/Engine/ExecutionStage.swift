@@ -280,6 +280,8 @@ extension ParallelGenerator {
         // of a failure.
         let attemptNumber = resumeTaskID == nil ? record.attempts + 1 : record.attempts
         let taskSeen = Locked<String?>(resumeTaskID)
+        // Set as the call goes out: from then on the provider may hold a task for it.
+        let sent = Locked(false)
         // Set when a synchronous call's answer is media the provider made and billed.
         let billed = Locked(false)
         // When the provider first answered: a shared store dates the call's window place by it.
@@ -374,6 +376,7 @@ extension ParallelGenerator {
             let output: ProviderOutput
             do {
                 output = try await Self.shieldingSubmission(submittedFlag) {
+                    sent.withLock { $0 = true }
                     if let resumeTaskID {
                         return try await provider.resume(
                             taskID: resumeTaskID,
@@ -432,6 +435,7 @@ extension ParallelGenerator {
                 ticket: ticket,
                 attemptKey: "\(id):\(attemptNumber)",
                 taskID: taskSeen.value,
+                sent: sent.value,
                 charged: charged
             )
         }

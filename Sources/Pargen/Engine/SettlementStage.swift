@@ -15,11 +15,14 @@ extension ParallelGenerator {
         ticket: HeldTicket,
         attemptKey: String? = nil,
         taskID: String? = nil,
+        sent: Bool = false,
         charged: Money? = nil
     ) async
         -> FlightOutcome
     {
         let record = job.record
+        // What a job given back unjudged tells its next holder: resume the task, or call again under the key.
+        let trace: CallTrace = taskID.map { .accepted(taskID: $0) } ?? (sent ? .sent : .notSent)
         let lease = job.lease
         let now = clock.now
         let name = ticket.provider
@@ -78,7 +81,7 @@ extension ParallelGenerator {
         }
         switch settlement.transition {
         case .release:
-            try? await shielded { try await self.store.release(lease) }
+            try? await shielded { try await self.store.release(lease, leaving: trace) }
             storeChanged()
             return .retryLater
         case .lostAnswer(let charged):
@@ -92,7 +95,7 @@ extension ParallelGenerator {
             storeChanged()
             return .retryLater
         case .giveBack(let local):
-            await giveBack(job, haltingFor: local, charged: charged, attemptKey: attemptKey)
+            await giveBack(job, haltingFor: local, leaving: trace, charged: charged, attemptKey: attemptKey)
             return .retryLater
         case .none:
             logger.debug(
@@ -165,13 +168,14 @@ extension ParallelGenerator {
     func giveBack(
         _ job: LeasedJob,
         haltingFor reason: LocalResourceError,
+        leaving trace: CallTrace = .notSent,
         charged: Money? = nil,
         attemptKey: String? = nil
     ) async {
         if let charged {
             await settleLostAnswer(job, provider: job.record.provider, because: "\(reason)", charged: charged, attemptKey: attemptKey)
         } else {
-            try? await shielded { try await self.store.release(job.lease) }
+            try? await shielded { try await self.store.release(job.lease, leaving: trace) }
         }
         storeChanged()
         progress(job.record, .queued, message: "stopped: \(reason)")

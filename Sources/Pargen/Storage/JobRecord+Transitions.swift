@@ -103,14 +103,29 @@ extension JobRecord {
         finish(.deadLettered, now: now)
     }
 
-    /// Gives the job back unjudged. A call that was about to go out gives its attempt back and leaves no trace
-    /// (a later holder lost before its own call must not be taken for one that may have reached the provider);
-    /// a submitted task keeps its id so the next lease resumes it.
-    public mutating func release(now: Duration) {
+    /// Gives the job back unjudged. A submitted task keeps its id so the next lease resumes it. A call begun
+    /// but not recorded as submitted is settled by what it left at the provider (`trace`):
+    /// - it never went out: its attempt is given back and it leaves no trace (a later holder lost before its own
+    ///   call must not be taken for one that may have reached the provider);
+    /// - the provider accepted it as a task: the task id is recorded and the next lease resumes it;
+    /// - it went out to a provider that de-duplicates by key: it is made again there, under the same key
+    ///   (``RecoveryPoint/cutOff``), so that the provider answers with the task it may hold. Any other provider,
+    ///   or any other key, would bill the job again.
+    public mutating func release(now: Duration, leaving trace: CallTrace = .notSent) {
         if recoveryPoint == .submitting {
-            attempts = max(0, attempts - 1)
-            releasePending()
-            recoveryPoint = nil
+            switch trace {
+            case .accepted(let taskID):
+                providerTaskID = taskID
+                recoveryPoint = .submitted
+            case .sent where idempotentSubmission:
+                attempts = max(0, attempts - 1)
+                releasePending()
+                recoveryPoint = .cutOff
+            case .notSent, .sent:
+                attempts = max(0, attempts - 1)
+                releasePending()
+                recoveryPoint = nil
+            }
         }
         makeAvailable(at: now)
     }

@@ -25,6 +25,21 @@ public enum RecoveryPoint: String, Sendable, Hashable, Codable {
     case cutOff = "cut_off"
 }
 
+/// What a provider call given back unjudged (a stop, or this machine's storage failing) may have left at its
+/// provider, as far as the process that made it knows. ``JobRecord/release(now:leaving:)`` keeps what the next
+/// holder needs so that the provider never bills the job twice.
+public enum CallTrace: Sendable, Hashable {
+    /// The call never went out: its attempt is given back.
+    case notSent
+    /// The call went out and no task id came back (cut off, or an answer that was not a task). At a provider
+    /// that de-duplicates by idempotency key it is made again there, under the same key
+    /// (``RecoveryPoint/cutOff``); elsewhere its attempt is given back, as no task is known.
+    case sent
+    /// The provider accepted the call as task `taskID`, which the store may not have recorded yet: the next
+    /// holder resumes polling it.
+    case accepted(taskID: String)
+}
+
 /// The final result stored with a succeeded job.
 public struct JobOutcome: Sendable, Hashable, Codable {
     public var artifact: Artifact
@@ -192,6 +207,9 @@ public struct JobQuery: Sendable, Hashable {
 }
 
 extension JobStore {
+    /// Gives back a job whose current call never went out (see ``release(_:leaving:)``).
+    public func release(_ lease: JobLease) async throws { try await release(lease, leaving: .notSent) }
+
     /// Begins an attempt at a provider that does not de-duplicate submissions.
     public func beginAttempt(_ lease: JobLease, provider: String, reserving estimate: Money) async throws {
         try await beginAttempt(lease, provider: provider, reserving: estimate, idempotentSubmission: false)
@@ -329,8 +347,11 @@ public protocol JobStore: Sendable {
     /// Finishes a job as failed, keeping its error history.
     func deadLetter(_ lease: JobLease, error: GenerationError) async throws
 
-    /// Gives a job back without judging it (shutdown): the attempt is restored.
-    func release(_ lease: JobLease) async throws
+    /// Gives a job back without judging it (a stop, or this machine's storage failing). What its current call
+    /// left at the provider decides what the next holder does (see ``JobRecord/release(now:leaving:)``): a call
+    /// that never went out gives its attempt back; a task the provider accepted is resumed; a call that went out
+    /// to a provider that de-duplicates by key is made again there under the same key.
+    func release(_ lease: JobLease, leaving trace: CallTrace) async throws
 
     /// Returns expired leases' jobs to the queue; returns how many. A job taken back more than `maxCrashes`
     /// times is dead-lettered (see ``JobRecord/rescue(now:maxCrashes:)``).

@@ -353,9 +353,9 @@ public final class MemoryJobStore: ClaimingJobStore {
         try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.deadLetter(error, now: now) } }
     }
 
-    public func release(_ lease: JobLease) async throws {
+    public func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
         let now = clock.now
-        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.release(now: now) } }
+        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.release(now: now, leaving: trace) } }
     }
 
     public func rescueExpiredLeases(maxCrashes: Int) async throws -> Int {
