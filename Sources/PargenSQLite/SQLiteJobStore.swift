@@ -1012,18 +1012,25 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     }
 
     /// The local resource failure a database error stands for: a full disk, a read-only or vanished file, an
-    /// I/O error. The engine stops taking work on one instead of retrying.
+    /// I/O error, a damaged file. The engine stops taking work on one instead of retrying: no retry mends them.
     private func localFailure(_ error: any Error, operation: String) -> LocalResourceError? {
         guard let database = error as? DatabaseError else { return nil }
-        let number: Int32? =
-            switch database.resultCode {
-            case .SQLITE_FULL: ENOSPC
-            case .SQLITE_READONLY: EROFS
-            case .SQLITE_CANTOPEN: EACCES
-            case .SQLITE_IOERR: EIO
-            default: nil
-            }
-        return number.map { LocalResourceError(path: path, operation: operation, errorNumber: $0) }
+        switch database.resultCode {
+        case .SQLITE_FULL: return LocalResourceError(path: path, operation: operation, errorNumber: ENOSPC)
+        case .SQLITE_READONLY: return LocalResourceError(path: path, operation: operation, errorNumber: EROFS)
+        case .SQLITE_CANTOPEN: return LocalResourceError(path: path, operation: operation, errorNumber: EACCES)
+        case .SQLITE_IOERR: return LocalResourceError(path: path, operation: operation, errorNumber: EIO)
+        case .SQLITE_CORRUPT, .SQLITE_NOTADB:
+            // SQLite's own words ("database disk image is malformed", "file is not a database"), not EIO's.
+            return LocalResourceError(
+                path: path,
+                operation: operation,
+                errorNumber: EIO,
+                detail: (database.message ?? "the database file is damaged")
+                    + " (restore it from a backup, or move it aside to start the campaign again)"
+            )
+        default: return nil
+        }
     }
 
     private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {

@@ -15,15 +15,20 @@ public struct LocalResourceError: Error, Sendable, Hashable, CustomStringConvert
     public var operation: String
     /// The operating system's error number (`ENOSPC`, `EACCES`, ...).
     public var errorNumber: Int32
+    /// What the failing component said, when the error number alone would mislead (a database file that is
+    /// damaged fails as `EIO`, but says "database disk image is malformed").
+    public var detail: String?
 
-    public init(path: String, operation: String, errorNumber: Int32) {
+    public init(path: String, operation: String, errorNumber: Int32, detail: String? = nil) {
         self.path = path
         self.operation = operation
         self.errorNumber = errorNumber
+        self.detail = detail
     }
 
-    /// The system's text for ``errorNumber``, such as "No space left on device".
-    public var reason: String { String(cString: strerror(errorNumber)) }
+    /// ``detail`` when there is one, else the system's text for ``errorNumber``, such as "No space left on
+    /// device".
+    public var reason: String { detail ?? String(cString: strerror(errorNumber)) }
 
     public var description: String { "cannot \(operation) \(path): \(reason)" }
 

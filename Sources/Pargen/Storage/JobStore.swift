@@ -260,7 +260,12 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
     public func hash(into hasher: inout Hasher) { hasher.combine(code) }
-    public var description: String { "\(code): \(message)" }
+    /// The code and message, and what this machine's storage said when that is the cause (a full disk, a
+    /// damaged file), so that `pargen status` on a broken store says what is wrong and where.
+    public var description: String {
+        if let local = underlying as? LocalResourceError { return "\(code): \(message): \(local)" }
+        return "\(code): \(message)"
+    }
 }
 
 /// Durable (or, for the memory store, process-lifetime) storage of jobs with leases and fenced transitions.
