@@ -339,6 +339,15 @@ public final class GenerationRuntime: Service, Sendable {
     public func close() async {
         try? await httpClient.shutdown()
         postgres?.close()
+        // The SQLite file alone then holds the campaign (its write-ahead log is folded in and emptied); a store
+        // that cannot do so (a full disk) keeps the log, which SQLite reads on the next open.
+        if let sqlite = store as? SQLiteJobStore {
+            do {
+                try await sqlite.checkpoint()
+            } catch {
+                logger.warning("the job store's log could not be folded into its file", metadata: ["pargen.error": "\(error)"])
+            }
+        }
         lock.withLock { $0 = nil }
     }
 }

@@ -742,6 +742,21 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         try await withHeld(lease) { $0.release(now: now, leaving: trace) }
     }
 
+    /// Moves every committed transaction from the write-ahead log into the database file and empties the log
+    /// (`PRAGMA wal_checkpoint(TRUNCATE)`), so that the file alone holds the campaign: a copy of it, without its
+    /// `-wal` beside it, then misses nothing. The runtime calls it when it closes; it waits for readers to end.
+    public func checkpoint() async throws {
+        do {
+            _ = try await writer.writeWithoutTransaction { try $0.checkpoint(.truncate) }
+        } catch {
+            throw StoreError(
+                .unavailable,
+                "the job store could not checkpoint",
+                underlying: localFailure(error, operation: "write the job store") ?? error
+            )
+        }
+    }
+
     /// Tests: from now on the database file can grow no more, as on a full disk. A write that needs a new page
     /// fails with SQLite's own `SQLITE_FULL` (`PRAGMA max_page_count` on the writer connection, set to the
     /// file's size now); a store opened afresh on the file has no such limit.

@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 import Pargen
 import Testing
 
@@ -139,6 +140,22 @@ import Testing
         let billed = try billedRequests(log)
         #expect(Set(billed).count == billed.count, "a line was billed twice: \(billed)")
         #expect(billed.count == 60, "\(billed.count) tasks billed for 60 lines")
+    }
+
+    /// A finished run leaves the campaign in `campaign.sqlite` itself, not in its write-ahead log: a copy of the
+    /// file alone (a backup, an attachment to a ticket) holds every line.
+    @Test func aFinishedRunLeavesTheWholeCampaignInTheStoreFileItself() async throws {
+        let folder = temporaryDirectory()
+        let file = try campaign(in: folder, count: 30)
+        let out = folder.appendingPathComponent("out")
+        let run = try await pargen(["run", file.path, "--out", out.path, "--no-progress"])
+        #expect(run.status == 0, "\(run.output)")
+        let copy = folder.appendingPathComponent("copy.sqlite")
+        try FileManager.default.copyItem(at: out.appendingPathComponent("campaign.sqlite"), to: copy)
+        let succeeded = try await DatabaseQueue(path: copy.path).read { db in
+            try Int.fetchOne(db, sql: "SELECT count(*) FROM jobs WHERE state = 'succeeded'")
+        }
+        #expect(succeeded == 30)
     }
 
     @Test func anUnusableStagingFolderStopsTheRunAndTheNextRunNamesItUntilItIsFixed() async throws {
