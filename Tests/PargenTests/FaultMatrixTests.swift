@@ -303,6 +303,50 @@ import Testing
         await bench.fake.stop()
     }
 
+    /// A stop comes while a video submission hangs after the provider accepted it (OpenAI takes no idempotency
+    /// key). Its answer is lost when the request times out during the stop: the job is set aside for a person, as
+    /// it is without a stop, and a later run does not buy the video again.
+    @Test func aSubmissionLostDuringAStopIsSetAsideNotBoughtAgain() async throws {
+        let bench = try await Self.bench({ _ in }, requestTimeout: .seconds(1))
+        let store = MemoryJobStore()
+        let first = ParallelGenerator(
+            configuration: fakeTestConfiguration(),
+            providers: [bench.provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await first.start()
+        let ids = try await first.submit([
+            .video(prompt: "a scene [[hang]]", duration: .seconds(4), resolution: Resolution(width: 720, height: 1280))
+        ])
+        let deadline = ContinuousClock.now + .seconds(10)
+        while bench.fake.state.submissions().filter({ $0.accepted && $0.endpoint == "videos" }).isEmpty,
+            ContinuousClock.now < deadline
+        {
+            try await Task.sleep(for: .milliseconds(10))
+        }
+        // The provider has the task; its answer hangs until the 1 s request time-out. A stop that cancels the
+        // calls in flight (SIGTERM's) still lets a submission end, so that its task id can be recorded.
+        try await first.stop(immediately: true)
+        let record = try #require(try await store.job(ids[0]))
+        #expect(record.state == .needsReconciliation, "\(record.state): \(record.errors.map(\.description))")
+
+        let second = ParallelGenerator(
+            configuration: fakeTestConfiguration(),
+            providers: [bench.provider],
+            store: store,
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await second.start()
+        try await Task.sleep(for: .milliseconds(500))
+        try await second.stop()
+        let videos = bench.fake.state.submissions().filter { $0.accepted && $0.endpoint == "videos" }
+        #expect(videos.count == 1, "\(videos.count) video tasks bought for one line")
+        await bench.fake.stop()
+    }
+
     /// The OpenAI protocol fake with short tasks and small videos, and `fault` on top.
     static func bench(
         _ fault: @escaping @Sendable (inout FakeProviderOptions) -> Void,

@@ -66,6 +66,25 @@ import Testing
         #expect(asked.withLock { $0 }.isEmpty, "a stop asks nothing: no cancellation is forgotten, no draw is made")
     }
 
+    /// A stop does not wash out a submission whose answer was lost (a time-out after the request went out to a
+    /// provider without idempotency keys): the provider may have the task, so the job is set aside for a person
+    /// as it would be without the stop, instead of being given back to be bought again.
+    @Test func aStopStillSetsAsideASubmissionWhoseAnswerWasLost() {
+        let lost = GenerationError(
+            .needsReconciliation,
+            "POST /v1/videos failed after the request was sent (timeout)",
+            provider: "p",
+            providerCode: "timeout"
+        )
+        let settlement = Self.decide(lost, stopping: true)
+        guard case .deadLetter(let failure, let endsFlight) = settlement.transition else {
+            Issue.record("a lost submission was settled as \(settlement.transition)")
+            return
+        }
+        #expect(failure.code == .needsReconciliation && endsFlight)
+        #expect(failure.attemptKey == "job-1:1")
+    }
+
     @Test func thisMachinesStorageFailingGivesTheJobBackUnjudged() {
         let full = LocalResourceError(path: "/tmp/x", operation: "write", errorNumber: ENOSPC)
         let settlement = Self.decide(full, charged: .cents(2))

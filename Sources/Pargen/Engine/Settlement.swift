@@ -72,7 +72,11 @@ struct Settlement: Sendable, Hashable {
         hasAlternative: () -> Bool,
         unit: () -> Double
     ) -> Settlement {
-        if stopping || error is CancellationError {
+        // A submission whose answer was lost is judged even while stopping: the provider may hold a task that no
+        // record names, so it waits for a person. Given back as unjudged, it would be submitted again, and billed
+        // again, by the next holder.
+        let lostSubmission = (error as? GenerationError)?.code == .needsReconciliation
+        if stopping && !lostSubmission || error is CancellationError {
             // The provider made and billed the answer before a stop cut the call off: the charge is kept, and the
             // next attempt goes out under a new key (the same key at a provider without idempotency, such as
             // OpenAI's speech, would be bought again without a record of the first).
