@@ -18,6 +18,37 @@ import Testing
         )
     }
 
+    /// A job still waiting when the engine stops is not run by it any more, so waiting for its result must end:
+    /// a waiter gets a `cancelled` result saying the engine stopped (the job stays in the store for a later run),
+    /// and one who comes after the stop gets it at once. A job that did finish still gives its real result.
+    @Test func waitingForAJobTheStoppedEngineWillNotRunEnds() async throws {
+        let provider = ScriptedProvider(name: "p", quota: ProviderQuota(concurrentTasks: 1)) { _, _ in
+            .succeed(latency: .milliseconds(200))
+        }
+        let generator = ParallelGenerator(
+            configuration: .init(),
+            providers: [provider],
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let ids = try await generator.submit((0..<6).map { .audio(prompt: "line \($0)") })
+        let waiting = Task { await generator.result(for: ids[5]) }
+        while provider.calls.isEmpty { try await Task.sleep(for: .milliseconds(5)) }
+        try await generator.stop()
+        let timeout = Task {
+            try await Task.sleep(for: .seconds(10))
+            waiting.cancel()
+        }
+        let early = await waiting.value
+        timeout.cancel()
+        #expect(early.error?.code == .cancelled && early.error?.message.contains("engine stopped") == true, "\(early)")
+        let late = await generator.result(for: ids[5])
+        #expect(late.error?.code == .cancelled && late.error?.message.contains("engine stopped") == true, "\(late)")
+        // The job in flight at the stop finished, and says so.
+        #expect(await generator.result(for: ids[0]).artifact != nil)
+    }
+
     @Test func generatesEveryRequestInInputOrderWithRealFiles() async throws {
         let generator = makeGenerator(LocalProvider.demoProviders(reliable: true))
         try await generator.start()

@@ -231,7 +231,15 @@ public final class ParallelGenerator: Service, Sendable {
             if state.lifecycle == .idle || state.lifecycle == .stopped { state.lifecycle = .running }
         }
         defer {
-            state.withLock { $0.lifecycle = .stopped }
+            // Whoever still waits for a job waits for a job this engine will not run: each is answered now.
+            let waiters = state.withLock { state in
+                state.lifecycle = .stopped
+                defer { state.waiters = [:] }
+                return state.waiters
+            }
+            for (id, list) in waiters {
+                for waiter in list { waiter.continuation.resume(returning: Self.cancelledResult(id, stopped: true)) }
+            }
             bus.finish()
         }
         // A store that other processes write to says when work arrives, so the scheduler looks at once instead of
@@ -399,7 +407,8 @@ public final class ParallelGenerator: Service, Sendable {
     }
 
     /// Waits for a job's final result. If the waiting task is cancelled, returns at once with a
-    /// ``GenerationError/Code/cancelled`` failure (the job itself goes on).
+    /// ``GenerationError/Code/cancelled`` failure (the job itself goes on). So does a wait for a job that the
+    /// engine will not run because it stopped (or halted) first: the job stays in the store for a later run.
     public func result(for id: JobID) async -> GenerationResult {
         let waiterID = state.withLock { state -> UInt64 in
             state.nextWaiterID += 1
@@ -424,17 +433,25 @@ public final class ParallelGenerator: Service, Sendable {
 
     /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
     /// (Also what it returns, naming `reason`, for a job the engine stopped before it finished because this
-    /// machine's storage failed: the job is left in the store, and a later run continues it.)
-    private static func cancelledResult(_ id: JobID, halt reason: LocalResourceError? = nil) -> GenerationResult {
-        GenerationResult(
+    /// machine's storage failed, or, with `stopped`, because the engine was stopped: the job is left in the
+    /// store, and a later run continues it.)
+    private static func cancelledResult(
+        _ id: JobID,
+        halt reason: LocalResourceError? = nil,
+        stopped: Bool = false
+    ) -> GenerationResult {
+        let message =
+            if let reason {
+                "the run stopped before the job finished: \(reason)"
+            } else if stopped {
+                "the engine stopped before the job finished; it stays in the store for a later run"
+            } else {
+                "stopped before the job finished"
+            }
+        return GenerationResult(
             requestID: "",
             jobID: id,
-            outcome: .failure(
-                GenerationError(
-                    .cancelled,
-                    reason.map { "the run stopped before the job finished: \($0)" } ?? "stopped before the job finished"
-                )
-            ),
+            outcome: .failure(GenerationError(.cancelled, message)),
             provider: nil,
             actualCost: .zero,
             attempts: 0
@@ -473,6 +490,9 @@ public final class ParallelGenerator: Service, Sendable {
                 if let invalid = state.invalid[id] { return invalid }
                 if Task.isCancelled { return Self.cancelledResult(id) }
                 if let halt = state.halt { return Self.cancelledResult(id, halt: halt) }
+                // A stopped engine runs nothing more: waiting would never end (a finished job's result is looked
+                // up by result(for:)).
+                if state.lifecycle == .stopped { return Self.cancelledResult(id, stopped: true) }
                 state.waiters[id, default: []].append((waiterID, continuation))
                 return nil
             }
