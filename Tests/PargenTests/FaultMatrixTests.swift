@@ -237,16 +237,7 @@ import Testing
         }
 
         if !full { try FileManager.default.removeItem(at: out.appendingPathComponent(".staging")) }
-        let second = ParallelGenerator(
-            configuration: configuration,
-            providers: [bench.provider],
-            store: store,
-            outputDirectory: out,
-            clock: .continuous
-        )
-        try await second.start()
-        let report = try await CampaignRunner.run(Self.campaign, generator: second, outputDirectory: out)
-        try await second.stop()
+        let (second, report) = try await Self.runCampaign(on: store, bench: bench, configuration: configuration, out: out)
         #expect(second.haltReason == nil)
         let records = try await store.jobs(matching: JobQuery())
         let results = records.map { second.makeResult($0) }
@@ -270,13 +261,7 @@ import Testing
         // Speech is synchronous: only the video tasks are recorded; the second one meets a full disk.
         let failing = SubmissionFaultStore(store, failingFrom: 2, path: storePath)
         let configuration = fakeTestConfiguration()
-        let first = ParallelGenerator(
-            configuration: configuration,
-            providers: [bench.provider],
-            store: failing,
-            outputDirectory: out,
-            clock: .continuous
-        )
+        let first = Self.engine(on: failing, bench: bench, configuration: configuration, out: out)
         try await first.start()
         let stopped = try await CampaignRunner.run(Self.campaign, generator: first, outputDirectory: out)
         try await first.stop(immediately: true)
@@ -287,16 +272,7 @@ import Testing
         let held = try await store.jobs(matching: JobQuery()).filter { $0.providerTaskID == refused }
         #expect(held.count == 1 && held.first?.recoveryPoint == .submitted, "\(held.map(\.recoveryPoint))")
 
-        let second = ParallelGenerator(
-            configuration: configuration,
-            providers: [bench.provider],
-            store: store,
-            outputDirectory: out,
-            clock: .continuous
-        )
-        try await second.start()
-        let report = try await CampaignRunner.run(Self.campaign, generator: second, outputDirectory: out)
-        try await second.stop()
+        let (_, report) = try await Self.runCampaign(on: store, bench: bench, configuration: configuration, out: out)
         #expect(report.succeeded == 10, "\(report.rows.filter { $0.status != .succeeded }.map { $0.error ?? "" })")
         let videos = bench.fake.state.submissions().filter { $0.accepted && $0.endpoint == "videos" }
         #expect(videos.count == 3, "\(videos.count) video tasks for 3 videos")
@@ -309,13 +285,7 @@ import Testing
     @Test func aSubmissionLostDuringAStopIsSetAsideNotBoughtAgain() async throws {
         let bench = try await Self.bench({ _ in }, requestTimeout: .seconds(1))
         let store = MemoryJobStore()
-        let first = ParallelGenerator(
-            configuration: fakeTestConfiguration(),
-            providers: [bench.provider],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let first = Self.engine(on: store, bench: bench)
         try await first.start()
         let ids = try await first.submit([
             .video(prompt: "a scene [[hang]]", duration: .seconds(4), resolution: Resolution(width: 720, height: 1280))
@@ -332,19 +302,43 @@ import Testing
         let record = try #require(try await store.job(ids[0]))
         #expect(record.state == .needsReconciliation, "\(record.state): \(record.errors.map(\.description))")
 
-        let second = ParallelGenerator(
-            configuration: fakeTestConfiguration(),
-            providers: [bench.provider],
-            store: store,
-            outputDirectory: temporaryDirectory(),
-            clock: .continuous
-        )
+        let second = Self.engine(on: store, bench: bench)
         try await second.start()
         try await Task.sleep(for: .milliseconds(500))
         try await second.stop()
         let videos = bench.fake.state.submissions().filter { $0.accepted && $0.endpoint == "videos" }
         #expect(videos.count == 1, "\(videos.count) video tasks bought for one line")
         await bench.fake.stop()
+    }
+
+    /// An engine on `store` against the bench's provider, on the real clock.
+    static func engine(
+        on store: any JobStore,
+        bench: FakeBench,
+        configuration: PargenConfiguration = fakeTestConfiguration(),
+        out: URL = temporaryDirectory()
+    ) -> ParallelGenerator {
+        ParallelGenerator(
+            configuration: configuration,
+            providers: [bench.provider],
+            store: store,
+            outputDirectory: out,
+            clock: .continuous
+        )
+    }
+
+    /// Runs the campaign to its end on `store` with a new engine (a next run), against the bench's provider.
+    static func runCampaign(
+        on store: any JobStore,
+        bench: FakeBench,
+        configuration: PargenConfiguration,
+        out: URL
+    ) async throws -> (ParallelGenerator, CampaignReport) {
+        let generator = engine(on: store, bench: bench, configuration: configuration, out: out)
+        try await generator.start()
+        let report = try await CampaignRunner.run(Self.campaign, generator: generator, outputDirectory: out)
+        try await generator.stop()
+        return (generator, report)
     }
 
     /// The OpenAI protocol fake with short tasks and small videos, and `fault` on top.

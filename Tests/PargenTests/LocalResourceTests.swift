@@ -89,16 +89,22 @@ import Testing
         let status = try await pargen(["status", "--out", out.path])
         #expect(!status.output.contains("dead_lettered: 1"), "\(status.output)")
 
+        // Tasks the provider accepted before the disk filled are fetched again, not bought again.
+        try await expectTheNextRunFinishes(file, out: out, log: log, lines: 20)
+    }
+
+    /// Runs the campaign again with room to write: it exits 0, every one of its `lines` succeeded, and the local
+    /// providers billed one task per line over both runs (none twice).
+    func expectTheNextRunFinishes(_ file: URL, out: URL, log: URL, lines: Int) async throws {
         let again = try await pargen(
             ["run", file.path, "--out", out.path, "--no-progress"],
             environment: ["PARGEN_LOCAL_SUBMIT_LOG": log.path]
         )
         #expect(again.status == 0, "\(again.output)")
-        #expect(try manifestStatuses(out) == Array(repeating: "succeeded", count: 20))
-        // Tasks the provider accepted before the disk filled were fetched again, not bought again.
+        #expect(try manifestStatuses(out) == Array(repeating: "succeeded", count: lines))
         let billed = try billedRequests(log)
-        #expect(billed.count == 20, "\(billed)")
         #expect(Set(billed).count == billed.count, "a line was billed twice: \(billed)")
+        #expect(billed.count == lines, "\(billed.count) tasks billed for \(lines) lines")
     }
 
     /// The job store's own disk fills: from the 4th provider call on, the SQLite file can grow no more, and the
@@ -131,15 +137,7 @@ import Testing
         #expect(storeSucceeded == statuses.filter { $0 == "succeeded" }.count, "\(status.output)")
         #expect(!status.output.contains("dead_lettered"), "\(status.output)")
 
-        let again = try await pargen(
-            ["run", file.path, "--out", out.path, "--no-progress"],
-            environment: ["PARGEN_LOCAL_SUBMIT_LOG": log.path]
-        )
-        #expect(again.status == 0, "\(again.output)")
-        #expect(try manifestStatuses(out) == Array(repeating: "succeeded", count: 60))
-        let billed = try billedRequests(log)
-        #expect(Set(billed).count == billed.count, "a line was billed twice: \(billed)")
-        #expect(billed.count == 60, "\(billed.count) tasks billed for 60 lines")
+        try await expectTheNextRunFinishes(file, out: out, log: log, lines: 60)
     }
 
     /// A finished run leaves the campaign in `campaign.sqlite` itself, not in its write-ahead log: a copy of the
