@@ -67,8 +67,9 @@ import Testing
     }
 
     /// A stop does not wash out a submission whose answer was lost (a time-out after the request went out to a
-    /// provider without idempotency keys): the provider may have the task, so the job is set aside for a person
-    /// as it would be without the stop, instead of being given back to be bought again.
+    /// provider without idempotency keys), and neither does a requested cancellation: the provider may have the
+    /// task, so the job is set aside for a person as it would be otherwise, instead of being given back to be
+    /// bought again or dead-lettered as cancelled while the task may run and bill.
     @Test func aStopStillSetsAsideASubmissionWhoseAnswerWasLost() {
         let lost = GenerationError(
             .needsReconciliation,
@@ -76,13 +77,17 @@ import Testing
             provider: "p",
             providerCode: "timeout"
         )
-        let settlement = Self.decide(lost, stopping: true)
-        guard case .deadLetter(let failure, let endsFlight) = settlement.transition else {
-            Issue.record("a lost submission was settled as \(settlement.transition)")
-            return
+        for (stopping, cancelRequested) in [(true, false), (false, true), (true, true)] {
+            // Neither a stop nor a requested cancellation (which no provider could act on without a task id)
+            // makes it anything else.
+            let settlement = Self.decide(lost, stopping: stopping, cancelRequested: cancelRequested)
+            guard case .deadLetter(let failure, let endsFlight) = settlement.transition else {
+                Issue.record("a lost submission was settled as \(settlement.transition)")
+                continue
+            }
+            #expect(failure.code == .needsReconciliation && endsFlight, "stopping \(stopping), cancel \(cancelRequested)")
+            #expect(failure.attemptKey == "job-1:1")
         }
-        #expect(failure.code == .needsReconciliation && endsFlight)
-        #expect(failure.attemptKey == "job-1:1")
     }
 
     @Test func thisMachinesStorageFailingGivesTheJobBackUnjudged() {

@@ -93,7 +93,9 @@ struct Settlement: Sendable, Hashable {
         if error is StoreError {
             return Settlement(transition: .none, ticket: .failed, health: .neutral(throttled: false))
         }
-        if cancelRequested() {
+        // A requested cancellation is forgotten either way; a lost submission is not one the provider was asked to
+        // stop (no task id was known to stop), so it is set aside like any other.
+        if cancelRequested() && !lostSubmission {
             // The task ended because it was cancelled by request (or failed meanwhile): no retry, no failover.
             var cancelled = GenerationError(
                 .cancelled,
