@@ -749,11 +749,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         do {
             _ = try await writer.writeWithoutTransaction { try $0.checkpoint(.truncate) }
         } catch {
-            throw StoreError(
-                .unavailable,
-                "the job store could not checkpoint",
-                underlying: localFailure(error, operation: "write the job store") ?? error
-            )
+            throw storeError(error, "the job store could not checkpoint", operation: "write the job store")
         }
     }
 
@@ -1015,15 +1011,16 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     ) async throws -> T {
         do {
             return try await committer.write(isolation, body)
-        } catch let error as StoreError {
-            throw error
         } catch {
-            throw StoreError(
-                .unavailable,
-                "the job store failed a write",
-                underlying: localFailure(error, operation: "write the job store") ?? error
-            )
+            throw storeError(error, "the job store failed a write", operation: "write the job store")
         }
+    }
+
+    /// `error` as a ``StoreError``: one already is one; a database error is `unavailable`, with the local
+    /// resource failure it stands for (a full disk, a damaged file) as its cause when it is one.
+    private func storeError(_ error: any Error, _ message: String, operation: String) -> any Error {
+        if error is StoreError { return error }
+        return StoreError(.unavailable, message, underlying: localFailure(error, operation: operation) ?? error)
     }
 
     /// The local resource failure a database error stands for: a full disk, a read-only or vanished file, an
@@ -1051,14 +1048,8 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     private func read<T: Sendable>(_ body: @escaping @Sendable (Database) throws -> T) async throws -> T {
         do {
             return try await writer.read(body)
-        } catch let error as StoreError {
-            throw error
         } catch {
-            throw StoreError(
-                .unavailable,
-                "the job store failed a read",
-                underlying: localFailure(error, operation: "read the job store") ?? error
-            )
+            throw storeError(error, "the job store failed a read", operation: "read the job store")
         }
     }
 }

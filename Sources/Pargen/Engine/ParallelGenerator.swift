@@ -237,9 +237,7 @@ public final class ParallelGenerator: Service, Sendable {
                 defer { state.waiters = [:] }
                 return state.waiters
             }
-            for (id, list) in waiters {
-                for waiter in list { waiter.continuation.resume(returning: Self.cancelledResult(id, stopped: true)) }
-            }
+            Self.answer(waiters) { Self.cancelledResult($0, stopped: true) }
             bus.finish()
         }
         // A store that other processes write to says when work arrives, so the scheduler looks at once instead of
@@ -478,10 +476,18 @@ public final class ParallelGenerator: Service, Sendable {
             "stopped taking work: this machine's storage failed",
             metadata: [LoggingKeys.error: "\(reason)", "path": "\(reason.path)"]
         )
-        for (id, list) in waiters {
-            for waiter in list { waiter.continuation.resume(returning: Self.cancelledResult(id, halt: reason)) }
-        }
+        Self.answer(waiters) { Self.cancelledResult($0, halt: reason) }
         wakeup.signal()
+    }
+
+    /// Answers every waiter taken from the state (they wait for jobs this engine will not run) with `result`.
+    private static func answer(
+        _ waiters: [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]],
+        with result: (JobID) -> GenerationResult
+    ) {
+        for (id, list) in waiters {
+            for waiter in list { waiter.continuation.resume(returning: result(id)) }
+        }
     }
 
     private func waitForResult(_ id: JobID, waiterID: UInt64) async -> GenerationResult {
