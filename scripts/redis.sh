@@ -48,6 +48,10 @@ stop() {
         kill -9 "$pid" 2>/dev/null || true
         rm -f "$dir/redis.pid"
     fi
+    # A server whose pid file is gone or stale (a restart cut short) is still found by its port.
+    if [ -f "$dir/port" ]; then
+        pkill -9 -x -f "redis-server 127.0.0.1:$(cat "$dir/port")" 2>/dev/null || true
+    fi
 }
 
 case "$command" in

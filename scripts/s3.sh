@@ -41,7 +41,15 @@ start)
     ;;
 stop)
     if [ -f "$dir/moto.pid" ]; then
-        kill "$(cat "$dir/moto.pid")" 2>/dev/null || true
+        # SIGTERM, then SIGKILL if it is still there after 5 s: a server started by a process that blocks
+        # SIGTERM (a test runner) inherits the block and would outlive the run.
+        pid=$(cat "$dir/moto.pid")
+        kill "$pid" 2>/dev/null || true
+        for _ in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.05
+        done
+        kill -9 "$pid" 2>/dev/null || true
         rm -f "$dir/moto.pid"
     fi
     ;;
