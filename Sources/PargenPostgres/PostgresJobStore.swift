@@ -134,6 +134,9 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
+    /// Transitions of held jobs waiting to be written together (``changeHeld(_:_:answeredAgo:_:)``).
+    package let changes: ChangeQueue
+
     /// Operations under way, for a worker that cannot stop to say what it waits for.
     private let inProgress = Mutex((next: 0, operations: [Int: (name: String, since: ContinuousClock.Instant, tries: Int)]()))
 
@@ -156,6 +159,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     ///   - idPrefix: Prefix of the job ids this store makes.
     ///   - outageTolerance: How long an operation keeps trying while the server is unreachable.
     ///   - now: A clock for tests (time since the Unix epoch); `nil` uses the database's clock.
+    ///   - batching: How the transitions of held jobs are grouped into statements.
     /// - Throws: ``StoreError/Code/unavailable`` when the database cannot be reached or migrated.
     public init(
         client: PostgresClient,
@@ -163,9 +167,11 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         idPrefix: String = "job",
         logger: Logger = Logger(label: "pargen.postgres", factory: { _ in SwiftLogNoOpLogHandler() }),
         outageTolerance: Duration = .seconds(300),
-        now: (@Sendable () -> Duration)? = nil
+        now: (@Sendable () -> Duration)? = nil,
+        batching: TransitionBatching = .grouped
     ) async throws {
         self.client = client
+        self.changes = ChangeQueue(batching)
         self.outageTolerance = outageTolerance
         self.schema = schema
         self.quoted = PostgresSchema.quote(schema)
@@ -839,14 +845,15 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
 
     // MARK: - Helpers
 
-    /// Changes a held job: fenced by its lease token and the row's version.
+    /// Changes a held job: fenced by its lease token and the row's version, and written in one statement with the
+    /// other transitions waiting at the same time (``changeHeld(_:_:answeredAgo:_:)``).
     private func withHeld(
         _ lease: JobLease,
         _ operation: String,
         answeredAgo: Duration = .zero,
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
     ) async throws {
-        try await self.change(lease.jobID, operation, lease: lease, answeredAgo: answeredAgo, change)
+        try await changeHeld(lease, operation, answeredAgo: answeredAgo, change)
     }
 
     /// Reads a job, applies `change` and writes it back if nobody changed it in between (else reads again).

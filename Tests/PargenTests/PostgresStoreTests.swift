@@ -520,6 +520,44 @@ import Testing
         #expect(reserved.ledger.reserved == .cents(60))
     }
 
+    /// Transitions made together are written in batches, and each is judged on its own: in a batch whose reply
+    /// was lost, the completions of held jobs are found committed and counted once, and those whose leases were
+    /// taken back fail with `leaseLost` without failing the others.
+    @Test func transitionsWrittenTogetherAreEachJudgedOnTheirOwn() async throws {
+        let store = try await TestPostgres.store()
+        _ = try await store.enqueue((0..<40).map { validated(.audio(prompt: "p\($0)"), id: "j\($0)") })
+        let kept = try await store.lease(limit: 20, owner: "kept", duration: .seconds(60), excludingUsers: [])
+        let lost = try await store.lease(limit: 20, owner: "lost", duration: .seconds(60), excludingUsers: [])
+        #expect(kept.count == 20 && lost.count == 20)
+        for job in kept + lost { try await store.beginAttempt(job.lease, provider: "p", reserving: .cents(5)) }
+        #expect(try await store.rescueLeases(heldBy: "lost", maxCrashes: 5) == 20)
+        store.loseCommitReplies(1)
+        let outcomes = await withTaskGroup(of: (String, Bool).self) { group in
+            for job in kept + lost {
+                group.addTask {
+                    do {
+                        try await store.complete(job.lease, outcome: .test)
+                        return (job.record.id.rawValue, true)
+                    } catch let error as StoreError where error.code == .leaseLost {
+                        return (job.record.id.rawValue, false)
+                    } catch {
+                        Issue.record("\(job.record.id): \(error)")
+                        return (job.record.id.rawValue, false)
+                    }
+                }
+            }
+            var outcomes: [String: Bool] = [:]
+            for await (id, completed) in group { outcomes[id] = completed }
+            return outcomes
+        }
+        #expect(store.changes.largestBatch > 1, "the completions were written in batches")
+        for job in kept { #expect(outcomes[job.record.id.rawValue] == true, "\(job.record.id) completed") }
+        for job in lost { #expect(outcomes[job.record.id.rawValue] == false, "\(job.record.id) lost its lease") }
+        let counts = try await store.counts()
+        #expect(counts[.succeeded] == 20, "\(counts)")
+        #expect(try await store.ledgerTotals().charged == JobOutcome.test.cost * 20)
+    }
+
     /// An enqueue whose reply was lost after it committed is tried again by the store, and the try answers as the
     /// first did: jobs without idempotency keys (a request to the service may have none) are not added twice.
     @Test func anEnqueueWhoseCommitReplyIsLostAddsItsJobsOnce() async throws {

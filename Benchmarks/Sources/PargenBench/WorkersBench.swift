@@ -13,19 +13,23 @@ import PostgresNIO
 /// binding: the claim locks the limit rows, counts and logs the admission), one transaction per job, and `batch`
 /// the same 100 at a time in one transaction (as the engine claims a scheduling round's jobs); `lease` takes 100
 /// jobs per statement with SKIP LOCKED (what a store without shared admission does), the baseline. Each job then begins its attempt, records its task id and
-/// completes, 100 at a time in flight per worker, as the engine runs them.
+/// completes, 100 at a time in flight per worker, as the engine runs them; the store writes those transitions
+/// together, up to 100 a statement (``TransitionBatching/grouped``). The last column leases as `lease` does but
+/// writes each transition in a statement of its own (``TransitionBatching/oneByOne``, how the store wrote them
+/// before), the baseline for grouping.
 enum WorkersBench {
     static func run(url: String, jobs: Int) async throws {
         let location = try PostgresLocation(url: url)
         print("workers: \(jobs) jobs per run on \(location.redacted), instant provider")
-        print("| workers | claim (shared admission) jobs/s | claim, limits counted jobs/s | batch of 100, limits counted jobs/s | lease (SKIP LOCKED batch) jobs/s |")
-        print("|---|---|---|---|---|")
+        print("| workers | claim (shared admission) jobs/s | claim, limits counted jobs/s | batch of 100, limits counted jobs/s | lease (SKIP LOCKED batch) jobs/s | lease, transitions one by one jobs/s |")
+        print("|---|---|---|---|---|---|")
         for workers in 1...3 {
             let claimed = try await measure(location: location, jobs: jobs, workers: workers, mode: .claim)
             let counted = try await measure(location: location, jobs: jobs, workers: workers, mode: .claimWithLimits)
             let batched = try await measure(location: location, jobs: jobs, workers: workers, mode: .batchWithLimits)
             let leased = try await measure(location: location, jobs: jobs, workers: workers, mode: .lease)
-            print("| \(workers) | \(Int(claimed)) | \(Int(counted)) | \(Int(batched)) | \(Int(leased)) |")
+            let single = try await measure(location: location, jobs: jobs, workers: workers, mode: .lease, batching: .oneByOne)
+            print("| \(workers) | \(Int(claimed)) | \(Int(counted)) | \(Int(batched)) | \(Int(leased)) | \(Int(single)) |")
         }
     }
 
@@ -37,13 +41,19 @@ enum WorkersBench {
         case lease
     }
 
-    static func measure(location: PostgresLocation, jobs: Int, workers: Int, mode: Mode) async throws -> Double {
+    static func measure(
+        location: PostgresLocation,
+        jobs: Int,
+        workers: Int,
+        mode: Mode,
+        batching: TransitionBatching = .grouped
+    ) async throws -> Double {
         let schema = "bench_" + UUID().uuidString.replacingOccurrences(of: "-", with: "").lowercased().prefix(12)
         let clients = (0..<workers).map { _ in PostgresClient(configuration: location.clientConfiguration(maximumConnections: 40)) }
         let runners = clients.map { client in Task { await client.run() } }
         defer { for runner in runners { runner.cancel() } }
         var stores: [PostgresJobStore] = []
-        for client in clients { stores.append(try await PostgresJobStore(client: client, schema: String(schema))) }
+        for client in clients { stores.append(try await PostgresJobStore(client: client, schema: String(schema), batching: batching)) }
         for batch in stride(from: 0, to: jobs, by: 1000) {
             _ = try await stores[0].enqueue((batch..<min(jobs, batch + 1000)).map(StoreBench.request))
         }
