@@ -16,7 +16,8 @@ public import PostgresNIO
 ///   stores apply (``JobRecord``'s), and writes it back only if the row's `version` is unchanged and, for a
 ///   held job, its lease token still matches (fencing): a worker whose lease was rescued gets
 ///   ``StoreError/Code/leaseLost`` and cannot overwrite the job. The ledger is part of the record, so money and
-///   state change in the same statement.
+///   state change in the same statement. The transitions of held jobs that arrive while a write is under way
+///   are read and written together, up to 100 a statement (``TransitionBatching``), each judged on its own.
 /// - **Idempotency keys** are unique per project by a unique index, not by a read-then-insert.
 /// - **Wake-ups**: a job that becomes available is announced with `NOTIFY` in the statement that frees it;
 ///   ``watchForWork(_:)`` listens on a dedicated connection.
