@@ -616,7 +616,11 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     /// A lease counts as expired only once the server has also been up for the lease's length: a holder cannot
     /// renew while the server is away, so a restart or a crash of PostgreSQL does not take every lease that ran
     /// out meanwhile from a worker that is alive (a call of those would wait for reconciliation). A promoted
-    /// replica reports when it started, not when it was promoted, so a failover gets no such grace.
+    /// replica reports when it started, not when it was promoted, so the workers' own record counts too: after a
+    /// gap longer than a housekeeping term in which no worker reached the server (``lead(_:holder:for:)`` notes
+    /// each round), a lease that ran out is not taken back until the lease's length after the gap ended. A gap
+    /// shorter than a term gets no grace: a holder renews well within its lease, so a lease longer than a term
+    /// and a renewal interval does not run out within one.
     private func rescue(expiredOnly: Bool, owner: String? = nil, maxCrashes: Int) async throws -> Int {
         let clock = injectedNow
         // With an injected clock the server's own start is on another clock: a test says when it "restarted".
@@ -636,6 +640,10 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                               \(serverStart)::bigint,
                               (extract(epoch FROM pg_postmaster_start_time()) * 1000000000)::bigint
                           ) + COALESCE(lease_nanos, 0) <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
+                          -- Nor until the workers have reached it for the lease's length after a gap in which
+                          -- none did (a failover: a promoted replica's start is not when it took over).
+                          AND COALESCE((SELECT up_since FROM \(unescaped: quoted).reachability), 0)
+                              + COALESCE(lease_nanos, 0) <= COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns())
                       ))
                       AND (\(owner)::text IS NULL OR lease_owner = \(owner))
                     FOR UPDATE SKIP LOCKED
@@ -826,12 +834,26 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
 
     /// Takes or renews the lead of `duty` for `duration`; `true` while this `holder` leads. A holder that stops
     /// renewing loses the lead when its term runs out, and another takes it.
+    ///
+    /// Every call, led or not, also notes that a worker reached the server; a call that comes more than
+    /// `duration` after the one before (no worker reached the server in between) starts the leases' grace
+    /// again (see ``rescueExpiredLeases(maxCrashes:)``).
     public func lead(_ duty: String, holder: String, for duration: Duration) async throws -> Bool {
         let clock = injectedNow
         return try await run("elect a leader") { [quoted] in
             let rows = try await self.allRows(
                 """
-                WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now)
+                WITH clock AS (SELECT COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()) AS now),
+                -- This worker reaches the server: after a gap longer than a term (no worker reached it), the
+                -- leases' grace starts again from now (see `rescue`).
+                seen AS (
+                    INSERT INTO \(unescaped: quoted).reachability AS r (id, last_seen, up_since)
+                    SELECT true, clock.now, 0 FROM clock
+                    ON CONFLICT (id) DO UPDATE
+                    SET up_since = CASE WHEN EXCLUDED.last_seen - r.last_seen > \(duration.nanoseconds)
+                                        THEN EXCLUDED.last_seen ELSE r.up_since END,
+                        last_seen = GREATEST(r.last_seen, EXCLUDED.last_seen)
+                )
                 INSERT INTO \(unescaped: quoted).leaders (duty, holder, expires_at)
                 SELECT \(duty), \(holder), clock.now + \(duration.nanoseconds) FROM clock
                 ON CONFLICT (duty) DO UPDATE SET holder = EXCLUDED.holder, expires_at = EXCLUDED.expires_at

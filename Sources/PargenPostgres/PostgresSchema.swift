@@ -282,6 +282,24 @@ enum PostgresSchema {
                 "DROP INDEX S.jobs_campaign_money",
             ]
         ),
+        Migration(
+            version: 8,
+            name: "reachability",
+            statements: [
+                // When some worker last reached the server, and since when workers have reached it without a gap
+                // longer than a housekeeping leader's term. Every worker's housekeeper writes it on each round
+                // (``PostgresJobStore/lead(_:holder:for:)``). After a gap (the server away, restarted, or replaced
+                // by a promoted replica, or every worker cut off from it) a lease that ran out is not taken back
+                // until its holder has had the server for the lease's length again.
+                """
+                CREATE TABLE S.reachability (
+                    id boolean PRIMARY KEY DEFAULT true CHECK (id),
+                    last_seen bigint NOT NULL,
+                    up_since bigint NOT NULL
+                )
+                """,
+            ]
+        ),
     ]
 
     /// Applies every migration `schema` lacks, under an advisory lock.

@@ -187,7 +187,7 @@ import Testing
         ).decode(Int.self) {
             versions.append(version)
         }
-        #expect(versions == [1, 2, 3, 4, 5, 6, 7])
+        #expect(versions == [1, 2, 3, 4, 5, 6, 7, 8])
     }
 
     /// A schema written before the scopes' totals (version 6) gets them from its jobs when a newer worker opens
@@ -518,6 +518,46 @@ import Testing
         let reserved = try #require(try await store.job(second.record.id))
         #expect(reserved.attempts == 1)
         #expect(reserved.ledger.reserved == .cents(60))
+    }
+
+    /// A failover gives no new server start (a promoted replica started long before), so the workers' own record
+    /// of reaching the server counts: after a gap longer than a housekeeping term in which no worker reached it, a
+    /// lease that ran out is taken back only once its holder has had a lease's length to renew. With the workers
+    /// reaching the server every round, a lease that runs out goes back when it does.
+    @Test func aLeaseThatRanOutWhileNoWorkerReachedTheServerWaitsALeaseBeforeItIsTakenBack() async throws {
+        let clock = ManualClock()
+        let store = try await TestPostgres.store(clock: clock)
+        _ = try await store.enqueue([
+            validated(.audio(prompt: "a"), id: "a"), validated(.audio(prompt: "b"), id: "b"),
+        ])
+        let term = Duration.seconds(30)
+        #expect(try await store.lead("housekeeping", holder: "h", for: term))
+        let first = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []).first)
+        // No worker reaches the server for 5 minutes (a failover); the lease ran out during it.
+        clock.advance(by: .seconds(300))
+        #expect(try await store.lead("housekeeping", holder: "h", for: term))
+        #expect(try await store.rescueExpiredLeases() == 0, "the holder has not had a lease's length to renew")
+        // The workers reach it again, every 10 s.
+        for _ in 0..<5 {
+            clock.advance(by: .seconds(10))
+            #expect(try await store.lead("housekeeping", holder: "h", for: term))
+        }
+        clock.advance(by: .seconds(9))
+        #expect(try await store.lead("housekeeping", holder: "h", for: term))
+        #expect(try await store.rescueExpiredLeases() == 0, "59 s after the gap")
+        clock.advance(by: .seconds(2))
+        #expect(try await store.rescueExpiredLeases() == 1, "a lease's length after the gap")
+        #expect(try await store.job(first.record.id)?.state == .available)
+
+        // With a worker reaching the server every 10 s, a lease that runs out goes back when it does.
+        let second = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(60), excludingUsers: []).first)
+        for _ in 0..<6 {
+            clock.advance(by: .seconds(10))
+            _ = try await store.lead("housekeeping", holder: "h", for: term)
+        }
+        clock.advance(by: .seconds(1))
+        #expect(try await store.rescueExpiredLeases() == 1)
+        #expect(try await store.job(second.record.id)?.state == .available)
     }
 
     /// Transitions made together are written in batches, and each is judged on its own: in a batch whose reply
