@@ -135,6 +135,9 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
+    /// When ``warnShortOfResources(_:operation:)`` last logged.
+    private let lastResourceWarning = Mutex<ContinuousClock.Instant?>(nil)
+
     /// Transitions of held jobs waiting to be written together (``changeHeld(_:_:answeredAgo:_:)``).
     package let changes: ChangeQueue
 
@@ -1011,7 +1014,9 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 throw error
             } catch {
                 guard Self.isTransient(error), !Task.isCancelled, ContinuousClock.now - started < outageTolerance else {
-                    throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: PostgresFailure(error))
+                    let failure = PostgresFailure(error)
+                    if failure.isShortOfResources { warnShortOfResources(failure, operation: operation) }
+                    throw StoreError(.unavailable, "PostgreSQL could not \(operation)", underlying: failure)
                 }
                 logger.debug(
                     "PostgreSQL unavailable; trying again",
@@ -1021,6 +1026,26 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                 delay = min(delay * 2, .seconds(2))
             }
         }
+    }
+
+    /// When the last warning that the server is short of resources was logged.
+    private static let resourceWarningInterval: Duration = .seconds(10)
+
+    /// Logs, at most every 10 s, that the server refused work for want of resources (a full disk): the work
+    /// waits, and only the server's operator can free it, so this is said where the user sees it (a worker's
+    /// standard error), not only in a debug log.
+    private func warnShortOfResources(_ failure: PostgresFailure, operation: String) {
+        let now = ContinuousClock.now
+        let due = lastResourceWarning.withLock { last -> Bool in
+            if let last, now - last < Self.resourceWarningInterval { return false }
+            last = now
+            return true
+        }
+        guard due else { return }
+        logger.warning(
+            "PostgreSQL refused work: it is short of resources",
+            metadata: ["operation": "\(operation)", "error": "\(failure)"]
+        )
     }
 
     /// Runs `body` in a task of its own, which the caller's cancellation does not reach; the caller waits for its
@@ -1172,16 +1197,28 @@ private struct EnqueueColumns {
 }
 
 /// A driver error, described without the query text or connection details (which may name the database's
-/// user; the password is never part of either).
-struct PostgresFailure: Error, CustomStringConvertible {
+/// user; the password is never part of either), and without the server's detail (which may quote a row's
+/// values).
+struct PostgresFailure: ShownCause {
     let underlying: any Error
     init(_ underlying: any Error) { self.underlying = underlying }
+
+    /// Whether the server refused for want of resources (SQLSTATE class 53: a full disk, memory, connections,
+    /// a configured limit).
+    var isShortOfResources: Bool {
+        (underlying as? PSQLError)?.serverInfo?[.sqlState]?.hasPrefix("53") == true
+    }
 
     var description: String {
         if let psql = underlying as? PSQLError {
             if let message = psql.serverInfo?[.message] {
-                let code = psql.serverInfo?[.sqlState].map { " (\($0))" } ?? ""
-                return "server: \(message)\(code)"
+                let state = psql.serverInfo?[.sqlState]
+                let code = state.map { " (\($0))" } ?? ""
+                // Class 53, insufficient resources: the server, not this worker, must be seen to.
+                let hint = state == "53100"
+                    ? "; the PostgreSQL server is out of disk space (free space on it)"
+                    : isShortOfResources ? "; the PostgreSQL server is short of resources" : ""
+                return "server: \(message)\(code)\(hint)"
             }
             return "\(psql.code)"
         }

@@ -560,6 +560,37 @@ import Testing
         #expect(try await store.job(second.record.id)?.state == .available)
     }
 
+    /// A store operation that the server refuses for want of resources says why: the server's own words and
+    /// SQLSTATE reach the error a user sees (`pargen run` printed only "PostgreSQL could not enqueue" when the
+    /// server's disk was full). A database whose temporary files are limited to 64 kB refuses a large enqueue
+    /// as a full disk would (class 53).
+    @Test func aServerShortOfResourcesIsNamedAsTheCause() async throws {
+        let url = try #require(TestPostgres.url, "PARGEN_TEST_POSTGRES_URL")
+        let admin = try TestPostgres.requireClient()
+        let database = TestPostgres.freshSchema()
+        try await admin.query("CREATE DATABASE \(unescaped: database)")
+        try await admin.query("ALTER DATABASE \(unescaped: database) SET temp_file_limit = '64kB'")
+        var location = try PostgresLocation(url: url)
+        location.database = database
+        let client = PostgresClient(configuration: location.clientConfiguration(maximumConnections: 4))
+        let running = Task { await client.run() }
+        do {
+            let store = try await PostgresJobStore(client: client, schema: "pargen")
+            let words = String(repeating: "word ", count: 400)
+            let requests = (0..<3000).map { validated(.audio(prompt: "line \($0) \(words)"), id: "l\($0)") }
+            let error = await #expect(throws: StoreError.self) { try await store.enqueue(requests) }
+            let shown = String(describing: try #require(error))
+            #expect(shown.contains("could not enqueue"), "\(shown)")
+            #expect(shown.contains("temp_file_limit") && shown.contains("(53400)"), "\(shown)")
+            #expect(shown.contains("short of resources"), "\(shown)")
+            #expect(try await store.counts().isEmpty, "nothing was added")
+        } catch {
+            Issue.record("\(error)")
+        }
+        running.cancel()
+        try await admin.query("DROP DATABASE \(unescaped: database) WITH (FORCE)")
+    }
+
     /// Transitions made together are written in batches, and each is judged on its own: in a batch whose reply
     /// was lost, the completions of held jobs are found committed and counted once, and those whose leases were
     /// taken back fail with `leaseLost` without failing the others.

@@ -260,13 +260,20 @@ public struct StoreError: Error, Sendable, Hashable, CustomStringConvertible {
 
     public static func == (lhs: Self, rhs: Self) -> Bool { lhs.code == rhs.code }
     public func hash(into hasher: inout Hasher) { hasher.combine(code) }
-    /// The code and message, and what this machine's storage said when that is the cause (a full disk, a
-    /// damaged file), so that `pargen status` on a broken store says what is wrong and where.
+    /// The code and message, and the cause when it can be shown (``ShownCause``: what this machine's storage
+    /// said, a full disk or a damaged file; what the database server said), so that `pargen status` on a broken
+    /// store, or a run that cannot enqueue, says what is wrong.
     public var description: String {
-        if let local = underlying as? LocalResourceError { return "\(code): \(message): \(local)" }
+        if let cause = underlying as? any ShownCause { return "\(code): \(message): \(cause)" }
         return "\(code): \(message)"
     }
 }
+
+/// An error whose description is safe to show to the user as the cause of a ``StoreError``: it names what
+/// failed and why, and never holds a secret (a password, a query's parameters).
+public protocol ShownCause: Error, CustomStringConvertible {}
+
+extension LocalResourceError: ShownCause {}
 
 /// Durable (or, for the memory store, process-lifetime) storage of jobs with leases and fenced transitions.
 ///
