@@ -164,25 +164,39 @@ extension PostgresJobStore {
             if open.isEmpty { return }
             let ids = open.map { batch[$0].lease.jobID.rawValue }
             let tokens = open.map { batch[$0].token }
-            var loaded: [String: (job: StoredJob, now: Duration, applied: Bool)] = [:]
+            // Each row read on its own: a record that cannot be read fails its own transition, not the batch's.
+            var loaded: [String: Result<(job: StoredJob, now: Duration, applied: Bool), any Error>] = [:]
             for row in try await allRows(
                 """
-                SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()),
+                SELECT id, \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()),
                        last_change IS NOT NULL AND last_change = ANY(\(tokens)::text[])
                 FROM \(unescaped: quoted).jobs WHERE id = ANY(\(ids)::text[])
                 """,
                 logger: logger
-            ).decode(StoredJob.ChangedRow.self) {
-                let (job, time) = try StoredJob.timed(row)
-                loaded[job.record.id.rawValue] = (job, .nanoseconds(time), row.7)
+            ) {
+                let id = try PostgresRandomAccessRow(row)[0].decode(String.self, context: .default)
+                loaded[id] = Result {
+                    let (_, text, state, token, owner, expiresAt, version, time, applied) = try row.decode(
+                        (String, String, String, String?, String?, Int64?, Int64, Int64, Bool).self
+                    )
+                    let job = try StoredJob(text: text, state: state, token: token, owner: owner, expiresAt: expiresAt, version: version)
+                    return (job, .nanoseconds(time), applied)
+                }
             }
             var settled: [(Int, Result<Void, any Error>)] = []
             var writes: [(index: Int, job: StoredJob)] = []
             for index in open {
                 let pending = batch[index]
-                guard let (stored, now, applied) = loaded[pending.lease.jobID.rawValue] else {
+                let stored: StoredJob, now: Duration, applied: Bool
+                switch loaded[pending.lease.jobID.rawValue] {
+                case nil:
                     settled.append((index, .failure(StoreError(.notFound, "no job \(pending.lease.jobID)"))))
                     continue
+                case .failure(let error):
+                    settled.append((index, .failure(error)))
+                    continue
+                case .success(let row):
+                    (stored, now, applied) = row
                 }
                 // This transition's own token: an earlier try of the batch committed it, though its reply was lost.
                 if applied {

@@ -629,6 +629,36 @@ import Testing
         #expect(try await store.ledgerTotals().charged == JobOutcome.test.cost * 20)
     }
 
+    /// A record that cannot be read fails its own transition only, though it was read with others in one batch.
+    @Test func anUnreadableRecordFailsOnlyItsOwnTransitionInABatch() async throws {
+        let store = try await TestPostgres.store()
+        _ = try await store.enqueue((0..<20).map { validated(.audio(prompt: "p\($0)"), id: "j\($0)") })
+        let held = try await store.lease(limit: 20, owner: "w", duration: .seconds(60), excludingUsers: [])
+        #expect(held.count == 20)
+        let broken = held[7].record.id
+        try await TestPostgres.requireClient().query(
+            "UPDATE \(unescaped: "\"" + store.schema + "\"").jobs SET record = '{}'::jsonb WHERE id = \(broken.rawValue)"
+        )
+        let failed = await withTaskGroup(of: JobID?.self) { group in
+            for job in held {
+                group.addTask {
+                    do {
+                        try await store.complete(job.lease, outcome: .test)
+                        return nil
+                    } catch {
+                        return job.record.id
+                    }
+                }
+            }
+            var failed: [JobID] = []
+            for await id in group { if let id { failed.append(id) } }
+            return failed
+        }
+        #expect(store.changes.largestBatch > 1, "the completions were written in batches")
+        #expect(failed == [broken])
+        #expect(try await store.counts()[.succeeded] == 19)
+    }
+
     /// An enqueue whose reply was lost after it committed is tried again by the store, and the try answers as the
     /// first did: jobs without idempotency keys (a request to the service may have none) are not added twice.
     @Test func anEnqueueWhoseCommitReplyIsLostAddsItsJobsOnce() async throws {
