@@ -217,7 +217,12 @@ extension PostgresJobStore {
             }
             outcomes.state.withLock { outcomes in for (index, outcome) in settled { outcomes[index] = outcome } }
             if writes.isEmpty { continue }
-            let saved = try await saveBatch(writes.map { ($0.job, batch[$0.index]) })
+            let saved = try await client.withConnection { connection in
+                try await self.saveAll(
+                    writes.map { (job: $0.job, change: batch[$0.index].token, answeredAgo: batch[$0.index].answeredAgo) },
+                    on: connection
+                )
+            }
             try loseReplyIfAsked()
             outcomes.state.withLock { outcomes in
                 for write in writes where saved.contains(write.job.record.id.rawValue) {
@@ -237,14 +242,19 @@ extension PostgresJobStore {
     }
 
     /// Writes each job back if its version is still the one read, in one statement; announces any that became
-    /// available, and dates and ends their calls' shared admissions as a lone write does.
+    /// available, and dates and ends their calls' shared admissions. `change` names the change each applies
+    /// (a retry finds it on the row, ``changeHeld(_:_:answeredAgo:_:)``); `answeredAgo` says how long before
+    /// now the provider answered the call (never later than now, never before the call was admitted).
     ///
     /// - Returns: The ids of the jobs written.
-    private func saveBatch(_ writes: [(job: StoredJob, pending: PendingChange)]) async throws -> Set<String> {
+    func saveAll(
+        _ writes: [(job: StoredJob, change: String?, answeredAgo: Duration)],
+        on connection: PostgresConnection
+    ) async throws -> Set<String> {
         var columns = ChangeColumns()
-        for (job, pending) in writes { try columns.append(job, pending) }
+        for write in writes { try columns.append(write.job, change: write.change, answeredAgo: write.answeredAgo) }
         let now = injectedNow
-        let rows = try await allRows(
+        let rows = try await connection.allRows(
             """
             WITH input AS (
                 SELECT * FROM unnest(
@@ -256,10 +266,11 @@ extension PostgresJobStore {
                     \(columns.finishedAt)::bigint[], \(columns.hasFinished)::boolean[],
                     \(columns.reserved)::bigint[], \(columns.charged)::bigint[], \(columns.released)::bigint[],
                     \(columns.pending)::bigint[], \(columns.record)::text[], \(columns.change)::text[],
-                    \(columns.ends)::boolean[], \(columns.answered)::boolean[], \(columns.ago)::bigint[]
+                    \(columns.hasChange)::boolean[], \(columns.ends)::boolean[], \(columns.answered)::boolean[],
+                    \(columns.ago)::bigint[]
                 ) AS i(id, version, state, provider, has_provider, run_at, lease_token, has_token, lease_owner,
                        has_owner, lease_expires_at, has_expiry, finished_at, has_finished, reserved, charged,
-                       released, pending, record, change, ends, answered, ago)
+                       released, pending, record, change, has_change, ends, answered, ago)
             ),
             saved AS (
                 UPDATE \(unescaped: quoted).jobs AS j
@@ -269,7 +280,8 @@ extension PostgresJobStore {
                     lease_expires_at = CASE WHEN i.has_expiry THEN i.lease_expires_at END,
                     finished_at = CASE WHEN i.has_finished THEN i.finished_at END,
                     reserved = i.reserved, charged = i.charged, released = i.released, pending = i.pending,
-                    record = i.record::jsonb, last_change = i.change, version = j.version + 1
+                    record = i.record::jsonb, last_change = CASE WHEN i.has_change THEN i.change END,
+                    version = j.version + 1
                 FROM input AS i
                 WHERE j.id = i.id AND j.version = i.version
                 RETURNING j.id, j.state
@@ -277,7 +289,8 @@ extension PostgresJobStore {
             announced AS (
                 SELECT pg_notify(\(channel), 'available') FROM (SELECT 1 FROM saved WHERE state = 'available' LIMIT 1) AS a
             ),
-            -- As a lone write: each call's shared admission is dated by the provider's answer and ends with the call.
+            -- Each call's shared admission: dated by the provider's answer (a recorded task id, or the end of the
+            -- call, less how long before it the answer came), and finished, freeing its slot, when the call ends.
             dated AS (
                 UPDATE \(unescaped: quoted).admissions AS a
                 SET arrived_at = COALESCE(
@@ -318,11 +331,12 @@ private struct ChangeColumns {
     var pending: [Int64] = []
     var record: [String] = []
     var change: [String] = []
+    var hasChange: [Bool] = []
     var ends: [Bool] = []
     var answered: [Bool] = []
     var ago: [Int64] = []
 
-    mutating func append(_ job: StoredJob, _ transition: PostgresJobStore.PendingChange) throws {
+    mutating func append(_ job: StoredJob, change token: String?, answeredAgo: Duration) throws {
         let record = job.record
         id.append(record.id.rawValue)
         version.append(job.version)
@@ -343,10 +357,11 @@ private struct ChangeColumns {
         released.append(record.ledger.released.nanos)
         pending.append(record.ledger.pending.nanos)
         self.record.append(try StoredJob.encode(record))
-        change.append(transition.token)
+        change.append(token ?? "")
+        hasChange.append(token != nil)
         ends.append(record.state != .running)
         answered.append(record.providerTaskID != nil)
         // Never later than now, and never before the call was admitted (the statement's GREATEST).
-        ago.append(max(transition.answeredAgo, .zero).nanoseconds)
+        ago.append(max(answeredAgo, .zero).nanoseconds)
     }
 }

@@ -928,52 +928,14 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
-    /// Writes `job` back if its version is still the one read; announces it when it became available. `change`
-    /// names the change it applies (``change(_:_:lease:answeredAgo:_:)``), so that a retry can find it applied.
+    /// Writes `job` back if its version is still the one read (``saveAll(_:on:)`` for one job).
     private func save(
         _ job: StoredJob,
         on connection: PostgresConnection,
         answeredAgo: Duration = .zero,
         change: String? = nil
     ) async throws -> Bool {
-        let record = job.record
-        let text = try StoredJob.encode(record)
-        let ends = record.state != .running
-        let answered = record.providerTaskID != nil
-        // Never later than now, and never before the call was admitted.
-        let ago = max(answeredAgo, .zero).nanoseconds
-        let rows = try await connection.allRows(
-            """
-            WITH saved AS (
-                UPDATE \(unescaped: quoted).jobs
-                SET state = \(record.state.rawValue), provider = \(record.provider), run_at = \(record.runAt.nanoseconds),
-                    lease_token = \(record.leaseToken), lease_owner = \(record.leaseOwner),
-                    lease_expires_at = \(record.leaseExpiresAt?.nanoseconds), finished_at = \(record.finishedAt?.nanoseconds),
-                    reserved = \(record.ledger.reserved.nanos), charged = \(record.ledger.charged.nanos),
-                    released = \(record.ledger.released.nanos), pending = \(record.ledger.pending.nanos),
-                    record = \(text)::jsonb, last_change = \(change), version = version + 1
-                WHERE id = \(record.id.rawValue) AND version = \(job.version)
-                RETURNING state
-            ),
-            announced AS (SELECT pg_notify(\(channel), 'available') FROM saved WHERE state = 'available'),
-            -- The shared admission of the job's call: dated by the provider's answer (a recorded task id, or the
-            -- end of the call, less how long before it the answer came), and finished, freeing its slot, when the
-            -- call ends.
-            dated AS (
-                UPDATE \(unescaped: quoted).admissions
-                SET arrived_at = COALESCE(
-                        arrived_at,
-                        GREATEST(admitted_at, COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns()) - \(ago))
-                    ),
-                    finished_at = CASE WHEN \(ends) THEN COALESCE(\(injectedNow)::bigint, \(unescaped: quoted).now_ns()) END
-                WHERE job_id = \(record.id.rawValue) AND finished_at IS NULL AND (\(ends) OR \(answered))
-                  AND EXISTS (SELECT 1 FROM saved)
-            )
-            SELECT (SELECT count(*) FROM saved), (SELECT count(*) FROM announced)
-            """,
-            logger: logger
-        )
-        return try rows.decode((Int, Int).self).last?.0 == 1
+        try await saveAll([(job: job, change: change, answeredAgo: answeredAgo)], on: connection).count == 1
     }
 
     /// Runs a database operation, keeping the store's own errors and turning the driver's into
