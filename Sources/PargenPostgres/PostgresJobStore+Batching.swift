@@ -3,15 +3,15 @@ import Pargen
 import PostgresNIO
 import Synchronization
 
-// Group commit for the transitions of held jobs (begin an attempt, record a submission, complete, retry,
-// dead-letter, release). A worker with a hundred calls in flight makes hundreds of such transitions a second,
+// Group commit for the transitions of jobs (begin an attempt, record a submission, complete, retry, dead-letter,
+// release, and a requeue or a cancellation, which no lease fences). A worker with a hundred calls in flight makes hundreds of such transitions a second,
 // each of them a read and a fenced write. Made one by one, each costs two round trips and one commit (a WAL flush);
 // made together, the transitions that wait while a batch is under way cost two round trips and one commit for the
 // whole next batch. A transition that finds no batch under way starts one at once, so a lone transition waits for
 // nothing.
 //
 // Each transition in a batch is judged on its own, exactly as a lone one is: read with the batch, fenced by its
-// lease token and by its row's version, marked with its own change token (so a batch whose reply was lost and that
+// lease token (a held job's) and by its row's version, marked with its own change token (so a batch whose reply was lost and that
 // is run again finds which of its changes committed), and answered with its own outcome. A transition whose row
 // changed between the batch's read and its write is read and applied again in the next round, as a lone one is.
 
@@ -38,7 +38,9 @@ public struct TransitionBatching: Sendable {
 extension PostgresJobStore {
     /// A transition of a held job waiting for its batch.
     struct PendingChange: Sendable {
-        let lease: JobLease
+        let job: JobID
+        /// The lease the change is fenced by; `nil` for a change of a job that nobody need hold (requeue, cancel).
+        let lease: JobLease?
         let operation: String
         let answeredAgo: Duration
         /// Made once per transition: a batch run again finds it on the row if an earlier try committed.
@@ -83,7 +85,7 @@ extension PostgresJobStore {
                 var jobs: Set<JobID> = []
                 var left: [PendingChange] = []
                 for change in state.waiting {
-                    if batch.count < batchLimit, jobs.insert(change.lease.jobID).inserted {
+                    if batch.count < batchLimit, jobs.insert(change.job).inserted {
                         batch.append(change)
                     } else {
                         left.append(change)
@@ -103,16 +105,18 @@ extension PostgresJobStore {
         init(count: Int) { state = Mutex(Array(repeating: nil, count: count)) }
     }
 
-    /// Applies `change` to the job `lease` holds, with other transitions waiting at the same time
-    /// (``ChangeQueue``). Fenced by the lease token and the row's version, as a lone transition is.
-    func changeHeld(
-        _ lease: JobLease,
+    /// Applies `change` to job `id`, written with the other transitions waiting at the same time
+    /// (``ChangeQueue``): fenced by the row's version and, for a held job, by `lease`'s token.
+    func change(
+        _ id: JobID,
         _ operation: String,
-        answeredAgo: Duration,
+        lease: JobLease?,
+        answeredAgo: Duration = .zero,
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
     ) async throws {
         try await withCheckedThrowingContinuation { continuation in
             let pending = PendingChange(
+                job: id,
                 lease: lease,
                 operation: operation,
                 answeredAgo: answeredAgo,
@@ -162,7 +166,7 @@ extension PostgresJobStore {
         for _ in 0..<16 {
             let open = outcomes.state.withLock { outcomes in batch.indices.filter { outcomes[$0] == nil } }
             if open.isEmpty { return }
-            let ids = open.map { batch[$0].lease.jobID.rawValue }
+            let ids = open.map { batch[$0].job.rawValue }
             let tokens = open.map { batch[$0].token }
             // Each row read on its own: a record that cannot be read fails its own transition, not the batch's.
             var loaded: [String: Result<(job: StoredJob, now: Duration, applied: Bool), any Error>] = [:]
@@ -188,9 +192,9 @@ extension PostgresJobStore {
             for index in open {
                 let pending = batch[index]
                 let stored: StoredJob, now: Duration, applied: Bool
-                switch loaded[pending.lease.jobID.rawValue] {
+                switch loaded[pending.job.rawValue] {
                 case nil:
-                    settled.append((index, .failure(StoreError(.notFound, "no job \(pending.lease.jobID)"))))
+                    settled.append((index, .failure(StoreError(.notFound, "no job \(pending.job)"))))
                     continue
                 case .failure(let error):
                     settled.append((index, .failure(error)))
@@ -203,8 +207,8 @@ extension PostgresJobStore {
                     settled.append((index, .success(())))
                     continue
                 }
-                guard stored.record.isHeld(by: pending.lease) else {
-                    settled.append((index, .failure(StoreError(.leaseLost, "the lease on \(pending.lease.jobID) is no longer held"))))
+                if let lease = pending.lease, !stored.record.isHeld(by: lease) {
+                    settled.append((index, .failure(StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held"))))
                     continue
                 }
                 var job = stored
@@ -235,7 +239,7 @@ extension PostgresJobStore {
             for index in stuck {
                 outcomes[index] = .failure(StoreError(
                     .unavailable,
-                    "job \(batch[index].lease.jobID) kept changing while this worker tried to \(batch[index].operation)"
+                    "job \(batch[index].job) kept changing while this worker tried to \(batch[index].operation)"
                 ))
             }
         }
@@ -243,7 +247,7 @@ extension PostgresJobStore {
 
     /// Writes each job back if its version is still the one read, in one statement; announces any that became
     /// available, and dates and ends their calls' shared admissions. `change` names the change each applies
-    /// (a retry finds it on the row, ``changeHeld(_:_:answeredAgo:_:)``); `answeredAgo` says how long before
+    /// (a retry finds it on the row, ``change(_:_:lease:answeredAgo:_:)``); `answeredAgo` says how long before
     /// now the provider answered the call (never later than now, never before the call was admitted).
     ///
     /// - Returns: The ids of the jobs written.

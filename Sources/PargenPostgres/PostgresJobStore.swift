@@ -138,7 +138,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     /// When ``warnShortOfResources(_:operation:)`` last logged.
     private let lastResourceWarning = Mutex<ContinuousClock.Instant?>(nil)
 
-    /// Transitions of held jobs waiting to be written together (``changeHeld(_:_:answeredAgo:_:)``).
+    /// Transitions waiting to be written together (``change(_:_:lease:answeredAgo:_:)``).
     package let changes: ChangeQueue
 
     /// Operations under way, for a worker that cannot stop to say what it waits for.
@@ -872,60 +872,14 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
     // MARK: - Helpers
 
     /// Changes a held job: fenced by its lease token and the row's version, and written in one statement with the
-    /// other transitions waiting at the same time (``changeHeld(_:_:answeredAgo:_:)``).
+    /// other transitions waiting at the same time (``change(_:_:lease:answeredAgo:_:)``).
     private func withHeld(
         _ lease: JobLease,
         _ operation: String,
         answeredAgo: Duration = .zero,
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
     ) async throws {
-        try await changeHeld(lease, operation, answeredAgo: answeredAgo, change)
-    }
-
-    /// Reads a job, applies `change` and writes it back if nobody changed it in between (else reads again).
-    private func change(
-        _ id: JobID,
-        _ operation: String,
-        lease: JobLease?,
-        answeredAgo: Duration = .zero,
-        _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
-    ) async throws {
-        let clock = injectedNow
-        // Made once per change: a try that finds it on the job knows an earlier try committed, though its reply
-        // was lost (a dropped connection, a query deadline), and does not apply the change a second time.
-        let token = UUID().uuidString
-        try await run(operation) { [quoted] in
-            for _ in 0..<16 {
-                var loaded: (StoredJob, Duration)?
-                var applied = false
-                for row in try await self.allRows(
-                    """
-                    SELECT \(unescaped: StoredJob.columns), COALESCE(\(clock)::bigint, \(unescaped: quoted).now_ns()),
-                           last_change IS NOT DISTINCT FROM \(token)
-                    FROM \(unescaped: quoted).jobs WHERE id = \(id.rawValue)
-                    """,
-                    logger: self.logger
-                ).decode(StoredJob.ChangedRow.self) {
-                    let (job, time) = try StoredJob.timed(row)
-                    loaded = (job, .nanoseconds(time))
-                    applied = row.7
-                }
-                guard let (stored, now) = loaded else { throw StoreError(.notFound, "no job \(id)") }
-                if applied { return }
-                var job = stored
-                if let lease, !job.record.isHeld(by: lease) {
-                    throw StoreError(.leaseLost, "the lease on \(lease.jobID) is no longer held")
-                }
-                try change(&job.record, now)
-                if try await self.client.withConnection({
-                    try await self.save(job, on: $0, answeredAgo: answeredAgo, change: token)
-                }) {
-                    try self.loseReplyIfAsked()
-                    return
-                }
-            }
-            throw StoreError(.unavailable, "job \(id) kept changing while this worker tried to \(operation)")
-        }
+        try await self.change(lease.jobID, operation, lease: lease, answeredAgo: answeredAgo, change)
     }
 
     /// Writes `job` back if its version is still the one read (``saveAll(_:on:)`` for one job).
