@@ -9,10 +9,13 @@ import Glibc
 #endif
 
 /// Runs `pargen` as a subprocess without blocking a thread of the test's executor (the fakes it talks to run in
-/// this process): the output goes to a file, and the exit is awaited by polling.
-func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:]) async throws
-    -> CommandLineTests.Outcome
-{
+/// this process): the output goes to a file, and the exit is awaited by polling, up to `limit` (then the
+/// process is killed and an issue recorded).
+func pargenAsync(
+    _ arguments: [String],
+    environment extra: [String: String] = [:],
+    within limit: Duration = .seconds(120)
+) async throws -> CommandLineTests.Outcome {
     let output = temporaryDirectory().appendingPathComponent("output.txt")
     _ = FileManager.default.createFile(atPath: output.path, contents: nil)
     let handle = try FileHandle(forWritingTo: output)
@@ -25,10 +28,10 @@ func pargenAsync(_ arguments: [String], environment extra: [String: String] = [:
     process.standardOutput = handle
     process.standardError = handle
     try process.run()
-    let deadline = ContinuousClock.now + .seconds(120)
+    let deadline = ContinuousClock.now + limit
     while process.isRunning && ContinuousClock.now < deadline { try await Task.sleep(for: .milliseconds(10)) }
     if process.isRunning {
-        Issue.record("pargen \(arguments.first ?? "") did not end within 120 s")
+        Issue.record("pargen \(arguments.first ?? "") did not end within \(limit)")
         kill(process.processIdentifier, SIGKILL)
         while process.isRunning { try await Task.sleep(for: .milliseconds(10)) }
     }

@@ -76,10 +76,13 @@ import Testing
     }
 
     static func run(_ bench: Bench, _ campaign: URL, out: String) async throws -> CommandLineTests.Outcome {
+        // A 500-line run takes about 12 s alone, but 100 s and more in the full suite's parallel phase on 2 cores
+        // (122 and 155 s for the suite in two fresh-clone runs; one run killed at 120 s with 478 lines done).
         try await pargenAsync(
             ["run", campaign.path, "--config", bench.config.path, "--out", bench.folder.appendingPathComponent(out).path,
                 "--no-progress"],
-            environment: bench.environment
+            environment: bench.environment,
+            within: .seconds(400)
         )
     }
 
