@@ -142,7 +142,7 @@ extension PostgresJobStore {
     /// Runs one batch and answers each of its transitions.
     private func runBatch(_ batch: [PendingChange]) async {
         let outcomes = Outcomes(count: batch.count)
-        let operation = batch.count == 1 ? batch[0].operation : "change \(batch.count) held jobs"
+        let operation = batch.count == 1 ? batch[0].operation : "change \(batch.count) jobs"
         do {
             try await run(operation) {
                 try await self.applyBatch(batch, outcomes: outcomes)

@@ -660,26 +660,25 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
                     rescued.append(job)
                     now = .nanoseconds(time)
                 }
-                for var job in rescued {
-                    let holder = job.record.leaseOwner ?? "none"
-                    let expired = job.record.leaseExpiresAt.map { "\(now - $0) ago" } ?? "never"
-                    job.record.rescue(now: now, maxCrashes: maxCrashes)
+                for index in rescued.indices {
+                    let record = rescued[index].record
+                    let holder = record.leaseOwner ?? "none"
+                    let expired = record.leaseExpiresAt.map { "\(now - $0) ago" } ?? "never"
+                    rescued[index].record.rescue(now: now, maxCrashes: maxCrashes)
                     self.logger.debug(
                         "took back a lease",
                         metadata: [
-                            "pargen.job.id": "\(job.record.id)", "pargen.holder": "\(holder)",
-                            "pargen.expired": "\(expired)", "pargen.state": "\(job.record.state.rawValue)",
+                            "pargen.job.id": "\(record.id)", "pargen.holder": "\(holder)",
+                            "pargen.expired": "\(expired)", "pargen.state": "\(rescued[index].record.state.rawValue)",
                         ]
-                    )
-                    guard try await self.save(job, on: connection) else {
-                        throw StoreError(.invalidState, "job \(job.record.id) changed while it was locked")
-                    }
-                    try await connection.allRows(
-                        "UPDATE \(unescaped: quoted).admissions SET finished_at = \(now.nanoseconds) WHERE job_id = \(job.record.id.rawValue) AND finished_at IS NULL",
-                        logger: self.logger
                     )
                 }
                 if !rescued.isEmpty {
+                    // One statement for all of them; it also finishes their open admissions (they no longer run).
+                    let saved = try await self.saveAll(rescued.map { (job: $0, change: nil, answeredAgo: .zero) }, on: connection)
+                    guard saved.count == rescued.count else {
+                        throw StoreError(.invalidState, "\(rescued.count - saved.count) rescued jobs changed while they were locked")
+                    }
                     try await connection.allRows("SELECT pg_notify(\(channel), 'rescued')", logger: self.logger)
                 }
                 return rescued.count
