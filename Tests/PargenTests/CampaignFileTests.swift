@@ -138,6 +138,102 @@ import Testing
         #expect(file.errors.map(\.field) == ["duration"])
     }
 
+    /// A line that is not JSON says where and why, naming the field it broke in; the lines around it are read.
+    /// Foundation's decoder said only "The given data was not valid JSON", which the file reported as "is not a
+    /// JSON object" even for a line that was one, with a number too large in it.
+    @Test(arguments: [
+        (#"{"type": "audio", "prompt": "a", "duration": 1e400}"#, "duration",
+         "is not valid JSON at column 46: the number 1e400 is too large (beyond ±1.8e308)"),
+        (#"{"type": "audio", "prompt": "\ud800 x"}"#, "prompt",
+         #"is not valid JSON at column 30: \uD800 is half of a surrogate pair, without its other half"#),
+        (#"{"type": "audio", "prompt": "\udc00"}"#, "prompt",
+         #"is not valid JSON at column 30: \uDC00 is half of a surrogate pair, without its other half"#),
+        (#"{"type": "audio", "prompt": "d", "type": "video"}"#, "type",
+         #"has the key "type" more than once in one object (at column 34)"#),
+        (#"{"type": "audio", "prompt": "d", "metadata": {"a": 1, "\u0061": 2}}"#, "metadata",
+         #"has the key "a" more than once in one object (at column 55)"#),
+        (#"{"type": "audio", "prompt": "e",}"#, "prompt",
+         "is not valid JSON at column 33: a comma before '}' (no member follows it)"),
+        (#"{"type": "audio", "prompt": "f" "x": 1}"#, "prompt",
+         #"is not valid JSON at column 33: expected ',' or '}' after a member, found '"'"#),
+        ("{\"type\": \"audio\", \"prompt\": \"g\tx\"}", "prompt",
+         "is not valid JSON at column 31: a control character (U+0009) in a string; write it as an escape"),
+        (#"{"type": "audio", "prompt": "h", "duration": 01}"#, "duration",
+         "is not valid JSON at column 46: a number does not start with 0 unless it is 0 (no leading zeros)"),
+        (#"{"type": "audio", "prompt": "i"} trailing"#, nil,
+         "is not valid JSON at column 34: unexpected text after the JSON value"),
+        (#"{type: "audio"}"#, nil, "is not valid JSON at column 2: expected a key in double quotes, found 't'"),
+        (#"{"type": "audio", "prompt": "j", "priority": True}"#, "priority",
+         "is not valid JSON at column 46: expected a value, found 'T' (text takes double quotes; true, false and null are lower case)"),
+        (#"{"type": "audio", "prompt": 'k'}"#, "prompt",
+         "is not valid JSON at column 29: strings take double quotes, not single quotes"),
+        (#"{"type": "audio", "prompt": "l\x"}"#, "prompt",
+         #"is not valid JSON at column 31: \x is not an escape (use \", \\, \/, \b, \f, \n, \r, \t or \uXXXX)"#),
+        (#"{"type": "audio", "prompt": "é m", "duration": -}"#, "duration",
+         "is not valid JSON at column 49: expected a digit after '-', found '}'"),
+        (#"{"type": "audio", "prompt": "n"#, "prompt", "is not valid JSON at column 29: a string that is never closed"),
+        (#"{"type": "audio", "prompt": "o""#, "prompt",
+         "is not valid JSON at column 32: expected ',' or '}' after a member, found the end of the text"),
+        ("[1, 2]", nil, "is an array, not a JSON object"),
+        ("null", nil, "is null, not a JSON object"),
+        (#""audio""#, nil, "is a string, not a JSON object"),
+    ] as [(String, String?, String)])
+    func aLineThatIsNotAJSONObjectSaysWhereAndWhy(line: String, field: String?, message: String) {
+        let text = #"{"type": "audio", "prompt": "before"}"# + "\n" + line + "\n" + #"{"type": "audio", "prompt": "after"}"#
+        let file = CampaignFile.parse(text, format: .jsonl)
+        #expect(file.lines.map(\.request.prompt) == ["before", "after"])
+        #expect(file.errors == [CampaignLineError(line: 2, field: field, message: message)])
+    }
+
+    /// Whatever JSON's grammar allows is read, and read as Foundation reads it: the scan refuses nothing valid.
+    @Test(arguments: [
+        #"{}"#, #"[]"#, #" { "a" : [ 1 , -0 , 0.5 , -1.5e-3 , 2E+10 , 1e308 , true , false , null ] } "#,
+        #"{"a": "\" \\ \/ \b \f \n \r \t \u00e9 \ud83d\ude00", "b": {"c": {"d": []}}, "é": "日本"}"#,
+        #"{"a": 99999999999999999999999, "b": 123456789012345678901234567890e-10}"#,
+        "{\"a\":\r\n\t1}", #""text""#, "0", "-0.0e0",
+    ])
+    func validJSONIsAcceptedAsFoundationReadsIt(text: String) throws {
+        #expect(JSONSyntax.problem(in: Array(text.utf8)) == nil)
+        _ = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+    }
+
+    @Test func nestingIsBoundedAndAProblemOnALaterLineSaysWhichLine() {
+        let deep = String(repeating: "[", count: JSONSyntax.maximumDepth + 1)
+        #expect(JSONSyntax.problem(in: Array(deep.utf8))?.reason == "objects and arrays nest more than 512 deep")
+        let body = "{\n  \"type\": \"audio\",\n  \"prompt\": \"x\" \"y\"\n}"
+        #expect(
+            JSONSyntax.problem(in: Array(body.utf8))?.description
+                == "is not valid JSON at line 3, column 17: expected ',' or '}' after a member, found '\"'"
+        )
+    }
+
+    /// A CSV metadata cell is JSON too: a bad one says where and why, and names the metadata column.
+    @Test func aCSVMetadataCellThatIsNotAJSONObjectSaysWhy() {
+        let text = """
+            type,prompt,metadata
+            audio,good,"{""scene"": 3}"
+            audio,bad,"{""scene"": 3,}"
+            audio,list,"[1, 2]"
+            audio,twice,"{""a"": 1, ""a"": 2}"
+            """
+        let file = CampaignFile.parse(text, format: .csv)
+        #expect(file.lines.map(\.request.prompt) == ["good"])
+        #expect(file.lines.first?.request.metadata["scene"] == .number(3))
+        #expect(
+            file.errors == [
+                CampaignLineError(
+                    line: 3, field: "metadata",
+                    message: "must be a JSON object; the text is not valid JSON at column 13: a comma before '}' (no member follows it)"
+                ),
+                CampaignLineError(line: 4, field: "metadata", message: "must be a JSON object, not an array"),
+                CampaignLineError(
+                    line: 5, field: "metadata",
+                    message: #"must be a JSON object; the text has the key "a" more than once in one object (at column 10)"#
+                ),
+            ]
+        )
+    }
+
     @Test func durationsParse() {
         #expect(CampaignFile.parseDuration("30") == .seconds(30))
         #expect(CampaignFile.parseDuration("1500ms") == .milliseconds(1500))
@@ -183,6 +279,39 @@ import Testing
             )
         )
         #expect(try Data(contentsOf: second) == data, "deterministic for a prompt and seed")
+    }
+
+    /// A sample rate the local provider cannot make is refused as a provider's API refuses it (400, naming the
+    /// field), not replaced by the default without a word.
+    @Test(arguments: [
+        (JSONValue.string("abc"), false), (.number(1e30), false), (.number(7_999), false), (.number(48_001), false),
+        (.number(22_050.5), false), (.number(8_000), true), (.number(44_100), true), (.number(48_000), true),
+    ])
+    func aSampleRateOutsideWhatTheLocalProviderMakesIsRefused(rate: JSONValue, made: Bool) async throws {
+        let provider = LocalProvider(
+            configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero)
+        )
+        let url = temporaryDirectory().appendingPathComponent("a.wav")
+        var request = validated(.audio(prompt: "A short line", duration: .milliseconds(100)))
+        request.metadata["sample_rate"] = rate
+        let context = ProviderCallContext(
+            destination: url,
+            clock: .continuous,
+            attempt: 1,
+            idempotencyKey: "k",
+            logger: .init(label: "t")
+        )
+        do {
+            _ = try await provider.generate(request, context: context)
+            #expect(made)
+            let data = try Data(contentsOf: url)
+            #expect(rate.exactInt == Int(data[24]) | Int(data[25]) << 8 | Int(data[26]) << 16)
+        } catch let error as GenerationError {
+            #expect(!made)
+            #expect(error.code == .invalidRequest)
+            #expect(error.field == "metadata.sample_rate")
+            #expect(!error.code.isRetryable)
+        }
     }
 
     @Test func localProviderWritesAnAnimatedGIFThatDecodes() async throws {

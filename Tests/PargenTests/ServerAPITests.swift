@@ -275,6 +275,20 @@ extension TestResponse {
                     #expect(fields == [field], "\(body): \(response.text)")
                 }
             }
+            // Malformed JSON says where and why; a key given twice is refused, not decided by a guess.
+            let malformed = try await client.call(
+                .post, "/v1/jobs", key: fixture.acme, body: "{\"type\":\"audio\",\n \"prompt\":\"x\",\n \"duration\":1e999}"
+            )
+            #expect(malformed.status == .badRequest)
+            #expect(
+                malformed.json["detail"] as? String
+                    == "the body is not valid JSON at line 3, column 13: the number 1e999 is too large (beyond ±1.8e308)"
+            )
+            let twice = try await client.call(
+                .post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"x","type":"video"}"#
+            )
+            #expect(twice.status == .badRequest)
+            #expect(twice.json["detail"] as? String == #"the body has the key "type" more than once in one object (at column 30)"#)
             // 10 MB of JSON: refused by size before it is read.
             let huge = "[" + String(repeating: #"{"type":"audio","prompt":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"},"#, count: 200_000) + "]"
             let tooLarge = try await client.call(.post, "/v1/jobs", key: fixture.acme, body: huge)

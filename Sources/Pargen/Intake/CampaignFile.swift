@@ -81,8 +81,23 @@ public struct CampaignFile: Sendable {
                 continue
             }
             guard !line.allSatisfy(\.isWhitespace) else { continue }
-            guard let object = try? decoder.decode([String: JSONValue].self, from: Data(raw)) else {
-                file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is not a JSON object"))
+            let bytes = Array(raw)
+            if let problem = JSONSyntax.problem(in: bytes) {
+                file.errors.append(
+                    CampaignLineError(line: lineNumber, field: problem.field, message: problem.description)
+                )
+                continue
+            }
+            let object: [String: JSONValue]
+            switch try? decoder.decode(JSONValue.self, from: Data(bytes)) {
+            case .object(let members):
+                object = members
+            case let value?:
+                let kind = JSONSyntax.kind(of: value)
+                file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is \(kind), not a JSON object"))
+                continue
+            case nil:
+                file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is not valid JSON"))
                 continue
             }
             switch request(from: object, line: lineNumber) {
@@ -227,11 +242,14 @@ public struct CampaignFile: Sendable {
             case .string(let raw):
                 let trimmed = raw.trimmingWhitespace()
                 if !trimmed.isEmpty {
-                    guard let value = try? JSONDecoder().decode([String: JSONValue].self, from: Data(trimmed.utf8))
-                    else {
-                        return fail("metadata", "must be a JSON object")
+                    if let problem = JSONSyntax.problem(in: Array(trimmed.utf8)) {
+                        return fail("metadata", "must be a JSON object; the text \(problem)")
                     }
-                    metadata.merge(value) { _, new in new }
+                    switch try? JSONDecoder().decode(JSONValue.self, from: Data(trimmed.utf8)) {
+                    case .object(let value): metadata.merge(value) { _, new in new }
+                    case let value?: return fail("metadata", "must be a JSON object, not \(JSONSyntax.kind(of: value))")
+                    case nil: return fail("metadata", "must be a JSON object")
+                    }
                 }
             default: return fail("metadata", "must be a JSON object")
             }

@@ -157,6 +157,18 @@ public struct LocalProvider: GenerationProvider {
     }
 
     public func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+        // As a provider's API answers 400: a sample rate it cannot make is refused, not replaced by the default.
+        if request.kind == .audio, let rate = request.metadata["sample_rate"],
+            !(rate.exactInt.map(LocalMedia.sampleRates.contains) ?? false)
+        {
+            throw GenerationError(
+                .invalidRequest,
+                "must be a whole number of hertz from 8000 to 48000, not \(rate)",
+                provider: descriptor.name,
+                providerCode: "400",
+                field: "metadata.sample_rate"
+            )
+        }
         var rng = SplitMix64(seed: SplitMix64.stableHash(String(configuration.seed), context.idempotencyKey))
         func jittered(_ value: Duration) -> Duration {
             let spread = configuration.latencyJitter
@@ -274,11 +286,11 @@ public struct LocalProvider: GenerationProvider {
 
 /// The synthesisers behind ``LocalProvider``.
 enum LocalMedia {
+    /// The audio sample rates it makes, in hertz (`metadata["sample_rate"]`; 24000 when not given).
+    static let sampleRates = 8_000...48_000
+
     static func renderAudio(_ request: ValidatedRequest, seed: UInt64, to url: URL) throws {
-        var sampleRate = 24_000
-        if let rate = request.metadata["sample_rate"]?.exactInt, (8_000...48_000).contains(rate) {
-            sampleRate = rate
-        }
+        let sampleRate = request.metadata["sample_rate"]?.exactInt.flatMap { sampleRates.contains($0) ? $0 : nil } ?? 24_000
         var rng = SplitMix64(seed: seed)
         // A pentatonic melody from the prompt's words: one note per word, looping, with a soft pad under it.
         let scale = [0, 2, 4, 7, 9, 12, 14, 16]
