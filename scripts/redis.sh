@@ -7,6 +7,7 @@
 #   scripts/redis.sh stop DIR           stops it
 #   scripts/redis.sh restart DIR        stops and starts it again on the same port (fault tests); prints its URL
 set -euo pipefail
+source "$(dirname "$0")/process.sh"
 
 command=${1:?usage: redis.sh start|stop|restart DIR [PORT]}
 dir=${2:?usage: redis.sh start|stop|restart DIR [PORT]}
@@ -41,11 +42,7 @@ stop() {
         # SHUTDOWN, not a signal: a server started by a process that blocks SIGTERM (a test runner) inherits
         # the block and would ignore it. SIGKILL if it is still there after 5 s.
         redis-cli -p "$(cat "$dir/port")" -a "$(cat "$dir/password")" --no-auth-warning shutdown nosave >/dev/null 2>&1 || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -9 "$pid" 2>/dev/null || true
+        wait_or_kill "$pid"
         rm -f "$dir/redis.pid"
     fi
     # A server whose pid file is gone or stale (a restart cut short) is still found by its port.

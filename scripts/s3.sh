@@ -5,6 +5,7 @@
 #   scripts/s3.sh start DIR [PORT]   starts the server; prints its endpoint (http://127.0.0.1:PORT)
 #   scripts/s3.sh stop DIR           stops it
 set -euo pipefail
+source "$(dirname "$0")/process.sh"
 
 command=${1:?usage: s3.sh start|stop DIR [PORT]}
 dir=${2:?usage: s3.sh start|stop DIR [PORT]}
@@ -41,15 +42,10 @@ start)
     ;;
 stop)
     if [ -f "$dir/moto.pid" ]; then
-        # SIGTERM, then SIGKILL if it is still there after 5 s: a server started by a process that blocks
-        # SIGTERM (a test runner) inherits the block and would outlive the run.
+        # SIGTERM, then SIGKILL if it is still there after 5 s.
         pid=$(cat "$dir/moto.pid")
         kill "$pid" 2>/dev/null || true
-        for _ in $(seq 1 100); do
-            kill -0 "$pid" 2>/dev/null || break
-            sleep 0.05
-        done
-        kill -9 "$pid" 2>/dev/null || true
+        wait_or_kill "$pid"
         rm -f "$dir/moto.pid"
     fi
     ;;

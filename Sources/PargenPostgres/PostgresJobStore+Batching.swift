@@ -84,13 +84,14 @@ extension PostgresJobStore {
                 var batch: [PendingChange] = []
                 var jobs: Set<JobID> = []
                 var left: [PendingChange] = []
-                for change in state.waiting {
-                    if batch.count < batchLimit, jobs.insert(change.job).inserted {
-                        batch.append(change)
-                    } else {
-                        left.append(change)
-                    }
+                // Looks no further than a full batch: what lies beyond it keeps its order, untouched.
+                var index = 0
+                while index < state.waiting.count, batch.count < batchLimit {
+                    let change = state.waiting[index]
+                    if jobs.insert(change.job).inserted { batch.append(change) } else { left.append(change) }
+                    index += 1
                 }
+                left.append(contentsOf: state.waiting[index...])
                 state.waiting = left
                 if batch.isEmpty { state.running -= 1 }
                 state.largest = max(state.largest, batch.count)
