@@ -70,7 +70,8 @@ extension PargenServer {
         }
         problems.sort { ($0.line ?? 0) < ($1.line ?? 0) }
         if created.isEmpty {
-            throw Problem(.unprocessableContent, "Invalid Campaign", "no line of the file is valid", errors: problems)
+            let detail = problems.isEmpty ? "the file has no lines (send one request per line)" : "no line of the file is valid"
+            throw Problem(.unprocessableContent, "Invalid Campaign", detail, errors: problems)
         }
         return Answer(
             status: .accepted,

@@ -500,6 +500,14 @@ extension TestResponse {
             #expect((second.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "extra")
             let wrongType = try await client.call(.post, "/v1/campaigns?name=x", key: fixture.acme, body: "a", headers: [.contentType: "image/png"])
             #expect(wrongType.status == .unsupportedMediaType)
+            let empty = try await client.call(.post, "/v1/campaigns?name=x", key: fixture.acme, body: "\n", headers: [.contentType: "text/csv"])
+            #expect(empty.status == .unprocessableContent)
+            #expect(empty.json["detail"] as? String == "the file has no lines (send one request per line)")
+            let allBad = try await client.call(
+                .post, "/v1/campaigns?name=x", key: fixture.acme, body: "{\"type\":1}\n", headers: [.contentType: "application/jsonl"]
+            )
+            #expect(allBad.status == .unprocessableContent)
+            #expect(allBad.json["detail"] as? String == "no line of the file is valid")
             try await waitUntil(seconds: 20) {
                 let campaign = try await client.call(.get, "/v1/campaigns/launch", key: fixture.acme).json
                 return campaign["progress"] as? Double == 1
