@@ -204,9 +204,7 @@ struct Run: AsyncParsableCommand {
             do {
                 campaign = try CampaignFile.load(URL(fileURLWithPath: file))
             } catch {
-                FileHandle.standardError.write(
-                    Data("pargen: cannot read \(file): \(error.localizedDescription)\n".utf8)
-                )
+                FileHandle.standardError.write(Data("pargen: \(error)\n".utf8))
                 throw ExitCode(2)
             }
         }

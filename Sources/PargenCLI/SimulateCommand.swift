@@ -48,7 +48,7 @@ struct Simulate: AsyncParsableCommand {
         do {
             campaign = try CampaignFile.load(URL(fileURLWithPath: file))
         } catch {
-            fail("cannot read \(file): \(reason(error))")
+            fail("\(error)")
         }
         var setup = try await loadConfiguredSetup(config)
         if let perUserRpm {

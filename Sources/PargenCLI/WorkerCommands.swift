@@ -129,7 +129,7 @@ struct Enqueue: AsyncParsableCommand {
         do {
             campaign = try CampaignFile.load(URL(fileURLWithPath: file))
         } catch {
-            fail("cannot read \(file): \(error.localizedDescription)")
+            fail("\(error)")
         }
         var setup = try await options.loadSetup()
         try options.apply(to: &setup.configuration)

@@ -234,6 +234,49 @@ import Testing
         )
     }
 
+    /// A campaign path that is no campaign file says what it is instead: `Data(contentsOf:)` said "You don't
+    /// have permission" for /dev/zero (and would have read it for ever), and "error 256" for a folder.
+    @Test func aPathThatIsNoCampaignFileSaysWhatItIs() throws {
+        let folder = temporaryDirectory()
+        let reasons = [
+            (folder.path, "it is a folder, not a campaign file"),
+            ("/dev/zero", "it is a device or a socket, not a campaign file (a file, or a pipe such as /dev/stdin)"),
+            (folder.appendingPathComponent("missing.jsonl").path, "No such file or directory"),
+        ]
+        for (path, reason) in reasons {
+            #expect(throws: CampaignFileError(path: path, reason: reason)) { try CampaignFile.load(URL(fileURLWithPath: path)) }
+        }
+        let file = folder.appendingPathComponent("c.jsonl")
+        try Data(repeating: UInt8(ascii: "x"), count: 3 << 20).write(to: file)
+        let tooLarge = "it is larger than the 2 MiB a campaign file may be; split the campaign into several files"
+        #expect(throws: CampaignFileError(path: file.path, reason: tooLarge)) {
+            try CampaignFile.readFile(file.path, limit: 2 << 20)
+        }
+        #expect(try CampaignFile.readFile(file.path, limit: 3 << 20).count == 3 << 20)
+    }
+
+    /// A pipe has no size to check first: it is read up to the limit, and no further.
+    @Test func aPipeIsReadUpToTheLimit() throws {
+        for (size, fits) in [(100_000, true), (3 << 20, false)] {
+            let pipe = Pipe()
+            let writer = Thread {
+                try? pipe.fileHandleForWriting.write(contentsOf: Data(repeating: 0x0A, count: size))
+                try? pipe.fileHandleForWriting.close()
+            }
+            writer.start()
+            let path = "/dev/fd/\(pipe.fileHandleForReading.fileDescriptor)"
+            do {
+                let bytes = try CampaignFile.readFile(path, limit: 2 << 20)
+                #expect(fits && bytes.count == size)
+            } catch {
+                #expect(!fits && error.reason.hasPrefix("it is larger than the 2 MiB"))
+            }
+            // The rest is drained, so the writer ends (closing the read end first would raise SIGPIPE in it).
+            _ = try? pipe.fileHandleForReading.readToEnd()
+            try? pipe.fileHandleForReading.close()
+        }
+    }
+
     @Test func durationsParse() {
         #expect(CampaignFile.parseDuration("30") == .seconds(30))
         #expect(CampaignFile.parseDuration("1500ms") == .milliseconds(1500))

@@ -1,5 +1,9 @@
 public import Foundation
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A problem with one line of a campaign file.
 public struct CampaignLineError: Error, Sendable, Hashable, Codable, CustomStringConvertible {
     /// 1-based line number in the file (for CSV, the line where the record starts).
@@ -17,6 +21,21 @@ public struct CampaignLineError: Error, Sendable, Hashable, Codable, CustomStrin
     public var description: String {
         field.map { "line \(line): \($0): \(message)" } ?? "line \(line): \(message)"
     }
+}
+
+/// A campaign file that cannot be read at all (its lines are never the cause: a bad line is a
+/// ``CampaignLineError`` of its own).
+public struct CampaignFileError: Error, Sendable, Hashable, CustomStringConvertible {
+    public var path: String
+    /// Why, such as "No such file or directory" or "it is a folder, not a campaign file".
+    public var reason: String
+
+    public init(path: String, reason: String) {
+        self.path = path
+        self.reason = reason
+    }
+
+    public var description: String { "cannot read \(path): \(reason)" }
 }
 
 /// One good line of a campaign file.
@@ -45,13 +64,60 @@ public struct CampaignFile: Sendable {
         "project", "campaign", "idempotency_key", "metadata", "id",
     ]
 
-    /// Reads a campaign file; the format follows the extension (`.csv`, else JSONL).
+    /// The most bytes a campaign file may have: it is read whole and parsed in memory (a million lines of
+    /// 200 bytes are 200 MB).
+    public static let maximumFileBytes = 1 << 30
+
+    /// Reads a campaign file (a regular file, or a pipe such as `/dev/stdin`); the format follows the extension
+    /// (`.csv`, else JSONL).
     ///
-    /// - Throws: Only when the file cannot be read at all (missing, unreadable). Bytes that are not UTF-8
-    ///   make an error on their own line, not on the file.
-    public static func load(_ url: URL) throws -> CampaignFile {
-        let data = try Data(contentsOf: url)
-        return parse(data, format: url.pathExtension.lowercased() == "csv" ? .csv : .jsonl)
+    /// - Throws: ``CampaignFileError`` only when the file cannot be read at all: missing, unreadable, a folder or
+    ///   a device, or larger than ``maximumFileBytes``. Bytes that are not UTF-8 make an error on their own
+    ///   line, not on the file.
+    public static func load(_ url: URL) throws(CampaignFileError) -> CampaignFile {
+        let bytes = try readFile(url.path, limit: maximumFileBytes)
+        return parse(Data(bytes), format: url.pathExtension.lowercased() == "csv" ? .csv : .jsonl)
+    }
+
+    /// The bytes of the file at `path`, at most `limit` of them.
+    package static func readFile(_ path: String, limit: Int) throws(CampaignFileError) -> [UInt8] {
+        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
+        guard descriptor >= 0 else { throw CampaignFileError(path: path, reason: String(cString: strerror(errno))) }
+        defer { close(descriptor) }
+        var status = stat()
+        guard fstat(descriptor, &status) == 0 else {
+            throw CampaignFileError(path: path, reason: String(cString: strerror(errno)))
+        }
+        let tooLarge = CampaignFileError(
+            path: path,
+            reason: "it is larger than the \(limit >> 20) MiB a campaign file may be; split the campaign into several files"
+        )
+        switch status.st_mode & S_IFMT {
+        case S_IFREG:
+            guard status.st_size <= limit else { throw tooLarge }
+        case S_IFIFO:
+            break
+        case S_IFDIR:
+            throw CampaignFileError(path: path, reason: "it is a folder, not a campaign file")
+        default:
+            throw CampaignFileError(
+                path: path,
+                reason: "it is a device or a socket, not a campaign file (a file, or a pipe such as /dev/stdin)"
+            )
+        }
+        var bytes: [UInt8] = []
+        bytes.reserveCapacity(status.st_mode & S_IFMT == S_IFREG ? Int(status.st_size) : 1 << 16)
+        var chunk = [UInt8](repeating: 0, count: 1 << 16)
+        while true {
+            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
+            if count < 0 {
+                if errno == EINTR { continue }
+                throw CampaignFileError(path: path, reason: String(cString: strerror(errno)))
+            }
+            if count == 0 { return bytes }
+            guard bytes.count + count <= limit else { throw tooLarge }
+            bytes.append(contentsOf: chunk[0..<count])
+        }
     }
 
     public static func parse(_ text: String, format: Format) -> CampaignFile {
