@@ -150,13 +150,11 @@ extension PargenSetup {
         file path: String,
         environment: [String: String] = ProcessInfo.processInfo.environment
     ) async throws -> PargenSetup {
-        guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigurationFileError(problems: ["\(path): cannot be read"])
-        }
-        guard data.count <= Self.maxFileBytes else {
-            throw ConfigurationFileError(
-                problems: ["\(path): is \(data.count) bytes; a configuration file may have at most \(Self.maxFileBytes)"]
-            )
+        let data: Data
+        do {
+            data = Data(try BoundedFile.read(path, limit: Self.maxFileBytes, kind: "configuration file"))
+        } catch {
+            throw ConfigurationFileError(problems: ["\(path): cannot be read: \(error.reason)"])
         }
         guard let text = String(data: data, encoding: .utf8) else {
             throw ConfigurationFileError(problems: ["\(path): is not UTF-8 text"])

@@ -123,6 +123,26 @@ import Testing
         #expect(error.problems.count == 8, "\(problems)")
     }
 
+    /// A configuration path that is no such file says what it is, and a large one is refused before it is read
+    /// whole (FileManager read /dev/zero's and a 5 GB file's bytes before the size was looked at).
+    @Test func aConfigurationPathThatIsNoFileSaysWhatItIs() async throws {
+        let folder = temporaryDirectory()
+        let large = folder.appendingPathComponent("large.yaml")
+        try Data(repeating: UInt8(ascii: "#"), count: 2 << 20).write(to: large)
+        let cases = [
+            (folder.path, "it is a folder, not a configuration file"),
+            ("/dev/zero", "it is a device or a socket, not a configuration file (a file, or a pipe such as /dev/stdin)"),
+            (folder.appendingPathComponent("missing.yaml").path, "No such file or directory"),
+            (large.path, "it is larger than the 1 MiB a configuration file may be"),
+        ]
+        for (path, reason) in cases {
+            let error = try await #require(throws: ConfigurationFileError.self) {
+                try await PargenSetup.load(file: path, environment: [:])
+            }
+            #expect(error.problems == ["\(path): cannot be read: \(reason)"])
+        }
+    }
+
     /// Numbers beyond any real quota are refused with their path (a capacity of 1e11 or Int.max used to pass and
     /// trap the engine on overflow), and every URL is checked the same way: http(s), a host, no credentials (the
     /// password is never echoed), no query. Azure's batch URL used to take anything, file:///etc/passwd included.

@@ -1,8 +1,5 @@
 public import Foundation
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 /// A problem with one line of a campaign file.
 public struct CampaignLineError: Error, Sendable, Hashable, Codable, CustomStringConvertible {
@@ -79,44 +76,13 @@ public struct CampaignFile: Sendable {
         return parse(Data(bytes), format: url.pathExtension.lowercased() == "csv" ? .csv : .jsonl)
     }
 
-    /// The bytes of the file at `path`, at most `limit` of them.
+    /// The bytes of the campaign file at `path`, at most `limit` of them.
     package static func readFile(_ path: String, limit: Int) throws(CampaignFileError) -> [UInt8] {
-        let descriptor = open(path, O_RDONLY | O_CLOEXEC)
-        guard descriptor >= 0 else { throw CampaignFileError(path: path, reason: String(cString: strerror(errno))) }
-        defer { close(descriptor) }
-        var status = stat()
-        guard fstat(descriptor, &status) == 0 else {
-            throw CampaignFileError(path: path, reason: String(cString: strerror(errno)))
-        }
-        let tooLarge = CampaignFileError(
-            path: path,
-            reason: "it is larger than the \(limit >> 20) MiB a campaign file may be; split the campaign into several files"
-        )
-        switch status.st_mode & S_IFMT {
-        case S_IFREG:
-            guard status.st_size <= limit else { throw tooLarge }
-        case S_IFIFO:
-            break
-        case S_IFDIR:
-            throw CampaignFileError(path: path, reason: "it is a folder, not a campaign file")
-        default:
-            throw CampaignFileError(
-                path: path,
-                reason: "it is a device or a socket, not a campaign file (a file, or a pipe such as /dev/stdin)"
-            )
-        }
-        var bytes: [UInt8] = []
-        bytes.reserveCapacity(status.st_mode & S_IFMT == S_IFREG ? Int(status.st_size) : 1 << 16)
-        var chunk = [UInt8](repeating: 0, count: 1 << 16)
-        while true {
-            let count = chunk.withUnsafeMutableBytes { read(descriptor, $0.baseAddress, $0.count) }
-            if count < 0 {
-                if errno == EINTR { continue }
-                throw CampaignFileError(path: path, reason: String(cString: strerror(errno)))
-            }
-            if count == 0 { return bytes }
-            guard bytes.count + count <= limit else { throw tooLarge }
-            bytes.append(contentsOf: chunk[0..<count])
+        do {
+            return try BoundedFile.read(path, limit: limit, kind: "campaign file")
+        } catch {
+            let split = error.reason.hasPrefix("it is larger") ? "; split the campaign into several files" : ""
+            throw CampaignFileError(path: path, reason: error.reason + split)
         }
     }
 
