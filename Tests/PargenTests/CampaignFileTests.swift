@@ -287,6 +287,11 @@ import Testing
 }
 
 @Suite struct LocalMediaTests {
+    /// A first attempt's call context, writing the artifact to `url`.
+    static func context(writingTo url: URL) -> ProviderCallContext {
+        ProviderCallContext(destination: url, clock: .continuous, attempt: 1, idempotencyKey: "k", logger: .init(label: "t"))
+    }
+
     @Test func localProviderWritesAPlayableWAVOfTheRequestedLengthAndRate() async throws {
         let provider = LocalProvider(
             configuration: .init(name: "l", submitLatency: .zero, latencyPerMediaSecond: .zero)
@@ -294,13 +299,7 @@ import Testing
         let url = temporaryDirectory().appendingPathComponent("a.wav")
         var request = validated(.audio(prompt: "Relaxing ambient sound", duration: .milliseconds(1500)))
         request.metadata["sample_rate"] = .number(16_000)
-        let context = ProviderCallContext(
-            destination: url,
-            clock: .continuous,
-            attempt: 1,
-            idempotencyKey: "k",
-            logger: .init(label: "t")
-        )
+        let context = Self.context(writingTo: url)
         let output = try await provider.generate(request, context: context)
         let data = try Data(contentsOf: url)
         #expect(output.format == .wav)
@@ -337,13 +336,7 @@ import Testing
         let url = temporaryDirectory().appendingPathComponent("a.wav")
         var request = validated(.audio(prompt: "A short line", duration: .milliseconds(100)))
         request.metadata["sample_rate"] = rate
-        let context = ProviderCallContext(
-            destination: url,
-            clock: .continuous,
-            attempt: 1,
-            idempotencyKey: "k",
-            logger: .init(label: "t")
-        )
+        let context = Self.context(writingTo: url)
         do {
             _ = try await provider.generate(request, context: context)
             #expect(made)

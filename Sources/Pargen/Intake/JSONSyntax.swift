@@ -156,18 +156,9 @@ package enum JSONSyntax {
                 index += 1
                 skipWhitespace()
                 try value(depth: depth)
-                skipWhitespace()
-                switch current {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipWhitespace()
-                    if current == UInt8(ascii: "}") { throw fail("a comma before '}' (no member follows it)") }
-                case UInt8(ascii: "}"):
-                    index += 1
+                if try closes(at: "}", after: "member") {
                     if depth == 1 { field = nil }
                     return
-                default:
-                    throw fail("expected ',' or '}' after a member, found \(found())")
                 }
             }
         }
@@ -183,18 +174,25 @@ package enum JSONSyntax {
             while true {
                 skipWhitespace()
                 try value(depth: depth)
+                if try closes(at: "]", after: "value") { return }
+            }
+        }
+
+        /// Reads what follows a member or value: a comma (false: another follows) or the closing bracket
+        /// (true, the bracket read).
+        mutating func closes(at bracket: Unicode.Scalar, after item: String) throws(Failure) -> Bool {
+            skipWhitespace()
+            switch current {
+            case UInt8(ascii: ","):
+                index += 1
                 skipWhitespace()
-                switch current {
-                case UInt8(ascii: ","):
-                    index += 1
-                    skipWhitespace()
-                    if current == UInt8(ascii: "]") { throw fail("a comma before ']' (no value follows it)") }
-                case UInt8(ascii: "]"):
-                    index += 1
-                    return
-                default:
-                    throw fail("expected ',' or ']' after a value, found \(found())")
-                }
+                if current == UInt8(bracket.value) { throw fail("a comma before '\(bracket)' (no \(item) follows it)") }
+                return false
+            case UInt8(bracket.value):
+                index += 1
+                return true
+            default:
+                throw fail("expected ',' or '\(bracket)' after a \(item), found \(found())")
             }
         }
 
