@@ -347,7 +347,7 @@ enum OpenAPIDocument {
                 project: { type: string }
                 campaign: { type: string }
                 idempotency_key: { type: string }
-                metadata: { type: object }
+                metadata: { type: object, description: "At most 16 KiB as JSON." }
             Job:
               type: object
               properties:

@@ -277,6 +277,21 @@ import Testing
         }
     }
 
+    /// Metadata is kept in every job record and sent with every call: 100,000 keys are refused, naming the field.
+    @Test func metadataIsBounded() throws {
+        var request = GenerationRequest.audio(prompt: "x")
+        request.metadata = Dictionary(uniqueKeysWithValues: (0..<2_000).map { ("key\($0)", JSONValue.number(Double($0))) })
+        #expect(throws: GenerationError.self) { try RequestValidator().validate(request, fallbackID: "a") }
+        do {
+            _ = try RequestValidator().validate(request, fallbackID: "a")
+        } catch {
+            #expect(error.field == "metadata")
+            #expect(error.message.hasSuffix("the limit is 16384 (2000 keys)"))
+        }
+        request.metadata = Dictionary(uniqueKeysWithValues: (0..<500).map { ("key\($0)", JSONValue.number(Double($0))) })
+        #expect(try RequestValidator().validate(request, fallbackID: "a").metadata.count == 500)
+    }
+
     @Test func durationsParse() {
         #expect(CampaignFile.parseDuration("30") == .seconds(30))
         #expect(CampaignFile.parseDuration("1500ms") == .milliseconds(1500))

@@ -1,3 +1,5 @@
+import Foundation
+
 /// Checks and normalises requests before anything is queued or spent.
 public struct RequestValidator: Sendable {
     public var configuration: PargenConfiguration.Validation
@@ -7,6 +9,9 @@ public struct RequestValidator: Sendable {
     /// Validates `request`; `fallbackID` names it when it has no id of its own.
     ///
     /// - Throws: ``GenerationError`` with code ``GenerationError/Code/invalidRequest`` and the failing `field`.
+    /// The most a request's metadata may weigh, as JSON.
+    public static let maximumMetadataBytes = 16 << 10
+
     public func validate(_ request: GenerationRequest, fallbackID: String) throws(GenerationError) -> ValidatedRequest {
         func fail(_ field: String, _ message: String) -> GenerationError {
             GenerationError(.invalidRequest, message, field: field)
@@ -53,6 +58,16 @@ public struct RequestValidator: Sendable {
         }
         let key = request.idempotencyKey?.trimmingWhitespace()
         if let key, key.count > 255 { throw fail("idempotency_key", "is longer than 255 characters") }
+        if !request.metadata.isEmpty {
+            // Kept in every job record and sent with every call: bounded as a provider's request body would be.
+            let size = (try? JSONEncoder().encode(request.metadata).count) ?? .max
+            guard size <= Self.maximumMetadataBytes else {
+                throw fail(
+                    "metadata",
+                    "is \(size) bytes as JSON; the limit is \(Self.maximumMetadataBytes) (\(request.metadata.count) keys)"
+                )
+            }
+        }
         func clean(_ value: String?) -> String? {
             guard let value = value?.trimmingWhitespace(), !value.isEmpty else { return nil }
             return value
