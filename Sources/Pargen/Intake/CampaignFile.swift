@@ -1,6 +1,5 @@
 public import Foundation
 
-
 /// A problem with one line of a campaign file.
 public struct CampaignLineError: Error, Sendable, Hashable, Codable, CustomStringConvertible {
     /// 1-based line number in the file (for CSV, the line where the record starts).

@@ -6,12 +6,12 @@ public struct RequestValidator: Sendable {
 
     public init(configuration: PargenConfiguration.Validation = .init()) { self.configuration = configuration }
 
-    /// Validates `request`; `fallbackID` names it when it has no id of its own.
-    ///
-    /// - Throws: ``GenerationError`` with code ``GenerationError/Code/invalidRequest`` and the failing `field`.
     /// The most a request's metadata may weigh, as JSON.
     public static let maximumMetadataBytes = 16 << 10
 
+    /// Validates `request`; `fallbackID` names it when it has no id of its own.
+    ///
+    /// - Throws: ``GenerationError`` with code ``GenerationError/Code/invalidRequest`` and the failing `field`.
     public func validate(_ request: GenerationRequest, fallbackID: String) throws(GenerationError) -> ValidatedRequest {
         func fail(_ field: String, _ message: String) -> GenerationError {
             GenerationError(.invalidRequest, message, field: field)

@@ -1,6 +1,13 @@
 #if canImport(Glibc)
 import Glibc
+#elseif canImport(Darwin)
+import Darwin
 #endif
+
+/// `read(2)`, named apart from ``BoundedFile/read(_:limit:kind:)``.
+private func readSome(_ descriptor: Int32, into buffer: UnsafeMutableRawBufferPointer) -> Int {
+    read(descriptor, buffer.baseAddress, buffer.count)
+}
 
 /// Reads a file from outside (a campaign, a configuration) whole, within a size limit, and says plainly what is
 /// wrong with a path that is no such file: a folder, a device such as /dev/zero (which would never end), a file
@@ -36,7 +43,7 @@ package enum BoundedFile {
         bytes.reserveCapacity(status.st_mode & S_IFMT == S_IFREG ? Int(status.st_size) : 1 << 16)
         var chunk = [UInt8](repeating: 0, count: 1 << 16)
         while true {
-            let count = chunk.withUnsafeMutableBytes { Glibc.read(descriptor, $0.baseAddress, $0.count) }
+            let count = chunk.withUnsafeMutableBytes { readSome(descriptor, into: $0) }
             if count < 0 {
                 if errno == EINTR { continue }
                 throw Failure(reason: String(cString: strerror(errno)))
