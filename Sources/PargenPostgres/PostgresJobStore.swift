@@ -560,11 +560,13 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         try await withHeld(lease, "record a submission") { record, _ in record.recordSubmission(taskID: taskID) }
     }
 
-    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
+    @discardableResult
+    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws -> JobRecord {
         try await complete(lease, outcome: outcome, answeredAgo: .zero)
     }
 
-    public func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws {
+    @discardableResult
+    public func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws -> JobRecord {
         try await withHeld(lease, "complete a job", answeredAgo: answeredAgo) { record, now in
             record.complete(outcome, now: now)
         }
@@ -587,7 +589,8 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         }
     }
 
-    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws {
+    @discardableResult
+    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws -> JobRecord {
         try await withHeld(lease, "dead-letter a job") { record, now in record.deadLetter(error, now: now) }
     }
 
@@ -872,13 +875,25 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
 
     /// Changes a held job: fenced by its lease token and the row's version, and written in one statement with the
     /// other transitions waiting at the same time (``change(_:_:lease:answeredAgo:_:)``).
+    ///
+    /// - Returns: The record as this transition wrote it. (A batch that runs again after a lost reply and finds
+    ///   the change already applied does not apply it twice: the record is the one written the first time.)
+    @discardableResult
     private func withHeld(
         _ lease: JobLease,
         _ operation: String,
         answeredAgo: Duration = .zero,
         _ change: @escaping @Sendable (inout JobRecord, Duration) throws -> Void
-    ) async throws {
-        try await self.change(lease.jobID, operation, lease: lease, answeredAgo: answeredAgo, change)
+    ) async throws -> JobRecord {
+        let written = Locked<JobRecord?>(nil)
+        try await self.change(lease.jobID, operation, lease: lease, answeredAgo: answeredAgo) { record, now in
+            try change(&record, now)
+            let copy = record
+            written.withLock { $0 = copy }
+        }
+        if let record = written.withLock({ $0 }) { return record }
+        guard let record = try await job(lease.jobID) else { throw StoreError(.notFound, "no job \(lease.jobID)") }
+        return record
     }
 
     /// Writes `job` back if its version is still the one read (``saveAll(_:on:)`` for one job).

@@ -714,9 +714,10 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         try await withHeld(lease) { $0.recordSubmission(taskID: taskID) }
     }
 
-    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
+    @discardableResult
+    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws -> JobRecord {
         let now = now()
-        try await withHeld(lease) { $0.complete(outcome, now: now) }
+        return try await withHeld(lease) { $0.complete(outcome, now: now) }
     }
 
     public func retry(
@@ -732,9 +733,10 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         }
     }
 
-    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws {
+    @discardableResult
+    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws -> JobRecord {
         let now = now()
-        try await withHeld(lease) { $0.deadLetter(error, now: now) }
+        return try await withHeld(lease) { $0.deadLetter(error, now: now) }
     }
 
     public func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
@@ -919,7 +921,13 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
     /// When this store kept the row as it last wrote it (``RecentRows``), the change is made on that copy and
     /// encoded before the write, which only checks the row's change token and updates it: the single writer
     /// neither reads nor decodes the row. A row changed since by anyone else is read as before.
-    private func withHeld(_ lease: JobLease, _ change: @escaping @Sendable (inout JobRecord) -> Void) async throws {
+    ///
+    /// - Returns: The record as written.
+    @discardableResult
+    private func withHeld(
+        _ lease: JobLease,
+        _ change: @escaping @Sendable (inout JobRecord) -> Void
+    ) async throws -> JobRecord {
         let id = lease.jobID.rawValue
         var guess: (row: JobRow, encoded: JobRow.Encoded, token: Int64, arguments: StatementArguments)?
         if var row = recent.row(id), row.record.isHeld(by: lease) {
@@ -951,6 +959,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
                 return try self.save(db, job)
             }
             recent.keep(written)
+            return written.record
         } catch {
             recent.forget(id)
             throw error

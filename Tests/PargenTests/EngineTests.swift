@@ -858,13 +858,17 @@ extension ForwardingJobStore {
     func recordSubmission(_ lease: JobLease, taskID: String) async throws {
         try await base.recordSubmission(lease, taskID: taskID)
     }
-    func complete(_ lease: JobLease, outcome: JobOutcome) async throws { try await base.complete(lease, outcome: outcome) }
+    func complete(_ lease: JobLease, outcome: JobOutcome) async throws -> JobRecord {
+        try await base.complete(lease, outcome: outcome)
+    }
     func retry(_ lease: JobLease, error: GenerationError?, after: Duration, spendAttempt: Bool, failedProvider: String?)
         async throws
     {
         try await base.retry(lease, error: error, after: after, spendAttempt: spendAttempt, failedProvider: failedProvider)
     }
-    func deadLetter(_ lease: JobLease, error: GenerationError) async throws { try await base.deadLetter(lease, error: error) }
+    func deadLetter(_ lease: JobLease, error: GenerationError) async throws -> JobRecord {
+        try await base.deadLetter(lease, error: error)
+    }
     func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
         try await base.release(lease, leaving: trace)
     }
@@ -999,7 +1003,7 @@ private final class SlowAdmittingStore: ForwardingJobStore, AdmittingJobStore {
 
     func coolDown(provider: String, for duration: Duration) async throws {}
 
-    func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws {
+    func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws -> JobRecord {
         try await memory.complete(lease, outcome: outcome)
     }
 }

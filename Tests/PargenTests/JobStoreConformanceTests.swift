@@ -93,6 +93,29 @@ struct StoreFactory: Sendable, CustomTestStringConvertible {
         #expect(final?.canFree == false)
     }
 
+    /// A finishing transition returns the record as it wrote it: the engine hands that to the job's waiters
+    /// instead of reading the job again, so it must be what a read would give.
+    @Test(arguments: factories)
+    func aFinishingTransitionReturnsTheRecordAReadGives(_ factory: StoreFactory) async throws {
+        let store = try await factory.make(ManualClock())
+        _ = try await store.enqueue(["a", "b", "c"].map { validated(.audio(prompt: $0, project: "p"), id: $0) })
+        let leased = Dictionary(uniqueKeysWithValues: try await lease(store, 3).map { ($0.record.request.id, $0.lease) })
+        for lease in leased.values { try await store.beginAttempt(lease, provider: "x", reserving: .dollars(2)) }
+        var outcome = self.outcome
+        outcome.cost = .dollars(1)
+        let completed = try await store.complete(leased["a"]!, outcome: outcome)
+        let failure = GenerationError(.terminal, "refused", provider: "x")
+        let deadLettered = try await store.deadLetter(leased["b"]!, error: failure)
+        #expect(completed.state == .succeeded && completed.ledger.charged == .dollars(1))
+        #expect(deadLettered.state == .deadLettered && deadLettered.errors.last?.message == "refused")
+        #expect(try await store.job(completed.id) == completed)
+        #expect(try await store.job(deadLettered.id) == deadLettered)
+        if let admitting = store as? any AdmittingJobStore {
+            let answered = try await admitting.complete(leased["c"]!, outcome: outcome, answeredAgo: .milliseconds(300))
+            #expect(try await store.job(answered.id) == answered)
+        }
+    }
+
     /// A purged job's money stays counted: in the ledger of every scope it was in, and against the budgets a later
     /// reservation must fit in. Purging a campaign's finished jobs does not give its budget back.
     @Test(arguments: factories)

@@ -57,7 +57,6 @@ extension ParallelGenerator {
     func runJob(_ job: LeasedJob, ticket: HeldTicket?, shared: SharedArtifact? = nil) async throws {
         let record = job.record
         let request = record.request
-        let id = record.id
         // A job rescued after its provider accepted the task resumes polling; it never submits again.
         // So does a call cut off at a provider that de-duplicates by key: it is made again there, under the same
         // key, and never served from elsewhere (the provider may have billed it).
@@ -68,9 +67,9 @@ extension ParallelGenerator {
         }
         if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
             ticket?.finish(.notCalled)
-            try await completeWithShared(cached, job: job, servedFromCache: true)
+            let written = try await completeWithShared(cached, job: job, servedFromCache: true)
             progress(record, .servedFromCache, provider: cached.provider)
-            await finish(id)
+            finish(written)
             return
         }
         if let shared, let sharedCache, try await serveShared(shared, job: job, from: sharedCache) != nil {
@@ -125,14 +124,14 @@ extension ParallelGenerator {
             }
             flights.finish(request.fingerprint, with: outcome)
         case .follower(.success(let shared)):
-            try await completeWithShared(shared, job: job, servedFromCache: false)
+            let written = try await completeWithShared(shared, job: job, servedFromCache: false)
             state.withLock { $0.deduplicated += 1 }
             progress(record, .succeeded, provider: shared.provider, message: "de-duplicated")
-            await finish(id)
+            finish(written)
         case .follower(.terminal(let error)):
-            try await shielded { try await self.store.deadLetter(job.lease, error: error) }
+            let written = try await shielded { try await self.store.deadLetter(job.lease, error: error) }
             progress(record, .deadLettered, message: error.description)
-            await finish(id)
+            finish(written)
         case .follower(.retryLater), .follower(nil):
             // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
             try await putBack(job)
@@ -160,7 +159,9 @@ extension ParallelGenerator {
 
     /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
     /// own copy of the file, at no cost; what it would have cost is counted as saved.
-    func completeWithShared(_ shared: Artifact, job: LeasedJob, servedFromCache: Bool) async throws {
+    ///
+    /// - Returns: The job's record as the store wrote it.
+    func completeWithShared(_ shared: Artifact, job: LeasedJob, servedFromCache: Bool) async throws -> JobRecord {
         let artifact = try artifacts.materialize(shared, job: job.record.id, request: job.record.request)
         let saved = estimate(job.record.request, shared.provider)
         let outcome = JobOutcome(
@@ -171,8 +172,9 @@ extension ParallelGenerator {
             deduplicated: !servedFromCache,
             saved: saved
         )
-        try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
+        let written = try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
         state.withLock { $0.saved += saved }
+        return written
     }
 
     /// Completes a job with an artifact another process (or an earlier run) generated: its media is fetched from
@@ -221,11 +223,11 @@ extension ParallelGenerator {
             servedFromCache: true,
             saved: found.cost
         )
-        try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
+        let written = try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
         state.withLock { $0.saved += found.cost }
         await cache.put(record.request.fingerprint, artifact)
         progress(record, .servedFromCache, provider: found.provider)
-        await finish(record.id)
+        finish(written)
         return artifact
     }
 
@@ -407,7 +409,7 @@ extension ParallelGenerator {
             hooks.checkpoint(.committed, id)
             let outcome = JobOutcome(artifact: artifact, provider: name, cost: cost)
             let answeredAgo = answeredAt.value.map { clock.now - $0 } ?? .zero
-            try await shielded {
+            let written = try await shielded {
                 if let admitting = self.store as? any AdmittingJobStore {
                     try await admitting.complete(lease, outcome: outcome, answeredAgo: answeredAgo)
                 } else {
@@ -417,7 +419,7 @@ extension ParallelGenerator {
             costs.charged(cost, provider: name, estimate: estimate, mediaDuration: output.duration)
             if configuration.caching.enabled { await cache.put(request.fingerprint, artifact) }
             progress(record, .succeeded, provider: name, fraction: 1)
-            await finish(id)
+            finish(written)
             return .success(artifact)
         } catch {
             // A synchronous answer the provider billed is charged, even though it was lost after it was made.

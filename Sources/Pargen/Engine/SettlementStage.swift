@@ -211,14 +211,26 @@ extension ParallelGenerator {
     }
 
     func deadLetter(_ job: LeasedJob, _ error: GenerationError) async -> FlightOutcome {
-        try? await shielded { try await self.store.deadLetter(job.lease, error: error) }
+        let written = try? await shielded { try await self.store.deadLetter(job.lease, error: error) }
         progress(job.record, .deadLettered, provider: error.provider, message: error.description)
-        await finish(job.record.id)
+        if let written {
+            finish(written)
+        } else {
+            // Not written (a lease lost, the store away): whoever holds the job now may have finished it.
+            await finish(job.record.id)
+        }
         return .terminal(error)
     }
 
+    /// Hands a finished job's result to its waiters and subscribers, read from the store.
     func finish(_ id: JobID) async {
-        guard let record = try? await store.job(id), record.state.isFinal else { return }
+        guard let record = try? await store.job(id) else { return }
+        finish(record)
+    }
+
+    /// Hands a finished job's result to its waiters and subscribers, from its record as the store wrote it.
+    func finish(_ record: JobRecord) {
+        guard record.state.isFinal else { return }
         finishWaiters(makeResult(record))
     }
 

@@ -216,7 +216,8 @@ public protocol AdmittingJobStore: ClaimingJobStore {
     /// so that the window frees as soon as the provider's own does. The time is a duration on the caller's
     /// clock, not an instant: workers' clocks need not agree with the store's. An answer is never before the
     /// provider received the call, so a window dated by it is never shorter than the provider's.
-    func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws
+    @discardableResult
+    func complete(_ lease: JobLease, outcome: JobOutcome, answeredAgo: Duration) async throws -> JobRecord
 }
 
 extension AdmittingJobStore {

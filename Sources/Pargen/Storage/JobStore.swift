@@ -343,7 +343,10 @@ public protocol JobStore: Sendable {
     func recordSubmission(_ lease: JobLease, taskID: String) async throws
 
     /// Finishes a job successfully.
-    func complete(_ lease: JobLease, outcome: JobOutcome) async throws
+    ///
+    /// - Returns: The job's record as written: what its waiters are given, without reading it again.
+    @discardableResult
+    func complete(_ lease: JobLease, outcome: JobOutcome) async throws -> JobRecord
 
     /// Puts a job back to run `after` from now, recording `error`. `spendAttempt: false` gives back the
     /// attempt of the current call (throttling). `failedProvider` is avoided next time while others can serve.
@@ -357,7 +360,10 @@ public protocol JobStore: Sendable {
         async throws
 
     /// Finishes a job as failed, keeping its error history.
-    func deadLetter(_ lease: JobLease, error: GenerationError) async throws
+    ///
+    /// - Returns: The job's record as written.
+    @discardableResult
+    func deadLetter(_ lease: JobLease, error: GenerationError) async throws -> JobRecord
 
     /// Gives a job back without judging it (a stop, or this machine's storage failing). What its current call
     /// left at the provider decides what the next holder does (see ``JobRecord/release(now:leaving:)``): a call

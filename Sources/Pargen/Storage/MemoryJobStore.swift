@@ -323,9 +323,13 @@ public final class MemoryJobStore: ClaimingJobStore {
         }
     }
 
-    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws {
+    @discardableResult
+    public func complete(_ lease: JobLease, outcome: JobOutcome) async throws -> JobRecord {
         let now = clock.now
-        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.complete(outcome, now: now) } }
+        return try withHeld(lease) { state in
+            state.transition(lease.jobID, now: now) { $0.complete(outcome, now: now) }
+            return state.jobs[lease.jobID]!
+        }
     }
 
     public func retry(
@@ -348,9 +352,13 @@ public final class MemoryJobStore: ClaimingJobStore {
         }
     }
 
-    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws {
+    @discardableResult
+    public func deadLetter(_ lease: JobLease, error: GenerationError) async throws -> JobRecord {
         let now = clock.now
-        try withHeld(lease) { state in state.transition(lease.jobID, now: now) { $0.deadLetter(error, now: now) } }
+        return try withHeld(lease) { state in
+            state.transition(lease.jobID, now: now) { $0.deadLetter(error, now: now) }
+            return state.jobs[lease.jobID]!
+        }
     }
 
     public func release(_ lease: JobLease, leaving trace: CallTrace) async throws {
