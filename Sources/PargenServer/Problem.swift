@@ -176,18 +176,13 @@ enum JSON {
     static func parse(_ buffer: ByteBuffer) throws -> JSONValue {
         let data = Data(buffer: buffer)
         guard !data.isEmpty else { throw Problem(.badRequest, "Bad Request", "the body is empty; send JSON") }
-        // Foundation's decoder says only that the body is not JSON: where and why comes from the scan.
         let bytes = [UInt8](data)
         guard String(validating: bytes, as: UTF8.self) != nil else {
             throw Problem(.badRequest, "Bad Request", "the body is not valid UTF-8")
         }
-        if let problem = JSONSyntax.problem(in: bytes) {
-            throw Problem(.badRequest, "Bad Request", "the body \(problem)")
-        }
-        do {
-            return try JSONDecoder().decode(JSONValue.self, from: data)
-        } catch {
-            throw Problem(.badRequest, "Bad Request", "the body is not valid JSON")
+        switch JSONSyntax.parse(bytes) {
+        case .success(let value): return value
+        case .failure(let problem): throw Problem(.badRequest, "Bad Request", "the body \(problem)")
         }
     }
 }

@@ -194,7 +194,8 @@ import Testing
     ])
     func validJSONIsAcceptedAsFoundationReadsIt(text: String) throws {
         #expect(JSONSyntax.problem(in: Array(text.utf8)) == nil)
-        _ = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        let foundation = try JSONDecoder().decode(JSONValue.self, from: Data(text.utf8))
+        #expect(JSONSyntax.parse(Array(text.utf8)) == .success(foundation))
     }
 
     @Test func nestingIsBoundedAndAProblemOnALaterLineSaysWhichLine() {

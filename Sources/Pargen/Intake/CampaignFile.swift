@@ -104,7 +104,6 @@ public struct CampaignFile: Sendable {
 
     private static func parseJSONL(_ bytes: [UInt8]) -> CampaignFile {
         var file = CampaignFile(format: .jsonl, lines: [], errors: [])
-        let decoder = JSONDecoder()
         for (index, raw) in ByteLines.split(bytes).enumerated() {
             let lineNumber = index + 1
             guard let line = String(validating: raw, as: UTF8.self) else {
@@ -112,23 +111,18 @@ public struct CampaignFile: Sendable {
                 continue
             }
             guard !line.allSatisfy(\.isWhitespace) else { continue }
-            let bytes = Array(raw)
-            if let problem = JSONSyntax.problem(in: bytes) {
-                file.errors.append(
-                    CampaignLineError(line: lineNumber, field: problem.field, message: problem.description)
-                )
-                continue
-            }
             let object: [String: JSONValue]
-            switch try? decoder.decode(JSONValue.self, from: Data(bytes)) {
-            case .object(let members):
+            switch JSONSyntax.parse(Array(raw)) {
+            case .success(.object(let members)):
                 object = members
-            case let value?:
+            case .success(let value):
                 let kind = JSONSyntax.kind(of: value)
                 file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is \(kind), not a JSON object"))
                 continue
-            case nil:
-                file.errors.append(CampaignLineError(line: lineNumber, field: nil, message: "is not valid JSON"))
+            case .failure(let problem):
+                file.errors.append(
+                    CampaignLineError(line: lineNumber, field: problem.field, message: problem.description)
+                )
                 continue
             }
             switch request(from: object, line: lineNumber) {
@@ -273,13 +267,11 @@ public struct CampaignFile: Sendable {
             case .string(let raw):
                 let trimmed = raw.trimmingWhitespace()
                 if !trimmed.isEmpty {
-                    if let problem = JSONSyntax.problem(in: Array(trimmed.utf8)) {
-                        return fail("metadata", "must be a JSON object; the text \(problem)")
-                    }
-                    switch try? JSONDecoder().decode(JSONValue.self, from: Data(trimmed.utf8)) {
-                    case .object(let value): metadata.merge(value) { _, new in new }
-                    case let value?: return fail("metadata", "must be a JSON object, not \(JSONSyntax.kind(of: value))")
-                    case nil: return fail("metadata", "must be a JSON object")
+                    switch JSONSyntax.parse(Array(trimmed.utf8)) {
+                    case .success(.object(let value)): metadata.merge(value) { _, new in new }
+                    case .success(let value):
+                        return fail("metadata", "must be a JSON object, not \(JSONSyntax.kind(of: value))")
+                    case .failure(let problem): return fail("metadata", "must be a JSON object; the text \(problem)")
                     }
                 }
             default: return fail("metadata", "must be a JSON object")

@@ -6,7 +6,7 @@
 /// mean?), a lone UTF-16 surrogate escape, a number too large for a `Double`.
 package enum JSONSyntax {
     /// The first problem in a text, and where it is.
-    package struct Problem: Sendable, Hashable, CustomStringConvertible {
+    package struct Problem: Error, Sendable, Hashable, CustomStringConvertible {
         /// 1-based line of the text (a JSONL line is always line 1 of itself).
         package var line: Int
         /// 1-based column, in characters (Unicode scalars) from the start of the line.
@@ -28,19 +28,26 @@ package enum JSONSyntax {
     /// How deep arrays and objects may nest (Foundation's own limit is 512).
     package static let maximumDepth = 512
 
-    /// The first problem in `bytes`, or `nil` when they are one JSON value with nothing but whitespace around it,
-    /// every object's keys distinct.
-    package static func problem(in bytes: [UInt8]) -> Problem? {
+    /// The JSON value `bytes` hold (nothing but whitespace around it, every object's keys distinct), or the
+    /// first problem in them. The one reading of a campaign line, a metadata cell or a request body: the value is
+    /// read as Foundation's decoder reads it into ``JSONValue``, so no second parse is needed.
+    package static func parse(_ bytes: [UInt8]) -> Result<JSONValue, Problem> {
         var scanner = Scanner(bytes: bytes)
         do throws(Failure) {
             scanner.skipWhitespace()
-            try scanner.value(depth: 0)
+            let value = try scanner.value(depth: 0)
             scanner.skipWhitespace()
             if scanner.index < bytes.count { throw scanner.fail("unexpected text after the JSON value") }
-            return nil
+            return .success(value)
         } catch {
-            return error.problem(in: bytes)
+            return .failure(error.problem(in: bytes))
         }
+    }
+
+    /// The first problem in `bytes`, or `nil` when they are one JSON value (``parse(_:)``).
+    package static func problem(in bytes: [UInt8]) -> Problem? {
+        if case .failure(let problem) = parse(bytes) { return problem }
+        return nil
     }
 
     /// What a value is, for "is an array, not an object".
@@ -100,16 +107,22 @@ package enum JSONSyntax {
             return "'\(Character(Unicode.Scalar(byte)))'"
         }
 
-        mutating func value(depth: Int) throws(Failure) {
+        mutating func value(depth: Int) throws(Failure) -> JSONValue {
             guard let byte = current else { throw fail("expected a value, found the end of the text") }
             switch byte {
-            case UInt8(ascii: "{"): try object(depth: depth + 1)
-            case UInt8(ascii: "["): try array(depth: depth + 1)
-            case UInt8(ascii: "\""): _ = try string()
-            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): try number()
-            case UInt8(ascii: "t"): try literal("true")
-            case UInt8(ascii: "f"): try literal("false")
-            case UInt8(ascii: "n"): try literal("null")
+            case UInt8(ascii: "{"): return .object(try object(depth: depth + 1))
+            case UInt8(ascii: "["): return .array(try array(depth: depth + 1))
+            case UInt8(ascii: "\""): return .string(try string())
+            case UInt8(ascii: "-"), UInt8(ascii: "0")...UInt8(ascii: "9"): return .number(try number())
+            case UInt8(ascii: "t"):
+                try literal("true")
+                return .bool(true)
+            case UInt8(ascii: "f"):
+                try literal("false")
+                return .bool(false)
+            case UInt8(ascii: "n"):
+                try literal("null")
+                return .null
             case UInt8(ascii: "'"): throw fail("strings take double quotes, not single quotes")
             case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"):
                 throw fail(
@@ -129,14 +142,14 @@ package enum JSONSyntax {
             }
         }
 
-        mutating func object(depth: Int) throws(Failure) {
+        mutating func object(depth: Int) throws(Failure) -> [String: JSONValue] {
             guard depth <= maximumDepth else { throw fail("objects and arrays nest more than \(maximumDepth) deep") }
             index += 1
-            var keys: Set<String> = []
+            var members: [String: JSONValue] = [:]
             skipWhitespace()
             if current == UInt8(ascii: "}") {
                 index += 1
-                return
+                return members
             }
             while true {
                 skipWhitespace()
@@ -146,7 +159,7 @@ package enum JSONSyntax {
                 }
                 let key = try string()
                 if depth == 1 { field = key }
-                guard keys.insert(key).inserted else {
+                guard members[key] == nil else {
                     var failure = fail("has the key \"\(key)\" more than once in one object", at: keyStart)
                     failure.isSyntax = false
                     throw failure
@@ -155,26 +168,27 @@ package enum JSONSyntax {
                 guard current == UInt8(ascii: ":") else { throw fail("expected ':' after a key, found \(found())") }
                 index += 1
                 skipWhitespace()
-                try value(depth: depth)
+                members[key] = try value(depth: depth)
                 if try closes(at: "}", after: "member") {
                     if depth == 1 { field = nil }
-                    return
+                    return members
                 }
             }
         }
 
-        mutating func array(depth: Int) throws(Failure) {
+        mutating func array(depth: Int) throws(Failure) -> [JSONValue] {
             guard depth <= maximumDepth else { throw fail("objects and arrays nest more than \(maximumDepth) deep") }
             index += 1
+            var elements: [JSONValue] = []
             skipWhitespace()
             if current == UInt8(ascii: "]") {
                 index += 1
-                return
+                return elements
             }
             while true {
                 skipWhitespace()
-                try value(depth: depth)
-                if try closes(at: "]", after: "value") { return }
+                elements.append(try value(depth: depth))
+                if try closes(at: "]", after: "value") { return elements }
             }
         }
 
@@ -300,7 +314,7 @@ package enum JSONSyntax {
             }
         }
 
-        mutating func number() throws(Failure) {
+        mutating func number() throws(Failure) -> Double {
             let start = index
             func digits() -> Int {
                 let first = index
@@ -326,9 +340,10 @@ package enum JSONSyntax {
                 guard digits() > 0 else { throw fail("expected a digit in the exponent, found \(found())") }
             }
             let text = String(decoding: bytes[start..<index], as: UTF8.self)
-            if let value = Double(text), !value.isFinite {
-                throw fail("the number \(text) is too large (beyond ±1.8e308)", at: start)
-            }
+            // The grammar above is a subset of what `Double` reads, so the conversion cannot fail.
+            let value = Double(text) ?? .nan
+            guard value.isFinite else { throw fail("the number \(text) is too large (beyond ±1.8e308)", at: start) }
+            return value
         }
     }
 }

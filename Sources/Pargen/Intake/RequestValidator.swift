@@ -1,5 +1,3 @@
-import Foundation
-
 /// Checks and normalises requests before anything is queued or spent.
 public struct RequestValidator: Sendable {
     public var configuration: PargenConfiguration.Validation
@@ -60,7 +58,7 @@ public struct RequestValidator: Sendable {
         if let key, key.count > 255 { throw fail("idempotency_key", "is longer than 255 characters") }
         if !request.metadata.isEmpty {
             // Kept in every job record and sent with every call: bounded as a provider's request body would be.
-            let size = (try? JSONEncoder().encode(request.metadata).count) ?? .max
+            let size = JSONValue.object(request.metadata).encodedSize
             guard size <= Self.maximumMetadataBytes else {
                 throw fail(
                     "metadata",

@@ -57,6 +57,31 @@ public enum JSONValue: Sendable, Hashable, Codable, CustomStringConvertible {
         }
     }
 
+    /// Its length in bytes as compact JSON, counted without encoding it (a check on every request's metadata
+    /// must not cost an encoder): numbers as ``plainText`` writes them, escapes at their written length.
+    package var encodedSize: Int {
+        switch self {
+        case .null: return 4
+        case .bool(let value): return value ? 4 : 5
+        case .number: return plainText.utf8.count
+        case .string(let text): return Self.encodedSize(of: text)
+        case .array(let elements): return 2 + max(0, elements.count - 1) + elements.reduce(0) { $0 + $1.encodedSize }
+        case .object(let members):
+            return 2 + max(0, members.count - 1)
+                + members.reduce(0) { $0 + Self.encodedSize(of: $1.key) + 1 + $1.value.encodedSize }
+        }
+    }
+
+    private static func encodedSize(of text: String) -> Int {
+        text.utf8.reduce(2) { size, byte in
+            switch byte {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"), 0x08, 0x09, 0x0A, 0x0C, 0x0D: size + 2
+            case 0x00..<0x20: size + 6
+            default: size + 1
+            }
+        }
+    }
+
     /// The value as an `Int` when it is a number that is exactly a whole `Int`; `nil` otherwise (a fraction,
     /// or a number beyond `Int`'s range such as `1e300`).
     public var exactInt: Int? {
