@@ -55,7 +55,10 @@ struct Simulate: AsyncParsableCommand {
             guard perUserRpm > 0 else { throw ValidationError("--per-user-rpm must be at least 1") }
             setup.configuration.rateLimits.perUserRequestsPerMinute = perUserRpm
         }
-        let overrides = try parseOverrides()
+        let localProviders = setup.includeLocalProviders ? LocalProvider.demoProviders(reliable: true) : []
+        let overrides = try parseOverrides(
+            providerNames: Set(setup.providers.map(\.name) + localProviders.map(\.descriptor.name))
+        )
         var simulated: [CampaignSimulator.Provider] = []
         // The adapters are made only for their descriptors (capabilities, quotas, prices): no key, no call.
         let http = ProviderConnection.makeHTTPClient()
@@ -72,16 +75,22 @@ struct Simulate: AsyncParsableCommand {
             )
         }
         if setup.includeLocalProviders {
-            for provider in LocalProvider.demoProviders(reliable: true) {
-                // A local provider answers after its submit latency plus its render time per media second.
+            for provider in localProviders {
+                // A local provider answers after its submit latency plus its render time per media second, unless
+                // --task-seconds says otherwise for it (then the range is the whole call, whatever the media).
                 let local = provider.configuration
                 let base = local.submitLatency.seconds
                 let spread = base * local.latencyJitter
-                var times = Self.callSeconds("local", name: provider.descriptor.name, overrides)
-                var perMediaSecond = 0.0
-                if overrides.isEmpty {
-                    times = [.audio: (base - spread)...(base + spread), .video: (base - spread)...(base + spread)]
-                    perMediaSecond = local.latencyPerMediaSecond.seconds
+                let own = Self.callSeconds("local", name: provider.descriptor.name, overrides)
+                var times: [GenerationKind: ClosedRange<Double>] = [:]
+                var perMediaSecond: [GenerationKind: Double] = [:]
+                for kind in GenerationKind.allCases {
+                    if Self.override(for: kind, name: provider.descriptor.name, overrides) != nil {
+                        times[kind] = own[kind]
+                    } else {
+                        times[kind] = (base - spread)...(base + spread)
+                        perMediaSecond[kind] = local.latencyPerMediaSecond.seconds
+                    }
                 }
                 simulated.append(
                     CampaignSimulator.Provider(
@@ -119,18 +128,29 @@ struct Simulate: AsyncParsableCommand {
     }
 
     /// `(provider or "*", kind) -> range` from the --task-seconds options.
-    func parseOverrides() throws -> [String: ClosedRange<Double>] {
+    func parseOverrides(providerNames: Set<String>) throws -> [String: ClosedRange<Double>] {
         var overrides: [String: ClosedRange<Double>] = [:]
         for entry in taskSeconds {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
             let bounds = parts.count == 2 ? parts[1].components(separatedBy: "..").compactMap { Double($0) } : []
-            guard parts.count == 2, bounds.count == 2, bounds[0] >= 0, bounds[0] <= bounds[1], bounds[1] <= 86_400
-            else {
+            guard parts.count == 2, bounds.count == 2, bounds.allSatisfy({ $0.isFinite }) else {
                 throw ValidationError("--task-seconds takes KIND=LO..HI or PROVIDER.KIND=LO..HI, such as video=3..8; got \(entry)")
+            }
+            guard bounds[0] >= 0, bounds[1] <= 86_400 else {
+                throw ValidationError("--task-seconds: \(entry): a call time is between 0 and 86400 seconds")
+            }
+            guard bounds[0] <= bounds[1] else {
+                throw ValidationError("--task-seconds: \(entry): LO is above HI")
             }
             let target = parts[0].split(separator: ".").map(String.init)
             guard let kindName = target.last, GenerationKind(rawValue: kindName) != nil, target.count <= 2 else {
                 throw ValidationError("--task-seconds: \(parts[0]) is not audio, video or PROVIDER.audio|video")
+            }
+            if target.count == 2, !providerNames.contains(target[0]) {
+                throw ValidationError(
+                    "--task-seconds: \(entry): no provider is named \(target[0]) (the providers: "
+                        + providerNames.sorted().joined(separator: ", ") + ")"
+                )
             }
             overrides["\(target.count == 2 ? target[0] : "*").\(kindName)"] = bounds[0]...bounds[1]
         }
@@ -153,11 +173,18 @@ struct Simulate: AsyncParsableCommand {
         ]
         var times = defaults[wire] ?? [.audio: 1...4, .video: 60...120]
         for kind in GenerationKind.allCases {
-            if let range = overrides["\(name).\(kind.rawValue)"] ?? overrides["*.\(kind.rawValue)"] {
-                times[kind] = range
-            }
+            if let range = override(for: kind, name: name, overrides) { times[kind] = range }
         }
         return times
+    }
+
+    /// The provider's own --task-seconds range for a kind, else the kind's, else none.
+    static func override(
+        for kind: GenerationKind,
+        name: String,
+        _ overrides: [String: ClosedRange<Double>]
+    ) -> ClosedRange<Double>? {
+        overrides["\(name).\(kind.rawValue)"] ?? overrides["*.\(kind.rawValue)"]
     }
 }
 

@@ -389,8 +389,10 @@ final class ValueReader {
         return value
     }
 
-    func seconds(_ key: String) -> Duration? {
-        double(key, in: 0...31_536_000).map { .milliseconds(Int64(($0 * 1000).rounded())) }
+    /// A length of time in seconds, within `range` (zero to a year by default), kept to the millisecond. A key
+    /// whose value must not be zero (a window, an interval, a time-out) passes a range that starts above zero.
+    func seconds(_ key: String, in range: ClosedRange<Double> = 0...31_536_000) -> Duration? {
+        double(key, in: range).map { .milliseconds(Int64(($0 * 1000).rounded())) }
     }
 
     func money(_ key: String) -> Money? {
@@ -412,7 +414,7 @@ final class ValueReader {
         if let v = int("rateLimits.perProjectRequestsPerMinute") { limits.perProjectRequestsPerMinute = v }
         if let v = int("rateLimits.tokenBucketCapacity") { limits.tokenBucketCapacity = v }
         if let v = int("rateLimits.maxBurst") { limits.maxBurst = v }
-        if let v = seconds("rateLimits.burstWindowSeconds") { limits.burstWindow = v }
+        if let v = seconds("rateLimits.burstWindowSeconds", in: 0.001...3600) { limits.burstWindow = v }
         if let v = seconds("rateLimits.burstCooldownSeconds") { limits.burstCooldown = v }
         if let v = bool("rateLimits.enabled") { limits.enabled = v }
         configuration.rateLimits = limits
@@ -435,6 +437,12 @@ final class ValueReader {
         if let v = int("resources.maxStorageGB") { resources.maxStorageGB = v }
         if let v = double("resources.scaleUpThreshold", in: 0...1) { resources.scaleUpThreshold = v }
         if let v = double("resources.scaleDownThreshold", in: 0...1) { resources.scaleDownThreshold = v }
+        if resources.scaleDownThreshold >= resources.scaleUpThreshold {
+            problems.append(
+                "resources.scaleDownThreshold: must be below scaleUpThreshold (\(resources.scaleUpThreshold)), "
+                    + "not \(resources.scaleDownThreshold)"
+            )
+        }
         configuration.resources = resources
 
         if let v = bool("cache.enabled") { configuration.caching.enabled = v }
@@ -481,15 +489,15 @@ final class ValueReader {
             if let v = string("\(path).videoModel") { provider.videoModel = v }
             if let v = string("\(path).voice") { provider.voice = v }
             if let v = int("\(path).requestsPerMinute") { provider.quota.requestsPerMinute = v }
-            if let v = seconds("\(path).quotaWindowSeconds") { provider.quota.window = v }
+            if let v = seconds("\(path).quotaWindowSeconds", in: 1...86_400) { provider.quota.window = v }
             if let v = double("\(path).quotaMarginMilliseconds", in: 0...60_000) {
                 provider.quota.margin = .milliseconds(Int64(v))
             }
             if let v = int("\(path).concurrentTasks") { provider.quota.concurrentTasks = v }
-            if let v = seconds("\(path).expectedTaskSeconds") { provider.quota.expectedTaskTime = v }
-            if let v = seconds("\(path).pollIntervalSeconds") { provider.pollInterval = v }
-            if let v = seconds("\(path).requestTimeoutSeconds") { provider.requestTimeout = v }
-            if let v = seconds("\(path).taskTimeoutSeconds") { provider.taskTimeout = v }
+            if let v = seconds("\(path).expectedTaskSeconds", in: 1...86_400) { provider.quota.expectedTaskTime = v }
+            if let v = seconds("\(path).pollIntervalSeconds", in: 0.1...3600) { provider.pollInterval = v }
+            if let v = seconds("\(path).requestTimeoutSeconds", in: 1...3600) { provider.requestTimeout = v }
+            if let v = seconds("\(path).taskTimeoutSeconds", in: 1...31_536_000) { provider.taskTimeout = v }
             if let v = endpoint("\(path).batchBaseURL") { provider.batchBaseURL = v }
             if let v = int("\(path).batchThreshold") { provider.batchThreshold = v }
             let prices = [

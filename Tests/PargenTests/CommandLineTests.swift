@@ -121,8 +121,14 @@ import Testing
         #expect(html.contains("<svg") && html.contains("local-fast"))
         // Nothing was written but the report: no media, no store.
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["c.jsonl", "r.html"])
-        let bad = try await pargen(["simulate", jsonl.path, "--task-seconds", "video=8..3"])
-        #expect(bad.status != 0 && bad.output.contains("--task-seconds"), "\(bad.output)")
+        // A range that cannot be, or a provider that is not there, is refused with the reason, not ignored.
+        for (option, reason) in [
+            ("video=8..3", "LO is above HI"), ("video=1..1e9", "between 0 and 86400"),
+            ("video=nan..nan", "such as video=3..8"), ("local-nowhere.video=1..2", "no provider is named local-nowhere"),
+        ] {
+            let bad = try await pargen(["simulate", jsonl.path, "--task-seconds", option])
+            #expect(bad.status != 0 && bad.output.contains(reason), "\(option): \(bad.output)")
+        }
     }
 
     @Test func runExitsTwoWhenTheFileCannotBeRead() async throws {

@@ -1,3 +1,4 @@
+import AsyncHTTPClient
 import Foundation
 import Pargen
 import PargenProviders
@@ -121,6 +122,73 @@ import Testing
         #expect(problems.contains("batching.similarityThreshold: must be within 0.0...1.0"))
         #expect(problems.contains("budgets.global: expected an amount"))
         #expect(error.problems.count == 8, "\(problems)")
+    }
+
+    /// A window, an interval or a time-out of zero is refused with its path: a burst window of zero stopped the
+    /// process on a precondition, a quota window of zero made `pargen simulate` sample the same moment for ever,
+    /// and a poll interval of zero would ask a provider about its task without pause.
+    @Test func lengthsOfTimeThatCannotBeZeroAreRefused() async throws {
+        let path = try write(
+            """
+            providers:
+              openai:
+                quotaWindowSeconds: 0
+                expectedTaskSeconds: 0
+                pollIntervalSeconds: 0.01
+                requestTimeoutSeconds: 0
+                taskTimeoutSeconds: 0.5
+            rateLimits:
+              burstWindowSeconds: 0.0001
+            resources:
+              scaleUpThreshold: 0.3
+              scaleDownThreshold: 0.6
+            """
+        )
+        let error = try await #require(throws: ConfigurationFileError.self) {
+            try await PargenSetup.load(file: path, environment: [:])
+        }
+        let problems = error.problems.joined(separator: "\n")
+        for expected in [
+            "providers.openai.quotaWindowSeconds: must be within 1.0...86400.0, not 0.0",
+            "providers.openai.expectedTaskSeconds: must be within 1.0...86400.0, not 0.0",
+            "providers.openai.pollIntervalSeconds: must be within 0.1...3600.0, not 0.01",
+            "providers.openai.requestTimeoutSeconds: must be within 1.0...3600.0, not 0.0",
+            "providers.openai.taskTimeoutSeconds: must be within 1.0...31536000.0, not 0.5",
+            "rateLimits.burstWindowSeconds: must be within 0.001...3600.0, not 0.0001",
+            "resources.scaleDownThreshold: must be below scaleUpThreshold (0.3), not 0.6",
+        ] {
+            #expect(problems.contains(expected), "\(expected) in \(problems)")
+        }
+        #expect(error.problems.count == 7, "\(problems)")
+
+        // The smallest values allowed build a setup whose simulation ends.
+        let smallest = try write(
+            """
+            providers:
+              openai:
+                apiKeyEnv: OPENAI_TEST_KEY
+                quotaWindowSeconds: 1
+                requestsPerMinute: 2
+            rateLimits:
+              burstWindowSeconds: 0.001
+            """
+        )
+        let setup = try await PargenSetup.load(file: smallest, environment: [:])
+        let provider = PargenSetup.adapter(
+            setup.providers[0],
+            connection: setup.providers[0].connection(apiKey: nil, httpClient: HTTPClient.shared)
+        )
+        let requests = try (0..<5).map {
+            try RequestValidator().validate(GenerationRequest(kind: .audio, prompt: "p\($0)"), fallbackID: "l\($0)")
+        }
+        let report = CampaignSimulator(
+            configuration: setup.configuration,
+            providers: [.init(descriptor: provider.descriptor, callSeconds: [.audio: 0.5...0.5])]
+        ).run(requests)
+        #expect(report.lines == 5)
+        // Two calls per window (1 s, plus the 100 ms margin, counted from each answer at most 0.5 s after its call):
+        // the fifth call goes out in the third window, at about 3.2 s, and ends half a second later.
+        #expect(report.makespan >= .seconds(2.2) && report.makespan <= .seconds(4), "\(report.makespan)")
     }
 
     /// A configuration path that is no such file says what it is, and a large one is refused before it is read

@@ -14,7 +14,7 @@ public struct SlidingWindowLog: Sendable, Hashable {
     private var pending: [Duration] = []
 
     public init(limit: Int, window: Duration) {
-        precondition(limit > 0 && window > .zero)
+        precondition(limit > 0 && window > .zero, "a sliding window needs a limit above 0 and a window above zero")
         self.limit = limit
         self.window = window
     }

@@ -21,15 +21,16 @@ public struct CampaignSimulator: Sendable {
         /// Seconds a call takes from admission to its end, per kind: a speech call's answer, a video task's run
         /// from submit to its end. Drawn uniformly.
         public var callSeconds: [GenerationKind: ClosedRange<Double>]
-        /// Seconds added per second of media asked for (a local provider renders in time with the length).
-        public var perMediaSecond: Double
+        /// Seconds added per second of media asked for, per kind (a local provider renders in time with the
+        /// length).
+        public var perMediaSecond: [GenerationKind: Double]
         /// When a call's arrival is known (its answer, or its task id), at most this long after admission.
         public var answerSeconds: Double
 
         public init(
             descriptor: ProviderDescriptor,
             callSeconds: [GenerationKind: ClosedRange<Double>],
-            perMediaSecond: Double = 0,
+            perMediaSecond: [GenerationKind: Double] = [:],
             answerSeconds: Double = 0.5
         ) {
             self.descriptor = descriptor
@@ -153,7 +154,8 @@ public struct CampaignSimulator: Sendable {
         var rounds = 0
         var samples: [Sample] = []
         let shortestWindow = names.map { byName[$0]!.descriptor.quota.window }.min() ?? .seconds(60)
-        var interval = shortestWindow / 10
+        // A tenth of the shortest window, and never zero (a window of zero would sample the same moment for ever).
+        var interval = max(shortestWindow / 10, .milliseconds(10))
         var nextSample = Duration.zero
         var lastSlotChange = Duration.zero
         var slotsBusy: [String: Int] = [:]
@@ -226,7 +228,7 @@ public struct CampaignSimulator: Sendable {
                 let range = provider.callSeconds[ticket.kind] ?? 1...1
                 let unit = Double(rng.next() >> 11) / Double(1 << 53)
                 let seconds = range.lowerBound + (range.upperBound - range.lowerBound) * unit
-                    + provider.perMediaSecond * requests[index].duration.seconds
+                    + (provider.perMediaSecond[ticket.kind] ?? 0) * requests[index].duration.seconds
                 let duration = Duration.milliseconds(Int64((seconds * 1000).rounded()))
                 running += 1
                 figures[ticket.provider]!.calls += 1
