@@ -126,9 +126,9 @@ struct Demo: AsyncParsableCommand {
         let logger = options.bootstrapLogging()
         let out = URL(fileURLWithPath: options.out ?? "pargen-demo")
         do {
-            try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+            try GenerationRuntime.createOutputFolder(out)
         } catch {
-            fail("cannot create the output folder \(out.path): \(reason(error))")
+            fail(error.description)
         }
         if options.config != nil {
             throw ValidationError(

@@ -142,14 +142,7 @@ public final class GenerationRuntime: Service, Sendable {
         options: Options,
         logger: Logger = Logger(label: "pargen")
     ) async throws(RuntimeError) -> GenerationRuntime {
-        do {
-            try FileManager.default.createDirectory(at: options.outputDirectory, withIntermediateDirectories: true)
-        } catch {
-            throw RuntimeError(
-                .outputFolder,
-                "cannot create the output folder \(options.outputDirectory.path): \(RuntimeError.reason(error))"
-            )
-        }
+        try createOutputFolder(options.outputDirectory)
         let configuration = setup.configuration
         let store: any JobStore
         var lock: StoreLock?
@@ -349,5 +342,21 @@ public final class GenerationRuntime: Service, Sendable {
             }
         }
         lock.withLock { $0 = nil }
+    }
+}
+
+extension GenerationRuntime {
+    /// Makes the output folder (and its parents), or says why it cannot be one: a path that is a file is named as
+    /// such instead of the system's "File exists".
+    public static func createOutputFolder(_ folder: URL) throws(RuntimeError) {
+        var isFolder: ObjCBool = false
+        if FileManager.default.fileExists(atPath: folder.path, isDirectory: &isFolder), !isFolder.boolValue {
+            throw RuntimeError(.outputFolder, "cannot use \(folder.path) as the output folder: it is a file, not a folder")
+        }
+        do {
+            try FileManager.default.createDirectory(at: folder, withIntermediateDirectories: true)
+        } catch {
+            throw RuntimeError(.outputFolder, "cannot create the output folder \(folder.path): \(RuntimeError.reason(error))")
+        }
     }
 }

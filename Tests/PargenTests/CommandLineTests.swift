@@ -137,6 +137,20 @@ import Testing
         #expect(outcome.output.contains("cannot read"))
     }
 
+    @Test func anOutputFolderThatIsAFileIsNamedAsOne() async throws {
+        let folder = temporaryDirectory()
+        let jsonl = folder.appendingPathComponent("c.jsonl")
+        try Data("{\"type\":\"audio\",\"prompt\":\"hi\"}\n".utf8).write(to: jsonl)
+        let file = folder.appendingPathComponent("out")
+        try Data("not a folder".utf8).write(to: file)
+        for command in [["run", jsonl.path], ["demo", "--count", "10"]] {
+            let outcome = try await pargen(command + ["--out", file.path, "--no-progress"])
+            #expect(outcome.status == 2, "\(command): \(outcome.output)")
+            #expect(outcome.output.contains("\(file.path) as the output folder: it is a file, not a folder"), "\(outcome.output)")
+        }
+        #expect(try String(contentsOf: file, encoding: .utf8) == "not a folder")
+    }
+
     @Test func demoRunsTheWholePipelineAndPrintsTheSummary() async throws {
         let out = temporaryDirectory()
         let outcome = try await pargen(["demo", "--out", out.path, "--count", "24"])
