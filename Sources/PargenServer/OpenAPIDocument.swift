@@ -9,7 +9,8 @@ enum OpenAPIDocument {
           description: |
             Parallel audio and video generation across providers, within quotas and budgets.
             Every /v1 route takes `Authorization: Bearer KEY` (`pargen keys create`) and sees only the key's
-            tenant. Errors are RFC 9457 problems (application/problem+json) that name the field.
+            tenant. Errors are RFC 9457 problems (application/problem+json) that name the field. A query
+            parameter that a route does not list is refused with 422, naming it.
         servers:
           - url: http://127.0.0.1:8080
         security:

@@ -64,6 +64,19 @@ public struct Problem: Error, HTTPResponseError, Sendable {
 
     static func notFound(_ what: String) -> Problem { Problem(.notFound, "Not Found", "no \(what)") }
 
+    /// Refuses a query parameter that the route does not read, so that a misspelt filter (`status=` for `state=`)
+    /// is an error instead of a list of every job.
+    static func checkParameters(_ request: Request, accepts known: Set<String>) throws(Problem) {
+        for (name, _) in request.uri.queryParameters where !known.contains(String(name)) {
+            let shown = name.count > 64 ? name.prefix(64) + "..." : name[...]
+            throw invalid(
+                "unknown query parameter \(shown); "
+                    + (known.isEmpty ? "this route takes none" : "this route takes \(known.sorted().joined(separator: ", "))"),
+                field: String(shown)
+            )
+        }
+    }
+
     static func invalid(_ detail: String, field: String? = nil) -> Problem {
         Problem(
             .unprocessableContent,

@@ -7,6 +7,7 @@ extension PargenServer {
     func addAdminRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.get("dead-letters") { request, context -> Response in
             let principal = try context.requirePrincipal()
+            try Problem.checkParameters(request, accepts: ["project"])
             let project = try self.project(request.uri.queryParameters["project"].map(String.init), principal)
             let records = try await self.generator.store.jobs(
                 matching: JobQuery(
@@ -47,6 +48,7 @@ extension PargenServer {
         }
         api.get("stats") { request, context -> Response in
             let principal = try context.requirePrincipal()
+            try Problem.checkParameters(request, accepts: ["project"])
             let project = try self.project(request.uri.queryParameters["project"].map(String.init), principal)
             return JSON.response(.ok, try await self.stats(project: project, principal: principal))
         }

@@ -8,6 +8,7 @@ extension PargenServer {
     func addCampaignRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.post("campaigns") { request, context -> Response in
             let principal = try context.requirePrincipal()
+            try Problem.checkParameters(request, accepts: ["name", "project"])
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxUploadBytes)
             return try await self.idempotent(request, principal: principal, body: body) {
@@ -103,6 +104,7 @@ extension PargenServer {
     /// times).
     func campaign(_ name: String, request: Request, principal: Principal) async throws -> Answer {
         guard APIKeys.validName(name) else { throw Problem.notFound("campaign \(name.prefix(64))") }
+        try Problem.checkParameters(request, accepts: ["project"])
         let project = try project(request.uri.queryParameters["project"].map(String.init), principal)
         let records = try await generator.store.jobs(
             matching: JobQuery(campaign: principal.qualified(name), project: principal.qualified(project))

@@ -16,6 +16,7 @@ extension PargenServer {
     /// `GET /v1/events`: Server-Sent Events of the caller's tenant (`job`, `campaign` and `project` filter them),
     /// from after `Last-Event-ID` (header, or `last_event_id` in the query) when given, else from now.
     func eventStream(_ request: Request, principal: Principal) throws -> Response {
+        try Problem.checkParameters(request, accepts: ["job", "campaign", "project", "last_event_id"])
         let parameters = request.uri.queryParameters
         let job = parameters["job"].map(String.init)
         let campaign = parameters["campaign"].map { principal.qualified(String($0)) }

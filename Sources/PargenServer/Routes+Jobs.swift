@@ -32,6 +32,7 @@ extension PargenServer {
     func addJobRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.post("jobs") { request, context -> Response in
             let principal = try context.requirePrincipal()
+            try Problem.checkParameters(request, accepts: [])
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxJSONBodyBytes)
             let wait = self.preferredWait(request)
@@ -232,6 +233,7 @@ extension PargenServer {
     // MARK: List
 
     func listJobs(_ request: Request, principal: Principal) async throws -> Answer {
+        try Problem.checkParameters(request, accepts: ["project", "state", "user", "provider", "campaign", "limit", "cursor"])
         let parameters = request.uri.queryParameters
         var query = JobQuery()
         query.project = principal.qualified(try project(parameters["project"].map(String.init), principal))

@@ -300,6 +300,18 @@ extension TestResponse {
                 #expect(response.status == .unprocessableContent, "\(query)")
                 #expect((response.json["errors"] as? [[String: Any]])?.first?["field"] as? String == field)
             }
+            // A parameter the route does not read is refused, not ignored: `status=` for `state=` would otherwise
+            // list every job as if it matched.
+            for (method, path, field) in [
+                (HTTPRequest.Method.get, "/v1/jobs?status=dead_lettered", "status"),
+                (.get, "/v1/dead-letters?limit=5", "limit"), (.get, "/v1/stats?window=60", "window"),
+                (.post, "/v1/jobs?wait=30", "wait"), (.post, "/v1/campaigns?name=c&projcet=x", "projcet"),
+            ] {
+                let response = try await client.call(method, path, key: fixture.acme, body: #"{"type":"audio","prompt":"x"}"#)
+                #expect(response.status == .unprocessableContent, "\(path)")
+                #expect((response.json["errors"] as? [[String: Any]])?.first?["field"] as? String == field, "\(path)")
+                #expect((response.json["detail"] as? String)?.hasPrefix("unknown query parameter \(field); this route takes") == true)
+            }
             let budget = try await client.call(.put, "/v1/budgets", key: fixture.acmeAdmin, body: #"{"scope":"project","name":"social","limit":"ten"}"#)
             #expect(budget.status == .unprocessableContent)
             #expect((budget.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "limit")
