@@ -104,13 +104,22 @@ struct Simulate: AsyncParsableCommand {
         }
         let validator = RequestValidator(configuration: setup.configuration.validation)
         var requests: [ValidatedRequest] = []
-        var invalid = campaign.errors.count
+        var problems = campaign.errors
         for line in campaign.lines {
             do {
                 requests.append(try validator.validate(line.request, fallbackID: "line-\(line.line)"))
             } catch {
-                invalid += 1
+                problems.append(CampaignLineError(line: line.line, field: error.field, message: error.message))
             }
+        }
+        let invalid = problems.count
+        // The invalid lines are left out of the prediction; say which and why, as `pargen run` would refuse them.
+        let shown = 10
+        for problem in problems.sorted(by: { $0.line < $1.line }).prefix(shown) {
+            FileHandle.standardError.write(Data("invalid: \(problem)\n".utf8))
+        }
+        if invalid > shown {
+            FileHandle.standardError.write(Data("invalid: \(invalid - shown) more line(s) not shown\n".utf8))
         }
         let started = ContinuousClock.now
         let result = CampaignSimulator(configuration: setup.configuration, providers: simulated, seed: seed)

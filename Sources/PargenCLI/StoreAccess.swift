@@ -135,6 +135,11 @@ struct Jobs: AsyncParsableCommand {
     @Option(help: "At most this many jobs.") var limit: Int = 100
     @Option(help: "A configuration file (for postgres.url).") var config: String?
 
+    func validate() throws {
+        // A limit of 0 or less read as no limit in the store's query and listed every job.
+        guard (1...100_000).contains(limit) else { throw ValidationError("--limit must be from 1 to 100000, not \(limit)") }
+    }
+
     func run() async throws {
         var states: Set<JobState>?
         if let state {

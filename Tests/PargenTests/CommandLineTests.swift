@@ -116,6 +116,7 @@ import Testing
         ])
         #expect(outcome.status == 0, "\(outcome.output)")
         #expect(outcome.output.contains("35 lines simulated (1 invalid, 0 no provider can take)"), "\(outcome.output)")
+        #expect(outcome.output.contains("invalid: line 35: priority: "), "\(outcome.output)")
         #expect(outcome.output.contains("predicted makespan"))
         let html = try String(contentsOf: report, encoding: .utf8)
         #expect(html.contains("<svg") && html.contains("local-fast"))
@@ -194,6 +195,13 @@ import Testing
         #expect(try await pargen(["dlq", "list", "--out", out]).output.contains("0 dead-lettered"))
         let bad = try await pargen(["jobs", "--out", out, "--state", "sideways"])
         #expect(bad.status != 0 && bad.output.contains("--state must be one of"))
+        // A limit of 0 or below is refused (it read as no limit and listed every job).
+        for limit in ["0", "-1"] {
+            let refused = try await pargen(["jobs", "--out", out, "--limit=\(limit)"])
+            #expect(refused.status != 0 && refused.output.contains("--limit must be from 1 to 100000, not \(limit)"))
+        }
+        let one = try await pargen(["jobs", "--out", out, "--limit", "1"])
+        #expect(one.status == 0 && one.output.split(separator: "\n").count == 1, "\(one.output)")
     }
 
     /// What cannot be read or written ends the command with exit 2 and one line naming the path, never an
