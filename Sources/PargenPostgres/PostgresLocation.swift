@@ -1,4 +1,5 @@
 import Foundation
+public import Logging
 public import PostgresNIO
 
 /// Where a PostgreSQL server is, read from a `postgres://user:password@host:port/database` URL.
@@ -66,6 +67,51 @@ public struct PostgresLocation: Sendable, Hashable, CustomStringConvertible {
         // worker's claims) is ended by the server.
         configuration.options.additionalStartupParameters = [("idle_in_transaction_session_timeout", "30000")]
         return configuration
+    }
+
+    /// Why one connection to the server could not be made, and whether trying again can help.
+    public struct Refusal: Error, Sendable, CustomStringConvertible {
+        /// The server's own words and SQLSTATE, or the transport's (never the password).
+        public var reason: String
+        /// The server refused who we are or what we asked for (SQLSTATE class 28, authorization; 3D000, no such
+        /// database): the same URL will be refused again. A refused or timed-out connection, or a server that is
+        /// starting, shutting down or full, is not permanent.
+        public var permanent: Bool
+        public var description: String { reason }
+    }
+
+    /// Makes one connection and closes it: `nil` when the server took it, else why not. What a pool only logs
+    /// (it tries again for ever), this says, so that a command can end at once on a permanent refusal and name the
+    /// last reason when the server never answers.
+    public func probe(logger: Logger, timeout: Duration = .seconds(5)) async -> Refusal? {
+        do {
+            let tls: PostgresConnection.Configuration.TLS =
+                requireTLS ? .require(try NIOSSLContext(configuration: .makeClientConfiguration())) : .disable
+            var configuration = PostgresConnection.Configuration(
+                host: host,
+                port: port,
+                username: username,
+                password: password,
+                database: database,
+                tls: tls
+            )
+            configuration.options.connectTimeout = .init(timeout)
+            let connection = try await PostgresConnection.connect(configuration: configuration, id: 0, logger: logger)
+            try? await connection.close()
+            return nil
+        } catch let error as PSQLError {
+            if let message = error.serverInfo?[.message] {
+                let state = error.serverInfo?[.sqlState] ?? ""
+                return Refusal(
+                    reason: "server: \(message)" + (state.isEmpty ? "" : " (\(state))"),
+                    permanent: state.hasPrefix("28") || state == "3D000"
+                )
+            }
+            let cause = error.underlying.map { String(describing: $0) } ?? "\(error.code)"
+            return Refusal(reason: String(cause.prefix(300)), permanent: false)
+        } catch {
+            return Refusal(reason: String(String(describing: error).prefix(300)), permanent: false)
+        }
     }
 
     /// Why a PostgreSQL URL was refused.

@@ -47,6 +47,11 @@ public final class PostgresStoreConnection: Sendable {
         // Unstructured: the pool must run before (and while) the store is opened, and until close().
         let runner = Task { await client.run() }
         let schemaName = schema ?? "pargen"
+        // Beside the pool, which tries again for ever and only logs why, a connection of our own every second
+        // says why the server does not take us: a refusal that will not change (a role or password it does not
+        // know, a database that is not there) ends the wait at once, and a wait that runs out names the last cause.
+        let lastRefusal = Locked<PostgresLocation.Refusal?>(nil)
+        let probeLogger = poolLogger
         let opened: Result<PostgresJobStore, any Error> = await withTaskGroup(of: Result<PostgresJobStore, any Error>?.self) { group in
             group.addTask {
                 do {
@@ -56,12 +61,27 @@ public final class PostgresStoreConnection: Sendable {
                 }
             }
             group.addTask {
-                try? await Task.sleep(for: timeout)
+                while !Task.isCancelled {
+                    if let refusal = await location.probe(logger: probeLogger) {
+                        if refusal.permanent { return .failure(refusal) }
+                        lastRefusal.withLock { $0 = refusal }
+                    } else {
+                        lastRefusal.withLock { $0 = nil }
+                    }
+                    try? await Task.sleep(for: .seconds(1))
+                }
                 return nil
             }
-            let first = await group.next()!
+            group.addTask {
+                try? await Task.sleep(for: timeout)
+                let cause = lastRefusal.withLock { $0 }.map { " (the last attempt: \($0.reason))" } ?? ""
+                return .failure(StoreError(.unavailable, "no answer within \(timeout)\(cause)"))
+            }
+            // The first answer decides: the store, a permanent refusal, or the end of the wait.
+            var first: Result<PostgresJobStore, any Error>?
+            while first == nil, let next = await group.next() { first = next }
             group.cancelAll()
-            return first ?? .failure(StoreError(.unavailable, "no answer within \(timeout)"))
+            return first!
         }
         switch opened {
         case .success(let store):

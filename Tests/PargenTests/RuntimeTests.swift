@@ -1,5 +1,6 @@
 import Foundation
 import Pargen
+import PargenPostgres
 import PargenProviders
 import PargenRuntime
 import PargenSQLite
@@ -116,6 +117,35 @@ struct RuntimeTests {
             "nothing failed, nothing lost: \(counts)"
         )
         await runtime.close()
+    }
+
+    /// A PostgreSQL server that refuses who we are or what we ask for says so at once, in its own words; one
+    /// that never answers is waited for, and the wait's end names the last cause. The pool alone only logged the
+    /// refusal and tried again for ever, so `pargen status --postgres` waited 30 s and said "no answer".
+    @Test func aPostgreSQLServerThatRefusesUsIsNamedAtOnce() async throws {
+        let url = try #require(TestPostgres.url, "PARGEN_TEST_POSTGRES_URL")
+        var location = try PostgresLocation(url: url)
+        for (change, expected) in [
+            ({ (l: inout PostgresLocation) in l.database = "pargen_no_such_database" }, "(3D000)"),
+            ({ (l: inout PostgresLocation) in l.username = "pargen_no_such_role" }, "(28000)"),
+        ] {
+            var wrong = location
+            change(&wrong)
+            let started = ContinuousClock.now
+            let error = await #expect(throws: RuntimeError.self) {
+                _ = try await PostgresStoreConnection.open(url: wrong.redacted, schema: nil, timeout: .seconds(20))
+            }
+            let shown = "\(try #require(error))"
+            #expect(shown.contains("server: ") && shown.contains(expected), "\(shown)")
+            #expect(ContinuousClock.now - started < .seconds(10), "refused at once, not at the end of the wait")
+        }
+        // Nothing listens on the port: the wait runs out, naming the last attempt's cause.
+        location.port = 1
+        let error = await #expect(throws: RuntimeError.self) {
+            _ = try await PostgresStoreConnection.open(url: location.redacted, schema: nil, timeout: .seconds(2))
+        }
+        let shown = "\(try #require(error))"
+        #expect(shown.contains("no answer within 2.0 seconds (the last attempt: ") && shown.contains("refused"), "\(shown)")
     }
 
     @Test func aMissingKeyIsNamedAndNothingIsLeftOpen() async throws {
