@@ -5,6 +5,7 @@ import Foundation
 import Glibc
 #endif
 import Logging
+import NIOCore
 import Pargen
 import PargenPostgres
 import PargenProviders
@@ -125,6 +126,9 @@ struct Serve: AsyncParsableCommand {
         let server = PargenServer(generator: generator, serviceStore: serviceStore, configuration: configuration, logger: logger)
         let host = self.host
         let storeName = runtime.storeDescription
+        // Set when the server ended by an error (it could not listen, or failed while serving), not a signal: the
+        // command then exits 2 after the leases are given back, so a supervisor sees that it did not serve.
+        var failure: String?
         do {
             // The runtime runs before the server in one group and stops after it: the server stops accepting,
             // lets requests in flight finish and ends event streams; then the runtime gives every lease back.
@@ -132,9 +136,12 @@ struct Serve: AsyncParsableCommand {
                 print("pargen: serving on http://\(host):\(port) (store \(storeName)); SIGTERM or Ctrl-C stops it")
                 fflush(nil)
             }
+        } catch let error as IOError where error.errnoCode == EADDRINUSE || error.errnoCode == EACCES {
+            failure = "cannot listen on \(host):\(port): \(String(cString: strerror(error.errnoCode)))"
         } catch {
-            FileHandle.standardError.write(Data("pargen: the server stopped: \(error)\n".utf8))
+            failure = "the server stopped: \(error)"
         }
+        if let failure { FileHandle.standardError.write(Data("pargen: \(failure)\n".utf8)) }
         print("pargen: no longer accepting requests; the leases are given back")
         fflush(nil)
         // The runtime stopped the engine when the group shut down; a group cut short by its grace period may not
@@ -149,6 +156,7 @@ struct Serve: AsyncParsableCommand {
             )
         }
         if let halt = generator.haltReason { fail("stopped taking work: \(halt)") }
+        if failure != nil { Foundation.exit(2) }
     }
 }
 

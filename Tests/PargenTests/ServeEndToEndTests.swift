@@ -79,6 +79,15 @@ extension SoloTests {
         let port = try #require(Int(base.split(separator: ":").last ?? ""))
         #expect(try await HTTPExchange.send(.GET, base + "/readyz", key: nil).status == 200)
 
+        // A second server on the same port cannot listen: it says so and exits 2 (it exited 0, as if it had
+        // served and been stopped, so a supervisor saw nothing wrong).
+        let busyLog = folder.appendingPathComponent("busy.log")
+        let busy = try launch(["serve", "--memory", "--port", "\(port)"], output: busyLog)
+        try await waitUntil(seconds: 60) { !busy.isRunning }
+        let busyOutput = (try? String(contentsOf: busyLog, encoding: .utf8)) ?? ""
+        #expect(busy.terminationStatus == 2, "\(busyOutput)")
+        #expect(busyOutput.contains("cannot listen on 127.0.0.1:\(port): Address already in use"), "\(busyOutput)")
+
         // Create, follow by SSE, download.
         let following = Task {
             try await readEvents(port: port, key: key) { events in
