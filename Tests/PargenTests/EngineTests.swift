@@ -187,14 +187,19 @@ import Testing
             .audio(prompt: "too long", duration: .seconds(10_000)),
             .video(prompt: "no video provider"),
             .audio(prompt: "pinned", provider: "nope"),
+            .audio(prompt: "a format no provider makes", format: .mp4),
+            .audio(prompt: "pinned, in a format it does not make", format: .mp4, provider: "p"),
         ])
         try await generator.stop()
         #expect(results[0].succeeded)
         #expect(results[1].error?.field == "prompt")
         #expect(results[2].error?.field == "duration")
-        #expect(results[3].error?.code == .noCapableProvider)
+        // The field at fault is the one every provider refuses: the kind of media, or the format.
+        #expect(results[3].error?.code == .noCapableProvider && results[3].error?.field == "type")
         #expect(results[4].error?.field == "provider")
-        #expect(await generator.systemStats().invalid == 4)
+        #expect(results[5].error?.code == .noCapableProvider && results[5].error?.field == "format")
+        #expect(results[6].error?.field == "format", "the provider is there; the format is what it cannot make")
+        #expect(await generator.systemStats().invalid == 6)
     }
 
     /// One call at a time, so that each is admitted in its own scheduling round: the urgent lines are admitted

@@ -63,6 +63,20 @@ public final class LoadBalancer: Sendable {
         return reasons.isEmpty ? "no providers are configured" : reasons.joined(separator: "; ")
     }
 
+    /// The field of `request` at fault when no provider can serve it: the one field every candidate refuses
+    /// (`format` when none produces it), else `provider` for a pinned provider, else `nil`.
+    public func refusedField(for request: ValidatedRequest) -> String? {
+        let candidates = request.provider.map { [$0] } ?? order
+        var fields: Set<String> = []
+        for name in candidates {
+            guard let descriptor = descriptors[name] else { return "provider" }
+            guard let refused = descriptor.capabilities.refusedField(for: request) else { return nil }
+            fields.insert(refused.field)
+        }
+        if fields.count == 1 { return fields.first }
+        return request.provider == nil ? nil : "provider"
+    }
+
     /// Chooses a provider for one call.
     ///
     /// - Parameters:

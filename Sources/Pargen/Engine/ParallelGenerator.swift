@@ -302,11 +302,7 @@ public final class ParallelGenerator: Service, Sendable {
             do throws(GenerationError) {
                 let checked = try validator.validate(request, fallbackID: fallbackID)
                 if let refusal = balancer.refusal(for: checked) {
-                    throw GenerationError(
-                        .noCapableProvider,
-                        refusal,
-                        field: checked.provider == nil ? nil : "provider"
-                    )
+                    throw GenerationError(.noCapableProvider, refusal, field: balancer.refusedField(for: checked))
                 }
                 valid.append((index, checked))
             } catch {

@@ -53,35 +53,41 @@ public struct ProviderCapabilities: Sendable, Hashable {
     }
 
     /// Why this provider cannot serve `request`, or `nil` when it can.
-    public func refusal(for request: ValidatedRequest) -> String? {
-        guard kinds.contains(request.kind) else { return "does not generate \(request.kind)" }
+    public func refusal(for request: ValidatedRequest) -> String? { refusedField(for: request)?.reason }
+
+    /// Which field of `request` this provider cannot serve (`type`, `format`, `duration`, `resolution`, `prompt`,
+    /// `voice` or `model`) and why, or `nil` when it can serve it.
+    public func refusedField(for request: ValidatedRequest) -> (field: String, reason: String)? {
+        guard kinds.contains(request.kind) else { return ("type", "does not generate \(request.kind)") }
         let formats = request.kind == .audio ? audioFormats : videoFormats
         if let format = request.format, !formats.contains(format) {
-            return "cannot produce \(format) (it produces \(formats.map(\.name).joined(separator: ", ")))"
+            return ("format", "cannot produce \(format) (it produces \(formats.map(\.name).joined(separator: ", ")))")
         }
         let longest = request.kind == .audio ? maxAudioDuration : maxVideoDuration
         if request.duration > longest {
-            return "cannot make \(request.kind) longer than \(longest.seconds.formatted1) s"
+            return ("duration", "cannot make \(request.kind) longer than \(longest.seconds.formatted1) s")
         }
         if request.kind == .audio, request.duration < minAudioDuration {
-            return "cannot make audio shorter than \(minAudioDuration.seconds.formatted1) s"
+            return ("duration", "cannot make audio shorter than \(minAudioDuration.seconds.formatted1) s")
         }
         if request.kind == .video, let allowed = videoDurations, !allowed.contains(request.duration) {
             let list = allowed.map { "\($0.seconds.formatted1) s" }.joined(separator: ", ")
-            return "makes videos of \(list) only, not \(request.duration.seconds.formatted1) s"
+            return ("duration", "makes videos of \(list) only, not \(request.duration.seconds.formatted1) s")
         }
         if request.kind == .video, let resolution = request.resolution {
-            guard let maxResolution else { return "does not render video" }
+            guard let maxResolution else { return ("resolution", "does not render video") }
             if resolution.width > maxResolution.width || resolution.height > maxResolution.height {
-                return "renders at most \(maxResolution)"
+                return ("resolution", "renders at most \(maxResolution)")
             }
             if let allowed = videoResolutions, !allowed.contains(resolution) {
-                return "renders \(allowed.map(\.description).joined(separator: ", ")) only, not \(resolution)"
+                return ("resolution", "renders \(allowed.map(\.description).joined(separator: ", ")) only, not \(resolution)")
             }
         }
-        if request.prompt.count > maxPromptLength { return "accepts prompts of at most \(maxPromptLength) characters" }
-        if let voice = request.voice, let voices, !voices.contains(voice) { return "has no voice \(voice)" }
-        if let model = request.model, !models.isEmpty, !models.contains(model) { return "has no model \(model)" }
+        if request.prompt.count > maxPromptLength {
+            return ("prompt", "accepts prompts of at most \(maxPromptLength) characters")
+        }
+        if let voice = request.voice, let voices, !voices.contains(voice) { return ("voice", "has no voice \(voice)") }
+        if let model = request.model, !models.isEmpty, !models.contains(model) { return ("model", "has no model \(model)") }
         return nil
     }
 
