@@ -171,7 +171,8 @@ struct Enqueue: AsyncParsableCommand {
         )
         let ids: [JobID]
         do {
-            ids = try await generator.submit(CampaignRunner.requests(of: campaign))
+            let keys = try await CampaignRunner.lineKeys(in: store)
+            ids = try await generator.submit(CampaignRunner.requests(of: campaign, keys: keys))
             try? await http.shutdown()
         } catch {
             try? await http.shutdown()

@@ -495,7 +495,7 @@ final class ValueReader {
             }
             if let v = int("\(path).concurrentTasks") { provider.quota.concurrentTasks = v }
             if let v = seconds("\(path).expectedTaskSeconds", in: 1...86_400) { provider.quota.expectedTaskTime = v }
-            if let v = seconds("\(path).pollIntervalSeconds", in: 0.1...3600) { provider.pollInterval = v }
+            if let v = seconds("\(path).pollIntervalSeconds", in: 0.01...3600) { provider.pollInterval = v }
             if let v = seconds("\(path).requestTimeoutSeconds", in: 1...3600) { provider.requestTimeout = v }
             if let v = seconds("\(path).taskTimeoutSeconds", in: 1...31_536_000) { provider.taskTimeout = v }
             if let v = endpoint("\(path).batchBaseURL") { provider.batchBaseURL = v }

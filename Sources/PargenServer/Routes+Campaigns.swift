@@ -49,13 +49,20 @@ extension PargenServer {
         let file = CampaignFile.parse(Data(buffer: body), format: format)
         var problems = file.errors.map { FieldProblem(field: $0.field, message: $0.message, line: $0.line) }
         var requests: [(line: Int, request: GenerationRequest)] = []
-        for line in file.lines {
+        // Uploading the same file again adds nothing twice (as `pargen enqueue` does), and a line is keyed by what
+        // it asks for, not where it is: an edited file re-uploaded adds its new and changed lines only. A campaign
+        // begun with `NAME:line-N` keys (before content keys) keeps them.
+        let earlier = try await generator.store.jobs(matching: JobQuery(campaign: principal.qualified(name), limit: 1))
+        let byLineNumber = earlier.first?.request.idempotencyKey?.hasPrefix("\(name):line-") == true
+        let keyed = CampaignRunner.requests(of: file)
+        for (line, keyedRequest) in zip(file.lines, keyed) {
             var request = line.request
             // A line's own project is not the tenant's to choose here: the upload's project holds every line.
             request.project = principal.qualified(project)
             request.campaign = principal.qualified(name)
-            // Enqueuing the same file again adds nothing twice (as `pargen enqueue` does).
-            if request.idempotencyKey == nil { request.idempotencyKey = "\(name):line-\(line.line)" }
+            if request.idempotencyKey == nil {
+                request.idempotencyKey = byLineNumber ? "\(name):line-\(line.line)" : "\(name):\(keyedRequest.idempotencyKey!)"
+            }
             requests.append((line.line, request))
         }
         let ids = requests.isEmpty ? [] : try await generator.submit(requests.map(\.request))

@@ -134,7 +134,7 @@ import Testing
               openai:
                 quotaWindowSeconds: 0
                 expectedTaskSeconds: 0
-                pollIntervalSeconds: 0.01
+                pollIntervalSeconds: 0.001
                 requestTimeoutSeconds: 0
                 taskTimeoutSeconds: 0.5
             rateLimits:
@@ -151,7 +151,7 @@ import Testing
         for expected in [
             "providers.openai.quotaWindowSeconds: must be within 1.0...86400.0, not 0.0",
             "providers.openai.expectedTaskSeconds: must be within 1.0...86400.0, not 0.0",
-            "providers.openai.pollIntervalSeconds: must be within 0.1...3600.0, not 0.01",
+            "providers.openai.pollIntervalSeconds: must be within 0.01...3600.0, not 0.001",
             "providers.openai.requestTimeoutSeconds: must be within 1.0...3600.0, not 0.0",
             "providers.openai.taskTimeoutSeconds: must be within 1.0...31536000.0, not 0.5",
             "rateLimits.burstWindowSeconds: must be within 0.001...3600.0, not 0.0001",

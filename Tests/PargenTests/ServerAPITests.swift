@@ -510,6 +510,13 @@ extension TestResponse {
             )
             #expect(second.json["accepted"] as? Int == 1)
             #expect((second.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "extra")
+            // The same lines again, with one inserted above them: only the new line is a new job (with line
+            // numbers in the key, "A" moved to line 2 and became a second job).
+            let edited = #"{"type":"audio","prompt":"Z, new","duration":1}"# + "\n" + #"{"type":"audio","prompt":"A","duration":1}"# + "\n"
+            let third = try await client.call(
+                .post, "/v1/campaigns?name=launch", key: fixture.acme, body: edited, headers: [.contentType: "application/jsonl"]
+            )
+            #expect(third.status == .accepted, "\(third.text)")
             let wrongType = try await client.call(.post, "/v1/campaigns?name=x", key: fixture.acme, body: "a", headers: [.contentType: "image/png"])
             #expect(wrongType.status == .unsupportedMediaType)
             let empty = try await client.call(.post, "/v1/campaigns?name=x", key: fixture.acme, body: "\n", headers: [.contentType: "text/csv"])
@@ -525,7 +532,7 @@ extension TestResponse {
                 return campaign["progress"] as? Double == 1
             }
             let campaign = try await client.call(.get, "/v1/campaigns/launch", key: fixture.acme).json
-            #expect(campaign["jobs"] as? Int == 2)
+            #expect(campaign["jobs"] as? Int == 3)
             #expect(campaign["spent"] as? String != "0.00")
             #expect(campaign["projected"] as? String == campaign["spent"] as? String)
             #expect(campaign["eta_seconds"] as? Double == 0)

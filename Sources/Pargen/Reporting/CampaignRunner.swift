@@ -104,7 +104,7 @@ public enum CampaignRunner {
         try LocalResourceError.checking(outputDirectory, "create the folder") {
             try FileManager.default.createDirectory(at: outputDirectory, withIntermediateDirectories: true)
         }
-        let ids = try await generator.submit(requests(of: file))
+        let ids = try await generator.submit(requests(of: file, keys: try await lineKeys(in: generator.store)))
         var rows: [ManifestRow] = []
         var errors = file.errors
         for error in file.errors {
@@ -190,27 +190,71 @@ public enum CampaignRunner {
         }
     }
 
+    /// How a campaign's lines are keyed in the store.
+    public enum LineKeys: Sendable, Hashable {
+        /// `line:<hash of the line's fields>:<occurrence>`: a line is the same job wherever it moves in the file;
+        /// a changed line is a new job; the second of two identical lines is a job of its own.
+        case content
+        /// `line-N-<hash>`, as stores made before content keys have them: kept for those stores, so that a
+        /// campaign begun there goes on with the same jobs instead of paying for every line again.
+        case lineNumbers
+    }
+
     /// The campaign's requests, each with a deterministic idempotency key (unless the line has its own), so that
     /// submitting the same campaign again to the same store continues it: finished lines are not redone, and
     /// workers that enqueue the same file together add each line once.
-    public static func requests(of file: CampaignFile) -> [GenerationRequest] {
-        file.lines.map { line in
+    ///
+    /// With ``LineKeys/content`` (the default) a line's key does not depend on where it is in the file: inserting,
+    /// removing or moving lines of a half-done campaign leaves every other line the job it was (with line numbers
+    /// in the key, a line inserted at the top made every line after it a new job, bought again).
+    public static func requests(of file: CampaignFile, keys: LineKeys = .content) -> [GenerationRequest] {
+        var occurrences: [String: Int] = [:]
+        return file.lines.map { line in
             var request = line.request
-            if request.idempotencyKey == nil { request.idempotencyKey = lineKey(line) }
+            if request.idempotencyKey == nil {
+                switch keys {
+                case .content:
+                    let digest = contentDigest(line)
+                    occurrences[digest, default: 0] += 1
+                    request.idempotencyKey = "line:\(digest):\(occurrences[digest]!)"
+                case .lineNumbers:
+                    request.idempotencyKey = "line-\(line.line)-\(digest(of: line.request))"
+                }
+            }
             return request
         }
     }
 
-    /// `line-N-<hash of the line's fields>`: a changed line is a new job, an unchanged one the same job.
-    static func lineKey(_ line: CampaignLine) -> String {
-        let r = line.request
+    /// The keys the lines of a campaign get in `store`: ``LineKeys/lineNumbers`` when the store's first job has a
+    /// key of that form (a store from before content keys), else ``LineKeys/content``.
+    public static func lineKeys(in store: any JobStore) async throws -> LineKeys {
+        let first = try await store.jobs(matching: JobQuery(limit: 1)).first
+        return first?.request.idempotencyKey.map(isLineNumberKey) == true ? .lineNumbers : .content
+    }
+
+    /// Whether `key` is a `line-N-<16 hex digits>` key.
+    static func isLineNumberKey(_ key: String) -> Bool {
+        let parts = key.split(separator: "-", omittingEmptySubsequences: false)
+        return parts.count == 3 && parts[0] == "line" && Int(parts[1]) != nil && parts[2].count == 16
+            && parts[2].allSatisfy(\.isHexDigit)
+    }
+
+    /// The hash of a line's fields, without its line number: the id `line-N` that a line without an id is given
+    /// is left out, so the line hashes alike wherever it is.
+    static func contentDigest(_ line: CampaignLine) -> String {
+        var request = line.request
+        if request.id == "line-\(line.line)" { request.id = "" }
+        return digest(of: request)
+    }
+
+    /// 16 hex digits of SHA-256 over the request's fields, each length-prefixed.
+    static func digest(of r: GenerationRequest) -> String {
         let fields: [String] = [
             r.kind.rawValue, r.prompt, r.priority.description, r.duration.map { String($0.milliseconds) } ?? "-",
             r.format?.name ?? "-", r.resolution?.description ?? "-", r.voice ?? "-", r.model ?? "-", r.provider ?? "-",
             r.user, r.project, r.campaign ?? "-", r.id, JSONValue.object(r.metadata).description,
         ]
-        let digest = SHA256Hasher.hex(of: fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|"))
-        return "line-\(line.line)-\(digest.prefix(16))"
+        return String(SHA256Hasher.hex(of: fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|")).prefix(16))
     }
 
     /// Waits for every job already in the store (a campaign resumed without its file) and writes the manifests.

@@ -1,0 +1,58 @@
+import Foundation
+import Pargen
+import PargenTesting
+import Testing
+
+/// A campaign's lines are keyed in the store by what they ask for, not by where they are in the file: running an
+/// edited file again buys its new and changed lines only. With line numbers in the key, one line inserted at the
+/// top of a finished 60-line campaign made all 60 new jobs, and `pargen run` paid for every line again.
+@Suite struct CampaignKeyTests {
+    static func file(_ prompts: [String]) -> CampaignFile {
+        CampaignFile.parse(
+            prompts.map { #"{"type":"audio","prompt":"\#($0)","duration":1}"# }.joined(separator: "\n"),
+            format: .jsonl
+        )
+    }
+
+    /// Runs `file` on `store` and returns the provider calls it made.
+    static func run(_ file: CampaignFile, store: MemoryJobStore) async throws -> [String] {
+        let provider = ScriptedProvider(name: "p") { _, _ in .succeed() }
+        let generator = ParallelGenerator(providers: [provider], store: store, outputDirectory: temporaryDirectory())
+        try await generator.start()
+        let report = try await CampaignRunner.run(file, generator: generator, outputDirectory: temporaryDirectory())
+        try await generator.stop()
+        #expect(report.rows.allSatisfy { $0.status == .succeeded }, "\(report.rows)")
+        return provider.calls.map(\.requestID)
+    }
+
+    @Test func aLineInsertedMovedOrRepeatedBuysOnlyWhatIsNew() async throws {
+        let store = MemoryJobStore()
+        let prompts = (0..<10).map { "line \($0)" }
+        #expect(try await Self.run(Self.file(prompts), store: store).count == 10)
+        // A line inserted at the top, two lines swapped, and a second copy of an existing line: one job for the
+        // new line and one for the copy (two identical lines are two jobs, as before); nothing else is bought.
+        var edited = ["a new first line"] + prompts
+        edited.swapAt(3, 7)
+        edited.append("line 4")
+        let calls = try await Self.run(Self.file(edited), store: store)
+        #expect(calls.count == 2, "\(calls)")
+        #expect(try await store.jobs(matching: JobQuery()).count == 12)
+        // The same file once more buys nothing.
+        #expect(try await Self.run(Self.file(edited), store: store).isEmpty)
+    }
+
+    @Test func aStoreKeyedByLineNumbersKeepsItsKeys() async throws {
+        // A campaign begun before content keys: its jobs have `line-N-<hash>` keys.
+        let store = MemoryJobStore()
+        let file = Self.file((0..<5).map { "line \($0)" })
+        let validator = RequestValidator()
+        let old = CampaignRunner.requests(of: file, keys: .lineNumbers)
+        #expect(old.allSatisfy { $0.idempotencyKey?.hasPrefix("line-") == true })
+        _ = try await store.enqueue(old.enumerated().map { try validator.validate($1, fallbackID: "l\($0)") })
+        #expect(try await CampaignRunner.lineKeys(in: store) == .lineNumbers)
+        // Running the same file goes on with those jobs: nothing is enqueued twice.
+        _ = try await Self.run(file, store: store)
+        #expect(try await store.jobs(matching: JobQuery()).count == 5)
+        #expect(try await CampaignRunner.lineKeys(in: MemoryJobStore()) == .content)
+    }
+}
