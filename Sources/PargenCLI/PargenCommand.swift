@@ -199,15 +199,7 @@ struct Run: AsyncParsableCommand {
 
     func run() async throws {
         let logger = options.bootstrapLogging()
-        var campaign: CampaignFile?
-        if let file {
-            do {
-                campaign = try CampaignFile.load(URL(fileURLWithPath: file))
-            } catch {
-                FileHandle.standardError.write(Data("pargen: \(error)\n".utf8))
-                throw ExitCode(2)
-            }
-        }
+        let campaign = file.map(loadCampaign)
         var setup = try await options.loadSetup()
         try options.apply(to: &setup.configuration)
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")

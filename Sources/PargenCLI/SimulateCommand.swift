@@ -44,12 +44,7 @@ struct Simulate: AsyncParsableCommand {
     var report: String?
 
     func run() async throws {
-        let campaign: CampaignFile
-        do {
-            campaign = try CampaignFile.load(URL(fileURLWithPath: file))
-        } catch {
-            fail("\(error)")
-        }
+        let campaign = loadCampaign(file)
         var setup = try await loadConfiguredSetup(config)
         if let perUserRpm {
             guard perUserRpm > 0 else { throw ValidationError("--per-user-rpm must be at least 1") }

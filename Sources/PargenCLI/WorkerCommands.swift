@@ -125,12 +125,7 @@ struct Enqueue: AsyncParsableCommand {
 
     func run() async throws {
         let logger = options.bootstrapLogging()
-        let campaign: CampaignFile
-        do {
-            campaign = try CampaignFile.load(URL(fileURLWithPath: file))
-        } catch {
-            fail("\(error)")
-        }
+        let campaign = loadCampaign(file)
         var setup = try await options.loadSetup()
         try options.apply(to: &setup.configuration)
         let out = URL(fileURLWithPath: options.out ?? "pargen-out")

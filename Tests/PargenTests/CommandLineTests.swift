@@ -138,6 +138,23 @@ import Testing
         #expect(outcome.output.contains("cannot read"))
     }
 
+    /// A campaign file with no line at all (an empty export, the wrong file) is refused before anything is made,
+    /// as an empty upload is; it ran as an empty campaign and exited 0.
+    @Test func aCampaignFileWithNoLinesIsRefused() async throws {
+        let folder = temporaryDirectory()
+        for (name, text) in [("empty.jsonl", ""), ("blank.jsonl", "\n  \n\n"), ("header.csv", "type,prompt\n")] {
+            let file = folder.appendingPathComponent(name)
+            try Data(text.utf8).write(to: file)
+            let out = folder.appendingPathComponent("out-\(name)")
+            for command in [["run", file.path, "--out", out.path, "--no-progress"], ["simulate", file.path]] {
+                let outcome = try await pargen(command)
+                #expect(outcome.status == 2, "\(command): \(outcome.output)")
+                #expect(outcome.output.contains("\(file.path) has no lines"), "\(outcome.output)")
+            }
+            #expect(!FileManager.default.fileExists(atPath: out.path), "nothing is made for an empty campaign")
+        }
+    }
+
     @Test func anOutputFolderThatIsAFileIsNamedAsOne() async throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
