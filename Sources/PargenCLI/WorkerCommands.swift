@@ -136,7 +136,11 @@ struct Enqueue: AsyncParsableCommand {
             store = shared!.store
         } else {
             do {
-                try FileManager.default.createDirectory(at: out, withIntermediateDirectories: true)
+                try GenerationRuntime.createOutputFolder(out)
+            } catch {
+                fail(error.description)
+            }
+            do {
                 store = try SQLiteJobStore(path: storeOptions.path(out: out))
             } catch {
                 fail("cannot open the campaign store \(storeOptions.path(out: out)): \(reason(error))")
