@@ -129,10 +129,12 @@ struct Serve: AsyncParsableCommand {
         // Set when the server ended by an error (it could not listen, or failed while serving), not a signal: the
         // command then exits 2 after the leases are given back, so a supervisor sees that it did not serve.
         var failure: String?
+        let served = Locked(false)
         do {
             // The runtime runs before the server in one group and stops after it: the server stops accepting,
             // lets requests in flight finish and ends event streams; then the runtime gives every lease back.
             try await server.run(after: noWork ? [] : [runtime]) { port in
+                served.withLock { $0 = true }
                 print("pargen: serving on http://\(host):\(port) (store \(storeName)); SIGTERM or Ctrl-C stops it")
                 fflush(nil)
             }
@@ -142,7 +144,11 @@ struct Serve: AsyncParsableCommand {
             failure = "the server stopped: \(error)"
         }
         if let failure { FileHandle.standardError.write(Data("pargen: \(failure)\n".utf8)) }
-        print("pargen: no longer accepting requests; the leases are given back")
+        print(
+            served.withLock { $0 }
+                ? "pargen: no longer accepting requests; the leases are given back"
+                : "pargen: did not serve; the leases are given back"
+        )
         fflush(nil)
         // The runtime stopped the engine when the group shut down; a group cut short by its grace period may not
         // have let it finish (idempotent).
