@@ -56,9 +56,14 @@ struct OpenedStore {
 /// Opens a store for reading or administration (no lock: SQLite's WAL lets a running campaign go on). A store
 /// that cannot be opened ends the command with exit 2 and one line naming it.
 func openStore(_ path: String) throws -> SQLiteJobStore {
-    guard FileManager.default.fileExists(atPath: path) else {
+    var isFolder: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isFolder) else {
         throw ValidationError("no campaign store at \(path) (give --out or --store)")
     }
+    // Opening migrates: an empty file would be made a store by a command that only reads.
+    if isFolder.boolValue { fail("cannot open the campaign store \(path): it is a folder, not a store") }
+    let size = (try? FileManager.default.attributesOfItem(atPath: path)[.size] as? Int) ?? nil
+    if size == 0 { fail("cannot open the campaign store \(path): the file is empty, not a store") }
     do {
         let store = try SQLiteJobStore(path: path)
         return store

@@ -245,6 +245,15 @@ import Testing
         #expect(status.status == 2, "\(status.output)")
         #expect(status.output.contains("cannot open the campaign store"), "\(status.output)")
         #expect(status.output.split(separator: "\n").count == 1, "\(status.output)")
+        // An empty file or a folder as the store is named as such, and the empty file is left empty (opening
+        // a store migrates it, and `status` made the empty file a store).
+        let emptyStore = folder.appendingPathComponent("empty.sqlite")
+        try Data().write(to: emptyStore)
+        for (path, said) in [(emptyStore.path, "the file is empty, not a store"), (storeFolder.path, "it is a folder, not a store")] {
+            let refused = try await pargen(["status", "--store", path])
+            #expect(refused.status == 2 && refused.output.contains(said), "\(refused.output)")
+        }
+        #expect(try Data(contentsOf: emptyStore).isEmpty)
 
         let empty = folder.appendingPathComponent("empty.yaml")
         try Data("  \n".utf8).write(to: empty)
