@@ -299,6 +299,14 @@ import Testing
         #expect(CampaignFile.parseDuration("2m") == .seconds(120))
         #expect(CampaignFile.parseDuration("-1") == nil)
         #expect(CampaignFile.parseDuration("nan") == nil)
+        // Decimal only: Swift's Double reads "0x10" as 16 and "0x1p3" as 8; a duration is never written so.
+        for text in ["0x10", "0x1p3", "infinity", "1_0", "5 s s"] {
+            #expect(CampaignFile.parseDuration(text) == nil, "\(text)")
+        }
+        #expect(CampaignFile.parseDuration("2.5e1") == .seconds(25))
+        // A field of another JSON kind says which kind it was.
+        let file = CampaignFile.parse(#"{"type":"audio","prompt":"p","duration":true}"#, format: .jsonl)
+        #expect(file.errors.map(\.description) == ["line 1: duration: must be text or a number, not a boolean"])
     }
 }
 

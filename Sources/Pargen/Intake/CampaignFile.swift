@@ -223,7 +223,10 @@ public struct CampaignFile: Sendable {
             case nil, .null: return .success(nil)
             case .string(let value): return .success(value.trimmingWhitespace().isEmpty ? nil : value)
             case .number(let value): return .success(JSONValue.number(value).plainText)
-            default: return .failure(CampaignLineError(line: line, field: field, message: "must be a string"))
+            case let other?:
+                return .failure(
+                    CampaignLineError(line: line, field: field, message: "must be text or a number, not \(JSONSyntax.kind(of: other))")
+                )
             }
         }
         do {
@@ -297,7 +300,10 @@ public struct CampaignFile: Sendable {
             number = number.dropLast()
             scale = 60
         }
-        guard let seconds = Double(String(number).trimmingWhitespace()), seconds.isFinite, seconds >= 0, seconds < 1e7
+        let digits = String(number).trimmingWhitespace()
+        // Decimal only: Double also reads hexadecimal ("0x10" is 16) and "nan" or "infinity".
+        guard digits.allSatisfy({ $0.isASCII && ($0.isNumber || ".eE+-".contains($0)) }),
+            let seconds = Double(digits), seconds.isFinite, seconds >= 0, seconds < 1e7
         else {
             return nil
         }
