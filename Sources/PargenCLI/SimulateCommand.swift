@@ -100,22 +100,24 @@ struct Simulate: AsyncParsableCommand {
         let validator = RequestValidator(configuration: setup.configuration.validation)
         var requests: [ValidatedRequest] = []
         var problems = campaign.errors
+        var unplaced: [CampaignLineError] = []
+        let balancer = LoadBalancer(providers: simulated.map(\.descriptor), configuration: setup.configuration.balancing)
         for line in campaign.lines {
             do {
-                requests.append(try validator.validate(line.request, fallbackID: "line-\(line.line)"))
+                let request = try validator.validate(line.request, fallbackID: "line-\(line.line)")
+                if let refusal = balancer.refusal(for: request) {
+                    unplaced.append(CampaignLineError(line: line.line, field: balancer.refusedField(for: request), message: refusal))
+                }
+                requests.append(request)
             } catch {
                 problems.append(CampaignLineError(line: line.line, field: error.field, message: error.message))
             }
         }
         let invalid = problems.count
-        // The invalid lines are left out of the prediction; say which and why, as `pargen run` would refuse them.
-        let shown = 10
-        for problem in problems.sorted(by: { $0.line < $1.line }).prefix(shown) {
-            FileHandle.standardError.write(Data("invalid: \(problem)\n".utf8))
-        }
-        if invalid > shown {
-            FileHandle.standardError.write(Data("invalid: \(invalid - shown) more line(s) not shown\n".utf8))
-        }
+        // The invalid lines are left out of the prediction, and the lines no provider can take are not placed; say
+        // which and why, as `pargen run` would refuse them.
+        Self.show(problems, as: "invalid")
+        Self.show(unplaced, as: "no provider can take")
         let started = ContinuousClock.now
         let result = CampaignSimulator(configuration: setup.configuration, providers: simulated, seed: seed)
             .run(requests)
@@ -128,6 +130,17 @@ struct Simulate: AsyncParsableCommand {
                 fail("cannot write \(report): \(reason(error))")
             }
             print("report: \(report)")
+        }
+    }
+
+    /// Up to ten of `problems` on stderr, each as `LABEL: line N: field: reason`, then how many more there are.
+    static func show(_ problems: [CampaignLineError], as label: String) {
+        let shown = 10
+        for problem in problems.sorted(by: { $0.line < $1.line }).prefix(shown) {
+            FileHandle.standardError.write(Data("\(label): \(problem)\n".utf8))
+        }
+        if problems.count > shown {
+            FileHandle.standardError.write(Data("\(label): \(problems.count - shown) more line(s) not shown\n".utf8))
         }
     }
 

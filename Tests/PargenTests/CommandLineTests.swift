@@ -122,6 +122,12 @@ import Testing
         #expect(html.contains("<svg") && html.contains("local-fast"))
         // Nothing was written but the report: no media, no store.
         #expect(try FileManager.default.contentsOfDirectory(atPath: folder.path).sorted() == ["c.jsonl", "r.html"])
+        // A line no provider can take is named with the field and each provider's reason.
+        let unplaceable = folder.appendingPathComponent("u.jsonl")
+        try Data(#"{"type":"audio","prompt":"x","format":"mp4"}"#.utf8).write(to: unplaceable)
+        let unplaced = try await pargen(["simulate", unplaceable.path])
+        #expect(unplaced.output.contains("no provider can take: line 1: format: local-fast cannot produce mp4"), "\(unplaced.output)")
+        #expect(unplaced.output.contains("1 lines simulated (0 invalid, 1 no provider can take)"), "\(unplaced.output)")
         // A range that cannot be, or a provider that is not there, is refused with the reason, not ignored.
         for (option, reason) in [
             ("video=8..3", "LO is above HI"), ("video=1..1e9", "between 0 and 86400"),
