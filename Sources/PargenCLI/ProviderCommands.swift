@@ -219,8 +219,22 @@ struct FakeProvider: AsyncParsableCommand {
             )
         }
         let bounds = taskSeconds.split(separator: "-").compactMap { Double($0) }
-        guard bounds.count == 2, bounds[0] >= 0, bounds[0] <= bounds[1] else {
-            throw ValidationError("--task-seconds takes MIN-MAX, such as 2-5")
+        guard bounds.count == 2, bounds[0] >= 0, bounds[0] <= bounds[1], bounds[1] <= 86_400 else {
+            throw ValidationError("--task-seconds takes MIN-MAX, such as 2-5, within 0 to 86400 seconds")
+        }
+        // Every number is checked before it becomes a port or a length of time: 70000 listened on 4464, and a
+        // window of 1e300 seconds or a lifetime of nan stopped the process converting them to milliseconds.
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be from 0 to 65535, not \(port)") }
+        guard (0.001...86_400).contains(window) else {
+            throw ValidationError("--window must be from 0.001 to 86400 seconds, not \(window)")
+        }
+        guard (0...31_536_000).contains(lifetime) else {
+            throw ValidationError("--lifetime must be from 0 to 31536000 seconds, not \(lifetime)")
+        }
+        for (name, value) in [("--rpm", rpm), ("--concurrent", concurrent)] {
+            if let value, !(1...10_000_000).contains(value) {
+                throw ValidationError("\(name) must be from 1 to 10000000, not \(value)")
+            }
         }
         for (name, rate) in [
             ("--error-rate", errorRate), ("--hang-rate", hangRate), ("--malformed-rate", malformedRate),

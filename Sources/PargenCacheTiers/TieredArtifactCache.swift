@@ -243,8 +243,11 @@ public final class TieredArtifactCache: SharedArtifactCache {
 
     func decode(_ data: Data) -> Record? {
         // A record that is not ours or is damaged is a miss, never an error.
+        // Its numbers are checked too: a duration of 1e300 seconds stopped the process that turned it into a
+        // Duration, and the record comes from whoever can write to the shared Redis or bucket.
         guard let record = try? JSONDecoder().decode(Record.self, from: data), !record.artifact.key.isEmpty,
-            record.artifact.sha256.count == 64
+            record.artifact.sha256.count == 64, (0...86_400).contains(record.artifact.durationSeconds),
+            record.artifact.byteCount >= 0, record.createdAt.isFinite
         else { return nil }
         return record
     }

@@ -161,6 +161,20 @@ import Testing
         }
     }
 
+    /// The fake provider's numbers are checked before they become a port or a length of time: 70000 listened on
+    /// 4464, and a window of 1e300 s or a lifetime of nan stopped the process.
+    @Test func fakeProviderOptionsOutOfRangeAreRefused() async throws {
+        for (option, said) in [
+            (["--port", "70000"], "--port must be from 0 to 65535"), (["--window", "1e300"], "--window must be from"),
+            (["--window", "0"], "--window must be from"), (["--lifetime", "nan"], "--lifetime must be from"),
+            (["--rpm", "0"], "--rpm must be from 1"), (["--task-seconds", "1-1e300"], "--task-seconds takes MIN-MAX"),
+        ] {
+            let outcome = try await pargen(["fake-provider", "--protocol", "openai"] + option)
+            #expect(outcome.status != 0 && outcome.output.contains(said), "\(option): \(outcome.output)")
+            #expect(!outcome.output.contains("Fatal error"), "\(outcome.output)")
+        }
+    }
+
     @Test func anOutputFolderThatIsAFileIsNamedAsOne() async throws {
         let folder = temporaryDirectory()
         let jsonl = folder.appendingPathComponent("c.jsonl")
