@@ -27,6 +27,10 @@ package struct TaskPoller: Sendable {
         self.context = context
     }
 
+    /// The bounds within which a provider's hint for the next look is followed.
+    package static let shortestHint: Duration = .milliseconds(100)
+    package static let longestHint: Duration = .seconds(60)
+
     package func run<Result: Sendable>(
         taskID: String,
         look: () async throws -> PollStep<Result>
@@ -49,7 +53,9 @@ package struct TaskPoller: Sendable {
                 case .running(let progress, let after):
                     failures = 0
                     if let progress { context.reportProgress(progress) }
-                    if let after { wait = after }
+                    // The provider's hint is followed within bounds: a hint of zero or less would poll without
+                    // pause, and one of years would give the task up as timed out at once.
+                    if let after { wait = min(max(after, Self.shortestHint), max(interval, Self.longestHint)) }
                 case .throttled:
                     failures = 0
                     if !reportedThrottle {
