@@ -154,4 +154,28 @@ import Testing
         #expect(posts(server).count == 3)
         await server.stop()
     }
+
+    /// MiniMax's answer says how many characters it billed and how long the audio is; figures that cannot be
+    /// true (negative) are not taken: the estimate is charged and the request's length stands. A count of
+    /// -100 characters credited the ledger.
+    @Test func miniMaxFiguresThatCannotBeTrueAreNotTaken() async throws {
+        let hex = (Array("RIFF".utf8) + [0, 0, 0, 0] + Array("WAVEfmt ".utf8) + [UInt8](repeating: 0x55, count: 64))
+            .map { String(format: "%02x", $0) }.joined()
+        let server = try await ScriptedHTTPServer.start { request, _ in
+            guard request.path == "/v1/t2a_v2" else { return .json([String: String](), status: 404) }
+            return .json([
+                "data": ["audio": hex, "status": 2],
+                "extra_info": ["audio_length": -5000, "usage_characters": -100, "audio_format": "wav"],
+                "base_resp": ["status_code": 0, "status_msg": "success"],
+            ])
+        }
+        let (results, _) = try await runAgainstFakes(
+            [adapter(.minimax, server)],
+            [.audio(prompt: "figures", duration: .seconds(3), format: .wav)]
+        )
+        #expect(results[0].succeeded, "\(String(describing: results[0].error))")
+        #expect(results[0].actualCost > .zero, "\(results[0].actualCost)")
+        #expect(results[0].artifact?.duration == .seconds(3))
+        await server.stop()
+    }
 }

@@ -216,7 +216,7 @@ public final class CostMonitor: Sendable {
             let providerCharged = state.providers[provider]?.charged ?? .zero
             state.providers[provider, default: ProviderBook()].charged = providerCharged + actual
             state.providers[provider]!.jobs += 1
-            state.providers[provider]!.mediaMilliseconds += mediaDuration.milliseconds
+            state.providers[provider]!.mediaMilliseconds += max(0, mediaDuration.milliseconds)
             state.settlements.append((now, actual))
             while let first = state.settlements.first, now - first.time > configuration.trendWindow {
                 state.settlements.removeFirst()
@@ -256,7 +256,7 @@ public final class CostMonitor: Sendable {
                     jobs: $0.value.jobs,
                     averagePerJob: $0.value.jobs == 0
                         ? .zero : Money(nanos: $0.value.charged.nanos / Int64($0.value.jobs)),
-                    perMediaMinute: $0.value.mediaMilliseconds == 0
+                    perMediaMinute: $0.value.mediaMilliseconds <= 0
                         ? nil
                         : $0.value.charged.scaled(by: 60_000, over: $0.value.mediaMilliseconds)
                 )

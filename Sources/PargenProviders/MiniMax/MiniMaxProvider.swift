@@ -130,8 +130,10 @@ public struct MiniMaxProvider: AccessCheckable {
             }
             try LocalResourceError.checking(context.destination, "write") { try bytes.write(to: context.destination) }
         }
-        let billed = json["extra_info"]?["usage_characters"]?.int
-        let milliseconds = json["extra_info"]?["audio_length"]?.int
+        // The answer's own figures are used only when they can be true: a negative count would credit the ledger
+        // and a negative length make a negative duration; the estimate and the request's length stand instead.
+        let billed = json["extra_info"]?["usage_characters"]?.int.flatMap { (0...10_000_000).contains($0) ? $0 : nil }
+        let milliseconds = json["extra_info"]?["audio_length"]?.int.flatMap { (0...86_400_000).contains($0) ? $0 : nil }
         return ProviderOutput(
             format: format,
             duration: milliseconds.map { .milliseconds($0) } ?? request.duration,
