@@ -105,8 +105,8 @@ struct Simulate: AsyncParsableCommand {
         for line in campaign.lines {
             do {
                 let request = try validator.validate(line.request, fallbackID: "line-\(line.line)")
-                if let refusal = balancer.refusal(for: request) {
-                    unplaced.append(CampaignLineError(line: line.line, field: balancer.refusedField(for: request), message: refusal))
+                if let refused = balancer.refusedField(for: request) {
+                    unplaced.append(CampaignLineError(line: line.line, field: refused.field, message: refused.reason))
                 }
                 requests.append(request)
             } catch {

@@ -72,7 +72,6 @@ func openStore(_ path: String) throws -> SQLiteJobStore {
     }
 }
 
-/// Ends the command: one line on standard error, exit status 2 (what could not be read or written).
 /// Reads a campaign file for a command. One that cannot be read, or that holds no line at all (an empty export,
 /// the wrong file), ends the command with exit 2, as an empty upload is refused by the service.
 func loadCampaign(_ path: String) -> CampaignFile {
@@ -88,6 +87,7 @@ func loadCampaign(_ path: String) -> CampaignFile {
     return campaign
 }
 
+/// Ends the command: one line on standard error, exit status 2 (what could not be read or written).
 func fail(_ message: String) -> Never {
     FileHandle.standardError.write(Data("pargen: \(message)\n".utf8))
     Foundation.exit(2)

@@ -62,12 +62,14 @@ public final class PostgresStoreConnection: Sendable {
             }
             group.addTask {
                 while !Task.isCancelled {
-                    if let refusal = await location.probe(logger: probeLogger) {
-                        if refusal.permanent { return .failure(refusal) }
-                        lastRefusal.withLock { $0 = refusal }
-                    } else {
+                    guard let refusal = await location.probe(logger: probeLogger) else {
+                        // The server takes us: the pool will too, and opening the store (migrations) takes its
+                        // course; no more connections of our own.
                         lastRefusal.withLock { $0 = nil }
+                        return nil
                     }
+                    if refusal.permanent { return .failure(refusal) }
+                    lastRefusal.withLock { $0 = refusal }
                     try? await Task.sleep(for: .seconds(1))
                 }
                 return nil

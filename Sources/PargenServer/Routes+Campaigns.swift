@@ -54,14 +54,13 @@ extension PargenServer {
         // begun with `NAME:line-N` keys (before content keys) keeps them.
         let earlier = try await generator.store.jobs(matching: JobQuery(campaign: principal.qualified(name), limit: 1))
         let byLineNumber = earlier.first?.request.idempotencyKey?.hasPrefix("\(name):line-") == true
-        let keyed = CampaignRunner.requests(of: file)
-        for (line, keyedRequest) in zip(file.lines, keyed) {
+        for (line, key) in zip(file.lines, CampaignRunner.lineKeys(of: file)) {
             var request = line.request
             // A line's own project is not the tenant's to choose here: the upload's project holds every line.
             request.project = principal.qualified(project)
             request.campaign = principal.qualified(name)
             if request.idempotencyKey == nil {
-                request.idempotencyKey = byLineNumber ? "\(name):line-\(line.line)" : "\(name):\(keyedRequest.idempotencyKey!)"
+                request.idempotencyKey = byLineNumber ? "\(name):line-\(line.line)" : "\(name):\(key)"
             }
             requests.append((line.line, request))
         }

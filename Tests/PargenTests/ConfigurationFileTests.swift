@@ -1,4 +1,3 @@
-import AsyncHTTPClient
 import Foundation
 import Pargen
 import PargenProviders
@@ -176,7 +175,7 @@ import Testing
         let setup = try await PargenSetup.load(file: smallest, environment: [:])
         let provider = PargenSetup.adapter(
             setup.providers[0],
-            connection: setup.providers[0].connection(apiKey: nil, httpClient: HTTPClient.shared)
+            connection: setup.providers[0].connection(apiKey: nil, httpClient: sharedTestHTTPClient)
         )
         let requests = try (0..<5).map {
             try RequestValidator().validate(GenerationRequest(kind: .audio, prompt: "p\($0)"), fallbackID: "l\($0)")

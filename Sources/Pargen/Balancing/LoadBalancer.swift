@@ -49,32 +49,28 @@ public final class LoadBalancer: Sendable {
     public func descriptor(_ name: String) -> ProviderDescriptor? { descriptors[name] }
 
     /// Why no provider can serve `request`, or `nil` when at least one can.
-    public func refusal(for request: ValidatedRequest) -> String? {
+    public func refusal(for request: ValidatedRequest) -> String? { refusedField(for: request)?.reason }
+
+    /// Why no provider can serve `request` (each candidate's reason), and the field at fault: the one field every
+    /// candidate refuses (`format` when none produces it), else `provider` for a pinned provider, else `nil`.
+    /// `nil` when at least one provider can serve it.
+    public func refusedField(for request: ValidatedRequest) -> (field: String?, reason: String)? {
         let candidates = request.provider.map { [$0] } ?? order
         var reasons: [String] = []
+        var fields: Set<String> = []
         for name in candidates {
             guard let descriptor = descriptors[name] else {
                 reasons.append("no provider named \(name) is configured")
+                fields.insert("provider")
                 continue
             }
-            guard let refusal = descriptor.capabilities.refusal(for: request) else { return nil }
-            reasons.append("\(name) \(refusal)")
-        }
-        return reasons.isEmpty ? "no providers are configured" : reasons.joined(separator: "; ")
-    }
-
-    /// The field of `request` at fault when no provider can serve it: the one field every candidate refuses
-    /// (`format` when none produces it), else `provider` for a pinned provider, else `nil`.
-    public func refusedField(for request: ValidatedRequest) -> String? {
-        let candidates = request.provider.map { [$0] } ?? order
-        var fields: Set<String> = []
-        for name in candidates {
-            guard let descriptor = descriptors[name] else { return "provider" }
             guard let refused = descriptor.capabilities.refusedField(for: request) else { return nil }
+            reasons.append("\(name) \(refused.reason)")
             fields.insert(refused.field)
         }
-        if fields.count == 1 { return fields.first }
-        return request.provider == nil ? nil : "provider"
+        guard !reasons.isEmpty else { return (nil, "no providers are configured") }
+        let field = fields.count == 1 ? fields.first : request.provider == nil ? nil : "provider"
+        return (field, reasons.joined(separator: "; "))
     }
 
     /// Chooses a provider for one call.

@@ -301,8 +301,8 @@ public final class ParallelGenerator: Service, Sendable {
             let fallbackID = "request-\(base + index + 1)"
             do throws(GenerationError) {
                 let checked = try validator.validate(request, fallbackID: fallbackID)
-                if let refusal = balancer.refusal(for: checked) {
-                    throw GenerationError(.noCapableProvider, refusal, field: balancer.refusedField(for: checked))
+                if let refused = balancer.refusedField(for: checked) {
+                    throw GenerationError(.noCapableProvider, refused.reason, field: refused.field)
                 }
                 valid.append((index, checked))
             } catch {

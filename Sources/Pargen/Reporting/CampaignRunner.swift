@@ -208,20 +208,25 @@ public enum CampaignRunner {
     /// removing or moving lines of a half-done campaign leaves every other line the job it was (with line numbers
     /// in the key, a line inserted at the top made every line after it a new job, bought again).
     public static func requests(of file: CampaignFile, keys: LineKeys = .content) -> [GenerationRequest] {
+        zip(file.lines, lineKeys(of: file, keys: keys)).map { line, key in
+            var request = line.request
+            if request.idempotencyKey == nil { request.idempotencyKey = key }
+            return request
+        }
+    }
+
+    /// The key of each line of `file` (whether or not the line names a key of its own), in order.
+    public static func lineKeys(of file: CampaignFile, keys: LineKeys = .content) -> [String] {
         var occurrences: [String: Int] = [:]
         return file.lines.map { line in
-            var request = line.request
-            if request.idempotencyKey == nil {
-                switch keys {
-                case .content:
-                    let digest = contentDigest(line)
-                    occurrences[digest, default: 0] += 1
-                    request.idempotencyKey = "line:\(digest):\(occurrences[digest]!)"
-                case .lineNumbers:
-                    request.idempotencyKey = "line-\(line.line)-\(digest(of: line.request))"
-                }
+            switch keys {
+            case .content:
+                let digest = contentDigest(line)
+                occurrences[digest, default: 0] += 1
+                return "line:\(digest):\(occurrences[digest]!)"
+            case .lineNumbers:
+                return "line-\(line.line)-\(digest(of: line.request))"
             }
-            return request
         }
     }
 
