@@ -16,8 +16,10 @@ struct Simulate: AsyncParsableCommand {
             Runway 30-90 s); --task-seconds overrides them, as KIND=LO..HI or PROVIDER.KIND=LO..HI \
             (repeatable). Provider failures, retries, budgets and caching are not simulated.
 
-            Prints the predicted makespan against the bound each provider's quotas set, the cost, each \
-            provider's window and slot use over time, and where the time went (waits per limit). --report \
+            Prints the predicted makespan against its bound (the floor that each provider's quotas, each \
+            user's window, each project's bucket and burst window and the job slots set; the largest names the \
+            limit that sets it), the cost, each provider's window and slot use over time, and where the time \
+            went (waits per limit). --report \
             FILE.html writes the same with a chart (inline SVG, no external assets).
             """
     )
@@ -222,6 +224,16 @@ enum SimulationText {
                 + "(makespan / bound \(String(format: "%.3f", ratio))); gap-free greedy schedule of the same calls "
                 + "\(seconds(report.greedy)) (makespan / greedy \(String(format: "%.3f", greedy))); cost \(report.cost)"
         )
+        lines.append("the bound is set by \(report.boundSetBy)")
+        // This process's own limits, when one of them comes near what the providers allow.
+        let providerBound = report.providers.map(\.bound).max() ?? .zero
+        let near = report.floors.filter { $0.floor.seconds >= providerBound.seconds * 0.5 }.prefix(5)
+        if !near.isEmpty {
+            lines.append(
+                "floors of this configuration's own limits: "
+                    + near.map { "\($0.limit) \(seconds($0.floor))" }.joined(separator: "; ")
+            )
+        }
         lines.append("")
         lines.append("provider        calls  slot calls  bound (rate, slots, longest)         ends at    cost        slots used")
         for p in report.providers where p.calls > 0 {
@@ -302,7 +314,7 @@ enum SimulationText {
             <style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td{padding:2px 12px}</style></head>
             <body>
             <h1>pargen simulate: \(escape(title))</h1>
-            <p>\(report.lines) lines; predicted makespan \(seconds(report.makespan)) against a bound of \(seconds(report.bound)); cost \(report.cost).</p>
+            <p>\(report.lines) lines; predicted makespan \(seconds(report.makespan)) against a bound of \(seconds(report.bound)), set by \(escape(report.boundSetBy)); cost \(report.cost).</p>
             <p><span style="color:#1f77b4">blue</span>: share of the window limit in use; <span style="color:#d62728">red</span>: share of the task slots in use.</p>
             \(charts)
             <h2>Where the time went</h2>

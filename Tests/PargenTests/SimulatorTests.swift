@@ -84,4 +84,58 @@ import Testing
         #expect(report.unplaced == 1)
         #expect(report.providers[0].calls == 2)
     }
+
+    static func speech(_ count: Int, user: String = "u") throws -> [ValidatedRequest] {
+        let validator = RequestValidator(configuration: .init())
+        return try (0..<count).map { try validator.validate(.audio(prompt: "line \($0)", user: user), fallbackID: "r\($0)") }
+    }
+
+    /// The bound is every limit's floor, not only the providers' windows and slots: the longest call (a campaign
+    /// no window binds ended at 6 s against a bound of 0 s, reported as a ratio of 1.000), a user's window, and the
+    /// job slots; and the report names the one that sets it.
+    @Test func theBoundCountsEveryLimitAndNamesTheOneThatSetsIt() throws {
+        var slow = Self.provider("a", rate: 1000, slots: 5, window: .seconds(60), task: 1...1)
+        slow.callSeconds[.audio] = 5...5
+        let alone = CampaignSimulator(configuration: Self.configuration, providers: [slow]).run(try Self.speech(3))
+        #expect(alone.bound == .seconds(5))
+        #expect(alone.boundSetBy == "provider a")
+        #expect(alone.makespan >= alone.bound && alone.makespan <= .seconds(6))
+
+        // One user at 60 per minute: 241 calls need four more windows after the first, whatever the provider allows.
+        var limited = Self.configuration
+        limited.rateLimits = .init(
+            perUserRequestsPerMinute: 60,
+            perProjectRequestsPerMinute: 100_000,
+            tokenBucketCapacity: 100_000,
+            maxBurst: 100_000
+        )
+        let fast = Self.provider("a", rate: 1000, slots: 5, window: .seconds(60), task: 1...1)
+        let user = CampaignSimulator(configuration: limited, providers: [fast]).run(try Self.speech(241, user: "solo"))
+        #expect(user.bound == .seconds(240))
+        #expect(user.boundSetBy == "user solo's window (60 per 60 s)")
+        #expect(user.makespan >= user.bound && user.makespan.seconds <= 241)
+
+        // Ten job slots, a hundred calls of 2 s: 20 s at the least.
+        var slots = Self.configuration
+        slots.resources = .init(maxAPICalls: 10, maxConcurrentJobs: 10, minimumFraction: 1)
+        var even = fast
+        even.callSeconds[.audio] = 2...2
+        let jobs = CampaignSimulator(configuration: slots, providers: [even]).run(try Self.speech(100))
+        #expect(jobs.bound == .seconds(20))
+        #expect(jobs.boundSetBy == "job slots (maxConcurrentJobs 10)")
+        #expect(jobs.makespan >= jobs.bound && jobs.makespan.seconds <= 21)
+    }
+
+    /// The greedy reference keeps each call's window floor: speech that holds one of five slots (as ElevenLabs
+    /// counts it), 100 per 60 s, 300 calls of 2 s: each window's 100 calls take 40 s on the slots, from 0, 60 and
+    /// 120 s, so 160 s, where the window floor and the slots apart said 120 s.
+    @Test func theGreedyReferenceKeepsEachCallsWindowFloor() throws {
+        var speechSlots = Self.provider("a", rate: 100, slots: 5, window: .seconds(60), task: 2...2)
+        speechSlots.descriptor.quota.concurrencyKinds = [.audio, .video]
+        speechSlots.callSeconds[.audio] = 2...2
+        let report = CampaignSimulator(configuration: Self.configuration, providers: [speechSlots]).run(try Self.speech(300))
+        #expect(report.bound == .seconds(120))
+        #expect(report.greedy == .seconds(160))
+        #expect(report.makespan >= report.greedy && report.makespan.seconds <= 160 * 1.05, "\(report.makespan)")
+    }
 }

@@ -28,6 +28,15 @@ enum MatrixBench {
         /// The first provider's prices are a tenth of the others'.
         var oneCheap = false
         var users = 8
+        /// Speech call times in seconds.
+        var speechSeconds: ClosedRange<Double> = 0.01...0.05
+        /// Speech holds one of the slots too (ElevenLabs and Azure count every request).
+        var speechHoldsSlots = false
+        /// Each provider's window, when they differ (`window` otherwise).
+        var windows: [Duration]? = nil
+        /// Run with the default configuration's own limits (user windows, project bucket and bursts, 50 job
+        /// slots) instead of none.
+        var defaultLimits = false
     }
 
     static let shapes: [Shape] = [
@@ -64,10 +73,23 @@ enum MatrixBench {
         Shape(name: "quota bench: speech", speech: 1_000, tasks: 18...21.6),
         Shape(name: "quota bench: video", providers: 3, videos: 100, tasks: 18...21.6),
         Shape(name: "quota bench: mixed", providers: 3, speech: 1_000, videos: 100, tasks: 18...21.6),
+        // Shapes added after the bound learned this process's own limits.
+        Shape(name: "speech holds slots (ElevenLabs-style), 1 provider, calls 1-4 s", providers: 1, speech: 300,
+              rate: 100, speechSeconds: 1...4, speechHoldsSlots: true),
+        Shape(name: "speech, 2 providers, windows 10 s and 60 s, any, calls 1-3 s", speech: 600, rate: 300,
+              pinned: false, speechSeconds: 1...3, windows: [.seconds(10), .seconds(60)]),
+        Shape(name: "speech, 1 provider, calls 2-6 s, 50 job slots", providers: 1, speech: 300, rate: 300,
+              speechSeconds: 2...6, defaultLimits: true),
+        Shape(name: "speech, 1 provider, default limits, 8 users", providers: 1, speech: 600, rate: 1_000,
+              defaultLimits: true),
+        Shape(name: "one line", providers: 1, speech: 1, speechSeconds: 2...2),
     ]
 
     static func provider(_ index: Int, _ shape: Shape) -> CampaignSimulator.Provider {
         let price = shape.oneCheap && index == 0 ? 1 : 10
+        // The per-window limit of the 10 s provider in a pair of unequal windows is a sixth of the other's.
+        let window = shape.windows?[index] ?? shape.window
+        let rate = shape.windows == nil ? shape.rate : max(1, Int(Double(shape.rate) * window.seconds / 60))
         return CampaignSimulator.Provider(
             descriptor: ProviderDescriptor(
                 name: "p\(index)",
@@ -79,14 +101,14 @@ enum MatrixBench {
                 ),
                 pricing: ProviderPricing(perRequest: Money(nanos: Int64(price) * 1_000_000)),
                 quota: ProviderQuota(
-                    requestsPerMinute: shape.rate,
+                    requestsPerMinute: rate,
                     concurrentTasks: shape.slots,
-                    window: shape.window,
-                    concurrencyKinds: [.video],
+                    window: window,
+                    concurrencyKinds: shape.speechHoldsSlots ? [.audio, .video] : [.video],
                     expectedTaskTime: .milliseconds(Int64((shape.tasks.lowerBound + shape.tasks.upperBound) / 2 * 1000))
                 )
             ),
-            callSeconds: [.audio: 0.01...0.05, .video: shape.tasks],
+            callSeconds: [.audio: shape.speechSeconds, .video: shape.tasks],
             answerSeconds: 0.03
         )
     }
@@ -137,16 +159,23 @@ enum MatrixBench {
             resources: .init(maxAPICalls: 100_000, maxConcurrentJobs: 100_000, minimumFraction: 1)
         )
         configuration.caching.enabled = false
-        print("shape | lines | makespan s | bound s | makespan/bound | greedy s | makespan/greedy | simulated in s")
+        var defaults = PargenConfiguration()
+        defaults.caching.enabled = false
+        print("shape | lines | makespan s | bound s | makespan/bound | greedy s | makespan/greedy | simulated in s | bound set by")
         var clean = true
         for shape in shapes {
             let requests = try requests(shape)
             let providers = (0..<shape.providers).map { provider($0, shape) }
             let started = ContinuousClock.now
-            let report = CampaignSimulator(configuration: configuration, providers: providers, seed: 7).run(requests)
+            let report = CampaignSimulator(
+                configuration: shape.defaultLimits ? defaults : configuration,
+                providers: providers,
+                seed: 7
+            ).run(requests)
             let took = (ContinuousClock.now - started).seconds
             var bound = report.bound.seconds
-            if !shape.pinned {
+            var setBy = report.boundSetBy
+            if !shape.pinned && shape.windows == nil {
                 // Any provider may take any line: the floor is the pooled providers'.
                 let n = Double(report.providers.reduce(0) { $0 + $1.calls })
                 let windows = ((n - 1) / Double(shape.rate * shape.providers)).rounded(.down)
@@ -154,14 +183,28 @@ enum MatrixBench {
                 bound = max(
                     windows * shape.window.seconds,
                     slotSeconds / Double(shape.slots * shape.providers),
-                    report.providers.map(\.longest.seconds).max() ?? 0
+                    report.providers.map(\.longest.seconds).max() ?? 0,
+                    report.floors.first?.floor.seconds ?? 0
                 )
+                setBy = "the providers pooled"
+            } else if !shape.pinned {
+                // Unequal windows: the floor is the earliest time by which the providers' windows together
+                // have admitted every call (the k-th window of a provider opens at k * W).
+                let n = report.providers.reduce(0) { $0 + $1.calls }
+                let windows = providers.map { (rate: $0.descriptor.quota.requestsPerMinute!, window: $0.descriptor.quota.window.seconds) }
+                var t = 0.0
+                while windows.reduce(0, { $0 + $1.rate * (Int(t / $1.window) + 1) }) < n {
+                    t = windows.map { (Double(Int(t / $0.window) + 1)) * $0.window }.min()!
+                }
+                bound = max(t, report.providers.map(\.longest.seconds).max() ?? 0, report.floors.first?.floor.seconds ?? 0)
+                setBy = "the providers' windows together"
             }
             let makespan = report.makespan.seconds
             clean = clean && report.unplaced == 0
             print(
                 "\(shape.name) | \(requests.count) | \(f(makespan)) | \(f(bound)) | \(f(makespan / bound, 4)) | "
-                    + "\(f(report.greedy.seconds)) | \(f(makespan / max(0.001, report.greedy.seconds), 4)) | \(f(took, 3))"
+                    + "\(f(report.greedy.seconds)) | \(f(makespan / max(0.001, report.greedy.seconds), 4)) | \(f(took, 3)) | "
+                    + setBy
             )
         }
         // Scale: a campaign of `hundredThousand` lines over three providers.

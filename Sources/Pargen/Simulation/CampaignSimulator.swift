@@ -62,12 +62,13 @@ public struct CampaignSimulator: Sendable {
         public var rateBound: Duration
         /// `sum(d) / C` over the calls that hold a slot.
         public var slotBound: Duration
-        /// The longest call that holds a slot.
+        /// The longest call, slot-holding or not: nothing ends before it does.
         public var longest: Duration
         public var bound: Duration { max(rateBound, slotBound, longest) }
-        /// A gap-free greedy schedule of the same calls: each slot-holding call, in the order admitted, on the
-        /// slot that frees first, and the window's own floor (``rateBound``). What a perfect scheduler that
-        /// cannot know call times in advance would reach.
+        /// A gap-free greedy schedule of the same calls: each call, in the order admitted, starts no sooner than
+        /// its window's floor (the `k`-th call at `floor(k / R) * W`) and, if it holds a slot, on the slot that
+        /// frees first; it ends its call time later. What a perfect scheduler that cannot know call times in
+        /// advance would reach.
         public var greedy: Duration
         public var cost: Money
         /// When its last call ended.
@@ -76,16 +77,35 @@ public struct CampaignSimulator: Sendable {
         public var slotUtilisation: Double?
     }
 
+    /// A floor that one of this process's own limits sets on the makespan, whatever the providers allow: a
+    /// user's window, a project's bucket or burst window, or the job slots.
+    public struct Floor: Sendable, Hashable {
+        /// The limit, in words (`user u1's window (60 per 60 s)`).
+        public var limit: String
+        /// No schedule that keeps to the limit ends sooner.
+        public var floor: Duration
+    }
+
     public struct Report: Sendable {
         public var lines: Int
         /// Lines no configured provider can take.
         public var unplaced: Int
         public var makespan: Duration
-        /// The largest of the providers' bounds: no schedule of the same calls on the same providers ends sooner.
-        public var bound: Duration { providers.map(\.bound).max() ?? .zero }
-        /// The largest of the providers' greedy schedules.
-        public var greedy: Duration { providers.map(\.greedy).max() ?? .zero }
+        /// The largest of the providers' bounds and of the floors this process's own limits set: no schedule of
+        /// the same calls on the same providers under the same configuration ends sooner.
+        public var bound: Duration { max(providers.map(\.bound).max() ?? .zero, floors.first?.floor ?? .zero) }
+        /// What sets ``bound``: a provider's name, or one of ``floors``' limits.
+        public var boundSetBy: String {
+            let provider = providers.max { $0.bound < $1.bound }
+            if let floor = floors.first, floor.floor > provider?.bound ?? .zero { return floor.limit }
+            return provider.map { "provider \($0.name)" } ?? "nothing"
+        }
+        /// The largest of the providers' greedy schedules and of the floors.
+        public var greedy: Duration { max(providers.map(\.greedy).max() ?? .zero, floors.first?.floor ?? .zero) }
         public var providers: [ProviderFigures]
+        /// The floors that this process's own limits set (user windows, project buckets and bursts, job slots),
+        /// largest first; only those above zero.
+        public var floors: [Floor]
         public var cost: Money
         /// Time jobs spent held back, per limit, summed over jobs (from the admission state's own accounts).
         public var waits: [RateLimiter.LimitKind: Duration]
@@ -141,7 +161,8 @@ public struct CampaignSimulator: Sendable {
                 return (
                     name,
                     (calls: 0, slotCalls: 0, slotSeconds: 0.0, longest: 0.0, cost: Money.zero, lastEnd: Duration.zero,
-                     slotTime: 0.0, quota: quota, slotFree: [Double](repeating: 0, count: max(1, quota.concurrentTasks ?? 1)))
+                     slotTime: 0.0, quota: quota, slotFree: [Double](repeating: 0, count: max(1, quota.concurrentTasks ?? 1)),
+                     greedyEnd: 0.0)
                 )
             }
         )
@@ -160,6 +181,10 @@ public struct CampaignSimulator: Sendable {
         var lastSlotChange = Duration.zero
         var slotsBusy: [String: Int] = [:]
         let maxJobs = configuration.resources.maxConcurrentJobs
+        // Calls per user and per project, and every call's time summed: the floors of this process's own limits.
+        var userCalls: [String: Int] = [:]
+        var projectCalls: [String: Int] = [:]
+        var callSeconds = 0.0
 
         func sample() {
             while now >= nextSample {
@@ -231,15 +256,27 @@ public struct CampaignSimulator: Sendable {
                     + (provider.perMediaSecond[ticket.kind] ?? 0) * requests[index].duration.seconds
                 let duration = Duration.milliseconds(Int64((seconds * 1000).rounded()))
                 running += 1
+                userCalls[requests[index].user, default: 0] += 1
+                projectCalls[requests[index].project, default: 0] += 1
+                callSeconds += seconds
+                // The greedy reference: the k-th call starts no sooner than its window's floor, floor(k / R) * W.
+                let quota = provider.descriptor.quota
+                let windowFloor = quota.requestsPerMinute.map { limit in
+                    Double(figures[ticket.provider]!.calls / limit) * quota.window.seconds
+                } ?? 0
                 figures[ticket.provider]!.calls += 1
                 figures[ticket.provider]!.cost += provider.descriptor.pricing.estimate(requests[index])
-                if ticket.holdsSlot || (ticket.usesSlot && provider.descriptor.quota.concurrentTasks != nil) {
+                figures[ticket.provider]!.longest = max(figures[ticket.provider]!.longest, seconds)
+                if ticket.holdsSlot || (ticket.usesSlot && quota.concurrentTasks != nil) {
                     figures[ticket.provider]!.slotCalls += 1
                     figures[ticket.provider]!.slotSeconds += seconds
-                    figures[ticket.provider]!.longest = max(figures[ticket.provider]!.longest, seconds)
                     let free = figures[ticket.provider]!.slotFree
                     let first = free.indices.min { free[$0] < free[$1] }!
-                    figures[ticket.provider]!.slotFree[first] += seconds
+                    let end = max(free[first], windowFloor) + seconds
+                    figures[ticket.provider]!.slotFree[first] = end
+                    figures[ticket.provider]!.greedyEnd = max(figures[ticket.provider]!.greedyEnd, end)
+                } else {
+                    figures[ticket.provider]!.greedyEnd = max(figures[ticket.provider]!.greedyEnd, windowFloor + seconds)
                 }
                 if ticket.usesSlot { slotsBusy[ticket.provider, default: 0] += 1 }
                 // A task's id comes back at once; a plain call's arrival is its answer.
@@ -294,7 +331,7 @@ public struct CampaignSimulator: Sendable {
                     rateBound: rate,
                     slotBound: slots.map { Duration.fromSeconds(f.slotSeconds / Double($0)) } ?? .zero,
                     longest: .fromSeconds(f.longest),
-                    greedy: max(rate, .fromSeconds(f.slotFree.max() ?? 0)),
+                    greedy: max(rate, .fromSeconds(f.greedyEnd)),
                     cost: f.cost,
                     lastEnd: f.lastEnd,
                     slotUtilisation: slots.flatMap { slots in
@@ -302,11 +339,70 @@ public struct CampaignSimulator: Sendable {
                     }
                 )
             },
+            floors: Self.floors(
+                configuration,
+                users: userCalls,
+                projects: projectCalls,
+                callSeconds: callSeconds
+            ),
             cost: figures.values.reduce(Money.zero) { $0 + $1.cost },
             waits: state.waited,
             samples: samples,
             rounds: rounds
         )
+    }
+
+    /// The floors that the configuration's own limits set on `users`' and `projects`' calls, and the job slots
+    /// on `callSeconds` of calls in all: largest first, only those above zero.
+    ///
+    /// A user's window of `L` per 60 s lets its `n`-th call in no sooner than `floor((n - 1) / L) * 60 s`; a
+    /// project's bucket of `C` refilled at `r` per minute, its `n`-th no sooner than `(n - C) * 60 / r` s; its
+    /// burst limit of `B` per window `w`, no sooner than `floor((n - 1) / B) * w` (the cooldowns come on top, and
+    /// are not counted: a schedule could keep clear of them); and `J` job slots, each call holding one for its
+    /// time, end no sooner than `sum(d) / J`.
+    static func floors(
+        _ configuration: PargenConfiguration,
+        users: [String: Int],
+        projects: [String: Int],
+        callSeconds: Double
+    ) -> [Floor] {
+        var floors: [Floor] = []
+        let limits = configuration.rateLimits
+        if limits.enabled {
+            for (user, calls) in users {
+                let perMinute = limits.perUserRequestsPerMinute
+                floors.append(
+                    Floor(
+                        limit: "user \(user)'s window (\(perMinute) per 60 s)",
+                        floor: .seconds((calls - 1) / perMinute * 60)
+                    )
+                )
+            }
+            let refill = GCRA(capacity: limits.tokenBucketCapacity, perMinute: limits.perProjectRequestsPerMinute)
+            for (project, calls) in projects {
+                floors.append(
+                    Floor(
+                        limit: "project \(project)'s bucket (\(limits.tokenBucketCapacity), refilled at "
+                            + "\(limits.perProjectRequestsPerMinute) per minute)",
+                        floor: refill.emissionInterval * max(0, calls - limits.tokenBucketCapacity)
+                    )
+                )
+                floors.append(
+                    Floor(
+                        limit: "project \(project)'s bursts (\(limits.maxBurst) per \(limits.burstWindow))",
+                        floor: limits.burstWindow * ((calls - 1) / limits.maxBurst)
+                    )
+                )
+            }
+        }
+        let jobSlots = configuration.resources.maxConcurrentJobs
+        floors.append(
+            Floor(
+                limit: "job slots (maxConcurrentJobs \(jobSlots))",
+                floor: .fromSeconds(callSeconds / Double(max(1, jobSlots)))
+            )
+        )
+        return floors.filter { $0.floor > .zero }.sorted { ($0.floor, $1.limit) > ($1.floor, $0.limit) }
     }
 
     /// Indices in the order the store leases them: highest priority first; within a priority, users in turn
