@@ -156,7 +156,8 @@ public struct ProviderAdmission: Sendable, Hashable {
     /// How many slot-holding calls can start here in `(now, now + window]`: each free slot starts one now and
     /// another each expected task time; each running one frees its slot at its expected end and starts more after.
     /// The task time is the one seen so far; until one has ended, the quota's expected task time, or half the
-    /// window.
+    /// window, and since that is a guess, each running task counts as freeing its slot within the window at least
+    /// once (a guess too long kept no room for the tasks that then ended early).
     public func startsWithinWindow(at now: Duration) -> Int {
         let span = quota.window.seconds
         let task = max(0.001, taskSeconds ?? quota.expectedTaskTime?.seconds ?? span / 2)
@@ -167,7 +168,8 @@ public struct ProviderAdmission: Sendable, Hashable {
         var total = freeSlots * starts(after: 0)
         for started in holders.values {
             let ends = max(0, (started - now).seconds + task)
-            total += starts(after: ends)
+            // Until a task has ended here, its time is a guess: each running task may end within the window.
+            total += taskSeconds == nil ? max(1, starts(after: ends)) : starts(after: ends)
         }
         return total
     }
