@@ -223,7 +223,24 @@ enum MatrixBench {
             "\(requests.count) lines simulated in \(f(took, 2)) s (\(report.rounds) scheduling rounds); makespan "
                 + "\(f(report.makespan.seconds)) s, bound \(f(report.bound.seconds)) s, ratio \(f(report.makespan.seconds / report.bound.seconds, 4))"
         )
-        return clean && report.unplaced == 0
+        // Many users: a fifth as many lines, each from its own user, under the default limits (the project's
+        // bucket binds, so every round finds the project held back).
+        var crowd = Shape(name: "crowd", providers: 3, speech: hundredThousand / 5, rate: 500, slots: 10)
+        crowd.users = hundredThousand / 5
+        let crowdRequests = try requests(crowd)
+        let crowdStarted = ContinuousClock.now
+        let crowdReport = CampaignSimulator(
+            configuration: defaults,
+            providers: (0..<3).map { provider($0, crowd) },
+            seed: 7
+        ).run(crowdRequests)
+        let crowdTook = (ContinuousClock.now - crowdStarted).seconds
+        print(
+            "\(crowdRequests.count) lines from as many users, default limits, simulated in \(f(crowdTook, 2)) s "
+                + "(\(crowdReport.rounds) scheduling rounds); makespan \(f(crowdReport.makespan.seconds)) s, bound "
+                + "\(f(crowdReport.bound.seconds)) s set by \(crowdReport.boundSetBy)"
+        )
+        return clean && report.unplaced == 0 && crowdReport.unplaced == 0
     }
 
     static func f(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }

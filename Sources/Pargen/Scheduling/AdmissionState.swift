@@ -132,7 +132,7 @@ public struct AdmissionState: Sendable {
 
     /// One priority's waiting jobs: each user's oldest first, users in the order they arrived.
     struct Lane {
-        var users: [String] = []
+        var users: Deque<String> = []
         var jobs: [String: Deque<(id: JobID, token: UInt64)>] = [:]
 
         mutating func push(_ id: JobID, token: UInt64, user: String) {
@@ -155,6 +155,10 @@ public struct AdmissionState: Sendable {
     /// Slot holders waiting per priority and provider, each job counted once, shared among its providers.
     private var shares = Array(repeating: [String: Double](), count: GenerationPriority.allCases.count)
     private var kindCounts: [GenerationKind: Int] = [:]
+    /// Waiting jobs that submit, per project, and those that do not (a resumed task, which no client limit holds
+    /// back): a round whose every such project is held back by its bucket or bursts stops there.
+    private var submittersByProject: [String: Int] = [:]
+    private var resumers = 0
     private var nextToken: UInt64 = 0
     private var nextTicket: UInt64 = 0
     /// Tickets out now.
@@ -202,6 +206,7 @@ public struct AdmissionState: Sendable {
             for name in holding { shares[level][name, default: 0] += 1 / Double(holding.count) }
         }
         kindCounts[request.kind, default: 0] += 1
+        if request.submits { submittersByProject[request.project, default: 0] += 1 } else { resumers += 1 }
     }
 
     /// Takes a job out of those waiting (it left the engine's hands); whether it was waiting.
@@ -212,6 +217,12 @@ public struct AdmissionState: Sendable {
         let level = waiter.request.priority.rawValue
         for name in waiter.holding { shares[level][name, default: 0] -= 1 / Double(waiter.holding.count) }
         kindCounts[waiter.request.kind, default: 0] -= 1
+        if waiter.request.submits {
+            let left = submittersByProject[waiter.request.project, default: 1] - 1
+            submittersByProject[waiter.request.project] = left > 0 ? left : nil
+        } else {
+            resumers -= 1
+        }
         return true
     }
 
@@ -229,7 +240,8 @@ public struct AdmissionState: Sendable {
     /// Decides which waiting jobs start now and on which provider, taking what each needs.
     ///
     /// Cheap when little can start: a pass stops once every provider it could use is closed (no slot, a full
-    /// window, a cooldown), and a user held back by their own limits is passed over for the rest of the round.
+    /// window, a cooldown) or every project with work waiting is held back by its bucket or bursts, and a user or
+    /// project held back by its own limits is passed over for the rest of the round.
     ///
     /// - Parameters:
     ///   - jobSlots: How many jobs may start (the engine's free job slots).
@@ -244,6 +256,7 @@ public struct AdmissionState: Sendable {
         var free = jobSlots
         var canaries: Set<String> = []
         var blockedUsers: [String: RateLimiter.LimitKind] = [:]
+        var blockedProjects: [String: RateLimiter.LimitKind] = [:]
         for priority in GenerationPriority.allCases.reversed() where free > 0 {
             let level = priority.rawValue
             // One pass over a lane: each job, in fair order, to the first of its providers that admits it.
@@ -259,6 +272,7 @@ public struct AdmissionState: Sendable {
                         keep: keep,
                         closed: &closed,
                         blockedUsers: &blockedUsers,
+                        blockedProjects: &blockedProjects,
                         canaries: &canaries,
                         breakers: breakers,
                         wake: &wake,
@@ -268,6 +282,8 @@ public struct AdmissionState: Sendable {
                         grants.append(ticket)
                         free -= 1
                     }
+                    // Every project held back (each blocked one has a job waiting, so the counts say it all).
+                    if state.resumers == 0 && blockedProjects.count >= state.submittersByProject.count { return .stop }
                     if outcome.userBlocked { return .skipUser }
                     return closed.count >= state.providers.count ? .stop : .next
                 }
@@ -302,16 +318,28 @@ public struct AdmissionState: Sendable {
     /// lane, so the next walk starts with the users served least recently. A round with room for fewer jobs
     /// than there are users thus serves the others next, instead of the same first users every round.
     private mutating func walk(holders: Bool, level: Int, _ body: (inout AdmissionState, Waiter) -> Step) {
-        // The walk changes waiters and providers, never the lanes: the lane is taken out and put back.
-        var lane = holders ? holderLanes[level] : lanes[level]
+        // The walk changes waiters and providers, never the lanes: the lane is taken out and put back (swapped
+        // out, so that tidying it does not copy it whole).
+        var lane = Lane()
+        if holders { swap(&lane, &holderLanes[level]) } else { swap(&lane, &lanes[level]) }
         defer { if holders { holderLanes[level] = lane } else { lanes[level] = lane } }
         var cursors: [String: Int] = [:]
-        var active = lane.users
+        var active: [String] = []
         var served: [String] = []
+        var servedSet: Set<String> = []
         var stopped = false
-        while !active.isEmpty && !stopped {
+        // The first turn goes over the lane's users in order; later turns over those still taking jobs. How far
+        // the first turn got is all that the tidying below looks at, so a walk that stops early costs what it
+        // looked at, not what waits.
+        var firstTurn = 0
+        var turn = 0
+        while !stopped {
+            let count = turn == 0 ? lane.users.count : active.count
+            if count == 0 { break }
             var still: [String] = []
-            for user in active {
+            for position in 0..<count {
+                let user = turn == 0 ? lane.users[position] : active[position]
+                if turn == 0 { firstTurn = position + 1 }
                 guard let queue = lane.jobs[user] else { continue }
                 var index = cursors[user, default: 0]
                 var found: Waiter?
@@ -327,7 +355,7 @@ public struct AdmissionState: Sendable {
                 cursors[user] = index + 1
                 let step = body(&self, waiter)
                 // Admitted: no longer waiting.
-                if waiters[waiter.request.job] == nil, !served.contains(user) { served.append(user) }
+                if waiters[waiter.request.job] == nil, servedSet.insert(user).inserted { served.append(user) }
                 switch step {
                 case .next: still.append(user)
                 case .skipUser: break
@@ -336,19 +364,22 @@ public struct AdmissionState: Sendable {
                 if stopped { break }
             }
             active = still
+            turn += 1
         }
-        // Drop the dead entries at the front of each queue, and the users with none left.
-        for user in lane.users {
+        // Drop the dead entries at the front of the queues looked at, and their users with none left; the users
+        // served go to the back, so the next walk starts with those served least recently. Users further on keep
+        // their place (and any dead entries, until a walk reaches them).
+        var front: [String] = []
+        for user in lane.users.prefix(firstTurn) {
             while let first = lane.jobs[user]?.first, waiters[first.id]?.token != first.token {
                 lane.jobs[user]!.removeFirst()
             }
             if lane.jobs[user]?.isEmpty == true { lane.jobs[user] = nil }
+            if lane.jobs[user] != nil && !servedSet.contains(user) { front.append(user) }
         }
-        if !served.isEmpty {
-            let servedSet = Set(served)
-            lane.users = lane.users.filter { !servedSet.contains($0) } + served
-        }
-        lane.users.removeAll { lane.jobs[$0] == nil }
+        lane.users.removeFirst(firstTurn)
+        lane.users.prepend(contentsOf: front)
+        lane.users.append(contentsOf: served.filter { lane.jobs[$0] != nil })
     }
 
     /// Admits `waiter` at the first of `names` that takes it, or records why none did.
@@ -358,6 +389,7 @@ public struct AdmissionState: Sendable {
         keep: [String: Int],
         closed: inout [String: RateLimiter.LimitKind],
         blockedUsers: inout [String: RateLimiter.LimitKind],
+        blockedProjects: inout [String: RateLimiter.LimitKind],
         canaries: inout Set<String>,
         breakers: [String: BreakerGate],
         wake: inout Duration?,
@@ -366,7 +398,7 @@ public struct AdmissionState: Sendable {
         let request = waiter.request
         func wakeAt(_ time: Duration) { wake = min(wake ?? time, time) }
         let userKey = "\(request.user)\u{0}\(request.project)"
-        if request.submits, let reason = blockedUsers[userKey] {
+        if request.submits, let reason = blockedProjects[request.project] ?? blockedUsers[userKey] {
             block(request.job, reason, at: now)
             return (nil, true)
         }
@@ -417,6 +449,8 @@ public struct AdmissionState: Sendable {
             if request.submits, let (wait, kind) = clients.check(user: request.user, project: request.project, at: now) {
                 wakeAt(now + wait)
                 blockedUsers[userKey] = kind
+                // A project's bucket and bursts hold back every job of the project, whoever asks.
+                if kind == .projectBucket || kind == .burstCooldown { blockedProjects[request.project] = kind }
                 block(request.job, kind, at: now)
                 return (nil, true)
             }
