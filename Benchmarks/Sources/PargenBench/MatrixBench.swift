@@ -227,7 +227,7 @@ enum MatrixBench {
         // bucket binds, so every round finds the project held back).
         var crowd = Shape(name: "crowd", providers: 3, speech: hundredThousand / 5, rate: 500, slots: 10)
         crowd.users = hundredThousand / 5
-        let crowdRequests = try requests(crowd)
+        let crowdRequests = try Self.requests(crowd)
         let crowdStarted = ContinuousClock.now
         let crowdReport = CampaignSimulator(
             configuration: defaults,
