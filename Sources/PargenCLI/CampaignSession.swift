@@ -19,6 +19,7 @@ enum CampaignSession {
         options: CampaignOptions,
         injectFaults: Bool,
         out: URL,
+        cancelRemoved: Bool = false,
         logger: Logger
     ) async throws -> CampaignReport {
         let runtime = await openRuntime(
@@ -30,7 +31,13 @@ enum CampaignSession {
             logger: logger
         )
         do {
-            let report = try await run(file: file, runtime: runtime, options: options, out: out)
+            let report = try await run(
+                file: file,
+                runtime: runtime,
+                options: options,
+                out: out,
+                cancelRemoved: cancelRemoved
+            )
             await runtime.close()
             return report
         } catch {
@@ -43,7 +50,8 @@ enum CampaignSession {
         file: CampaignFile?,
         runtime: GenerationRuntime,
         options: CampaignOptions,
-        out: URL
+        out: URL,
+        cancelRemoved: Bool
     ) async throws -> CampaignReport {
         let generator = runtime.generator
         let clock = generator.clock
@@ -56,6 +64,22 @@ enum CampaignSession {
         tracker.expect(file?.lines.count ?? runtime.jobsAtOpen)
         let token = generator.onEvent { tracker.record($0) }
         defer { generator.removeEventCallback(token) }
+        // Before the engine starts, so that none of them is taken first.
+        if cancelRemoved, let file {
+            let cancelled: [JobRecord]
+            do {
+                cancelled = try await CampaignRunner.cancelRemovedLines(of: file, in: generator.store)
+            } catch {
+                fail("cannot cancel the lines no longer in the file: \(error)")
+            }
+            print("cancelled \(cancelled.count) waiting job(s) of lines no longer in the file")
+            for job in cancelled.prefix(10) {
+                print("  cancelled \(job.id): \(job.request.kind.rawValue) \"\(job.request.prompt.prefix(60))\"")
+            }
+            if cancelled.count > 10 {
+                print("  and \(cancelled.count - 10) more (pargen jobs --state dead_lettered lists them)")
+            }
+        }
         // Started before the group, so that the campaign's wait can submit at once.
         do {
             try await runtime.start()

@@ -187,6 +187,15 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Continue the campaign in the store without reading a file.")
     var resume = false
 
+    @Flag(
+        help: """
+            Cancel the store's waiting jobs of campaign lines that the file no longer has (removed, or edited: an \
+            edited line is a new job, and its old version would still run and be paid for). Jobs under way or \
+            done are left. For a store that holds this file's campaign alone.
+            """
+    )
+    var cancelRemoved = false
+
     @OptionGroup var storeOptions: StoreOptions
 
     @OptionGroup var options: CampaignOptions
@@ -194,6 +203,9 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         if file == nil && !resume {
             throw ValidationError("give a campaign file, or --resume to continue the one in the store")
+        }
+        if cancelRemoved && file == nil {
+            throw ValidationError("--cancel-removed compares the store with a campaign file: give the file")
         }
     }
 
@@ -211,6 +223,7 @@ struct Run: AsyncParsableCommand {
             options: options,
             injectFaults: options.faultsInjected(demo: false),
             out: out,
+            cancelRemoved: cancelRemoved,
             logger: logger
         )
         if report.exitCode != 0 { throw ExitCode(report.exitCode) }

@@ -55,4 +55,43 @@ import Testing
         #expect(try await store.jobs(matching: JobQuery()).count == 5)
         #expect(try await CampaignRunner.lineKeys(in: MemoryJobStore()) == .content)
     }
+
+    /// `pargen run FILE --cancel-removed`: a line removed from the file, and the old version of an edited line,
+    /// are cancelled while they wait, so they are never paid for; a line under way or done, and a job with a key
+    /// of its own, are left. Before, both still ran (the README said so under "Not yet").
+    @Test func linesNoLongerInTheFileAreCancelledWhileTheyWait() async throws {
+        let store = MemoryJobStore()
+        let validator = RequestValidator()
+        let prompts = (0..<6).map { "line \($0)" }
+        let first = Self.file(prompts)
+        _ = try await store.enqueue(
+            CampaignRunner.requests(of: first).enumerated().map { try validator.validate($1, fallbackID: "l\($0)") }
+        )
+        // A job of the API's with a key of its own, and one line under way (leased by another worker).
+        _ = try await store.enqueue([
+            try validator.validate(.audio(prompt: "from the API", idempotencyKey: "order-17"), fallbackID: "api")
+        ])
+        let busy = try #require(try await store.lease(limit: 1, owner: "w", duration: .seconds(600), excludingUsers: []).first)
+        #expect(busy.record.request.prompt == "line 0")
+
+        // Line 0 (under way) removed, line 1 removed, line 2 edited, a line added.
+        var edited = prompts
+        edited[2] = "line 2, rewritten"
+        edited.removeFirst(2)
+        edited.append("a new line")
+        let cancelled = try await CampaignRunner.cancelRemovedLines(of: Self.file(edited), in: store)
+        #expect(Set(cancelled.map(\.request.prompt)) == ["line 1", "line 2"])
+        for job in cancelled {
+            let now = try #require(try await store.job(job.id))
+            #expect(now.state == .deadLettered && now.errors.last?.code == .cancelled)
+        }
+        #expect(try await store.job(busy.record.id)?.state == .running)
+        #expect(try await store.jobs(matching: JobQuery(states: [.available])).count == 4)
+
+        // Running the edited file buys its five lines (the edited one in its new version) and the API's job, and
+        // never the old ones.
+        let calls = try await Self.run(Self.file(edited), store: store)
+        #expect(calls.count == 6, "\(calls)")
+        #expect(try await CampaignRunner.cancelRemovedLines(of: Self.file(edited), in: store).isEmpty)
+    }
 }

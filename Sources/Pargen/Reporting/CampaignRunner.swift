@@ -237,6 +237,46 @@ public enum CampaignRunner {
         return first?.request.idempotencyKey.map(isLineNumberKey) == true ? .lineNumbers : .content
     }
 
+    /// Cancels the jobs that lines of a campaign made in `store` and that `file` no longer has: a line removed,
+    /// or edited (an edited line is a new job, and its old version would still run and be paid for). Only jobs
+    /// still waiting are cancelled, as ``JobStore/cancel(_:)`` allows; one under way, finished, or whose task a
+    /// provider holds is left as it is. Only jobs keyed as campaign lines are looked at (`line:` keys, or the
+    /// `line-N-` keys of an older store): a job with an idempotency key of its own, or from the HTTP API, is never
+    /// touched. Meant for a store that holds this campaign's jobs alone: lines of another file enqueued into the
+    /// same store look removed too.
+    ///
+    /// - Returns: The jobs cancelled, as they were before.
+    public static func cancelRemovedLines(of file: CampaignFile, in store: any JobStore) async throws -> [JobRecord] {
+        let kept = Set(requests(of: file, keys: try await lineKeys(in: store)).compactMap(\.idempotencyKey))
+        var cancelled: [JobRecord] = []
+        var cursor: Int64?
+        while true {
+            let page = try await store.jobs(matching: JobQuery(states: [.available], afterSequence: cursor, limit: 1_000))
+            guard let last = page.last else { break }
+            cursor = last.sequence
+            for job in page {
+                guard let key = job.request.idempotencyKey, isLineKey(key), !kept.contains(key) else { continue }
+                do {
+                    try await store.cancel(job.id)
+                    cancelled.append(job)
+                } catch let error as StoreError where error.code == .invalidState || error.code == .notFound {
+                    // Taken by a worker, or finished, since the page was read: it runs or ran; leave it.
+                    continue
+                }
+            }
+        }
+        return cancelled
+    }
+
+    /// Whether `key` is a campaign line's key, of either form.
+    static func isLineKey(_ key: String) -> Bool {
+        if key.hasPrefix("line:") {
+            let parts = key.split(separator: ":", omittingEmptySubsequences: false)
+            return parts.count == 3 && parts[1].count == 16 && parts[1].allSatisfy(\.isHexDigit) && Int(parts[2]) != nil
+        }
+        return isLineNumberKey(key)
+    }
+
     /// Whether `key` is a `line-N-<16 hex digits>` key.
     static func isLineNumberKey(_ key: String) -> Bool {
         let parts = key.split(separator: "-", omittingEmptySubsequences: false)
