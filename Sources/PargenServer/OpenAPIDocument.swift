@@ -158,6 +158,12 @@ enum OpenAPIDocument {
               parameters:
                 - { name: name, in: query, required: true, schema: { type: string } }
                 - { name: project, in: query, schema: { type: string } }
+                - name: cancel_removed
+                  in: query
+                  description: >-
+                    true cancels the campaign's waiting jobs of lines this upload no longer has (removed, or the
+                    old version of an edited line); their ids come back in cancelled_job_ids.
+                  schema: { type: boolean, default: false }
                 - { $ref: "#/components/parameters/IdempotencyKey" }
               requestBody:
                 required: true

@@ -8,7 +8,7 @@ extension PargenServer {
     func addCampaignRoutes(_ api: RouterGroup<PargenRequestContext>) {
         api.post("campaigns") { request, context -> Response in
             let principal = try context.requirePrincipal()
-            try Problem.checkParameters(request, accepts: ["name", "project"])
+            try Problem.checkParameters(request, accepts: ["cancel_removed", "name", "project"])
             var request = request
             let body = try await request.collectBody(upTo: self.configuration.maxUploadBytes)
             return try await self.idempotent(request, principal: principal, body: body) {
@@ -46,6 +46,13 @@ extension PargenServer {
             throw Problem.invalid("name (the campaign's) must be 1 to 64 letters, digits, '.', '_' or '-'", field: "name")
         }
         let project = try project(parameters["project"].map(String.init), principal)
+        let cancelRemoved: Bool
+        switch parameters["cancel_removed"].map(String.init) {
+        case nil, "false"?: cancelRemoved = false
+        case "true"?: cancelRemoved = true
+        case let other?:
+            throw Problem.invalid("cancel_removed must be true or false, not \(other.prefix(32))", field: "cancel_removed")
+        }
         let file = CampaignFile.parse(Data(buffer: body), format: format)
         var problems = file.errors.map { FieldProblem(field: $0.field, message: $0.message, line: $0.line) }
         var requests: [(line: Int, request: GenerationRequest)] = []
@@ -63,6 +70,15 @@ extension PargenServer {
                 request.idempotencyKey = byLineNumber ? "\(name):line-\(line.line)" : "\(name):\(key)"
             }
             requests.append((line.line, request))
+        }
+        // The campaign's waiting jobs of lines this upload no longer has (removed, or the old version of an edited
+        // line), when asked: cancelled before the new lines go in. Lines with keys of their own are left.
+        var cancelled: [JSONValue] = []
+        if cancelRemoved && !requests.isEmpty {
+            let kept = Set(requests.compactMap(\.request.idempotencyKey))
+            cancelled = try await cancelRemovedLines(of: principal.qualified(name), name: name, keeping: kept).map {
+                .string($0.rawValue)
+            }
         }
         let ids = requests.isEmpty ? [] : try await generator.submit(requests.map(\.request))
         var created: [JSONValue] = []
@@ -88,6 +104,7 @@ extension PargenServer {
                 "project": .string(project),
                 "accepted": .number(Double(created.count)),
                 "job_ids": .array(created),
+                "cancelled_job_ids": .array(cancelled),
                 "errors": .array(
                     problems.map {
                         .object([
@@ -100,6 +117,27 @@ extension PargenServer {
             ]),
             location: "/v1/campaigns/\(name)"
         )
+    }
+
+    /// Cancels the waiting jobs of `campaign` keyed as its lines (`NAME:` and a line key) whose keys are not in
+    /// `kept`; a job under way, done, or whose call cannot be stopped is left, as `DELETE /v1/jobs/{id}` would.
+    func cancelRemovedLines(of campaign: String, name: String, keeping kept: Set<String>) async throws -> [JobID] {
+        var cancelled: [JobID] = []
+        var cursor: Int64?
+        while true {
+            let page = try await generator.store.jobs(
+                matching: JobQuery(states: [.available], campaign: campaign, afterSequence: cursor, limit: 1_000)
+            )
+            guard let last = page.last else { break }
+            cursor = last.sequence
+            for job in page {
+                guard let key = job.request.idempotencyKey, key.hasPrefix("\(name):"), !kept.contains(key) else { continue }
+                let line = key.dropFirst(name.count + 1)
+                guard CampaignRunner.isLineKey(String(line)) || line.hasPrefix("line-") else { continue }
+                if case .cancelled? = try? await generator.cancel(job.id) { cancelled.append(job.id) }
+            }
+        }
+        return cancelled
     }
 
     /// A campaign's progress, spend, reserved and projected cost, and ETA.

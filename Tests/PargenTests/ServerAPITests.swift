@@ -562,6 +562,46 @@ extension TestResponse {
         }
     }
 
+    /// `POST /v1/campaigns?name=N&cancel_removed=true`: the campaign's waiting jobs of lines the new upload no
+    /// longer has (removed, or the old version of an edited line) are cancelled, and named in the answer; a line
+    /// with a key of its own is left. Without the parameter they would still run.
+    @Test func aReuploadCancelsTheWaitingLinesItNoLongerHasWhenAsked() async throws {
+        let fixture = try await ServiceFixture.make()
+        defer { Task { try? await fixture.stop() } }
+        try await fixture.generator.stop()  // nothing runs: every job stays queued
+        let app = fixture.app()
+        try await app.test(.router) { client in
+            func line(_ prompt: String, key: String? = nil) -> String {
+                key.map { #"{"type":"audio","prompt":"\#(prompt)","idempotency_key":"\#($0)"}"# }
+                    ?? #"{"type":"audio","prompt":"\#(prompt)"}"#
+            }
+            func upload(_ lines: [String], query: String = "") async throws -> (status: HTTPResponse.Status, json: [String: Any]) {
+                let answer = try await client.call(
+                    .post, "/v1/campaigns?name=edit\(query)", key: fixture.acme, body: lines.joined(separator: "\n"),
+                    headers: [.contentType: "application/jsonl"]
+                )
+                return (answer.status, answer.json)
+            }
+            let first = try await upload([line("A"), line("B"), line("C"), line("K", key: "mine")])
+            #expect(first.status == .accepted)
+            let ids = try #require(first.json["job_ids"] as? [String])
+            // B edited, C and K removed.
+            let second = try await upload([line("A"), line("B, rewritten")], query: "&cancel_removed=true")
+            #expect(second.status == .accepted)
+            #expect(Set(second.json["cancelled_job_ids"] as? [String] ?? []) == [ids[1], ids[2]])
+            for (index, state) in [(0, "available"), (1, "dead_lettered"), (2, "dead_lettered"), (3, "available")] {
+                let job = try await client.call(.get, "/v1/jobs/\(ids[index])", key: fixture.acme)
+                #expect(job.json["state"] as? String == state, "line \(index): \(job.text)")
+            }
+            // Without the parameter nothing is cancelled; a value other than true or false is refused by name.
+            let third = try await upload([line("A")])
+            #expect((third.json["cancelled_job_ids"] as? [String])?.isEmpty == true)
+            let bad = try await upload([line("A")], query: "&cancel_removed=yes")
+            #expect(bad.status == .unprocessableContent)
+            #expect((bad.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "cancel_removed")
+        }
+    }
+
     @Test func aKeyOverItsRateGets429WithRetryAfter() async throws {
         var configuration = ServerConfiguration()
         configuration.keyLimits = PargenConfiguration.RateLimits(perUserRequestsPerMinute: 3, maxBurst: 1000)

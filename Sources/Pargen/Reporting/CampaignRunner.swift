@@ -268,8 +268,9 @@ public enum CampaignRunner {
         return cancelled
     }
 
-    /// Whether `key` is a campaign line's key, of either form.
-    static func isLineKey(_ key: String) -> Bool {
+    /// Whether `key` is a campaign line's key, of either form (`line:<16 hex digits>:<copy>`, or `line-N-<16 hex
+    /// digits>`).
+    public static func isLineKey(_ key: String) -> Bool {
         if key.hasPrefix("line:") {
             let parts = key.split(separator: ":", omittingEmptySubsequences: false)
             return parts.count == 3 && parts[1].count == 16 && parts[1].allSatisfy(\.isHexDigit) && Int(parts[2]) != nil
