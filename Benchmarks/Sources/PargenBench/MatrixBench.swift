@@ -211,36 +211,37 @@ enum MatrixBench {
         var big = Shape(name: "scale", providers: 3, speech: hundredThousand * 9 / 10, videos: hundredThousand / 10)
         big.rate = 500
         big.slots = 10
-        let requests = try requests(big)
-        let started = ContinuousClock.now
-        let report = CampaignSimulator(
-            configuration: configuration,
-            providers: (0..<3).map { provider($0, big) },
-            seed: 7
-        ).run(requests)
-        let took = (ContinuousClock.now - started).seconds
+        let (lines, report, took) = try timed(big, configuration)
         print(
-            "\(requests.count) lines simulated in \(f(took, 2)) s (\(report.rounds) scheduling rounds); makespan "
+            "\(lines) lines simulated in \(f(took, 2)) s (\(report.rounds) scheduling rounds); makespan "
                 + "\(f(report.makespan.seconds)) s, bound \(f(report.bound.seconds)) s, ratio \(f(report.makespan.seconds / report.bound.seconds, 4))"
         )
         // Many users: a fifth as many lines, each from its own user, under the default limits (the project's
         // bucket binds, so every round finds the project held back).
         var crowd = Shape(name: "crowd", providers: 3, speech: hundredThousand / 5, rate: 500, slots: 10)
         crowd.users = hundredThousand / 5
-        let crowdRequests = try Self.requests(crowd)
-        let crowdStarted = ContinuousClock.now
-        let crowdReport = CampaignSimulator(
-            configuration: defaults,
-            providers: (0..<3).map { provider($0, crowd) },
-            seed: 7
-        ).run(crowdRequests)
-        let crowdTook = (ContinuousClock.now - crowdStarted).seconds
+        let (crowdLines, crowdReport, crowdTook) = try timed(crowd, defaults)
         print(
-            "\(crowdRequests.count) lines from as many users, default limits, simulated in \(f(crowdTook, 2)) s "
+            "\(crowdLines) lines from as many users, default limits, simulated in \(f(crowdTook, 2)) s "
                 + "(\(crowdReport.rounds) scheduling rounds); makespan \(f(crowdReport.makespan.seconds)) s, bound "
                 + "\(f(crowdReport.bound.seconds)) s set by \(crowdReport.boundSetBy)"
         )
         return clean && report.unplaced == 0 && crowdReport.unplaced == 0
+    }
+
+    /// Simulates `shape` on its providers under `configuration`: its lines, the report and the seconds it took.
+    static func timed(
+        _ shape: Shape,
+        _ configuration: PargenConfiguration
+    ) throws -> (lines: Int, report: CampaignSimulator.Report, took: Double) {
+        let requests = try requests(shape)
+        let started = ContinuousClock.now
+        let report = CampaignSimulator(
+            configuration: configuration,
+            providers: (0..<shape.providers).map { provider($0, shape) },
+            seed: 7
+        ).run(requests)
+        return (requests.count, report, (ContinuousClock.now - started).seconds)
     }
 
     static func f(_ value: Double, _ digits: Int = 1) -> String { String(format: "%.\(digits)f", value) }
