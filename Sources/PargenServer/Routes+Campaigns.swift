@@ -122,20 +122,21 @@ extension PargenServer {
     /// Cancels the waiting jobs of `campaign` keyed as its lines (`NAME:` and a line key) whose keys are not in
     /// `kept`; a job under way, done, or whose call cannot be stopped is left, as `DELETE /v1/jobs/{id}` would.
     func cancelRemovedLines(of campaign: String, name: String, keeping kept: Set<String>) async throws -> [JobID] {
+        // `NAME:` and a line key, or the `NAME:line-N` keys of a campaign uploaded before content keys.
+        let prefix = "\(name):"
+        let removed = try await CampaignRunner.waitingLines(
+            in: generator.store,
+            campaign: campaign,
+            isLine: { key in
+                guard key.hasPrefix(prefix) else { return false }
+                let line = String(key.dropFirst(prefix.count))
+                return CampaignRunner.isLineKey(line) || line.hasPrefix("line-")
+            },
+            notIn: kept
+        )
         var cancelled: [JobID] = []
-        var cursor: Int64?
-        while true {
-            let page = try await generator.store.jobs(
-                matching: JobQuery(states: [.available], campaign: campaign, afterSequence: cursor, limit: 1_000)
-            )
-            guard let last = page.last else { break }
-            cursor = last.sequence
-            for job in page {
-                guard let key = job.request.idempotencyKey, key.hasPrefix("\(name):"), !kept.contains(key) else { continue }
-                let line = key.dropFirst(name.count + 1)
-                guard CampaignRunner.isLineKey(String(line)) || line.hasPrefix("line-") else { continue }
-                if case .cancelled? = try? await generator.cancel(job.id) { cancelled.append(job.id) }
-            }
+        for job in removed {
+            if case .cancelled? = try? await generator.cancel(job.id) { cancelled.append(job.id) }
         }
         return cancelled
     }

@@ -249,23 +249,39 @@ public enum CampaignRunner {
     public static func cancelRemovedLines(of file: CampaignFile, in store: any JobStore) async throws -> [JobRecord] {
         let kept = Set(requests(of: file, keys: try await lineKeys(in: store)).compactMap(\.idempotencyKey))
         var cancelled: [JobRecord] = []
-        var cursor: Int64?
-        while true {
-            let page = try await store.jobs(matching: JobQuery(states: [.available], afterSequence: cursor, limit: 1_000))
-            guard let last = page.last else { break }
-            cursor = last.sequence
-            for job in page {
-                guard let key = job.request.idempotencyKey, isLineKey(key), !kept.contains(key) else { continue }
-                do {
-                    try await store.cancel(job.id)
-                    cancelled.append(job)
-                } catch let error as StoreError where error.code == .invalidState || error.code == .notFound {
-                    // Taken by a worker, or finished, since the page was read: it runs or ran; leave it.
-                    continue
-                }
+        for job in try await waitingLines(in: store, isLine: isLineKey, notIn: kept) {
+            do {
+                try await store.cancel(job.id)
+                cancelled.append(job)
+            } catch let error as StoreError where error.code == .invalidState || error.code == .notFound {
+                // Taken by a worker, or finished, since it was read: it runs or ran; leave it.
+                continue
             }
         }
         return cancelled
+    }
+
+    /// The waiting jobs in `store` (of `campaign`, if given) whose idempotency key `isLine` calls a campaign line's
+    /// and that `kept` does not hold: what a campaign that no longer has those lines would cancel.
+    public static func waitingLines(
+        in store: any JobStore,
+        campaign: String? = nil,
+        isLine: (String) -> Bool,
+        notIn kept: Set<String>
+    ) async throws -> [JobRecord] {
+        var found: [JobRecord] = []
+        var cursor: Int64?
+        while true {
+            let page = try await store.jobs(
+                matching: JobQuery(states: [.available], campaign: campaign, afterSequence: cursor, limit: 1_000)
+            )
+            guard let last = page.last else { break }
+            cursor = last.sequence
+            found += page.filter { job in
+                job.request.idempotencyKey.map { isLine($0) && !kept.contains($0) } ?? false
+            }
+        }
+        return found
     }
 
     /// Whether `key` is a campaign line's key, of either form (`line:<16 hex digits>:<copy>`, or `line-N-<16 hex
