@@ -106,6 +106,28 @@ enum TestRedis {
         #expect(try await redis.send(["SCRIPT", "EXISTS", script.sha1]) == .array([.integer(1)]))
     }
 
+    /// Scripts run while another client flushes the script cache again and again: every call succeeds. A script
+    /// loaded again after `NOSCRIPT` (`SCRIPT LOAD`, then `EVALSHA`) failed when a flush came in between, which is
+    /// how a lock failed in CI while a parallel test flushed; the source now goes with `EVAL`.
+    @Test func scriptsRunWhileTheCacheIsFlushedAgainAndAgain() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let flusher = RedisClient(configuration: try TestRedis.configuration())
+        let script = RedisScript("return 'flushed ' .. ARGV[1]")
+        let flushing = Task {
+            while !Task.isCancelled { _ = try? await flusher.send(["SCRIPT", "FLUSH"]) }
+        }
+        defer { flushing.cancel() }
+        var failures: [String] = []
+        for round in 0..<300 {
+            do {
+                _ = try await redis.evaluate(script, keys: [], arguments: ["\(round)"])
+            } catch {
+                failures.append("\(error)")
+            }
+        }
+        #expect(failures.isEmpty, "\(failures.count) of 300 failed: \(failures.prefix(2))")
+    }
+
     @Test func aSlowCommandTimesOutAndTheNextOneWorks() async throws {
         var configuration = try TestRedis.configuration()
         configuration.poolSize = 1
