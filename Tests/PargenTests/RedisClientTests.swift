@@ -98,36 +98,6 @@ enum TestRedis {
         try await redis.unlock(third)
     }
 
-    @Test func aScriptTheServerForgotIsLoadedAgain() async throws {
-        let redis = RedisClient(configuration: try TestRedis.configuration())
-        let script = RedisScript("return ARGV[1] .. '!'")
-        try await redis.send(["SCRIPT", "FLUSH"])
-        #expect(try await redis.evaluate(script, keys: [], arguments: ["hi"]).string == "hi!")
-        #expect(try await redis.send(["SCRIPT", "EXISTS", script.sha1]) == .array([.integer(1)]))
-    }
-
-    /// Scripts run while another client flushes the script cache again and again: every call succeeds. A script
-    /// loaded again after `NOSCRIPT` (`SCRIPT LOAD`, then `EVALSHA`) failed when a flush came in between, which is
-    /// how a lock failed in CI while a parallel test flushed; the source now goes with `EVAL`.
-    @Test func scriptsRunWhileTheCacheIsFlushedAgainAndAgain() async throws {
-        let redis = RedisClient(configuration: try TestRedis.configuration())
-        let flusher = RedisClient(configuration: try TestRedis.configuration())
-        let script = RedisScript("return 'flushed ' .. ARGV[1]")
-        let flushing = Task {
-            while !Task.isCancelled { _ = try? await flusher.send(["SCRIPT", "FLUSH"]) }
-        }
-        defer { flushing.cancel() }
-        var failures: [String] = []
-        for round in 0..<300 {
-            do {
-                _ = try await redis.evaluate(script, keys: [], arguments: ["\(round)"])
-            } catch {
-                failures.append("\(error)")
-            }
-        }
-        #expect(failures.isEmpty, "\(failures.count) of 300 failed: \(failures.prefix(2))")
-    }
-
     @Test func aSlowCommandTimesOutAndTheNextOneWorks() async throws {
         var configuration = try TestRedis.configuration()
         configuration.poolSize = 1
@@ -192,5 +162,41 @@ enum TestRedis {
         for bad in ["http://x", "redis://", "redis://h/99", "redis://h/x", "rediss://h"] {
             #expect(throws: RedisError.self, "\(bad)") { try RedisConfiguration(url: bad) }
         }
+    }
+}
+
+/// The server's script cache: these two flush it, so they run one at a time (the other suites' scripts only
+/// meet `NOSCRIPT`, which they survive).
+@Suite(.serialized) struct RedisScriptCacheTests {
+    @Test func aScriptTheServerForgotIsLoadedAgain() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let script = RedisScript("return ARGV[1] .. '!'")
+        try await redis.send(["SCRIPT", "FLUSH"])
+        #expect(try await redis.evaluate(script, keys: [], arguments: ["hi"]).string == "hi!")
+        #expect(try await redis.send(["SCRIPT", "EXISTS", script.sha1]) == .array([.integer(1)]))
+    }
+
+    /// Scripts run while another client flushes the script cache again and again: every call succeeds. A script
+    /// loaded again after `NOSCRIPT` (`SCRIPT LOAD`, then `EVALSHA`) failed when a flush came in between, which is
+    /// how a lock failed in CI while a parallel test flushed; the source now goes with `EVAL`.
+    @Test func scriptsRunWhileTheCacheIsFlushedAgainAndAgain() async throws {
+        let redis = RedisClient(configuration: try TestRedis.configuration())
+        let flusher = RedisClient(configuration: try TestRedis.configuration())
+        let script = RedisScript("return 'flushed ' .. ARGV[1]")
+        let flushing = Task {
+            while !Task.isCancelled { _ = try? await flusher.send(["SCRIPT", "FLUSH"]) }
+        }
+        var failures: [String] = []
+        for round in 0..<300 {
+            do {
+                _ = try await redis.evaluate(script, keys: [], arguments: ["\(round)"])
+            } catch {
+                failures.append("\(error)")
+            }
+        }
+        // The flushing ends before the test does, so that no flush reaches the next test of the suite.
+        flushing.cancel()
+        await flushing.value
+        #expect(failures.isEmpty, "\(failures.count) of 300 failed: \(failures.prefix(2))")
     }
 }
