@@ -136,7 +136,13 @@ extension PargenServer {
         )
         var cancelled: [JobID] = []
         for job in removed {
-            if case .cancelled? = try? await generator.cancel(job.id) { cancelled.append(job.id) }
+            do {
+                if case .cancelled = try await generator.cancel(job.id) { cancelled.append(job.id) }
+            } catch let error as StoreError where error.code == .invalidState || error.code == .notFound {
+                // Taken by a worker, or finished, since it was read: it runs or ran; leave it. Any other failure
+                // (the store unreachable) is the upload's, not a silent "nothing to cancel".
+                continue
+            }
         }
         return cancelled
     }
