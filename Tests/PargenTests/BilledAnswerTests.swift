@@ -20,8 +20,18 @@ import Testing
         count: Int = 12
     ) async throws -> (results: [GenerationResult], accepted: Int, price: Money, ledger: CostLedger, stats: SystemStats)
     {
-        // Seeded: about a third of the answers are cut short after half their bytes.
-        let bench = try await FakeBench.start(.openai, options: { $0.truncateRate = 0.35 }, http: http)
+        // Seeded: about a third of the answers are cut short after half their bytes. The answers take no drawn
+        // time, so the truncations are the only draws and fall on the same answers in every run (with a drawn
+        // latency, the order in which concurrent calls drew decided which draws were truncations, and 0.65^12 of
+        // the runs, about 1 in 175, truncated none).
+        let bench = try await FakeBench.start(
+            .openai,
+            options: {
+                $0.truncateRate = 0.35
+                $0.latencySeconds = 0...0
+            },
+            http: http
+        )
         var configuration = fakeTestConfiguration()
         configuration.retry.payAgainForLostAnswers = payAgain
         let store = MemoryJobStore(clock: .continuous)

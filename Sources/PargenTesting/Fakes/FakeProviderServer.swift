@@ -149,7 +149,8 @@ struct FakeRoutes: Sendable {
     }
 
     func pause(_ range: ClosedRange<Double>) async throws {
-        let seconds = state.uniform(range)
+        // A fixed time draws nothing: the seeded faults then fall on the same calls however the calls interleave.
+        let seconds = range.lowerBound == range.upperBound ? range.lowerBound : state.uniform(range)
         if seconds > 0 { try await Task.sleep(for: .milliseconds(Int64(seconds * 1000))) }
     }
 
