@@ -2,7 +2,7 @@ import Foundation
 import Logging
 import Synchronization
 
-extension ParallelGenerator {
+extension ExecutionStage {
     static func memoryEstimate(_ request: ValidatedRequest) -> Int {
         request.kind == .audio ? 16 : 64
     }
@@ -20,7 +20,7 @@ extension ParallelGenerator {
     }
 }
 
-extension ParallelGenerator {
+extension ExecutionStage {
     /// Runs a provider call so that cancellation cannot cut it between the provider accepting a task and the
     /// task id being persisted: cancelled before that point, the call goes on until the id is stored (or the
     /// call ends), and is cancelled then. A call to a provider that is not idempotent is thus never left
@@ -39,17 +39,7 @@ extension ParallelGenerator {
     }
 }
 
-extension ParallelGenerator {
-    /// Runs a store transition to the end even if the job's task is cancelled (a shutdown): a lease given
-    /// back or a result recorded must land, and some drivers refuse work in a cancelled task.
-    func shielded<T: Sendable>(
-        _ transition: @escaping @Sendable () async throws -> T
-    ) async throws
-        -> T
-    {
-        // An unstructured task is the one way to shield cleanup from cancellation (see STYLE.md, rule 5).
-        try await Task { try await transition() }.value
-    }
+extension ExecutionStage {
 }
 
 /// Tells whether a call's task id is persisted, and runs an action once it is.

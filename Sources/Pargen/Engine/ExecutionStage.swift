@@ -4,7 +4,19 @@ import Synchronization
 
 /// The execution stage: one admitted job, from its job slot through the cache, single-flight, the budget and
 /// the provider call, to its artifact.
-extension ParallelGenerator {
+struct ExecutionStage: EnginePart {
+    let core: EngineCore
+    let settlement: SettlementStage
+    let providers: [String: any GenerationProvider]
+    let admission: AdmissionController
+    let pool: ResourcePool
+    let balancer: LoadBalancer
+    let cache: any GenerationCache
+    /// The tiers shared with other processes and runs (Redis, an object store), after ``cache``.
+    let sharedCache: (any SharedArtifactCache)?
+    let costs: CostMonitor
+    let flights: SingleFlight<FlightOutcome>
+
     // MARK: - One job
 
     /// The execution stage for one job: a job slot (the one its admission took, `taken`, or one it waits for
@@ -13,7 +25,7 @@ extension ParallelGenerator {
         let id = job.record.id
         defer {
             ticket?.finish(.notCalled)
-            state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
+            core.state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
             wakeup.signal()
         }
         let slot: ResourceLease
@@ -38,15 +50,19 @@ extension ParallelGenerator {
                 path: artifacts.root,
                 operation: "write the media"
             ) {
-                await giveBack(job, haltingFor: local)
+                await settlement.giveBack(job, haltingFor: local)
             } else {
                 logger.info(
                     "job processing failed",
                     metadata: [LoggingKeys.jobID: "\(id)", LoggingKeys.error: "\(error)"]
                 )
-                try? await putBack(job, error: GenerationError(.transient, "internal error: \(error)"))
+                try? await settlement.putBack(job, error: GenerationError(.transient, "internal error: \(error)"))
             }
         }
+    }
+
+    func estimate(_ request: ValidatedRequest, _ provider: String) -> Money {
+        providers[provider]?.descriptor.pricing.estimate(request) ?? .zero
     }
 
     /// The job slot a job runs in.
@@ -61,8 +77,8 @@ extension ParallelGenerator {
         // So does a call cut off at a provider that de-duplicates by key: it is made again there, under the same
         // key, and never served from elsewhere (the provider may have billed it).
         if record.recoveryPoint == .submitted && record.providerTaskID != nil || record.recoveryPoint == .cutOff {
-            guard let ticket else { return try await putBack(job) }
-            _ = await lead(job, ticket: ticket)
+            guard let ticket else { return try await settlement.putBack(job) }
+            _ = await call(job, ticket: ticket)
             return
         }
         if configuration.caching.enabled, let cached = await cache.get(request.fingerprint) {
@@ -86,7 +102,7 @@ extension ParallelGenerator {
                 let claim = await sharedCache?.claim(request.fingerprint) ?? .unavailable
                 if claim == .heldElsewhere {
                     ticket.finish(.notCalled)
-                    try? await putBack(job, after: Self.sharedFlightPoll)
+                    try? await settlement.putBack(job, after: Self.sharedFlightPoll)
                     flights.finish(request.fingerprint, with: .retryLater)
                     progress(record, .queued, message: "another worker is generating an identical request")
                     return
@@ -110,22 +126,22 @@ extension ParallelGenerator {
                         // rather than pay for the line again.
                         await sharedCache.release(claim)
                         ticket.finish(.notCalled)
-                        if served == nil { try? await putBack(job, after: Self.sharedTierPause) }
+                        if served == nil { try? await settlement.putBack(job, after: Self.sharedTierPause) }
                         flights.finish(request.fingerprint, with: served.map { .success($0) } ?? .retryLater)
                         return
                     }
                 }
-                outcome = await lead(job, ticket: ticket)
+                outcome = await call(job, ticket: ticket)
                 if case .leader = claim { await sharedCache?.release(claim) }
             } else {
                 // It gave its admission back to follow a leader that has finished since: it queues again.
-                try? await putBack(job, after: .zero)
+                try? await settlement.putBack(job, after: .zero)
                 outcome = .retryLater
             }
             flights.finish(request.fingerprint, with: outcome)
         case .follower(.success(let shared)):
             let written = try await completeWithShared(shared, job: job, servedFromCache: false)
-            state.withLock { $0.deduplicated += 1 }
+            core.state.withLock { $0.deduplicated += 1 }
             progress(record, .succeeded, provider: shared.provider, message: "de-duplicated")
             finish(written)
         case .follower(.terminal(let error)):
@@ -134,27 +150,23 @@ extension ParallelGenerator {
             finish(written)
         case .follower(.retryLater), .follower(nil):
             // The identical request in flight did not finish: look again shortly (cache, or lead ourselves).
-            try await putBack(job)
+            try await settlement.putBack(job)
             progress(record, .queued, message: "waiting for an identical request")
         }
     }
 
     /// How often a job whose identical request another process is generating looks for its result.
     static let sharedFlightPoll: Duration = .milliseconds(500)
-    /// Failures of the shared tiers to serve a line that may exist there (lookups no tier answered, fetches of
-    /// its artifact that failed) after which the line is generated: the provider is paid again only after this
-    /// many, each a second apart.
-    public static let sharedTierTries = 3
     /// The wait before a line the shared tiers failed to serve is looked for again.
     static let sharedTierPause: Duration = .seconds(1)
 
-    /// Whether the shared tiers failed ``sharedTierTries`` times to serve `fingerprint`.
+    /// Whether the shared tiers failed ``ParallelGenerator/sharedTierTries`` times to serve `fingerprint`.
     func sharedTiersGaveUp(_ fingerprint: String) -> Bool {
-        state.withLock { $0.sharedTierFailures[fingerprint, default: 0] >= Self.sharedTierTries }
+        core.state.withLock { $0.sharedTierFailures[fingerprint, default: 0] >= ParallelGenerator.sharedTierTries }
     }
 
     func countSharedTierFailure(_ fingerprint: String) {
-        state.withLock { $0.sharedTierFailures[fingerprint, default: 0] += 1 }
+        core.state.withLock { $0.sharedTierFailures[fingerprint, default: 0] += 1 }
     }
 
     /// Completes a job with another request's artifact (a cache hit or an identical request in flight): its
@@ -173,14 +185,14 @@ extension ParallelGenerator {
             saved: saved
         )
         let written = try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
-        state.withLock { $0.saved += saved }
+        core.state.withLock { $0.saved += saved }
         return written
     }
 
     /// Completes a job with an artifact another process (or an earlier run) generated: its media is fetched from
     /// the object store into this run's folder, checked as a provider's would be, and the job is done at no
     /// cost, saving what it cost then. A fetch that fails is counted: the job is tried again, and its line is
-    /// generated only after ``sharedTierTries`` failures of the tiers.
+    /// generated only after ``ParallelGenerator/sharedTierTries`` failures of the tiers.
     ///
     /// - Returns: The job's artifact, or `nil` when it was not served.
     @discardableResult
@@ -224,7 +236,7 @@ extension ParallelGenerator {
             saved: found.cost
         )
         let written = try await shielded { try await self.store.complete(job.lease, outcome: outcome) }
-        state.withLock { $0.saved += found.cost }
+        core.state.withLock { $0.saved += found.cost }
         await cache.put(record.request.fingerprint, artifact)
         progress(record, .servedFromCache, provider: found.provider)
         finish(written)
@@ -247,7 +259,7 @@ extension ParallelGenerator {
                 copy.objectKey = published.key
                 return copy
             } catch {
-                let stopping = Task.isCancelled || state.withLock { $0.lifecycle != .running }
+                let stopping = Task.isCancelled || core.state.withLock { $0.lifecycle != .running }
                 if stopping || clock.now + delay > deadline {
                     logger.error(
                         "the artifact could not be published to the shared tiers; it stays in the local folder",
@@ -268,7 +280,7 @@ extension ParallelGenerator {
 
     /// Makes the provider call the job was admitted for and records its outcome. Never throws: every failure
     /// ends in a store transition (retry, snooze or dead letter), and the ticket's outcome goes back to admission.
-    func lead(_ job: LeasedJob, ticket: HeldTicket) async -> FlightOutcome {
+    func call(_ job: LeasedJob, ticket: HeldTicket) async -> FlightOutcome {
         let record = job.record
         let request = record.request
         let id = record.id
@@ -329,7 +341,7 @@ extension ParallelGenerator {
                     } catch let refusal as BudgetRefusal {
                         ticket.finish(.notCalled)
                         balancer.recordNeutral(name, throttled: false)
-                        return await budgetRefused(job, refusal, estimate: estimate, provider: name)
+                        return await settlement.budgetRefused(job, refusal, estimate: estimate, provider: name)
                     }
                 }
             }
@@ -350,7 +362,7 @@ extension ParallelGenerator {
                 attempt: attempt,
                 idempotencyKey: "\(id):\(attempt)",
                 logger: logger,
-                batch: state.withLock { $0.batchOf.removeValue(forKey: id) },
+                batch: core.state.withLock { $0.batchOf.removeValue(forKey: id) },
                 submitted: { taskID in
                     taskSeen.withLock { $0 = taskID }
                     ticket.arrived()
@@ -365,7 +377,7 @@ extension ParallelGenerator {
                 downloading: { self.progress(record, .downloading, provider: name) },
                 throttled: { _ in
                     if ticket.ticket.usesSlot { self.admission.taskHeldBack(name) }
-                    self.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
+                    self.core.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
                     self.progress(record, .running, provider: name, message: "\(name) is holding the task back")
                 },
                 answered: {
@@ -399,7 +411,7 @@ extension ParallelGenerator {
             balancer.recordSuccess(name, latency: latency)
             // The slot frees now; the task's time sizes the room kept for slot holders.
             ticket.finish(.succeeded(latency: latency))
-            state.withLock { state in
+            core.state.withLock { state in
                 state.providerActivity[name, default: ProviderActivity()].succeeded += 1
                 state.latencies[name, default: []].append(latency)
                 if state.latencies[name]!.count > 20_000 { state.latencies[name]!.removeFirst(10_000) }
@@ -426,12 +438,12 @@ extension ParallelGenerator {
             let charged: Money? = billed.value && taskSeen.value == nil ? estimate : nil
             if let charged {
                 costs.charged(charged, provider: name, estimate: estimate)
-                state.withLock { state in
+                core.state.withLock { state in
                     state.providerActivity[name, default: ProviderActivity()].billedAnswersLost += 1
                     state.providerActivity[name, default: ProviderActivity()].billedAnswersLostCost += charged
                 }
             }
-            return await handleFailure(
+            return await settlement.settleFailure(
                 error,
                 job: job,
                 ticket: ticket,

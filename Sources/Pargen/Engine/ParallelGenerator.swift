@@ -14,111 +14,32 @@ import Synchronization
 /// ```
 ///
 /// It is a `Service`: run it in a `ServiceGroup` with ``run()``, or use ``start()`` and ``stop()``.
-public final class ParallelGenerator: Service, Sendable {
+public final class ParallelGenerator: Service, EnginePart {
     public typealias Configuration = PargenConfiguration
 
-    public let configuration: Configuration
-    public let store: any JobStore
-    public let artifacts: ArtifactStore
-    public let clock: PargenClock
-    let logger: Logger
+    /// What the stages share: the configuration, the store, the artifact folder, the clock, events and state.
+    let core: EngineCore
+    /// The stages a job goes through: ``IntakeStage`` checks and queues it; ``SchedulerStage`` takes it into the
+    /// backlog and starts it when ``AdmissionController`` admits it; ``ExecutionStage`` runs its call;
+    /// ``SettlementStage`` turns every way the call can end into one fenced store transition. The scheduler holds
+    /// the execution stage, which holds the settlement stage.
+    let scheduler: SchedulerStage
+    let intake: IntakeStage
     let providers: [String: any GenerationProvider]
-    let validator: RequestValidator
     let admission: AdmissionController
     let pool: ResourcePool
     let balancer: LoadBalancer
     let cache: any GenerationCache
-    /// The tiers shared with other processes and runs (Redis, an object store), after ``cache``.
     let sharedCache: (any SharedArtifactCache)?
     let costs: CostMonitor
-    let batcher: Batcher
-    let retryPolicy: RetryPolicy
-    let bus = EventBus()
-    let flights = SingleFlight<FlightOutcome>()
-    let wakeup = Wakeup()
-    let random: LockedRandom
+
+    public var configuration: Configuration { core.configuration }
+    public var store: any JobStore { core.store }
+    public var artifacts: ArtifactStore { core.artifacts }
+    public var clock: PargenClock { core.clock }
     /// This process's name on the leases it holds (and as housekeeping's leader).
-    public let workerID: String
-    let state = Mutex(EngineState())
-    let hooks: EngineHooks
-
-    struct EngineState {
-        var lifecycle: Lifecycle = .idle
-        var runTask: Task<Void, any Error>?
-        var inFlight: [JobID: InFlight] = [:]
-        /// Jobs taken from the store that wait for admission, holding nothing but their lease.
-        var waiting: [JobID: LeasedJob] = [:]
-        /// Jobs only looked at (not claimed) that are between the look and the backlog or their claim (a shared
-        /// cache lookup, a cache hit, a dead letter): in view, so that the next look does not bring them again.
-        var lookedAt: Set<JobID> = []
-        /// Users the shared admission state held back, until when (a shared store only).
-        var sharedBlocks: [String: Duration] = [:]
-        /// Projects the shared admission state held back (their bucket or burst), until when.
-        var sharedProjectBlocks: [String: Duration] = [:]
-        /// Jobs admitted and running.
-        var running = 0
-        /// Admitted jobs waiting for the shared-store claim in flight to end, to be claimed together in the next.
-        var pendingClaims: [(granted: Granted, request: ClaimRequest)] = []
-        /// Whether a task is claiming ``pendingClaims`` (one at a time per process).
-        var claiming = false
-        /// Counts the jobs this process added to or put back in the store, so the scheduler knows when to look.
-        var storeGeneration = 0
-        var batcher = BatcherStats()
-        /// The batch each admitted job was admitted in (several compatible jobs to one provider), until its call.
-        var batchOf: [JobID: BatchMembership] = [:]
-        var deduplicated = 0
-        /// What the jobs served by a cache or an identical request would have cost to generate.
-        var saved: Money = .zero
-        /// Fingerprints the shared tiers failed to serve, and how many times (lookups no tier answered, fetches
-        /// that failed): a line that may exist there is generated only after ``sharedTierTries`` failures.
-        var sharedTierFailures: [String: Int] = [:]
-        var invalid: [JobID: GenerationResult] = [:]
-        /// Requests submitted so far, for the fallback ids of requests that have none.
-        var submittedCount = 0
-        var waiters: [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]] = [:]
-        var nextWaiterID: UInt64 = 0
-        var providerActivity: [String: ProviderActivity] = [:]
-        var latencies: [String: [Duration]] = [:]
-        var lastRescue: Duration = .zero
-        /// Set when this machine's storage failed: the engine takes no new work from then on.
-        var halt: LocalResourceError?
-        /// The job taken back after a crash (``JobRecord/crashes``) that this process is running now: such jobs
-        /// run one at a time, so that a job whose call brings the process down is never in flight with another
-        /// suspect, and only it keeps being blamed.
-        var suspect: JobID?
-        /// Suspects leased while another one runs; they hold their leases (no provider call) until it is done.
-        var parkedSuspects: [LeasedJob] = []
-        /// Jobs whose provider was asked to stop their task (``cancel(_:)``): when the call ends in failure they
-        /// are dead-lettered as cancelled, never retried.
-        var cancelRequested: Set<JobID> = []
-    }
-
-    enum Lifecycle { case idle, running, draining, stopped }
-
-    /// A job this process holds, and when (by the engine's clock) its lease was last renewed.
-    struct InFlight {
-        var lease: JobLease
-        var renewedAt: Duration
-        /// After a renewal failed: when to try again (a store that is down, or a lease another process took, is
-        /// asked again at this pace instead of on every turn of the scheduler's loop).
-        var retryAt: Duration? = nil
-        /// The store answered that the lease is no longer this process's (it expired and was given to another
-        /// run): it is never renewed again, and what the call brings back is refused by the store's fence.
-        var lost = false
-
-        /// When this lease is next due for renewal: a third of its duration after it was last renewed, or the
-        /// retry time after a failure, whichever is later; never for a lease that is lost.
-        func renewalDue(leaseDuration: Duration) -> Duration? {
-            lost ? nil : max(renewedAt + leaseDuration / 3, retryAt ?? .zero)
-        }
-    }
-
-    /// What a leader's attempt tells the identical requests waiting on it.
-    enum FlightOutcome: Sendable {
-        case success(Artifact)
-        case terminal(GenerationError)
-        case retryLater
-    }
+    public var workerID: String { core.workerID }
+    var settlement: SettlementStage { scheduler.settlement }
 
     /// - Parameters:
     ///   - configuration: Limits, batching, resources, budgets, retries.
@@ -141,21 +62,23 @@ public final class ParallelGenerator: Service, Sendable {
         logger: Logger = Logger(label: "pargen", factory: { _ in SwiftLogNoOpLogHandler() }),
         hooks: EngineHooks = EngineHooks()
     ) {
-        self.configuration = configuration
-        self.hooks = hooks
-        self.clock = clock
-        self.logger = logger
-        self.store = store ?? MemoryJobStore(clock: clock)
-        self.artifacts = ArtifactStore(root: outputDirectory)
+        let store = store ?? MemoryJobStore(clock: clock)
+        core = EngineCore(
+            configuration: configuration,
+            store: store,
+            artifacts: ArtifactStore(root: outputDirectory),
+            clock: clock,
+            logger: logger,
+            hooks: hooks,
+            workerID: "worker-\(UInt32.random(in: 0...UInt32.max))"
+        )
         var byName: [String: any GenerationProvider] = [:]
         for provider in providers where byName[provider.descriptor.name] == nil {
             byName[provider.descriptor.name] = provider
         }
         self.providers = byName
         let descriptors = providers.map(\.descriptor).filter { byName[$0.name] != nil }
-        validator = RequestValidator(configuration: configuration.validation)
-        let pool = ResourcePool(configuration: configuration.resources, clock: clock)
-        self.pool = pool
+        pool = ResourcePool(configuration: configuration.resources, clock: clock)
         // On a shared store the user windows, project buckets and bursts are kept, exactly, by the store's claims:
         // a local copy would count calls the store then refuses, and hold users back for calls never made.
         var localLimits = configuration.rateLimits
@@ -175,10 +98,42 @@ public final class ParallelGenerator: Service, Sendable {
             )
         self.sharedCache = configuration.caching.enabled ? sharedCache : nil
         costs = CostMonitor(configuration: configuration.budgets, clock: clock)
-        batcher = Batcher(configuration: configuration.batching)
-        retryPolicy = RetryPolicy(configuration: configuration.retry)
-        random = LockedRandom(seed: configuration.randomSeed)
-        workerID = "worker-\(UInt32.random(in: 0...UInt32.max))"
+        intake = IntakeStage(
+            core: core,
+            validator: RequestValidator(configuration: configuration.validation),
+            balancer: balancer
+        )
+        let settlement = SettlementStage(
+            core: core,
+            balancer: balancer,
+            retryPolicy: RetryPolicy(configuration: configuration.retry),
+            costs: costs,
+            random: LockedRandom(seed: configuration.randomSeed)
+        )
+        let execution = ExecutionStage(
+            core: core,
+            settlement: settlement,
+            providers: byName,
+            admission: admission,
+            pool: pool,
+            balancer: balancer,
+            cache: self.cache,
+            sharedCache: self.sharedCache,
+            costs: costs,
+            flights: SingleFlight<FlightOutcome>()
+        )
+        scheduler = SchedulerStage(
+            core: core,
+            execution: execution,
+            settlement: settlement,
+            providers: byName,
+            admission: admission,
+            pool: pool,
+            balancer: balancer,
+            batcher: Batcher(configuration: configuration.batching),
+            cache: self.cache,
+            sharedCache: self.sharedCache
+        )
     }
 
     // MARK: - Lifecycle
@@ -188,7 +143,7 @@ public final class ParallelGenerator: Service, Sendable {
     /// - Important: Use either ``start()``/``stop()`` or ``run()`` in a `ServiceGroup`, not both.
     public func start() async throws {
         try artifacts.prepare()
-        let started = state.withLock { state -> Bool in
+        let started = core.state.withLock { state -> Bool in
             guard state.runTask == nil else { return false }
             // Running from now on, so generate() may be called at once; run() keeps this state.
             state.lifecycle = .running
@@ -199,7 +154,7 @@ public final class ParallelGenerator: Service, Sendable {
         // not follow the caller's graceful shutdown (started inside a `ServiceGroup`'s service, it would otherwise
         // drain when the group shuts down): an engine started here ends with stop(), which says how.
         let task = Task { try await self.runDispatcher(followingGracefulShutdown: false) }
-        state.withLock { $0.runTask = task }
+        core.state.withLock { $0.runTask = task }
     }
 
     /// Stops taking new work, lets jobs in flight finish, then returns.
@@ -207,14 +162,14 @@ public final class ParallelGenerator: Service, Sendable {
     /// - Parameter immediately: Cancel jobs in flight instead of letting them finish; their leases are given
     ///   back with the attempt restored, so nothing is lost.
     public func stop(immediately: Bool = false) async throws {
-        let task = state.withLock { state -> Task<Void, any Error>? in
+        let task = core.state.withLock { state -> Task<Void, any Error>? in
             if state.lifecycle == .running { state.lifecycle = .draining }
             return state.runTask
         }
         wakeup.signal()
         if immediately { task?.cancel() }
         _ = try? await task?.value
-        state.withLock { $0.runTask = nil }
+        core.state.withLock { $0.runTask = nil }
     }
 
     /// Runs the dispatcher until graceful shutdown or cancellation.
@@ -226,19 +181,19 @@ public final class ParallelGenerator: Service, Sendable {
     /// The body of ``run()`` once the artifact folders are prepared (``start()`` prepares them itself, so a
     /// bad output folder throws from `start()`).
     private func runDispatcher(followingGracefulShutdown: Bool) async throws {
-        state.withLock { state in
+        core.state.withLock { state in
             // A stop() that came before this task started leaves `draining`, and the loop ends at once.
             if state.lifecycle == .idle || state.lifecycle == .stopped { state.lifecycle = .running }
         }
         defer {
             // Whoever still waits for a job waits for a job this engine will not run: each is answered now.
-            let waiters = state.withLock { state in
+            let waiters = core.state.withLock { state in
                 state.lifecycle = .stopped
                 defer { state.waiters = [:] }
                 return state.waiters
             }
-            Self.answer(waiters) { Self.cancelledResult($0, stopped: true) }
-            bus.finish()
+            EngineCore.answer(waiters) { EngineCore.cancelledResult($0, stopped: true) }
+            core.bus.finish()
         }
         // A store that other processes write to says when work arrives, so the scheduler looks at once instead of
         // at its next poll; and waiters on jobs that other processes finish learn of it from the store. These
@@ -269,16 +224,16 @@ public final class ParallelGenerator: Service, Sendable {
         defer { limitsWatcher?.cancel() }
         guard followingGracefulShutdown else {
             await withDiscardingTaskGroup { group in
-                await dispatchLoop(group: &group)
+                await scheduler.dispatchLoop(group: &group)
             }
             return
         }
         await withGracefulShutdownHandler {
             await withDiscardingTaskGroup { group in
-                await dispatchLoop(group: &group)
+                await scheduler.dispatchLoop(group: &group)
             }
         } onGracefulShutdown: {
-            self.state.withLock { if $0.lifecycle == .running { $0.lifecycle = .draining } }
+            self.core.state.withLock { if $0.lifecycle == .running { $0.lifecycle = .draining } }
             self.wakeup.signal()
         }
     }
@@ -290,77 +245,7 @@ public final class ParallelGenerator: Service, Sendable {
     /// A request that fails validation gets a job id too; its result, a failure naming the field, is ready at
     /// once (see ``result(for:)`` and ``results()``).
     public func submit(_ requests: [GenerationRequest]) async throws -> [JobID] {
-        var ids = [JobID?](repeating: nil, count: requests.count)
-        var valid: [(Int, ValidatedRequest)] = []
-        var invalid: [(Int, GenerationResult)] = []
-        let base = state.withLock { state -> Int in
-            defer { state.submittedCount += requests.count }
-            return state.submittedCount
-        }
-        for (index, request) in requests.enumerated() {
-            let fallbackID = "request-\(base + index + 1)"
-            do throws(GenerationError) {
-                let checked = try validator.validate(request, fallbackID: fallbackID)
-                if let refused = balancer.refusedField(for: checked) {
-                    throw GenerationError(.noCapableProvider, refused.reason, field: refused.field)
-                }
-                valid.append((index, checked))
-            } catch {
-                let id = JobID("invalid-\(base + index + 1)")
-                ids[index] = id
-                let requestID = request.id.isEmpty ? fallbackID : request.id
-                invalid.append(
-                    (
-                        index,
-                        GenerationResult(
-                            requestID: requestID,
-                            jobID: id,
-                            outcome: .failure(error),
-                            provider: nil,
-                            actualCost: .zero,
-                            attempts: 0,
-                            errorHistory: [error]
-                        )
-                    )
-                )
-            }
-        }
-        let outcomes = try await store.enqueue(valid.map(\.1))
-        storeChanged()
-        for ((index, request), outcome) in zip(valid, outcomes) {
-            ids[index] = outcome.jobID
-            logger.debug(
-                "job queued",
-                metadata: [
-                    LoggingKeys.jobID: "\(outcome.jobID)", LoggingKeys.requestID: "\(request.id)",
-                    LoggingKeys.status: "\(outcome.existing ? "known" : "queued")",
-                ]
-            )
-            if !outcome.existing {
-                publish(
-                    .progress(
-                        ProgressUpdate(requestID: request.id, jobID: outcome.jobID, status: .queued, time: clock.now)
-                    )
-                )
-            }
-        }
-        for (_, result) in invalid {
-            state.withLock { $0.invalid[result.jobID!] = result }
-            publish(
-                .progress(
-                    ProgressUpdate(
-                        requestID: result.requestID,
-                        jobID: result.jobID!,
-                        status: .failed,
-                        message: result.error?.description,
-                        time: clock.now
-                    )
-                )
-            )
-            finishWaiters(result)
-        }
-        wakeup.signal()
-        return ids.map { $0! }
+        try await intake.submit(requests)
     }
 
     /// Runs `requests` to the end and returns one result per request, in input order.
@@ -371,14 +256,14 @@ public final class ParallelGenerator: Service, Sendable {
         _ requests: [GenerationRequest],
         progress: (@Sendable (ProgressUpdate) -> Void)? = nil
     ) async throws -> [GenerationResult] {
-        let running = state.withLock { $0.lifecycle == .running }
+        let running = core.state.withLock { $0.lifecycle == .running }
         guard running else { throw EngineError.notRunning }
         let watched = Locked(Set<JobID>())
         let buffered = Locked([ProgressUpdate]())
         var token: UInt64?
         if let progress {
             // Updates may arrive before the ids are known; hold them back until then.
-            token = bus.addCallback { event in
+            token = core.bus.addCallback { event in
                 guard case .progress(let update) = event else { return }
                 let known = watched.withLock { $0.isEmpty ? nil : $0.contains(update.jobID) }
                 switch known {
@@ -388,7 +273,7 @@ public final class ParallelGenerator: Service, Sendable {
                 }
             }
         }
-        defer { if let token { bus.removeCallback(token) } }
+        defer { if let token { core.bus.removeCallback(token) } }
         let ids = try await submit(requests)
         watched.withLock { $0 = Set(ids) }
         if let progress {
@@ -404,18 +289,18 @@ public final class ParallelGenerator: Service, Sendable {
     /// ``GenerationError/Code/cancelled`` failure (the job itself goes on). So does a wait for a job that the
     /// engine will not run because it stopped (or halted) first: the job stays in the store for a later run.
     public func result(for id: JobID) async -> GenerationResult {
-        let waiterID = state.withLock { state -> UInt64 in
+        let waiterID = core.state.withLock { state -> UInt64 in
             state.nextWaiterID += 1
             return state.nextWaiterID
         }
         let result = await withTaskCancellationHandler {
             await waitForResult(id, waiterID: waiterID)
         } onCancel: {
-            let mine = state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
+            let mine = core.state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
                 guard let index = state.waiters[id]?.firstIndex(where: { $0.id == waiterID }) else { return nil }
                 return state.waiters[id]!.remove(at: index).continuation
             }
-            mine?.resume(returning: Self.cancelledResult(id))
+            mine?.resume(returning: EngineCore.cancelledResult(id))
         }
         // A waiter that stopped waiting still reports what the store knows: a job that finished is finished,
         // whoever was waiting for it (the manifest written on Ctrl-C must say what the store says).
@@ -425,76 +310,19 @@ public final class ParallelGenerator: Service, Sendable {
         return makeResult(record)
     }
 
-    /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
-    /// (Also what it returns, naming `reason`, for a job the engine stopped before it finished because this
-    /// machine's storage failed, or, with `stopped`, because the engine was stopped: the job is left in the
-    /// store, and a later run continues it.)
-    private static func cancelledResult(
-        _ id: JobID,
-        halt reason: LocalResourceError? = nil,
-        stopped: Bool = false
-    ) -> GenerationResult {
-        let message =
-            if let reason {
-                "the run stopped before the job finished: \(reason)"
-            } else if stopped {
-                "the engine stopped before the job finished; it stays in the store for a later run"
-            } else {
-                "stopped before the job finished"
-            }
-        return GenerationResult(
-            requestID: "",
-            jobID: id,
-            outcome: .failure(GenerationError(.cancelled, message)),
-            provider: nil,
-            actualCost: .zero,
-            attempts: 0
-        )
-    }
-
     /// Why the engine stopped taking work, when this machine's storage failed (a full disk, a folder that cannot
     /// be written); `nil` otherwise. Jobs not finished then stay in the store, and a later run continues them.
-    public var haltReason: LocalResourceError? { state.withLock { $0.halt } }
-
-    /// Stops taking new work because this machine's storage failed: jobs in flight end or go back to the store,
-    /// every waiter is answered at once (``result(for:)`` gives a finished job's result, and a `cancelled` one
-    /// naming `reason` for the others), and ``haltReason`` says why. Only the first reason is kept.
-    func halt(because reason: LocalResourceError) {
-        let waiters = state.withLock { state -> [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]]? in
-            guard state.halt == nil else { return nil }
-            state.halt = reason
-            if state.lifecycle == .running { state.lifecycle = .draining }
-            defer { state.waiters = [:] }
-            return state.waiters
-        }
-        guard let waiters else { return }
-        logger.error(
-            "stopped taking work: this machine's storage failed",
-            metadata: [LoggingKeys.error: "\(reason)", "path": "\(reason.path)"]
-        )
-        Self.answer(waiters) { Self.cancelledResult($0, halt: reason) }
-        wakeup.signal()
-    }
-
-    /// Answers every waiter taken from the state (they wait for jobs this engine will not run) with `result`.
-    private static func answer(
-        _ waiters: [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]],
-        with result: (JobID) -> GenerationResult
-    ) {
-        for (id, list) in waiters {
-            for waiter in list { waiter.continuation.resume(returning: result(id)) }
-        }
-    }
+    public var haltReason: LocalResourceError? { core.state.withLock { $0.halt } }
 
     private func waitForResult(_ id: JobID, waiterID: UInt64) async -> GenerationResult {
         await withCheckedContinuation { (continuation: CheckedContinuation<GenerationResult, Never>) in
-            let ready = state.withLock { state -> GenerationResult? in
+            let ready = core.state.withLock { state -> GenerationResult? in
                 if let invalid = state.invalid[id] { return invalid }
-                if Task.isCancelled { return Self.cancelledResult(id) }
-                if let halt = state.halt { return Self.cancelledResult(id, halt: halt) }
+                if Task.isCancelled { return EngineCore.cancelledResult(id) }
+                if let halt = state.halt { return EngineCore.cancelledResult(id, halt: halt) }
                 // A stopped engine runs nothing more: waiting would never end (a finished job's result is looked
                 // up by result(for:)).
-                if state.lifecycle == .stopped { return Self.cancelledResult(id, stopped: true) }
+                if state.lifecycle == .stopped { return EngineCore.cancelledResult(id, stopped: true) }
                 state.waiters[id, default: []].append((waiterID, continuation))
                 return nil
             }
@@ -506,7 +334,7 @@ public final class ParallelGenerator: Service, Sendable {
             Task {
                 guard let record = try? await self.store.job(id), record.state.isFinal else { return }
                 let result = self.makeResult(record)
-                let mine = self.state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
+                let mine = self.core.state.withLock { state -> CheckedContinuation<GenerationResult, Never>? in
                     guard let index = state.waiters[id]?.firstIndex(where: { $0.id == waiterID }) else { return nil }
                     return state.waiters[id]!.remove(at: index).continuation
                 }
@@ -517,7 +345,7 @@ public final class ParallelGenerator: Service, Sendable {
 
     /// What a stop still waits for (for a worker that did not stop in time to say so).
     package func stopDiagnostics() -> String {
-        state.withLock { state in
+        core.state.withLock { state in
             "lifecycle \(state.lifecycle), \(state.inFlight.count) jobs held (\(state.inFlight.keys.sorted().prefix(5).map(\.rawValue).joined(separator: ", "))), \(state.running) running, \(state.waiting.count) waiting, run task \(state.runTask == nil ? "gone" : "present")"
         }
     }
@@ -527,7 +355,7 @@ public final class ParallelGenerator: Service, Sendable {
     func watchOtherWorkersResults() async {
         while !Task.isCancelled {
             try? await clock.sleep(for: .seconds(1))
-            let waited = state.withLock { state in Array(state.waiters.keys.sorted().prefix(100)) }
+            let waited = core.state.withLock { state in Array(state.waiters.keys.sorted().prefix(100)) }
             for id in waited where !Task.isCancelled {
                 guard let record = try? await store.job(id), record.state.isFinal else { continue }
                 finishWaiters(makeResult(record))
@@ -535,25 +363,33 @@ public final class ParallelGenerator: Service, Sendable {
         }
     }
 
+    /// The result a finished job's record stands for (what ``result(for:)`` returns once the job is final).
+    public func makeResult(_ record: JobRecord) -> GenerationResult { core.makeResult(record) }
+
+    /// Failures of the shared tiers to serve a line that may exist there (lookups no tier answered, fetches of
+    /// its artifact that failed) after which the line is generated: the provider is paid again only after this
+    /// many, each a second apart.
+    public static let sharedTierTries = 3
+
     /// Every result from now on, as jobs finish.
     public func results() -> AsyncCompactMapSequence<AsyncStream<PargenEvent>, GenerationResult> {
-        bus.subscribe().compactMap { event in
+        core.bus.subscribe().compactMap { event in
             if case .finished(let result) = event { return result }
             return nil
         }
     }
 
     /// Every event (progress, budget alerts, results) from now on.
-    public func events() -> AsyncStream<PargenEvent> { bus.subscribe() }
+    public func events() -> AsyncStream<PargenEvent> { core.bus.subscribe() }
 
     /// Calls `callback` for every event until the returned token is passed to ``removeEventCallback(_:)``.
     @discardableResult
-    public func onEvent(_ callback: @escaping @Sendable (PargenEvent) -> Void) -> UInt64 { bus.addCallback(callback) }
+    public func onEvent(_ callback: @escaping @Sendable (PargenEvent) -> Void) -> UInt64 { core.bus.addCallback(callback) }
 
-    public func removeEventCallback(_ token: UInt64) { bus.removeCallback(token) }
+    public func removeEventCallback(_ token: UInt64) { core.bus.removeCallback(token) }
 
     /// Whether `id` names a request refused at submission (it never became a job in the store).
-    public func isInvalidSubmission(_ id: JobID) -> Bool { state.withLock { $0.invalid[id] != nil } }
+    public func isInvalidSubmission(_ id: JobID) -> Bool { core.state.withLock { $0.invalid[id] != nil } }
 
     /// Names of the configured providers.
     public var providerNames: [String] { balancer.providerNames }
@@ -568,7 +404,7 @@ public final class ParallelGenerator: Service, Sendable {
         let budgets = await budgetLedgers()
         var poolStats = pool.stats()
         poolStats.providers = admission.providerStats()
-        return state.withLock { state in
+        return core.state.withLock { state in
             var cacheCopy = cacheStats
             cacheCopy.deduplicated = state.deduplicated
             cacheCopy.saved = state.saved
@@ -625,7 +461,7 @@ public final class ParallelGenerator: Service, Sendable {
     /// - Throws: ``StoreError/Code/notFound`` for an unknown job, ``StoreError/Code/invalidState`` for a
     ///   finished one.
     public func cancel(_ id: JobID) async throws -> CancelOutcome {
-        let held = state.withLock { $0.waiting.removeValue(forKey: id) }
+        let held = core.state.withLock { $0.waiting.removeValue(forKey: id) }
         if let held {
             _ = admission.remove(id)
             let error = GenerationError(.cancelled, "cancelled by request")
@@ -635,8 +471,8 @@ public final class ParallelGenerator: Service, Sendable {
                 progress(held.record, .deadLettered, message: error.description)
                 await finish(id)
             } else {
-                _ = await deadLetter(held, error)
-                state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
+                _ = await settlement.deadLetter(held, error)
+                core.state.withLock { _ = $0.inFlight.removeValue(forKey: id) }
             }
             storeChanged()
             return .cancelled
@@ -650,22 +486,22 @@ public final class ParallelGenerator: Service, Sendable {
             storeChanged()
             return .cancelled
         case .running:
-            guard state.withLock({ $0.inFlight[id] != nil }) else {
+            guard core.state.withLock({ $0.inFlight[id] != nil }) else {
                 return .notCancellable("it is held by another worker")
             }
             guard record.recoveryPoint == .submitted, let taskID = record.providerTaskID, let name = record.provider,
                 let provider = providers[name]
             else { return .notCancellable("its call to a provider is under way and its task id is not known yet") }
-            state.withLock { _ = $0.cancelRequested.insert(id) }
+            core.state.withLock { _ = $0.cancelRequested.insert(id) }
             let stopped: Bool
             do {
                 stopped = try await provider.cancelTask(taskID: taskID)
             } catch {
-                state.withLock { _ = $0.cancelRequested.remove(id) }
+                core.state.withLock { _ = $0.cancelRequested.remove(id) }
                 return .notCancellable("\(name) did not cancel task \(taskID): \(error)")
             }
             guard stopped else {
-                state.withLock { _ = $0.cancelRequested.remove(id) }
+                core.state.withLock { _ = $0.cancelRequested.remove(id) }
                 return .notCancellable("\(name) cannot cancel tasks")
             }
             return .requested
@@ -713,54 +549,6 @@ public final class ParallelGenerator: Service, Sendable {
         wakeup.signal()
     }
 
-    func publish(_ event: PargenEvent) { bus.publish(event) }
-
-    func finishWaiters(_ result: GenerationResult) {
-        guard let id = result.jobID else { return }
-        let waiters = state.withLock { state in
-            state.cancelRequested.remove(id)
-            return state.waiters.removeValue(forKey: id) ?? []
-        }
-        for waiter in waiters { waiter.continuation.resume(returning: result) }
-        publish(.finished(result))
-    }
-
-    /// The result a finished job's record stands for (what ``result(for:)`` returns once the job is final).
-    public func makeResult(_ record: JobRecord) -> GenerationResult {
-        let outcome: Result<Artifact, GenerationError>
-        if let success = record.outcome {
-            outcome = .success(success.artifact)
-        } else if record.state == .needsReconciliation, let reason = record.errors.last,
-            reason.code == .needsReconciliation
-        {
-            outcome = .failure(reason)
-        } else if record.state == .needsReconciliation {
-            outcome = .failure(
-                GenerationError(
-                    .needsReconciliation,
-                    "the job may have reached \(record.provider ?? "its provider") before a crash, and its task id was not recorded: check the provider, then retry or purge it",
-                    provider: record.provider
-                )
-            )
-        } else {
-            outcome = .failure(record.errors.last ?? GenerationError(.terminal, "the job ended without a result"))
-        }
-        var result = GenerationResult(
-            requestID: record.request.id,
-            jobID: record.id,
-            outcome: outcome,
-            provider: record.outcome?.provider ?? record.provider,
-            // The ledger's charge: the successful call, and any answer billed and lost before it.
-            actualCost: record.ledger.charged,
-            attempts: record.attempts,
-            servedFromCache: record.outcome?.servedFromCache ?? false,
-            deduplicated: record.outcome?.deduplicated ?? false,
-            latency: (record.finishedAt ?? clock.now) - record.enqueuedAt,
-            errorHistory: record.errors
-        )
-        result.saved = record.outcome?.saved ?? .zero
-        return result
-    }
 }
 
 /// Points where tests inject faults into a running engine (crash tests). Each defaults to nothing.

@@ -4,7 +4,18 @@ import Synchronization
 
 /// The scheduler stage: takes jobs from the store into the admission backlog, asks the admission state machine
 /// (``AdmissionState``) what to start and where, starts it, and keeps the leases of what this process holds.
-extension ParallelGenerator {
+struct SchedulerStage: EnginePart {
+    let core: EngineCore
+    let execution: ExecutionStage
+    let settlement: SettlementStage
+    let providers: [String: any GenerationProvider]
+    let admission: AdmissionController
+    let pool: ResourcePool
+    let balancer: LoadBalancer
+    let batcher: Batcher
+    let cache: any GenerationCache
+    let sharedCache: (any SharedArtifactCache)?
+
     /// The scheduler stage: takes jobs from the store into the admission backlog (each kind from its own queue,
     /// so that work late in a campaign is seen as early as work near its top), asks the admission state machine
     /// what to start now and where, and starts it; until draining is complete or the task is cancelled.
@@ -17,17 +28,17 @@ extension ParallelGenerator {
         var dry: [GenerationKind: (generation: Int, until: Duration)] = [:]
         while !Task.isCancelled {
             await maintainLeases()
-            let (lifecycle, inFlight) = state.withLock { ($0.lifecycle, $0.inFlight.count) }
+            let (lifecycle, inFlight) = core.state.withLock { ($0.lifecycle, $0.inFlight.count) }
             if lifecycle != .running {
                 await giveBackWaiting()
-                if inFlight == 0 || state.withLock({ $0.inFlight.isEmpty }) { return }
+                if inFlight == 0 || core.state.withLock({ $0.inFlight.isEmpty }) { return }
                 await wakeup.wait(until: nextHeartbeat(), clock: clock)
                 continue
             }
             if let next = nextSuspect() { await take(next, group: &group) }
             let blocked = blockedUsers()
             var storeDeadline: Duration?
-            let generation = state.withLock { $0.storeGeneration }
+            let generation = core.state.withLock { $0.storeGeneration }
             for kind in GenerationKind.allCases {
                 let want = lookahead - admission.waitingCount(of: kind)
                 guard want > 0 else { continue }
@@ -42,8 +53,8 @@ extension ParallelGenerator {
                 do {
                     if let claiming = store as? any ClaimingJobStore {
                         // Look without taking; each job is claimed when its call is admitted.
-                        let known = state.withLock { Set($0.waiting.keys).union($0.inFlight.keys).union($0.lookedAt) }
-                        let projects = state.withLock { Set($0.sharedProjectBlocks.keys) }
+                        let known = core.state.withLock { Set($0.waiting.keys).union($0.inFlight.keys).union($0.lookedAt) }
+                        let projects = core.state.withLock { Set($0.sharedProjectBlocks.keys) }
                         leased = try await claiming.peek(
                             limit: want,
                             excludingUsers: blocked.users,
@@ -104,7 +115,7 @@ extension ParallelGenerator {
                     logger.debug("admitted", metadata: metadata)
                 }
             }
-            if Task.isCancelled || state.withLock({ $0.lifecycle != .running }) {
+            if Task.isCancelled || core.state.withLock({ $0.lifecycle != .running }) {
                 // A stop came while this round was decided: nothing new starts. The admissions go back unused, and
                 // the jobs are given back with the rest of the backlog.
                 for ticket in round.grants { HeldTicket(ticket, controller: admission, onThrottled: nil).finish(.notCalled) }
@@ -132,7 +143,7 @@ extension ParallelGenerator {
     func take(_ job: LeasedJob, group: inout DiscardingTaskGroup) async {
         var job = job
         // In view until it joins the backlog or is claimed (awaitAdmission, claimUnadmitted).
-        if job.isProvisional { state.withLock { _ = $0.lookedAt.insert(job.record.id) } }
+        if job.isProvisional { core.state.withLock { _ = $0.lookedAt.insert(job.record.id) } }
         if job.isProvisional, (job.record.crashes ?? 0) > 0, !(store is any AdmittingJobStore) {
             // A job whose call has brought a process down runs alone, one such suspect at a time: it is taken now,
             // so that it is known as the suspect (or parked behind the one running) while it waits.
@@ -142,7 +153,7 @@ extension ParallelGenerator {
         let record = job.record
         let request = record.request
         let now = clock.now
-        let parked = state.withLock { state -> Bool in
+        let parked = core.state.withLock { state -> Bool in
             // A job only looked at (a shared store) is not held yet: nothing to renew, nothing to park.
             guard !job.isProvisional else { return false }
             state.inFlight[record.id] = InFlight(lease: job.lease, renewedAt: now)
@@ -164,7 +175,7 @@ extension ParallelGenerator {
             guard let previous = record.provider, providers[previous] != nil else {
                 group.addTask {
                     guard let job = await self.claimUnadmitted(job) else { return }
-                    _ = await self.deadLetter(
+                    _ = await self.settlement.deadLetter(
                         job,
                         GenerationError(
                             .needsReconciliation,
@@ -174,7 +185,7 @@ extension ParallelGenerator {
                             provider: record.provider
                         )
                     )
-                    self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
+                    self.core.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
                 }
                 return
             }
@@ -184,7 +195,7 @@ extension ParallelGenerator {
                 // Served without a provider: no admission needed.
                 group.addTask {
                     guard let job = await self.claimUnadmitted(job) else { return }
-                    await self.processJob(job, ticket: nil)
+                    await self.execution.processJob(job, ticket: nil)
                 }
                 return
             }
@@ -198,29 +209,29 @@ extension ParallelGenerator {
                 let reason = balancer.refusal(for: request) ?? "no capable provider"
                 group.addTask {
                     guard let job = await self.claimUnadmitted(job) else { return }
-                    _ = await self.deadLetter(job, GenerationError(.noCapableProvider, reason))
-                    self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
+                    _ = await self.settlement.deadLetter(job, GenerationError(.noCapableProvider, reason))
+                    self.core.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
                 }
                 return
             }
         }
-        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty, !sharedTiersGaveUp(request.fingerprint) {
+        if let sharedCache, !resumes, !cutOff, !request.fingerprint.isEmpty, !execution.sharedTiersGaveUp(request.fingerprint) {
             // The shared tiers answer over the network: each lookup runs on its own, and a miss joins the backlog
             // when it is known. A lookup no tier answered (each is down or slow past its short time-out) is asked
-            // again a moment later, until the tiers have failed ``sharedTierTries`` times: the line may be there.
+            // again a moment later, until the tiers have failed ``ParallelGenerator/sharedTierTries`` times: the line may be there.
             let candidates = names
             group.addTask {
                 switch await sharedCache.lookup(request.fingerprint) {
                 case .found(let found):
                     guard let job = await self.claimUnadmitted(job) else { return }
-                    await self.processJob(job, ticket: nil, shared: found)
+                    await self.execution.processJob(job, ticket: nil, shared: found)
                     return
                 case .unanswered:
-                    self.countSharedTierFailure(request.fingerprint)
-                    if !self.sharedTiersGaveUp(request.fingerprint) {
+                    self.execution.countSharedTierFailure(request.fingerprint)
+                    if !self.execution.sharedTiersGaveUp(request.fingerprint) {
                         guard let job = await self.claimUnadmitted(job) else { return }
-                        try? await self.putBack(job, after: Self.sharedTierPause)
-                        self.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
+                        try? await self.settlement.putBack(job, after: ExecutionStage.sharedTierPause)
+                        self.core.state.withLock { _ = $0.inFlight.removeValue(forKey: record.id) }
                         self.wakeup.signal()
                         return
                     }
@@ -239,7 +250,7 @@ extension ParallelGenerator {
     func awaitAdmission(_ job: LeasedJob, providers names: [String], submits: Bool) {
         let record = job.record
         let request = record.request
-        state.withLock { state in
+        core.state.withLock { state in
             state.waiting[record.id] = job
             state.lookedAt.remove(record.id)
         }
@@ -257,15 +268,11 @@ extension ParallelGenerator {
         )
     }
 
-    func estimate(_ request: ValidatedRequest, _ provider: String) -> Money {
-        providers[provider]?.descriptor.pricing.estimate(request) ?? .zero
-    }
-
     /// Starts the jobs a scheduling round admitted.
     func start(_ grants: [AdmissionTicket], group: inout DiscardingTaskGroup) {
         guard !grants.isEmpty else { return }
         let now = clock.now
-        let jobs = state.withLock { state in
+        let jobs = core.state.withLock { state in
             grants.map { ticket -> LeasedJob? in
                 guard let job = state.waiting.removeValue(forKey: ticket.job) else { return nil }
                 state.running += 1
@@ -284,12 +291,12 @@ extension ParallelGenerator {
                 BatchCandidate(
                     jobID: job.record.id,
                     request: job.record.request,
-                    estimatedCost: estimate(job.record.request, ticket.provider)
+                    estimatedCost: execution.estimate(job.record.request, ticket.provider)
                 )
             )
         }
         let formed = byProvider.keys.sorted().flatMap { batcher.makeBatches(byProvider[$0]!) }
-        state.withLock { state in
+        core.state.withLock { state in
             let first = state.batcher.batchesFormed + 1
             for (index, batch) in formed.enumerated() where batch.members.count > 1 {
                 let membership = BatchMembership(id: "batch-\(first + index)", size: batch.members.count)
@@ -322,7 +329,7 @@ extension ParallelGenerator {
             // free slots before this job's claim answered would admit (and claim) more jobs than there are slots,
             // and they would sit claimed, out of other workers' reach, waiting for a slot here. (Another path, a
             // cache hit, can take a slot between the round and now; this job then waits for one in `processJob`.)
-            let granted = Granted(job: job, ticket: ticket, held: held, slot: pool.tryAcquire(Self.jobSlot(for: job)))
+            let granted = Granted(job: job, ticket: ticket, held: held, slot: pool.tryAcquire(ExecutionStage.jobSlot(for: job)))
             if admitting != nil, job.isProvisional {
                 claims.append(granted)
                 continue
@@ -340,7 +347,7 @@ extension ParallelGenerator {
             }
         }
         guard let admitting, !claims.isEmpty else { return }
-        let startsLane = state.withLock { state -> Bool in
+        let startsLane = core.state.withLock { state -> Bool in
             state.pendingClaims += claims.map {
                 ($0, ClaimRequest(id: $0.job.record.id, call: sharedCall(for: $0.job, ticket: $0.ticket)))
             }
@@ -360,7 +367,7 @@ extension ParallelGenerator {
     func claimPending(_ admitting: any AdmittingJobStore) async {
         await withDiscardingTaskGroup { jobs in
             while true {
-                let batch = state.withLock { state -> [(granted: Granted, request: ClaimRequest)] in
+                let batch = core.state.withLock { state -> [(granted: Granted, request: ClaimRequest)] in
                     let batch = state.pendingClaims
                     state.pendingClaims = []
                     if batch.isEmpty { state.claiming = false }
@@ -412,7 +419,7 @@ extension ParallelGenerator {
         defer {
             // A member still in its batch here never called its provider (the call takes its membership): it
             // tells the batch, whose other members may be waiting for it.
-            let left = state.withLock { state in
+            let left = core.state.withLock { state in
                 state.running -= 1
                 return state.batchOf.removeValue(forKey: granted.job.record.id)
             }
@@ -420,7 +427,7 @@ extension ParallelGenerator {
         }
         if job.isProvisional {
             let claimed = await claim()
-            state.withLock { _ = $0.lookedAt.remove(job.record.id) }
+            core.state.withLock { _ = $0.lookedAt.remove(job.record.id) }
             guard let claimed else {
                 // Its slot goes back, and the scheduler may fill it.
                 if let slot = granted.slot {
@@ -431,18 +438,12 @@ extension ParallelGenerator {
             }
             job = claimed
         }
-        await processJob(job, ticket: granted.held, slot: granted.slot)
-    }
-
-    /// Notes that this process put a job back in the store (or added one): the scheduler looks at the queues again.
-    func storeChanged() {
-        state.withLock { $0.storeGeneration += 1 }
-        wakeup.signal()
+        await execution.processJob(job, ticket: granted.held, slot: granted.slot)
     }
 
     /// The next parked suspect, once the suspect running has left (finished, or gone back to the store).
     func nextSuspect() -> LeasedJob? {
-        state.withLock { state in
+        core.state.withLock { state in
             if let current = state.suspect, state.inFlight[current] == nil { state.suspect = nil }
             guard state.suspect == nil, !state.parkedSuspects.isEmpty else { return nil }
             return state.parkedSuspects.removeFirst()
@@ -451,7 +452,7 @@ extension ParallelGenerator {
 
     /// Gives back the leases of the jobs still waiting for admission, and of the parked suspects (a stop).
     func giveBackWaiting() async {
-        let waiting = state.withLock { state -> [LeasedJob] in
+        let waiting = core.state.withLock { state -> [LeasedJob] in
             defer {
                 state.waiting.removeAll()
                 state.parkedSuspects.removeAll()
@@ -468,7 +469,7 @@ extension ParallelGenerator {
             if job.isProvisional { continue }
             try? await shielded { try await self.store.release(job.lease) }
             storeChanged()
-            state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
+            core.state.withLock { _ = $0.inFlight.removeValue(forKey: job.record.id) }
         }
     }
 
@@ -481,14 +482,14 @@ extension ParallelGenerator {
         // Renew every lease a third of its duration after it was last renewed (by this process's clock). A renewal
         // that fails is tried again a tenth of the lease later (at most a second): the lease may still be saved, and
         // asking at once again would spin the loop for as long as the store keeps failing.
-        let due = state.withLock { state in
+        let due = core.state.withLock { state in
             state.inFlight.values.filter { $0.renewalDue(leaseDuration: leaseDuration).map { $0 <= now } ?? false }
                 .map(\.lease)
         }
         for lease in due {
             do {
                 let renewed = try await store.heartbeat(lease, duration: leaseDuration)
-                state.withLock { state in
+                core.state.withLock { state in
                     if state.inFlight[lease.jobID] != nil {
                         state.inFlight[lease.jobID] = InFlight(lease: renewed, renewedAt: now)
                     }
@@ -499,18 +500,18 @@ extension ParallelGenerator {
                     "lease lost while the job ran here; another run may take the job, and this run's result will not be recorded",
                     metadata: [LoggingKeys.jobID: "\(lease.jobID)"]
                 )
-                state.withLock { $0.inFlight[lease.jobID]?.lost = true }
+                core.state.withLock { $0.inFlight[lease.jobID]?.lost = true }
             } catch {
                 logger.debug(
                     "lease renewal failed",
                     metadata: [LoggingKeys.jobID: "\(lease.jobID)", LoggingKeys.error: "\(error)"]
                 )
-                state.withLock { state in
+                core.state.withLock { state in
                     state.inFlight[lease.jobID]?.retryAt = now + min(leaseDuration / 10, .seconds(1))
                 }
             }
         }
-        let rescueDue = state.withLock { state -> Bool in
+        let rescueDue = core.state.withLock { state -> Bool in
             guard now - state.lastRescue >= leaseDuration / 2 else { return false }
             state.lastRescue = now
             return true
@@ -523,7 +524,7 @@ extension ParallelGenerator {
     func nextHeartbeat() -> Duration? {
         guard store.outlivesProcess else { return nil }
         let leaseDuration = configuration.leaseDuration
-        return state.withLock { state in
+        return core.state.withLock { state in
             state.inFlight.values.compactMap { $0.renewalDue(leaseDuration: leaseDuration) }.min()
         }
     }
@@ -534,7 +535,7 @@ extension ParallelGenerator {
     func blockedUsers() -> (users: Set<String>, until: Duration?) {
         let local = admission.blockedUsers()
         let now = clock.now
-        return state.withLock { state in
+        return core.state.withLock { state in
             state.sharedBlocks = state.sharedBlocks.filter { $0.value > now }
             state.sharedProjectBlocks = state.sharedProjectBlocks.filter { $0.value > now }
             let until = [local.until, state.sharedBlocks.values.min(), state.sharedProjectBlocks.values.min()]
@@ -576,13 +577,13 @@ extension ParallelGenerator {
             // The store is unreachable: the job stays where it is, and the scheduler looks again in a moment.
             logger.debug("claim failed", metadata: [LoggingKeys.jobID: "\(job.record.id)", LoggingKeys.error: "\(error)"])
             held.finish(.notCalled)
-            state.withLock { $0.sharedBlocks[request.user] = clock.now + .seconds(1) }
+            core.state.withLock { $0.sharedBlocks[request.user] = clock.now + .seconds(1) }
             return nil
         }
         switch decision {
         case .claimed(let claimed):
             let now = clock.now
-            state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
+            core.state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
             return claimed
         case .gone:
             held.finish(.notCalled)
@@ -595,7 +596,7 @@ extension ParallelGenerator {
             } else {
                 // The user's (or, for a bucket or burst, the project's) other jobs here would meet the same wait:
                 // they leave the backlog (they were only looked at) and come back with a look once it is over.
-                let dropped = state.withLock { state -> [JobID] in
+                let dropped = core.state.withLock { state -> [JobID] in
                     let project = limit.isProjectWide
                     if project {
                         state.sharedProjectBlocks[request.project] = max(state.sharedProjectBlocks[request.project] ?? until, until)
@@ -625,7 +626,7 @@ extension ParallelGenerator {
     /// dead-letter); a job already held is returned as it is.
     func claimUnadmitted(_ job: LeasedJob) async -> LeasedJob? {
         guard job.isProvisional else { return job }
-        defer { state.withLock { _ = $0.lookedAt.remove(job.record.id) } }
+        defer { core.state.withLock { _ = $0.lookedAt.remove(job.record.id) } }
         let claimed: LeasedJob?
         do {
             claimed = try await (store as? any ClaimingJobStore)?.claim(
@@ -644,7 +645,7 @@ extension ParallelGenerator {
         // shows it again if it is still there.
         guard let claimed else { return nil }
         let now = clock.now
-        state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
+        core.state.withLock { $0.inFlight[claimed.record.id] = InFlight(lease: claimed.lease, renewedAt: now) }
         return claimed
     }
 }

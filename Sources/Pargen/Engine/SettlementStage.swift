@@ -5,11 +5,17 @@ import Synchronization
 /// The settlement stage: every way a job's call ends becomes one fenced store transition (retry, snooze, dead
 /// letter), decided by ``Settlement`` before anything is written; its outcome goes back to admission and the
 /// balancer, and waiters and progress are told.
-extension ParallelGenerator {
+struct SettlementStage: EnginePart {
+    let core: EngineCore
+    let balancer: LoadBalancer
+    let retryPolicy: RetryPolicy
+    let costs: CostMonitor
+    let random: LockedRandom
+
     /// Settles a call that produced no artifact: ``Settlement/decide(_:record:provider:attemptKey:taskID:charged:stopping:outputRoot:retry:policy:cancelRequested:hasAlternative:unit:)``
     /// says how, and this carries it out (the ticket, the balancer, the counters, one fenced store transition,
     /// waiters and progress).
-    func handleFailure(
+    func settleFailure(
         _ error: any Error,
         job: LeasedJob,
         ticket: HeldTicket,
@@ -37,7 +43,7 @@ extension ParallelGenerator {
             outputRoot: artifacts.root,
             retry: configuration.retry,
             policy: retryPolicy,
-            cancelRequested: { self.state.withLock { $0.cancelRequested.remove(record.id) } != nil },
+            cancelRequested: { self.core.state.withLock { $0.cancelRequested.remove(record.id) } != nil },
             hasAlternative: {
                 self.balancer.hasAlternative(for: record.request, excluding: Set(record.failedProviders + [name]), at: now)
             },
@@ -49,7 +55,7 @@ extension ParallelGenerator {
         case .failure: balancer.recordFailure(name, at: now)
         }
         if !settlement.counted.isEmpty {
-            state.withLock { state in
+            core.state.withLock { state in
                 for counter in settlement.counted {
                     switch counter {
                     case .throttled: state.providerActivity[name, default: ProviderActivity()].throttled += 1
@@ -222,48 +228,4 @@ extension ParallelGenerator {
         return .terminal(error)
     }
 
-    /// Hands a finished job's result to its waiters and subscribers, read from the store.
-    func finish(_ id: JobID) async {
-        guard let record = try? await store.job(id) else { return }
-        finish(record)
-    }
-
-    /// Hands a finished job's result to its waiters and subscribers, from its record as the store wrote it.
-    func finish(_ record: JobRecord) {
-        guard record.state.isFinal else { return }
-        finishWaiters(makeResult(record))
-    }
-
-    func progress(
-        _ record: JobRecord,
-        _ status: ProgressStatus,
-        provider: String? = nil,
-        fraction: Double = 0,
-        message: String? = nil
-    ) {
-        // Every state change at debug; the running task's progress ticks at trace.
-        let level: Logger.Level = status == .running && message == nil ? .trace : .debug
-        if logger.logLevel <= level {
-            var metadata: Logger.Metadata = [
-                LoggingKeys.jobID: "\(record.id)", LoggingKeys.requestID: "\(record.request.id)",
-                LoggingKeys.status: "\(status.rawValue)",
-            ]
-            if let provider { metadata[LoggingKeys.provider] = "\(provider)" }
-            if let message { metadata["pargen.message"] = "\(message)" }
-            logger.log(level: level, "job \(status.rawValue)", metadata: metadata)
-        }
-        publish(
-            .progress(
-                ProgressUpdate(
-                    requestID: record.request.id,
-                    jobID: record.id,
-                    status: status,
-                    progress: fraction,
-                    provider: provider,
-                    message: message,
-                    time: clock.now
-                )
-            )
-        )
-    }
 }
