@@ -151,3 +151,70 @@ import Testing
         await bench.fake.stop()
     }
 }
+
+/// A provider's slot frees when its task ends, not when the engine has fetched and saved the file: a slot the
+/// provider gave back is not kept taken for the download.
+@Suite(.timeLimit(.minutes(1))) struct SlotReleaseTests {
+    /// One video slot; each call's task ends at once, then its download waits until the test lets it go.
+    final class HeldDownloads: GenerationProvider, Sendable {
+        let descriptor = ScriptedProvider(
+            name: "p",
+            kinds: [.video],
+            quota: ProviderQuota(requestsPerMinute: 1_000, concurrentTasks: 1, concurrencyKinds: [.video])
+        ).descriptor
+        /// Each call, as its download begins.
+        let downloads = AsyncStream<Int>.makeStream()
+        private let calls = Locked(0)
+        private let released = Locked(false)
+
+        func release() { released.withLock { $0 = true } }
+
+        func generate(_ request: ValidatedRequest, context: ProviderCallContext) async throws -> ProviderOutput {
+            let call = calls.withLock { $0 += 1; return $0 }
+            try await context.reportSubmitted(taskID: "task-\(call)")
+            context.reportAnswered()
+            context.reportDownloading()
+            downloads.continuation.yield(call)
+            while !released.value { try await Task.sleep(for: .milliseconds(5)) }
+            try Data("GIF89a held download \(call)".utf8).write(to: context.destination)
+            return ProviderOutput(format: .gif, duration: request.duration, providerTaskID: "task-\(call)")
+        }
+    }
+
+    @Test func theNextTaskStartsWhileTheLastOneIsStillDownloading() async throws {
+        let provider = HeldDownloads()
+        let generator = ParallelGenerator(
+            configuration: PargenConfiguration(rateLimits: .unlimited),
+            providers: [provider],
+            outputDirectory: temporaryDirectory(),
+            clock: .continuous
+        )
+        try await generator.start()
+        let ids = try await generator.submit(
+            (1...2).map { .video(prompt: "clip \($0)", duration: .seconds(2), resolution: .p720) }
+        )
+        // The second call begins while the first download is held: within 5 s, or never (it waits for the slot).
+        let second = await withTaskGroup(of: Bool.self) { group in
+            group.addTask {
+                var seen = 0
+                for await _ in provider.downloads.stream {
+                    seen += 1
+                    if seen == 2 { return true }
+                }
+                return false
+            }
+            group.addTask {
+                try? await Task.sleep(for: .seconds(5))
+                return false
+            }
+            let first = await group.next()!
+            group.cancelAll()
+            provider.downloads.continuation.finish()
+            return first
+        }
+        provider.release()
+        #expect(second, "the second task waited for the first one's download to end")
+        for id in ids { #expect(await generator.result(for: id).succeeded) }
+        try await generator.stop()
+    }
+}

@@ -356,6 +356,7 @@ struct ExecutionStage: EnginePart {
             hooks.checkpoint(.callBegun, id)
             // A resumed task is already persisted; a new one becomes so when the provider accepts it.
             let submittedFlag = SubmissionGate(persisted: resumeTaskID != nil)
+            let started = clock.now
             let context = ProviderCallContext(
                 destination: staging,
                 clock: clock,
@@ -374,7 +375,16 @@ struct ExecutionStage: EnginePart {
                 },
                 progress: { fraction in self.progress(record, .running, provider: name, fraction: fraction)
                 },
-                downloading: { self.progress(record, .downloading, provider: name) },
+                downloading: {
+                    // The provider's task has ended, so its slot there is free: admission's is freed now, not after
+                    // the download and the commit (a slot the provider gave back stayed taken here for as long as
+                    // fetching and saving the file took). The window room the call took stays taken.
+                    if ticket.ticket.usesSlot {
+                        ticket.finish(.succeeded(latency: self.clock.now - started))
+                        self.wakeup.signal()
+                    }
+                    self.progress(record, .downloading, provider: name)
+                },
                 throttled: { _ in
                     if ticket.ticket.usesSlot { self.admission.taskHeldBack(name) }
                     self.core.state.withLock { $0.providerActivity[name, default: ProviderActivity()].throttled += 1 }
@@ -386,7 +396,6 @@ struct ExecutionStage: EnginePart {
                 },
                 billed: { billed.withLock { $0 = true } }
             )
-            let started = clock.now
             let output: ProviderOutput
             do {
                 output = try await Self.shieldingSubmission(submittedFlag) {
@@ -409,7 +418,8 @@ struct ExecutionStage: EnginePart {
             let cost = output.reportedCost ?? estimate
             let local = try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name)
             balancer.recordSuccess(name, latency: latency)
-            // The slot frees now; the task's time sizes the room kept for slot holders.
+            // The slot frees now (if the download did not free it already); the task's time sizes the room kept
+            // for slot holders.
             ticket.finish(.succeeded(latency: latency))
             core.state.withLock { state in
                 state.providerActivity[name, default: ProviderActivity()].succeeded += 1
