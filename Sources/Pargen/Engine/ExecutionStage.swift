@@ -204,13 +204,10 @@ struct ExecutionStage: EnginePart {
         var artifact: Artifact
         do {
             try await sharedCache.fetch(found, to: staging)
-            artifact = try artifacts.commit(
-                staging: staging,
-                job: record.id,
-                request: record.request,
-                output: ProviderOutput(format: found.format, duration: .milliseconds(Int64(found.durationSeconds * 1000))),
-                provider: found.provider
-            )
+            let output = ProviderOutput(format: found.format, duration: .milliseconds(Int64(found.durationSeconds * 1000)))
+            artifact = try await BlockingIO.run { [artifacts] in
+                try artifacts.commit(staging: staging, job: record.id, request: record.request, output: output, provider: found.provider)
+            }
         } catch {
             artifacts.discard(staging)
             countSharedTierFailure(record.request.fingerprint)
@@ -416,7 +413,11 @@ struct ExecutionStage: EnginePart {
             let latency = clock.now - started
             hooks.checkpoint(.downloaded, id)
             let cost = output.reportedCost ?? estimate
-            let local = try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name)
+            // Checked, hashed and flushed on a blocking-work thread: two fsyncs per file would otherwise stall a
+            // cooperative thread, and with it the tasks that date other calls' answers.
+            let local = try await BlockingIO.run { [artifacts] in
+                try artifacts.commit(staging: staging, job: id, request: request, output: output, provider: name)
+            }
             balancer.recordSuccess(name, latency: latency)
             // The slot frees now (if the download did not free it already); the task's time sizes the room kept
             // for slot holders.

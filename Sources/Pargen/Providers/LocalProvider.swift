@@ -276,11 +276,7 @@ public struct LocalProvider: GenerationProvider {
 
     /// Runs CPU-heavy rendering off the cooperative thread pool.
     private static func offload(_ body: @escaping @Sendable () throws -> Void) async throws {
-        try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Void, any Error>) in
-            DispatchQueue.global().async {
-                continuation.resume(with: Result { try body() })
-            }
-        }
+        try await BlockingIO.run(body)
     }
 }
 
