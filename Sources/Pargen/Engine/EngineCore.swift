@@ -3,9 +3,9 @@ import Logging
 import Synchronization
 
 /// What every stage of the engine shares: the configuration, the store, the artifact folder, the clock, the event
-/// bus, the scheduler's wake-up and the engine's state. The stages (``SchedulerStage``, ``ExecutionStage``,
-/// ``SettlementStage``) and ``ParallelGenerator`` itself each hold it, with only the components their own job needs
-/// besides.
+/// bus, the scheduler's wake-up and the engine's state. The stages (``IntakeStage``, ``SchedulerStage``,
+/// ``ExecutionStage``, ``SettlementStage``) and ``ParallelGenerator`` itself each hold it, with only the components
+/// their own job needs besides.
 final class EngineCore: Sendable {
     let configuration: PargenConfiguration
     let store: any JobStore
@@ -37,7 +37,8 @@ final class EngineCore: Sendable {
         self.workerID = workerID
     }
 
-    /// The result a finished job's record stands for (what ``result(for:)`` returns once the job is final).
+    /// The result a finished job's record stands for (what ``ParallelGenerator/result(for:)`` returns once the job is
+    /// final).
     func makeResult(_ record: JobRecord) -> GenerationResult {
         let outcome: Result<Artifact, GenerationError>
         if let success = record.outcome {
@@ -74,7 +75,7 @@ final class EngineCore: Sendable {
         return result
     }
 
-    /// What ``result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
+    /// What ``ParallelGenerator/result(for:)`` returns to a waiter that was cancelled: the job itself goes on.
     /// (Also what it returns, naming `reason`, for a job the engine stopped before it finished because this
     /// machine's storage failed, or, with `stopped`, because the engine was stopped: the job is left in the
     /// store, and a later run continues it.)
@@ -143,7 +144,8 @@ struct EngineState {
     /// What the jobs served by a cache or an identical request would have cost to generate.
     var saved: Money = .zero
     /// Fingerprints the shared tiers failed to serve, and how many times (lookups no tier answered, fetches
-    /// that failed): a line that may exist there is generated only after ``ParallelGenerator/sharedTierTries`` failures.
+    /// that failed): a line that may exist there is generated only after ``ParallelGenerator/sharedTierTries``
+    /// failures.
     var sharedTierFailures: [String: Int] = [:]
     var invalid: [JobID: GenerationResult] = [:]
     /// Requests submitted so far, for the fallback ids of requests that have none.
@@ -161,11 +163,10 @@ struct EngineState {
     var suspect: JobID?
     /// Suspects leased while another one runs; they hold their leases (no provider call) until it is done.
     var parkedSuspects: [LeasedJob] = []
-    /// Jobs whose provider was asked to stop their task (``cancel(_:)``): when the call ends in failure they
-    /// are dead-lettered as cancelled, never retried.
+    /// Jobs whose provider was asked to stop their task (``ParallelGenerator/cancel(_:)``): when the call ends in
+    /// failure they are dead-lettered as cancelled, never retried.
     var cancelRequested: Set<JobID> = []
 }
-
 
 /// A job this process holds, and when (by the engine's clock) its lease was last renewed.
 struct InFlight {
@@ -272,8 +273,9 @@ extension EnginePart {
     }
 
     /// Stops taking new work because this machine's storage failed: jobs in flight end or go back to the store,
-    /// every waiter is answered at once (``ParallelGenerator/result(for:)`` gives a finished job's result, and a `cancelled` one
-    /// naming `reason` for the others), and ``ParallelGenerator/haltReason`` says why. Only the first reason is kept.
+    /// every waiter is answered at once (``ParallelGenerator/result(for:)`` gives a finished job's result, and a
+    /// `cancelled` one naming `reason` for the others), and ``ParallelGenerator/haltReason`` says why. Only the
+    /// first reason is kept.
     func halt(because reason: LocalResourceError) {
         let waiters = core.state.withLock { state -> [JobID: [(id: UInt64, continuation: CheckedContinuation<GenerationResult, Never>)]]? in
             guard state.halt == nil else { return nil }
