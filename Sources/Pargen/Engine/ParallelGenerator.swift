@@ -25,13 +25,6 @@ public final class ParallelGenerator: Service, EnginePart {
     /// the execution stage, which holds the settlement stage.
     let scheduler: SchedulerStage
     let intake: IntakeStage
-    let providers: [String: any GenerationProvider]
-    let admission: AdmissionController
-    let pool: ResourcePool
-    let balancer: LoadBalancer
-    let cache: any GenerationCache
-    let sharedCache: (any SharedArtifactCache)?
-    let costs: CostMonitor
 
     public var configuration: Configuration { core.configuration }
     public var store: any JobStore { core.store }
@@ -40,6 +33,15 @@ public final class ParallelGenerator: Service, EnginePart {
     /// This process's name on the leases it holds (and as housekeeping's leader).
     public var workerID: String { core.workerID }
     var settlement: SettlementStage { scheduler.settlement }
+    /// The components the generator's own API reads (statistics, cancelling, budgets): the execution stage's.
+    private var execution: ExecutionStage { scheduler.execution }
+    var providers: [String: any GenerationProvider] { execution.providers }
+    var admission: AdmissionController { execution.admission }
+    var pool: ResourcePool { execution.pool }
+    var balancer: LoadBalancer { execution.balancer }
+    var cache: any GenerationCache { execution.cache }
+    var sharedCache: (any SharedArtifactCache)? { execution.sharedCache }
+    var costs: CostMonitor { execution.costs }
 
     /// - Parameters:
     ///   - configuration: Limits, batching, resources, budgets, retries.
@@ -76,28 +78,27 @@ public final class ParallelGenerator: Service, EnginePart {
         for provider in providers where byName[provider.descriptor.name] == nil {
             byName[provider.descriptor.name] = provider
         }
-        self.providers = byName
         let descriptors = providers.map(\.descriptor).filter { byName[$0.name] != nil }
-        pool = ResourcePool(configuration: configuration.resources, clock: clock)
+        let pool = ResourcePool(configuration: configuration.resources, clock: clock)
         // On a shared store the user windows, project buckets and bursts are kept, exactly, by the store's claims:
         // a local copy would count calls the store then refuses, and hold users back for calls never made.
         var localLimits = configuration.rateLimits
         if store is any AdmittingJobStore { localLimits.enabled = false }
-        admission = AdmissionController(providers: descriptors, rateLimits: localLimits, clock: clock)
-        balancer = LoadBalancer(
+        let admission = AdmissionController(providers: descriptors, rateLimits: localLimits, clock: clock)
+        let balancer = LoadBalancer(
             providers: descriptors,
             configuration: configuration.balancing,
             seed: configuration.randomSeed
         )
-        self.cache =
+        let cache =
             cache
             ?? MemoryLRUCache(
                 capacity: configuration.caching.memoryCapacity,
                 timeToLive: configuration.caching.timeToLive,
                 clock: clock
             )
-        self.sharedCache = configuration.caching.enabled ? sharedCache : nil
-        costs = CostMonitor(configuration: configuration.budgets, clock: clock)
+        let sharedCache = configuration.caching.enabled ? sharedCache : nil
+        let costs = CostMonitor(configuration: configuration.budgets, clock: clock)
         intake = IntakeStage(
             core: core,
             validator: RequestValidator(configuration: configuration.validation),
@@ -117,8 +118,8 @@ public final class ParallelGenerator: Service, EnginePart {
             admission: admission,
             pool: pool,
             balancer: balancer,
-            cache: self.cache,
-            sharedCache: self.sharedCache,
+            cache: cache,
+            sharedCache: sharedCache,
             costs: costs,
             flights: SingleFlight<FlightOutcome>()
         )
@@ -131,8 +132,8 @@ public final class ParallelGenerator: Service, EnginePart {
             pool: pool,
             balancer: balancer,
             batcher: Batcher(configuration: configuration.batching),
-            cache: self.cache,
-            sharedCache: self.sharedCache
+            cache: cache,
+            sharedCache: sharedCache
         )
     }
 

@@ -253,7 +253,8 @@ public struct LocalProvider: GenerationProvider {
         let format = descriptor.capabilities.outputFormat(for: request)
         let destination = context.destination
         let seed = SplitMix64.stableHash(String(configuration.seed), request.fingerprint)
-        try await Self.offload {
+        // Rendering is CPU-heavy: off the cooperative pool.
+        try await BlockingIO.run {
             try LocalResourceError.checking(destination, "write") {
                 switch request.kind {
                 case .audio: try LocalMedia.renderAudio(request, seed: seed, to: destination)
@@ -272,11 +273,6 @@ public struct LocalProvider: GenerationProvider {
         defer { close(descriptor) }
         var bytes = Array(line.utf8)
         _ = write(descriptor, &bytes, bytes.count)
-    }
-
-    /// Runs CPU-heavy rendering off the cooperative thread pool.
-    private static func offload(_ body: @escaping @Sendable () throws -> Void) async throws {
-        try await BlockingIO.run(body)
     }
 }
 
