@@ -73,14 +73,16 @@ struct CampaignOptions: ParsableArguments {
         configuration.randomSeed = seed
         for entry in projectBudgets {
             let parts = entry.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, !parts[0].isEmpty, let amount = Money(parsing: parts[1]) else {
-                throw ValidationError("--project-budget takes NAME=AMOUNT, such as social=2.50; got \(entry)")
+            guard parts.count == 2, !parts[0].isEmpty, let amount = Money(parsing: parts[1]), amount >= .zero else {
+                throw ValidationError(
+                    "--project-budget takes NAME=AMOUNT with an amount of 0 or more dollars, such as social=2.50; got \(entry)"
+                )
             }
             configuration.budgets.perProject[parts[0]] = amount
         }
         if let globalBudget {
-            guard let amount = Money(parsing: globalBudget) else {
-                throw ValidationError("--global-budget takes an amount in dollars, such as 25 or 12.50")
+            guard let amount = Money(parsing: globalBudget), amount >= .zero else {
+                throw ValidationError("--global-budget takes an amount of 0 or more dollars, such as 25 or 12.50; got \(globalBudget)")
             }
             configuration.budgets.global = amount
         }

@@ -187,7 +187,8 @@ extension PargenServer {
             }
             limit = amount
         case .number(let value):
-            guard value.isFinite, value >= 0, value < 1e9, let amount = Money(parsing: String(value)) else {
+            // Formatted with 9 decimals (nano-dollars), not `String(value)`: that writes 0.00001 as "1e-05".
+            guard value.isFinite, value >= 0, value < 1e9, let amount = Money(parsing: String(format: "%.9f", value)) else {
                 throw Problem.invalid("limit must be an amount in dollars such as \"12.50\", or null", field: "limit")
             }
             limit = amount

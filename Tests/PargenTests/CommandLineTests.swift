@@ -230,6 +230,12 @@ import Testing
         let again = try await pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress"])
         #expect(again.status == 0, "\(again.output)")
         #expect(try await pargen(["dlq", "list", "--out", out]).output.contains("0 dead-lettered"))
+        // A budget below zero is refused before anything runs (it would dead-letter every job of its scope).
+        for budget in [["--project-budget", "tight=-1"], ["--global-budget=-0.5"]] {
+            let refused = try await pargen(["run", jsonl.path, "--out", out, "--reliable", "--no-progress"] + budget)
+            #expect(refused.status != 0 && refused.output.contains("0 or more dollars"), "\(refused.output)")
+        }
+        #expect(try await pargen(["dlq", "list", "--out", out]).output.contains("0 dead-lettered"))
         let bad = try await pargen(["jobs", "--out", out, "--state", "sideways"])
         #expect(bad.status != 0 && bad.output.contains("--state must be one of"))
         // A limit of 0 or below is refused (it read as no limit and listed every job).

@@ -315,6 +315,25 @@ extension TestResponse {
             let budget = try await client.call(.put, "/v1/budgets", key: fixture.acmeAdmin, body: #"{"scope":"project","name":"social","limit":"ten"}"#)
             #expect(budget.status == .unprocessableContent)
             #expect((budget.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "limit")
+            for limit in [#""-1""#, "-1", "-0.5", "1e9"] {
+                let refused = try await client.call(
+                    .put,
+                    "/v1/budgets",
+                    key: fixture.acmeAdmin,
+                    body: #"{"scope":"project","name":"social","limit":"# + limit + "}"
+                )
+                #expect(refused.status == .unprocessableContent, "limit \(limit)")
+            }
+            // A number with few significant digits, which Swift writes with an exponent ("1e-05"), is a limit too.
+            let small = try await client.call(
+                .put,
+                "/v1/budgets",
+                key: fixture.acmeAdmin,
+                body: #"{"scope":"project","name":"social","limit":0.00001}"#
+            )
+            #expect(small.status == .ok, "\(small.json)")
+            let listed = (small.json["data"] as? [[String: Any]])?.first { $0["name"] as? String == "social" }
+            #expect(listed?["limit"] as? String == Money(nanos: 10_000).decimalString)
             #expect(try await fixture.generator.store.counts().isEmpty)
         }
     }
