@@ -94,4 +94,41 @@ import Testing
         #expect(calls.count == 6, "\(calls)")
         #expect(try await CampaignRunner.cancelRemovedLines(of: Self.file(edited), in: store).isEmpty)
     }
+
+    /// A line's own idempotency key names one request. Reused in the same file or in a later run for other media
+    /// (another prompt), the line is refused, naming the field, instead of being handed the other line's file;
+    /// reused for the same media, the line shares the earlier line's job and shows no cost of its own, so that the
+    /// manifest adds up to what the store charged. Before, the line asking for "b" got the file made for "a", and
+    /// the shared job's cost was in the manifest twice.
+    @Test func aKeyReusedForOtherMediaIsRefusedAndAKeyRepeatedSharesOneJob() async throws {
+        let store = MemoryJobStore()
+        let provider = ScriptedProvider(name: "p") { _, _ in .succeed(cost: .cents(7)) }
+        let generator = ParallelGenerator(providers: [provider], store: store, outputDirectory: temporaryDirectory())
+        try await generator.start()
+        func keyed(_ prompts: [String]) -> CampaignFile {
+            CampaignFile.parse(
+                prompts.map { #"{"type":"audio","prompt":"\#($0)","duration":1,"idempotency_key":"k"}"# }
+                    .joined(separator: "\n"),
+                format: .jsonl
+            )
+        }
+        let report = try await CampaignRunner.run(keyed(["a", "b", "a"]), generator: generator, outputDirectory: temporaryDirectory())
+        #expect(provider.calls.count == 1)
+        #expect(report.rows.map(\.status) == [.succeeded, .invalid, .succeeded])
+        #expect(report.rows[1].errorField == "idempotency_key", "\(report.rows[1])")
+        #expect(report.rows[1].error?.contains("different media") == true)
+        #expect(report.rows[1].outputPath == nil && report.rows[1].jobID == nil)
+        #expect(report.rows[2].jobID == report.rows[0].jobID && report.rows[2].outputPath == report.rows[0].outputPath)
+        #expect(report.rows[2].requestID == "line-3" && report.rows[2].deduplicated && report.rows[2].attempts == 0)
+        #expect(report.rows.map(\.cost) == ["0.07", "0.00", "0.00"])
+        #expect(report.rows[2].saved == "0.07")
+        #expect(report.lineErrors.map(\.line) == [2])
+        // A later run whose keyed line asks for something else is refused too; the stored job is untouched.
+        let later = try await CampaignRunner.run(keyed(["c"]), generator: generator, outputDirectory: temporaryDirectory())
+        #expect(later.rows.map(\.status) == [.invalid] && later.rows[0].errorField == "idempotency_key")
+        #expect(provider.calls.count == 1)
+        try await generator.stop()
+        #expect(try await store.jobs(matching: JobQuery()).count == 1)
+        #expect(try await store.ledgerTotals().charged == .cents(7))
+    }
 }

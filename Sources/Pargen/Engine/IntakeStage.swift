@@ -53,6 +53,25 @@ struct IntakeStage: EnginePart {
         let outcomes = try await store.enqueue(valid.map(\.1))
         storeChanged()
         for ((index, request), outcome) in zip(valid, outcomes) {
+            if outcome.existing, let refused = try await reusedKey(request, existing: outcome.jobID) {
+                let id = JobID("invalid-\(base + index + 1)")
+                ids[index] = id
+                invalid.append(
+                    (
+                        index,
+                        GenerationResult(
+                            requestID: request.id,
+                            jobID: id,
+                            outcome: .failure(refused),
+                            provider: nil,
+                            actualCost: .zero,
+                            attempts: 0,
+                            errorHistory: [refused]
+                        )
+                    )
+                )
+                continue
+            }
             ids[index] = outcome.jobID
             logger.debug(
                 "job queued",
@@ -86,5 +105,23 @@ struct IntakeStage: EnginePart {
         }
         wakeup.signal()
         return ids.map { $0! }
+    }
+
+    /// The refusal of a request whose idempotency key the store already holds for a job that asks for different
+    /// media (another prompt, kind, duration, format, resolution, voice, model or pinned provider): a key names
+    /// one request, so it is an error, as Stripe answers a key reused with other parameters, not the other job's
+    /// result passed off as this one's. The keys of campaign lines (``CampaignRunner/isLineKey(_:)``) hold a hash
+    /// of the line's fields and are not read again: resuming a campaign of 100,000 lines reads no job for them.
+    func reusedKey(_ request: ValidatedRequest, existing id: JobID) async throws -> GenerationError? {
+        guard let key = request.idempotencyKey, !CampaignRunner.isLineKey(key),
+            let stored = try await store.job(id)?.request,
+            !stored.asksForTheSameMedia(as: request)
+        else { return nil }
+        return GenerationError(
+            .invalidRequest,
+            "\"\(key)\" is already the key of job \(id) (request \(stored.id)) in project \(request.project), which asks "
+                + "for different media: an idempotency key names one request",
+            field: "idempotency_key"
+        )
     }
 }

@@ -148,6 +148,14 @@ public struct ValidatedRequest: Sendable, Hashable, Codable {
 
     /// Characters in the prompt, the unit most speech providers bill by.
     public var characterCount: Int { prompt.count }
+
+    /// Whether `other` asks for the same media: the same kind, prompt, duration, format, resolution, voice, model
+    /// and pinned provider. Who asks, the priority, the campaign, the id and the metadata may differ.
+    public func asksForTheSameMedia(as other: ValidatedRequest) -> Bool {
+        kind == other.kind && prompt == other.prompt && duration == other.duration && format == other.format
+            && resolution == other.resolution && voice == other.voice && model == other.model
+            && provider == other.provider
+    }
 }
 
 extension ValidatedRequest {

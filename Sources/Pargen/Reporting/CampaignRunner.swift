@@ -123,6 +123,7 @@ public enum CampaignRunner {
                 )
             )
         }
+        var seen: Set<JobID> = []
         for (line, id) in zip(file.lines, ids) {
             let result = await generator.result(for: id)
             let invalid = generator.isInvalidSubmission(id)
@@ -131,16 +132,15 @@ public enum CampaignRunner {
                     CampaignLineError(line: line.line, field: result.error?.field, message: result.error?.message ?? "")
                 )
             }
-            rows.append(
-                row(
-                    line: line.line,
-                    requestID: line.request.id,
-                    jobID: invalid ? nil : id,
-                    kind: line.request.kind,
-                    result: result,
-                    invalid: invalid
-                )
+            let made = row(
+                line: line.line,
+                requestID: line.request.id,
+                jobID: invalid ? nil : id,
+                kind: line.request.kind,
+                result: result,
+                invalid: invalid
             )
+            rows.append(invalid || seen.insert(id).inserted ? made : repeated(made, requestID: line.request.id))
         }
         rows.sort { $0.line < $1.line }
         errors.sort { $0.line < $1.line }
@@ -319,6 +319,20 @@ public enum CampaignRunner {
         return String(SHA256Hasher.hex(of: fields.map { "\($0.utf8.count):\($0)" }.joined(separator: "|")).prefix(16))
     }
 
+    /// The row of a line whose idempotency key names the job of an earlier line (asking for the same media): it
+    /// shares that job's file, and shows no cost or attempts of its own, as a line served by an identical request
+    /// does, so that the manifest's costs add up to what the store charged.
+    static func repeated(_ row: ManifestRow, requestID: String) -> ManifestRow {
+        var row = row
+        row.requestID = requestID
+        if row.cost != Money.zero.decimalString { row.saved = row.cost }
+        row.cost = Money.zero.decimalString
+        row.attempts = 0
+        row.tasks = 0
+        row.deduplicated = true
+        return row
+    }
+
     /// Waits for every job already in the store (a campaign resumed without its file) and writes the manifests.
     public static func resume(
         generator: ParallelGenerator,
@@ -354,11 +368,14 @@ public enum CampaignRunner {
     public static func settle(_ report: CampaignReport, generator: ParallelGenerator) async throws -> CampaignReport {
         guard report.pending > 0 else { return report }
         var rows = report.rows
+        // The line that owns each job: the first whose row names it (the rows are in line order).
+        var owner: [String: Int] = [:]
+        for row in rows { if let id = row.jobID, owner[id] == nil { owner[id] = row.line } }
         for index in rows.indices where rows[index].status == .pending {
             guard let id = rows[index].jobID, let record = try await generator.store.job(JobID(id)),
                 record.state.isFinal
             else { continue }
-            rows[index] = row(
+            let settled = row(
                 line: rows[index].line,
                 requestID: rows[index].requestID,
                 jobID: record.id,
@@ -366,6 +383,8 @@ public enum CampaignRunner {
                 result: generator.makeResult(record),
                 invalid: false
             )
+            rows[index] =
+                owner[id] == rows[index].line ? settled : repeated(settled, requestID: rows[index].requestID)
         }
         return try write(
             rows: rows,
