@@ -387,6 +387,12 @@ extension TestResponse {
             #expect(ids.count == 2)
             #expect((remade.json["data"] as? [[String: Any]] ?? []).compactMap { $0["id"] as? String } == ids)
             #expect(try await fixture.generator.store.counts().values.reduce(0, +) == 5)
+            // A job's own key names one request: the same key for other media is refused, naming the field.
+            let reused = try await client.call(
+                .post, "/v1/jobs", key: fixture.acme, body: #"{"type":"audio","prompt":"not b1","idempotency_key":"i-1"}"#)
+            #expect(reused.status == .unprocessableContent)
+            #expect((reused.json["errors"] as? [[String: Any]])?.first?["field"] as? String == "idempotency_key")
+            #expect(try await fixture.generator.store.counts().values.reduce(0, +) == 5)
         }
     }
 
