@@ -57,23 +57,31 @@ import Testing
     }
 
     @Test func roomIsKeptBackForSlotHoldersThatCanStartWithinTheWindow() {
-        // Two slots, both busy; tasks unseen, so a task is taken as half the window: each slot frees at 30 s and
-        // starts one more task within the window. Ten videos wait, so 2 submissions are kept back.
+        // Two slots, both busy, and no task has ended: a task takes at least as long as the oldest running one has
+        // run, and room is kept for as many starts as that allows (at most half the window, the guess). Ten videos
+        // wait behind them.
         var state = Self.state([Self.mixed("a", rate: 10, slots: 2)])
         for n in 0..<2 { state.enqueue(Self.request(n, .video, ["a"]), at: .zero) }
         #expect(state.schedule(at: .zero, jobSlots: 100).grants.count == 2)
         for n in 2..<12 { state.enqueue(Self.request(n, .video, ["a"]), at: .zero) }
         for n in 12..<40 { state.enqueue(Self.request(n, .audio, ["a"]), at: .zero) }
-        let round = state.schedule(at: .zero, jobSlots: 100)
-        #expect(round.grants.allSatisfy { $0.kind == .audio })
-        #expect(round.grants.count == 10 - 2 - 2)
-        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .zero) == 2)
+        // At once, the tasks may end at any moment: the whole window's room (8, and at most 9) waits for videos.
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .zero) == 9)
+        #expect(state.schedule(at: .zero, jobSlots: 100).grants.isEmpty)
+        // After 20 s, a task takes 20 s or more: each slot starts at most 3 in the next 60 s, so 6 are kept.
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .seconds(20)) == 6)
+        let later = state.schedule(at: .seconds(20), jobSlots: 100)
+        #expect(later.grants.count == 8 - 6 && later.grants.allSatisfy { $0.kind == .audio })
+        // After 40 s the guess (30 s) is the shorter: each slot frees now at the earliest and starts 2, so 4.
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .seconds(40)) == 4)
+        #expect(state.schedule(at: .seconds(40), jobSlots: 100).grants.count == 6 - 4)
     }
 
-    /// Until a task has ended at a provider, its expected task time is a guess: each running task may end within
-    /// the window, and room is kept for a start after it. With an expected 150 s against a 60 s window the guess
-    /// kept nothing back, and where tasks took 20 to 60 s speech took the whole first window while the slots
-    /// freed and stood idle (`pargen simulate`: 371 s against 359 s with this rule, 332 s with the right guess).
+    /// Until a task has ended at a provider, its task time is known only to be at least as long as the oldest
+    /// running task has run, and room is kept for as many starts as that allows; the expected task time caps it.
+    /// With an expected 150 s against a 60 s window and tasks of 5 to 10 s, a guess alone kept room for four
+    /// videos, speech took the rest of the first window, and the other sixteen videos went out in the second
+    /// (`pargen simulate`: 90.0 s against a bound of 60.0 s; 69.9 s with this rule, as with the right guess).
     /// Once a task has ended, its time is known and counts.
     @Test func untilATaskHasEndedEachRunningTaskMayEndWithinTheWindow() {
         let provider = ProviderAdmission(
@@ -91,7 +99,11 @@ import Testing
         for n in 0..<2 { state.enqueue(Self.request(n, .video, ["a"]), at: .zero) }
         let started = state.schedule(at: .zero, jobSlots: 100).grants
         #expect(started.count == 2)
-        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .zero) == 2)
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .zero) == 10)
+        // 25 s in, a task takes 25 s or more: each slot starts at most ceil(60 / 25) = 3 more.
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .seconds(25)) == 6)
+        // 100 s in, at most one each.
+        #expect(state.providers["a"]!.keepBack(waiting: 10, at: .seconds(100)) == 2)
         // One task ends after 150 s: the other, started at the same time, is expected to end now too, and the free
         // slot starts one in the window.
         state.finish(started[0], outcome: .succeeded(latency: .seconds(150)), at: .seconds(150))

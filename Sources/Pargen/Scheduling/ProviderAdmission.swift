@@ -155,12 +155,18 @@ public struct ProviderAdmission: Sendable, Hashable {
 
     /// How many slot-holding calls can start here in `(now, now + window]`: each free slot starts one now and
     /// another each expected task time; each running one frees its slot at its expected end and starts more after.
-    /// The task time is the one seen so far; until one has ended, the quota's expected task time, or half the
-    /// window, and since that is a guess, each running task counts as freeing its slot within the window at least
-    /// once (a guess too long kept no room for the tasks that then ended early).
+    /// The task time is the one seen so far. Until a task has ended, it is known only to be at least as long as
+    /// the oldest running task has run, and the count is the most that allows, capped by the quota's expected
+    /// task time (or half the window): a guess alone, when too long, kept no room for tasks that then ended early,
+    /// and the slot holders missed the window. The room so kept shrinks as the running tasks age, and each running
+    /// task counts as freeing its slot within the window at least once.
     public func startsWithinWindow(at now: Duration) -> Int {
         let span = quota.window.seconds
-        let task = max(0.001, taskSeconds ?? quota.expectedTaskTime?.seconds ?? span / 2)
+        let guess = quota.expectedTaskTime?.seconds ?? span / 2
+        // Until a task has ended, all that is known is that a task takes at least as long as the oldest running
+        // one has run: the count is the most that this allows.
+        let oldest = holders.values.min().map { (now - $0).seconds } ?? 0
+        let task = max(0.001, taskSeconds ?? min(guess, oldest))
         func starts(after wait: Double) -> Int {
             let left = span - wait
             return left > 0 ? Int((left / task).rounded(.up)) : 0
