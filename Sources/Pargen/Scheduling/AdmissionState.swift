@@ -436,8 +436,10 @@ public struct AdmissionState: Sendable {
                     why = .providerCooldown
                 case .slots: why = .providerSlots
                 case .window(let until):
-                    // Room kept back moves as slot holders come and go: look again soon.
-                    wakeAt(kept > 0 ? min(until, now + .milliseconds(250)) : until)
+                    // Room kept back is decided again at every round: when a call starts or ends, and when window
+                    // room opens. Between those it may only shrink (the running tasks age), and plain work looks
+                    // again at the latest when the window opens: no polling, and no wait without an end.
+                    wakeAt(until)
                     why = .providerQuota
                 }
                 // Every job in this pass asks the same of this provider: it stays closed for the pass (a resumed
