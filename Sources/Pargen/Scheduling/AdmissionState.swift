@@ -437,7 +437,7 @@ public struct AdmissionState: Sendable {
                 case .slots: why = .providerSlots
                 case .window(let until):
                     // Room kept back is decided again at every round: when a call starts or ends, and when window
-                    // room opens. Between those it may only shrink (the running tasks age), and plain work looks
+                    // room opens. Between those it changes only as the running tasks age, and plain work looks
                     // again at the latest when the window opens: no polling, and no wait without an end.
                     wakeAt(until)
                     why = .providerQuota
