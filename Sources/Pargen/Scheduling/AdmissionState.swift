@@ -422,11 +422,10 @@ public struct AdmissionState: Sendable {
             }
             // The provider's state is changed in place: a copy would copy its window log.
             let usesSlot = providers[name]!.usesSlot(request.kind)
-            let kept = keep[name, default: 0]
             if let blocked = providers[name]!.check(
                 usesSlot: usesSlot,
                 needsWindow: request.submits,
-                keptBack: kept,
+                keptBack: keep[name, default: 0],
                 at: now
             ) {
                 let why: RateLimiter.LimitKind
