@@ -63,7 +63,7 @@ extension PostgresJobStore: AdmittingJobStore {
         // One token per job for every try of this claim: a try that finds a job already under its token is looking
         // at its own earlier try, which committed while its reply was lost, and takes that claim instead of calling
         // the job gone.
-        let tokens = requests.map { _ in "\(owner):\(UUID().uuidString)" }
+        let tokens = requests.map { _ in "\(owner):\(UUID.random().uuidString)" }
         return try await run("claim jobs", abandonedOnCancel: true) { [quoted] in
             try await self.transaction { connection in
                 // The jobs first, skipping those another worker is claiming right now.

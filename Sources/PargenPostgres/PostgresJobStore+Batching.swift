@@ -121,7 +121,7 @@ extension PostgresJobStore {
                 lease: lease,
                 operation: operation,
                 answeredAgo: answeredAgo,
-                token: UUID().uuidString,
+                token: UUID.random().uuidString,
                 change: change,
                 continuation: continuation
             )

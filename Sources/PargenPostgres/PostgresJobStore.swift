@@ -201,7 +201,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         let clock = injectedNow
         // Made once per call: a try that finds it knows an earlier try committed, though its reply was lost, and
         // answers as that try did instead of adding the jobs again.
-        let token = UUID().uuidString
+        let token = UUID.random().uuidString
         return try await run("enqueue") { [quoted, channel] in
             try await self.transaction { connection in
                 for (ids, existing) in try await connection.allRows(
@@ -402,7 +402,7 @@ public final class PostgresJobStore: JobStore, JobNotifying, BudgetLimitStore {
         let clock = injectedNow
         let keys = Set(budgets.map { "pargen-budget:\(schema):\($0.scope.kind.rawValue):\($0.scope.name)" }).sorted()
         // As in ``change(_:_:lease:answeredAgo:_:)``: a retry whose earlier try committed finds its own change.
-        let token = UUID().uuidString
+        let token = UUID.random().uuidString
         let checked = try await run("begin an attempt within budgets") { [quoted] in
             try await self.transaction { connection -> Result<[BudgetScope: Money], BudgetRefusal> in
                 // Every reservation in a budget's scope takes the scope's lock (in key order, so two cannot

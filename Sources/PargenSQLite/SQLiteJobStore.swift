@@ -595,7 +595,7 @@ public final class SQLiteJobStore: ClaimingJobStore, BudgetLimitStore {
         _ db: Database
     ) throws -> (leased: LeasedJob, row: JobRow) {
         var job = job
-        let lease = JobLease(jobID: job.record.id, token: "\(owner):\(UUID().uuidString)", expiresAt: expiresAt)
+        let lease = JobLease(jobID: job.record.id, token: "\(owner):\(UUID.random().uuidString)", expiresAt: expiresAt)
         job.record.grantLease(token: lease.token, owner: owner, expiresAt: expiresAt)
         let written = try save(db, job)
         return (LeasedJob(record: job.record, lease: lease), written)

@@ -444,7 +444,7 @@ extension Duration {
 
 /// A `multipart/form-data` body of text fields.
 package struct MultipartForm {
-    package let boundary = "pargen-" + UUID().uuidString
+    package let boundary = "pargen-" + UUID.random().uuidString
     private var body = ""
 
     package init() {}
