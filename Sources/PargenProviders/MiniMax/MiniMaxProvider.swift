@@ -144,7 +144,8 @@ public struct MiniMaxProvider: AccessCheckable {
     package static func hexDecoded(_ text: String) -> Data? {
         let utf8 = Array(text.utf8)
         guard utf8.count % 2 == 0 else { return nil }
-        var data = Data(capacity: utf8.count / 2)
+        var bytes = [UInt8]()
+        bytes.reserveCapacity(utf8.count / 2)
         func nibble(_ c: UInt8) -> UInt8? {
             switch c {
             case 48...57: c - 48
@@ -156,10 +157,10 @@ public struct MiniMaxProvider: AccessCheckable {
         var index = 0
         while index < utf8.count {
             guard let high = nibble(utf8[index]), let low = nibble(utf8[index + 1]) else { return nil }
-            data.append(high << 4 | low)
+            bytes.append(high << 4 | low)
             index += 2
         }
-        return data
+        return Data(bytes)
     }
 
     // MARK: Video
