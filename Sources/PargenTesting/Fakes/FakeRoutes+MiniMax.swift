@@ -52,7 +52,7 @@ extension FakeRoutes {
             try await answerLatency(text)
             let format = (json["audio_setting"] as? [String: Any])?["format"] as? String ?? "mp3"
             let head = Self.mediaFile(format, size: options.audioBytes)
-            let hex = Self.lowercaseHex(head)
+            let hex = SHA256Hasher.hex(Array(head))
             return Self.miniMax(
                 0,
                 "success",
@@ -141,18 +141,5 @@ extension FakeRoutes {
                 ]
             )
         }
-    }
-
-    /// Lower-case hex of `bytes`, two digits each (MiniMax's audio encoding). A lookup per nibble: formatting each
-    /// byte with `String(format:)` took half of a benchmark process's CPU when the fake runs in it.
-    static func lowercaseHex(_ bytes: some Collection<UInt8>) -> String {
-        let digits = Array("0123456789abcdef".utf8)
-        var text = [UInt8]()
-        text.reserveCapacity(bytes.count * 2)
-        for byte in bytes {
-            text.append(digits[Int(byte >> 4)])
-            text.append(digits[Int(byte & 0x0F)])
-        }
-        return String(decoding: text, as: UTF8.self)
     }
 }
