@@ -11,7 +11,7 @@ extension FakeRoutes {
     static func miniMax(_ code: Int, _ message: String, _ extra: [String: Any] = [:]) -> Response {
         var object = extra
         object["base_resp"] = ["status_code": code, "status_msg": message]
-        object["trace_id"] = UUID().uuidString.lowercased()
+        object["trace_id"] = UUID.random().uuidString.lowercased()
         return json(.ok, object)
     }
 
