@@ -154,6 +154,49 @@ import Testing
         #expect(state.waitingCount == 989)
     }
 
+    /// A pass stops once every provider its jobs can use is closed, not only once every provider is: a thousand
+    /// videos that only `a` takes, its two slots busy, cost one look per round while `b` has room. Each round
+    /// walked all of them (a provider none of them could use was never closed), and a 100,000-line campaign of
+    /// such videos took 43 s to simulate, one walk of up to 5,000 videos per task that ended.
+    @Test func aPassStopsOnceEveryProviderItsJobsCanUseIsClosed() {
+        var state = Self.state([Self.mixed("a", rate: 10_000, slots: 2), Self.mixed("b", rate: 10_000, slots: 2)])
+        for n in 0..<1_000 { state.enqueue(Self.request(n, .video, ["a"], user: "user\(n % 10)"), at: .zero) }
+        let first = state.schedule(at: .zero, jobSlots: 10_000)
+        #expect(first.grants.map(\.provider) == ["a", "a"])
+        // The third video finds no slot at a, and that ends the pass.
+        #expect(state.denied.values.reduce(0, +) == 1)
+        #expect(state.schedule(at: .seconds(1), jobSlots: 10_000).grants.isEmpty)
+        #expect(state.denied.values.reduce(0, +) == 2)
+        // Speech that b can take still goes there in the same round, and the videos still wait for a alone.
+        state.enqueue(Self.request(1_000, .audio, ["a", "b"]), at: .seconds(1))
+        state.enqueue(Self.request(1_001, .video, ["b"]), at: .seconds(1))
+        let mixed = state.schedule(at: .seconds(2), jobSlots: 10_000)
+        #expect(Set(mixed.grants.map(\.job)) == [JobID("job-1000"), JobID("job-1001")])
+        #expect(mixed.grants.first { $0.job == JobID("job-1001") }?.provider == "b")
+        // When a slot at a frees, the next video takes it.
+        state.finish(first.grants[0], outcome: .succeeded(latency: .seconds(2)), at: .seconds(2))
+        #expect(state.schedule(at: .seconds(2), jobSlots: 10_000).grants.map(\.job) == [JobID("job-2")])
+        #expect(state.waitingCount == 997)
+    }
+
+    /// The time jobs wait is counted for every job, not only for those a round looked at: speech behind a full
+    /// window, whose pass stops at the first refusal, still waited the window out. Only the first of them was
+    /// counted (60 s where ten jobs waited 600 s), and `pargen simulate` put 43.5 s against the window where its
+    /// jobs waited 13,800 s.
+    @Test func everyWaitingJobsTimeIsCountedAgainstWhatHeldItBack() {
+        var state = Self.state([Self.mixed("a", rate: 10, slots: 2)])
+        for n in 0..<30 { state.enqueue(Self.request(n, .audio, ["a"]), at: .zero) }
+        let first = state.schedule(at: .zero, jobSlots: 100)
+        #expect(first.grants.count == 10)
+        for ticket in first.grants { state.arrived(ticket, at: .zero) }
+        let second = state.schedule(at: .seconds(60), jobSlots: 100)
+        #expect(second.grants.count == 10)
+        #expect(state.waited[.providerQuota] == .seconds(600))
+        // Each granted job says how long it waited and for what.
+        #expect(second.waits.values.allSatisfy { $0.limit == .providerQuota && $0.waited == .seconds(60) })
+        #expect(second.waits.count == 10)
+    }
+
     @Test func strictPriorityAndUsersTakeTurnsWithinAPriority() {
         var state = Self.state([Self.mixed("a", rate: 4, slots: 1)])
         for n in 0..<4 { state.enqueue(Self.request(n, .audio, ["a"], user: "ann"), at: .zero) }

@@ -134,6 +134,9 @@ public struct AdmissionState: Sendable {
     struct Lane {
         var users: Deque<String> = []
         var jobs: [String: Deque<(id: JobID, token: UInt64)>] = [:]
+        /// What held back the job at which the last walk over this lane stopped (every provider it could use
+        /// closed): what held back the jobs behind it too, which that walk never looked at.
+        var stoppedBy: RateLimiter.LimitKind?
 
         mutating func push(_ id: JobID, token: UInt64, user: String) {
             if jobs[user] == nil {
@@ -154,6 +157,10 @@ public struct AdmissionState: Sendable {
     private var holderLanes = Array(repeating: Lane(), count: GenerationPriority.allCases.count)
     /// Slot holders waiting per priority and provider, each job counted once, shared among its providers.
     private var shares = Array(repeating: [String: Double](), count: GenerationPriority.allCases.count)
+    /// Jobs waiting in each priority's lane of plain work and of slot holders, per provider they could go to: a
+    /// pass stops once every provider its lane's jobs can use is closed (``schedule(at:jobSlots:breakers:)``).
+    private var plainUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
+    private var holderUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
     private var kindCounts: [GenerationKind: Int] = [:]
     /// Waiting jobs that submit, per project, and those that do not (a resumed task, which no client limit holds
     /// back): a round whose every such project is held back by its bucket or bursts stops there.
@@ -201,9 +208,13 @@ public struct AdmissionState: Sendable {
         waiters[request.job] = waiter
         let level = request.priority.rawValue
         if !waiter.plain.isEmpty { lanes[level].push(request.job, token: nextToken, user: request.user) }
+        for name in waiter.plain { plainUsers[level][name, default: 0] += 1 }
         if !holding.isEmpty {
             holderLanes[level].push(request.job, token: nextToken, user: request.user)
-            for name in holding { shares[level][name, default: 0] += 1 / Double(holding.count) }
+            for name in holding {
+                shares[level][name, default: 0] += 1 / Double(holding.count)
+                holderUsers[level][name, default: 0] += 1
+            }
         }
         kindCounts[request.kind, default: 0] += 1
         if request.submits { submittersByProject[request.project, default: 0] += 1 } else { resumers += 1 }
@@ -216,6 +227,8 @@ public struct AdmissionState: Sendable {
         account(waiter, at: now)
         let level = waiter.request.priority.rawValue
         for name in waiter.holding { shares[level][name, default: 0] -= 1 / Double(waiter.holding.count) }
+        for name in waiter.holding { Self.count(out: name, of: &holderUsers[level]) }
+        for name in waiter.plain { Self.count(out: name, of: &plainUsers[level]) }
         kindCounts[waiter.request.kind, default: 0] -= 1
         if waiter.request.submits {
             let left = submittersByProject[waiter.request.project, default: 1] - 1
@@ -224,6 +237,12 @@ public struct AdmissionState: Sendable {
             resumers -= 1
         }
         return true
+    }
+
+    /// One job fewer for `name` in `counts`, and the name gone with its last job.
+    private static func count(out name: String, of counts: inout [String: Int]) {
+        let left = counts[name, default: 1] - 1
+        counts[name] = left > 0 ? left : nil
     }
 
     public var waitingCount: Int { waiters.count }
@@ -239,7 +258,7 @@ public struct AdmissionState: Sendable {
 
     /// Decides which waiting jobs start now and on which provider, taking what each needs.
     ///
-    /// Cheap when little can start: a pass stops once every provider it could use is closed (no slot, a full
+    /// Cheap when little can start: a pass stops once every provider its jobs could use is closed (no slot, a full
     /// window, a cooldown) or every project with work waiting is held back by its bucket or bursts, and a user or
     /// project held back by its own limits is passed over for the rest of the round.
     ///
@@ -262,7 +281,10 @@ public struct AdmissionState: Sendable {
             // One pass over a lane: each job, in fair order, to the first of its providers that admits it.
             func pass(holders: Bool, keep: [String: Int]) {
                 var closed: [String: RateLimiter.LimitKind] = [:]
-                walk(holders: holders, level: level) { state, waiter in
+                // The providers this lane's jobs can use: a provider is closed only from a job of the lane, so
+                // once as many are closed, every one is, and no job further on can start.
+                let usable = holders ? holderUsers[level].count : plainUsers[level].count
+                walk(holders: holders, level: level, at: now) { state, waiter in
                     guard free > 0 else { return .stop }
                     let names = holders ? waiter.holding : waiter.plain
                     guard !names.isEmpty else { return .next }
@@ -285,7 +307,7 @@ public struct AdmissionState: Sendable {
                     // Every project held back (each blocked one has a job waiting, so the counts say it all).
                     if state.resumers == 0 && blockedProjects.count >= state.submittersByProject.count { return .stop }
                     if outcome.userBlocked { return .skipUser }
-                    return closed.count >= state.providers.count ? .stop : .next
+                    return closed.count >= usable ? .stop : .next
                 }
             }
             // 1. Slot-holding work, where a slot and window room allow (nothing is kept back from it).
@@ -317,7 +339,15 @@ public struct AdmissionState: Sendable {
     /// The turns carry over from one walk to the next: a user whose job was admitted goes to the back of the
     /// lane, so the next walk starts with the users served least recently. A round with room for fewer jobs
     /// than there are users thus serves the others next, instead of the same first users every round.
-    private mutating func walk(holders: Bool, level: Int, _ body: (inout AdmissionState, Waiter) -> Step) {
+    ///
+    /// A job that an earlier walk never reached (it stopped before it) waited since it arrived for what stopped
+    /// that walk, and is accounted so: the time jobs wait per limit does not depend on how far a walk looks.
+    private mutating func walk(
+        holders: Bool,
+        level: Int,
+        at now: Duration,
+        _ body: (inout AdmissionState, Waiter) -> Step
+    ) {
         // The walk changes waiters and providers, never the lanes: the lane is taken out and put back (swapped
         // out, so that tidying it does not copy it whole).
         var lane = Lane()
@@ -351,21 +381,29 @@ public struct AdmissionState: Sendable {
                     }
                     index += 1
                 }
-                guard let waiter = found else { continue }
+                guard var waiter = found else { continue }
                 cursors[user] = index + 1
+                if waiter.blockedBy == nil, let reason = lane.stoppedBy, now > waiter.since {
+                    waiter.blockedBy = reason
+                    waiters[waiter.request.job] = waiter
+                }
                 let step = body(&self, waiter)
                 // Admitted: no longer waiting.
-                if waiters[waiter.request.job] == nil, servedSet.insert(user).inserted { served.append(user) }
+                let waiting = waiters[waiter.request.job]
+                if waiting == nil, servedSet.insert(user).inserted { served.append(user) }
                 switch step {
                 case .next: still.append(user)
                 case .skipUser: break
-                case .stop: stopped = true
+                case .stop:
+                    stopped = true
+                    lane.stoppedBy = waiting?.blockedBy
                 }
                 if stopped { break }
             }
             active = still
             turn += 1
         }
+        if !stopped { lane.stoppedBy = nil }
         // Drop the dead entries at the front of the queues looked at, and their users with none left; the users
         // served go to the back, so the next walk starts with those served least recently. Users further on keep
         // their place (and any dead entries, until a walk reaches them).
