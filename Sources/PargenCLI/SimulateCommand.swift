@@ -16,7 +16,9 @@ struct Simulate: AsyncParsableCommand {
             Runway 30-90 s); --task-seconds overrides them, as KIND=LO..HI or PROVIDER.KIND=LO..HI \
             (repeatable). Provider failures, retries, budgets and caching are not simulated.
 
-            Prints the predicted makespan against its bound (the floor that each provider's quotas, each \
+            Each of --draws simulations (11 unless said) draws the call times anew; the prediction is the median \
+            draw, printed with the shortest and the longest (a few long tasks spread widely, thousands of calls \
+            hardly), and the figures below it are that draw's. Prints the predicted makespan against its bound (the floor that each provider's quotas, each \
             user's window, each project's bucket and burst window and the job slots set; the largest names the \
             limit that sets it), the cost, each provider's window and slot use over time, and where the time \
             went (waits per limit). --report \
@@ -39,13 +41,22 @@ struct Simulate: AsyncParsableCommand {
     @Option(help: "Requests per minute per user (sliding window).")
     var perUserRpm: Int?
 
-    @Option(help: "Seed of the drawn call times.")
+    @Option(help: "Seed of the drawn call times (the i-th draw uses SEED + i - 1).")
     var seed: UInt64 = 1
+
+    @Option(
+        help: ArgumentHelp(
+            "How many draws of the call times to simulate; the prediction is the median draw, with the range.",
+            valueName: "n"
+        )
+    )
+    var draws: Int = 11
 
     @Option(help: ArgumentHelp("Also write an HTML report with charts to this file.", valueName: "file"))
     var report: String?
 
     func run() async throws {
+        guard (1...1000).contains(draws) else { throw ValidationError("--draws must be between 1 and 1000") }
         let campaign = loadCampaign(file)
         var setup = try await loadConfiguredSetup(config)
         if let perUserRpm {
@@ -121,13 +132,13 @@ struct Simulate: AsyncParsableCommand {
         Self.show(problems, as: "invalid")
         Self.show(unplaced, as: "no provider can take")
         let started = ContinuousClock.now
-        let result = CampaignSimulator(configuration: setup.configuration, providers: simulated, seed: seed)
-            .run(requests)
+        let forecast = CampaignSimulator(configuration: setup.configuration, providers: simulated, seed: seed)
+            .forecast(requests, draws: draws)
         let took = ContinuousClock.now - started
-        print(SimulationText.summary(result, invalid: invalid, took: took))
+        print(SimulationText.summary(forecast, invalid: invalid, took: took))
         if let report {
             do {
-                try Data(SimulationText.html(result, title: file).utf8).write(to: URL(fileURLWithPath: report))
+                try Data(SimulationText.html(forecast, title: file).utf8).write(to: URL(fileURLWithPath: report))
             } catch {
                 fail("cannot write \(report): \(reason(error))")
             }
@@ -211,13 +222,22 @@ struct Simulate: AsyncParsableCommand {
 enum SimulationText {
     static func seconds(_ duration: Duration) -> String { String(format: "%.1f s", duration.seconds) }
 
-    static func summary(_ report: CampaignSimulator.Report, invalid: Int, took: Duration) -> String {
+    static func summary(_ forecast: CampaignSimulator.Forecast, invalid: Int, took: Duration) -> String {
+        let report = forecast.median
         var lines: [String] = []
         let ratio = report.bound > .zero ? report.makespan.seconds / report.bound.seconds : 1
+        let draws = forecast.makespans.count
         lines.append(
             "\(report.lines + invalid) lines simulated (\(invalid) invalid, \(report.unplaced) no provider can take) "
-                + "in \(String(format: "%.2f", took.seconds)) s, \(report.rounds) scheduling rounds"
+                + "\(draws == 1 ? "once" : "\(draws) times"), "
+                + "in \(String(format: "%.2f", took.seconds)) s, \(report.rounds) scheduling rounds in the median draw"
         )
+        if draws > 1 {
+            lines.append(
+                "\(draws) draws of the call times: makespan \(seconds(forecast.range.lowerBound)) to "
+                    + "\(seconds(forecast.range.upperBound)); the median draw (seed \(forecast.medianSeed)) is the prediction below"
+            )
+        }
         let greedy = report.greedy > .zero ? report.makespan.seconds / report.greedy.seconds : 1
         lines.append(
             "predicted makespan \(seconds(report.makespan)); bound \(seconds(report.bound)) "
@@ -271,7 +291,14 @@ enum SimulationText {
         return lines.joined(separator: "\n")
     }
 
-    static func html(_ report: CampaignSimulator.Report, title: String) -> String {
+    static func html(_ forecast: CampaignSimulator.Forecast, title: String) -> String {
+        let report = forecast.median
+        let spread =
+            forecast.makespans.count > 1
+            ? " Over \(forecast.makespans.count) draws of the call times the makespan ran from "
+                + "\(seconds(forecast.range.lowerBound)) to \(seconds(forecast.range.upperBound)); this is the median "
+                + "draw (seed \(forecast.medianSeed))."
+            : ""
         let width = 900.0
         let height = 160.0
         let end = max(report.makespan.seconds, 0.001)
@@ -314,7 +341,7 @@ enum SimulationText {
             <style>body{font-family:sans-serif;max-width:960px;margin:2em auto}td{padding:2px 12px}</style></head>
             <body>
             <h1>pargen simulate: \(escape(title))</h1>
-            <p>\(report.lines) lines; predicted makespan \(seconds(report.makespan)) against a bound of \(seconds(report.bound)), set by \(escape(report.boundSetBy)); cost \(report.cost).</p>
+            <p>\(report.lines) lines; predicted makespan \(seconds(report.makespan)) against a bound of \(seconds(report.bound)), set by \(escape(report.boundSetBy)); cost \(report.cost).\(spread)</p>
             <p><span style="color:#1f77b4">blue</span>: share of the window limit in use; <span style="color:#d62728">red</span>: share of the task slots in use.</p>
             \(charts)
             <h2>Where the time went</h2>

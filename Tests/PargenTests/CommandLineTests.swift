@@ -118,6 +118,9 @@ import Testing
         #expect(outcome.output.contains("35 lines simulated (1 invalid, 0 no provider can take)"), "\(outcome.output)")
         #expect(outcome.output.contains("invalid: line 35: priority: "), "\(outcome.output)")
         #expect(outcome.output.contains("predicted makespan"))
+        // Eleven draws of the call times unless said: the prediction is the median one, with the range.
+        #expect(outcome.output.contains("lines simulated (1 invalid, 0 no provider can take) 11 times"), "\(outcome.output)")
+        #expect(outcome.output.contains("11 draws of the call times: makespan "), "\(outcome.output)")
         let html = try String(contentsOf: report, encoding: .utf8)
         #expect(html.contains("<svg") && html.contains("local-fast"))
         // Nothing was written but the report: no media, no store.
@@ -135,6 +138,10 @@ import Testing
         ] {
             let bad = try await pargen(["simulate", jsonl.path, "--task-seconds", option])
             #expect(bad.status != 0 && bad.output.contains(reason), "\(option): \(bad.output)")
+        }
+        for draws in ["0", "1001", "-3"] {
+            let bad = try await pargen(["simulate", jsonl.path, "--draws=\(draws)"])
+            #expect(bad.status != 0 && bad.output.contains("--draws must be between 1 and 1000"), "\(draws): \(bad.output)")
         }
     }
 

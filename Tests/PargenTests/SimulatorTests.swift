@@ -138,4 +138,46 @@ import Testing
         #expect(report.greedy == .seconds(160))
         #expect(report.makespan >= report.greedy && report.makespan.seconds <= 160 * 1.05, "\(report.makespan)")
     }
+
+    /// A forecast runs one simulation per draw, the `i`-th with seed `seed + i`, and names the median one: a few
+    /// long tasks (twelve videos of 20 to 60 s on five slots) spread their makespan across draws, and the forecast
+    /// shows that spread instead of one draw.
+    @Test func aForecastIsTheMedianOfItsDrawsWithTheirRange() throws {
+        let requests = try Self.campaign(speech: 30, videos: 12, videosLast: true, providers: ["a"])
+        let simulator = CampaignSimulator(
+            configuration: Self.configuration,
+            providers: [Self.provider("a", rate: 200, slots: 5, window: .seconds(60), task: 20...60)],
+            seed: 7
+        )
+        let forecast = simulator.forecast(requests, draws: 9)
+        // Each draw is the simulation with its own seed, run alone.
+        let alone = (0..<9).map { i -> Duration in
+            var one = simulator
+            one.seed = 7 + UInt64(i)
+            return one.run(requests).makespan
+        }
+        #expect(forecast.makespans == alone)
+        #expect(Set(alone).count > 1, "the draws differ: \(alone)")
+        // The median: four draws at or below it, four at or above, and its report is that draw's.
+        let median = forecast.median.makespan
+        #expect(alone.sorted()[4] == median)
+        #expect(alone[Int(forecast.medianSeed - 7)] == median)
+        #expect(forecast.range == alone.min()!...alone.max()!)
+        #expect(forecast.median.providers == { var one = simulator; one.seed = forecast.medianSeed; return one.run(requests) }().providers)
+        // The same seed gives the same forecast.
+        #expect(simulator.forecast(requests, draws: 9).makespans == forecast.makespans)
+    }
+
+    /// Call times that cannot vary give one makespan whatever the draw; one draw is the plain simulation.
+    @Test func aForecastOfFixedCallTimesHasNoSpread() throws {
+        let requests = try Self.campaign(speech: 100, videos: 10, videosLast: false, providers: ["a"])
+        var fixed = Self.provider("a", rate: 50, slots: 3, window: .seconds(10), task: 4...4)
+        fixed.callSeconds[.audio] = 0.02...0.02
+        fixed.answerSeconds = 0.02
+        let simulator = CampaignSimulator(configuration: Self.configuration, providers: [fixed])
+        let forecast = simulator.forecast(requests, draws: 5)
+        #expect(forecast.range.lowerBound == forecast.range.upperBound)
+        #expect(forecast.median.makespan == simulator.run(requests).makespan)
+        #expect(simulator.forecast(requests, draws: 1).makespans == [simulator.run(requests).makespan])
+    }
 }

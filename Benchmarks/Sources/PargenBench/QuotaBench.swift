@@ -200,7 +200,7 @@ enum QuotaBench {
         // with the fakes' quotas, speech answer times and task times: its prediction, against the real run below.
         let validator = RequestValidator(configuration: configuration.validation)
         let validated = mixed.enumerated().compactMap { try? validator.validate($0.element, fallbackID: "r\($0.offset)") }
-        let simulation = CampaignSimulator(
+        let forecast = CampaignSimulator(
             configuration: configuration,
             providers: providers.map {
                 CampaignSimulator.Provider(
@@ -209,7 +209,9 @@ enum QuotaBench {
                     answerSeconds: 0.03
                 )
             }
-        ).run(validated)
+        ).forecast(validated, draws: 11)
+        // What `pargen simulate` prints: the median of eleven draws of the task times, and their range.
+        let simulation = forecast.median
         let predicted = simulation.makespan.seconds
         if ProcessInfo.processInfo.environment["PARGEN_BENCH_SIMULATE_ONLY"] != nil {
             print(
@@ -328,8 +330,11 @@ enum QuotaBench {
         print(
             "  CPU (user + system) of the whole process, the fakes included: \(String(format: "%.2f", cpu)) s"
         )
+        let drawn = forecast.range
         print(
-            "  pargen simulate predicted \(String(format: "%.2f", predicted)) s: off by \(String(format: "%+.1f", (predicted - makespan) / makespan * 100)) % of the real makespan"
+            "  pargen simulate predicted \(String(format: "%.2f", predicted)) s: off by \(String(format: "%+.1f", (predicted - makespan) / makespan * 100)) % of the real makespan; "
+                + "its 11 draws \(String(format: "%.2f", drawn.lowerBound.seconds))-\(String(format: "%.2f", drawn.upperBound.seconds)) s "
+                + (drawn.contains(.fromSeconds(makespan)) ? "hold the real run" : "do not hold the real run")
         )
         print(
             "  gap-free greedy schedule of the same tasks: \(String(format: "%.2f", reference)) s, "
