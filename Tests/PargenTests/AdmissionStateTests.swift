@@ -179,6 +179,35 @@ import Testing
         #expect(state.waitingCount == 997)
     }
 
+    /// A user whose every waiting job can only go to providers already closed in this pass is passed over after
+    /// one look, not walked job by job: ten users with a hundred jobs each for `a` (its window full) cost ten
+    /// looks a round while another user's jobs for `b` go. Each round walked all thousand (40,000 lines pinned to
+    /// a slow and a fast provider took 44 s to simulate).
+    @Test func aUserWhoseEveryProviderIsClosedIsPassedOverAfterOneLook() {
+        var state = Self.state([Self.mixed("a", rate: 10, slots: 2), Self.mixed("b", rate: 1_000, slots: 2)])
+        for n in 0..<1_000 { state.enqueue(Self.request(n, .audio, ["a"], user: "user\(n % 5)"), at: .zero) }
+        for n in 1_000..<1_500 { state.enqueue(Self.request(n, .audio, ["b"], user: "zed"), at: .zero) }
+        let first = state.schedule(at: .zero, jobSlots: 10_000)
+        #expect(first.grants.filter { $0.provider == "a" }.count == 10)
+        #expect(first.grants.filter { $0.provider == "b" }.count == 500)
+        #expect(state.denied.values.reduce(0, +) <= 10)
+        // More for b: a's users are looked at once each, and b takes the new jobs.
+        for n in 1_500..<1_600 { state.enqueue(Self.request(n, .audio, ["b"], user: "zed"), at: .seconds(1)) }
+        let looked = state.denied.values.reduce(0, +)
+        #expect(state.schedule(at: .seconds(1), jobSlots: 10_000).grants.count == 100)
+        #expect(state.denied.values.reduce(0, +) - looked <= 10)
+        // A user with a job for an open provider behind those for a closed one still has it taken.
+        state.enqueue(Self.request(2_000, .audio, ["b"], user: "user0"), at: .seconds(2))
+        #expect(state.schedule(at: .seconds(2), jobSlots: 10_000).grants.map(\.job) == [JobID("job-2000")])
+        // When a's window opens, its next ten go, two per user: the second of each was never looked at (its
+        // user was passed over), and still waited the window out.
+        for ticket in first.grants where ticket.provider == "a" { state.arrived(ticket, at: .zero) }
+        let reopened = state.schedule(at: .seconds(60), jobSlots: 10_000)
+        #expect(reopened.grants.count == 10)
+        #expect(reopened.waits.count == 10)
+        #expect(reopened.waits.values.allSatisfy { $0.limit == .providerQuota && $0.waited == .seconds(60) }, "\(reopened.waits)")
+    }
+
     /// The time jobs wait is counted for every job, not only for those a round looked at: speech behind a full
     /// window, whose pass stops at the first refusal, still waited the window out. Only the first of them was
     /// counted (60 s where ten jobs waited 600 s), and `pargen simulate` put 43.5 s against the window where its

@@ -137,6 +137,9 @@ public struct AdmissionState: Sendable {
         /// What held back the job at which the last walk over this lane stopped (every provider it could use
         /// closed): what held back the jobs behind it too, which that walk never looked at.
         var stoppedBy: RateLimiter.LimitKind?
+        /// What held back each user passed over in a walk (a job of theirs refused and none of their others able
+        /// to go anywhere open): what held back their jobs that walk never looked at.
+        var heldBy: [String: RateLimiter.LimitKind] = [:]
 
         mutating func push(_ id: JobID, token: UInt64, user: String) {
             if jobs[user] == nil {
@@ -161,6 +164,10 @@ public struct AdmissionState: Sendable {
     /// pass stops once every provider its lane's jobs can use is closed (``schedule(at:jobSlots:breakers:)``).
     private var plainUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
     private var holderUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
+    /// The same per user: a user whose every such provider is closed is passed over for the rest of a pass after
+    /// one look, instead of each of their jobs being looked at.
+    private var plainByUser = Array(repeating: [String: [String: Int]](), count: GenerationPriority.allCases.count)
+    private var holdersByUser = Array(repeating: [String: [String: Int]](), count: GenerationPriority.allCases.count)
     private var kindCounts: [GenerationKind: Int] = [:]
     /// Waiting jobs that submit, per project, and those that do not (a resumed task, which no client limit holds
     /// back): a round whose every such project is held back by its bucket or bursts stops there.
@@ -208,12 +215,16 @@ public struct AdmissionState: Sendable {
         waiters[request.job] = waiter
         let level = request.priority.rawValue
         if !waiter.plain.isEmpty { lanes[level].push(request.job, token: nextToken, user: request.user) }
-        for name in waiter.plain { plainUsers[level][name, default: 0] += 1 }
+        for name in waiter.plain {
+            plainUsers[level][name, default: 0] += 1
+            plainByUser[level][request.user, default: [:]][name, default: 0] += 1
+        }
         if !holding.isEmpty {
             holderLanes[level].push(request.job, token: nextToken, user: request.user)
             for name in holding {
                 shares[level][name, default: 0] += 1 / Double(holding.count)
                 holderUsers[level][name, default: 0] += 1
+                holdersByUser[level][request.user, default: [:]][name, default: 0] += 1
             }
         }
         kindCounts[request.kind, default: 0] += 1
@@ -227,8 +238,17 @@ public struct AdmissionState: Sendable {
         account(waiter, at: now)
         let level = waiter.request.priority.rawValue
         for name in waiter.holding { shares[level][name, default: 0] -= 1 / Double(waiter.holding.count) }
-        for name in waiter.holding { Self.count(out: name, of: &holderUsers[level]) }
-        for name in waiter.plain { Self.count(out: name, of: &plainUsers[level]) }
+        let user = waiter.request.user
+        for name in waiter.holding {
+            Self.count(out: name, of: &holderUsers[level])
+            Self.count(out: name, of: &holdersByUser[level][user, default: [:]])
+        }
+        if holdersByUser[level][user]?.isEmpty == true { holdersByUser[level][user] = nil }
+        for name in waiter.plain {
+            Self.count(out: name, of: &plainUsers[level])
+            Self.count(out: name, of: &plainByUser[level][user, default: [:]])
+        }
+        if plainByUser[level][user]?.isEmpty == true { plainByUser[level][user] = nil }
         kindCounts[waiter.request.kind, default: 0] -= 1
         if waiter.request.submits {
             let left = submittersByProject[waiter.request.project, default: 1] - 1
@@ -307,7 +327,14 @@ public struct AdmissionState: Sendable {
                     // Every project held back (each blocked one has a job waiting, so the counts say it all).
                     if state.resumers == 0 && blockedProjects.count >= state.submittersByProject.count { return .stop }
                     if outcome.userBlocked { return .skipUser }
-                    return closed.count >= usable ? .stop : .next
+                    if closed.count >= usable { return .stop }
+                    // None of this user's jobs in the lane can go anywhere open: the next one would be refused too.
+                    if outcome.ticket == nil {
+                        let user = waiter.request.user
+                        let theirs = holders ? state.holdersByUser[level][user] : state.plainByUser[level][user]
+                        if theirs?.keys.allSatisfy({ closed[$0] != nil }) ?? true { return .skipUser }
+                    }
+                    return .next
                 }
             }
             // 1. Slot-holding work, where a slot and window room allow (nothing is kept back from it).
@@ -340,8 +367,9 @@ public struct AdmissionState: Sendable {
     /// lane, so the next walk starts with the users served least recently. A round with room for fewer jobs
     /// than there are users thus serves the others next, instead of the same first users every round.
     ///
-    /// A job that an earlier walk never reached (it stopped before it) waited since it arrived for what stopped
-    /// that walk, and is accounted so: the time jobs wait per limit does not depend on how far a walk looks.
+    /// A job that an earlier walk never reached (it stopped before it, or passed over its user) waited since it
+    /// arrived for what stopped that walk or held its user back, and is accounted so: the time jobs wait per
+    /// limit does not depend on how far a walk looks.
     private mutating func walk(
         holders: Bool,
         level: Int,
@@ -383,7 +411,7 @@ public struct AdmissionState: Sendable {
                 }
                 guard var waiter = found else { continue }
                 cursors[user] = index + 1
-                if waiter.blockedBy == nil, let reason = lane.stoppedBy, now > waiter.since {
+                if waiter.blockedBy == nil, let reason = lane.heldBy[user] ?? lane.stoppedBy, now > waiter.since {
                     waiter.blockedBy = reason
                     waiters[waiter.request.job] = waiter
                 }
@@ -393,7 +421,7 @@ public struct AdmissionState: Sendable {
                 if waiting == nil, servedSet.insert(user).inserted { served.append(user) }
                 switch step {
                 case .next: still.append(user)
-                case .skipUser: break
+                case .skipUser: lane.heldBy[user] = waiting?.blockedBy ?? lane.heldBy[user]
                 case .stop:
                     stopped = true
                     lane.stoppedBy = waiting?.blockedBy
@@ -412,7 +440,10 @@ public struct AdmissionState: Sendable {
             while let first = lane.jobs[user]?.first, waiters[first.id]?.token != first.token {
                 lane.jobs[user]!.removeFirst()
             }
-            if lane.jobs[user]?.isEmpty == true { lane.jobs[user] = nil }
+            if lane.jobs[user]?.isEmpty == true {
+                lane.jobs[user] = nil
+                lane.heldBy[user] = nil
+            }
             if lane.jobs[user] != nil && !servedSet.contains(user) { front.append(user) }
         }
         lane.users.removeFirst(firstTurn)
