@@ -164,10 +164,16 @@ public struct AdmissionState: Sendable {
     /// pass stops once every provider its lane's jobs can use is closed (``schedule(at:jobSlots:breakers:)``).
     private var plainUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
     private var holderUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
-    /// The same per user: a user whose every such provider is closed is passed over for the rest of a pass after
-    /// one look, instead of each of their jobs being looked at.
-    private var plainByUser = Array(repeating: [String: [String: Int]](), count: GenerationPriority.allCases.count)
-    private var holdersByUser = Array(repeating: [String: [String: Int]](), count: GenerationPriority.allCases.count)
+    /// Each user's jobs in each priority's lanes, and the providers they could go to when all of them name the
+    /// same (the usual case): such a user whose providers are all closed is passed over for the rest of a pass
+    /// after one look, instead of each of their jobs being looked at.
+    struct UserJobs {
+        var count: Int
+        /// The providers every one of the user's jobs in the lane names; `nil` once two of them differ.
+        var providers: [String]?
+    }
+    private var plainByUser = Array(repeating: [String: UserJobs](), count: GenerationPriority.allCases.count)
+    private var holdersByUser = Array(repeating: [String: UserJobs](), count: GenerationPriority.allCases.count)
     private var kindCounts: [GenerationKind: Int] = [:]
     /// Waiting jobs that submit, per project, and those that do not (a resumed task, which no client limit holds
     /// back): a round whose every such project is held back by its bucket or bursts stops there.
@@ -215,17 +221,15 @@ public struct AdmissionState: Sendable {
         waiters[request.job] = waiter
         let level = request.priority.rawValue
         if !waiter.plain.isEmpty { lanes[level].push(request.job, token: nextToken, user: request.user) }
-        for name in waiter.plain {
-            plainUsers[level][name, default: 0] += 1
-            plainByUser[level][request.user, default: [:]][name, default: 0] += 1
-        }
+        for name in waiter.plain { plainUsers[level][name, default: 0] += 1 }
+        if !waiter.plain.isEmpty { Self.count(in: waiter.plain, of: &plainByUser[level][request.user]) }
         if !holding.isEmpty {
             holderLanes[level].push(request.job, token: nextToken, user: request.user)
             for name in holding {
                 shares[level][name, default: 0] += 1 / Double(holding.count)
                 holderUsers[level][name, default: 0] += 1
-                holdersByUser[level][request.user, default: [:]][name, default: 0] += 1
             }
+            Self.count(in: holding, of: &holdersByUser[level][request.user])
         }
         kindCounts[request.kind, default: 0] += 1
         if request.submits { submittersByProject[request.project, default: 0] += 1 } else { resumers += 1 }
@@ -239,16 +243,10 @@ public struct AdmissionState: Sendable {
         let level = waiter.request.priority.rawValue
         for name in waiter.holding { shares[level][name, default: 0] -= 1 / Double(waiter.holding.count) }
         let user = waiter.request.user
-        for name in waiter.holding {
-            Self.count(out: name, of: &holderUsers[level])
-            Self.count(out: name, of: &holdersByUser[level][user, default: [:]])
-        }
-        if holdersByUser[level][user]?.isEmpty == true { holdersByUser[level][user] = nil }
-        for name in waiter.plain {
-            Self.count(out: name, of: &plainUsers[level])
-            Self.count(out: name, of: &plainByUser[level][user, default: [:]])
-        }
-        if plainByUser[level][user]?.isEmpty == true { plainByUser[level][user] = nil }
+        for name in waiter.holding { Self.count(out: name, of: &holderUsers[level]) }
+        if !waiter.holding.isEmpty { Self.countOut(of: &holdersByUser[level][user]) }
+        for name in waiter.plain { Self.count(out: name, of: &plainUsers[level]) }
+        if !waiter.plain.isEmpty { Self.countOut(of: &plainByUser[level][user]) }
         kindCounts[waiter.request.kind, default: 0] -= 1
         if waiter.request.submits {
             let left = submittersByProject[waiter.request.project, default: 1] - 1
@@ -263,6 +261,26 @@ public struct AdmissionState: Sendable {
     private static func count(out name: String, of counts: inout [String: Int]) {
         let left = counts[name, default: 1] - 1
         counts[name] = left > 0 ? left : nil
+    }
+
+    /// One job more for a user, naming `providers`.
+    private static func count(in providers: [String], of jobs: inout UserJobs?) {
+        guard var known = jobs else {
+            jobs = UserJobs(count: 1, providers: providers)
+            return
+        }
+        known.count += 1
+        if known.providers != providers { known.providers = nil }
+        jobs = known
+    }
+
+    /// One job fewer for a user, and the user gone with their last job.
+    private static func countOut(of jobs: inout UserJobs?) {
+        guard let known = jobs, known.count > 1 else {
+            jobs = nil
+            return
+        }
+        jobs!.count = known.count - 1
     }
 
     public var waitingCount: Int { waiters.count }
@@ -332,7 +350,7 @@ public struct AdmissionState: Sendable {
                     if outcome.ticket == nil {
                         let user = waiter.request.user
                         let theirs = holders ? state.holdersByUser[level][user] : state.plainByUser[level][user]
-                        if theirs?.keys.allSatisfy({ closed[$0] != nil }) ?? true { return .skipUser }
+                        if let same = theirs?.providers, same.allSatisfy({ closed[$0] != nil }) { return .skipUser }
                     }
                     return .next
                 }
