@@ -298,7 +298,8 @@ public struct AdmissionState: Sendable {
     ///
     /// Cheap when little can start: a pass stops once every provider its jobs could use is closed (no slot, a full
     /// window, a cooldown) or every project with work waiting is held back by its bucket or bursts, and a user or
-    /// project held back by its own limits is passed over for the rest of the round.
+    /// project held back by its own limits is passed over for the rest of the round, as is, for the rest of a
+    /// pass, a user whose jobs all name the same providers, every one of them closed.
     ///
     /// - Parameters:
     ///   - jobSlots: How many jobs may start (the engine's free job slots).
