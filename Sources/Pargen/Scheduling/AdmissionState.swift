@@ -162,8 +162,8 @@ public struct AdmissionState: Sendable {
     private var shares = Array(repeating: [String: Double](), count: GenerationPriority.allCases.count)
     /// Jobs waiting in each priority's lane of plain work and of slot holders, per provider they could go to: a
     /// pass stops once every provider its lane's jobs can use is closed (``schedule(at:jobSlots:breakers:)``).
-    private var plainUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
-    private var holderUsers = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
+    private var plainByProvider = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
+    private var holdersByProvider = Array(repeating: [String: Int](), count: GenerationPriority.allCases.count)
     /// Each user's jobs in each priority's lanes, and the providers they could go to when all of them name the
     /// same (the usual case): such a user whose providers are all closed is passed over for the rest of a pass
     /// after one look, instead of each of their jobs being looked at.
@@ -221,13 +221,13 @@ public struct AdmissionState: Sendable {
         waiters[request.job] = waiter
         let level = request.priority.rawValue
         if !waiter.plain.isEmpty { lanes[level].push(request.job, token: nextToken, user: request.user) }
-        for name in waiter.plain { plainUsers[level][name, default: 0] += 1 }
+        for name in waiter.plain { plainByProvider[level][name, default: 0] += 1 }
         if !waiter.plain.isEmpty { Self.count(in: waiter.plain, of: &plainByUser[level][request.user]) }
         if !holding.isEmpty {
             holderLanes[level].push(request.job, token: nextToken, user: request.user)
             for name in holding {
                 shares[level][name, default: 0] += 1 / Double(holding.count)
-                holderUsers[level][name, default: 0] += 1
+                holdersByProvider[level][name, default: 0] += 1
             }
             Self.count(in: holding, of: &holdersByUser[level][request.user])
         }
@@ -243,9 +243,9 @@ public struct AdmissionState: Sendable {
         let level = waiter.request.priority.rawValue
         for name in waiter.holding { shares[level][name, default: 0] -= 1 / Double(waiter.holding.count) }
         let user = waiter.request.user
-        for name in waiter.holding { Self.count(out: name, of: &holderUsers[level]) }
+        for name in waiter.holding { Self.count(out: name, of: &holdersByProvider[level]) }
         if !waiter.holding.isEmpty { Self.countOut(of: &holdersByUser[level][user]) }
-        for name in waiter.plain { Self.count(out: name, of: &plainUsers[level]) }
+        for name in waiter.plain { Self.count(out: name, of: &plainByProvider[level]) }
         if !waiter.plain.isEmpty { Self.countOut(of: &plainByUser[level][user]) }
         kindCounts[waiter.request.kind, default: 0] -= 1
         if waiter.request.submits {
@@ -276,11 +276,8 @@ public struct AdmissionState: Sendable {
 
     /// One job fewer for a user, and the user gone with their last job.
     private static func countOut(of jobs: inout UserJobs?) {
-        guard let known = jobs, known.count > 1 else {
-            jobs = nil
-            return
-        }
-        jobs!.count = known.count - 1
+        jobs?.count -= 1
+        if jobs?.count ?? 0 <= 0 { jobs = nil }
     }
 
     public var waitingCount: Int { waiters.count }
@@ -322,7 +319,7 @@ public struct AdmissionState: Sendable {
                 var closed: [String: RateLimiter.LimitKind] = [:]
                 // The providers this lane's jobs can use: a provider is closed only from a job of the lane, so
                 // once as many are closed, every one is, and no job further on can start.
-                let usable = holders ? holderUsers[level].count : plainUsers[level].count
+                let usable = holders ? holdersByProvider[level].count : plainByProvider[level].count
                 walk(holders: holders, level: level, at: now) { state, waiter in
                     guard free > 0 else { return .stop }
                     let names = holders ? waiter.holding : waiter.plain
