@@ -19,8 +19,10 @@ with open(path, "w") as f:
             f.write(json.dumps({"type": "audio", "prompt": f"line {i}", "user": f"u{i % 50}"}) + "\n")
 PY
 for draws in 1 11; do
-    start=$(date +%s.%N)
+    start=$(date +%s%N)
     "$bin" simulate "$work/campaign.jsonl" --config examples/simulate/pargen.yaml --task-seconds video=20..60 \
-        --draws "$draws" | head -3
-    echo "draws $draws: $(echo "$(date +%s.%N) - $start" | bc) s wall"
+        --draws "$draws" > "$work/out.txt"
+    end=$(date +%s%N)
+    sed -n 1,3p "$work/out.txt"
+    echo "draws $draws: $(( (end - start) / 1000000 )) ms wall"
 done

@@ -222,6 +222,14 @@ struct Simulate: AsyncParsableCommand {
 enum SimulationText {
     static func seconds(_ duration: Duration) -> String { String(format: "%.1f s", duration.seconds) }
 
+    /// `N draws of the call times: makespan LO to HI; the median draw (seed S)`, for more than one draw.
+    static func spread(_ forecast: CampaignSimulator.Forecast) -> String? {
+        let draws = forecast.makespans.count
+        guard draws > 1 else { return nil }
+        return "\(draws) draws of the call times: makespan \(seconds(forecast.range.lowerBound)) to "
+            + "\(seconds(forecast.range.upperBound)); the median draw (seed \(forecast.medianSeed))"
+    }
+
     static func summary(_ forecast: CampaignSimulator.Forecast, invalid: Int, took: Duration) -> String {
         let report = forecast.median
         var lines: [String] = []
@@ -232,12 +240,7 @@ enum SimulationText {
                 + "\(draws == 1 ? "once" : "\(draws) times"), "
                 + "in \(String(format: "%.2f", took.seconds)) s, \(report.rounds) scheduling rounds in the median draw"
         )
-        if draws > 1 {
-            lines.append(
-                "\(draws) draws of the call times: makespan \(seconds(forecast.range.lowerBound)) to "
-                    + "\(seconds(forecast.range.upperBound)); the median draw (seed \(forecast.medianSeed)) is the prediction below"
-            )
-        }
+        if let spread = spread(forecast) { lines.append(spread + " is the prediction below") }
         let greedy = report.greedy > .zero ? report.makespan.seconds / report.greedy.seconds : 1
         lines.append(
             "predicted makespan \(seconds(report.makespan)); bound \(seconds(report.bound)) "
@@ -293,12 +296,7 @@ enum SimulationText {
 
     static func html(_ forecast: CampaignSimulator.Forecast, title: String) -> String {
         let report = forecast.median
-        let spread =
-            forecast.makespans.count > 1
-            ? " Over \(forecast.makespans.count) draws of the call times the makespan ran from "
-                + "\(seconds(forecast.range.lowerBound)) to \(seconds(forecast.range.upperBound)); this is the median "
-                + "draw (seed \(forecast.medianSeed))."
-            : ""
+        let spread = spread(forecast).map { " " + $0 + "." } ?? ""
         let width = 900.0
         let height = 160.0
         let end = max(report.makespan.seconds, 0.001)
